@@ -1,0 +1,7 @@
+"""MOJAVOX Notify: the real-time notification backend of MOJAVOX."""
+
+from .hookspecs import hookimpl
+from .model import Event, NotificationType
+
+__version__ = "0.1.0"
+__all__ = ["Event", "NotificationType", "hookimpl", "__version__"]

@@ -1,0 +1,231 @@
+"""The application object: the one place that wires the collaborators together.
+
+Start-up order, top to bottom in `start()`: storage (the embedded child if asked) → indexes →
+broker → service and ingest → plugins' startup → HTTP/WebSocket listener → event sources and
+the cleanup job. `stop()` undoes it in reverse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any, Iterable
+
+import pluggy
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+
+from .auth import build_verifier
+from .broker import Broker, InProcessBroker
+from .embedded import EmbeddedMongo
+from .handlers.admin import HealthHandler, PluginsHandler
+from .handlers.base import NotFoundHandler
+from .handlers.events import EventsHandler
+from .handlers.rest import (MarkAllReadHandler, MarkReadHandler, NotificationHandler,
+                            NotificationsHandler, PushSubscriptionHandler, SettingsHandler,
+                            UnreadCountHandler, VapidPublicKeyHandler)
+from .handlers.websocket import CLOSE_GOING_AWAY, NotificationSocket
+from .hub import Hub
+from .ingest import EventIngest
+from .model import Event
+from .plugins import Plugins, build_plugin_manager
+from .ratelimit import RateLimiter
+from .service import NotificationService
+from .settings import Settings
+from .store import NotificationStore
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_SECONDS = 3.0
+
+
+class StartupError(RuntimeError):
+    """The server cannot start; the message says what to fix."""
+
+
+class NotifyApp:
+    def __init__(self, settings: Settings, plugins: Iterable[tuple[str, Any]] = (),
+                 discover_plugins: bool = True, plugin_manager: pluggy.PluginManager | None = None):
+        """`plugins` adds (name, plugin) pairs; `discover_plugins=False` uses only those, so a
+        test can build an app with exactly the plugins it wants."""
+        self.settings = settings
+        manager = plugin_manager or build_plugin_manager(settings, plugins, discover_plugins)
+        self.plugins = Plugins(manager)
+        self.verifier = build_verifier(settings)
+        self.hub = Hub()
+        self.broker: Broker = InProcessBroker()
+        self.request_limiter = RateLimiter(settings.rate_limits.requests_per_minute, "requests")
+        self.embedded: EmbeddedMongo | None = None
+        self.store: NotificationStore | None = None
+        self.service: NotificationService | None = None
+        self.ingest: EventIngest | None = None
+        self.port: int | None = None
+        self._http: tornado.httpserver.HTTPServer | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    @property
+    def storage_name(self) -> str:
+        if self.embedded is not None:
+            return f"embedded nx-27017 in {self.embedded.data_dir}"
+        return _redacted(self.settings.mongodb.url)
+
+    @property
+    def url(self) -> str:
+        host = self.settings.server.host
+        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        return f"http://{shown}:{self.port}"
+
+    async def open_storage(self) -> None:
+        """Connect to MongoDB (starting the embedded server if asked) and create the indexes;
+        builds the service, which is all `cleanup` and `check` need."""
+        settings = self.settings
+        url = settings.mongodb.url
+        if url == "embedded":
+            self.embedded = EmbeddedMongo(settings.data_path, settings.mongodb.startup_timeout_seconds)
+            url = await self.embedded.start()
+        self.store = NotificationStore.connect(url, settings.mongodb.database,
+                                               settings.mongodb.server_selection_timeout_seconds)
+        if not await self.store.ping():
+            await self._close_storage()
+            raise StartupError(f"storage {self.storage_name} does not answer (mongodb.url)")
+        await self.store.ensure_indexes()
+        self.service = NotificationService(self.store, self.broker, self.plugins, settings)
+        self.ingest = EventIngest(self.plugins, self.service, self.store)
+
+    async def start(self, sockets: list[socket.socket] | None = None) -> None:
+        """Open storage, start the broker and plugins, listen (on `sockets` if given)."""
+        settings = self.settings
+        await self.open_storage()
+        await self.broker.start(self.hub.dispatch)
+        await self.plugins.call_each("mojavox_startup", app=self)
+
+        self._http = tornado.httpserver.HTTPServer(
+            self.web_application(), max_body_size=max(settings.server.max_body_bytes * 4, 1 << 20),
+            idle_connection_timeout=120)
+        if sockets is None:
+            sockets = tornado.netutil.bind_sockets(settings.server.port, settings.server.host)
+        self._http.add_sockets(sockets)
+        self.port = sockets[0].getsockname()[1]
+
+        for source in self._event_sources():
+            self._tasks.append(asyncio.get_running_loop().create_task(self._run_source(source)))
+        if settings.retention.cleanup_interval_minutes:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._cleanup_loop()))
+
+    def web_application(self) -> tornado.web.Application:
+        settings = self.settings
+        common = {"verifier": self.verifier, "request_limiter": self.request_limiter,
+                  "max_body_bytes": settings.server.max_body_bytes}
+        service = {**common, "service": self.service}
+        routes = [
+            (r"/api/notifications", NotificationsHandler, service),
+            (r"/api/notifications/read-all", MarkAllReadHandler, service),
+            (r"/api/notifications/settings", SettingsHandler, service),
+            (r"/api/notifications/push-subscription", PushSubscriptionHandler, service),
+            (r"/api/notifications/unread-count", UnreadCountHandler, service),
+            (r"/api/notifications/vapid-public-key", VapidPublicKeyHandler,
+             {**common, "vapid_public_key": settings.push.vapid_public_key}),
+            (r"/api/notifications/([^/]+)/read", MarkReadHandler, service),
+            (r"/api/notifications/([^/]+)", NotificationHandler, service),
+            (r"/api/events", EventsHandler, {**common, "ingest": self.ingest}),
+            (r"/api/plugins", PluginsHandler, {**common, "plugins": self.plugins}),
+            (r"/healthz", HealthHandler, {**common, "checks": self.health}),
+            (settings.server.ws_path, NotificationSocket, {
+                "service": self.service, "hub": self.hub, "verifier": self.verifier,
+                "types": self.plugins.types, "server": settings.server,
+                "websocket": settings.websocket, "request_limiter": self.request_limiter}),
+        ]
+        return tornado.web.Application(
+            routes,
+            default_handler_class=NotFoundHandler, default_handler_args=common,
+            websocket_ping_interval=settings.websocket.ping_interval_seconds,
+            websocket_ping_timeout=settings.websocket.ping_timeout_seconds,
+            websocket_max_message_size=settings.server.max_message_bytes,
+        )
+
+    async def emit(self, event: Event) -> list[str]:
+        """Feed one domain event through the pipeline, as `POST /api/events` does."""
+        return await self.ingest.ingest(event)
+
+    async def health(self) -> dict[str, Any]:
+        storage_ok = await self.store.ping() if self.store else False
+        if self.embedded is not None and not self.embedded.alive:
+            storage_ok = False
+        return {
+            "status": "ok" if storage_ok and self.broker.healthy else "unavailable",
+            "storage": {"ok": storage_ok, "backend": self.storage_name},
+            "broker": {"ok": self.broker.healthy, "backend": self.broker.name},
+            "connections": len(self.hub),
+        }
+
+    def _event_sources(self) -> list:
+        sources = []
+        for result in self.plugins.manager.hook.mojavox_event_sources(app=self):
+            sources.extend(result or [])
+        return sources
+
+    async def _run_source(self, source) -> None:
+        name = getattr(source, "__qualname__", repr(source))
+        try:
+            await source(self.emit)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("event source %s failed and stopped", name)
+
+    async def _cleanup_loop(self) -> None:
+        interval = self.settings.retention.cleanup_interval_minutes * 60
+        while True:
+            try:
+                removed = await self.service.cleanup(self.settings.retention.days)
+                if removed:
+                    log.info("cleanup removed %d expired notifications", removed)
+            except Exception:
+                log.exception("cleanup failed; will retry")
+            await asyncio.sleep(interval)
+
+    async def stop(self) -> None:
+        """Stop accepting, close sockets with 1001 after flushing them, then release the rest."""
+        if self._http is not None:
+            self._http.stop()
+        self.hub.shutdown_all(CLOSE_GOING_AWAY, "server shutting down")
+        await self._wait_for_sockets()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self.service is not None:
+            try:
+                await self.plugins.call_each("mojavox_shutdown", app=self)
+            except Exception:
+                log.exception("a plugin's shutdown hook failed")
+        await self.broker.stop()
+        if self._http is not None:
+            await self._http.close_all_connections()
+            self._http = None
+        await self._close_storage()
+
+    async def _wait_for_sockets(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SHUTDOWN_GRACE_SECONDS
+        while len(self.hub) and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+
+    async def _close_storage(self) -> None:
+        if self.store is not None:
+            await self.store.close()
+            self.store = None
+        if self.embedded is not None:
+            await self.embedded.stop()
+
+
+def _redacted(url: str) -> str:
+    """A MongoDB URL for logs, without its password."""
+    scheme, sep, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}"

@@ -1,0 +1,171 @@
+"""JWT verification: the only place that knows about tokens; handlers only see a `Principal`.
+
+The accepted algorithm is pinned by settings, so `none` and algorithm confusion (an HS256 token
+signed with a public key) are refused by construction. `exp` is always required.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+
+from .errors import AuthenticationError, ForbiddenError
+from .settings import AuthSettings, Settings, SettingsError
+
+log = logging.getLogger(__name__)
+
+DEV_SECRET_FILE = "jwt-secret"
+MAX_USER_ID_LENGTH = 128
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the token's `sub`, its roles, and when the token expires (epoch seconds)."""
+
+    user_id: str
+    roles: frozenset[str]
+    expires_at: float
+
+    def require(self, role: str) -> None:
+        if role not in self.roles:
+            raise ForbiddenError(f"this action needs the '{role}' role")
+
+
+def hs256_secret(settings: Settings) -> str:
+    """The configured HS256 secret, or a development secret kept in the data folder.
+
+    With no `JWT_SECRET`, a random secret is created once under `data_dir` so that the server and
+    `mojavox-notify token` agree on it without any setup.
+    """
+    if settings.auth.secret:
+        return settings.auth.secret
+    path = settings.data_path / DEV_SECRET_FILE
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    path.touch(mode=0o600)
+    path.write_text(secret + "\n", encoding="utf-8")
+    log.warning("no JWT_SECRET set: created a development secret in %s", path)
+    return secret
+
+
+def mint_token(secret: str, user_id: str, roles: list[str], ttl_seconds: int,
+               audience: str | None = None, issuer: str | None = None) -> str:
+    """Sign an HS256 token for development, tests and the CLI."""
+    now = int(time.time())
+    claims = {"sub": user_id, "roles": list(roles), "iat": now, "exp": now + int(ttl_seconds)}
+    if audience:
+        claims["aud"] = audience
+    if issuer:
+        claims["iss"] = issuer
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+class TokenVerifier:
+    """Checks a bearer token and turns it into a `Principal`, or raises `AuthenticationError`."""
+
+    def __init__(self, auth: AuthSettings, static_key: str | None,
+                 http_client: AsyncHTTPClient | None = None):
+        self._auth = auth
+        self._static_key = static_key
+        self._http = http_client
+        self._jwks: dict[str, jwt.PyJWK] = {}
+        self._jwks_fetched_at = float("-inf")
+
+    async def verify(self, token: str | None) -> Principal:
+        if not token:
+            raise AuthenticationError("a bearer token is required", code="token_missing")
+        key = await self._key_for(token)
+        try:
+            claims = jwt.decode(
+                token, key, algorithms=[self._auth.algorithm],
+                audience=self._auth.audience, issuer=self._auth.issuer,
+                leeway=self._auth.leeway_seconds,
+                options={"require": ["exp", "sub"], "verify_aud": self._auth.audience is not None},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthenticationError("the token has expired", code="token_expired") from None
+        except jwt.PyJWTError as error:
+            raise AuthenticationError(f"the token is invalid: {error}", code="token_invalid") from None
+        return _principal(claims)
+
+    async def _key_for(self, token: str):
+        if self._static_key is not None:
+            return self._static_key
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.PyJWTError:
+            raise AuthenticationError("the token is malformed", code="token_invalid") from None
+        key = await self._jwks_key(kid)
+        if key is None:
+            raise AuthenticationError("the token's key id is not in the JWKS", code="token_invalid")
+        return key
+
+    async def _jwks_key(self, kid: str | None):
+        fresh = time.monotonic() - self._jwks_fetched_at < self._auth.jwks_cache_seconds
+        if not fresh or kid not in self._jwks and self._may_refetch():
+            await self._fetch_jwks()
+        if kid is None and len(self._jwks) == 1:
+            return next(iter(self._jwks.values()))
+        return self._jwks.get(kid)
+
+    def _may_refetch(self) -> bool:
+        # An unknown kid may mean the issuer rotated keys; refetch, but at most every 10 seconds.
+        return time.monotonic() - self._jwks_fetched_at > 10
+
+    async def _fetch_jwks(self) -> None:
+        client = self._http or AsyncHTTPClient()
+        try:
+            response = await client.fetch(self._auth.jwks_url, request_timeout=5)
+            document = json.loads(response.body)
+            keys = {}
+            for entry in document.get("keys", []):
+                if entry.get("use", "sig") != "sig":
+                    continue
+                try:
+                    keys[entry.get("kid")] = jwt.PyJWK(entry, algorithm=self._auth.algorithm)
+                except jwt.PyJWTError:
+                    continue
+        except (HTTPClientError, OSError, ValueError, AttributeError) as error:
+            log.warning("could not fetch JWKS from %s: %s", self._auth.jwks_url, error)
+            self._jwks_fetched_at = time.monotonic() - self._auth.jwks_cache_seconds + 10
+            return
+        self._jwks = keys
+        self._jwks_fetched_at = time.monotonic()
+
+
+def build_verifier(settings: Settings) -> TokenVerifier:
+    """The verifier the settings describe: a shared secret, a PEM public key, or a JWKS URL."""
+    auth = settings.auth
+    if auth.algorithm == "HS256":
+        return TokenVerifier(auth, hs256_secret(settings))
+    if auth.public_key:
+        return TokenVerifier(auth, auth.public_key)
+    if auth.public_key_file:
+        path = settings.resolve_path(auth.public_key_file)
+        try:
+            return TokenVerifier(auth, path.read_text(encoding="utf-8"))
+        except OSError as error:
+            raise SettingsError("auth.public_key_file", f"cannot read {path}: {error.strerror}") from None
+    return TokenVerifier(auth, None)
+
+
+def _principal(claims: dict) -> Principal:
+    user_id = claims.get("sub")
+    if not isinstance(user_id, str) or not 1 <= len(user_id) <= MAX_USER_ID_LENGTH:
+        raise AuthenticationError("the token's sub must be a user id of 1 to 128 characters",
+                                  code="token_invalid")
+    roles = claims.get("roles", [])
+    if isinstance(roles, str):
+        roles = roles.split()
+    if not isinstance(roles, list) or not all(isinstance(role, str) for role in roles):
+        raise AuthenticationError("the token's roles must be a list of strings", code="token_invalid")
+    return Principal(user_id=user_id, roles=frozenset(roles), expires_at=float(claims["exp"]))

@@ -1,0 +1,224 @@
+"""`mojavox-notify`: serve, mint a development token, make VAPID keys, emit an event, clean up,
+and check a deployment. A wrong setting ends with one line naming it and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import logging
+import signal
+import sys
+import urllib.error
+import urllib.request
+from typing import Sequence
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from .app import NotifyApp, StartupError
+from .auth import hs256_secret, mint_token
+from .embedded import EmbeddedStorageError
+from .logs import configure_logging
+from .plugins import PluginError
+from .settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("mojavox_notify")
+
+EXPECTED_ERRORS = (SettingsError, PluginError, StartupError, EmbeddedStorageError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except EXPECTED_ERRORS as error:
+        print(f"mojavox-notify: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mojavox-notify",
+                                     description="MOJAVOX Notify: real-time notification server")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the HTTP and WebSocket server")
+    _settings_option(serve)
+    serve.add_argument("--host", help="address to bind (server.host)")
+    serve.add_argument("--port", type=int, help="port to listen on (server.port, WS_PORT)")
+    serve.set_defaults(run=_serve)
+
+    token = commands.add_parser("token", help="print a JWT signed with the HS256 secret")
+    _settings_option(token)
+    token.add_argument("--user", required=True, help="the user id (sub claim)")
+    token.add_argument("--roles", default="", help="comma-separated roles, e.g. service,admin")
+    token.add_argument("--ttl", type=int, default=None, help="lifetime in seconds")
+    token.set_defaults(run=_token)
+
+    vapid = commands.add_parser("vapid-keys", help="print a new VAPID key pair as environment lines")
+    vapid.set_defaults(run=_vapid_keys)
+
+    emit = commands.add_parser("emit", help="post one domain event to a running server")
+    _settings_option(emit)
+    emit.add_argument("type", metavar="TYPE", help="event type, e.g. payment.received")
+    emit.add_argument("--data", required=True, help="the event's data as a JSON object")
+    emit.add_argument("--id", dest="event_id", help="event id; repeating it creates nothing new")
+    emit.add_argument("--url", help="server base URL (default: from the settings)")
+    emit.set_defaults(run=_emit)
+
+    cleanup = commands.add_parser("cleanup", help="delete expired and past-retention notifications")
+    _settings_option(cleanup)
+    cleanup.set_defaults(run=_cleanup)
+
+    check = commands.add_parser("check", help="validate settings, plugins and connectivity")
+    _settings_option(check)
+    check.set_defaults(run=_check)
+    return parser
+
+
+def _settings_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--settings", metavar="PATH",
+                        help="settings.yaml to use (default: built-in defaults)")
+
+
+def _load(args, **overrides) -> Settings:
+    return load_settings(args.settings, overrides=overrides)
+
+
+def _serve(args) -> int:
+    settings = _load(args, **{"server.host": args.host, "server.port": args.port})
+    configure_logging(settings.logging)
+    return asyncio.run(_serve_until_signalled(settings))
+
+
+async def _serve_until_signalled(settings: Settings) -> int:
+    app = NotifyApp(settings)
+    if not len(app.plugins.types):
+        log.warning("no notification types are registered: is plugins.directory (%s) right?",
+                    settings.resolve_path(settings.plugins.directory or "."))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await app.start()
+    except OSError as error:
+        await app.stop()
+        raise StartupError(f"cannot listen on {settings.server.host}:{settings.server.port}: "
+                           f"{error.strerror or error}") from None
+    except BaseException:
+        await app.stop()
+        raise
+    log.info("MOJAVOX Notify serving on %s (WebSocket %s) · storage: %s · broker: %s",
+             app.url, settings.server.ws_path, app.storage_name, app.broker.name)
+    await stop.wait()
+    log.info("shutting down")
+    await app.stop()
+    log.info("stopped")
+    return 0
+
+
+def _token(args) -> int:
+    settings = _load(args)
+    if settings.auth.algorithm != "HS256":
+        raise SettingsError("auth.algorithm", "the token command only signs HS256 tokens; "
+                            f"{settings.auth.algorithm} tokens come from your identity provider")
+    roles = [role.strip() for role in args.roles.split(",") if role.strip()]
+    ttl = args.ttl if args.ttl is not None else settings.auth.token_ttl_seconds
+    if ttl <= 0:
+        raise SettingsError("--ttl", "must be a positive number of seconds")
+    print(mint_token(hs256_secret(settings), args.user, roles, ttl,
+                     settings.auth.audience, settings.auth.issuer))
+    return 0
+
+
+def _vapid_keys(args) -> int:
+    key = ec.generate_private_key(ec.SECP256R1())
+    private = key.private_numbers().private_value.to_bytes(32, "big")
+    public = key.public_key().public_bytes(serialization.Encoding.X962,
+                                           serialization.PublicFormat.UncompressedPoint)
+    print(f"VAPID_PUBLIC_KEY={_b64url(public)}")
+    print(f"VAPID_PRIVATE_KEY={_b64url(private)}")
+    return 0
+
+
+def _b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _emit(args) -> int:
+    settings = _load(args)
+    try:
+        data = json.loads(args.data)
+    except ValueError:
+        raise SettingsError("--data", "must be a JSON object") from None
+    event = {"type": args.type, "data": data}
+    if args.event_id:
+        event["id"] = args.event_id
+    base = (args.url or f"http://127.0.0.1:{settings.server.port}").rstrip("/")
+    token = mint_token(hs256_secret(settings), "mojavox-notify-cli", ["service"], 300,
+                       settings.auth.audience, settings.auth.issuer)
+    request = urllib.request.Request(
+        f"{base}/api/events", data=json.dumps(event).encode(), method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=15) as response:
+            created = json.loads(response.read())["notifications"]
+    except urllib.error.HTTPError as error:
+        print(f"mojavox-notify: {error.code}: {_error_message(error)}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError) as error:
+        print(f"mojavox-notify: cannot reach {base}: {getattr(error, 'reason', error)}", file=sys.stderr)
+        return 1
+    for notification_id in created:
+        print(notification_id)
+    if not created:
+        print("no notification was created (muted by the recipient's settings)", file=sys.stderr)
+    return 0
+
+
+def _error_message(error: urllib.error.HTTPError) -> str:
+    try:
+        return json.loads(error.read())["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return error.reason
+
+
+def _cleanup(args) -> int:
+    settings = _load(args)
+    configure_logging(settings.logging)
+
+    async def run() -> int:
+        app = NotifyApp(settings)
+        await app.open_storage()
+        try:
+            return await app.service.cleanup(settings.retention.days)
+        finally:
+            await app.stop()
+
+    removed = asyncio.run(run())
+    print(f"removed {removed} expired or past-retention notifications")
+    return 0
+
+
+def _check(args) -> int:
+    settings = _load(args)
+    print(f"settings: ok ({args.settings or 'built-in defaults'})")
+    app = NotifyApp(settings)
+    print(f"plugins: ok ({', '.join(name for name, _ in app.plugins.manager.list_name_plugin()) or 'none'}; "
+          f"{len(app.plugins.types)} notification types, {len(app.plugins.event_types)} event types)")
+
+    async def connectivity() -> str:
+        try:
+            await app.open_storage()
+        finally:
+            await app.stop()
+        return app.storage_name
+
+    print(f"storage: ok ({asyncio.run(connectivity())})")
+    print(f"broker: ok ({app.broker.name})")
+    return 0

@@ -1,0 +1,143 @@
+"""The embedded storage default: `nx-27017`, a MongoDB wire-protocol server over SQLite files,
+run as a child process on a free loopback port so the same driver code path serves a local run.
+
+Run as `python -m mojavox_notify.embedded NX_ARGS...` this module is the child itself: it quiets
+nx-27017's per-command logging and exits when its parent dies, so a SIGKILLed server never
+leaves an orphan holding the data files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+from pymongo import AsyncMongoClient
+from pymongo.errors import PyMongoError
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddedStorageError(RuntimeError):
+    """The embedded storage server could not be started."""
+
+
+class EmbeddedMongo:
+    """Starts, watches and stops one nx-27017 child whose files live under `data_dir/mongo`."""
+
+    def __init__(self, data_dir: Path, startup_timeout: float = 20.0):
+        self.data_dir = Path(data_dir)
+        self.startup_timeout = startup_timeout
+        self.port: int | None = None
+        self._process: asyncio.subprocess.Process | None = None
+        self._watcher: asyncio.Task | None = None
+        self._stopping = False
+
+    @property
+    def url(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "nx-27017.log"
+
+    @property
+    def alive(self) -> bool:
+        return self._process is not None and self._process.returncode is None
+
+    async def start(self) -> str:
+        """Start the child and wait until it answers a ping; returns its URL."""
+        files = self.data_dir / "mongo"
+        files.mkdir(parents=True, exist_ok=True)
+        self.port = _free_port()
+        with open(self.log_path, "ab") as output:
+            self._process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "mojavox_notify.embedded", str(os.getpid()),
+                "--data-dir", str(files), "--host", "127.0.0.1", "-p", str(self.port),
+                "--log-file", os.devnull, "--pid-file", str(self.data_dir / "nx-27017.pid"),
+                stdin=asyncio.subprocess.DEVNULL, stdout=output, stderr=output)
+        try:
+            await self._wait_until_ready()
+        except BaseException:
+            await self.stop()
+            raise
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        log.info("embedded storage nx-27017 (pid %s) on port %s, files in %s",
+                 self._process.pid, self.port, files)
+        return self.url
+
+    async def _wait_until_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        client = AsyncMongoClient(self.url, serverSelectionTimeoutMS=500, connectTimeoutMS=500)
+        try:
+            while True:
+                if self._process.returncode is not None:
+                    raise EmbeddedStorageError(
+                        f"nx-27017 exited with code {self._process.returncode} while starting; "
+                        f"see {self.log_path}")
+                try:
+                    await client.admin.command("ping")
+                    return
+                except PyMongoError:
+                    if time.monotonic() > deadline:
+                        raise EmbeddedStorageError(
+                            f"nx-27017 did not answer within {self.startup_timeout:g}s; "
+                            f"see {self.log_path}") from None
+                    await asyncio.sleep(0.1)
+        finally:
+            await client.close()
+
+    async def _watch(self) -> None:
+        code = await self._process.wait()
+        if not self._stopping:
+            log.error("embedded storage server nx-27017 (pid %s) died with exit code %s; "
+                      "storage is unavailable until restart; see %s",
+                      self._process.pid, code, self.log_path)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        process = self._process
+        if process is not None and process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), timeout=5)
+            except asyncio.TimeoutError:
+                process.kill()
+                await process.wait()
+        if self._watcher is not None:
+            await self._watcher
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _exit_when_orphaned(parent_pid: int) -> None:
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _child_main() -> None:
+    parent_pid = int(sys.argv[1])
+    sys.argv = ["nx-27017", *sys.argv[2:]]
+    # nx-27017 logs every command at INFO; configuring the root logger first keeps warnings only.
+    logging.basicConfig(level=logging.WARNING,
+                        format="%(asctime)s nx-27017 %(levelname)s %(name)s: %(message)s")
+    _exit_when_orphaned(parent_pid)
+    from nx_27017.nx_27017 import main
+    main()
+
+
+if __name__ == "__main__":
+    _child_main()

@@ -1,0 +1,57 @@
+"""One exception type per kind of failure; the handlers map them to status codes and JSON."""
+
+
+class NotifyError(Exception):
+    """Base class: carries an HTTP status and a stable machine-readable code."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class ValidationError(NotifyError):
+    status = 400
+    code = "invalid_request"
+
+    def __init__(self, field: str, message: str, *, code: str | None = None):
+        super().__init__(f"{field}: {message}" if field else message, code=code)
+        self.field = field
+
+
+class AuthenticationError(NotifyError):
+    status = 401
+    code = "unauthorized"
+
+
+class ForbiddenError(NotifyError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFoundError(NotifyError):
+    status = 404
+    code = "not_found"
+
+
+class PayloadTooLargeError(NotifyError):
+    status = 413
+    code = "payload_too_large"
+
+
+class RateLimitedError(NotifyError):
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: float):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class StorageUnavailableError(NotifyError):
+    status = 503
+    code = "storage_unavailable"

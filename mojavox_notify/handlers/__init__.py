@@ -1,0 +1,1 @@
+"""Thin tornado handlers: translate HTTP and WebSocket to service calls and back."""

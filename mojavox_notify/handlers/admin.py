@@ -1,0 +1,28 @@
+"""Operational endpoints: health for load balancers, the plugin list for admins."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ..plugins import Plugins
+from .base import BaseHandler
+
+
+class HealthHandler(BaseHandler):
+    """200 when storage answers, 503 otherwise, with what was checked."""
+
+    public = True
+    checks: Callable
+
+    async def get(self) -> None:
+        report = await self.checks()
+        self.send_json(report, status=200 if report["status"] == "ok" else 503)
+
+
+class PluginsHandler(BaseHandler):
+    plugins: Plugins
+
+    async def get(self) -> None:
+        self.principal.require("admin")
+        self.send_json({"plugins": self.plugins.describe(),
+                        "eventTypes": dict(sorted(self.plugins.event_descriptions.items()))})

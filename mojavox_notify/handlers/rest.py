@@ -1,0 +1,98 @@
+"""The REST API under /api/notifications: a user's own notifications, settings and push
+subscriptions; services create notifications directly."""
+
+from __future__ import annotations
+
+from ..service import NotificationService
+from .base import BaseHandler
+
+
+class NotificationsHandler(BaseHandler):
+    service: NotificationService
+
+    async def get(self) -> None:
+        user_id = self.principal.user_id
+        page = await self.service.list(
+            user_id,
+            limit=self.query_int("limit", 50),
+            offset=self.query_int("offset", 0),
+            unread_only=self.query_bool("unreadOnly", False),
+        )
+        page["unreadCount"] = (await self.service.unread(user_id))["count"]
+        self.send_json(page)
+
+    async def post(self) -> None:
+        self.principal.require("service")
+        notification = await self.service.create(self.json_body())
+        if notification is None:
+            self.send_json({"notification": None, "muted": True}, status=202)
+            return
+        self.send_json(notification, status=201)
+
+
+class UnreadCountHandler(BaseHandler):
+    service: NotificationService
+
+    async def get(self) -> None:
+        self.send_json(await self.service.unread(self.principal.user_id))
+
+
+class MarkReadHandler(BaseHandler):
+    service: NotificationService
+
+    async def post(self, notification_id: str) -> None:
+        await self.service.mark_read(self.principal.user_id, notification_id)
+        self.send_json({"success": True})
+
+
+class MarkAllReadHandler(BaseHandler):
+    service: NotificationService
+
+    async def post(self) -> None:
+        await self.service.mark_all_read(self.principal.user_id)
+        self.send_json({"success": True})
+
+
+class NotificationHandler(BaseHandler):
+    service: NotificationService
+
+    async def delete(self, notification_id: str) -> None:
+        await self.service.delete(self.principal.user_id, notification_id)
+        self.send_json({"success": True})
+
+
+class SettingsHandler(BaseHandler):
+    service: NotificationService
+
+    async def get(self) -> None:
+        self.send_json(await self.service.preferences(self.principal.user_id))
+
+    async def put(self) -> None:
+        self.send_json(await self.service.update_preferences(self.principal.user_id, self.json_body()))
+
+
+class PushSubscriptionHandler(BaseHandler):
+    service: NotificationService
+
+    async def post(self) -> None:
+        await self.service.save_push_subscription(self.principal.user_id, self.json_body())
+        self.send_json({"success": True})
+
+    async def delete(self) -> None:
+        await self.service.remove_push_subscription(self.principal.user_id, self.json_body())
+        self.send_json({"success": True})
+
+
+class VapidPublicKeyHandler(BaseHandler):
+    """The application server key browsers need for `pushManager.subscribe`."""
+
+    public = True
+    vapid_public_key: str | None
+
+    async def get(self) -> None:
+        if not self.vapid_public_key:
+            self.send_json({"error": {"code": "push_not_configured",
+                                      "message": "web push is not configured (VAPID_PUBLIC_KEY)"}},
+                           status=404)
+            return
+        self.send_json({"publicKey": self.vapid_public_key})

@@ -1,0 +1,388 @@
+"""`/ws/notifications`: the dashboard socket.
+
+Each socket delivers its user's notifications in sequence order, exactly once: it remembers the
+last `seq` it passed on; a live message with a later `seq` than the next expected one makes it
+fetch the gap from storage first, and an earlier or equal one is a duplicate and dropped. The
+same mechanism serves `?since=` recovery, and live messages that arrive meanwhile wait their turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import itertools
+import json
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import tornado.websocket
+
+from ..auth import Principal, TokenVerifier
+from ..broker import Message
+from ..errors import AuthenticationError, NotifyError, ValidationError
+from ..hub import Hub
+from ..model import NotificationTypes, iso, utcnow
+from ..ratelimit import RateLimiter
+from ..service import NotificationService, page_bounds
+from ..settings import ServerSettings, WebSocketSettings
+
+log = logging.getLogger(__name__)
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_TOKEN_MISSING = 4001
+CLOSE_TOKEN_INVALID = 4002
+CLOSE_TOKEN_EXPIRED = 4003
+CLOSE_SLOW_CONSUMER = 4008
+
+_client_numbers = itertools.count(1)
+
+
+class Outbox:
+    """A bounded queue of frames with one writer task: a client that stops reading is closed
+    instead of growing this process's memory."""
+
+    def __init__(self, socket: "NotificationSocket", max_messages: int, max_bytes: int):
+        self._socket = socket
+        self._frames: collections.deque[str] = collections.deque()
+        self._bytes = 0
+        self._max_messages = max_messages
+        self._max_bytes = max_bytes
+        self._wakeup = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        self.closing_code: int | None = None
+
+    def put(self, frame: dict[str, Any]) -> None:
+        if self.closing_code is not None:
+            return
+        text = json.dumps(frame, separators=(",", ":"))
+        self._frames.append(text)
+        self._bytes += len(text)
+        if len(self._frames) > self._max_messages or self._bytes > self._max_bytes:
+            log.warning("closing socket %s of %s: slow consumer (%d frames, %d bytes queued)",
+                        self._socket.client_id, self._socket.user_id, len(self._frames), self._bytes)
+            self._frames.clear()
+            self._socket.close(CLOSE_SLOW_CONSUMER, "slow consumer")
+            return
+        self._wakeup.set()
+
+    def close_after_flush(self, code: int, reason: str) -> None:
+        """Send what is queued, then close (graceful shutdown)."""
+        self.closing_code = code
+        self._closing_reason = reason
+        self._wakeup.set()
+
+    def cancel(self) -> None:
+        self._task.cancel()
+
+    async def _run(self) -> None:
+        while True:
+            while self._frames:
+                text = self._frames.popleft()
+                self._bytes -= len(text)
+                try:
+                    await self._socket.write_message(text)
+                except tornado.websocket.WebSocketClosedError:
+                    return
+            if self.closing_code is not None:
+                self._socket.close(self.closing_code, self._closing_reason)
+                return
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+
+class NotificationSocket(tornado.websocket.WebSocketHandler):
+    def initialize(self, service: NotificationService, hub: Hub, verifier: TokenVerifier,
+                   types: NotificationTypes, server: ServerSettings, websocket: WebSocketSettings,
+                   request_limiter: RateLimiter) -> None:
+        self.service = service
+        self.hub = hub
+        self.verifier = verifier
+        self.types = types
+        self.server_settings = server
+        self.ws_settings = websocket
+        self.request_limiter = request_limiter
+        self.principal: Principal | None = None
+        self.user_id: str | None = None
+        self.client_id = ""
+        self.channels: set[str] = set()
+        self.outbox: Outbox | None = None
+        self.last_seq = 0
+        self.live_from = 0
+        self._catching_up = True
+        self._held: list[Message] = []
+        self._timers: list[asyncio.TimerHandle] = []
+        self._attached = False
+
+    # -- handshake ------------------------------------------------------------------------------
+
+    def check_origin(self, origin: str) -> bool:
+        allowed = self.server_settings.allowed_origins
+        return not allowed or origin in allowed
+
+    def get_compression_options(self) -> None:
+        return None
+
+    async def open(self) -> None:
+        token = self.get_query_argument("token", None) or _bearer(self.request.headers)
+        if not token:
+            self.close(CLOSE_TOKEN_MISSING, "Authentication required")
+            return
+        try:
+            self.principal = await self.verifier.verify(token)
+        except AuthenticationError:
+            self.close(CLOSE_TOKEN_INVALID, "Invalid token")
+            return
+        since = self.get_query_argument("since", None)
+        self.user_id = self.principal.user_id
+        self.client_id = f"{self.user_id}-{int(time.time() * 1000)}-{next(_client_numbers)}"
+        self.channels = set(self.types.names)
+        self.outbox = Outbox(self, self.ws_settings.max_queued_messages,
+                             self.ws_settings.max_buffered_bytes)
+        try:
+            await self._start_live(since)
+        except Exception:
+            log.exception("socket %s could not start", self.client_id)
+            self.close(1011, "internal error")
+
+    async def _start_live(self, since: str | None) -> None:
+        """Connected, then the missed backlog (with `since`), then live ones: no gap, no repeat."""
+        since_seq = None
+        if since is not None:
+            try:
+                since_seq = await self.service.seq_of(self.user_id, since)
+            except NotifyError:
+                since_seq = None
+        self.live_from = self.last_seq = await self.service.last_seq(self.user_id)
+        self.hub.attach(self)
+        self._attached = True
+        self._schedule_token_timers()
+        self._send("connected", clientId=self.client_id, timestamp=iso(utcnow()),
+                   unreadCount=await self.service.unread(self.user_id))
+        if since is not None:
+            if since_seq is None:
+                self._send_error("since_not_found", "since: no such notification of yours; "
+                                 "page get_history instead")
+            else:
+                await self._send_backlog(since_seq)
+        await self._catch_up()
+
+    async def _send_backlog(self, since_seq: int) -> None:
+        """What the client missed before this connection went live: (since, live_from], capped
+        to the newest `resume_limit`, oldest first; `hasMore` tells it to page history."""
+        limit = self.ws_settings.resume_limit
+        backlog, has_more = await self.service.between(self.user_id, since_seq, self.live_from, limit)
+        for _, payload in backlog:
+            if payload["type"] in self.channels:
+                self._send("notification", payload=payload)
+        self._send("resumed", count=len(backlog), hasMore=has_more,
+                   lastId=backlog[-1][1]["id"] if backlog else None)
+
+    # -- live delivery (called by the hub; never blocks) ------------------------------------------
+
+    def deliver(self, message: Message) -> None:
+        if message.get("kind") != "notification":
+            self._deliver_change(message)
+            return
+        if self._catching_up:
+            self._held.append(message)
+            return
+        seq = message["seq"]
+        if seq <= self.last_seq:
+            return
+        if seq == self.last_seq + 1:
+            self._pass_on(seq, message["notification"], message.get("unread"))
+            return
+        self._held.append(message)
+        self._catching_up = True
+        asyncio.get_running_loop().create_task(self._catch_up())
+
+    def _pass_on(self, seq: int, payload: dict, unread: dict | None) -> None:
+        self.last_seq = seq
+        if payload["type"] in self.channels:
+            self._send("notification", payload=payload)
+        if unread is not None:
+            self._send("unread_count", **unread)
+
+    async def _catch_up(self) -> None:
+        """Fetch everything after `last_seq` from storage, then release held live messages."""
+        self._catching_up = True
+        try:
+            passed_on = 0
+            while True:
+                batch, more = await self.service.after(self.user_id, self.last_seq,
+                                                       self.ws_settings.resume_limit)
+                for seq, payload in batch:
+                    self._pass_on(seq, payload, None)
+                passed_on += len(batch)
+                if not more:
+                    break
+            if passed_on:
+                self._send("unread_count", **await self.service.unread(self.user_id))
+            held, self._held = self._held, []
+            self._catching_up = False
+            for message in sorted(held, key=lambda m: m["seq"]):
+                self.deliver(message)
+        except Exception:
+            log.exception("socket %s could not catch up", self.client_id)
+            self.close(1011, "internal error")
+
+    def _deliver_change(self, message: Message) -> None:
+        kind = message["kind"]
+        if kind == "read":
+            self._send("notification_read", notificationId=message["notification_id"])
+        elif kind == "read_all":
+            self._send("notification_read", notificationId=None, all=True)
+        elif kind == "deleted":
+            self._send("notification_deleted", notificationId=message["notification_id"])
+        if message.get("unread") is not None:
+            self._send("unread_count", **message["unread"])
+
+    # -- client messages ------------------------------------------------------------------------
+
+    async def on_message(self, raw: str | bytes) -> None:
+        if self.principal is None:
+            return
+        try:
+            frame = _parse_frame(raw)
+            handler = getattr(self, f"_on_{frame['type']}", None)
+            if handler is None:
+                raise ValidationError("type", f"unknown message type {frame['type']!r}; allowed: "
+                                      f"{', '.join(CLIENT_MESSAGES)}", code="unknown_type")
+            if frame["type"] != "ping":
+                self.request_limiter.take([self.user_id])
+            await handler(frame)
+        except NotifyError as error:
+            self._send_error(error.code, error.message)
+        except Exception:
+            log.exception("socket %s failed to handle a message", self.client_id)
+            self._send_error("internal_error", "the server failed to handle the message")
+
+    async def _on_ping(self, frame: dict) -> None:
+        self._send("pong", timestamp=iso(utcnow()))
+
+    async def _on_subscribe(self, frame: dict) -> None:
+        self.channels |= self._channels(frame)
+        self._send_subscribed()
+
+    async def _on_unsubscribe(self, frame: dict) -> None:
+        self.channels -= self._channels(frame)
+        self._send_subscribed()
+
+    def _channels(self, frame: dict) -> set[str]:
+        channels = frame.get("channels")
+        if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
+            raise ValidationError("channels", "must be a list of channel names")
+        for channel in channels:
+            if channel != "all" and channel not in self.types:
+                raise ValidationError("channels", f"unknown channel {channel!r}; allowed: all, "
+                                      f"{', '.join(self.types.names)}", code="unknown_channel")
+        return set(self.types.names) if "all" in channels else set(channels)
+
+    def _send_subscribed(self) -> None:
+        effective = ["all"] if self.channels == set(self.types.names) else sorted(self.channels)
+        self._send("subscribed", channels=effective)
+
+    async def _on_mark_read(self, frame: dict) -> None:
+        notification_id = frame.get("notificationId")
+        if not isinstance(notification_id, str):
+            raise ValidationError("notificationId", "must be a notification id string")
+        await self.service.mark_read(self.user_id, notification_id)
+
+    async def _on_mark_all_read(self, frame: dict) -> None:
+        await self.service.mark_all_read(self.user_id)
+
+    async def _on_get_history(self, frame: dict) -> None:
+        limit, offset = page_bounds(frame.get("limit", 50), frame.get("offset", 0))
+        unread_only = frame.get("unreadOnly", False)
+        if not isinstance(unread_only, bool):
+            raise ValidationError("unreadOnly", "must be true or false")
+        page = await self.service.list(self.user_id, limit, offset, unread_only)
+        self._send("history", **page)
+
+    async def _on_resume(self, frame: dict) -> None:
+        since = frame.get("since")
+        if not isinstance(since, str):
+            raise ValidationError("since", "must be the id of the last notification you received")
+        since_seq = await self.service.seq_of(self.user_id, since)
+        await self._send_backlog(since_seq)
+
+    async def _on_refresh_token(self, frame: dict) -> None:
+        token = frame.get("token")
+        if not isinstance(token, str) or not token:
+            raise ValidationError("token", "must be a JWT string")
+        principal = await self.verifier.verify(token)
+        if principal.user_id != self.user_id:
+            log.warning("socket %s: refresh with a token of another user; closing", self.client_id)
+            self.close(CLOSE_TOKEN_INVALID, "Token is for another user")
+            return
+        self.principal = principal
+        self._schedule_token_timers()
+        self._send("token_refreshed", expiresAt=iso_epoch(principal.expires_at))
+
+    # -- token lifetime -------------------------------------------------------------------------
+
+    def _schedule_token_timers(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        loop = asyncio.get_running_loop()
+        remaining = self.principal.expires_at - time.time()
+        warn_in = remaining - self.ws_settings.token_expiry_warning_seconds
+        expires_at = iso_epoch(self.principal.expires_at)
+        self._timers = [
+            loop.call_later(max(0.0, warn_in), functools.partial(
+                self._send, "token_expiring", expiresAt=expires_at)),
+            loop.call_later(max(0.0, remaining), self.close, CLOSE_TOKEN_EXPIRED, "Token expired"),
+        ]
+
+    # -- output and teardown ----------------------------------------------------------------------
+
+    def _send(self, message_type: str, **fields: Any) -> None:
+        if self.outbox is not None:
+            self.outbox.put({"type": message_type, **fields})
+
+    def _send_error(self, code: str, message: str) -> None:
+        self._send("error", code=code, message=message)
+
+    def shutdown(self, code: int, reason: str) -> None:  # the hub's Connection.shutdown
+        """Close after what is queued is sent (used at server shutdown)."""
+        if self.outbox is None:
+            self.close(code, reason)
+        else:
+            self.outbox.close_after_flush(code, reason)
+
+    def on_close(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        if self._attached:
+            self.hub.detach(self)
+            self._attached = False
+        if self.outbox is not None:
+            self.outbox.cancel()
+
+
+CLIENT_MESSAGES = ("subscribe", "unsubscribe", "mark_read", "mark_all_read", "get_history",
+                   "ping", "resume", "refresh_token")
+
+
+def _parse_frame(raw: str | bytes) -> dict:
+    try:
+        frame = json.loads(raw)
+    except (UnicodeDecodeError, ValueError):
+        raise ValidationError("", "the message is not valid JSON", code="invalid_json") from None
+    if not isinstance(frame, dict):
+        raise ValidationError("", "the message must be a JSON object", code="invalid_message")
+    if not isinstance(frame.get("type"), str):
+        raise ValidationError("type", "must be a string naming the message", code="invalid_message")
+    return frame
+
+
+def _bearer(headers) -> str | None:
+    scheme, _, token = headers.get("Authorization", "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def iso_epoch(seconds: float) -> str:
+    return iso(datetime.fromtimestamp(seconds, tz=timezone.utc))

@@ -1,0 +1,399 @@
+"""The wire format in one place: notification types, draft validation, storage documents, payloads.
+
+A draft is what a plugin or a service caller asks for (camelCase, as on the wire); a document is
+what the store keeps (snake_case); a payload is what clients receive. Nothing else builds these.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterable, Mapping
+from urllib.parse import urlparse
+
+import nh3
+from bson import ObjectId
+
+from .errors import NotFoundError, ValidationError
+
+PRIORITIES = ("low", "medium", "high", "critical")
+MAX_USER_ID = 128
+MAX_TITLE = 255
+MAX_MESSAGE = 2000
+MAX_DATA_BYTES = 16 * 1024
+MAX_DATA_DEPTH = 20
+MAX_ACTION_URL = 2048
+# Stored as the expiry of notifications that never expire, so every query is a plain range.
+NEVER = datetime(9999, 12, 31, tzinfo=timezone.utc)
+TYPE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+DRAFT_FIELDS = {"userId", "type", "title", "message", "priority", "data", "actionUrl", "expiresAt"}
+
+
+@dataclass(frozen=True)
+class NotificationType:
+    """A kind of notification a plugin registers: also a WebSocket channel name."""
+
+    name: str
+    default_priority: str
+    description: str = ""
+    plugin: str = ""
+
+
+class NotificationTypes:
+    """The registered types; filled from the plugins' `mojavox_register_types` hook."""
+
+    def __init__(self, types: Iterable[NotificationType] = ()):
+        self._types: dict[str, NotificationType] = {}
+        for notification_type in types:
+            self.register(notification_type)
+
+    def register(self, notification_type: NotificationType) -> None:
+        name = notification_type.name
+        if not isinstance(name, str) or not TYPE_NAME.match(name):
+            raise ValueError(f"notification type name {name!r} must match {TYPE_NAME.pattern}")
+        if name == "all":
+            raise ValueError("'all' is reserved for the channel of every type")
+        if notification_type.default_priority not in PRIORITIES:
+            raise ValueError(f"notification type {name}: default priority must be one of "
+                             f"{', '.join(PRIORITIES)}")
+        existing = self._types.get(name)
+        if existing and existing != notification_type:
+            raise ValueError(f"notification type {name} is registered twice "
+                             f"({existing.plugin or 'core'} and {notification_type.plugin or 'core'})")
+        self._types[name] = notification_type
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._types
+
+    def __iter__(self):
+        return iter(self._types.values())
+
+    def __len__(self) -> int:
+        return len(self._types)
+
+    def get(self, name: str) -> NotificationType:
+        return self._types[name]
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._types)
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A validated, sanitized request to notify one user."""
+
+    user_id: str
+    type: str
+    title: str
+    message: str
+    priority: str
+    data: dict[str, Any] = field(default_factory=dict)
+    action_url: str | None = None
+    expires_at: datetime | None = None
+
+
+def validate_draft(raw: Any, types: NotificationTypes, action_url_hosts: Iterable[str] = (),
+                   now: datetime | None = None) -> Draft:
+    """Check every field of a draft and return it sanitized; errors name the field."""
+    if not isinstance(raw, Mapping):
+        raise ValidationError("body", "must be a JSON object")
+    unknown = sorted(set(raw) - DRAFT_FIELDS)
+    if unknown:
+        raise ValidationError(unknown[0], f"unknown field; allowed: {', '.join(sorted(DRAFT_FIELDS))}")
+    user_id = _user_id(raw.get("userId"), "userId")
+    type_name = raw.get("type")
+    if type_name not in types:
+        raise ValidationError("type", f"must be one of {', '.join(types.names)}")
+    priority = raw.get("priority")
+    if priority is None:
+        priority = types.get(type_name).default_priority
+    elif priority not in PRIORITIES:
+        raise ValidationError("priority", f"must be one of {', '.join(PRIORITIES)}")
+    return Draft(
+        user_id=user_id,
+        type=type_name,
+        title=_plain_text(raw.get("title"), "title", MAX_TITLE),
+        message=_plain_text(raw.get("message"), "message", MAX_MESSAGE),
+        priority=priority,
+        data=_data(raw.get("data")),
+        action_url=_action_url(raw.get("actionUrl"), action_url_hosts),
+        expires_at=_expires_at(raw.get("expiresAt"), now or utcnow()),
+    )
+
+
+def _user_id(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_USER_ID or value != value.strip():
+        raise ValidationError(name, f"must be a user id of 1 to {MAX_USER_ID} characters "
+                                    "without surrounding spaces")
+    return value
+
+
+def strip_markup(text: str) -> str:
+    """Plain text with no markup: nh3 removes tags (and script/style content), entities decode.
+
+    Decoding can reveal markup that was entity-escaped (`&lt;script&gt;`), so repeat until the
+    text no longer changes.
+    """
+    for _ in range(5):
+        cleaned = html.unescape(nh3.clean(text, tags=set(), attributes={}))
+        if cleaned == text:
+            break
+        text = cleaned
+    return text.strip()
+
+
+def _plain_text(value: Any, name: str, limit: int) -> str:
+    if not isinstance(value, str):
+        raise ValidationError(name, "must be a string")
+    if len(value) > limit:
+        raise ValidationError(name, f"must be at most {limit} characters (got {len(value)})")
+    text = strip_markup(value)
+    if not text:
+        raise ValidationError(name, "must not be empty (markup is removed)")
+    return text
+
+
+def _data(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValidationError("data", "must be a JSON object")
+    try:
+        encoded = json.dumps(value, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError):
+        raise ValidationError("data", "must hold only JSON values") from None
+    if len(encoded.encode()) > MAX_DATA_BYTES:
+        raise ValidationError("data", f"must be at most {MAX_DATA_BYTES} bytes as JSON")
+    _check_keys(value, "data", depth=0)
+    return value
+
+
+def _check_keys(value: Any, path: str, depth: int) -> None:
+    if depth > MAX_DATA_DEPTH:
+        raise ValidationError(path, f"nests deeper than {MAX_DATA_DEPTH} levels")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key.startswith("$") or "\x00" in key:
+                raise ValidationError(f"{path}.{key}", "keys must not start with $ or hold NUL")
+            _check_keys(item, f"{path}.{key}", depth + 1)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_keys(item, f"{path}[{index}]", depth + 1)
+
+
+def _action_url(value: Any, allowed_hosts: Iterable[str]) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > MAX_ACTION_URL:
+        raise ValidationError("actionUrl", f"must be a string of 1 to {MAX_ACTION_URL} characters")
+    if any(ch.isspace() or ord(ch) < 32 or ch == "\\" for ch in value):
+        raise ValidationError("actionUrl", "must not contain spaces, control characters or backslashes")
+    if value.startswith("/") and not value.startswith("//"):
+        return value
+    parsed = urlparse(value)
+    hosts = {host.lower() for host in allowed_hosts}
+    if parsed.scheme in ("http", "https") and parsed.hostname and parsed.hostname.lower() in hosts:
+        return value
+    allowed = f"or an http(s) URL on {', '.join(sorted(hosts))}" if hosts else "(no absolute URL hosts are allowed)"
+    raise ValidationError("actionUrl", f"must be a relative path starting with / {allowed}")
+
+
+def _expires_at(value: Any, now: datetime) -> datetime | None:
+    if value is None:
+        return None
+    moment = parse_time(value, "expiresAt")
+    if moment <= now:
+        raise ValidationError("expiresAt", "must be in the future")
+    return moment
+
+
+def parse_time(value: Any, name: str) -> datetime:
+    """An ISO 8601 time with a zone (a bare one is taken as UTC), as an aware UTC datetime."""
+    if not isinstance(value, str):
+        raise ValidationError(name, "must be an ISO 8601 time such as 2026-01-27T20:30:00Z")
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValidationError(name, "must be an ISO 8601 time such as 2026-01-27T20:30:00Z") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
+
+
+def utcnow() -> datetime:
+    """Now, in UTC, truncated to the millisecond that BSON dates keep."""
+    now = datetime.now(timezone.utc)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def to_document(draft: Draft, created_at: datetime, seq: int, event_id: str | None = None) -> dict:
+    """The stored form of a new notification; `seq` orders one user's notifications."""
+    document = {
+        "_id": ObjectId(),
+        "user_id": draft.user_id,
+        "seq": seq,
+        "type": draft.type,
+        "title": draft.title,
+        "message": draft.message,
+        "priority": draft.priority,
+        "data": draft.data,
+        "action_url": draft.action_url,
+        "read": False,
+        "read_at": None,
+        "created_at": created_at,
+        "expires_at": draft.expires_at or NEVER,
+    }
+    if event_id is not None:
+        document["event_id"] = event_id
+    return document
+
+
+def to_payload(document: Mapping[str, Any]) -> dict[str, Any]:
+    """The notification as clients see it (DESIGN.md's payload)."""
+    return {
+        "id": str(document["_id"]),
+        "type": document["type"],
+        "title": document["title"],
+        "message": document["message"],
+        "timestamp": iso(document["created_at"]),
+        "priority": document["priority"],
+        "read": bool(document.get("read")),
+        "data": document.get("data") or {},
+        "actionUrl": document.get("action_url"),
+    }
+
+
+def notification_id(value: Any) -> ObjectId:
+    """Parse a notification id from a client; anything malformed is simply not found."""
+    if isinstance(value, str) and ObjectId.is_valid(value) and len(value) == 24:
+        return ObjectId(value)
+    raise NotFoundError("no such notification")
+
+
+@dataclass(frozen=True)
+class ChannelPreference:
+    """A user's choice for one type: whether it is created at all, and whether it may be pushed."""
+
+    enabled: bool = True
+    push: bool = True
+
+
+def default_preferences(types: NotificationTypes) -> dict[str, ChannelPreference]:
+    return {name: ChannelPreference() for name in types.names}
+
+
+def validate_preferences_update(raw: Any, types: NotificationTypes) -> dict[str, dict[str, bool]]:
+    """`{"channels": {type: {enabled?, push?}}}` → the fields to change, per type."""
+    if not isinstance(raw, Mapping):
+        raise ValidationError("body", "must be a JSON object")
+    unknown = sorted(set(raw) - {"channels"})
+    if unknown:
+        raise ValidationError(unknown[0], "unknown field; allowed: channels")
+    channels = raw.get("channels")
+    if not isinstance(channels, Mapping):
+        raise ValidationError("channels", "must be an object of type → {enabled, push}")
+    changes: dict[str, dict[str, bool]] = {}
+    for name, preference in channels.items():
+        if name not in types:
+            raise ValidationError(f"channels.{name}", f"unknown type; allowed: {', '.join(types.names)}")
+        if not isinstance(preference, Mapping):
+            raise ValidationError(f"channels.{name}", "must be an object with enabled and/or push")
+        change = {}
+        for key, value in preference.items():
+            if key not in ("enabled", "push"):
+                raise ValidationError(f"channels.{name}.{key}", "unknown field; allowed: enabled, push")
+            if not isinstance(value, bool):
+                raise ValidationError(f"channels.{name}.{key}", "must be true or false")
+            change[key] = value
+        changes[name] = change
+    return changes
+
+
+def preferences_payload(preferences: Mapping[str, ChannelPreference]) -> dict[str, Any]:
+    return {"channels": {name: {"enabled": p.enabled, "push": p.push}
+                         for name, p in sorted(preferences.items())}}
+
+
+BASE64URL = re.compile(r"^[A-Za-z0-9_-]+={0,2}$")
+
+
+@dataclass(frozen=True)
+class PushSubscription:
+    endpoint: str
+    p256dh: str
+    auth: str
+
+
+def validate_push_subscription(raw: Any) -> PushSubscription:
+    """A browser's PushSubscription JSON: an https endpoint and its two base64url keys."""
+    if not isinstance(raw, Mapping):
+        raise ValidationError("body", "must be a JSON object")
+    endpoint = raw.get("endpoint")
+    if not isinstance(endpoint, str) or len(endpoint) > 2048:
+        raise ValidationError("endpoint", "must be a URL of at most 2048 characters")
+    parsed = urlparse(endpoint)
+    if parsed.scheme not in ("https", "http") or not parsed.hostname:
+        raise ValidationError("endpoint", "must be an https URL from the browser's push service")
+    keys = raw.get("keys")
+    if not isinstance(keys, Mapping):
+        raise ValidationError("keys", "must be an object with p256dh and auth")
+    for name in ("p256dh", "auth"):
+        value = keys.get(name)
+        if not isinstance(value, str) or not BASE64URL.match(value) or len(value) > 256:
+            raise ValidationError(f"keys.{name}", "must be a base64url string")
+    return PushSubscription(endpoint=endpoint, p256dh=keys["p256dh"], auth=keys["auth"])
+
+
+def validate_endpoint(raw: Any) -> str:
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("endpoint"), str):
+        raise ValidationError("endpoint", "must be the subscription's endpoint URL")
+    return raw["endpoint"]
+
+
+MAX_EVENT_ID = 128
+EVENT_FIELDS = {"type", "id", "data", "occurredAt"}
+
+
+@dataclass(frozen=True)
+class Event:
+    """A domain event from a MOJAVOX service, as plugins receive it."""
+
+    type: str
+    data: dict[str, Any]
+    id: str | None = None
+    occurred_at: datetime | None = None
+
+
+def validate_event(raw: Any, known_types: Iterable[str]) -> Event:
+    """`{type, id?, data, occurredAt?}`; the type must be one some plugin handles."""
+    if not isinstance(raw, Mapping):
+        raise ValidationError("body", "must be a JSON object")
+    unknown = sorted(set(raw) - EVENT_FIELDS)
+    if unknown:
+        raise ValidationError(unknown[0], f"unknown field; allowed: {', '.join(sorted(EVENT_FIELDS))}")
+    known = sorted(known_types)
+    if raw.get("type") not in known:
+        raise ValidationError("type", f"unknown event type; known: {', '.join(known)}",
+                              code="unknown_event_type")
+    event_id = raw.get("id")
+    if event_id is not None and (not isinstance(event_id, str)
+                                 or not 1 <= len(event_id) <= MAX_EVENT_ID):
+        raise ValidationError("id", f"must be a string of 1 to {MAX_EVENT_ID} characters")
+    data = raw.get("data")
+    if not isinstance(data, dict):
+        raise ValidationError("data", "must be a JSON object")
+    occurred_at = raw.get("occurredAt")
+    return Event(type=raw["type"], data=data, id=event_id,
+                 occurred_at=parse_time(occurred_at, "occurredAt") if occurred_at is not None else None)

@@ -1,0 +1,177 @@
+"""The notification use cases: every handler and event source goes through here.
+
+Order of a creation: validate → sanitize → recipient's channel settings → rate limit → persist
+→ publish → observers. A notification is published only after it is stored, so anything a
+socket receives can also be read back, and recovery never sees what was not stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable
+
+from .broker import Broker
+from .errors import ValidationError
+from .model import (PRIORITIES, ChannelPreference, Draft, PushSubscription, default_preferences,
+                    notification_id, preferences_payload, to_payload, validate_draft,
+                    validate_endpoint, validate_preferences_update, validate_push_subscription)
+from .plugins import Plugins
+from .ratelimit import RateLimiter
+from .settings import Settings
+from .store import NotificationStore
+
+log = logging.getLogger(__name__)
+
+MAX_PAGE = 100
+
+
+def page_bounds(limit: Any, offset: Any) -> tuple[int, int]:
+    """Validated paging for REST and the socket: limit 1..100, offset ≥ 0."""
+    for name, value in (("limit", limit), ("offset", offset)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValidationError(name, "must be an integer")
+    if not 1 <= limit <= MAX_PAGE:
+        raise ValidationError("limit", f"must be between 1 and {MAX_PAGE}")
+    if offset < 0:
+        raise ValidationError("offset", "must be 0 or more")
+    return limit, offset
+
+
+class NotificationService:
+    def __init__(self, store: NotificationStore, broker: Broker, plugins: Plugins, settings: Settings):
+        self.store = store
+        self.broker = broker
+        self.plugins = plugins
+        self.types = plugins.types
+        self._action_url_hosts = settings.server.action_url_hosts
+        self._limiter = RateLimiter(settings.rate_limits.notifications_per_minute, "notifications")
+
+    # -- creation ------------------------------------------------------------------------------
+
+    def validate(self, raw_drafts: Iterable[Any]) -> list[Draft]:
+        return [validate_draft(raw, self.types, self._action_url_hosts) for raw in raw_drafts]
+
+    async def create(self, raw_draft: Any) -> dict[str, Any] | None:
+        """Create one notification; None when the recipient turned its type off."""
+        return (await self.create_many(self.validate([raw_draft])))[0]
+
+    async def create_many(self, drafts: list[Draft], event_id: str | None = None) -> list[dict | None]:
+        """Store and publish validated drafts. Muted ones give None in their place.
+
+        Critical notifications can be neither muted nor rate limited: an escalation must reach
+        its supervisor. The rate limit is checked for all drafts before any is stored.
+        """
+        wanted = [draft if await self._wanted(draft) else None for draft in drafts]
+        self._limiter.take(d.user_id for d in wanted if d is not None and d.priority != "critical")
+        created = []
+        for draft in wanted:
+            if draft is None:
+                created.append(None)
+                continue
+            document = await self.store.insert(draft, event_id=event_id)
+            payload = to_payload(document)
+            await self.broker.publish({
+                "kind": "notification", "user_id": draft.user_id, "seq": document["seq"],
+                "notification": payload, "unread": await self.unread(draft.user_id),
+            })
+            await self._observe(payload, draft.user_id)
+            created.append(payload)
+        return created
+
+    async def _wanted(self, draft: Draft) -> bool:
+        if draft.priority == "critical":
+            return True
+        preference = (await self.store.preferences_of(draft.user_id)).get(draft.type)
+        return preference is None or preference.enabled
+
+    async def _observe(self, payload: dict, user_id: str) -> None:
+        try:
+            await self.plugins.call_each("mojavox_notification_created",
+                                         notification=payload, user_id=user_id)
+        except Exception:  # an observer's failure must not undo or fail the creation
+            log.exception("a mojavox_notification_created observer failed")
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def list(self, user_id: str, limit: int = 50, offset: int = 0,
+                   unread_only: bool = False) -> dict[str, Any]:
+        limit, offset = page_bounds(limit, offset)
+        documents, total = await self.store.list(user_id, limit, offset, unread_only)
+        return {
+            "notifications": [to_payload(document) for document in documents],
+            "total": total,
+            "hasMore": offset + len(documents) < total,
+        }
+
+    async def unread(self, user_id: str) -> dict[str, Any]:
+        counts = await self.store.unread_counts(user_id)
+        by_priority = {priority: counts.get(priority, 0) for priority in PRIORITIES}
+        return {"count": sum(by_priority.values()), "byPriority": by_priority}
+
+    async def seq_of(self, user_id: str, raw_id: Any) -> int:
+        """The sequence number of one of the user's notifications (NotFoundError otherwise)."""
+        document = await self.store.get(user_id, notification_id(raw_id))
+        return document["seq"]
+
+    async def after(self, user_id: str, seq: int, limit: int) -> tuple[list[tuple[int, dict]], bool]:
+        """Up to `limit` notifications after `seq`, oldest first, as (seq, payload); and whether
+        more follow."""
+        documents = await self.store.after(user_id, seq, limit + 1)
+        return [(d["seq"], to_payload(d)) for d in documents[:limit]], len(documents) > limit
+
+    async def between(self, user_id: str, after_seq: int, up_to_seq: int,
+                      limit: int) -> tuple[list[tuple[int, dict]], bool]:
+        """The newest `limit` notifications with after_seq < seq <= up_to_seq, oldest first; and
+        whether older ones in that range were left out."""
+        documents = await self.store.newest_between(user_id, after_seq, up_to_seq, limit + 1)
+        kept = list(reversed(documents[:limit]))
+        return [(d["seq"], to_payload(d)) for d in kept], len(documents) > limit
+
+    async def last_seq(self, user_id: str) -> int:
+        return await self.store.last_seq(user_id)
+
+    # -- changes ---------------------------------------------------------------------------------
+
+    async def mark_read(self, user_id: str, raw_id: Any) -> None:
+        oid = notification_id(raw_id)
+        if await self.store.mark_read(user_id, oid):
+            await self._publish_change(user_id, "read", notification_id=str(oid))
+
+    async def mark_all_read(self, user_id: str) -> int:
+        changed = await self.store.mark_all_read(user_id)
+        if changed:
+            await self._publish_change(user_id, "read_all")
+        return changed
+
+    async def delete(self, user_id: str, raw_id: Any) -> None:
+        oid = notification_id(raw_id)
+        await self.store.delete(user_id, oid)
+        await self._publish_change(user_id, "deleted", notification_id=str(oid))
+
+    async def _publish_change(self, user_id: str, kind: str, **fields) -> None:
+        await self.broker.publish({"kind": kind, "user_id": user_id, **fields,
+                                   "unread": await self.unread(user_id)})
+
+    # -- preferences and push subscriptions ------------------------------------------------------
+
+    async def preferences(self, user_id: str) -> dict[str, Any]:
+        merged: dict[str, ChannelPreference] = default_preferences(self.types)
+        stored = await self.store.preferences_of(user_id)
+        merged.update({name: value for name, value in stored.items() if name in merged})
+        return preferences_payload(merged)
+
+    async def update_preferences(self, user_id: str, raw: Any) -> dict[str, Any]:
+        changes = validate_preferences_update(raw, self.types)
+        await self.store.update_preferences(user_id, changes)
+        return await self.preferences(user_id)
+
+    async def save_push_subscription(self, user_id: str, raw: Any) -> PushSubscription:
+        subscription = validate_push_subscription(raw)
+        await self.store.save_push_subscription(user_id, subscription)
+        return subscription
+
+    async def remove_push_subscription(self, user_id: str, raw: Any) -> None:
+        await self.store.remove_push_subscription(user_id, validate_endpoint(raw))
+
+    async def cleanup(self, retention_days: int) -> int:
+        return await self.store.delete_expired(retention_days)

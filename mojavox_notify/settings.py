@@ -1,0 +1,327 @@
+"""Typed, validated settings: `settings.yaml` plus environment overrides, read once at start-up.
+
+Every key is a dataclass field; its metadata says what is allowed. An unknown key or a bad
+value raises `SettingsError` whose message names the dotted key and what it accepts, so
+start-up can stop with one clear line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+from urllib.parse import urlparse
+
+import yaml
+
+
+class SettingsError(ValueError):
+    """A settings key is unknown or holds a value that is not allowed."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"settings: {key}: {problem}")
+        self.key = key
+
+
+def _between(low: float, high: float) -> Callable[[Any], str | None]:
+    def check(value):
+        return None if low <= value <= high else f"must be between {low} and {high}"
+
+    return check
+
+
+def _one_of(*allowed: str) -> Callable[[Any], str | None]:
+    def check(value):
+        return None if value in allowed else f"must be one of {', '.join(allowed)}"
+
+    return check
+
+
+def _url_with_scheme(*schemes: str) -> Callable[[Any], str | None]:
+    def check(value):
+        if value is None:
+            return None
+        parsed = urlparse(value)
+        if parsed.scheme in schemes and parsed.netloc:
+            return None
+        return f"must be a {' or '.join(s + '://' for s in schemes)} URL"
+
+    return check
+
+
+def _path_prefix(value: str) -> str | None:
+    if value.startswith("/") and not value.startswith("//") and " " not in value:
+        return None
+    return "must be an absolute URL path such as /ws/notifications"
+
+
+def _mongodb_url(value: str) -> str | None:
+    if value == "embedded" or value.startswith(("mongodb://", "mongodb+srv://")):
+        return None
+    return "must be 'embedded' or a mongodb:// URL"
+
+
+def _check(check: Callable[[Any], str | None], **kwargs):
+    return field(metadata={"check": check}, **kwargs)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = _check(_between(1, 65535), default=3001)
+    ws_path: str = _check(_path_prefix, default="/ws/notifications")
+    max_body_bytes: int = _check(_between(1024, 16 * 1024 * 1024), default=64 * 1024)
+    max_message_bytes: int = _check(_between(256, 16 * 1024 * 1024), default=64 * 1024)
+    allowed_origins: tuple[str, ...] = ()
+    action_url_hosts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    algorithm: str = _check(_one_of("HS256", "RS256", "ES256"), default="HS256")
+    secret: str | None = None
+    public_key: str | None = None
+    public_key_file: str | None = None
+    jwks_url: str | None = _check(_url_with_scheme("http", "https"), default=None)
+    jwks_cache_seconds: int = _check(_between(0, 86400), default=300)
+    audience: str | None = None
+    issuer: str | None = None
+    leeway_seconds: int = _check(_between(0, 600), default=30)
+    token_ttl_seconds: int = _check(_between(60, 30 * 86400), default=3600)
+
+
+@dataclass(frozen=True)
+class WebSocketSettings:
+    ping_interval_seconds: float = _check(_between(1, 3600), default=25)
+    ping_timeout_seconds: float = _check(_between(1, 3600), default=10)
+    token_expiry_warning_seconds: float = _check(_between(0, 3600), default=30)
+    resume_limit: int = _check(_between(1, 10000), default=500)
+    max_queued_messages: int = _check(_between(1, 1_000_000), default=1000)
+    max_buffered_bytes: int = _check(_between(1024, 1 << 30), default=4 * 1024 * 1024)
+
+
+@dataclass(frozen=True)
+class MongoSettings:
+    url: str = _check(_mongodb_url, default="embedded")
+    database: str = "mojavox_notify"
+    startup_timeout_seconds: float = _check(_between(1, 300), default=20)
+    server_selection_timeout_seconds: float = _check(_between(0.1, 300), default=5)
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    url: str | None = _check(_url_with_scheme("redis", "rediss", "unix"), default=None)
+
+
+@dataclass(frozen=True)
+class PushSettings:
+    vapid_public_key: str | None = None
+    vapid_private_key: str | None = None
+    vapid_subject: str = "mailto:admin@mojavox.ai"
+
+
+@dataclass(frozen=True)
+class RateLimitSettings:
+    notifications_per_minute: int = _check(_between(0, 1_000_000), default=120)
+    requests_per_minute: int = _check(_between(0, 1_000_000), default=600)
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    days: int = _check(_between(1, 3650), default=90)
+    cleanup_interval_minutes: int = _check(_between(0, 10080), default=60)
+
+
+@dataclass(frozen=True)
+class PluginSettings:
+    directory: str | None = "plugins"
+    enabled: tuple[str, ...] = ()
+    disabled: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    level: str = _check(_one_of("DEBUG", "INFO", "WARNING", "ERROR"), default="INFO")
+    format: str = _check(_one_of("text", "json"), default="text")
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: str = "./data"
+    server: ServerSettings = field(default_factory=ServerSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    websocket: WebSocketSettings = field(default_factory=WebSocketSettings)
+    mongodb: MongoSettings = field(default_factory=MongoSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    push: PushSettings = field(default_factory=PushSettings)
+    rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
+    plugins: PluginSettings = field(default_factory=PluginSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    base_dir: str = field(default=".", metadata={"internal": True})
+
+    def resolve_path(self, path: str) -> Path:
+        """Relative paths in settings are relative to the settings file's folder."""
+        candidate = Path(path).expanduser()
+        return candidate if candidate.is_absolute() else Path(self.base_dir) / candidate
+
+    @property
+    def data_path(self) -> Path:
+        return self.resolve_path(self.data_dir)
+
+
+# Environment variable → dotted settings key. DATABASE_URL only counts when it is a MongoDB URL.
+ENVIRONMENT_OVERRIDES = {
+    "WS_PORT": "server.port",
+    "WS_PATH": "server.ws_path",
+    "JWT_SECRET": "auth.secret",
+    "MONGODB_URL": "mongodb.url",
+    "REDIS_URL": "redis.url",
+    "VAPID_PUBLIC_KEY": "push.vapid_public_key",
+    "VAPID_PRIVATE_KEY": "push.vapid_private_key",
+    "VAPID_SUBJECT": "push.vapid_subject",
+}
+
+
+def load_settings(path: str | os.PathLike | None = None,
+                  environ: Mapping[str, str] | None = None,
+                  overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Read `path` (or nothing), apply the environment, then explicit overrides, and validate."""
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    base_dir = Path.cwd()
+    if path is not None:
+        raw = _read_yaml(Path(path))
+        base_dir = Path(path).resolve().parent
+    for name, key in ENVIRONMENT_OVERRIDES.items():
+        if environ.get(name):
+            _set_dotted(raw, key, environ[name], source=name)
+    database_url = environ.get("DATABASE_URL", "")
+    if database_url.startswith(("mongodb://", "mongodb+srv://")) and not environ.get("MONGODB_URL"):
+        _set_dotted(raw, "mongodb.url", database_url, source="DATABASE_URL")
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(raw, key, value, source=key)
+    settings = _build(Settings, raw, prefix="")
+    settings = dataclasses.replace(settings, base_dir=str(base_dir))
+    _check_combinations(settings)
+    return settings
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise SettingsError(str(path), f"cannot be read ({error.strerror or error})") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "somewhere"
+        raise SettingsError(str(path), f"is not valid YAML ({where})") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise SettingsError(str(path), "must hold a mapping of sections")
+    return loaded
+
+
+def _set_dotted(raw: dict, key: str, value: Any, source: str) -> None:
+    section, _, name = key.partition(".")
+    if not name:
+        raw[section] = value
+        return
+    target = raw.setdefault(section, {})
+    if not isinstance(target, dict):
+        raise SettingsError(section, f"must be a mapping (while applying {source})")
+    target[name] = value
+
+
+def _build(cls, raw: Any, prefix: str):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SettingsError(prefix.rstrip(".") or "settings", "must be a mapping")
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        key = prefix + str(unknown[0])
+        raise SettingsError(key, f"unknown key; allowed: {', '.join(sorted(fields))}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, value in raw.items():
+        key = prefix + name
+        spec = fields[name]
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, value, key + ".")
+            continue
+        value = _coerce(key, hint, value)
+        check = spec.metadata.get("check")
+        problem = check(value) if check and value is not None else None
+        if problem:
+            raise SettingsError(key, f"{problem} (got {value!r})")
+        values[name] = value
+    return cls(**values)
+
+
+def _coerce(key: str, hint: Any, value: Any) -> Any:
+    """Turn a YAML or environment value into the field's type, or name what was expected."""
+    optional = type(None) in typing.get_args(hint)
+    if value is None:
+        if optional:
+            return None
+        raise SettingsError(key, "must not be empty")
+    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint) if optional else hint
+    origin = typing.get_origin(base)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise SettingsError(key, "must be a list of strings")
+        return tuple(value)
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        raise SettingsError(key, f"must be true or false (got {value!r})")
+    if base in (int, float):
+        if isinstance(value, bool):
+            raise SettingsError(key, f"must be a number (got {value!r})")
+        try:
+            number = base(value)
+        except (TypeError, ValueError):
+            raise SettingsError(key, f"must be {'an integer' if base is int else 'a number'} "
+                                     f"(got {value!r})") from None
+        if base is int and isinstance(value, float) and not value.is_integer():
+            raise SettingsError(key, f"must be an integer (got {value!r})")
+        return number
+    if base is str:
+        if isinstance(value, (dict, list)):
+            raise SettingsError(key, "must be a string")
+        return str(value)
+    return value
+
+
+def _check_combinations(settings: Settings) -> None:
+    auth = settings.auth
+    if auth.algorithm == "HS256":
+        if auth.secret is not None and len(auth.secret.encode()) < 32:
+            raise SettingsError("auth.secret", "must be at least 32 bytes for HS256 (JWT_SECRET)")
+    else:
+        sources = [auth.public_key, auth.public_key_file, auth.jwks_url]
+        if sum(source is not None for source in sources) != 1:
+            raise SettingsError("auth.algorithm", f"{auth.algorithm} needs exactly one of "
+                                "auth.public_key, auth.public_key_file or auth.jwks_url")
+    push = settings.push
+    if (push.vapid_public_key is None) != (push.vapid_private_key is None):
+        raise SettingsError("push.vapid_private_key", "VAPID keys must be set together "
+                            "(VAPID_PUBLIC_KEY and VAPID_PRIVATE_KEY)")
+    if not push.vapid_subject.startswith(("mailto:", "https://")):
+        raise SettingsError("push.vapid_subject", "must start with mailto: or https://")
+    if settings.plugins.enabled and settings.plugins.disabled:
+        overlap = set(settings.plugins.enabled) & set(settings.plugins.disabled)
+        if overlap:
+            raise SettingsError("plugins.disabled", f"lists {sorted(overlap)[0]}, which is also enabled")

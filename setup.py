@@ -1,0 +1,33 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="mojavox-notify",
+    version="0.1.0",
+    description="Real-time notification backend of MOJAVOX: WebSocket, REST, plugins, web push",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["mojavox_notify", "mojavox_notify.*"]),
+    install_requires=[
+        "tornado>=6.4,<7",
+        "pymongo>=4.13,<5",
+        "nx-27017>=0.8,<0.9",
+        "redis>=5,<9",
+        "PyJWT[crypto]>=2.8,<3",
+        "cryptography>=42",
+        "pluggy>=1.5,<2",
+        "pywebpush>=2,<3",
+        "nh3>=0.2.17,<0.4",
+        "PyYAML>=6,<7",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8,<10",
+            "pytest-tornado>=0.8,<0.9",
+            "pytest-timeout>=2.3,<3",
+        ],
+    },
+    entry_points={"console_scripts": ["mojavox-notify=mojavox_notify.cli:main"]},
+)

@@ -1,0 +1,104 @@
+"""Fixtures: one real nx-27017 storage server per test session, and real apps on real sockets.
+
+Each test gets its own database (and fresh user ids), so nothing is wiped between tests.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pymongo
+import pytest
+import tornado.netutil
+
+from mojavox_notify.app import NotifyApp
+from mojavox_notify.settings import load_settings
+
+from .support import TEST_SECRET, Api
+
+ROOT = Path(__file__).resolve().parent.parent
+PLUGINS_DIR = ROOT / "plugins"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mongo_url(tmp_path_factory):
+    """A real nx-27017 server (the embedded storage) shared by the whole session."""
+    folder = tmp_path_factory.mktemp("storage")
+    port = _free_port()
+    log = open(folder / "nx-27017.log", "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mojavox_notify.embedded", str(os.getpid()),
+         "--data-dir", str(folder / "mongo"), "--host", "127.0.0.1", "-p", str(port),
+         "--log-file", os.devnull, "--pid-file", str(folder / "nx.pid")],
+        stdout=log, stderr=log)
+    url = f"mongodb://127.0.0.1:{port}/?directConnection=true"
+    client = pymongo.MongoClient(url, serverSelectionTimeoutMS=200)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            client.admin.command("ping")
+            break
+        except pymongo.errors.PyMongoError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"nx-27017 did not start; see {folder / 'nx-27017.log'}")
+            time.sleep(0.1)
+    client.close()
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+    log.close()
+
+
+@pytest.fixture
+def make_settings(mongo_url, tmp_path):
+    """Settings for a test app: the shared storage server, a database of its own, a test secret."""
+    database = f"test_{uuid.uuid4().hex[:12]}"
+
+    def make(**overrides):
+        values = {
+            "data_dir": str(tmp_path / "data"),
+            "mongodb.url": mongo_url,
+            "mongodb.database": database,
+            "auth.secret": TEST_SECRET,
+            "plugins.directory": str(PLUGINS_DIR),
+            "retention.cleanup_interval_minutes": 0,
+            "server.host": "127.0.0.1",
+        }
+        values.update(overrides)
+        return load_settings(None, environ={}, overrides=values)
+
+    return make
+
+
+@pytest.fixture
+def start_app(io_loop, make_settings):
+    """`await start_app(**settings_overrides)` → a running NotifyApp on a free loopback port.
+
+    Pass `plugins=[(name, module)]` and `discover_plugins=False` to choose its plugins exactly.
+    Every app started here is stopped after the test.
+    """
+    started = []
+
+    async def start(settings=None, plugins=(), discover_plugins=True, **overrides):
+        settings = settings or make_settings(**overrides)
+        app = NotifyApp(settings, plugins=plugins, discover_plugins=discover_plugins)
+        await app.start(sockets=tornado.netutil.bind_sockets(0, "127.0.0.1"))
+        started.append(app)
+        app.api = Api(f"http://127.0.0.1:{app.port}")
+        return app
+
+    yield start
+    for app in reversed(started):
+        io_loop.run_sync(app.stop, timeout=30)

@@ -1,0 +1,158 @@
+"""Test clients for the real server: JSON over HTTP and a socket reader that waits for frames."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any
+
+import jwt
+import tornado.httpclient
+import tornado.websocket
+
+
+TEST_SECRET = "test-secret-for-mojavox-notify-0123456789"
+
+
+def new_user(prefix: str = "user") -> str:
+    """A user id no other test uses, so tests never need to wipe shared state."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def token(user: str, roles: tuple[str, ...] | list[str] = (), ttl: float | None = 3600,
+          secret: str = TEST_SECRET, **claims: Any) -> str:
+    """An HS256 token; `ttl=None` leaves out `exp`, extra claims are added as given."""
+    now = time.time()
+    payload = {"sub": user, "roles": list(roles), "iat": int(now), **claims}
+    if ttl is not None:
+        payload["exp"] = now + ttl
+    return jwt.encode(payload, secret, algorithm="HS256")
+
+
+class Api:
+    """REST calls against one running app; returns (status, parsed JSON body)."""
+
+    def __init__(self, base_url: str):
+        self.base_url = base_url
+        self.client = tornado.httpclient.AsyncHTTPClient()
+
+    async def call(self, method: str, path: str, token: str | None = None, body: Any = None,
+                   raw_body: bytes | None = None, headers: dict | None = None) -> tuple[int, Any]:
+        headers = dict(headers or {})
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        data = raw_body if raw_body is not None else (json.dumps(body).encode() if body is not None else None)
+        if data is None and method in ("POST", "PUT"):
+            data = b""
+        if data is not None:
+            headers.setdefault("Content-Type", "application/json")
+        request = tornado.httpclient.HTTPRequest(
+            self.base_url + path, method=method, headers=headers, body=data,
+            allow_nonstandard_methods=True, request_timeout=20)
+        response = await self.client.fetch(request, raise_error=False)
+        text = response.body.decode() if response.body else ""
+        try:
+            return response.code, json.loads(text) if text else None
+        except ValueError:
+            return response.code, text
+
+    async def get(self, path, token=None, **kw):
+        return await self.call("GET", path, token, **kw)
+
+    async def post(self, path, token=None, body=None, **kw):
+        return await self.call("POST", path, token, body, **kw)
+
+    async def put(self, path, token=None, body=None, **kw):
+        return await self.call("PUT", path, token, body, **kw)
+
+    async def delete(self, path, token=None, body=None, **kw):
+        return await self.call("DELETE", path, token, body, **kw)
+
+    async def notify(self, user: str, type: str = "payment_received", **fields: Any) -> dict:
+        """Create one notification through the service endpoint and return its payload."""
+        draft = {"userId": user, "type": type, "title": fields.pop("title", "Title"),
+                 "message": fields.pop("message", "Message"), **fields}
+        status, body = await self.post("/api/notifications", token("test-service", ["service"]), draft)
+        assert status == 201, body
+        return body
+
+
+class Socket:
+    """A dashboard socket: `receive()` returns the next frame, `expect(type)` the next of a type."""
+
+    def __init__(self, connection: tornado.websocket.WebSocketClientConnection):
+        self.connection = connection
+        self.frames: list[dict] = []
+
+    @classmethod
+    async def open(cls, app, token_value: str | None = None, since: str | None = None,
+                   headers: dict | None = None, **options: Any) -> "Socket":
+        query = []
+        if token_value is not None:
+            query.append(f"token={token_value}")
+        if since is not None:
+            query.append(f"since={since}")
+        url = f"ws://127.0.0.1:{app.port}{app.settings.server.ws_path}"
+        if query:
+            url += "?" + "&".join(query)
+        request = tornado.httpclient.HTTPRequest(url, headers=headers or {})
+        connection = await tornado.websocket.websocket_connect(request, **options)
+        return cls(connection)
+
+    async def send(self, frame: Any) -> None:
+        text = frame if isinstance(frame, (str, bytes)) else json.dumps(frame)
+        await self.connection.write_message(text, binary=isinstance(text, bytes))
+
+    async def receive(self, timeout: float = 5.0) -> dict | None:
+        """The next frame, or None when the server closed the socket."""
+        text = await asyncio.wait_for(self.connection.read_message(), timeout)
+        if text is None:
+            return None
+        frame = json.loads(text)
+        self.frames.append(frame)
+        return frame
+
+    async def expect(self, message_type: str, timeout: float = 5.0) -> dict:
+        """Skip other frames until one of `message_type` arrives."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            remaining = deadline - asyncio.get_running_loop().time()
+            frame = await self.receive(max(remaining, 0.01))
+            if frame is None:
+                raise AssertionError(f"socket closed ({self.close_code}) while waiting for {message_type}")
+            if frame["type"] == message_type:
+                return frame
+
+    async def quiet(self, seconds: float = 0.3) -> list[dict]:
+        """Every frame that arrives within `seconds` (to show that nothing else comes)."""
+        received = []
+        try:
+            while True:
+                frame = await self.receive(seconds)
+                if frame is None:
+                    return received
+                received.append(frame)
+        except asyncio.TimeoutError:
+            return received
+
+    async def closed(self, timeout: float = 5.0) -> int | None:
+        """Wait until the server closes the socket; its close code."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise AssertionError("the socket was not closed")
+            try:
+                if await self.receive(remaining) is None:
+                    return self.close_code
+            except asyncio.TimeoutError:
+                continue
+
+    @property
+    def close_code(self) -> int | None:
+        return self.connection.close_code
+
+    def close(self) -> None:
+        self.connection.close()
