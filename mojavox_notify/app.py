@@ -64,6 +64,7 @@ class NotifyApp:
         self.port: int | None = None
         self._http: tornado.httpserver.HTTPServer | None = None
         self._tasks: list[asyncio.Task] = []
+        self._stopped = False
 
     @property
     def storage_name(self) -> str:
@@ -187,7 +188,11 @@ class NotifyApp:
             await asyncio.sleep(interval)
 
     async def stop(self) -> None:
-        """Stop accepting, close sockets with 1001 after flushing them, then release the rest."""
+        """Stop accepting, close sockets with 1001 after flushing them, then release the rest.
+        Safe to call more than once."""
+        if self._stopped:
+            return
+        self._stopped = True
         if self._http is not None:
             self._http.stop()
         self.hub.shutdown_all(CLOSE_GOING_AWAY, "server shutting down")

@@ -1,0 +1,171 @@
+"""No lost and no repeated notification across reconnects, even while notifications are created."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from .support import Socket, new_user, token
+
+gen_test = pytest.mark.gen_test(timeout=90)
+
+
+async def notifications_until_resumed(socket: Socket) -> tuple[list[dict], dict]:
+    received = []
+    while True:
+        frame = await socket.receive()
+        assert frame is not None, "socket closed during recovery"
+        if frame["type"] == "notification":
+            received.append(frame["payload"])
+        elif frame["type"] == "resumed":
+            return received, frame
+
+
+@gen_test
+async def test_reconnect_with_since_gets_exactly_the_missed_ones_in_order(start_app):
+    app = await start_app()
+    user = new_user()
+    socket = await Socket.open(app, token(user))
+    await socket.expect("connected")
+    seen = await app.api.notify(user, message="seen")
+    assert (await socket.expect("notification"))["payload"]["id"] == seen["id"]
+    socket.close()
+    missed = [await app.api.notify(user, message=f"missed {i}") for i in range(3)]
+
+    again = await Socket.open(app, token(user), since=seen["id"])
+    assert (await again.receive())["type"] == "connected"
+    received, resumed = await notifications_until_resumed(again)
+    assert [n["id"] for n in received] == [n["id"] for n in missed]
+    assert resumed == {"type": "resumed", "count": 3, "hasMore": False, "lastId": missed[-1]["id"]}
+    live = await app.api.notify(user, message="live")
+    assert (await again.expect("notification"))["payload"]["id"] == live["id"]
+    assert [f for f in await again.quiet(0.3) if f["type"] == "notification"] == []
+
+
+@gen_test
+async def test_nothing_is_lost_or_repeated_while_notifications_are_created_during_reconnects(start_app):
+    app = await start_app(**{"rate_limits.notifications_per_minute": 0})
+    user = new_user()
+    anchor = await app.api.notify(user, message="anchor")
+    created: list[str] = []
+
+    async def producer():
+        for index in range(120):
+            payload = await app.service.create({"userId": user, "type": "agent_alert",
+                                                "title": "t", "message": f"#{index}"})
+            created.append(payload["id"])
+            await asyncio.sleep(0.003)
+
+    producing = asyncio.ensure_future(producer())
+    received: list[str] = []
+    last_seen = anchor["id"]
+    reconnects = 0
+    while not (producing.done() and len(received) >= len(created)):
+        socket = await Socket.open(app, token(user), since=last_seen)
+        reconnects += 1
+        deadline = asyncio.get_running_loop().time() + 0.1
+        while asyncio.get_running_loop().time() < deadline:
+            try:
+                frame = await socket.receive(timeout=0.02)
+            except asyncio.TimeoutError:
+                continue
+            assert frame is not None and frame["type"] != "error", frame
+            if frame["type"] == "notification":
+                received.append(frame["payload"]["id"])
+                last_seen = frame["payload"]["id"]
+        socket.close()
+    await producing
+    assert reconnects > 3
+    assert received == created
+
+
+@gen_test
+async def test_resume_message_replays_what_was_missed(start_app):
+    app = await start_app()
+    user = new_user()
+    first = await app.api.notify(user)
+    missed = [await app.api.notify(user, message=f"m{i}") for i in range(2)]
+    socket = await Socket.open(app, token(user))
+    await socket.expect("connected")
+    await socket.send({"type": "resume", "since": first["id"]})
+    received, resumed = await notifications_until_resumed(socket)
+    assert [n["id"] for n in received] == [n["id"] for n in missed]
+    assert resumed["count"] == 2
+
+
+@gen_test
+async def test_since_of_another_user_is_refused_without_leaking(start_app):
+    app = await start_app()
+    owner, other = new_user(), new_user()
+    foreign = await app.api.notify(owner)
+    socket = await Socket.open(app, token(other), since=foreign["id"])
+    await socket.expect("connected")
+    error = await socket.expect("error")
+    assert error["code"] == "since_not_found"
+    assert [f for f in await socket.quiet(0.3) if f["type"] == "notification"] == []
+
+
+@gen_test
+async def test_recovery_is_capped_to_the_newest_with_has_more(start_app):
+    app = await start_app(**{"websocket.resume_limit": 3, "rate_limits.notifications_per_minute": 0})
+    user = new_user()
+    seen = await app.api.notify(user)
+    missed = [await app.api.notify(user, message=f"m{i}") for i in range(5)]
+    socket = await Socket.open(app, token(user), since=seen["id"])
+    await socket.expect("connected")
+    received, resumed = await notifications_until_resumed(socket)
+    assert [n["id"] for n in received] == [n["id"] for n in missed[-3:]]
+    assert resumed["hasMore"] is True
+
+
+@gen_test
+async def test_two_instances_writing_for_one_user_keep_a_gap_free_sequence(start_app, make_settings):
+    settings = make_settings(**{"rate_limits.notifications_per_minute": 0})
+    first = await start_app(settings=settings)
+    second = await start_app(settings=settings)
+    user = new_user()
+
+    async def create(app, count):
+        return [await app.service.create({"userId": user, "type": "agent_alert", "title": "t",
+                                          "message": "m"}) for _ in range(count)]
+
+    await asyncio.gather(create(first, 25), create(second, 25))
+    documents = await first.store.notifications.find({"user_id": user}).to_list(length=None)
+    assert sorted(d["seq"] for d in documents) == list(range(1, 51))
+
+    # A socket on the first instance also gets what the second one created: sequence gaps in
+    # its live stream are filled from storage.
+    socket = await Socket.open(first, token(user))
+    await socket.expect("connected")
+    from_second = await second.service.create({"userId": user, "type": "agent_alert",
+                                               "title": "t", "message": "from second"})
+    from_first = await first.service.create({"userId": user, "type": "agent_alert",
+                                             "title": "t", "message": "from first"})
+    got = [(await socket.expect("notification"))["payload"]["id"] for _ in range(2)]
+    assert got == [from_second["id"], from_first["id"]]
+
+
+@gen_test
+async def test_protocol_walkthrough_from_the_readme(start_app):
+    """The README's example session: filter, receive, read in one tab, miss three, recover."""
+    app = await start_app()
+    user = new_user("supervisor")
+    tab_one = await Socket.open(app, token(user))
+    tab_two = await Socket.open(app, token(user))
+    for tab in (tab_one, tab_two):
+        await tab.expect("connected")
+    await tab_one.send({"type": "unsubscribe", "channels": ["call_completed"]})
+    await tab_one.expect("subscribed")
+    escalation = await app.api.notify(user, type="call_escalation", priority="critical")
+    for tab in (tab_one, tab_two):
+        assert (await tab.expect("notification"))["payload"]["id"] == escalation["id"]
+    await tab_one.send({"type": "mark_read", "notificationId": escalation["id"]})
+    assert (await tab_two.expect("notification_read"))["notificationId"] == escalation["id"]
+    tab_one.close()
+    tab_two.close()
+    missed = [await app.api.notify(user, message=f"missed {i}") for i in range(3)]
+    back = await Socket.open(app, token(user), since=escalation["id"])
+    await back.expect("connected")
+    received, _ = await notifications_until_resumed(back)
+    assert [n["id"] for n in received] == [n["id"] for n in missed]
