@@ -22,6 +22,9 @@ from pymongo.errors import PyMongoError
 
 log = logging.getLogger(__name__)
 
+# An orphaned child notices its parent is gone within half a second (`_exit_when_orphaned`).
+PREVIOUS_CHILD_EXIT_SECONDS = 5.0
+
 
 class EmbeddedStorageError(RuntimeError):
     """The embedded storage server could not be started."""
@@ -47,6 +50,10 @@ class EmbeddedMongo:
         return self.data_dir / "nx-27017.log"
 
     @property
+    def pid_path(self) -> Path:
+        return self.data_dir / "nx-27017.pid"
+
+    @property
     def alive(self) -> bool:
         return self._process is not None and self._process.returncode is None
 
@@ -54,12 +61,13 @@ class EmbeddedMongo:
         """Start the child and wait until it answers a ping; returns its URL."""
         files = self.data_dir / "mongo"
         files.mkdir(parents=True, exist_ok=True)
+        await self._clear_pid_file(files)
         self.port = _free_port()
         with open(self.log_path, "ab") as output:
             self._process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "mojavox_notify.embedded", str(os.getpid()),
                 "--data-dir", str(files), "--host", "127.0.0.1", "-p", str(self.port),
-                "--log-file", os.devnull, "--pid-file", str(self.data_dir / "nx-27017.pid"),
+                "--log-file", os.devnull, "--pid-file", str(self.pid_path),
                 stdin=asyncio.subprocess.DEVNULL, stdout=output, stderr=output)
         try:
             await self._wait_until_ready()
@@ -70,6 +78,23 @@ class EmbeddedMongo:
         log.info("embedded storage nx-27017 (pid %s) on port %s, files in %s",
                  self._process.pid, self.port, files)
         return self.url
+
+    async def _clear_pid_file(self, files: Path) -> None:
+        """Wait for the child of a server that was SIGKILLed to exit, then drop its pid file.
+
+        nx-27017 refuses to start while its pid file names a live process, and the file of a
+        killed child stays behind, naming an exiting (or unreaped, or reused) pid.
+        """
+        deadline = time.monotonic() + PREVIOUS_CHILD_EXIT_SECONDS
+        while True:
+            pid = _read_pid(self.pid_path)
+            if pid is None or not _serves(pid, files):
+                self.pid_path.unlink(missing_ok=True)
+                return
+            if time.monotonic() > deadline:
+                raise EmbeddedStorageError(f"another nx-27017 (pid {pid}) is using {files}; "
+                                           "stop it or use another data_dir")
+            await asyncio.sleep(0.1)
 
     async def _wait_until_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
@@ -117,6 +142,28 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _serves(pid: int, files: Path) -> bool:
+    """Whether `pid` is a live nx-27017 on `files` (a zombie or a reused pid is not)."""
+    proc = Path("/proc")
+    if not (proc / "self").exists():  # no procfs: trust the pid alone
+        try:
+            os.kill(pid, 0)
+            return True
+        except OSError:
+            return False
+    try:
+        return str(files).encode() in (proc / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def _exit_when_orphaned(parent_pid: int) -> None:

@@ -60,7 +60,7 @@ class NotificationTypes:
             raise ValueError(f"notification type {name}: default priority must be one of "
                              f"{', '.join(PRIORITIES)}")
         existing = self._types.get(name)
-        if existing and existing != notification_type:
+        if existing and _settings_of(existing) != _settings_of(notification_type):
             raise ValueError(f"notification type {name} is registered twice "
                              f"({existing.plugin or 'core'} and {notification_type.plugin or 'core'})")
         self._types[name] = notification_type
@@ -80,6 +80,12 @@ class NotificationTypes:
     @property
     def names(self) -> list[str]:
         return sorted(self._types)
+
+
+def _settings_of(notification_type: NotificationType) -> tuple[str, str, str]:
+    """What must agree when two plugins register one type (which plugin it is may differ)."""
+    return (notification_type.name, notification_type.default_priority,
+            notification_type.description)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import pluggy
 
@@ -41,17 +41,16 @@ def build_plugin_manager(settings: Settings, extra: Iterable[tuple[str, Any]] = 
     """A plugin manager with the hookspecs, the discovered plugins and `extra` (name, plugin)."""
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
-    candidates: list[tuple[str, Any]] = []
+    candidates: list[tuple[str, Callable[[], Any]]] = []  # (name, loader): import only if selected
     if discover:
         directory = settings.plugins.directory
         if directory:
             candidates += _modules_in(settings.resolve_path(directory))
         candidates += _entry_points()
-    candidates += list(extra)
+    candidates += [(name, lambda plugin=plugin: plugin) for name, plugin in extra]
     selected = _select(candidates, settings.plugins.enabled, settings.plugins.disabled)
-    for name, loader in selected:
-        plugin = loader() if callable(loader) and not isinstance(loader, ModuleType) else loader
-        _register(manager, name, plugin)
+    for name, load in selected:
+        _register(manager, name, load())
     try:
         manager.check_pending()
     except pluggy.PluginValidationError as error:
@@ -111,12 +110,17 @@ def _select(candidates, enabled, disabled) -> list[tuple[str, Any]]:
 
 
 def _register(manager: pluggy.PluginManager, name: str, plugin: Any) -> None:
-    unknown = [attribute for attribute in dir(plugin)
-               if attribute.startswith("mojavox_") and callable(getattr(plugin, attribute, None))
-               and not hasattr(manager.hook, attribute)]
+    functions = [attribute for attribute in dir(plugin)
+                 if attribute.startswith("mojavox_") and callable(getattr(plugin, attribute, None))]
+    unknown = [attribute for attribute in functions if not hasattr(manager.hook, attribute)]
     if unknown:
         raise PluginError(name, f"defines {unknown[0]}, which is not a hook; hooks are "
                                 f"{', '.join(_hook_names(manager))}")
+    unmarked = [attribute for attribute in functions
+                if manager.parse_hookimpl_opts(plugin, attribute) is None]
+    if unmarked:  # pluggy would silently never call it
+        raise PluginError(name, f"{unmarked[0]} is not marked @hookimpl "
+                                "(from mojavox_notify import hookimpl), so it would never be called")
     try:
         manager.register(plugin, name=name)
     except (pluggy.PluginValidationError, ValueError) as error:

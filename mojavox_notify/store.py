@@ -7,6 +7,7 @@ plain equality and range matches that never lean on null or missing-field rules.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,7 +17,7 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from .errors import NotFoundError, StorageUnavailableError
-from .model import ChannelPreference, Draft, PushSubscription, to_document, utcnow
+from .model import PRIORITIES, ChannelPreference, Draft, PushSubscription, to_document, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -122,12 +123,17 @@ class NotificationStore:
         return last["seq"] if last else 0
 
     async def unread_counts(self, user_id: str) -> dict[str, int]:
-        """Unread, unexpired notifications of the user, per priority."""
+        """Unread, unexpired notifications of the user, per priority.
+
+        One count per priority rather than a `$group` on `$priority`: nx-27017 ignores the
+        `expires_at` range of a `$match` before such a group and so counted expired ones.
+        """
         query = self._visible(user_id)
         query["read"] = False
-        pipeline = [{"$match": query}, {"$group": {"_id": "$priority", "count": {"$sum": 1}}}]
-        cursor = await self.notifications.aggregate(pipeline)
-        return {row["_id"]: row["count"] async for row in cursor}
+        counts = await asyncio.gather(*(
+            self.notifications.count_documents({**query, "priority": priority})
+            for priority in PRIORITIES))
+        return dict(zip(PRIORITIES, counts))
 
     async def mark_read(self, user_id: str, notification_id: ObjectId) -> bool:
         """Mark one notification read; False when it already was. NotFoundError if not the user's."""
@@ -209,12 +215,17 @@ class NotificationStore:
 
     async def claim_event(self, event_id: str, event_type: str) -> dict[str, Any] | None:
         """Record that `event_id` is being handled. Returns the earlier record if it was seen."""
-        try:
-            await self.events.insert_one({"_id": event_id, "type": event_type, "state": "pending",
-                                          "notifications": [], "created_at": utcnow()})
-            return None
-        except DuplicateKeyError:
-            return await self.events.find_one({"_id": event_id})
+        while True:
+            try:
+                await self.events.insert_one({"_id": event_id, "type": event_type,
+                                              "state": "pending", "notifications": [],
+                                              "created_at": utcnow()})
+                return None
+            except DuplicateKeyError:
+                record = await self.events.find_one({"_id": event_id})
+            if record is not None:
+                return record
+            # The earlier claim was released between our insert and read: claim again.
 
     async def complete_event(self, event_id: str, notification_ids: list[str]) -> None:
         await self.events.update_one({"_id": event_id}, {"$set": {

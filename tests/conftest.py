@@ -94,7 +94,14 @@ def start_app(io_loop, make_settings):
     async def start(settings=None, plugins=(), discover_plugins=True, **overrides):
         settings = settings or make_settings(**overrides)
         app = NotifyApp(settings, plugins=plugins, discover_plugins=discover_plugins)
-        await app.start(sockets=tornado.netutil.bind_sockets(0, "127.0.0.1"))
+        sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
+        try:
+            await app.start(sockets=sockets)
+        except BaseException:
+            for listening in sockets:
+                listening.close()
+            await app.stop()
+            raise
         started.append(app)
         app.api = Api(f"http://127.0.0.1:{app.port}")
         return app

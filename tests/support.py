@@ -156,3 +156,22 @@ class Socket:
 
     def close(self) -> None:
         self.connection.close()
+
+
+SERVICE = "test-service"
+
+
+async def post_event(app, event_type: str, data: Any, event_id: str | None = None,
+                     **fields: Any) -> tuple[int, Any]:
+    """POST /api/events with a service token; returns (status, parsed JSON body)."""
+    body = {"type": event_type, "data": data, **fields}
+    if event_id is not None:
+        body["id"] = event_id
+    return await app.api.post("/api/events", token(SERVICE, ["service"]), body)
+
+
+async def notifications_of(app, user: str) -> list[dict]:
+    """The user's stored notifications, newest first, read back through the REST API."""
+    status, body = await app.api.get("/api/notifications?limit=100", token(user))
+    assert status == 200, body
+    return body["notifications"]

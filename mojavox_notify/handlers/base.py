@@ -47,9 +47,12 @@ class BaseHandler(tornado.web.RequestHandler):
         self.request_limiter.take([self.principal.user_id])
 
     def data_received(self, chunk: bytes) -> None:
+        # A body without Content-Length is only measured here. Raising would drop the connection
+        # with no response, so the excess is discarded and `json_body` answers 413.
         self._body_size += len(chunk)
         if self._body_size > self.max_body_bytes:
-            raise PayloadTooLargeError(f"the body must be at most {self.max_body_bytes} bytes")
+            self._chunks.clear()
+            return
         self._chunks.append(chunk)
 
     def _bearer_token(self) -> str | None:
@@ -61,6 +64,8 @@ class BaseHandler(tornado.web.RequestHandler):
         return token.strip()
 
     def json_body(self) -> Any:
+        if self._body_size > self.max_body_bytes:
+            raise PayloadTooLargeError(f"the body must be at most {self.max_body_bytes} bytes")
         body = b"".join(self._chunks)
         if not body.strip():
             raise ValidationError("body", "must be a JSON object")

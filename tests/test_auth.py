@@ -1,0 +1,365 @@
+"""JWT authentication over REST: HS256, RS256 and ES256 with pinned algorithms, claims, JWKS."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+
+import jwt
+import pytest
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from .support import TEST_SECRET, new_user, token
+
+LIST = "/api/notifications"
+
+
+def assert_error(body, code: str | None = None) -> dict:
+    assert isinstance(body, dict) and set(body) == {"error"}, body
+    assert set(body["error"]) == {"code", "message"}, body
+    if code is not None:
+        assert body["error"]["code"] == code, body
+    return body["error"]
+
+
+def b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def hand_made_token(header: dict, claims: dict, signature: bytes = b"") -> str:
+    signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}"
+    return f"{signing_input}.{b64url(signature)}"
+
+
+def claims_for(user: str, ttl: float = 3600, **extra) -> dict:
+    now = int(time.time())
+    return {"sub": user, "roles": [], "iat": now, "exp": now + int(ttl), **extra}
+
+
+def rsa_key():
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def public_pem(private_key) -> str:
+    return private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+# -- HS256 -----------------------------------------------------------------------------------
+
+@pytest.mark.gen_test(timeout=30)
+async def test_valid_token_lists_the_users_notifications(start_app):
+    app = await start_app()
+    user = new_user()
+    status, body = await app.api.get(LIST, token(user))
+    assert status == 200
+    assert body["notifications"] == [] and body["total"] == 0
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_expired_token_is_refused(start_app):
+    app = await start_app()
+    status, body = await app.api.get(LIST, token(new_user(), ttl=-3600))
+    assert status == 401
+    assert_error(body, "token_expired")
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_token_expired_within_the_leeway_is_still_accepted(start_app):
+    app = await start_app(**{"auth.leeway_seconds": 60})
+    status, _ = await app.api.get(LIST, token(new_user(), ttl=-10))
+    assert status == 200
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_forged_signature_is_refused(start_app):
+    app = await start_app()
+    forged = token(new_user(), secret="another-secret-of-more-than-32-bytes-000")
+    status, body = await app.api.get(LIST, forged)
+    assert status == 401
+    assert_error(body, "token_invalid")
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_tampered_claims_are_refused(start_app):
+    app = await start_app()
+    header, _, signature = token(new_user()).split(".")
+    other_claims = b64url(json.dumps(claims_for(new_user(), roles=["service"])).encode())
+    status, body = await app.api.get(LIST, f"{header}.{other_claims}.{signature}")
+    assert status == 401
+    assert_error(body, "token_invalid")
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_alg_none_token_is_refused(start_app):
+    app = await start_app()
+    unsigned = hand_made_token({"alg": "none", "typ": "JWT"}, claims_for(new_user(), roles=["service"]))
+    for value in (unsigned, unsigned.rstrip(".") + "."):
+        status, body = await app.api.get(LIST, value)
+        assert status == 401
+        assert_error(body, "token_invalid")
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_token_without_exp_is_refused(start_app):
+    app = await start_app()
+    status, body = await app.api.get(LIST, token(new_user(), ttl=None))
+    assert status == 401
+    assert "exp" in assert_error(body, "token_invalid")["message"]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_token_without_sub_is_refused(start_app):
+    app = await start_app()
+    claims = {"roles": [], "exp": int(time.time()) + 3600}
+    status, body = await app.api.get(LIST, jwt.encode(claims, TEST_SECRET, algorithm="HS256"))
+    assert status == 401
+    assert_error(body, "token_invalid")
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_roles_that_are_not_a_list_of_strings_are_refused(start_app):
+    app = await start_app()
+    status, body = await app.api.get(LIST, token(new_user(), roles=[1, 2]))
+    assert status == 401
+    assert_error(body, "token_invalid")
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_creating_a_notification_without_the_service_role_is_forbidden(start_app):
+    app = await start_app()
+    user = new_user()
+    draft = {"userId": user, "type": "payment_received", "title": "T", "message": "M"}
+    status, body = await app.api.post(LIST, token(user, roles=["admin"]), draft)
+    assert status == 403
+    assert "service" in assert_error(body, "forbidden")["message"]
+    status, body = await app.api.get(LIST, token(user))
+    assert body["total"] == 0
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_creating_a_notification_with_the_service_role_is_allowed(start_app):
+    app = await start_app()
+    user = new_user()
+    draft = {"userId": user, "type": "payment_received", "title": "T", "message": "M"}
+    status, _ = await app.api.post(LIST, token(new_user("svc"), roles=["service"]), draft)
+    assert status == 201
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_missing_token_gives_a_json_401(start_app):
+    app = await start_app()
+    status, body = await app.api.get(LIST)
+    assert status == 401
+    assert_error(body, "token_missing")
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("header", ["Basic dXNlcjpwYXNz", "Bearer", "Bearer   ", "Token abc.def.ghi",
+                                    "Bearer not-a-jwt", "Bearer a.b.c"])
+async def test_malformed_authorization_header_gives_a_json_401(start_app, header):
+    app = await start_app()
+    status, body = await app.api.get(LIST, headers={"Authorization": header})
+    assert status == 401
+    assert_error(body)
+    assert body["error"]["code"] in ("token_missing", "token_invalid")
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_bearer_scheme_is_case_insensitive(start_app):
+    app = await start_app()
+    status, _ = await app.api.get(LIST, headers={"Authorization": f"bearer {token(new_user())}"})
+    assert status == 200
+
+
+# -- RS256 / ES256 -----------------------------------------------------------------------------
+
+@pytest.mark.gen_test(timeout=30)
+async def test_rs256_token_is_accepted_with_a_configured_public_key(start_app):
+    key = rsa_key()
+    app = await start_app(**{"auth.algorithm": "RS256", "auth.public_key": public_pem(key)})
+    user = new_user()
+    signed = jwt.encode(claims_for(user), key, algorithm="RS256")
+    status, body = await app.api.get(LIST, signed)
+    assert status == 200, body
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_rs256_public_key_can_come_from_a_file(start_app, tmp_path):
+    key = rsa_key()
+    key_file = tmp_path / "idp-public.pem"
+    key_file.write_text(public_pem(key), encoding="utf-8")
+    app = await start_app(**{"auth.algorithm": "RS256", "auth.public_key_file": str(key_file)})
+    status, _ = await app.api.get(LIST, jwt.encode(claims_for(new_user()), key, algorithm="RS256"))
+    assert status == 200
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_rs256_token_signed_by_another_key_is_refused(start_app):
+    app = await start_app(**{"auth.algorithm": "RS256", "auth.public_key": public_pem(rsa_key())})
+    signed = jwt.encode(claims_for(new_user()), rsa_key(), algorithm="RS256")
+    status, body = await app.api.get(LIST, signed)
+    assert status == 401
+    assert_error(body, "token_invalid")
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_hs256_token_signed_with_the_public_key_is_refused_under_rs256(start_app):
+    """Algorithm confusion: the public key is no secret, so it must never verify an HMAC."""
+    key = rsa_key()
+    pem = public_pem(key)
+    app = await start_app(**{"auth.algorithm": "RS256", "auth.public_key": pem})
+    header = {"alg": "HS256", "typ": "JWT"}
+    claims = claims_for(new_user(), roles=["service"])
+    unsigned = hand_made_token(header, claims).rsplit(".", 1)[0]
+    signature = hmac.new(pem.encode(), unsigned.encode(), hashlib.sha256).digest()
+    status, body = await app.api.get(LIST, f"{unsigned}.{b64url(signature)}")
+    assert status == 401
+    assert_error(body, "token_invalid")
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_hs256_token_with_the_shared_secret_is_refused_under_rs256(start_app):
+    app = await start_app(**{"auth.algorithm": "RS256", "auth.public_key": public_pem(rsa_key())})
+    status, _ = await app.api.get(LIST, token(new_user()))
+    assert status == 401
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_es256_token_is_accepted_with_a_configured_public_key(start_app):
+    key = ec.generate_private_key(ec.SECP256R1())
+    app = await start_app(**{"auth.algorithm": "ES256", "auth.public_key": public_pem(key)})
+    status, _ = await app.api.get(LIST, jwt.encode(claims_for(new_user()), key, algorithm="ES256"))
+    assert status == 200
+    other = ec.generate_private_key(ec.SECP256R1())
+    status, body = await app.api.get(LIST, jwt.encode(claims_for(new_user()), other, algorithm="ES256"))
+    assert status == 401
+    assert_error(body, "token_invalid")
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_rs256_token_is_refused_when_es256_is_configured(start_app):
+    key = ec.generate_private_key(ec.SECP256R1())
+    app = await start_app(**{"auth.algorithm": "ES256", "auth.public_key": public_pem(key)})
+    status, _ = await app.api.get(LIST, jwt.encode(claims_for(new_user()), rsa_key(), algorithm="RS256"))
+    assert status == 401
+
+
+# -- audience and issuer -------------------------------------------------------------------------
+
+@pytest.mark.gen_test(timeout=30)
+async def test_audience_and_issuer_are_enforced_when_configured(start_app):
+    app = await start_app(**{"auth.audience": "mojavox-dashboard", "auth.issuer": "https://id.mojavox.ai"})
+    user = new_user()
+    good = {"aud": "mojavox-dashboard", "iss": "https://id.mojavox.ai"}
+    status, _ = await app.api.get(LIST, token(user, **good))
+    assert status == 200
+    refused = [
+        {"iss": "https://id.mojavox.ai"},
+        {"aud": "mojavox-dashboard"},
+        {**good, "aud": "another-app"},
+        {**good, "iss": "https://evil.example"},
+    ]
+    for claims in refused:
+        status, body = await app.api.get(LIST, token(user, **claims))
+        assert status == 401, claims
+        assert_error(body, "token_invalid")
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_audience_is_not_required_when_not_configured(start_app):
+    app = await start_app()
+    status, _ = await app.api.get(LIST, token(new_user(), aud="whatever", iss="anyone"))
+    assert status == 200
+
+
+# -- JWKS --------------------------------------------------------------------------------------
+
+class JwksHandler(tornado.web.RequestHandler):
+    def initialize(self, document: dict, fetches: list) -> None:
+        self.document = document
+        self.fetches = fetches
+
+    def get(self) -> None:
+        self.fetches.append(time.monotonic())
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(self.document))
+
+
+def jwk(private_key, kid: str) -> dict:
+    entry = jwt.algorithms.RSAAlgorithm.to_jwk(private_key.public_key(), as_dict=True)
+    return {**entry, "kid": kid, "use": "sig", "alg": "RS256"}
+
+
+@pytest.fixture
+def jwks_server(io_loop):
+    """A tiny identity provider on 127.0.0.1: serves `document` at /jwks and counts fetches."""
+    servers = []
+
+    def serve(document: dict) -> tuple[str, list]:
+        fetches: list = []
+        application = tornado.web.Application(
+            [(r"/jwks", JwksHandler, {"document": document, "fetches": fetches})])
+        server = tornado.httpserver.HTTPServer(application)
+        sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
+        server.add_sockets(sockets)
+        servers.append(server)
+        return f"http://127.0.0.1:{sockets[0].getsockname()[1]}/jwks", fetches
+
+    yield serve
+    for server in servers:
+        server.stop()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_jwks_key_is_chosen_by_the_tokens_kid(start_app, jwks_server):
+    first, second = rsa_key(), rsa_key()
+    url, fetches = jwks_server({"keys": [jwk(first, "key-1"), jwk(second, "key-2")]})
+    app = await start_app(**{"auth.algorithm": "RS256", "auth.jwks_url": url})
+    user = new_user()
+
+    for key, kid in ((first, "key-1"), (second, "key-2")):
+        signed = jwt.encode(claims_for(user), key, algorithm="RS256", headers={"kid": kid})
+        status, body = await app.api.get(LIST, signed)
+        assert status == 200, (kid, body)
+
+    swapped = jwt.encode(claims_for(user), first, algorithm="RS256", headers={"kid": "key-2"})
+    status, body = await app.api.get(LIST, swapped)
+    assert status == 401
+    assert_error(body, "token_invalid")
+
+    unknown = jwt.encode(claims_for(user), first, algorithm="RS256", headers={"kid": "key-3"})
+    status, body = await app.api.get(LIST, unknown)
+    assert status == 401
+    assert_error(body, "token_invalid")
+
+    assert len(fetches) == 1, "the JWKS is cached, and an unknown kid does not refetch at once"
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_jwks_does_not_allow_an_hs256_token_signed_with_a_published_key(start_app, jwks_server):
+    key = rsa_key()
+    url, _ = jwks_server({"keys": [jwk(key, "key-1")]})
+    app = await start_app(**{"auth.algorithm": "RS256", "auth.jwks_url": url})
+    header = {"alg": "HS256", "typ": "JWT", "kid": "key-1"}
+    unsigned = hand_made_token(header, claims_for(new_user())).rsplit(".", 1)[0]
+    signature = hmac.new(public_pem(key).encode(), unsigned.encode(), hashlib.sha256).digest()
+    status, _ = await app.api.get(LIST, f"{unsigned}.{b64url(signature)}")
+    assert status == 401
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_unreachable_jwks_gives_401_not_500(start_app, jwks_server):
+    url, _ = jwks_server({"keys": []})
+    app = await start_app(**{"auth.algorithm": "RS256", "auth.jwks_url": url.replace("/jwks", "/gone")})
+    signed = jwt.encode(claims_for(new_user()), rsa_key(), algorithm="RS256", headers={"kid": "key-1"})
+    status, body = await app.api.get(LIST, signed)
+    assert status == 401
+    assert_error(body, "token_invalid")

@@ -1,0 +1,377 @@
+"""The real `python -m mojavox_notify` CLI, run as subprocesses in a scratch deployment folder."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from mojavox_notify.settings import ENVIRONMENT_OVERRIDES, load_settings
+
+from .support import new_user, token
+
+ROOT = Path(__file__).resolve().parent.parent
+PLUGINS_DIR = ROOT / "plugins"
+COMMAND_TIMEOUT = 30
+START_TIMEOUT = 20
+STOP_TIMEOUT = 15
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def clean_environment(**extra: str) -> dict[str, str]:
+    """This process's environment without any MOJAVOX override, plus `extra`."""
+    environment = {name: value for name, value in os.environ.items()
+                   if name not in ENVIRONMENT_OVERRIDES and name != "DATABASE_URL"}
+    environment.update(extra)
+    return environment
+
+
+def storage_children(data_dir: Path) -> list[int]:
+    """Live processes whose command line names the data folder's storage files (nx-27017)."""
+    needle = str(data_dir / "mongo").encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if needle in command:
+            found.append(int(entry.name))
+    return found
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
+def http(method: str, url: str, token: str | None = None, body=None) -> tuple[int, object]:
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+
+
+class Deployment:
+    """A scratch folder with a settings.yaml (free port, data under the folder, repo plugins)."""
+
+    def __init__(self, folder: Path, extra_settings: str = ""):
+        self.folder = folder
+        self.port = free_port()
+        self.settings_path = folder / "settings.yaml"
+        self.settings_path.write_text(
+            "data_dir: ./data\n"
+            f"server:\n  host: 127.0.0.1\n  port: {self.port}\n"
+            f"plugins:\n  directory: {PLUGINS_DIR}\n"
+            "retention:\n  cleanup_interval_minutes: 0\n" + extra_settings,
+            encoding="utf-8")
+        self.servers: list[subprocess.Popen] = []
+
+    @property
+    def data_dir(self) -> Path:
+        return self.folder / "data"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def run(self, *args: str, timeout: float = COMMAND_TIMEOUT, **environment: str):
+        return subprocess.run([sys.executable, "-m", "mojavox_notify", *args], cwd=self.folder,
+                              env=clean_environment(**environment), capture_output=True, text=True,
+                              timeout=timeout)
+
+    def token(self, user: str, roles: tuple[str, ...] = ()) -> str:
+        """A token signed with the development secret the server created in the data folder."""
+        secret = (self.data_dir / "jwt-secret").read_text(encoding="utf-8").strip()
+        return token(user, roles, secret=secret)
+
+    def serve(self) -> tuple[subprocess.Popen, Path]:
+        """Start `serve` and wait for its ready line; returns the process and its log file."""
+        log_path = self.folder / f"serve-{len(self.servers)}.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "mojavox_notify", "serve", "--settings", "settings.yaml"],
+                cwd=self.folder, env=clean_environment(), stdout=log, stderr=subprocess.STDOUT)
+        self.servers.append(process)
+        ready = wait_for(lambda: process.poll() is not None or "serving on" in log_path.read_text(),
+                         START_TIMEOUT)
+        assert ready and process.poll() is None, f"serve did not start:\n{log_path.read_text()}"
+        return process, log_path
+
+    def stop_all(self) -> None:
+        """Stop every server this deployment started, and any storage child left behind."""
+        for process in self.servers:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=STOP_TIMEOUT)
+        for pid in storage_children(self.data_dir):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.fixture
+def deployment(tmp_path):
+    deployment = Deployment(tmp_path)
+    yield deployment
+    deployment.stop_all()
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory):
+    """One `serve` shared by the tests that only talk to it (each with its own users)."""
+    deployment = Deployment(tmp_path_factory.mktemp("running"))
+    try:
+        deployment.serve()
+        yield deployment
+    finally:
+        deployment.stop_all()
+
+
+def draft(user: str, **fields) -> dict:
+    return {"userId": user, "type": "payment_received", "title": "Payment Received",
+            "message": "John Smith paid $2,450.00", **fields}
+
+
+# -- token and vapid-keys --------------------------------------------------------------------------
+
+def test_token_command_prints_a_token_the_server_accepts(running):
+    alice = new_user("alice")
+    result = running.run("token", "--user", alice)  # built-in defaults: ./data, like the server
+    assert result.returncode == 0, result.stderr
+    alice_token = result.stdout.strip()
+    assert alice_token.count(".") == 2 and "\n" not in alice_token
+    status, page = http("GET", f"{running.url}/api/notifications", alice_token)
+    assert status == 200 and page["notifications"] == []
+
+    status, _ = http("POST", f"{running.url}/api/notifications", alice_token, draft(alice))
+    assert status == 403, "a plain token has no service role"
+    result = running.run("token", "--user", new_user("svc"), "--roles", "service",
+                         "--settings", "settings.yaml")
+    assert result.returncode == 0, result.stderr
+    status, created = http("POST", f"{running.url}/api/notifications", result.stdout.strip(), draft(alice))
+    assert status == 201
+    status, page = http("GET", f"{running.url}/api/notifications", alice_token)
+    assert [n["id"] for n in page["notifications"]] == [created["id"]]
+
+
+def test_token_ttl_sets_the_expiry(deployment):
+    result = deployment.run("token", "--user", "bob", "--ttl", "120", "--roles", "admin,service")
+    assert result.returncode == 0, result.stderr
+    payload = result.stdout.strip().split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    assert claims["sub"] == "bob" and claims["roles"] == ["admin", "service"]
+    assert claims["exp"] - claims["iat"] == 120
+
+
+def test_vapid_keys_prints_a_matching_pair_as_two_environment_lines(deployment):
+    result = deployment.run("vapid-keys")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 2
+    values = dict(line.split("=", 1) for line in lines)
+    assert set(values) == {"VAPID_PUBLIC_KEY", "VAPID_PRIVATE_KEY"}
+
+    def decode(text: str) -> bytes:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+    public, private = decode(values["VAPID_PUBLIC_KEY"]), decode(values["VAPID_PRIVATE_KEY"])
+    assert len(public) == 65 and public[0] == 4 and len(private) == 32
+    derived = ec.derive_private_key(int.from_bytes(private, "big"), ec.SECP256R1()).public_key()
+    assert derived.public_bytes(serialization.Encoding.X962,
+                                serialization.PublicFormat.UncompressedPoint) == public
+    settings = load_settings(None, environ=values)
+    assert settings.push.vapid_public_key == values["VAPID_PUBLIC_KEY"]
+
+
+# -- check -----------------------------------------------------------------------------------------
+
+def test_check_exits_0_on_good_settings_and_leaves_no_storage_child(deployment):
+    result = deployment.run("check", "--settings", "settings.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "settings: ok" in result.stdout
+    assert "storage: ok" in result.stdout and "nx-27017" in result.stdout
+    assert "7 notification types" in result.stdout
+    assert storage_children(deployment.data_dir) == []
+
+
+@pytest.mark.parametrize("extra, key", [
+    ("server:\n  port: 70000\n", "server.port"),
+    ("colour: blue\n", "colour"),
+    ("auth:\n  secret: short\n", "auth.secret"),
+    ("logging:\n  level: LOUD\n", "logging.level"),
+])
+def test_check_exits_2_with_one_line_naming_a_bad_key(tmp_path, extra, key):
+    path = tmp_path / "settings.yaml"
+    path.write_text(extra, encoding="utf-8")
+    result = subprocess.run([sys.executable, "-m", "mojavox_notify", "check", "--settings", str(path)],
+                            cwd=tmp_path, env=clean_environment(), capture_output=True, text=True,
+                            timeout=COMMAND_TIMEOUT)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert key in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_environment_value_stops_serve_with_one_line(deployment):
+    result = deployment.run("serve", "--settings", "settings.yaml", WS_PORT="not-a-port")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "server.port" in lines[0], result.stderr
+
+
+def test_check_fails_when_the_mongodb_server_does_not_answer(tmp_path):
+    deployment = Deployment(tmp_path, "mongodb:\n  url: mongodb://127.0.0.1:%d/\n"
+                                      "  server_selection_timeout_seconds: 0.5\n" % free_port())
+    result = deployment.run("check", "--settings", "settings.yaml")
+    assert result.returncode == 2
+    assert "mongodb.url" in result.stderr.strip().splitlines()[-1]
+
+
+# -- serve -----------------------------------------------------------------------------------------
+
+def test_serve_logs_one_ready_line_and_answers_healthz(running):
+    log_path = running.folder / "serve-0.log"
+    ready = [line for line in log_path.read_text().splitlines() if "serving on" in line]
+    assert len(ready) == 1
+    line = ready[0]
+    assert running.url in line
+    assert f"storage: embedded nx-27017 in {running.data_dir}" in line
+    assert "broker: in-process" in line
+    status, health = http("GET", f"{running.url}/healthz")
+    assert status == 200 and health["status"] == "ok"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_serve_cleanly_with_its_storage_child(deployment, signum):
+    process, log_path = deployment.serve()
+    children = storage_children(deployment.data_dir)
+    assert len(children) == 1, "serve runs one nx-27017 child"
+    process.send_signal(signum)
+    assert process.wait(timeout=STOP_TIMEOUT) == 0, log_path.read_text()
+    assert storage_children(deployment.data_dir) == []
+    assert "Traceback" not in log_path.read_text()
+
+
+def test_serve_on_a_port_in_use_exits_2_naming_it(deployment):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", deployment.port))
+        taken.listen()
+        result = deployment.run("serve", "--settings", "settings.yaml")
+    assert result.returncode == 2
+    assert f"127.0.0.1:{deployment.port}" in result.stderr.strip().splitlines()[-1]
+    assert storage_children(deployment.data_dir) == []
+
+
+def test_notification_survives_sigkill_of_the_server_and_a_restart(deployment):
+    process, _ = deployment.serve()
+    user = new_user("alice")
+    service = deployment.token(new_user("svc"), roles=("service",))
+    status, created = http("POST", f"{deployment.url}/api/notifications", service, draft(user))
+    assert status == 201
+
+    process.kill()
+    process.wait(timeout=STOP_TIMEOUT)
+    assert wait_for(lambda: not storage_children(deployment.data_dir), timeout=5), \
+        "the orphaned nx-27017 child exits by itself"
+
+    deployment.serve()
+    status, page = http("GET", f"{deployment.url}/api/notifications", deployment.token(user))
+    assert status == 200
+    assert [n["id"] for n in page["notifications"]] == [created["id"]]
+    assert page["notifications"][0] == created
+
+
+# -- emit and cleanup --------------------------------------------------------------------------------
+
+def test_emit_posts_an_event_and_prints_the_created_id(running):
+    deployment = running
+    user = new_user("collector")
+    data = json.dumps({"userId": user, "amount": 2450, "accountId": "AC-2024-1234",
+                       "debtorName": "John Smith"})
+    result = deployment.run("emit", "payment.received", "--data", data, "--url", deployment.url)
+    assert result.returncode == 0, result.stderr
+    ids = result.stdout.split()
+    assert len(ids) == 1 and re.fullmatch(r"[0-9a-f]{24}", ids[0])
+
+    status, page = http("GET", f"{deployment.url}/api/notifications", deployment.token(user))
+    assert [n["id"] for n in page["notifications"]] == ids
+    assert page["notifications"][0]["message"] == "John Smith paid $2,450.00 on account #AC-2024-1234"
+
+    event_id = new_user("payment")
+    again = [deployment.run("emit", "payment.received", "--data", data, "--id", event_id,
+                            "--settings", "settings.yaml") for _ in range(2)]
+    assert all(r.returncode == 0 for r in again), [r.stderr for r in again]
+    assert again[0].stdout == again[1].stdout, "a repeated event id creates nothing new"
+
+
+def test_emit_reports_a_refused_event_and_an_unreachable_server(running):
+    deployment = running
+    result = deployment.run("emit", "payment.nope", "--data", "{}", "--url", deployment.url)
+    assert result.returncode == 1
+    assert "400" in result.stderr and "payment.received" in result.stderr
+    result = deployment.run("emit", "payment.received", "--data", "not json", "--url", deployment.url)
+    assert result.returncode == 2 and "--data" in result.stderr
+    result = deployment.run("emit", "payment.received", "--data", "{}", "--url",
+                            f"http://127.0.0.1:{free_port()}")
+    assert result.returncode == 1 and "cannot reach" in result.stderr
+
+
+def test_cleanup_removes_expired_notifications_and_keeps_the_rest(deployment):
+    process, _ = deployment.serve()
+    user = new_user()
+    service = deployment.token(new_user("svc"), roles=("service",))
+    soon = datetime.now(timezone.utc) + timedelta(seconds=1)
+    status, _ = http("POST", f"{deployment.url}/api/notifications", service,
+                     draft(user, expiresAt=soon.isoformat()))
+    assert status == 201
+    status, kept = http("POST", f"{deployment.url}/api/notifications", service, draft(user))
+    process.terminate()
+    assert process.wait(timeout=STOP_TIMEOUT) == 0
+    time.sleep(max(0.0, (soon - datetime.now(timezone.utc)).total_seconds() + 0.1))
+
+    result = deployment.run("cleanup", "--settings", "settings.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "removed 1 expired or past-retention notifications" in result.stdout, result.stdout
+    assert storage_children(deployment.data_dir) == []
+
+    deployment.serve()
+    status, page = http("GET", f"{deployment.url}/api/notifications", deployment.token(user))
+    assert [n["id"] for n in page["notifications"]] == [kept["id"]]

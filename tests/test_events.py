@@ -1,0 +1,379 @@
+"""Event ingest: idempotency by event id (repeats, concurrency, restarts), the in-process
+`app.emit`, plugin-run event sources, and the lifecycle and observer hooks."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from mojavox_notify import Event, NotificationType, hookimpl
+from mojavox_notify.errors import ValidationError
+
+from .support import Socket, new_user, notifications_of, post_event, token
+
+
+def payment(user: str, amount: float = 2450) -> dict:
+    return {"userId": user, "amount": amount, "accountId": "AC-2024-1234",
+            "debtorName": "John Smith"}
+
+
+def new_event_id() -> str:
+    return new_user("evt")
+
+
+# -- idempotency ---------------------------------------------------------------------------------
+
+@pytest.mark.gen_test(timeout=30)
+async def test_same_event_id_three_times_creates_one_notification_and_returns_its_id(start_app):
+    app = await start_app()
+    user, event_id = new_user(), new_event_id()
+    answers = [await post_event(app, "payment.received", payment(user), event_id)
+               for _ in range(3)]
+    assert [status for status, _ in answers] == [202, 202, 202]
+    first = answers[0][1]["notifications"]
+    assert len(first) == 1
+    assert all(body["notifications"] == first for _, body in answers)
+    assert [n["id"] for n in await notifications_of(app, user)] == first
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_concurrent_posts_of_one_event_id_create_one_notification(start_app):
+    app = await start_app()
+    user, event_id = new_user(), new_event_id()
+    answers = await asyncio.gather(*[post_event(app, "payment.received", payment(user), event_id)
+                                     for _ in range(6)])
+    assert {status for status, _ in answers} == {202}, answers
+    ids = {tuple(body["notifications"]) for _, body in answers}
+    assert len(ids) == 1, answers
+    assert [n["id"] for n in await notifications_of(app, user)] == list(ids.pop())
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_concurrent_system_alert_with_one_id_notifies_each_user_once(start_app):
+    app = await start_app()
+    users, event_id = [new_user("ops") for _ in range(3)], new_event_id()
+    data = {"userIds": users, "severity": "critical", "message": "Database failover"}
+    answers = await asyncio.gather(*[post_event(app, "system.alert", data, event_id)
+                                     for _ in range(4)])
+    assert {status for status, _ in answers} == {202}, answers
+    assert len({tuple(body["notifications"]) for _, body in answers}) == 1
+    for user in users:
+        assert len(await notifications_of(app, user)) == 1
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_event_id_seen_before_a_restart_creates_nothing_after_it(start_app, make_settings):
+    settings = make_settings()
+    app = await start_app(settings=settings)
+    user, event_id = new_user(), new_event_id()
+    status, body = await post_event(app, "payment.received", payment(user), event_id)
+    assert status == 202, body
+    await app.stop()
+
+    restarted = await start_app(settings=settings)
+    again_status, again = await post_event(restarted, "payment.received", payment(user), event_id)
+    assert again_status == 202, again
+    assert again["notifications"] == body["notifications"]
+    assert [n["id"] for n in await notifications_of(restarted, user)] == body["notifications"]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_event_id_reused_for_another_event_type_is_a_400(start_app):
+    app = await start_app()
+    user, event_id = new_user(), new_event_id()
+    status, _ = await post_event(app, "payment.received", payment(user), event_id)
+    assert status == 202
+    status, body = await post_event(app, "campaign.milestone", {
+        "userId": user, "campaignId": "K-1", "campaignName": "Q1", "percent": 50}, event_id)
+    assert status == 400, body
+    assert body["error"] == {"code": "event_id_conflict",
+                             "message": "id: was already used for a payment.received event"}
+    assert len(await notifications_of(app, user)) == 1
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_rejected_event_does_not_use_up_its_id(start_app):
+    app = await start_app()
+    user, event_id = new_user(), new_event_id()
+    status, body = await post_event(app, "payment.received", {"userId": user}, event_id)
+    assert status == 400, body
+    status, body = await post_event(app, "payment.received", payment(user), event_id)
+    assert status == 202, body
+    assert [n["id"] for n in await notifications_of(app, user)] == body["notifications"]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_events_without_id_are_not_deduplicated(start_app):
+    app = await start_app()
+    user = new_user()
+    first = await post_event(app, "payment.received", payment(user))
+    second = await post_event(app, "payment.received", payment(user))
+    assert first[0] == second[0] == 202
+    assert first[1]["notifications"] != second[1]["notifications"]
+    assert len(await notifications_of(app, user)) == 2
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_malformed_event_ids_and_fields_are_400s_naming_them(start_app):
+    app = await start_app()
+    user = new_user()
+    service = token("svc", ["service"])
+    cases = [
+        ({"type": "payment.received", "id": 12, "data": payment(user)}, "id: must be a string"),
+        ({"type": "payment.received", "id": "x" * 129, "data": payment(user)}, "id: must be"),
+        ({"type": "payment.received", "data": payment(user), "occurredAt": "yesterday"},
+         "occurredAt: must be an ISO 8601 time"),
+        ({"type": "payment.received", "data": payment(user), "source": "crm"},
+         "source: unknown field"),
+    ]
+    for event, message in cases:
+        status, body = await app.api.post("/api/events", service, event)
+        assert status == 400, (event, body)
+        assert body["error"]["message"].startswith(message), body
+    assert await notifications_of(app, user) == []
+
+
+# -- in-process emit ----------------------------------------------------------------------------
+
+@pytest.mark.gen_test(timeout=30)
+async def test_app_emit_creates_the_notification_and_delivers_it_to_a_live_socket(start_app):
+    app = await start_app()
+    user = new_user()
+    socket = await Socket.open(app, token(user))
+    await socket.expect("connected")
+    ids = await app.emit(Event("payment.received", payment(user, 99.5)))
+    frame = await socket.expect("notification")
+    assert frame["payload"]["id"] == ids[0]
+    assert frame["payload"]["message"] == "John Smith paid $99.50 on account #AC-2024-1234"
+    assert [n["id"] for n in await notifications_of(app, user)] == ids
+    socket.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_app_emit_and_http_share_idempotency_by_event_id(start_app):
+    app = await start_app()
+    user, event_id = new_user(), new_event_id()
+    ids = await app.emit(Event("payment.received", payment(user), id=event_id))
+    assert await app.emit(Event("payment.received", payment(user), id=event_id)) == ids
+    status, body = await post_event(app, "payment.received", payment(user), event_id)
+    assert (status, body) == (202, {"notifications": ids})
+    assert len(await notifications_of(app, user)) == 1
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_app_emit_raises_validation_errors_for_unknown_types_and_bad_data(start_app):
+    app = await start_app()
+    with pytest.raises(ValidationError) as unknown:
+        await app.emit(Event("payment.refunded", {}))
+    assert unknown.value.field == "type"
+    assert "payment.received" in unknown.value.message
+    with pytest.raises(ValidationError) as bad:
+        await app.emit(Event("payment.received", {"userId": new_user(), "amount": "ten"}))
+    assert bad.value.field == "data.amount"
+
+
+# -- plugin hooks: event sources, observers, lifecycle -------------------------------------------
+
+class TickerPlugin:
+    """A plugin that runs its own event source: it emits each data dict put on `queue`."""
+
+    def __init__(self):
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.source_running = asyncio.Event()
+        self.source_cancelled = asyncio.Event()
+        self.calls: list[str] = []
+
+    @hookimpl
+    def mojavox_register_types(self):
+        return [NotificationType("ticker_tick", "medium", "a tick from the ticker")]
+
+    @hookimpl
+    def mojavox_event_types(self):
+        return {"ticker.tick": "the ticker ticked"}
+
+    @hookimpl
+    def mojavox_event_to_drafts(self, event):
+        if event.type != "ticker.tick":
+            return None
+        return [{"userId": event.data["userId"], "type": "ticker_tick", "title": "Tick",
+                 "message": f"tick {event.data['n']}", "data": {"n": event.data["n"]},
+                 "actionUrl": "/ticker"}]
+
+    @hookimpl
+    def mojavox_event_sources(self, app):
+        async def ticker(emit):
+            self.source_running.set()
+            try:
+                while True:
+                    data = await self.queue.get()
+                    await emit(Event("ticker.tick", data, id=data.get("eventId")))
+            except asyncio.CancelledError:
+                self.source_cancelled.set()
+                raise
+        return [ticker]
+
+    @hookimpl
+    def mojavox_startup(self, app):
+        self.calls.append(f"startup listening={app.port is not None}")
+
+    @hookimpl
+    async def mojavox_shutdown(self, app):
+        await asyncio.sleep(0)
+        self.calls.append(f"shutdown source_cancelled={self.source_cancelled.is_set()}")
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_plugin_event_source_reaches_a_live_socket_through_the_whole_pipeline(start_app):
+    ticker = TickerPlugin()
+    app = await start_app(plugins=[("ticker", ticker)], discover_plugins=False)
+    user = new_user()
+    socket = await Socket.open(app, token(user))
+    await socket.expect("connected")
+
+    await ticker.queue.put({"userId": user, "n": 1})
+    frame = await socket.expect("notification")
+    payload = frame["payload"]
+    assert {key: payload[key] for key in ("type", "priority", "title", "message", "data",
+                                          "actionUrl", "read")} == {
+        "type": "ticker_tick", "priority": "medium", "title": "Tick", "message": "tick 1",
+        "data": {"n": 1}, "actionUrl": "/ticker", "read": False}
+    assert [n["id"] for n in await notifications_of(app, user)] == [payload["id"]]
+    socket.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_plugin_event_source_events_with_an_id_are_idempotent_too(start_app):
+    ticker = TickerPlugin()
+    app = await start_app(plugins=[("ticker", ticker)], discover_plugins=False)
+    user = new_user()
+    socket = await Socket.open(app, token(user))
+    await socket.expect("connected")
+    for n in (1, 1, 2):
+        await ticker.queue.put({"userId": user, "n": n, "eventId": f"{user}-tick-{n}"})
+    assert (await socket.expect("notification"))["payload"]["message"] == "tick 1"
+    assert (await socket.expect("notification"))["payload"]["message"] == "tick 2"
+    assert [n["message"] for n in await notifications_of(app, user)] == ["tick 2", "tick 1"]
+    socket.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_startup_runs_before_listening_and_shutdown_after_sources_are_cancelled(start_app):
+    ticker = TickerPlugin()
+    app = await start_app(plugins=[("ticker", ticker)], discover_plugins=False)
+    assert ticker.calls == ["startup listening=False"]
+    await asyncio.wait_for(ticker.source_running.wait(), 5)
+    await app.stop()
+    assert ticker.calls == ["startup listening=False", "shutdown source_cancelled=True"]
+
+
+class Recorder:
+    """Lifecycle and observer hooks, sync or async, recording what they were called with."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.seen: list[tuple] = []
+
+
+def sync_recorder() -> Recorder:
+    recorder = Recorder("sync")
+
+    class Plugin:
+        @hookimpl
+        def mojavox_startup(self, app):
+            recorder.seen.append(("startup", app))
+
+        @hookimpl
+        def mojavox_shutdown(self, app):
+            recorder.seen.append(("shutdown", app))
+
+        @hookimpl
+        def mojavox_notification_created(self, notification, user_id):
+            recorder.seen.append(("created", user_id, notification))
+
+    recorder.plugin = Plugin()
+    return recorder
+
+
+def async_recorder() -> Recorder:
+    recorder = Recorder("async")
+
+    class Plugin:
+        @hookimpl
+        async def mojavox_startup(self, app):
+            await asyncio.sleep(0.01)
+            recorder.seen.append(("startup", app))
+
+        @hookimpl
+        async def mojavox_shutdown(self, app):
+            await asyncio.sleep(0.01)
+            recorder.seen.append(("shutdown", app))
+
+        @hookimpl
+        async def mojavox_notification_created(self, user_id, notification):
+            await asyncio.sleep(0.01)
+            recorder.seen.append(("created", user_id, notification))
+
+    recorder.plugin = Plugin()
+    return recorder
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_startup_and_shutdown_hooks_are_called_once_sync_and_async(start_app):
+    recorders = [sync_recorder(), async_recorder()]
+    app = await start_app(plugins=[(r.name, r.plugin) for r in recorders], discover_plugins=False)
+    for recorder in recorders:
+        assert recorder.seen == [("startup", app)], recorder.name
+    await app.stop()
+    for recorder in recorders:
+        assert recorder.seen == [("startup", app), ("shutdown", app)], recorder.name
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_notification_created_observers_get_each_payload_and_its_recipient(start_app):
+    recorders = [sync_recorder(), async_recorder()]
+    app = await start_app(plugins=[(r.name, r.plugin) for r in recorders])
+    users = [new_user("ops"), new_user("ops")]
+    status, body = await post_event(app, "system.alert", {
+        "userIds": users, "severity": "warning", "message": "Queue backlog"})
+    assert status == 202, body
+    for recorder in recorders:
+        created = [entry for entry in recorder.seen if entry[0] == "created"]
+        assert [(user, n["id"]) for _, user, n in created] == list(zip(users, body["notifications"]))
+        stored = {n["id"]: n for user in users for n in await notifications_of(app, user)}
+        for _, _, notification in created:
+            assert notification == stored[notification["id"]]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_failing_observer_does_not_undo_or_fail_the_notification(start_app):
+    class Broken:
+        @hookimpl
+        def mojavox_notification_created(self, notification, user_id):
+            raise RuntimeError("observer bug")
+
+    app = await start_app(plugins=[("broken_observer", Broken())])
+    user = new_user()
+    socket = await Socket.open(app, token(user))
+    await socket.expect("connected")
+    status, body = await post_event(app, "payment.received", payment(user))
+    assert status == 202, body
+    assert (await socket.expect("notification"))["payload"]["id"] == body["notifications"][0]
+    assert [n["id"] for n in await notifications_of(app, user)] == body["notifications"]
+    socket.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_event_source_that_fails_stops_alone_and_the_server_keeps_serving(start_app):
+    class Failing:
+        @hookimpl
+        def mojavox_event_sources(self, app):
+            async def broken(emit):
+                raise RuntimeError("cannot reach the dialer")
+            return [broken]
+
+    app = await start_app(plugins=[("failing_source", Failing())])
+    await asyncio.sleep(0.05)
+    user = new_user()
+    status, body = await post_event(app, "payment.received", payment(user))
+    assert status == 202, body
