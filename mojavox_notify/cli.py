@@ -209,6 +209,9 @@ def _check(args) -> int:
     settings = _load(args)
     print(f"settings: ok ({args.settings or 'built-in defaults'})")
     app = NotifyApp(settings)
+    if not len(app.plugins.types):
+        raise SettingsError("plugins.directory", "no plugin registers a notification type; "
+                            f"looked in {settings.resolve_path(settings.plugins.directory or '.')}")
     print(f"plugins: ok ({', '.join(name for name, _ in app.plugins.manager.list_name_plugin()) or 'none'}; "
           f"{len(app.plugins.types)} notification types, {len(app.plugins.event_types)} event types)")
 

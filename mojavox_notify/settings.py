@@ -24,6 +24,7 @@ class SettingsError(ValueError):
     def __init__(self, key: str, problem: str):
         super().__init__(f"settings: {key}: {problem}")
         self.key = key
+        self.problem = problem
 
 
 def _between(low: float, high: float) -> Callable[[Any], str | None]:
@@ -196,18 +197,28 @@ def load_settings(path: str | os.PathLike | None = None,
     if path is not None:
         raw = _read_yaml(Path(path))
         base_dir = Path(path).resolve().parent
+    from_environment: dict[str, str] = {}
     for name, key in ENVIRONMENT_OVERRIDES.items():
         if environ.get(name):
             _set_dotted(raw, key, environ[name], source=name)
+            from_environment[key] = name
     database_url = environ.get("DATABASE_URL", "")
     if database_url.startswith(("mongodb://", "mongodb+srv://")) and not environ.get("MONGODB_URL"):
         _set_dotted(raw, "mongodb.url", database_url, source="DATABASE_URL")
+        from_environment["mongodb.url"] = "DATABASE_URL"
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(raw, key, value, source=key)
-    settings = _build(Settings, raw, prefix="")
-    settings = dataclasses.replace(settings, base_dir=str(base_dir))
-    _check_combinations(settings)
+            from_environment.pop(key, None)
+    try:
+        settings = _build(Settings, raw, prefix="")
+        settings = dataclasses.replace(settings, base_dir=str(base_dir))
+        _check_combinations(settings)
+    except SettingsError as error:
+        variable = from_environment.get(error.key)
+        if variable is None:
+            raise
+        raise SettingsError(error.key, f"{error.problem} (set by {variable})") from None
     return settings
 
 
@@ -317,7 +328,8 @@ def _check_combinations(settings: Settings) -> None:
                                 "auth.public_key, auth.public_key_file or auth.jwks_url")
     push = settings.push
     if (push.vapid_public_key is None) != (push.vapid_private_key is None):
-        raise SettingsError("push.vapid_private_key", "VAPID keys must be set together "
+        missing = "push.vapid_private_key" if push.vapid_private_key is None else "push.vapid_public_key"
+        raise SettingsError(missing, "must be set too: the VAPID keys come as a pair "
                             "(VAPID_PUBLIC_KEY and VAPID_PRIVATE_KEY)")
     if not push.vapid_subject.startswith(("mailto:", "https://")):
         raise SettingsError("push.vapid_subject", "must start with mailto: or https://")

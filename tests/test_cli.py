@@ -255,6 +255,19 @@ def test_bad_environment_value_stops_serve_with_one_line(deployment):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "server.port" in lines[0], result.stderr
+    assert "WS_PORT" in lines[0]
+
+
+def test_check_exits_2_when_no_plugin_registers_a_type(tmp_path):
+    empty = tmp_path / "no-plugins"
+    empty.mkdir()
+    path = tmp_path / "settings.yaml"
+    path.write_text(f"plugins:\n  directory: {empty}\n", encoding="utf-8")
+    result = subprocess.run([sys.executable, "-m", "mojavox_notify", "check", "--settings", str(path)],
+                            cwd=tmp_path, env=clean_environment(), capture_output=True, text=True,
+                            timeout=COMMAND_TIMEOUT)
+    assert result.returncode == 2
+    assert "plugins.directory" in result.stderr and str(empty) in result.stderr
 
 
 def test_check_fails_when_the_mongodb_server_does_not_answer(tmp_path):
