@@ -70,10 +70,9 @@ class NotificationService:
                 continue
             document = await self.store.insert(draft, event_id=event_id)
             payload = to_payload(document)
-            await self.broker.publish({
-                "kind": "notification", "user_id": draft.user_id, "seq": document["seq"],
-                "notification": payload, "unread": await self.unread(draft.user_id),
-            })
+            await self.broker.publish({"kind": "notification", "user_id": draft.user_id,
+                                       "seq": document["seq"], "notification": payload})
+            await self._publish_change(draft.user_id, "unread")
             await self._observe(payload, draft.user_id)
             created.append(payload)
         return created

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,6 +23,7 @@ from .model import PRIORITIES, ChannelPreference, Draft, PushSubscription, to_do
 log = logging.getLogger(__name__)
 
 SEQ_RETRIES = 100
+UNREAD_SCAN_LIMIT = 1000
 
 
 class NotificationStore:
@@ -125,11 +127,17 @@ class NotificationStore:
     async def unread_counts(self, user_id: str) -> dict[str, int]:
         """Unread, unexpired notifications of the user, per priority.
 
-        One count per priority rather than a `$group` on `$priority`: nx-27017 ignores the
-        `expires_at` range of a `$match` before such a group and so counted expired ones.
+        This runs after every change, so it reads the priorities of up to UNREAD_SCAN_LIMIT
+        unread notifications in one indexed query and counts them here; only past that does it
+        count per priority on the server. (A `$group` pipeline would be one round trip, but
+        nx-27017 drops the `expires_at` range of its `$match`, and its `count` is slow.)
         """
         query = self._visible(user_id)
         query["read"] = False
+        cursor = self.notifications.find(query, {"priority": 1, "_id": 0}).limit(UNREAD_SCAN_LIMIT)
+        priorities = [document["priority"] async for document in cursor]
+        if len(priorities) < UNREAD_SCAN_LIMIT:
+            return dict(Counter(priorities))
         counts = await asyncio.gather(*(
             self.notifications.count_documents({**query, "priority": priority})
             for priority in PRIORITIES))

@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import socket
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -122,3 +123,23 @@ async def test_start_up_refuses_a_mongodb_url_nobody_answers_on(make_settings):
     await app.stop()
     assert "mongodb.url" in str(caught.value)
     assert f"127.0.0.1:{port}" in str(caught.value)
+
+
+@pytest.mark.parametrize("scan_limit", [1000, 2])
+@pytest.mark.gen_test(timeout=30)
+async def test_unread_counts_by_priority_leave_out_read_and_expired(start_app, monkeypatch, scan_limit):
+    """Both ways of counting (a scan of priorities, and per-priority counts past the scan
+    limit) agree."""
+    monkeypatch.setattr("mojavox_notify.store.UNREAD_SCAN_LIMIT", scan_limit)
+    app = await start_app()
+    user = new_user()
+    for priority in ("low", "high", "high", "critical"):
+        await app.api.notify(user, priority=priority)
+    read = await app.api.notify(user, priority="medium")
+    await app.api.post(f"{BASE}/{read['id']}/read", token(user))
+    soon = datetime.now(timezone.utc) + timedelta(seconds=1)
+    await app.api.notify(user, priority="low", expiresAt=soon.isoformat())
+    await asyncio.sleep(1.2)
+    status, counts = await app.api.get(f"{BASE}/unread-count", token(user))
+    assert status == 200
+    assert counts == {"count": 4, "byPriority": {"low": 1, "medium": 0, "high": 2, "critical": 1}}

@@ -193,18 +193,16 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
         if seq <= self.last_seq:
             return
         if seq == self.last_seq + 1:
-            self._pass_on(seq, message["notification"], message.get("unread"))
+            self._pass_on(seq, message["notification"])
             return
         self._held.append(message)
         self._catching_up = True
         asyncio.get_running_loop().create_task(self._catch_up())
 
-    def _pass_on(self, seq: int, payload: dict, unread: dict | None) -> None:
+    def _pass_on(self, seq: int, payload: dict) -> None:
         self.last_seq = seq
         if payload["type"] in self.channels:
             self._send("notification", payload=payload)
-        if unread is not None:
-            self._send("unread_count", **unread)
 
     async def _catch_up(self) -> None:
         """Fetch everything after `last_seq` from storage, then release held live messages."""
@@ -215,7 +213,7 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
                 batch, more = await self.service.after(self.user_id, self.last_seq,
                                                        self.ws_settings.resume_limit)
                 for seq, payload in batch:
-                    self._pass_on(seq, payload, None)
+                    self._pass_on(seq, payload)
                 passed_on += len(batch)
                 if not more:
                     break
