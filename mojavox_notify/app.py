@@ -21,7 +21,7 @@ from .auth import build_verifier
 from .broker import Broker, InProcessBroker
 from .embedded import EmbeddedMongo
 from .handlers.admin import HealthHandler, PluginsHandler
-from .handlers.base import NotFoundHandler
+from .handlers.base import NotFoundHandler, log_request
 from .handlers.events import EventsHandler
 from .handlers.rest import (MarkAllReadHandler, MarkReadHandler, NotificationHandler,
                             NotificationsHandler, PushSubscriptionHandler, SettingsHandler,
@@ -141,6 +141,7 @@ class NotifyApp:
         return tornado.web.Application(
             routes,
             default_handler_class=NotFoundHandler, default_handler_args=common,
+            log_function=log_request,
             websocket_ping_interval=settings.websocket.ping_interval_seconds,
             websocket_ping_timeout=settings.websocket.ping_timeout_seconds,
             websocket_max_message_size=settings.server.max_message_bytes,

@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     _settings_option(token)
     token.add_argument("--user", required=True, help="the user id (sub claim)")
     token.add_argument("--roles", default="", help="comma-separated roles, e.g. service,admin")
-    token.add_argument("--ttl", type=int, default=None, help="lifetime in seconds")
+    token.add_argument("--ttl", type=_positive_int, default=None, help="lifetime in seconds")
     token.set_defaults(run=_token)
 
     vapid = commands.add_parser("vapid-keys", help="print a new VAPID key pair as environment lines")
@@ -78,6 +78,16 @@ def _parser() -> argparse.ArgumentParser:
     _settings_option(check)
     check.set_defaults(run=_check)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number of seconds (got {text!r})")
+    return value
 
 
 def _settings_option(parser: argparse.ArgumentParser) -> None:
@@ -129,8 +139,6 @@ def _token(args) -> int:
                             f"{settings.auth.algorithm} tokens come from your identity provider")
     roles = [role.strip() for role in args.roles.split(",") if role.strip()]
     ttl = args.ttl if args.ttl is not None else settings.auth.token_ttl_seconds
-    if ttl <= 0:
-        raise SettingsError("--ttl", "must be a positive number of seconds")
     print(mint_token(hs256_secret(settings), args.user, roles, ttl,
                      settings.auth.audience, settings.auth.issuer))
     return 0

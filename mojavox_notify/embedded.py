@@ -92,8 +92,10 @@ class EmbeddedMongo:
                 self.pid_path.unlink(missing_ok=True)
                 return
             if time.monotonic() > deadline:
-                raise EmbeddedStorageError(f"another nx-27017 (pid {pid}) is using {files}; "
-                                           "stop it or use another data_dir")
+                raise EmbeddedStorageError(
+                    f"another nx-27017 (pid {pid}) is using {files}: is the server running? "
+                    "Embedded storage serves one process at a time; stop it, use another "
+                    "data_dir, or use a mongodb:// URL")
             await asyncio.sleep(0.1)
 
     async def _wait_until_ready(self) -> None:

@@ -132,14 +132,15 @@ class NotificationService:
     # -- changes ---------------------------------------------------------------------------------
 
     async def mark_read(self, user_id: str, raw_id: Any) -> None:
+        """Idempotent; every tab hears of it even when it was already read, so a client may
+        wait for `notification_read` as its acknowledgement."""
         oid = notification_id(raw_id)
-        if await self.store.mark_read(user_id, oid):
-            await self._publish_change(user_id, "read", notification_id=str(oid))
+        await self.store.mark_read(user_id, oid)
+        await self._publish_change(user_id, "read", notification_id=str(oid))
 
     async def mark_all_read(self, user_id: str) -> int:
         changed = await self.store.mark_all_read(user_id)
-        if changed:
-            await self._publish_change(user_id, "read_all")
+        await self._publish_change(user_id, "read_all")
         return changed
 
     async def delete(self, user_id: str, raw_id: Any) -> None:

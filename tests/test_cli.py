@@ -200,6 +200,13 @@ def test_token_ttl_sets_the_expiry(deployment):
     assert claims["exp"] - claims["iat"] == 120
 
 
+def test_token_with_a_non_positive_ttl_is_a_usage_error(deployment):
+    result = deployment.run("token", "--user", "bob", "--ttl", "-100")
+    assert result.returncode == 2
+    assert "--ttl" in result.stderr and "positive" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_vapid_keys_prints_a_matching_pair_as_two_environment_lines(deployment):
     result = deployment.run("vapid-keys")
     assert result.returncode == 0, result.stderr

@@ -169,3 +169,16 @@ async def test_protocol_walkthrough_from_the_readme(start_app):
     await back.expect("connected")
     received, _ = await notifications_until_resumed(back)
     assert [n["id"] for n in received] == [n["id"] for n in missed]
+
+
+@gen_test
+async def test_resume_with_unknown_since_is_since_not_found(start_app):
+    app = await start_app()
+    user = new_user()
+    foreign = await app.api.notify(new_user())
+    socket = await Socket.open(app, token(user))
+    await socket.expect("connected")
+    for since in (foreign["id"], "0" * 24, "garbage"):
+        await socket.send({"type": "resume", "since": since})
+        error = await socket.expect("error")
+        assert error["code"] == "since_not_found"

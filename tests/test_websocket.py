@@ -394,3 +394,38 @@ async def test_shutdown_closes_sockets_with_1001(start_app):
     socket = await connect(app, new_user())
     await app.stop()
     assert await socket.closed() == 1001
+
+
+@gen_test
+async def test_token_expired_within_the_leeway_is_refused_at_connect_with_4002(start_app):
+    app = await start_app(**{"auth.leeway_seconds": 60})
+    socket = await Socket.open(app, token(new_user(), ttl=-5))
+    assert await socket.closed() == 4002
+
+
+@gen_test
+async def test_marking_an_already_read_notification_is_still_acknowledged(start_app):
+    app = await start_app()
+    user = new_user()
+    created = await app.api.notify(user)
+    await app.api.post(f"/api/notifications/{created['id']}/read", token(user))
+    socket = await connect(app, user)
+    await socket.send({"type": "mark_read", "notificationId": created["id"]})
+    assert await socket.receive() == {"type": "notification_read", "notificationId": created["id"]}
+    assert (await socket.receive())["count"] == 0
+    await socket.send({"type": "mark_all_read"})
+    assert (await socket.receive())["all"] is True
+
+
+@gen_test
+async def test_socket_token_never_reaches_the_access_log(start_app, caplog):
+    app = await start_app()
+    secret_token = token(new_user())
+    with caplog.at_level("INFO", logger="tornado.access"):
+        socket = await Socket.open(app, secret_token)
+        await socket.expect("connected")
+        socket.close()
+        await app.api.get(f"/healthz?token={secret_token}")
+    lines = [record.getMessage() for record in caplog.records if record.name == "tornado.access"]
+    assert any("token=[redacted]" in line for line in lines), lines
+    assert not any(secret_token in line for line in lines)

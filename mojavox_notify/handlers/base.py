@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 import tornado.web
+from tornado.log import access_log
 
 from ..auth import Principal, TokenVerifier
 from ..errors import (AuthenticationError, NotifyError, PayloadTooLargeError, RateLimitedError,
@@ -111,7 +113,7 @@ class BaseHandler(tornado.web.RequestHandler):
         else:
             code, message = "internal_error", "the server failed to handle the request"
         self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish(json.dumps({"error": {"code": code, "message": message}}))
+        self.finish(json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":")))
 
     def log_exception(self, typ, value, tb) -> None:
         if isinstance(value, NotifyError) and value.status < 500:
@@ -124,6 +126,18 @@ class BaseHandler(tornado.web.RequestHandler):
         if isinstance(error, NotifyError):
             status_code = error.status
         super().send_error(status_code, **kwargs)
+
+
+TOKEN_IN_QUERY = re.compile(r"([?&](?:token|access_token)=)[^&]*")
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """tornado's access log line, with a `?token=` JWT replaced so logs never hold credentials."""
+    status = handler.get_status()
+    method = access_log.info if status < 400 else access_log.warning if status < 500 else access_log.error
+    uri = TOKEN_IN_QUERY.sub(r"\1[redacted]", handler.request.uri or "")
+    method("%d %s %s (%s) %.2fms", status, handler.request.method, uri,
+           handler.request.remote_ip, 1000.0 * handler.request.request_time())
 
 
 class NotFoundHandler(BaseHandler):

@@ -22,7 +22,7 @@ import tornado.websocket
 
 from ..auth import Principal, TokenVerifier
 from ..broker import Message
-from ..errors import AuthenticationError, NotifyError, ValidationError
+from ..errors import AuthenticationError, NotFoundError, NotifyError, ValidationError
 from ..hub import Hub
 from ..model import NotificationTypes, iso, utcnow
 from ..ratelimit import RateLimiter
@@ -135,6 +135,10 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
         except AuthenticationError:
             self.close(CLOSE_TOKEN_INVALID, "Invalid token")
             return
+        if self.principal.expires_at <= time.time():
+            # Accepted within the leeway, but a socket needs a token that is still valid.
+            self.close(CLOSE_TOKEN_INVALID, "Token expired")
+            return
         since = self.get_query_argument("since", None)
         self.user_id = self.principal.user_id
         self.client_id = f"{self.user_id}-{int(time.time() * 1000)}-{next(_client_numbers)}"
@@ -149,24 +153,22 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
 
     async def _start_live(self, since: str | None) -> None:
         """Connected, then the missed backlog (with `since`), then live ones: no gap, no repeat."""
-        since_seq = None
+        since_seq, since_error = None, None
         if since is not None:
             try:
-                since_seq = await self.service.seq_of(self.user_id, since)
-            except NotifyError:
-                since_seq = None
+                since_seq = await self._seq_of_since(since)
+            except NotifyError as error:
+                since_error = error
         self.live_from = self.last_seq = await self.service.last_seq(self.user_id)
         self.hub.attach(self)
         self._attached = True
         self._schedule_token_timers()
         self._send("connected", clientId=self.client_id, timestamp=iso(utcnow()),
                    unreadCount=await self.service.unread(self.user_id))
-        if since is not None:
-            if since_seq is None:
-                self._send_error("since_not_found", "since: no such notification of yours; "
-                                 "page get_history instead")
-            else:
-                await self._send_backlog(since_seq)
+        if since_error is not None:
+            self._send_error(since_error.code, since_error.message)
+        elif since_seq is not None:
+            await self._send_backlog(since_seq)
         await self._catch_up()
 
     async def _send_backlog(self, since_seq: int) -> None:
@@ -304,8 +306,14 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
         since = frame.get("since")
         if not isinstance(since, str):
             raise ValidationError("since", "must be the id of the last notification you received")
-        since_seq = await self.service.seq_of(self.user_id, since)
-        await self._send_backlog(since_seq)
+        await self._send_backlog(await self._seq_of_since(since))
+
+    async def _seq_of_since(self, since: str) -> int:
+        try:
+            return await self.service.seq_of(self.user_id, since)
+        except NotFoundError:
+            raise NotFoundError("since: no such notification of yours; page get_history instead",
+                                code="since_not_found") from None
 
     async def _on_refresh_token(self, frame: dict) -> None:
         token = frame.get("token")
