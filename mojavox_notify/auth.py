@@ -38,6 +38,14 @@ class Principal:
             raise ForbiddenError(f"this action needs the '{role}' role")
 
 
+def bearer_token(authorization: str) -> str | None:
+    """The token of an `Authorization: Bearer <JWT>` header value, or None."""
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
 def hs256_secret(settings: Settings) -> str:
     """The configured HS256 secret, or a development secret kept in the data folder.
 

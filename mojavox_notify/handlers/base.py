@@ -11,7 +11,7 @@ from typing import Any
 import tornado.web
 from tornado.log import access_log
 
-from ..auth import Principal, TokenVerifier
+from ..auth import Principal, TokenVerifier, bearer_token
 from ..errors import (AuthenticationError, NotifyError, PayloadTooLargeError, RateLimitedError,
                       ValidationError)
 from ..ratelimit import RateLimiter
@@ -57,13 +57,12 @@ class BaseHandler(tornado.web.RequestHandler):
             return
         self._chunks.append(chunk)
 
-    def _bearer_token(self) -> str | None:
-        header = self.request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+    def _bearer_token(self) -> str:
+        token = bearer_token(self.request.headers.get("Authorization", ""))
+        if token is None:
             raise AuthenticationError("send the token as 'Authorization: Bearer <JWT>'",
                                       code="token_missing")
-        return token.strip()
+        return token
 
     def json_body(self) -> Any:
         if self._body_size > self.max_body_bytes:

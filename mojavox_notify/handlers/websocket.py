@@ -20,7 +20,7 @@ from typing import Any
 
 import tornado.websocket
 
-from ..auth import Principal, TokenVerifier
+from ..auth import Principal, TokenVerifier, bearer_token
 from ..broker import Message
 from ..errors import AuthenticationError, NotFoundError, NotifyError, ValidationError
 from ..hub import Hub
@@ -126,7 +126,8 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
         return None
 
     async def open(self) -> None:
-        token = self.get_query_argument("token", None) or _bearer(self.request.headers)
+        token = (self.get_query_argument("token", None)
+                 or bearer_token(self.request.headers.get("Authorization", "")))
         if not token:
             self.close(CLOSE_TOKEN_MISSING, "Authentication required")
             return
@@ -383,11 +384,6 @@ def _parse_frame(raw: str | bytes) -> dict:
     if not isinstance(frame.get("type"), str):
         raise ValidationError("type", "must be a string naming the message", code="invalid_message")
     return frame
-
-
-def _bearer(headers) -> str | None:
-    scheme, _, token = headers.get("Authorization", "").partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
 
 
 def iso_epoch(seconds: float) -> str:
