@@ -1,7 +1,7 @@
 """The application object: the one place that wires the collaborators together.
 
-Start-up order, top to bottom in `start()`: storage (the embedded child if asked) → indexes →
-broker → service and ingest → plugins' startup → HTTP/WebSocket listener → event sources and
+Start-up order, top to bottom in `start()`: storage (schema or indexes) → broker → service and
+ingest → plugins' startup → HTTP/WebSocket listener → event sources and
 the cleanup job. `stop()` undoes it in reverse.
 """
 
@@ -19,7 +19,6 @@ import tornado.web
 
 from .auth import build_verifier
 from .broker import Broker, InProcessBroker
-from .embedded import EmbeddedMongo
 from .handlers.admin import HealthHandler, PluginsHandler
 from .handlers.base import NotFoundHandler, log_request
 from .handlers.events import EventsHandler
@@ -34,7 +33,9 @@ from .plugins import Plugins, build_plugin_manager
 from .ratelimit import RateLimiter
 from .service import NotificationService
 from .settings import Settings
-from .store import NotificationStore
+from .errors import StorageUnavailableError
+from .store import NotificationStore, build_store
+from .store.importer import legacy_folder
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,6 @@ class NotifyApp:
         self.hub = Hub()
         self.broker: Broker = InProcessBroker()
         self.request_limiter = RateLimiter(settings.rate_limits.requests_per_minute, "requests")
-        self.embedded: EmbeddedMongo | None = None
         self.store: NotificationStore | None = None
         self.service: NotificationService | None = None
         self.ingest: EventIngest | None = None
@@ -68,9 +68,7 @@ class NotifyApp:
 
     @property
     def storage_name(self) -> str:
-        if self.embedded is not None:
-            return f"embedded nx-27017 in {self.embedded.data_dir}"
-        return _redacted(self.settings.mongodb.url)
+        return self.store.description if self.store else "not opened"
 
     @property
     def url(self) -> str:
@@ -79,19 +77,24 @@ class NotifyApp:
         return f"http://{shown}:{self.port}"
 
     async def open_storage(self) -> None:
-        """Connect to MongoDB (starting the embedded server if asked) and create the indexes;
-        builds the service, which is all `cleanup` and `check` need."""
+        """Open the storage engine the settings name and build the service on it, which is all
+        `cleanup` and `check` need."""
         settings = self.settings
-        url = settings.mongodb.url
-        if url == "embedded":
-            self.embedded = EmbeddedMongo(settings.data_path, settings.mongodb.startup_timeout_seconds)
-            url = await self.embedded.start()
-        self.store = NotificationStore.connect(url, settings.mongodb.database,
-                                               settings.mongodb.server_selection_timeout_seconds)
-        if not await self.store.ping():
+        if settings.storage.url == "embedded":
+            folder = legacy_folder(settings)
+            if folder is not None:
+                raise StartupError(
+                    f"{folder} holds notifications of the earlier embedded storage (nx-27017); "
+                    "import them once, with the server stopped: "
+                    "mojavox-notify import-nx27017 --settings <this settings file>")
+        self.store = build_store(settings)
+        try:
+            await self.store.open()
+        except StorageUnavailableError as error:
+            description = self.storage_name
             await self._close_storage()
-            raise StartupError(f"storage {self.storage_name} does not answer (mongodb.url)")
-        await self.store.ensure_indexes()
+            raise StartupError(f"storage {description} is not usable: {error.message} "
+                               "(storage.url)") from None
         self.service = NotificationService(self.store, self.broker, self.plugins, settings)
         self.ingest = EventIngest(self.plugins, self.service, self.store)
 
@@ -153,8 +156,6 @@ class NotifyApp:
 
     async def health(self) -> dict[str, Any]:
         storage_ok = await self.store.ping() if self.store else False
-        if self.embedded is not None and not self.embedded.alive:
-            storage_ok = False
         return {
             "status": "ok" if storage_ok and self.broker.healthy else "unavailable",
             "storage": {"ok": storage_ok, "backend": self.storage_name},
@@ -223,15 +224,3 @@ class NotifyApp:
         if self.store is not None:
             await self.store.close()
             self.store = None
-        if self.embedded is not None:
-            await self.embedded.stop()
-
-
-def _redacted(url: str) -> str:
-    """A MongoDB URL for logs, without its password."""
-    scheme, sep, rest = url.partition("://")
-    if "@" not in rest:
-        return url
-    credentials, _, host = rest.rpartition("@")
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}{sep}{user}:***@{host}"

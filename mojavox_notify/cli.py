@@ -19,14 +19,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from .app import NotifyApp, StartupError
 from .auth import hs256_secret, mint_token
-from .embedded import EmbeddedStorageError
+from .errors import StorageUnavailableError
 from .logs import configure_logging
 from .plugins import PluginError
 from .settings import Settings, SettingsError, load_settings
+from .store import sqlite_path, storage_url
+from .store.importer import import_nx27017
+from .store.nx27017 import Nx27017Error
+from .store.sqlite import SqliteStore
 
 log = logging.getLogger("mojavox_notify")
 
-EXPECTED_ERRORS = (SettingsError, PluginError, StartupError, EmbeddedStorageError)
+EXPECTED_ERRORS = (SettingsError, PluginError, StartupError, Nx27017Error, StorageUnavailableError,
+                   FileNotFoundError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -73,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     cleanup = commands.add_parser("cleanup", help="delete expired and past-retention notifications")
     _settings_option(cleanup)
     cleanup.set_defaults(run=_cleanup)
+
+    importer = commands.add_parser(
+        "import-nx27017", help="copy the earlier embedded storage (data_dir/mongo) into the "
+                               "SQLite file, once, with the server stopped")
+    _settings_option(importer)
+    importer.set_defaults(run=_import_nx27017)
 
     check = commands.add_parser("check", help="validate settings, plugins and connectivity")
     _settings_option(check)
@@ -213,6 +224,30 @@ def _cleanup(args) -> int:
     return 0
 
 
+def _import_nx27017(args) -> int:
+    settings = _load(args)
+    configure_logging(settings.logging)
+    url = storage_url(settings)
+    if not url.startswith("sqlite:///"):
+        raise SettingsError("storage.url", "import-nx27017 copies into the embedded SQLite "
+                            "engine: set storage.url to embedded or a sqlite:/// URL")
+
+    async def run():
+        store = SqliteStore(sqlite_path(settings, url), settings.storage)
+        await store.open()
+        try:
+            return await import_nx27017(settings, store)
+        finally:
+            await store.close()
+
+    report = asyncio.run(run())
+    print(f"imported {report.notifications} notifications of {report.users} users, "
+          f"{report.preferences} channel settings, {report.subscriptions} push subscriptions "
+          f"and {report.events} event records from {report.folder} into "
+          f"{sqlite_path(settings, url)}")
+    return 0
+
+
 def _check(args) -> int:
     settings = _load(args)
     print(f"settings: ok ({args.settings or 'built-in defaults'})")
@@ -226,9 +261,9 @@ def _check(args) -> int:
     async def connectivity() -> str:
         try:
             await app.open_storage()
+            return app.storage_name
         finally:
             await app.stop()
-        return app.storage_name
 
     print(f"storage: ok ({asyncio.run(connectivity())})")
     print(f"broker: ok ({app.broker.name})")

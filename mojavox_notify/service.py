@@ -12,13 +12,13 @@ from typing import Any, Iterable
 
 from .broker import Broker
 from .errors import ValidationError
-from .model import (PRIORITIES, ChannelPreference, Draft, PushSubscription, default_preferences,
+from .model import (ChannelPreference, Draft, PushSubscription, default_preferences,
                     notification_id, preferences_payload, to_payload, validate_draft,
                     validate_endpoint, validate_preferences_update, validate_push_subscription)
 from .plugins import Plugins
 from .ratelimit import RateLimiter
 from .settings import Settings
-from .store import NotificationStore
+from .store import NotificationStore, UserState
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,14 @@ def page_bounds(limit: Any, offset: Any) -> tuple[int, int]:
     if offset < 0:
         raise ValidationError("offset", "must be 0 or more")
     return limit, offset
+
+
+def _wanted(draft: Draft, preferences: dict[str, ChannelPreference]) -> bool:
+    """Critical ones always; others unless the recipient turned their type off."""
+    if draft.priority == "critical":
+        return True
+    preference = preferences.get(draft.type)
+    return preference is None or preference.enabled
 
 
 class NotificationService:
@@ -59,29 +67,26 @@ class NotificationService:
         """Store and publish validated drafts. Muted ones give None in their place.
 
         Critical notifications can be neither muted nor rate limited: an escalation must reach
-        its supervisor. The rate limit is checked for all drafts before any is stored.
+        its supervisor. Preferences are read once for the whole batch, the rate limit is checked
+        for all drafts before any is stored, and all are stored in one write before any is
+        published, so what a socket receives can always be read back.
         """
-        wanted = [draft if await self._wanted(draft) else None for draft in drafts]
-        self._limiter.take(d.user_id for d in wanted if d is not None and d.priority != "critical")
-        created = []
-        for draft in wanted:
-            if draft is None:
-                created.append(None)
-                continue
-            document = await self.store.insert(draft, event_id=event_id)
-            payload = to_payload(document)
-            await self.broker.publish({"kind": "notification", "user_id": draft.user_id,
-                                       "seq": document["seq"], "notification": payload})
-            await self._publish_change(draft.user_id, "unread")
-            await self._observe(payload, draft.user_id)
-            created.append(payload)
+        preferences = await self.store.preferences_of_many(
+            {draft.user_id for draft in drafts if draft.priority != "critical"})
+        positions = [position for position, draft in enumerate(drafts)
+                     if _wanted(draft, preferences.get(draft.user_id, {}))]
+        wanted = [drafts[position] for position in positions]
+        self._limiter.take(draft.user_id for draft in wanted if draft.priority != "critical")
+        stored = await self.store.insert_many(wanted, event_id=event_id)
+        created: list[dict | None] = [None] * len(drafts)
+        for position, record in zip(positions, stored):
+            payload = created[position] = to_payload(record.document)
+            await self.broker.publish({"kind": "notification", "user_id": record.document["user_id"],
+                                       "seq": record.document["seq"], "notification": payload,
+                                       "unread": record.state.unread_payload()})
+        for position, record in zip(positions, stored):
+            await self._observe(created[position], record.document["user_id"])
         return created
-
-    async def _wanted(self, draft: Draft) -> bool:
-        if draft.priority == "critical":
-            return True
-        preference = (await self.store.preferences_of(draft.user_id)).get(draft.type)
-        return preference is None or preference.enabled
 
     async def _observe(self, payload: dict, user_id: str) -> None:
         try:
@@ -103,9 +108,12 @@ class NotificationService:
         }
 
     async def unread(self, user_id: str) -> dict[str, Any]:
-        counts = await self.store.unread_counts(user_id)
-        by_priority = {priority: counts.get(priority, 0) for priority in PRIORITIES}
-        return {"count": sum(by_priority.values()), "byPriority": by_priority}
+        """`{count, byPriority}` from the user's counters (never a scan)."""
+        return (await self.store.state(user_id)).unread_payload()
+
+    async def connection_state(self, user_id: str) -> UserState:
+        """What a socket needs to go live, in one read: the newest seq and the unread counts."""
+        return await self.store.state(user_id)
 
     async def seq_of(self, user_id: str, raw_id: Any) -> int:
         """The sequence number of one of the user's notifications (NotFoundError otherwise)."""
@@ -126,31 +134,28 @@ class NotificationService:
         kept = list(reversed(documents[:limit]))
         return [(d["seq"], to_payload(d)) for d in kept], len(documents) > limit
 
-    async def last_seq(self, user_id: str) -> int:
-        return await self.store.last_seq(user_id)
-
     # -- changes ---------------------------------------------------------------------------------
 
     async def mark_read(self, user_id: str, raw_id: Any) -> None:
         """Idempotent; every tab hears of it even when it was already read, so a client may
         wait for `notification_read` as its acknowledgement."""
         oid = notification_id(raw_id)
-        await self.store.mark_read(user_id, oid)
-        await self._publish_change(user_id, "read", notification_id=str(oid))
+        _, state = await self.store.mark_read(user_id, oid)
+        await self._publish_change(user_id, "read", state, notification_id=str(oid))
 
     async def mark_all_read(self, user_id: str) -> int:
-        changed = await self.store.mark_all_read(user_id)
-        await self._publish_change(user_id, "read_all")
+        changed, state = await self.store.mark_all_read(user_id)
+        await self._publish_change(user_id, "read_all", state)
         return changed
 
     async def delete(self, user_id: str, raw_id: Any) -> None:
         oid = notification_id(raw_id)
-        await self.store.delete(user_id, oid)
-        await self._publish_change(user_id, "deleted", notification_id=str(oid))
+        state = await self.store.delete(user_id, oid)
+        await self._publish_change(user_id, "deleted", state, notification_id=str(oid))
 
-    async def _publish_change(self, user_id: str, kind: str, **fields) -> None:
+    async def _publish_change(self, user_id: str, kind: str, state: UserState, **fields) -> None:
         await self.broker.publish({"kind": kind, "user_id": user_id, **fields,
-                                   "unread": await self.unread(user_id)})
+                                   "unread": state.unread_payload()})
 
     # -- preferences and push subscriptions ------------------------------------------------------
 

@@ -59,10 +59,12 @@ def _path_prefix(value: str) -> str | None:
     return "must be an absolute URL path such as /ws/notifications"
 
 
-def _mongodb_url(value: str) -> str | None:
+def _storage_url(value: str) -> str | None:
     if value == "embedded" or value.startswith(("mongodb://", "mongodb+srv://")):
         return None
-    return "must be 'embedded' or a mongodb:// URL"
+    if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
+        return None
+    return "must be 'embedded', a sqlite:///path URL or a mongodb:// URL"
 
 
 def _check(check: Callable[[Any], str | None], **kwargs):
@@ -105,8 +107,14 @@ class WebSocketSettings:
 
 
 @dataclass(frozen=True)
+class StorageSettings:
+    url: str = _check(_storage_url, default="embedded")
+    sqlite_synchronous: str = _check(_one_of("normal", "full"), default="normal")
+    busy_timeout_seconds: float = _check(_between(0.1, 600), default=5)
+
+
+@dataclass(frozen=True)
 class MongoSettings:
-    url: str = _check(_mongodb_url, default="embedded")
     database: str = "mojavox_notify"
     startup_timeout_seconds: float = _check(_between(1, 300), default=20)
     server_selection_timeout_seconds: float = _check(_between(0.1, 300), default=5)
@@ -155,6 +163,7 @@ class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     websocket: WebSocketSettings = field(default_factory=WebSocketSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
     mongodb: MongoSettings = field(default_factory=MongoSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
     push: PushSettings = field(default_factory=PushSettings)
@@ -179,7 +188,7 @@ ENVIRONMENT_OVERRIDES = {
     "WS_PORT": "server.port",
     "WS_PATH": "server.ws_path",
     "JWT_SECRET": "auth.secret",
-    "MONGODB_URL": "mongodb.url",
+    "MONGODB_URL": "storage.url",
     "REDIS_URL": "redis.url",
     "VAPID_PUBLIC_KEY": "push.vapid_public_key",
     "VAPID_PRIVATE_KEY": "push.vapid_private_key",
@@ -204,12 +213,13 @@ def load_settings(path: str | os.PathLike | None = None,
             from_environment[key] = name
     database_url = environ.get("DATABASE_URL", "")
     if database_url.startswith(("mongodb://", "mongodb+srv://")) and not environ.get("MONGODB_URL"):
-        _set_dotted(raw, "mongodb.url", database_url, source="DATABASE_URL")
-        from_environment["mongodb.url"] = "DATABASE_URL"
+        _set_dotted(raw, "storage.url", database_url, source="DATABASE_URL")
+        from_environment["storage.url"] = "DATABASE_URL"
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(raw, key, value, source=key)
             from_environment.pop(key, None)
+    _move_legacy_storage_url(raw, from_environment)
     try:
         settings = _build(Settings, raw, prefix="")
         settings = dataclasses.replace(settings, base_dir=str(base_dir))
@@ -220,6 +230,23 @@ def load_settings(path: str | os.PathLike | None = None,
             raise
         raise SettingsError(error.key, f"{error.problem} (set by {variable})") from None
     return settings
+
+
+def _move_legacy_storage_url(raw: dict[str, Any], from_environment: dict[str, str]) -> None:
+    """`mongodb.url` named the storage before there were two engines; it still does, unless
+    `storage.url` (or MONGODB_URL) says otherwise."""
+    mongodb = raw.get("mongodb")
+    if not isinstance(mongodb, dict) or "url" not in mongodb:
+        return
+    legacy = mongodb.pop("url")
+    storage = raw.setdefault("storage", {})
+    if not isinstance(storage, dict):
+        raise SettingsError("storage", "must be a mapping")
+    if "url" in storage and storage["url"] != legacy and "storage.url" not in from_environment:
+        raise SettingsError("mongodb.url", "is the old name of storage.url; set only storage.url")
+    storage.setdefault("url", legacy)
+    if "storage.url" not in from_environment and storage["url"] == legacy:
+        from_environment.setdefault("storage.url", "mongodb.url")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -1,6 +1,9 @@
-"""Fixtures: one real nx-27017 storage server per test session, and real apps on real sockets.
+"""Fixtures: real apps on real sockets over either storage engine.
 
-Each test gets its own database (and fresh user ids), so nothing is wiped between tests.
+Tests run on the embedded SQLite engine (a file of their own) unless they ask for
+`storage_engine` "mongo": then the MongoDB engine talks over the wire to one real nx-27017
+server shared by the session, in a database of the test's own. Fresh user ids everywhere, so
+nothing is wiped between tests.
 """
 
 from __future__ import annotations
@@ -34,12 +37,12 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def mongo_url(tmp_path_factory):
-    """A real nx-27017 server (the embedded storage) shared by the whole session."""
+    """A real nx-27017 server (MongoDB's wire protocol) shared by the whole session."""
     folder = tmp_path_factory.mktemp("storage")
     port = _free_port()
     log = open(folder / "nx-27017.log", "wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "mojavox_notify.embedded", str(os.getpid()),
+        [sys.executable, "-m", "mojavox_notify.store.nx27017", str(os.getpid()),
          "--data-dir", str(folder / "mongo"), "--host", "127.0.0.1", "-p", str(port),
          "--log-file", os.devnull, "--pid-file", str(folder / "nx.pid")],
         stdout=log, stderr=log)
@@ -62,15 +65,28 @@ def mongo_url(tmp_path_factory):
 
 
 @pytest.fixture
-def make_settings(mongo_url, tmp_path):
-    """Settings for a test app: the shared storage server, a database of its own, a test secret."""
-    database = f"test_{uuid.uuid4().hex[:12]}"
+def storage_engine(request) -> str:
+    """"sqlite" unless a test is parametrized with `both_engines` (or indirectly)."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def storage_overrides(request, storage_engine, tmp_path) -> dict:
+    """Settings that put a test's app on its own storage of the chosen engine."""
+    if storage_engine == "sqlite":
+        return {"storage.url": f"sqlite:///{tmp_path / 'notify.db'}"}
+    return {"storage.url": request.getfixturevalue("mongo_url"),
+            "mongodb.database": f"test_{uuid.uuid4().hex[:12]}"}
+
+
+@pytest.fixture
+def make_settings(storage_overrides, tmp_path):
+    """Settings for a test app: its own storage, a test secret, the shipped plugins."""
 
     def make(**overrides):
         values = {
             "data_dir": str(tmp_path / "data"),
-            "mongodb.url": mongo_url,
-            "mongodb.database": database,
+            **storage_overrides,
             "auth.secret": TEST_SECRET,
             "plugins.directory": str(PLUGINS_DIR),
             "retention.cleanup_interval_minutes": 0,

@@ -9,11 +9,16 @@ import uuid
 from typing import Any
 
 import jwt
+import pytest
 import tornado.httpclient
 import tornado.websocket
 
 
 TEST_SECRET = "test-secret-for-mojavox-notify-0123456789"
+
+# Apply to a test (or a module's `pytestmark`) to run it on both storage engines.
+ENGINES = ["sqlite", "mongo"]
+both_engines = pytest.mark.parametrize("storage_engine", ENGINES, indirect=True)
 
 
 def new_user(prefix: str = "user") -> str:

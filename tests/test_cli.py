@@ -45,22 +45,6 @@ def clean_environment(**extra: str) -> dict[str, str]:
     return environment
 
 
-def storage_children(data_dir: Path) -> list[int]:
-    """Live processes whose command line names the data folder's storage files (nx-27017)."""
-    needle = str(data_dir / "mongo").encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if needle in command:
-            found.append(int(entry.name))
-    return found
-
-
 def wait_for(predicate, timeout: float, interval: float = 0.1) -> bool:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -130,7 +114,7 @@ class Deployment:
         return process, log_path
 
     def stop_all(self) -> None:
-        """Stop every server this deployment started, and any storage child left behind."""
+        """Stop every server this deployment started."""
         for process in self.servers:
             if process.poll() is None:
                 process.terminate()
@@ -139,11 +123,6 @@ class Deployment:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait(timeout=STOP_TIMEOUT)
-        for pid in storage_children(self.data_dir):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 @pytest.fixture
@@ -229,13 +208,12 @@ def test_vapid_keys_prints_a_matching_pair_as_two_environment_lines(deployment):
 
 # -- check -----------------------------------------------------------------------------------------
 
-def test_check_exits_0_on_good_settings_and_leaves_no_storage_child(deployment):
+def test_check_exits_0_on_good_settings(deployment):
     result = deployment.run("check", "--settings", "settings.yaml")
     assert result.returncode == 0, result.stderr
     assert "settings: ok" in result.stdout
-    assert "storage: ok" in result.stdout and "nx-27017" in result.stdout
+    assert f"storage: ok (embedded SQLite {deployment.data_dir / 'notify.db'})" in result.stdout
     assert "7 notification types" in result.stdout
-    assert storage_children(deployment.data_dir) == []
 
 
 @pytest.mark.parametrize("extra, key", [
@@ -278,11 +256,12 @@ def test_check_exits_2_when_no_plugin_registers_a_type(tmp_path):
 
 
 def test_check_fails_when_the_mongodb_server_does_not_answer(tmp_path):
-    deployment = Deployment(tmp_path, "mongodb:\n  url: mongodb://127.0.0.1:%d/\n"
-                                      "  server_selection_timeout_seconds: 0.5\n" % free_port())
+    deployment = Deployment(tmp_path, "storage:\n  url: mongodb://127.0.0.1:%d/\n"
+                                      "mongodb:\n  server_selection_timeout_seconds: 0.5\n"
+                                      % free_port())
     result = deployment.run("check", "--settings", "settings.yaml")
     assert result.returncode == 2
-    assert "mongodb.url" in result.stderr.strip().splitlines()[-1]
+    assert "storage.url" in result.stderr.strip().splitlines()[-1]
 
 
 # -- serve -----------------------------------------------------------------------------------------
@@ -293,20 +272,17 @@ def test_serve_logs_one_ready_line_and_answers_healthz(running):
     assert len(ready) == 1
     line = ready[0]
     assert running.url in line
-    assert f"storage: embedded nx-27017 in {running.data_dir}" in line
+    assert f"storage: embedded SQLite {running.data_dir / 'notify.db'}" in line
     assert "broker: in-process" in line
     status, health = http("GET", f"{running.url}/healthz")
     assert status == 200 and health["status"] == "ok"
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_signal_stops_serve_cleanly_with_its_storage_child(deployment, signum):
+def test_signal_stops_serve_cleanly(deployment, signum):
     process, log_path = deployment.serve()
-    children = storage_children(deployment.data_dir)
-    assert len(children) == 1, "serve runs one nx-27017 child"
     process.send_signal(signum)
     assert process.wait(timeout=STOP_TIMEOUT) == 0, log_path.read_text()
-    assert storage_children(deployment.data_dir) == []
     assert "Traceback" not in log_path.read_text()
 
 
@@ -317,7 +293,6 @@ def test_serve_on_a_port_in_use_exits_2_naming_it(deployment):
         result = deployment.run("serve", "--settings", "settings.yaml")
     assert result.returncode == 2
     assert f"127.0.0.1:{deployment.port}" in result.stderr.strip().splitlines()[-1]
-    assert storage_children(deployment.data_dir) == []
 
 
 def test_notification_survives_sigkill_of_the_server_and_a_restart(deployment):
@@ -329,8 +304,6 @@ def test_notification_survives_sigkill_of_the_server_and_a_restart(deployment):
 
     process.kill()
     process.wait(timeout=STOP_TIMEOUT)
-    assert wait_for(lambda: not storage_children(deployment.data_dir), timeout=5), \
-        "the orphaned nx-27017 child exits by itself"
 
     deployment.serve()
     status, page = http("GET", f"{deployment.url}/api/notifications", deployment.token(user))
@@ -374,8 +347,9 @@ def test_emit_reports_a_refused_event_and_an_unreachable_server(running):
     assert result.returncode == 1 and "cannot reach" in result.stderr
 
 
-def test_cleanup_removes_expired_notifications_and_keeps_the_rest(deployment):
-    process, _ = deployment.serve()
+def test_cleanup_beside_a_running_server_removes_expired_notifications_and_keeps_the_rest(deployment):
+    """The embedded SQLite file is shared: `cleanup` runs while the server serves it."""
+    deployment.serve()
     user = new_user()
     service = deployment.token(new_user("svc"), roles=("service",))
     soon = datetime.now(timezone.utc) + timedelta(seconds=1)
@@ -383,15 +357,12 @@ def test_cleanup_removes_expired_notifications_and_keeps_the_rest(deployment):
                      draft(user, expiresAt=soon.isoformat()))
     assert status == 201
     status, kept = http("POST", f"{deployment.url}/api/notifications", service, draft(user))
-    process.terminate()
-    assert process.wait(timeout=STOP_TIMEOUT) == 0
     time.sleep(max(0.0, (soon - datetime.now(timezone.utc)).total_seconds() + 0.1))
 
     result = deployment.run("cleanup", "--settings", "settings.yaml")
     assert result.returncode == 0, result.stderr
     assert "removed 1 expired or past-retention notifications" in result.stdout, result.stdout
-    assert storage_children(deployment.data_dir) == []
 
-    deployment.serve()
     status, page = http("GET", f"{deployment.url}/api/notifications", deployment.token(user))
     assert [n["id"] for n in page["notifications"]] == [kept["id"]]
+    assert page["total"] == 1 and page["unreadCount"] == 1

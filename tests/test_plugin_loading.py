@@ -101,7 +101,7 @@ async def test_relative_plugins_folder_is_found_next_to_the_settings_file(start_
     settings_file.write_text("plugins:\n  directory: local_plugins\n", encoding="utf-8")
     shared = make_settings()
     settings = load_settings(settings_file, environ={}, overrides={
-        "mongodb.url": shared.mongodb.url, "mongodb.database": shared.mongodb.database,
+        "storage.url": shared.storage.url,
         "auth.secret": TEST_SECRET, "data_dir": str(tmp_path / "data"),
         "retention.cleanup_interval_minutes": 0})
     app = await start_app(settings=settings)

@@ -10,6 +10,7 @@ import pytest
 
 from mojavox_notify.auth import build_verifier
 from mojavox_notify.settings import Settings, SettingsError, load_settings
+from mojavox_notify.store import sqlite_path, storage_url
 
 ROOT = Path(__file__).resolve().parent.parent
 LONG_SECRET = "a-secret-that-is-long-enough-for-hs256-0123"
@@ -38,7 +39,7 @@ def test_defaults_with_no_file_serve_a_local_run(tmp_path, monkeypatch):
     assert settings.server.host == "127.0.0.1"
     assert settings.server.port == 3001
     assert settings.server.ws_path == "/ws/notifications"
-    assert settings.mongodb.url == "embedded"
+    assert settings.storage.url == "embedded"
     assert settings.redis.url is None
     assert settings.auth.algorithm == "HS256"
     assert settings.auth.secret is None
@@ -57,7 +58,7 @@ def test_empty_settings_file_means_defaults(tmp_path):
     path = write_settings(tmp_path, "# nothing here\n")
     settings = load_settings(path, environ={})
     assert settings.server.port == 3001
-    assert settings.mongodb.url == "embedded"
+    assert settings.storage.url == "embedded"
 
 
 def test_file_values_are_read_and_typed(tmp_path):
@@ -94,7 +95,7 @@ def test_environment_overrides_every_documented_variable():
     assert settings.server.port == 4321
     assert settings.server.ws_path == "/live"
     assert settings.auth.secret == LONG_SECRET
-    assert settings.mongodb.url == "mongodb://db.internal:27017/notify"
+    assert settings.storage.url == "mongodb://db.internal:27017/notify"
     assert settings.redis.url == "redis://cache.internal:6379/0"
     assert settings.push.vapid_public_key == "public-key"
     assert settings.push.vapid_private_key == "private-key"
@@ -115,15 +116,15 @@ def test_empty_environment_variable_does_not_override(tmp_path):
 
 def test_database_url_is_used_only_when_it_is_a_mongodb_url():
     postgres = load_settings(None, environ={"DATABASE_URL": "postgresql://db/notify"})
-    assert postgres.mongodb.url == "embedded"
+    assert postgres.storage.url == "embedded"
     mongo = load_settings(None, environ={"DATABASE_URL": "mongodb://db.internal/notify"})
-    assert mongo.mongodb.url == "mongodb://db.internal/notify"
+    assert mongo.storage.url == "mongodb://db.internal/notify"
 
 
 def test_mongodb_url_wins_over_database_url():
     settings = load_settings(None, environ={"DATABASE_URL": "mongodb://legacy/notify",
                                             "MONGODB_URL": "mongodb://primary/notify"})
-    assert settings.mongodb.url == "mongodb://primary/notify"
+    assert settings.storage.url == "mongodb://primary/notify"
 
 
 def test_bad_environment_value_names_the_key_it_sets():
@@ -194,10 +195,38 @@ def test_ws_path_must_be_an_absolute_path():
     assert error.key == "server.ws_path"
 
 
-def test_mongodb_url_must_be_embedded_or_mongodb():
+def test_storage_url_must_be_embedded_sqlite_or_mongodb():
     error = settings_error(environ={"MONGODB_URL": "postgresql://db/notify"})
-    assert error.key == "mongodb.url"
-    assert "embedded" in str(error)
+    assert error.key == "storage.url"
+    assert "embedded" in str(error) and "sqlite:///" in str(error) and "MONGODB_URL" in str(error)
+
+
+def test_sqlite_url_is_relative_to_the_settings_file(tmp_path):
+    path = tmp_path / "deployment" / "settings.yaml"
+    path.parent.mkdir()
+    path.write_text("storage:\n  url: sqlite:///state/notify.db\n", encoding="utf-8")
+    settings = load_settings(path, environ={})
+    assert sqlite_path(settings, storage_url(settings)) == path.parent / "state" / "notify.db"
+    absolute = load_settings(None, environ={}, overrides={"storage.url": "sqlite:////srv/n.db"})
+    assert sqlite_path(absolute, storage_url(absolute)) == Path("/srv/n.db")
+
+
+def test_embedded_is_the_sqlite_file_in_the_data_folder(tmp_path):
+    path = tmp_path / "settings.yaml"
+    path.write_text("data_dir: ./var\n", encoding="utf-8")
+    settings = load_settings(path, environ={})
+    assert storage_url(settings) == f"sqlite:///{tmp_path / 'var' / 'notify.db'}"
+
+
+def test_mongodb_url_is_still_read_as_the_old_name_of_storage_url(tmp_path):
+    path = tmp_path / "settings.yaml"
+    path.write_text("mongodb:\n  url: mongodb://db.internal/notify\n", encoding="utf-8")
+    assert load_settings(path, environ={}).storage.url == "mongodb://db.internal/notify"
+    path.write_text("storage:\n  url: embedded\nmongodb:\n  url: mongodb://db/notify\n",
+                    encoding="utf-8")
+    with pytest.raises(SettingsError) as caught:
+        load_settings(path, environ={})
+    assert caught.value.key == "mongodb.url"
 
 
 def test_redis_url_must_be_a_redis_url():

@@ -53,9 +53,10 @@ class Outbox:
         self._wakeup = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run())
         self.closing_code: int | None = None
+        self._dropped = False
 
     def put(self, frame: dict[str, Any]) -> None:
-        if self.closing_code is not None:
+        if self.closing_code is not None or self._dropped:
             return
         text = json.dumps(frame, separators=(",", ":"))
         self._frames.append(text)
@@ -63,8 +64,10 @@ class Outbox:
         if len(self._frames) > self._max_messages or self._bytes > self._max_bytes:
             log.warning("closing socket %s of %s: slow consumer (%d frames, %d bytes queued)",
                         self._socket.client_id, self._socket.user_id, len(self._frames), self._bytes)
+            self._dropped = True
             self._frames.clear()
-            self._socket.close(CLOSE_SLOW_CONSUMER, "slow consumer")
+            self._bytes = 0
+            self._socket.drop_slow_consumer()
             return
         self._wakeup.set()
 
@@ -160,12 +163,13 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
                 since_seq = await self._seq_of_since(since)
             except NotifyError as error:
                 since_error = error
-        self.live_from = self.last_seq = await self.service.last_seq(self.user_id)
+        state = await self.service.connection_state(self.user_id)
+        self.live_from = self.last_seq = state.seq
         self.hub.attach(self)
         self._attached = True
         self._schedule_token_timers()
         self._send("connected", clientId=self.client_id, timestamp=iso(utcnow()),
-                   unreadCount=await self.service.unread(self.user_id))
+                   unreadCount=state.unread_payload())
         if since_error is not None:
             self._send_error(since_error.code, since_error.message)
         elif since_seq is not None:
@@ -197,6 +201,7 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
             return
         if seq == self.last_seq + 1:
             self._pass_on(seq, message["notification"])
+            self._send("unread_count", **message["unread"])
             return
         self._held.append(message)
         self._catching_up = True
@@ -360,12 +365,21 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
         else:
             self.outbox.close_after_flush(code, reason)
 
-    def on_close(self) -> None:
-        for timer in self._timers:
-            timer.cancel()
+    def drop_slow_consumer(self) -> None:
+        """Stop routing to this socket at once: a client that does not read may never answer
+        the close handshake (tornado aborts the connection when it times out)."""
+        self._detach()
+        self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
+
+    def _detach(self) -> None:
         if self._attached:
             self.hub.detach(self)
             self._attached = False
+
+    def on_close(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._detach()
         if self.outbox is not None:
             self.outbox.cancel()
 

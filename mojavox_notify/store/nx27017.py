@@ -1,9 +1,12 @@
-"""The embedded storage default: `nx-27017`, a MongoDB wire-protocol server over SQLite files,
-run as a child process on a free loopback port so the same driver code path serves a local run.
+"""`nx-27017`, a MongoDB wire-protocol server over SQLite files, as a child process.
 
-Run as `python -m mojavox_notify.embedded NX_ARGS...` this module is the child itself: it quiets
-nx-27017's per-command logging and exits when its parent dies, so a SIGKILLed server never
-leaves an orphan holding the data files.
+It was the embedded storage before the SQLite engine. It stays for two jobs: the wire-level
+test server of the MongoDB engine, and reading a data folder it wrote so that
+`mojavox-notify import-nx27017` can copy it into the SQLite engine.
+
+Run as `python -m mojavox_notify.store.nx27017 PARENT_PID NX_ARGS...` this module is the child
+itself: it quiets nx-27017's per-command logging and exits when its parent dies, so a SIGKILLed
+parent never leaves an orphan holding the data files.
 """
 
 from __future__ import annotations
@@ -26,11 +29,11 @@ log = logging.getLogger(__name__)
 PREVIOUS_CHILD_EXIT_SECONDS = 5.0
 
 
-class EmbeddedStorageError(RuntimeError):
-    """The embedded storage server could not be started."""
+class Nx27017Error(RuntimeError):
+    """The nx-27017 child could not be started."""
 
 
-class EmbeddedMongo:
+class Nx27017Child:
     """Starts, watches and stops one nx-27017 child whose files live under `data_dir/mongo`."""
 
     def __init__(self, data_dir: Path, startup_timeout: float = 20.0):
@@ -65,7 +68,7 @@ class EmbeddedMongo:
         self.port = _free_port()
         with open(self.log_path, "ab") as output:
             self._process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "mojavox_notify.embedded", str(os.getpid()),
+                sys.executable, "-m", "mojavox_notify.store.nx27017", str(os.getpid()),
                 "--data-dir", str(files), "--host", "127.0.0.1", "-p", str(self.port),
                 "--log-file", os.devnull, "--pid-file", str(self.pid_path),
                 stdin=asyncio.subprocess.DEVNULL, stdout=output, stderr=output)
@@ -75,7 +78,7 @@ class EmbeddedMongo:
             await self.stop()
             raise
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
-        log.info("embedded storage nx-27017 (pid %s) on port %s, files in %s",
+        log.info("nx-27017 (pid %s) on port %s, files in %s",
                  self._process.pid, self.port, files)
         return self.url
 
@@ -92,10 +95,8 @@ class EmbeddedMongo:
                 self.pid_path.unlink(missing_ok=True)
                 return
             if time.monotonic() > deadline:
-                raise EmbeddedStorageError(
-                    f"another nx-27017 (pid {pid}) is using {files}: is the server running? "
-                    "Embedded storage serves one process at a time; stop it, use another "
-                    "data_dir, or use a mongodb:// URL")
+                raise Nx27017Error(
+                    f"another nx-27017 (pid {pid}) is using {files}; stop it first")
             await asyncio.sleep(0.1)
 
     async def _wait_until_ready(self) -> None:
@@ -104,7 +105,7 @@ class EmbeddedMongo:
         try:
             while True:
                 if self._process.returncode is not None:
-                    raise EmbeddedStorageError(
+                    raise Nx27017Error(
                         f"nx-27017 exited with code {self._process.returncode} while starting; "
                         f"see {self.log_path}")
                 try:
@@ -112,7 +113,7 @@ class EmbeddedMongo:
                     return
                 except PyMongoError:
                     if time.monotonic() > deadline:
-                        raise EmbeddedStorageError(
+                        raise Nx27017Error(
                             f"nx-27017 did not answer within {self.startup_timeout:g}s; "
                             f"see {self.log_path}") from None
                     await asyncio.sleep(0.1)
@@ -122,8 +123,7 @@ class EmbeddedMongo:
     async def _watch(self) -> None:
         code = await self._process.wait()
         if not self._stopping:
-            log.error("embedded storage server nx-27017 (pid %s) died with exit code %s; "
-                      "storage is unavailable until restart; see %s",
+            log.error("nx-27017 (pid %s) died with exit code %s; see %s",
                       self._process.pid, code, self.log_path)
 
     async def stop(self) -> None:

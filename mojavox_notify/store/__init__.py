@@ -1,0 +1,197 @@
+"""Storage: one interface, two engines, chosen by URL.
+
+- `embedded` (the default) or `sqlite:///path`: SQLite in this process (`store/sqlite.py`),
+  WAL mode, real indexes; several processes on one host may share the file.
+- `mongodb://…`: MongoDB through PyMongo's async API (`store/mongo.py`), for several hosts.
+
+Callers (the service, ingest, the CLI) only see `NotificationStore`, get documents (plain dicts
+shaped as `model.to_document` makes them) and `UserState`s back, and every backend failure as
+`StorageUnavailableError`. Both engines pass the same contract tests (tests/test_store_contract.py).
+
+Each user has a state record (a "counter document") holding the last sequence number and the
+unread counts per priority, kept exact by every change, so the hot paths never count rows.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from bson import ObjectId
+
+from ..model import PRIORITIES, ChannelPreference, Draft, PushSubscription
+from ..settings import Settings
+
+EMBEDDED_FILE = "notify.db"
+
+
+@dataclass(frozen=True)
+class UserState:
+    """One user's counters: `seq` of their newest notification, how many are stored (`total`),
+    and how many of those are unread, per priority. All O(1) to read."""
+
+    seq: int = 0
+    total: int = 0
+    unread: Mapping[str, int] = field(default_factory=lambda: dict.fromkeys(PRIORITIES, 0))
+
+    @property
+    def unread_total(self) -> int:
+        return sum(self.unread.values())
+
+    def unread_payload(self) -> dict[str, Any]:
+        """The `{count, byPriority}` shape of `unread_count` frames and the REST answer."""
+        by_priority = {priority: self.unread.get(priority, 0) for priority in PRIORITIES}
+        return {"count": sum(by_priority.values()), "byPriority": by_priority}
+
+
+@dataclass(frozen=True)
+class Created:
+    """A stored notification and its recipient's state right after it was stored."""
+
+    document: dict[str, Any]
+    state: UserState
+
+
+class NotificationStore(ABC):
+    """All storage access. Sequence numbers are gap-free per user: `seq` N+1 becomes visible
+    only after N is stored, so a reader of "everything after N" never skips one in flight."""
+
+    #: A short name for health reports and logs, never holding a password.
+    description: str = "storage"
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Create the schema or indexes; safe at every start and from several processes."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release connections and threads."""
+
+    @abstractmethod
+    async def ping(self) -> bool:
+        """Whether storage answers right now (never raises)."""
+
+    # -- notifications -------------------------------------------------------------------------
+
+    @abstractmethod
+    async def insert_many(self, drafts: list[Draft], event_id: str | None = None) -> list[Created]:
+        """Store drafts (in one transaction or one bulk write where the engine can), each with
+        the next `seq` of its user; returned in the order given."""
+
+    async def insert(self, draft: Draft, event_id: str | None = None) -> Created:
+        return (await self.insert_many([draft], event_id))[0]
+
+    @abstractmethod
+    async def state(self, user_id: str) -> UserState:
+        """The user's counters, O(1); expired notifications are swept first when one is due."""
+
+    @abstractmethod
+    async def list(self, user_id: str, limit: int, offset: int,
+                   unread_only: bool) -> tuple[list[dict], int]:
+        """A page of unexpired notifications, newest first, and the total from the counters
+        (all stored, or unread ones with `unread_only`)."""
+
+    @abstractmethod
+    async def after(self, user_id: str, seq: int, limit: int) -> list[dict]:
+        """The user's unexpired notifications with `seq` above the given one, oldest first."""
+
+    @abstractmethod
+    async def newest_between(self, user_id: str, after_seq: int, up_to_seq: int,
+                             limit: int) -> list[dict]:
+        """Unexpired notifications with after_seq < seq <= up_to_seq, newest first."""
+
+    @abstractmethod
+    async def get(self, user_id: str, notification_id: ObjectId) -> dict[str, Any]:
+        """One unexpired notification of the user; NotFoundError otherwise."""
+
+    @abstractmethod
+    async def mark_read(self, user_id: str, notification_id: ObjectId) -> tuple[bool, UserState]:
+        """Mark one read; (False, state) when it already was; NotFoundError if not the user's."""
+
+    @abstractmethod
+    async def mark_all_read(self, user_id: str) -> tuple[int, UserState]:
+        """Mark every unread one read; how many changed, and the state after."""
+
+    @abstractmethod
+    async def delete(self, user_id: str, notification_id: ObjectId) -> UserState:
+        """Delete one of the user's notifications; NotFoundError if there is none."""
+
+    @abstractmethod
+    async def delete_expired(self, retention_days: int) -> int:
+        """Delete notifications past their expiry or the retention period, keeping every
+        affected user's counters exact; how many were deleted."""
+
+    # -- channel preferences -----------------------------------------------------------------
+
+    @abstractmethod
+    async def preferences_of_many(self, user_ids: Iterable[str]) -> dict[str, dict[str, ChannelPreference]]:
+        """For each user that changed a preference, only the changed types (one round trip)."""
+
+    async def preferences_of(self, user_id: str) -> dict[str, ChannelPreference]:
+        return (await self.preferences_of_many([user_id])).get(user_id, {})
+
+    @abstractmethod
+    async def update_preferences(self, user_id: str, changes: dict[str, dict[str, bool]]) -> None:
+        """Apply `{type: {enabled?, push?}}`; a stored type always has both keys."""
+
+    # -- push subscriptions ------------------------------------------------------------------
+
+    @abstractmethod
+    async def save_push_subscription(self, user_id: str, subscription: PushSubscription) -> None:
+        """Upsert by endpoint: a browser's subscription belongs to whoever registered it last."""
+
+    @abstractmethod
+    async def remove_push_subscription(self, user_id: str, endpoint: str) -> None:
+        """NotFoundError when the user has no subscription with that endpoint."""
+
+    @abstractmethod
+    async def push_subscriptions_of(self, user_id: str) -> list[dict]:
+        """`{endpoint, user_id, keys: {p256dh, auth}, created_at, updated_at}` documents."""
+
+    # -- idempotent events -------------------------------------------------------------------
+
+    @abstractmethod
+    async def claim_event(self, event_id: str, event_type: str) -> dict[str, Any] | None:
+        """Record that `event_id` is being handled; the earlier record if it was seen."""
+
+    @abstractmethod
+    async def complete_event(self, event_id: str, notification_ids: list[str]) -> None:
+        """Mark a claimed event done with the ids it created."""
+
+    @abstractmethod
+    async def release_event(self, event_id: str) -> None:
+        """Forget a pending claim whose handling failed, so a retry can succeed."""
+
+    @abstractmethod
+    async def event(self, event_id: str) -> dict[str, Any] | None:
+        """`{_id, type, state, notifications, created_at}` or None."""
+
+    @abstractmethod
+    async def notifications_of_event(self, event_id: str) -> list[dict]:
+        """The notifications stored for an event, in the order they were stored."""
+
+
+def storage_url(settings: Settings) -> str:
+    """The configured URL with the `embedded` alias spelled out."""
+    url = settings.storage.url
+    if url == "embedded":
+        return f"sqlite:///{settings.data_path / EMBEDDED_FILE}"
+    return url
+
+
+def sqlite_path(settings: Settings, url: str) -> Path:
+    """`sqlite:///relative/file.db` is relative to the settings file's folder,
+    `sqlite:////absolute/file.db` absolute."""
+    return settings.resolve_path(url[len("sqlite:///"):])
+
+
+def build_store(settings: Settings) -> NotificationStore:
+    """The engine the storage URL names (not opened yet)."""
+    url = storage_url(settings)
+    if url.startswith("sqlite:///"):
+        from .sqlite import SqliteStore
+        return SqliteStore(sqlite_path(settings, url), settings.storage)
+    from .mongo import MongoStore
+    return MongoStore.connect(url, settings.mongodb)

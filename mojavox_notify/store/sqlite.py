@@ -1,0 +1,624 @@
+"""The embedded engine: SQLite in this process, WAL mode, real indexes.
+
+Writes run on one thread and reads on another, each with its own connection, so the event loop
+never blocks and a long write transaction (a 1,000-user alert) does not hold up reads. Every
+write is one `BEGIN IMMEDIATE` transaction, which SQLite serializes across threads and processes:
+a notification and its user's counters change together, and sequence number N+1 can only be
+committed after N. Several processes on one host may share the file (WAL); a writer waits up
+to `storage.busy_timeout_seconds` for another's lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import threading
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from bson import ObjectId
+
+from ..errors import NotFoundError, StorageUnavailableError
+from ..model import NEVER, PRIORITIES, ChannelPreference, Draft, PushSubscription, to_document, utcnow
+from ..settings import StorageSettings
+from . import Created, NotificationStore, UserState
+
+log = logging.getLogger(__name__)
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+NEVER_MS = (NEVER - EPOCH) // timedelta(milliseconds=1)
+SCHEMA_VERSION = 1
+CLEANUP_CHUNK = 5000
+IN_CHUNK = 500  # ids per `IN (...)`, well under SQLite's variable limit
+
+UNREAD_COLUMNS = ", ".join(f"unread_{priority}" for priority in PRIORITIES)
+STATE_COLUMNS = f"seq, total, {UNREAD_COLUMNS}"
+NOTIFICATION_COLUMNS = ("id, user_id, seq, type, title, message, priority, data, action_url, "
+                        "read, read_at, created_at, expires_at, event_id")
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS notifications (
+    id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    title TEXT NOT NULL,
+    message TEXT NOT NULL,
+    priority TEXT NOT NULL,
+    data TEXT NOT NULL,
+    action_url TEXT,
+    read INTEGER NOT NULL,
+    read_at INTEGER,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    event_id TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS notifications_id ON notifications (id);
+CREATE UNIQUE INDEX IF NOT EXISTS notifications_user_seq ON notifications (user_id, seq);
+CREATE INDEX IF NOT EXISTS notifications_user_unread ON notifications (user_id, seq) WHERE read = 0;
+CREATE INDEX IF NOT EXISTS notifications_expiring ON notifications (expires_at)
+    WHERE expires_at < {NEVER_MS};
+CREATE INDEX IF NOT EXISTS notifications_user_expiring ON notifications (user_id, expires_at)
+    WHERE expires_at < {NEVER_MS};
+CREATE INDEX IF NOT EXISTS notifications_created ON notifications (created_at);
+CREATE INDEX IF NOT EXISTS notifications_event ON notifications (event_id) WHERE event_id IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS user_state (
+    user_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    total INTEGER NOT NULL,
+    {", ".join(f"unread_{priority} INTEGER NOT NULL" for priority in PRIORITIES)},
+    expiry_due INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS channel_settings (
+    user_id TEXT PRIMARY KEY,
+    channels TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS push_subscriptions (
+    endpoint TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    p256dh TEXT NOT NULL,
+    auth TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS push_subscriptions_user ON push_subscriptions (user_id);
+
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT PRIMARY KEY,
+    type TEXT NOT NULL,
+    state TEXT NOT NULL,
+    notifications TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    completed_at INTEGER
+) WITHOUT ROWID;
+"""
+
+# One counter row per user, created by the first notification. `expiry_due` is the earliest
+# expiry among the user's notifications that expire at all: reads sweep only when it has come.
+UPSERT_STATE = f"""
+INSERT INTO user_state (user_id, seq, total, {UNREAD_COLUMNS}, expiry_due)
+VALUES (?, 1, 1, {", ".join("?" for _ in PRIORITIES)}, ?)
+ON CONFLICT (user_id) DO UPDATE SET
+    seq = seq + 1,
+    total = total + 1,
+    {", ".join(f"unread_{p} = unread_{p} + excluded.unread_{p}" for p in PRIORITIES)},
+    expiry_due = min(expiry_due, excluded.expiry_due)
+RETURNING {STATE_COLUMNS}
+"""
+
+INSERT_NOTIFICATION = f"""
+INSERT INTO notifications ({NOTIFICATION_COLUMNS}) VALUES ({", ".join("?" for _ in range(14))})
+"""
+
+
+def to_ms(moment: datetime | None) -> int | None:
+    if moment is None:
+        return None
+    return (moment - EPOCH) // timedelta(milliseconds=1)
+
+
+def from_ms(value: int | None) -> datetime | None:
+    if value is None:
+        return None
+    return EPOCH + timedelta(milliseconds=value)
+
+
+def _state(row: tuple) -> UserState:
+    """A `UserState` from `seq, total, unread_*` columns."""
+    return UserState(seq=row[0], total=row[1], unread=dict(zip(PRIORITIES, row[2:2 + len(PRIORITIES)])))
+
+
+def _document(row: tuple) -> dict[str, Any]:
+    (id_, user_id, seq, type_, title, message, priority, data, action_url, read, read_at,
+     created_at, expires_at, event_id) = row
+    document = {
+        "_id": ObjectId(id_), "user_id": user_id, "seq": seq, "type": type_, "title": title,
+        "message": message, "priority": priority, "data": json.loads(data),
+        "action_url": action_url, "read": bool(read), "read_at": from_ms(read_at),
+        "created_at": from_ms(created_at), "expires_at": from_ms(expires_at),
+    }
+    if event_id is not None:
+        document["event_id"] = event_id
+    return document
+
+
+def _row(document: dict[str, Any]) -> tuple:
+    return (str(document["_id"]), document["user_id"], document["seq"], document["type"],
+            document["title"], document["message"], document["priority"],
+            json.dumps(document["data"], separators=(",", ":"), ensure_ascii=False),
+            document["action_url"], int(document["read"]), to_ms(document["read_at"]),
+            to_ms(document["created_at"]), to_ms(document["expires_at"]), document.get("event_id"))
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+@contextmanager
+def transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction, taking the write lock up front (no upgrade deadlocks)."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield connection
+    except BaseException:
+        if connection.in_transaction:
+            connection.rollback()
+        raise
+    connection.commit()
+
+
+class SqliteStore(NotificationStore):
+    def __init__(self, path: Path, settings: StorageSettings):
+        self.path = Path(path)
+        self.description = f"embedded SQLite {self.path}"
+        self._settings = settings
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="sqlite-reader")
+        self._local = threading.local()
+
+    # -- connections and threads ---------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = sqlite3.connect(self.path, isolation_level=None,
+                                         timeout=self._settings.busy_timeout_seconds)
+            connection.execute(f"PRAGMA synchronous = {self._settings.sqlite_synchronous.upper()}")
+            connection.execute("PRAGMA cache_size = -65536")  # KiB: 64 MiB per connection
+            connection.execute("PRAGMA temp_store = MEMORY")
+            self._local.connection = connection
+        return connection
+
+    def _discard_connection(self) -> None:
+        """After a failure, reopen on the next call (the file may have come back)."""
+        connection = getattr(self._local, "connection", None)
+        self._local.connection = None
+        if connection is not None:
+            try:
+                connection.close()
+            except sqlite3.Error:
+                pass
+
+    def _guarded(self, function: Callable, args: tuple) -> Any:
+        try:
+            return function(self._connection(), *args)
+        except sqlite3.Error as error:
+            self._discard_connection()
+            raise StorageUnavailableError(f"embedded storage failed: {error}") from error
+
+    async def _write(self, function: Callable, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._writer, self._guarded, function, args)
+
+    async def _read(self, function: Callable, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._reader, self._guarded, function, args)
+
+    async def open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StorageUnavailableError(
+                f"cannot create the storage folder {self.path.parent}: "
+                f"{error.strerror or error}") from None
+        await self._write(_create_schema)
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        for executor in (self._writer, self._reader):
+            await loop.run_in_executor(executor, self._discard_connection)
+            executor.shutdown(wait=True)
+
+    async def ping(self) -> bool:
+        try:
+            await self._read(lambda connection: connection.execute("SELECT 1").fetchone())
+            return True
+        except StorageUnavailableError:
+            return False
+
+    # -- notifications -------------------------------------------------------------------------
+
+    async def insert_many(self, drafts: list[Draft], event_id: str | None = None) -> list[Created]:
+        if not drafts:
+            return []
+        return await self._write(_insert_many, drafts, event_id, utcnow())
+
+    async def state(self, user_id: str) -> UserState:
+        row = await self._read(_state_row, user_id)
+        if row is None:
+            return UserState()
+        if row[-1] <= to_ms(utcnow()):
+            return await self._write(_sweep_user, user_id, to_ms(utcnow()))
+        return _state(row)
+
+    async def list(self, user_id: str, limit: int, offset: int,
+                   unread_only: bool) -> tuple[list[dict], int]:
+        state = await self.state(user_id)
+        rows = await self._read(_page, user_id, limit, offset, unread_only, to_ms(utcnow()))
+        return [_document(row) for row in rows], (state.unread_total if unread_only else state.total)
+
+    async def after(self, user_id: str, seq: int, limit: int) -> list[dict]:
+        rows = await self._read(_select, f"""
+            SELECT {NOTIFICATION_COLUMNS} FROM notifications
+            WHERE user_id = ? AND seq > ? AND expires_at > ? ORDER BY seq LIMIT ?""",
+            (user_id, seq, to_ms(utcnow()), limit))
+        return [_document(row) for row in rows]
+
+    async def newest_between(self, user_id: str, after_seq: int, up_to_seq: int,
+                             limit: int) -> list[dict]:
+        rows = await self._read(_select, f"""
+            SELECT {NOTIFICATION_COLUMNS} FROM notifications
+            WHERE user_id = ? AND seq > ? AND seq <= ? AND expires_at > ?
+            ORDER BY seq DESC LIMIT ?""", (user_id, after_seq, up_to_seq, to_ms(utcnow()), limit))
+        return [_document(row) for row in rows]
+
+    async def get(self, user_id: str, notification_id: ObjectId) -> dict[str, Any]:
+        rows = await self._read(_select, f"""
+            SELECT {NOTIFICATION_COLUMNS} FROM notifications
+            WHERE id = ? AND user_id = ? AND expires_at > ?""",
+            (str(notification_id), user_id, to_ms(utcnow())))
+        if not rows:
+            raise NotFoundError("no such notification")
+        return _document(rows[0])
+
+    async def mark_read(self, user_id: str, notification_id: ObjectId) -> tuple[bool, UserState]:
+        return await self._write(_mark_read, user_id, str(notification_id), to_ms(utcnow()))
+
+    async def mark_all_read(self, user_id: str) -> tuple[int, UserState]:
+        return await self._write(_mark_all_read, user_id, to_ms(utcnow()))
+
+    async def delete(self, user_id: str, notification_id: ObjectId) -> UserState:
+        return await self._write(_delete, user_id, str(notification_id))
+
+    async def delete_expired(self, retention_days: int) -> int:
+        now = utcnow()
+        cutoff = to_ms(now - timedelta(days=retention_days))
+        removed = 0
+        while True:
+            deleted = await self._write(_delete_expired_chunk, to_ms(now), cutoff)
+            removed += deleted
+            if deleted < CLEANUP_CHUNK:
+                return removed
+
+    # -- channel preferences -----------------------------------------------------------------
+
+    async def preferences_of_many(self, user_ids: Iterable[str]) -> dict[str, dict[str, ChannelPreference]]:
+        wanted = list(dict.fromkeys(user_ids))
+        found: dict[str, dict[str, ChannelPreference]] = {}
+        for chunk in _chunks(wanted, IN_CHUNK):
+            rows = await self._read(_select, f"""
+                SELECT user_id, channels FROM channel_settings
+                WHERE user_id IN ({", ".join("?" for _ in chunk)})""", tuple(chunk))
+            for user_id, channels in rows:
+                found[user_id] = {name: ChannelPreference(**value)
+                                  for name, value in json.loads(channels).items()}
+        return found
+
+    async def update_preferences(self, user_id: str, changes: dict[str, dict[str, bool]]) -> None:
+        if changes:
+            await self._write(_update_preferences, user_id, changes, to_ms(utcnow()))
+
+    # -- push subscriptions ------------------------------------------------------------------
+
+    async def save_push_subscription(self, user_id: str, subscription: PushSubscription) -> None:
+        now = to_ms(utcnow())
+        await self._write(_execute, """
+            INSERT INTO push_subscriptions (endpoint, user_id, p256dh, auth, created_at, updated_at)
+            VALUES (?, ?, ?, ?, ?, ?)
+            ON CONFLICT (endpoint) DO UPDATE SET user_id = excluded.user_id,
+                p256dh = excluded.p256dh, auth = excluded.auth, updated_at = excluded.updated_at
+            """, (subscription.endpoint, user_id, subscription.p256dh, subscription.auth, now, now))
+
+    async def remove_push_subscription(self, user_id: str, endpoint: str) -> None:
+        removed = await self._write(_execute, """
+            DELETE FROM push_subscriptions WHERE endpoint = ? AND user_id = ?""", (endpoint, user_id))
+        if not removed:
+            raise NotFoundError("no such push subscription")
+
+    async def push_subscriptions_of(self, user_id: str) -> list[dict]:
+        rows = await self._read(_select, """
+            SELECT endpoint, user_id, p256dh, auth, created_at, updated_at
+            FROM push_subscriptions WHERE user_id = ? ORDER BY created_at""", (user_id,))
+        return [{"endpoint": endpoint, "user_id": owner, "keys": {"p256dh": p256dh, "auth": auth},
+                 "created_at": from_ms(created_at), "updated_at": from_ms(updated_at)}
+                for endpoint, owner, p256dh, auth, created_at, updated_at in rows]
+
+    # -- idempotent events -------------------------------------------------------------------
+
+    async def claim_event(self, event_id: str, event_type: str) -> dict[str, Any] | None:
+        return await self._write(_claim_event, event_id, event_type, to_ms(utcnow()))
+
+    async def complete_event(self, event_id: str, notification_ids: list[str]) -> None:
+        await self._write(_execute, """
+            UPDATE events SET state = 'done', notifications = ?, completed_at = ? WHERE id = ?""",
+            (json.dumps(notification_ids), to_ms(utcnow()), event_id))
+
+    async def release_event(self, event_id: str) -> None:
+        await self._write(_execute, "DELETE FROM events WHERE id = ? AND state = 'pending'",
+                          (event_id,))
+
+    async def event(self, event_id: str) -> dict[str, Any] | None:
+        rows = await self._read(_select, """
+            SELECT id, type, state, notifications, created_at FROM events WHERE id = ?""",
+            (event_id,))
+        return _event(rows[0]) if rows else None
+
+    async def notifications_of_event(self, event_id: str) -> list[dict]:
+        rows = await self._read(_select, f"""
+            SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE event_id = ? ORDER BY rowid""",
+            (event_id,))
+        return [_document(row) for row in rows]
+
+    # -- import and repair ---------------------------------------------------------------------
+
+    async def import_documents(self, notifications: list[dict], preferences: list[dict],
+                               subscriptions: list[dict], events: list[dict]) -> None:
+        """Copy documents of the MongoDB shape in, keeping ids and sequence numbers (used by
+        `mojavox-notify import-nx27017`); call `rebuild_states` afterwards."""
+        await self._write(_import, notifications, preferences, subscriptions, events)
+
+    async def rebuild_states(self) -> int:
+        """Recompute every user's counters from the stored rows; how many users."""
+        return await self._write(_rebuild_states)
+
+    async def count(self) -> int:
+        rows = await self._read(_select, "SELECT count(*) FROM notifications", ())
+        return rows[0][0]
+
+
+# -- functions run on the storage threads (each gets the thread's connection first) ----------------
+
+def _create_schema(connection: sqlite3.Connection) -> None:
+    mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if mode.lower() != "wal":
+        raise sqlite3.OperationalError(f"cannot switch {mode} journal to WAL")
+    version = connection.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise sqlite3.DatabaseError(f"the file was written by a newer version (schema {version})")
+    connection.executescript(SCHEMA)
+    connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _select(connection: sqlite3.Connection, sql: str, parameters: tuple) -> list[tuple]:
+    return connection.execute(sql, parameters).fetchall()
+
+
+def _execute(connection: sqlite3.Connection, sql: str, parameters: tuple) -> int:
+    with transaction(connection):
+        return connection.execute(sql, parameters).rowcount
+
+
+def _state_row(connection: sqlite3.Connection, user_id: str) -> tuple | None:
+    return connection.execute(f"SELECT {STATE_COLUMNS}, expiry_due FROM user_state WHERE user_id = ?",
+                              (user_id,)).fetchone()
+
+
+def _page(connection, user_id, limit, offset, unread_only, now_ms) -> list[tuple]:
+    unread = "AND read = 0" if unread_only else ""
+    return connection.execute(f"""
+        SELECT {NOTIFICATION_COLUMNS} FROM notifications
+        WHERE user_id = ? {unread} AND expires_at > ? ORDER BY seq DESC LIMIT ? OFFSET ?""",
+        (user_id, now_ms, limit, offset)).fetchall()
+
+
+def _insert_many(connection, drafts: list[Draft], event_id, created_at) -> list[Created]:
+    created = []
+    with transaction(connection):
+        for draft in drafts:
+            expires_ms = to_ms(draft.expires_at) if draft.expires_at else NEVER_MS
+            unread = [int(priority == draft.priority) for priority in PRIORITIES]
+            state = _state(connection.execute(UPSERT_STATE, (draft.user_id, *unread, expires_ms)).fetchone())
+            document = to_document(draft, created_at=created_at, seq=state.seq, event_id=event_id)
+            connection.execute(INSERT_NOTIFICATION, _row(document))
+            created.append(Created(document, state))
+    return created
+
+
+def _change_state(connection, user_id: str, total: int, unread: Counter,
+                  expiry_due: int | None = None) -> UserState:
+    """Add `total` and per-priority `unread` deltas to the user's counters; the state after."""
+    assignments = ["total = total + ?"] + [f"unread_{p} = unread_{p} + ?" for p in PRIORITIES]
+    parameters = [total] + [unread.get(p, 0) for p in PRIORITIES]
+    if expiry_due is not None:
+        assignments.append("expiry_due = ?")
+        parameters.append(expiry_due)
+    row = connection.execute(
+        f"UPDATE user_state SET {', '.join(assignments)} WHERE user_id = ? RETURNING {STATE_COLUMNS}",
+        (*parameters, user_id)).fetchone()
+    return _state(row) if row else UserState()
+
+
+def _next_expiry(connection, user_id: str) -> int:
+    row = connection.execute(f"""
+        SELECT min(expires_at) FROM notifications WHERE user_id = ? AND expires_at < {NEVER_MS}""",
+        (user_id,)).fetchone()
+    return row[0] if row[0] is not None else NEVER_MS
+
+
+def _sweep_user(connection, user_id: str, now_ms: int) -> UserState:
+    """Delete the user's expired notifications and correct their counters."""
+    with transaction(connection):
+        deleted = connection.execute(f"""
+            DELETE FROM notifications
+            WHERE user_id = ? AND expires_at <= ? AND expires_at < {NEVER_MS}
+            RETURNING read, priority""", (user_id, now_ms)).fetchall()
+        unread = Counter()
+        for read, priority in deleted:
+            if not read:
+                unread[priority] -= 1
+        return _change_state(connection, user_id, -len(deleted), unread,
+                             expiry_due=_next_expiry(connection, user_id))
+
+
+def _mark_read(connection, user_id: str, notification_id: str, now_ms: int) -> tuple[bool, UserState]:
+    with transaction(connection):
+        row = connection.execute("""
+            UPDATE notifications SET read = 1, read_at = ?
+            WHERE id = ? AND user_id = ? AND read = 0 RETURNING priority""",
+            (now_ms, notification_id, user_id)).fetchone()
+        if row is not None:
+            return True, _change_state(connection, user_id, 0, Counter({row[0]: -1}))
+        exists = connection.execute("""
+            SELECT 1 FROM notifications WHERE id = ? AND user_id = ? AND expires_at > ?""",
+            (notification_id, user_id, now_ms)).fetchone()
+        if exists is None:
+            raise NotFoundError("no such notification")
+        return False, _change_state(connection, user_id, 0, Counter())
+
+
+def _mark_all_read(connection, user_id: str, now_ms: int) -> tuple[int, UserState]:
+    with transaction(connection):
+        changed = connection.execute("""
+            UPDATE notifications SET read = 1, read_at = ? WHERE user_id = ? AND read = 0""",
+            (now_ms, user_id)).rowcount
+        row = connection.execute(f"""
+            UPDATE user_state SET {", ".join(f"unread_{p} = 0" for p in PRIORITIES)}
+            WHERE user_id = ? RETURNING {STATE_COLUMNS}""", (user_id,)).fetchone()
+        return changed, _state(row) if row else UserState()
+
+
+def _delete(connection, user_id: str, notification_id: str) -> UserState:
+    with transaction(connection):
+        row = connection.execute("""
+            DELETE FROM notifications WHERE id = ? AND user_id = ? RETURNING read, priority""",
+            (notification_id, user_id)).fetchone()
+        if row is None:
+            raise NotFoundError("no such notification")
+        read, priority = row
+        return _change_state(connection, user_id, -1, Counter() if read else Counter({priority: -1}))
+
+
+def _delete_expired_chunk(connection, now_ms: int, cutoff_ms: int) -> int:
+    with transaction(connection):
+        deleted = connection.execute(f"""
+            DELETE FROM notifications WHERE rowid IN (
+                SELECT rowid FROM notifications
+                WHERE (expires_at <= ? AND expires_at < {NEVER_MS}) OR created_at < ?
+                LIMIT {CLEANUP_CHUNK})
+            RETURNING user_id, read, priority""", (now_ms, cutoff_ms)).fetchall()
+        totals: Counter = Counter()
+        unread: dict[str, Counter] = defaultdict(Counter)
+        for user_id, read, priority in deleted:
+            totals[user_id] -= 1
+            if not read:
+                unread[user_id][priority] -= 1
+        for user_id, total in totals.items():
+            _change_state(connection, user_id, total, unread[user_id],
+                          expiry_due=_next_expiry(connection, user_id))
+        return len(deleted)
+
+
+def _update_preferences(connection, user_id: str, changes: dict[str, dict[str, bool]], now_ms: int) -> None:
+    with transaction(connection):
+        row = connection.execute("SELECT channels FROM channel_settings WHERE user_id = ?",
+                                 (user_id,)).fetchone()
+        channels = json.loads(row[0]) if row else {}
+        for name, change in changes.items():
+            current = channels.get(name, {"enabled": True, "push": True})
+            channels[name] = {**current, **change}
+        connection.execute("""
+            INSERT INTO channel_settings (user_id, channels, updated_at) VALUES (?, ?, ?)
+            ON CONFLICT (user_id) DO UPDATE SET channels = excluded.channels,
+                updated_at = excluded.updated_at""", (user_id, json.dumps(channels), now_ms))
+
+
+def _event(row: tuple) -> dict[str, Any]:
+    event_id, event_type, state, notifications, created_at = row
+    return {"_id": event_id, "type": event_type, "state": state,
+            "notifications": json.loads(notifications), "created_at": from_ms(created_at)}
+
+
+def _claim_event(connection, event_id: str, event_type: str, now_ms: int) -> dict[str, Any] | None:
+    with transaction(connection):
+        inserted = connection.execute("""
+            INSERT INTO events (id, type, state, notifications, created_at)
+            VALUES (?, ?, 'pending', '[]', ?) ON CONFLICT (id) DO NOTHING""",
+            (event_id, event_type, now_ms)).rowcount
+        if inserted:
+            return None
+        return _event(connection.execute("""
+            SELECT id, type, state, notifications, created_at FROM events WHERE id = ?""",
+            (event_id,)).fetchone())
+
+
+def _import(connection, notifications, preferences, subscriptions, events) -> None:
+    with transaction(connection):
+        connection.executemany(INSERT_NOTIFICATION + " ON CONFLICT DO NOTHING",
+                               (_row(_complete(document)) for document in notifications))
+        for document in preferences:
+            connection.execute("""
+                INSERT INTO channel_settings (user_id, channels, updated_at) VALUES (?, ?, ?)
+                ON CONFLICT DO NOTHING""",
+                (document["_id"], json.dumps(document.get("channels", {})),
+                 to_ms(document.get("updated_at") or utcnow())))
+        for document in subscriptions:
+            keys = document.get("keys", {})
+            connection.execute("""
+                INSERT INTO push_subscriptions (endpoint, user_id, p256dh, auth, created_at, updated_at)
+                VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING""",
+                (document["endpoint"], document["user_id"], keys.get("p256dh", ""),
+                 keys.get("auth", ""), to_ms(document.get("created_at") or utcnow()),
+                 to_ms(document.get("updated_at") or utcnow())))
+        for document in events:
+            connection.execute("""
+                INSERT INTO events (id, type, state, notifications, created_at, completed_at)
+                VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING""",
+                (document["_id"], document["type"], document["state"],
+                 json.dumps(document.get("notifications", [])),
+                 to_ms(document.get("created_at") or utcnow()), to_ms(document.get("completed_at"))))
+
+
+def _complete(document: dict[str, Any]) -> dict[str, Any]:
+    """A stored document with every field, whatever version wrote it."""
+    return {"read_at": None, "action_url": None, "data": {}, "expires_at": NEVER, **document,
+            "created_at": _aware(document["created_at"]),
+            "expires_at": _aware(document.get("expires_at") or NEVER),
+            "read_at": _aware(document.get("read_at"))}
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=timezone.utc)
+
+
+def _rebuild_states(connection) -> int:
+    with transaction(connection):
+        connection.execute("DELETE FROM user_state")
+        unread = ", ".join(f"sum(read = 0 AND priority = '{p}')" for p in PRIORITIES)
+        return connection.execute(f"""
+            INSERT INTO user_state (user_id, {STATE_COLUMNS}, expiry_due)
+            SELECT user_id, max(seq), count(*), {unread},
+                   coalesce(min(CASE WHEN expires_at < {NEVER_MS} THEN expires_at END), {NEVER_MS})
+            FROM notifications GROUP BY user_id""").rowcount
