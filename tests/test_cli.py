@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import json
 import os
 import re
@@ -100,12 +101,12 @@ class Deployment:
         secret = (self.data_dir / "jwt-secret").read_text(encoding="utf-8").strip()
         return token(user, roles, secret=secret)
 
-    def serve(self) -> tuple[subprocess.Popen, Path]:
+    def serve(self, *args: str) -> tuple[subprocess.Popen, Path]:
         """Start `serve` and wait for its ready line; returns the process and its log file."""
         log_path = self.folder / f"serve-{len(self.servers)}.log"
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "mojavox_notify", "serve", "--settings", "settings.yaml"],
+                [sys.executable, "-m", "mojavox_notify", "serve", "--settings", "settings.yaml", *args],
                 cwd=self.folder, env=clean_environment(), stdout=log, stderr=subprocess.STDOUT)
         self.servers.append(process)
         ready = wait_for(lambda: process.poll() is not None or "serving on" in log_path.read_text(),
@@ -310,6 +311,30 @@ def test_notification_survives_sigkill_of_the_server_and_a_restart(deployment):
     assert status == 200
     assert [n["id"] for n in page["notifications"]] == [created["id"]]
     assert page["notifications"][0] == created
+
+
+def test_two_server_processes_share_the_embedded_file(deployment):
+    """Two `serve` processes on one data folder: both write one user's notifications at once,
+    and each reads every one of them with exact counts."""
+    deployment.serve()
+    other_port = free_port()
+    deployment.serve("--port", str(other_port))
+    user = new_user()
+    service = deployment.token(new_user("svc"), roles=("service",))
+    urls = [deployment.url, f"http://127.0.0.1:{other_port}"]
+
+    def create(url):
+        return [http("POST", f"{url}/api/notifications", service, draft(user, message=f"{url} {i}"))
+                for i in range(15)]
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        answers = [answer for batch in pool.map(create, urls) for answer in batch]
+    assert all(status == 201 for status, _ in answers), answers
+    created = {body["id"] for _, body in answers}
+    for url in urls:
+        status, page = http("GET", f"{url}/api/notifications?limit=100", deployment.token(user))
+        assert {n["id"] for n in page["notifications"]} == created
+        assert page["total"] == 30 and page["unreadCount"] == 30
 
 
 # -- emit and cleanup --------------------------------------------------------------------------------

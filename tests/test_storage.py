@@ -1,43 +1,33 @@
-"""Storage: notifications persist across restarts, and the embedded nx-27017 child is started,
-watched and stopped by the app itself."""
+"""Storage as the app uses it: persistence across restarts on both engines, the embedded SQLite
+file shared by two apps, and the one-time import of a data folder the earlier nx-27017 default
+wrote."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import socket
-from datetime import datetime, timedelta, timezone
+import subprocess
+import sys
 
 import pytest
+from bson import ObjectId
 
 from mojavox_notify.app import NotifyApp, StartupError
+from mojavox_notify.model import Draft
+from mojavox_notify.settings import load_settings
+from mojavox_notify.store.importer import IMPORTED_MARKER
+from mojavox_notify.store.mongo import MongoStore
+from mojavox_notify.store.nx27017 import Nx27017Child
 
-from .support import new_user, token
+from .support import both_engines, new_user, token
 
 BASE = "/api/notifications"
+gen_test = pytest.mark.gen_test(timeout=60)
 
 
-def process_exists(pid: int) -> bool:
-    """True while `pid` is a live process (a zombie or a reused pid counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            state = stat.read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
-
-
-async def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            return False
-        await asyncio.sleep(interval)
-    return True
-
-
-@pytest.mark.gen_test(timeout=60)
+@both_engines
+@gen_test
 async def test_notifications_survive_an_app_restart(start_app, make_settings):
     settings = make_settings()
     first = await start_app(settings=settings)
@@ -52,7 +42,7 @@ async def test_notifications_survive_an_app_restart(start_app, make_settings):
     status, page = await second.api.get(BASE, token(user))
     assert status == 200
     assert page["notifications"] == [{**read, "read": True}, unread]
-    assert page["unreadCount"] == 1
+    assert page["unreadCount"] == 1 and page["total"] == 2
     status, preferences = await second.api.get(f"{BASE}/settings", token(user))
     assert preferences["channels"]["call_completed"]["enabled"] is False
     newer = await second.api.notify(user, title="After restart")
@@ -60,86 +50,135 @@ async def test_notifications_survive_an_app_restart(start_app, make_settings):
     assert [n["id"] for n in page["notifications"]] == [newer["id"], read["id"], unread["id"]]
 
 
-@pytest.mark.gen_test(timeout=60)
-async def test_embedded_storage_runs_end_to_end_and_stops_with_the_app(start_app, make_settings):
-    settings = make_settings(**{"mongodb.url": "embedded"})
+@gen_test
+async def test_embedded_is_a_sqlite_file_in_the_data_folder_with_no_child_process(start_app, make_settings):
+    settings = make_settings(**{"storage.url": "embedded"})
     app = await start_app(settings=settings)
-    assert app.embedded is not None and app.embedded.alive
-    pid = app.embedded._process.pid
-    assert process_exists(pid)
-    assert (settings.data_path / "mongo").is_dir()
-
     user = new_user()
     created = await app.api.notify(user, title="Embedded")
     status, page = await app.api.get(BASE, token(user))
     assert [n["id"] for n in page["notifications"]] == [created["id"]]
     status, health = await app.api.get("/healthz")
     assert status == 200
-    assert "embedded nx-27017" in health["storage"]["backend"]
+    assert health["storage"] == {"ok": True, "backend": f"embedded SQLite {settings.data_path / 'notify.db'}"}
+    assert (settings.data_path / "notify.db").is_file()
+    assert not processes_naming(settings.data_path), "no child process serves the data folder"
 
-    await app.stop()
-    assert not process_exists(pid), "the nx-27017 child must be gone after stop()"
+
+def processes_naming(folder) -> list[int]:
+    needle = str(folder).encode()
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/cmdline", "rb") as command:
+                    if needle in command.read():
+                        found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
 
 
-@pytest.mark.gen_test(timeout=60)
-async def test_embedded_storage_keeps_notifications_across_a_restart(start_app, make_settings):
-    settings = make_settings(**{"mongodb.url": "embedded"})
+@gen_test
+async def test_two_apps_on_one_embedded_file_see_each_others_writes_in_one_sequence(start_app, make_settings):
+    settings = make_settings(**{"rate_limits.notifications_per_minute": 0})
     first = await start_app(settings=settings)
-    user = new_user()
-    created = await first.api.notify(user, title="Kept on disk")
-    await first.stop()
-
     second = await start_app(settings=settings)
-    status, page = await second.api.get(BASE, token(user))
-    assert [n["id"] for n in page["notifications"]] == [created["id"]]
+    user = new_user()
+
+    async def create(app, count):
+        for index in range(count):
+            await app.api.notify(user, message=f"{app.port}-{index}")
+
+    await asyncio.gather(create(first, 20), create(second, 20))
+    status, page = await second.api.get(f"{BASE}?limit=100", token(user))
+    assert page["total"] == 40 and page["unreadCount"] == 40
+    documents = await first.store.after(user, 0, 100)
+    assert [d["seq"] for d in documents] == list(range(1, 41))
+    await first.api.post(f"{BASE}/read-all", token(user))
+    status, counts = await second.api.get(f"{BASE}/unread-count", token(user))
+    assert counts["count"] == 0
 
 
-@pytest.mark.gen_test(timeout=60)
-async def test_healthz_is_503_when_the_embedded_child_dies(start_app, make_settings):
-    app = await start_app(settings=make_settings(**{"mongodb.url": "embedded"}))
-    status, _ = await app.api.get("/healthz")
-    assert status == 200
-
-    os.kill(app.embedded._process.pid, signal.SIGKILL)
-    assert await wait_until(lambda: not app.embedded.alive), "the app notices its child died"
-
-    status, health = await app.api.get("/healthz")
-    assert status == 503
-    assert health["status"] == "unavailable"
-    assert health["storage"]["ok"] is False
-    assert health["broker"]["ok"] is True
-
-
-@pytest.mark.gen_test(timeout=60)
+@gen_test
 async def test_start_up_refuses_a_mongodb_url_nobody_answers_on(make_settings):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    settings = make_settings(**{"mongodb.url": f"mongodb://127.0.0.1:{port}/?directConnection=true",
+    settings = make_settings(**{"storage.url": f"mongodb://127.0.0.1:{port}/?directConnection=true",
                                 "mongodb.server_selection_timeout_seconds": 0.3})
     app = NotifyApp(settings)
     with pytest.raises(StartupError) as caught:
         await app.open_storage()
     await app.stop()
-    assert "mongodb.url" in str(caught.value)
+    assert "storage.url" in str(caught.value)
     assert f"127.0.0.1:{port}" in str(caught.value)
 
 
-@pytest.mark.parametrize("scan_limit", [1000, 2])
-@pytest.mark.gen_test(timeout=30)
-async def test_unread_counts_by_priority_leave_out_read_and_expired(start_app, monkeypatch, scan_limit):
-    """Both ways of counting (a scan of priorities, and per-priority counts past the scan
-    limit) agree."""
-    monkeypatch.setattr("mojavox_notify.store.UNREAD_SCAN_LIMIT", scan_limit)
-    app = await start_app()
-    user = new_user()
-    for priority in ("low", "high", "high", "critical"):
-        await app.api.notify(user, priority=priority)
-    read = await app.api.notify(user, priority="medium")
-    await app.api.post(f"{BASE}/{read['id']}/read", token(user))
-    soon = datetime.now(timezone.utc) + timedelta(seconds=1)
-    await app.api.notify(user, priority="low", expiresAt=soon.isoformat())
-    await asyncio.sleep(1.2)
-    status, counts = await app.api.get(f"{BASE}/unread-count", token(user))
-    assert status == 200
-    assert counts == {"count": 4, "byPriority": {"low": 1, "medium": 0, "high": 2, "critical": 1}}
+@gen_test
+async def test_an_unusable_data_folder_is_named_at_start_up(make_settings, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the data folder should be")
+    app = NotifyApp(make_settings(**{"storage.url": "embedded", "data_dir": str(blocker / "data")}))
+    with pytest.raises(StartupError) as caught:
+        await app.open_storage()
+    await app.stop()
+    assert str(blocker) in str(caught.value) and "storage.url" in str(caught.value)
+
+
+async def write_legacy_folder(data_dir, users: list[str]) -> list[str]:
+    """Data as the earlier embedded default left it: nx-27017 files under data_dir/mongo."""
+    child = Nx27017Child(data_dir)
+    url = await child.start()
+    settings = load_settings(None, environ={}, overrides={"storage.url": url})
+    store = MongoStore.connect(url, settings.mongodb)
+    try:
+        await store.open()
+        drafts = [Draft(user_id=user, type="payment_received", title="Old", message=f"old {i}",
+                        priority="high") for i in range(3) for user in users]
+        created = await store.insert_many(drafts, event_id="legacy-event")
+        await store.mark_read(users[0], created[0].document["_id"])
+        await store.update_preferences(users[0], {"call_completed": {"enabled": False}})
+        await store.claim_event("legacy-event", "payment.received")
+        await store.complete_event("legacy-event", [str(c.document["_id"]) for c in created])
+        return [str(c.document["_id"]) for c in created]
+    finally:
+        await store.close()
+        await child.stop()
+
+
+@gen_test(timeout=120)
+async def test_an_nx27017_data_folder_is_refused_until_imported_then_served(start_app, make_settings, tmp_path):
+    settings = make_settings(**{"storage.url": "embedded"})
+    alice, bob = new_user(), new_user()
+    legacy_ids = await write_legacy_folder(settings.data_path, [alice, bob])
+
+    with pytest.raises(StartupError) as caught:
+        await NotifyApp(settings).open_storage()
+    assert "mojavox-notify import-nx27017" in str(caught.value)
+    assert str(settings.data_path / "mongo") in str(caught.value)
+
+    settings_file = tmp_path / "settings.yaml"
+    settings_file.write_text(f"data_dir: {settings.data_path}\n", encoding="utf-8")
+    imported = await asyncio.get_running_loop().run_in_executor(None, lambda: subprocess.run(
+        [sys.executable, "-m", "mojavox_notify", "import-nx27017", "--settings", str(settings_file)],
+        capture_output=True, text=True, timeout=90))
+    assert imported.returncode == 0, imported.stderr
+    assert "imported 6 notifications of 2 users" in imported.stdout
+    assert (settings.data_path / "mongo" / IMPORTED_MARKER).exists()
+
+    app = await start_app(settings=settings)
+    status, page = await app.api.get(BASE, token(alice))
+    assert sorted(n["id"] for n in page["notifications"]) == sorted(legacy_ids[0::2])
+    assert page["unreadCount"] == 2 and page["total"] == 3
+    newer = await app.api.notify(alice, title="After import")
+    assert (await app.store.get(alice, ObjectId(newer["id"])))["seq"] == 4
+    status, preferences = await app.api.get(f"{BASE}/settings", token(alice))
+    assert preferences["channels"]["call_completed"]["enabled"] is False
+    assert (await app.store.event("legacy-event"))["state"] == "done"
+
+    again = await asyncio.get_running_loop().run_in_executor(None, lambda: subprocess.run(
+        [sys.executable, "-m", "mojavox_notify", "import-nx27017", "--settings", str(settings_file)],
+        capture_output=True, text=True, timeout=90))
+    assert again.returncode == 2 and "nothing to import" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1

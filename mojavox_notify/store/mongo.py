@@ -1,7 +1,10 @@
 """The MongoDB engine, through PyMongo's async API: for several hosts and a replica set.
 
 Each user has a counter document in `user_state` (`_id` = user id) with the newest `seq`, the
-number stored and the unread counts per priority, so no hot path counts documents.
+number stored (`total`), the unread counts per priority (`unread_low` … `unread_critical`) and
+`expiry_due`, the earliest expiry among their notifications in epoch milliseconds, so no hot
+path counts documents. The fields are flat integers: plain `$inc`/`$max`/`$min` on them behave
+the same on every server that speaks MongoDB's protocol.
 
 Sequence numbers stay gap-free without transactions: a writer reads the counter (by `_id`),
 inserts `seq` = counter + 1 under the unique (user_id, seq) index, and only then raises the
@@ -20,7 +23,7 @@ import asyncio
 import functools
 import logging
 from collections import Counter, defaultdict
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
 from bson import ObjectId
@@ -38,6 +41,14 @@ SEQ_RETRIES = 100
 CLEANUP_CHUNK = 5000
 DUPLICATE_KEY = 11000
 SCHEMA_VERSION = 2  # 2: per-user counter documents in user_state
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def to_ms(moment: datetime) -> int:
+    return (moment - EPOCH) // timedelta(milliseconds=1)
+
+
+NEVER_MS = to_ms(NEVER)
 
 
 def _storage_errors(method):
@@ -54,9 +65,8 @@ def _storage_errors(method):
 def _state(document: dict | None) -> UserState:
     if document is None:
         return UserState()
-    unread = document.get("unread") or {}
     return UserState(seq=document.get("seq", 0), total=document.get("total", 0),
-                     unread={priority: unread.get(priority, 0) for priority in PRIORITIES})
+                     unread={p: document.get(f"unread_{p}", 0) for p in PRIORITIES})
 
 
 def redacted(url: str) -> str:
@@ -135,12 +145,13 @@ class MongoStore(NotificationStore):
             {}, {"user_id": 1, "seq": 1, "read": 1, "priority": 1, "expires_at": 1, "_id": 0})
         async for document in cursor:
             state = states.setdefault(document["user_id"], {
-                "seq": 0, "total": 0, "unread": dict.fromkeys(PRIORITIES, 0), "expiry_due": NEVER})
+                "seq": 0, "total": 0, **{f"unread_{p}": 0 for p in PRIORITIES},
+                "expiry_due": NEVER_MS})
             state["seq"] = max(state["seq"], document["seq"])
             state["total"] += 1
             if not document["read"]:
-                state["unread"][document["priority"]] += 1
-            state["expiry_due"] = min(state["expiry_due"], document["expires_at"])
+                state[f"unread_{document['priority']}"] += 1
+            state["expiry_due"] = min(state["expiry_due"], to_ms(document["expires_at"]))
         for user_id, state in states.items():
             await self.states.replace_one({"_id": user_id}, state, upsert=True)
         return len(states)
@@ -214,7 +225,7 @@ class MongoStore(NotificationStore):
         document = await self.states.find_one({"_id": user_id})
         if document is None:
             return UserState()
-        if document.get("expiry_due", NEVER) <= utcnow():
+        if document.get("expiry_due", NEVER_MS) <= to_ms(utcnow()):
             await self._delete_counted({"user_id": user_id, "expires_at": {"$lte": utcnow()}})
             document = await self.states.find_one({"_id": user_id})
         return _state(document)
@@ -278,7 +289,7 @@ class MongoStore(NotificationStore):
         return await self._add_to_state(user_id, -1, {} if deleted["read"] else {deleted["priority"]: -1})
 
     async def _add_to_state(self, user_id: str, total: int, unread: dict[str, int]) -> UserState:
-        increments = {"total": total, **{f"unread.{p}": count for p, count in unread.items() if count}}
+        increments = {"total": total, **{f"unread_{p}": count for p, count in unread.items() if count}}
         document = await self.states.find_one_and_update(
             {"_id": user_id}, {"$inc": increments}, upsert=True,
             return_document=ReturnDocument.AFTER)
@@ -324,11 +335,11 @@ class MongoStore(NotificationStore):
                                          {"$set": {"expiry_due": await self._next_expiry(user_id)}})
         return len(found)
 
-    async def _next_expiry(self, user_id: str):
+    async def _next_expiry(self, user_id: str) -> int:
         soonest = await self.notifications.find_one(
             {"user_id": user_id, "expires_at": {"$lt": NEVER}}, {"expires_at": 1},
             sort=[("expires_at", ASCENDING)])
-        return soonest["expires_at"] if soonest else NEVER
+        return to_ms(soonest["expires_at"]) if soonest else NEVER_MS
 
     # -- channel preferences -----------------------------------------------------------------
 
@@ -427,9 +438,6 @@ def _visible(user_id: str) -> dict[str, Any]:
 def _count_created(document: dict) -> UpdateOne:
     """The counter change of one stored notification: raise `seq` to it, count it unread."""
     update = {"$max": {"seq": document["seq"]},
-              "$inc": {"total": 1, f"unread.{document['priority']}": 1}}
-    if document["expires_at"] < NEVER:
-        update["$min"] = {"expiry_due": document["expires_at"]}
-    else:
-        update["$setOnInsert"] = {"expiry_due": NEVER}
+              "$inc": {"total": 1, f"unread_{document['priority']}": 1},
+              "$min": {"expiry_due": to_ms(document["expires_at"])}}
     return UpdateOne({"_id": document["user_id"]}, update, upsert=True)

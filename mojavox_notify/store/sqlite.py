@@ -581,22 +581,23 @@ def _import(connection, notifications, preferences, subscriptions, events) -> No
                 INSERT INTO channel_settings (user_id, channels, updated_at) VALUES (?, ?, ?)
                 ON CONFLICT DO NOTHING""",
                 (document["_id"], json.dumps(document.get("channels", {})),
-                 to_ms(document.get("updated_at") or utcnow())))
+                 to_ms(_aware(document.get("updated_at")) or utcnow())))
         for document in subscriptions:
             keys = document.get("keys", {})
             connection.execute("""
                 INSERT INTO push_subscriptions (endpoint, user_id, p256dh, auth, created_at, updated_at)
                 VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING""",
                 (document["endpoint"], document["user_id"], keys.get("p256dh", ""),
-                 keys.get("auth", ""), to_ms(document.get("created_at") or utcnow()),
-                 to_ms(document.get("updated_at") or utcnow())))
+                 keys.get("auth", ""), to_ms(_aware(document.get("created_at")) or utcnow()),
+                 to_ms(_aware(document.get("updated_at")) or utcnow())))
         for document in events:
             connection.execute("""
                 INSERT INTO events (id, type, state, notifications, created_at, completed_at)
                 VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING""",
                 (document["_id"], document["type"], document["state"],
                  json.dumps(document.get("notifications", [])),
-                 to_ms(document.get("created_at") or utcnow()), to_ms(document.get("completed_at"))))
+                 to_ms(_aware(document.get("created_at")) or utcnow()),
+                 to_ms(_aware(document.get("completed_at")))))
 
 
 def _complete(document: dict[str, Any]) -> dict[str, Any]:
@@ -607,10 +608,14 @@ def _complete(document: dict[str, Any]) -> dict[str, Any]:
             "read_at": _aware(document.get("read_at"))}
 
 
-def _aware(moment: datetime | None) -> datetime | None:
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=timezone.utc)
+def _aware(moment: datetime | str | None) -> datetime | None:
+    """A time as nx-27017 stored it (a datetime, or an ISO string when it came through `$set`),
+    as an aware UTC datetime."""
+    if moment is None:
+        return None
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
 
 
 def _rebuild_states(connection) -> int:

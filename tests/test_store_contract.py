@@ -1,0 +1,314 @@
+"""The storage contract: every engine behind `NotificationStore` passes these, unchanged.
+
+Each test runs on the embedded SQLite engine and on the MongoDB engine (over the wire against a
+real nx-27017). The counters are checked against a recount of what is stored, after every kind
+of change, since every hot path trusts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import timedelta
+
+import pytest
+from bson import ObjectId
+
+from mojavox_notify.errors import NotFoundError
+from mojavox_notify.model import PRIORITIES, ChannelPreference, Draft, PushSubscription, utcnow
+from mojavox_notify.store import NotificationStore, UserState, build_store
+
+from .support import both_engines, new_user
+
+pytestmark = both_engines
+gen_test = pytest.mark.gen_test(timeout=60)
+
+
+@pytest.fixture
+def open_store(io_loop, make_settings):
+    """`await open_store()` → an opened store on the test's storage; closed after the test."""
+    opened: list[NotificationStore] = []
+
+    async def open_one(**overrides) -> NotificationStore:
+        store = build_store(make_settings(**overrides))
+        await store.open()
+        opened.append(store)
+        return store
+
+    yield open_one
+    for store in opened:
+        io_loop.run_sync(store.close)
+
+
+def draft(user: str, priority: str = "high", expires_in: float | None = None, **fields) -> Draft:
+    expires_at = utcnow() + timedelta(seconds=expires_in) if expires_in is not None else None
+    values = {"type": "payment_received", "title": "Payment Received", "message": "paid",
+              "data": {"amount": 1}, "action_url": "/payment-history", **fields}
+    return Draft(user_id=user, priority=priority, expires_at=expires_at, **values)
+
+
+async def recount(store: NotificationStore, user: str) -> UserState:
+    """The user's counters computed from the stored, unexpired notifications themselves."""
+    documents = await store.after(user, 0, 10_000)
+    unread = {priority: 0 for priority in PRIORITIES}
+    for document in documents:
+        if not document["read"]:
+            unread[document["priority"]] += 1
+    return UserState(seq=max((d["seq"] for d in documents), default=0), total=len(documents),
+                     unread=unread)
+
+
+async def assert_counters_exact(store: NotificationStore, user: str) -> UserState:
+    state = await store.state(user)
+    truth = await recount(store, user)
+    assert (state.total, dict(state.unread)) == (truth.total, truth.unread)
+    assert state.seq >= truth.seq
+    return state
+
+
+@gen_test
+async def test_sequence_numbers_start_at_one_per_user_and_have_no_gaps(open_store):
+    store = await open_store()
+    alice, bob = new_user(), new_user()
+    for _ in range(3):
+        await store.insert(draft(alice))
+    created = await store.insert(draft(bob))
+    assert created.document["seq"] == 1 and created.state.seq == 1
+    assert [d["seq"] for d in await store.after(alice, 0, 10)] == [1, 2, 3]
+    assert (await store.state(alice)).seq == 3
+
+
+@gen_test
+async def test_insert_many_keeps_order_and_returns_each_users_state(open_store):
+    store = await open_store()
+    users = [new_user() for _ in range(5)]
+    drafts = [draft(user, priority=PRIORITIES[i % 4]) for i, user in enumerate(users)]
+    drafts += [draft(users[0], priority="critical"), draft(users[0], priority="low")]
+    created = await store.insert_many(drafts, event_id="evt-1")
+    assert [c.document["user_id"] for c in created] == [d.user_id for d in drafts]
+    assert [c.document["seq"] for c in created if c.document["user_id"] == users[0]] == [1, 2, 3]
+    assert all(c.document["event_id"] == "evt-1" for c in created)
+    first = await store.state(users[0])
+    assert first.seq == 3 and first.total == 3
+    assert first.unread == {"low": 2, "medium": 0, "high": 0, "critical": 1}
+    for user in users:
+        await assert_counters_exact(store, user)
+    stored = await store.notifications_of_event("evt-1")
+    assert [str(d["_id"]) for d in stored] == [str(c.document["_id"]) for c in created]
+
+
+@gen_test
+async def test_a_stored_document_reads_back_as_it_was_written(open_store):
+    store = await open_store()
+    user = new_user()
+    created = (await store.insert(draft(user, data={"n": [1, 2, {"x": "é"}]}, expires_in=3600))).document
+    got = await store.get(user, created["_id"])
+    for key in ("_id", "user_id", "seq", "type", "title", "message", "priority", "data",
+                "action_url", "read", "created_at", "expires_at"):
+        assert got[key] == created[key], key
+    assert got["created_at"].tzinfo is not None
+
+
+@gen_test
+async def test_list_is_newest_first_with_totals_from_the_counters(open_store):
+    store = await open_store()
+    user = new_user()
+    ids = [str((await store.insert(draft(user, priority="low"))).document["_id"]) for _ in range(7)]
+    await store.mark_read(user, ObjectId(ids[0]))
+    page, total = await store.list(user, limit=3, offset=0, unread_only=False)
+    assert [str(d["_id"]) for d in page] == ids[::-1][:3] and total == 7
+    page, total = await store.list(user, limit=3, offset=6, unread_only=False)
+    assert [str(d["_id"]) for d in page] == [ids[0]]
+    page, total = await store.list(user, limit=10, offset=0, unread_only=True)
+    assert [str(d["_id"]) for d in page] == ids[:0:-1] and total == 6
+
+
+@gen_test
+async def test_after_and_newest_between_select_by_sequence(open_store):
+    store = await open_store()
+    user = new_user()
+    for _ in range(6):
+        await store.insert(draft(user))
+    assert [d["seq"] for d in await store.after(user, 2, 3)] == [3, 4, 5]
+    assert [d["seq"] for d in await store.newest_between(user, 1, 5, 2)] == [5, 4]
+    assert await store.after(new_user(), 0, 10) == []
+
+
+@gen_test
+async def test_another_users_notification_is_not_found_anywhere(open_store):
+    store = await open_store()
+    owner, other = new_user(), new_user()
+    created = (await store.insert(draft(owner))).document
+    with pytest.raises(NotFoundError):
+        await store.get(other, created["_id"])
+    with pytest.raises(NotFoundError):
+        await store.mark_read(other, created["_id"])
+    with pytest.raises(NotFoundError):
+        await store.delete(other, created["_id"])
+    with pytest.raises(NotFoundError):
+        await store.get(owner, ObjectId())
+    assert (await store.state(owner)).unread_total == 1
+
+
+@gen_test
+async def test_mark_read_mark_all_read_and_delete_keep_the_counters_exact(open_store):
+    store = await open_store()
+    user = new_user()
+    created = [(await store.insert(draft(user, priority=p))).document for p in PRIORITIES * 2]
+    changed, state = await store.mark_read(user, created[0]["_id"])
+    assert changed and state.unread["low"] == 1 and state.total == 8
+    changed, state = await store.mark_read(user, created[0]["_id"])
+    assert not changed and state.unread["low"] == 1
+    state = await store.delete(user, created[1]["_id"])
+    assert state.total == 7 and state.unread["medium"] == 1
+    state = await store.delete(user, created[0]["_id"])
+    assert state.total == 6 and state.unread["low"] == 1, "deleting a read one leaves unread alone"
+    await assert_counters_exact(store, user)
+    changed, state = await store.mark_all_read(user)
+    assert changed == 6 and state.unread_total == 0 and state.total == 6
+    changed, state = await store.mark_all_read(user)
+    assert changed == 0
+    await assert_counters_exact(store, user)
+
+
+@gen_test
+async def test_expired_notifications_leave_reads_and_counters_when_they_expire(open_store):
+    store = await open_store()
+    user = new_user()
+    await store.insert(draft(user, priority="low", expires_in=0.4))
+    kept = (await store.insert(draft(user, priority="high"))).document
+    assert (await store.state(user)).unread_total == 2
+    await asyncio.sleep(0.6)
+    state = await store.state(user)
+    assert state.total == 1 and state.unread == {"low": 0, "medium": 0, "high": 1, "critical": 0}
+    page, total = await store.list(user, 10, 0, False)
+    assert [d["_id"] for d in page] == [kept["_id"]] and total == 1
+    assert [d["_id"] for d in await store.after(user, 0, 10)] == [kept["_id"]]
+    await assert_counters_exact(store, user)
+
+
+@gen_test
+async def test_delete_expired_removes_expired_and_past_retention_with_exact_counters(open_store):
+    store = await open_store()
+    alice, bob = new_user(), new_user()
+    await store.insert(draft(alice, priority="low", expires_in=0.3))
+    read = (await store.insert(draft(alice, priority="critical", expires_in=0.3))).document
+    await store.mark_read(alice, read["_id"])
+    await store.insert(draft(alice))
+    await store.insert(draft(bob, priority="medium", expires_in=0.3))
+    await asyncio.sleep(0.5)
+    assert await store.delete_expired(retention_days=90) == 3
+    assert await store.delete_expired(retention_days=90) == 0
+    for user in (alice, bob):
+        await assert_counters_exact(store, user)
+    assert (await store.state(alice)).total == 1
+    assert (await store.state(bob)).unread_total == 0
+
+
+@gen_test
+async def test_retention_keeps_recent_notifications(open_store):
+    store = await open_store()
+    user = new_user()
+    await store.insert(draft(user))
+    assert await store.delete_expired(retention_days=1) == 0
+    assert (await store.state(user)).total == 1
+
+
+@gen_test
+async def test_counters_match_a_recount_after_a_random_mix_of_changes(open_store):
+    store = await open_store()
+    users = [new_user() for _ in range(3)]
+    rng = random.Random(7)
+    live: dict[str, list] = {user: [] for user in users}
+    for _ in range(120):
+        user = rng.choice(users)
+        action = rng.random()
+        if action < 0.5 or not live[user]:
+            batch = [draft(rng.choice(users), priority=rng.choice(PRIORITIES)) for _ in range(rng.randint(1, 4))]
+            for created in await store.insert_many(batch):
+                live[created.document["user_id"]].append(created.document["_id"])
+        elif action < 0.7:
+            await store.mark_read(user, rng.choice(live[user]))
+        elif action < 0.85:
+            victim = live[user].pop(rng.randrange(len(live[user])))
+            await store.delete(user, victim)
+        else:
+            await store.mark_all_read(user)
+    for user in users:
+        state = await assert_counters_exact(store, user)
+        assert state.total == len(live[user])
+
+
+@gen_test
+async def test_two_writers_on_one_storage_interleave_without_gaps(open_store):
+    """Two store objects (two connections, as two processes would have) writing for one user."""
+    first, second = await open_store(), await open_store()
+    user = new_user()
+
+    async def write(store, count):
+        for _ in range(count):
+            await store.insert_many([draft(user), draft(new_user())])
+
+    await asyncio.gather(write(first, 30), write(second, 30))
+    assert [d["seq"] for d in await first.after(user, 0, 100)] == list(range(1, 61))
+    state = await assert_counters_exact(second, user)
+    assert state.seq == 60 and state.total == 60
+
+
+@gen_test
+async def test_preferences_are_read_for_many_users_at_once_and_merge_on_update(open_store):
+    store = await open_store()
+    alice, bob, carol = new_user(), new_user(), new_user()
+    await store.update_preferences(alice, {"call_completed": {"enabled": False}})
+    await store.update_preferences(alice, {"call_completed": {"push": False},
+                                           "agent_alert": {"push": False}})
+    await store.update_preferences(bob, {"system_alert": {"enabled": False, "push": False}})
+    found = await store.preferences_of_many([alice, bob, carol])
+    assert found[alice] == {"call_completed": ChannelPreference(enabled=False, push=False),
+                            "agent_alert": ChannelPreference(enabled=True, push=False)}
+    assert found[bob] == {"system_alert": ChannelPreference(enabled=False, push=False)}
+    assert carol not in found
+    assert await store.preferences_of(carol) == {}
+
+
+@gen_test
+async def test_push_subscriptions_belong_to_whoever_registered_the_endpoint_last(open_store):
+    store = await open_store()
+    alice, bob = new_user(), new_user()
+    endpoint = f"https://push.example.com/{new_user()}"
+    await store.save_push_subscription(alice, PushSubscription(endpoint, "p1", "a1"))
+    await store.save_push_subscription(bob, PushSubscription(endpoint, "p2", "a2"))
+    assert await store.push_subscriptions_of(alice) == []
+    [saved] = await store.push_subscriptions_of(bob)
+    assert saved["endpoint"] == endpoint and saved["keys"] == {"p256dh": "p2", "auth": "a2"}
+    assert saved["user_id"] == bob
+    with pytest.raises(NotFoundError):
+        await store.remove_push_subscription(alice, endpoint)
+    await store.remove_push_subscription(bob, endpoint)
+    assert await store.push_subscriptions_of(bob) == []
+
+
+@gen_test
+async def test_an_event_id_is_claimed_once_completed_and_released(open_store):
+    store = await open_store()
+    event_id = new_user("event")
+    assert await store.claim_event(event_id, "payment.received") is None
+    earlier = await store.claim_event(event_id, "payment.received")
+    assert earlier["state"] == "pending" and earlier["type"] == "payment.received"
+    assert earlier["created_at"].tzinfo is not None
+    await store.release_event(event_id)
+    assert await store.event(event_id) is None
+    assert await store.claim_event(event_id, "payment.received") is None
+    await store.complete_event(event_id, ["a", "b"])
+    record = await store.event(event_id)
+    assert record["state"] == "done" and record["notifications"] == ["a", "b"]
+    await store.release_event(event_id)
+    assert (await store.event(event_id))["state"] == "done", "a completed event is never released"
+
+
+@gen_test
+async def test_ping_answers_and_an_unknown_user_has_empty_state(open_store):
+    store = await open_store()
+    assert await store.ping() is True
+    assert await store.state(new_user()) == UserState()
+    assert await store.list(new_user(), 10, 0, False) == ([], 0)
