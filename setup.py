@@ -21,6 +21,7 @@ setup(
         "pywebpush>=2,<3",
         "nh3>=0.2.17,<0.4",
         "PyYAML>=6,<7",
+        "orjson>=3.9,<4",
     ],
     extras_require={
         "test": [

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import gc
 import json
 import logging
 import signal
@@ -134,6 +135,7 @@ async def _serve_until_signalled(settings: Settings) -> int:
     except BaseException:
         await app.stop()
         raise
+    _tune_garbage_collection()
     log.info("MOJAVOX Notify serving on %s (WebSocket %s) · storage: %s · broker: %s",
              app.url, settings.server.ws_path, app.storage_name, app.broker.name)
     await stop.wait()
@@ -141,6 +143,15 @@ async def _serve_until_signalled(settings: Settings) -> int:
     await app.stop()
     log.info("stopped")
     return 0
+
+
+def _tune_garbage_collection() -> None:
+    """Keep the cyclic collector from pausing fan-out: what start-up built lives as long as the
+    process (frozen out of collections), and young collections run every 50,000 allocations
+    instead of 700, so a 1,000-user alert no longer triggers full collections over every
+    socket's objects (measured: 100-150 ms pauses on one alert in three)."""
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
 
 
 def _token(args) -> int:

@@ -18,6 +18,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
+import orjson
 import tornado.websocket
 
 from ..auth import Principal, TokenVerifier, bearer_token
@@ -41,8 +42,12 @@ _client_numbers = itertools.count(1)
 
 
 class Outbox:
-    """A bounded queue of frames with one writer task: a client that stops reading is closed
-    instead of growing this process's memory."""
+    """Frames to one socket. While the connection keeps up, each frame is written at once; behind
+    a write that has not drained, frames wait here, bounded: a client that stops reading is
+    closed instead of growing this process's memory. No task per socket, nothing while idle."""
+
+    __slots__ = ("_socket", "_frames", "_bytes", "_max_messages", "_max_bytes", "_blocked",
+                 "_dropped", "closing_code", "_closing_reason")
 
     def __init__(self, socket: "NotificationSocket", max_messages: int, max_bytes: int):
         self._socket = socket
@@ -50,50 +55,79 @@ class Outbox:
         self._bytes = 0
         self._max_messages = max_messages
         self._max_bytes = max_bytes
-        self._wakeup = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._run())
-        self.closing_code: int | None = None
+        self._blocked = False
         self._dropped = False
+        self.closing_code: int | None = None
+        self._closing_reason = ""
 
     def put(self, frame: dict[str, Any]) -> None:
         if self.closing_code is not None or self._dropped:
             return
-        text = json.dumps(frame, separators=(",", ":"))
+        text = encode_frame(frame)
+        if not self._blocked:
+            self._write(text)
+            return
         self._frames.append(text)
         self._bytes += len(text)
         if len(self._frames) > self._max_messages or self._bytes > self._max_bytes:
             log.warning("closing socket %s of %s: slow consumer (%d frames, %d bytes queued)",
                         self._socket.client_id, self._socket.user_id, len(self._frames), self._bytes)
-            self._dropped = True
-            self._frames.clear()
-            self._bytes = 0
+            self._drop()
             self._socket.drop_slow_consumer()
+
+    def _write(self, text: str) -> None:
+        try:
+            written = self._socket.write_message(text)
+        except tornado.websocket.WebSocketClosedError:
+            self._drop()
             return
-        self._wakeup.set()
+        if self._socket.ws_connection.stream.writing():  # the kernel took only part of it
+            self._blocked = True
+            written.add_done_callback(self._drained)
+        else:
+            written.add_done_callback(_consume_outcome)
+
+    def _drained(self, written: asyncio.Future) -> None:
+        self._blocked = False
+        if written.cancelled() or written.exception() is not None:
+            self._drop()
+            return
+        while self._frames and not self._blocked:
+            text = self._frames.popleft()
+            self._bytes -= len(text)
+            self._write(text)
+        if not self._blocked and self.closing_code is not None:
+            self._socket.close(self.closing_code, self._closing_reason)
+
+    def _drop(self) -> None:
+        self._dropped = True
+        self._frames.clear()
+        self._bytes = 0
 
     def close_after_flush(self, code: int, reason: str) -> None:
         """Send what is queued, then close (graceful shutdown)."""
         self.closing_code = code
         self._closing_reason = reason
-        self._wakeup.set()
+        if not self._blocked:
+            self._socket.close(code, reason)
 
     def cancel(self) -> None:
-        self._task.cancel()
+        self._drop()
 
-    async def _run(self) -> None:
-        while True:
-            while self._frames:
-                text = self._frames.popleft()
-                self._bytes -= len(text)
-                try:
-                    await self._socket.write_message(text)
-                except tornado.websocket.WebSocketClosedError:
-                    return
-            if self.closing_code is not None:
-                self._socket.close(self.closing_code, self._closing_reason)
-                return
-            self._wakeup.clear()
-            await self._wakeup.wait()
+
+def encode_frame(frame: dict[str, Any]) -> str:
+    """Compact JSON text of a frame: orjson, or the standard library for what orjson refuses
+    (integers past 64 bits in a notification's data)."""
+    try:
+        return orjson.dumps(frame).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+
+
+def _consume_outcome(written: asyncio.Future) -> None:
+    """A write that was already flushed: collect its outcome so none is left unretrieved."""
+    if not written.cancelled():
+        written.exception()
 
 
 class NotificationSocket(tornado.websocket.WebSocketHandler):

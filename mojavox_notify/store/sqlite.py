@@ -103,17 +103,17 @@ CREATE TABLE IF NOT EXISTS events (
 ) WITHOUT ROWID;
 """
 
-# One counter row per user, created by the first notification. `expiry_due` is the earliest
+# One counter row per user, created by its first notification. `expiry_due` is the earliest
 # expiry among the user's notifications that expire at all: reads sweep only when it has come.
-UPSERT_STATE = f"""
-INSERT INTO user_state (user_id, seq, total, {UNREAD_COLUMNS}, expiry_due)
-VALUES (?, 1, 1, {", ".join("?" for _ in PRIORITIES)}, ?)
+# A batch computes the new counters itself (it holds the write lock) and writes them back here.
+SAVE_STATE = f"""
+INSERT INTO user_state (user_id, {STATE_COLUMNS}, expiry_due)
+VALUES (?, ?, ?, {", ".join("?" for _ in PRIORITIES)}, ?)
 ON CONFLICT (user_id) DO UPDATE SET
-    seq = seq + 1,
-    total = total + 1,
-    {", ".join(f"unread_{p} = unread_{p} + excluded.unread_{p}" for p in PRIORITIES)},
+    seq = excluded.seq,
+    total = excluded.total,
+    {", ".join(f"unread_{p} = excluded.unread_{p}" for p in PRIORITIES)},
     expiry_due = min(expiry_due, excluded.expiry_due)
-RETURNING {STATE_COLUMNS}
 """
 
 INSERT_NOTIFICATION = f"""
@@ -433,16 +433,38 @@ def _page(connection, user_id, limit, offset, unread_only, now_ms) -> list[tuple
 
 
 def _insert_many(connection, drafts: list[Draft], event_id, created_at) -> list[Created]:
+    """All drafts in one transaction: the users' counters are read once, advanced here (the
+    write lock is held, so nobody else moves them) and written back once per user."""
     created = []
     with transaction(connection):
+        counters = _counters_of(connection, {draft.user_id for draft in drafts})
+        expiry: dict[str, int] = {}
+        rows = []
         for draft in drafts:
-            expires_ms = to_ms(draft.expires_at) if draft.expires_at else NEVER_MS
-            unread = [int(priority == draft.priority) for priority in PRIORITIES]
-            state = _state(connection.execute(UPSERT_STATE, (draft.user_id, *unread, expires_ms)).fetchone())
-            document = to_document(draft, created_at=created_at, seq=state.seq, event_id=event_id)
-            connection.execute(INSERT_NOTIFICATION, _row(document))
-            created.append(Created(document, state))
+            seq, total, unread = counters.get(draft.user_id) or (0, 0, dict.fromkeys(PRIORITIES, 0))
+            unread = {**unread, draft.priority: unread[draft.priority] + 1}
+            counters[draft.user_id] = (seq + 1, total + 1, unread)
+            if draft.expires_at is not None:
+                expiry[draft.user_id] = min(expiry.get(draft.user_id, NEVER_MS), to_ms(draft.expires_at))
+            document = to_document(draft, created_at=created_at, seq=seq + 1, event_id=event_id)
+            rows.append(_row(document))
+            created.append(Created(document, UserState(seq + 1, total + 1, unread)))
+        connection.executemany(INSERT_NOTIFICATION, rows)
+        connection.executemany(SAVE_STATE, [
+            (user_id, seq, total, *(unread[p] for p in PRIORITIES), expiry.get(user_id, NEVER_MS))
+            for user_id, (seq, total, unread) in counters.items()])
     return created
+
+
+def _counters_of(connection, user_ids: set[str]) -> dict[str, tuple[int, int, dict[str, int]]]:
+    found = {}
+    for chunk in _chunks(sorted(user_ids), IN_CHUNK):
+        for row in connection.execute(f"""
+                SELECT user_id, {STATE_COLUMNS} FROM user_state
+                WHERE user_id IN ({", ".join("?" for _ in chunk)})""", chunk):
+            state = _state(row[1:])
+            found[row[0]] = (state.seq, state.total, dict(state.unread))
+    return found
 
 
 def _change_state(connection, user_id: str, total: int, unread: Counter,

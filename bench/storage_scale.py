@@ -1,0 +1,294 @@
+"""Storage at scale: does the default engine stay fast with a million stored notifications?
+
+For each size (default 0, 100k and 1M notifications over 10k users) it fills a fresh embedded
+store through the engine's own batched insert, starts `mojavox-notify serve` on it as a separate
+process, and measures from this process over loopback:
+
+- single create → frame: `POST /api/notifications`, then the frame on the recipient's socket
+  (p50/p99 of `--creates` sequential creations);
+- a `system.alert` to 1,000 connected users: from the POST until the last of the 1,000 sockets
+  has its frame, as notifications/s (median of `--alerts` runs);
+- a history page of 20 (`GET /api/notifications?limit=20`) and the unread count, p50/p99 over
+  `--reads` random users;
+- the database size on disk (file + WAL).
+
+Bounded in count and time; stops by itself.
+
+    .venv/bin/python bench/storage_scale.py                      # 0, 100k, 1M
+    .venv/bin/python bench/storage_scale.py --sizes 0,100000     # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import tornado.httpclient
+import tornado.websocket
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from mojavox_notify.auth import mint_token  # noqa: E402
+from mojavox_notify.model import PRIORITIES, Draft  # noqa: E402
+from mojavox_notify.settings import load_settings  # noqa: E402
+from mojavox_notify.store.sqlite import SqliteStore  # noqa: E402
+
+SECRET = "benchmark-secret-of-at-least-32-bytes-long"
+FILL_BATCH = 5000
+ALERT_USERS = 1000
+PHASE_TIMEOUT = 120.0
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+async def fill(folder: Path, count: int, users: int) -> float:
+    """Store `count` notifications for `users` users through the engine's batched insert."""
+    settings = load_settings(None, environ={}, overrides={"data_dir": str(folder)})
+    store = SqliteStore(folder / "notify.db", settings.storage)
+    await store.open()
+    started = time.perf_counter()
+    rng = random.Random(count)
+    try:
+        for start in range(0, count, FILL_BATCH):
+            drafts = [Draft(user_id=f"user-{rng.randrange(users)}", type="payment_received",
+                            title="Payment Received",
+                            message=f"Debtor {index} paid $1,250.00 on account #AC-{index}",
+                            priority=rng.choice(PRIORITIES),
+                            data={"amount": 1250, "accountId": f"AC-{index}", "debtorName": "Debtor"},
+                            action_url="/payment-history")
+                      for index in range(start, min(count, start + FILL_BATCH))]
+            await store.insert_many(drafts)
+    finally:
+        await store.close()
+    return time.perf_counter() - started
+
+
+class Server:
+    """`mojavox-notify serve` on the filled folder, in its own process."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        (folder / "settings.yaml").write_text(
+            f"data_dir: {folder}\n"
+            f"server:\n  port: {self.port}\n"
+            f"auth:\n  secret: {SECRET}\n"
+            f"plugins:\n  directory: {ROOT / 'plugins'}\n"
+            "rate_limits:\n  notifications_per_minute: 0\n  requests_per_minute: 0\n"
+            "retention:\n  cleanup_interval_minutes: 0\n"
+            "logging:\n  level: WARNING\n", encoding="utf-8")
+        self.log = open(folder / "serve.log", "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mojavox_notify", "serve", "--settings", str(folder / "settings.yaml")],
+            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+
+    async def ready(self) -> None:
+        client = tornado.httpclient.AsyncHTTPClient()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"serve exited; see {self.folder / 'serve.log'}")
+            try:
+                await client.fetch(f"{self.url}/healthz", request_timeout=2)
+                return
+            except Exception:
+                await asyncio.sleep(0.2)
+        raise RuntimeError("serve did not answer /healthz within 60 s")
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+def token(user: str, roles=()) -> str:
+    return mint_token(SECRET, user, list(roles), 3600)
+
+
+async def open_socket(server: Server, user: str, inbox: asyncio.Queue | None = None):
+    connection = await tornado.websocket.websocket_connect(
+        f"ws://127.0.0.1:{server.port}/ws/notifications?token={token(user)}")
+    while json.loads(await connection.read_message())["type"] != "connected":
+        pass
+    return connection
+
+
+async def next_notification(connection) -> dict:
+    while True:
+        message = await connection.read_message()
+        if message is None:
+            raise RuntimeError("socket closed")
+        frame = json.loads(message)
+        if frame["type"] == "notification":
+            return frame
+
+
+async def single_creates(server: Server, count: int) -> tuple[list[float], list[float]]:
+    client = tornado.httpclient.AsyncHTTPClient()
+    user = "probe-user"
+    connection = await open_socket(server, user)
+    service = token("bench-service", ["service"])
+    to_frame, to_answer = [], []
+    for index in range(count):
+        body = json.dumps({"userId": user, "type": "payment_received", "title": "Payment",
+                           "message": f"probe {index}"})
+        started = time.perf_counter()
+        arrival = asyncio.ensure_future(next_notification(connection))
+        response = await client.fetch(f"{server.url}/api/notifications", method="POST", body=body,
+                                      headers={"Authorization": f"Bearer {service}",
+                                               "Content-Type": "application/json"})
+        to_answer.append(time.perf_counter() - started)
+        frame = await asyncio.wait_for(arrival, 10)
+        to_frame.append(time.perf_counter() - started)
+        assert frame["payload"]["id"] == json.loads(response.body)["id"]
+    connection.close()
+    return to_frame, to_answer
+
+
+async def alert_rates(server: Server, users: int, runs: int) -> list[float]:
+    client = tornado.httpclient.AsyncHTTPClient()
+    recipients = random.Random(1).sample(range(users), ALERT_USERS) if users >= ALERT_USERS \
+        else list(range(ALERT_USERS))
+    user_ids = [f"user-{index}" for index in recipients]
+    connections = []
+    for start in range(0, len(user_ids), 100):
+        connections += await asyncio.gather(*(open_socket(server, user) for user in user_ids[start:start + 100]))
+    service = token("bench-service", ["service"])
+    rates = []
+    for run in range(runs):
+        body = json.dumps({"type": "system.alert", "data": {
+            "userIds": user_ids, "severity": "error", "message": f"Dialer degraded (run {run})"}})
+        started = time.perf_counter()
+        arrivals = asyncio.gather(*(next_notification(connection) for connection in connections))
+        await client.fetch(f"{server.url}/api/events", method="POST", body=body,
+                           headers={"Authorization": f"Bearer {service}",
+                                    "Content-Type": "application/json"}, request_timeout=PHASE_TIMEOUT)
+        await asyncio.wait_for(arrivals, PHASE_TIMEOUT)
+        rates.append(ALERT_USERS / (time.perf_counter() - started))
+    for connection in connections:
+        connection.close()
+    await asyncio.sleep(2)  # let the server tear the sockets down before the next phase
+    return rates
+
+
+async def reads(server: Server, users: int, count: int) -> tuple[list[float], list[float]]:
+    client = tornado.httpclient.AsyncHTTPClient()
+    rng = random.Random(2)
+    pages, unread = [], []
+    for _ in range(count):
+        user = f"user-{rng.randrange(max(users, 1))}"
+        headers = {"Authorization": f"Bearer {token(user)}"}
+        started = time.perf_counter()
+        await client.fetch(f"{server.url}/api/notifications?limit=20", headers=headers)
+        pages.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        await client.fetch(f"{server.url}/api/notifications/unread-count", headers=headers)
+        unread.append(time.perf_counter() - started)
+    return pages, unread
+
+
+def disk_size(folder: Path) -> int:
+    return sum((folder / name).stat().st_size for name in ("notify.db", "notify.db-wal")
+               if (folder / name).exists())
+
+
+async def measure(size: int, args) -> dict:
+    folder = Path(tempfile.mkdtemp(prefix=f"mojavox-scale-{size}-"))
+    try:
+        fill_seconds = await fill(folder, size, args.users)
+        server = Server(folder)
+        try:
+            await server.ready()
+            await single_creates(server, 20)  # warm up
+            to_frame, to_answer = await single_creates(server, args.creates)
+            rates = await alert_rates(server, args.users, args.alerts)
+            pages, unread = await reads(server, args.users, args.reads)
+        finally:
+            server.stop()
+        return {"size": size, "fill_s": fill_seconds, "frame": to_frame, "answer": to_answer,
+                "alert": sorted(rates)[len(rates) // 2], "pages": pages, "unread": unread,
+                "disk": disk_size(folder)}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def milliseconds(values: list[float], share: float) -> str:
+    return f"{percentile(values, share) * 1000:.1f}"
+
+
+def report(results: list[dict], args) -> None:
+    print(f"\nMOJAVOX Notify storage at scale — embedded SQLite engine, {args.users:,} users; "
+          f"{platform.node()} ({os.cpu_count()} cores, Python {platform.python_version()}), "
+          f"{time.strftime('%Y-%m-%d')}")
+    print(f"single creates: {args.creates} sequential; alert: {ALERT_USERS:,} connected users, "
+          f"median of {args.alerts}; reads: {args.reads} random users\n")
+    print("| stored | create→frame p50 / p99 (ms) | REST create p50 (ms) | 1,000-user alert "
+          "(notifications/s) | history page p50 / p99 (ms) | unread count p50 / p99 (ms) | on disk |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['size']:,} | {milliseconds(r['frame'], .5)} / {milliseconds(r['frame'], .99)} "
+              f"| {milliseconds(r['answer'], .5)} | {r['alert']:,.0f} "
+              f"| {milliseconds(r['pages'], .5)} / {milliseconds(r['pages'], .99)} "
+              f"| {milliseconds(r['unread'], .5)} / {milliseconds(r['unread'], .99)} "
+              f"| {r['disk'] / 1e6:,.1f} MB |")
+    empty = next((r for r in results if r["size"] == 0), None)
+    if empty:
+        print("\nratios to the empty store (create→frame): " + ", ".join(
+            f"{r['size']:,}: p50 {percentile(r['frame'], .5) / percentile(empty['frame'], .5):.2f}×, "
+            f"p99 {percentile(r['frame'], .99) / percentile(empty['frame'], .99):.2f}×"
+            for r in results if r is not empty))
+    print("fill times: " + ", ".join(f"{r['size']:,} in {r['fill_s']:.0f} s" for r in results))
+
+
+async def main(args) -> None:
+    gc.freeze()  # this client holds 1,000 sockets too: keep its collector from skewing timings
+    gc.set_threshold(50_000, 20, 20)
+    results = []
+    for size in args.sizes:
+        print(f"filling {size:,} notifications and measuring ...", flush=True)
+        results.append(await measure(size, args))
+    report(results, args)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--sizes", type=lambda text: [int(part) for part in text.split(",")],
+                        default=[0, 100_000, 1_000_000], help="stored notifications to measure at")
+    parser.add_argument("--users", type=int, default=10_000, help="users the fill spreads over")
+    parser.add_argument("--creates", type=int, default=300, help="sequential single creates")
+    parser.add_argument("--alerts", type=int, default=3, help="1,000-user alerts to time")
+    parser.add_argument("--reads", type=int, default=300, help="history pages and unread counts")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse_args()))
