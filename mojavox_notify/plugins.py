@@ -209,4 +209,6 @@ class Plugins:
     async def call_each(self, hook_name: str, **kwargs) -> list[Any]:
         """Call every implementation of a broadcast hook, awaiting async ones, in order."""
         hook = getattr(self.manager.hook, hook_name)
+        if not hook.get_hookimpls():  # per notification: skip pluggy when nobody listens
+            return []
         return [await resolve(result) for result in hook(**kwargs)]

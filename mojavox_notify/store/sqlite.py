@@ -22,6 +22,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+import orjson
 from bson import ObjectId
 
 from ..errors import NotFoundError, StorageUnavailableError
@@ -155,9 +156,17 @@ def _document(row: tuple) -> dict[str, Any]:
 def _row(document: dict[str, Any]) -> tuple:
     return (str(document["_id"]), document["user_id"], document["seq"], document["type"],
             document["title"], document["message"], document["priority"],
-            json.dumps(document["data"], separators=(",", ":"), ensure_ascii=False),
+            _json(document["data"]),
             document["action_url"], int(document["read"]), to_ms(document["read_at"]),
             to_ms(document["created_at"]), to_ms(document["expires_at"]), document.get("event_id"))
+
+
+def _json(value: Any) -> str:
+    """Compact JSON for a stored `data` object (the standard library for what orjson refuses)."""
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
