@@ -1,7 +1,7 @@
 """The application object: the one place that wires the collaborators together.
 
-Start-up order, top to bottom in `start()`: storage (schema or indexes) → broker → service and
-ingest → plugins' startup → HTTP/WebSocket listener → event sources and
+Start-up order, top to bottom in `start()`: storage (schema or indexes) and its watchdog →
+broker → service and ingest → plugins' startup → HTTP/WebSocket listener → event sources and
 the cleanup job. `stop()` undoes it in reverse.
 """
 
@@ -34,6 +34,7 @@ from .ratelimit import RateLimiter
 from .service import NotificationService
 from .settings import Settings
 from .errors import StorageUnavailableError
+from .health import StorageHealth
 from .store import NotificationStore, build_store
 from .store.importer import legacy_folder
 
@@ -59,6 +60,7 @@ class NotifyApp:
         self.broker: Broker = InProcessBroker()
         self.request_limiter = RateLimiter(settings.rate_limits.requests_per_minute, "requests")
         self.store: NotificationStore | None = None
+        self.storage_health: StorageHealth | None = None
         self.service: NotificationService | None = None
         self.ingest: EventIngest | None = None
         self.port: int | None = None
@@ -102,6 +104,10 @@ class NotifyApp:
         """Open storage, start the broker and plugins, listen (on `sockets` if given)."""
         settings = self.settings
         await self.open_storage()
+        self.storage_health = StorageHealth(
+            self.store, settings.storage.probe_interval_seconds,
+            settings.storage.operation_timeout_seconds, settings.storage.exit_after_seconds)
+        self.storage_health.start()
         await self.broker.start(self.hub.dispatch)
         await self.plugins.call_each("mojavox_startup", app=self)
 
@@ -155,10 +161,12 @@ class NotifyApp:
         return await self.ingest.ingest(event)
 
     async def health(self) -> dict[str, Any]:
-        storage_ok = await self.store.ping() if self.store else False
+        """From cached state (the watchdog's last probe and every failure since): no I/O."""
+        storage = self.storage_health.report() if self.storage_health else {
+            "ok": False, "backend": self.storage_name}
         return {
-            "status": "ok" if storage_ok and self.broker.healthy else "unavailable",
-            "storage": {"ok": storage_ok, "backend": self.storage_name},
+            "status": "ok" if storage["ok"] and self.broker.healthy else "unavailable",
+            "storage": storage,
             "broker": {"ok": self.broker.healthy, "backend": self.broker.name},
             "connections": len(self.hub),
         }
@@ -209,6 +217,8 @@ class NotifyApp:
             except Exception:
                 log.exception("a plugin's shutdown hook failed")
         await self.broker.stop()
+        if self.storage_health is not None:
+            await self.storage_health.stop()
         if self._http is not None:
             await self._http.close_all_connections()
             self._http = None

@@ -31,6 +31,10 @@ from .store.sqlite import SqliteStore
 
 log = logging.getLogger("mojavox_notify")
 
+# `serve` ends with this when storage stayed unavailable past storage.exit_after_seconds, so a
+# supervisor (systemd Restart=on-failure, Kubernetes) starts a fresh process.
+EXIT_STORAGE_LOST = 3
+
 EXPECTED_ERRORS = (SettingsError, PluginError, StartupError, Nx27017Error, StorageUnavailableError,
                    FileNotFoundError)
 
@@ -138,10 +142,16 @@ async def _serve_until_signalled(settings: Settings) -> int:
     _tune_garbage_collection()
     log.info("MOJAVOX Notify serving on %s (WebSocket %s) · storage: %s · broker: %s",
              app.url, settings.server.ws_path, app.storage_name, app.broker.name)
-    await stop.wait()
+    signalled = asyncio.ensure_future(stop.wait())
+    storage_lost = asyncio.ensure_future(app.storage_health.lost.wait())
+    await asyncio.wait([signalled, storage_lost], return_when=asyncio.FIRST_COMPLETED)
+    signalled.cancel()
+    storage_lost.cancel()
     log.info("shutting down")
     await app.stop()
     log.info("stopped")
+    if app.storage_health.lost.is_set():
+        return EXIT_STORAGE_LOST
     return 0
 
 

@@ -32,12 +32,14 @@ class StorageHealth:
         self._failing_since: float | None = None
         self.lost = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._stopping = False
         store.on_failure = self.failed
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._watch())
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -61,8 +63,9 @@ class StorageHealth:
 
     async def probe(self) -> bool:
         try:
-            await asyncio.wait_for(self._store.probe(), self._probe_timeout)
-        except (StorageUnavailableError, asyncio.TimeoutError) as error:
+            async with asyncio.timeout(self._probe_timeout):
+                await self._store.probe()
+        except (StorageUnavailableError, TimeoutError) as error:
             self.failed(error if str(error) else StorageUnavailableError(
                 f"no answer within {self._probe_timeout:g} s"))
             return False
@@ -70,7 +73,7 @@ class StorageHealth:
         return True
 
     async def _watch(self) -> None:
-        while True:
+        while not self._stopping:
             await self.probe()
             if self._failing_since is not None and self._exit_after and \
                     time.monotonic() - self._failing_since > self._exit_after:

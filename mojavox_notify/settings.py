@@ -111,6 +111,9 @@ class StorageSettings:
     url: str = _check(_storage_url, default="embedded")
     sqlite_synchronous: str = _check(_one_of("normal", "full"), default="normal")
     busy_timeout_seconds: float = _check(_between(0.1, 600), default=5)
+    operation_timeout_seconds: float = _check(_between(0.1, 600), default=1)
+    probe_interval_seconds: float = _check(_between(0.1, 3600), default=1)
+    exit_after_seconds: float = _check(_between(0, 86400), default=60)
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,14 @@ from tornado.log import access_log
 
 from ..auth import Principal, TokenVerifier, bearer_token
 from ..errors import (AuthenticationError, NotifyError, PayloadTooLargeError, RateLimitedError,
-                      ValidationError)
+                      StorageUnavailableError, ValidationError)
 from ..ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
 STATUS_CODES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                405: "method_not_allowed", 413: "payload_too_large", 429: "rate_limited"}
+                405: "method_not_allowed", 413: "payload_too_large", 429: "rate_limited",
+                503: "storage_unavailable"}
 
 
 @tornado.web.stream_request_body
@@ -115,6 +116,9 @@ class BaseHandler(tornado.web.RequestHandler):
         self.finish(json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":")))
 
     def log_exception(self, typ, value, tb) -> None:
+        if isinstance(value, StorageUnavailableError):
+            log.warning("%s %s -> 503 %s", self.request.method, self.request.path, value.message)
+            return
         if isinstance(value, NotifyError) and value.status < 500:
             log.info("%s %s -> %s %s", self.request.method, self.request.path, value.status, value.message)
             return

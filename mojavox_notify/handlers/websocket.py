@@ -23,7 +23,8 @@ import tornado.websocket
 
 from ..auth import Principal, TokenVerifier, bearer_token
 from ..broker import Message
-from ..errors import AuthenticationError, NotFoundError, NotifyError, ValidationError
+from ..errors import (AuthenticationError, NotFoundError, NotifyError, StorageUnavailableError,
+                      ValidationError)
 from ..hub import Hub
 from ..model import NotificationTypes, iso, utcnow
 from ..ratelimit import RateLimiter
@@ -33,6 +34,7 @@ from ..settings import ServerSettings, WebSocketSettings
 log = logging.getLogger(__name__)
 
 CLOSE_GOING_AWAY = 1001
+CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_TOKEN_MISSING = 4001
 CLOSE_TOKEN_INVALID = 4002
 CLOSE_TOKEN_EXPIRED = 4003
@@ -185,6 +187,9 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
                              self.ws_settings.max_buffered_bytes)
         try:
             await self._start_live(since)
+        except StorageUnavailableError as error:
+            log.warning("socket %s could not start: %s", self.client_id, error.message)
+            self.close(CLOSE_TRY_AGAIN_LATER, "storage unavailable; reconnect later")
         except Exception:
             log.exception("socket %s could not start", self.client_id)
             self.close(1011, "internal error")
@@ -265,6 +270,10 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
             self._catching_up = False
             for message in sorted(held, key=lambda m: m["seq"]):
                 self.deliver(message)
+        except StorageUnavailableError as error:
+            # Closing is the honest answer: a client that reconnects with ?since= misses nothing.
+            log.warning("socket %s could not catch up: %s", self.client_id, error.message)
+            self.close(CLOSE_TRY_AGAIN_LATER, "storage unavailable; reconnect later")
         except Exception:
             log.exception("socket %s could not catch up", self.client_id)
             self.close(1011, "internal error")

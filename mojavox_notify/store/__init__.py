@@ -17,7 +17,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from bson import ObjectId
 
@@ -60,6 +60,12 @@ class NotificationStore(ABC):
 
     #: A short name for health reports and logs, never holding a password.
     description: str = "storage"
+    #: Told of every failed operation (the storage watchdog listens here).
+    on_failure: Callable[[BaseException], None] | None = None
+
+    def _report_failure(self, error: BaseException) -> None:
+        if self.on_failure is not None:
+            self.on_failure(error)
 
     @abstractmethod
     async def open(self) -> None:
@@ -72,6 +78,11 @@ class NotificationStore(ABC):
     @abstractmethod
     async def ping(self) -> bool:
         """Whether storage answers right now (never raises)."""
+
+    @abstractmethod
+    async def probe(self) -> None:
+        """A read and a small write right now (a full disk fails it);
+        StorageUnavailableError when either fails."""
 
     # -- notifications -------------------------------------------------------------------------
 
@@ -194,4 +205,4 @@ def build_store(settings: Settings) -> NotificationStore:
         from .sqlite import SqliteStore
         return SqliteStore(sqlite_path(settings, url), settings.storage)
     from .mongo import MongoStore
-    return MongoStore.connect(url, settings.mongodb)
+    return MongoStore.connect(url, settings.mongodb, settings.storage.operation_timeout_seconds)

@@ -22,10 +22,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
+import socket
 from collections import Counter, defaultdict
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
+import pymongo
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, PyMongoError
@@ -41,6 +44,7 @@ SEQ_RETRIES = 100
 CLEANUP_CHUNK = 5000
 DUPLICATE_KEY = 11000
 SCHEMA_VERSION = 2  # 2: per-user counter documents in user_state
+PROCESS = f"{socket.gethostname()}:{os.getpid()}"  # this process's heartbeat document
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -52,14 +56,26 @@ NEVER_MS = to_ms(NEVER)
 
 
 def _storage_errors(method):
-    """Any driver failure becomes a 503 `storage_unavailable` for the caller."""
+    """Any driver failure (a timeout included) becomes a 503 `storage_unavailable` for the
+    caller and is reported to the storage watchdog."""
     @functools.wraps(method)
     async def translated(self, *args, **kwargs):
         try:
             return await method(self, *args, **kwargs)
         except PyMongoError as error:
-            raise StorageUnavailableError(f"MongoDB failed: {error}") from error
+            failure = StorageUnavailableError(f"MongoDB failed: {error}")
+            self._report_failure(failure)
+            raise failure from error
     return translated
+
+
+def _unhurried(method):
+    """Start-up and background work: no operation timeout (they may touch many documents)."""
+    @functools.wraps(method)
+    async def without_timeout(self, *args, **kwargs):
+        with pymongo.timeout(None):
+            return await method(self, *args, **kwargs)
+    return without_timeout
 
 
 def _state(document: dict | None) -> UserState:
@@ -92,9 +108,14 @@ class MongoStore(NotificationStore):
         self.meta = self._db["meta"]
 
     @classmethod
-    def connect(cls, url: str, settings: MongoSettings) -> "MongoStore":
-        timeout_ms = int(settings.server_selection_timeout_seconds * 1000)
-        client = AsyncMongoClient(url, tz_aware=True, serverSelectionTimeoutMS=timeout_ms)
+    def connect(cls, url: str, settings: MongoSettings,
+                operation_timeout: float | None = None) -> "MongoStore":
+        """`operation_timeout` bounds every request-path operation (server selection included),
+        so a lost server is a 503 within it rather than a hang."""
+        options = {"serverSelectionTimeoutMS": int(settings.server_selection_timeout_seconds * 1000)}
+        if operation_timeout is not None:
+            options["timeoutMS"] = int(operation_timeout * 1000)
+        client = AsyncMongoClient(url, tz_aware=True, **options)
         return cls(client, settings.database, description=redacted(url))
 
     async def close(self) -> None:
@@ -108,6 +129,13 @@ class MongoStore(NotificationStore):
             return False
 
     @_storage_errors
+    async def probe(self) -> None:
+        await self.meta.find_one({"_id": "schema"})
+        await self.meta.update_one({"_id": f"heartbeat:{PROCESS}"}, {"$set": {"at": utcnow()}},
+                                   upsert=True)
+
+    @_storage_errors
+    @_unhurried
     async def open(self) -> None:
         """Create every index (safe from several instances at once) and, once, the counter
         documents of data written before they existed."""
@@ -138,6 +166,7 @@ class MongoStore(NotificationStore):
                 log.info("built the counter documents of %d users from stored notifications", users)
 
     @_storage_errors
+    @_unhurried
     async def rebuild_states(self) -> int:
         """Recompute every user's counter document from the stored notifications."""
         states: dict[str, dict] = {}
@@ -296,6 +325,7 @@ class MongoStore(NotificationStore):
         return _state(document)
 
     @_storage_errors
+    @_unhurried
     async def delete_expired(self, retention_days: int) -> int:
         now = utcnow()
         query = {"$or": [{"expires_at": {"$lte": now}},
@@ -425,6 +455,7 @@ class MongoStore(NotificationStore):
     # -- export (for importing into the embedded engine) --------------------------------------
 
     @_storage_errors
+    @_unhurried
     async def export(self) -> dict[str, list[dict]]:
         """Every stored document, by collection (the old embedded data, read once at import)."""
         return {name: await self._db[name].find({}).to_list(length=None)

@@ -60,12 +60,14 @@ class Nx27017Child:
     def alive(self) -> bool:
         return self._process is not None and self._process.returncode is None
 
-    async def start(self) -> str:
-        """Start the child and wait until it answers a ping; returns its URL."""
+    async def start(self, port: int | None = None) -> str:
+        """Start the child (on `port`, or a free one) and wait until it answers a ping;
+        returns its URL."""
         files = self.data_dir / "mongo"
         files.mkdir(parents=True, exist_ok=True)
         await self._clear_pid_file(files)
-        self.port = _free_port()
+        self.port = port or _free_port()
+        self._stopping = False
         with open(self.log_path, "ab") as output:
             self._process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "mojavox_notify.store.nx27017", str(os.getpid()),

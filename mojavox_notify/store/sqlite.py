@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import socket
 import sqlite3
 import threading
 from collections import Counter, defaultdict
@@ -37,6 +39,9 @@ NEVER_MS = (NEVER - EPOCH) // timedelta(milliseconds=1)
 SCHEMA_VERSION = 1
 CLEANUP_CHUNK = 5000
 IN_CHUNK = 500  # ids per `IN (...)`, well under SQLite's variable limit
+PROCESS = f"{socket.gethostname()}:{os.getpid()}"  # this process's heartbeat row
+# Below this, the disk counts as full: writes are about to fail, so health says so first.
+MIN_FREE_BYTES = 1 << 20
 
 UNREAD_COLUMNS = ", ".join(f"unread_{priority}" for priority in PRIORITIES)
 STATE_COLUMNS = f"seq, total, {UNREAD_COLUMNS}"
@@ -93,6 +98,11 @@ CREATE TABLE IF NOT EXISTS push_subscriptions (
     updated_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS push_subscriptions_user ON push_subscriptions (user_id);
+
+CREATE TABLE IF NOT EXISTS heartbeat (
+    process TEXT PRIMARY KEY,
+    at INTEGER NOT NULL
+) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS events (
     id TEXT PRIMARY KEY,
@@ -227,12 +237,31 @@ class SqliteStore(NotificationStore):
             raise StorageUnavailableError(f"embedded storage failed: {error}") from error
 
     async def _write(self, function: Callable, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(
-            self._writer, self._guarded, function, args)
+        """On the writer thread; gives up (503) after the operation timeout plus the time a
+        write may wait for another process's lock."""
+        timeout = self._settings.operation_timeout_seconds + self._settings.busy_timeout_seconds
+        return await self._run(self._writer, function, args, timeout)
 
     async def _read(self, function: Callable, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(
-            self._reader, self._guarded, function, args)
+        return await self._run(self._reader, function, args, self._settings.operation_timeout_seconds)
+
+    async def _background(self, function: Callable, *args: Any) -> Any:
+        """A write with no time limit: start-up, cleanup, import."""
+        return await self._run(self._writer, function, args, None)
+
+    async def _run(self, executor: ThreadPoolExecutor, function: Callable, args: tuple,
+                   timeout: float | None) -> Any:
+        running = asyncio.get_running_loop().run_in_executor(executor, self._guarded, function, args)
+        try:
+            async with asyncio.timeout(timeout):  # (wait_for may swallow a cancellation in 3.11)
+                return await running
+        except StorageUnavailableError as error:
+            self._report_failure(error)
+            raise
+        except asyncio.TimeoutError:
+            error = StorageUnavailableError(f"embedded storage did not answer within {timeout:g} s")
+            self._report_failure(error)
+            raise error from None
 
     async def open(self) -> None:
         try:
@@ -241,7 +270,7 @@ class SqliteStore(NotificationStore):
             raise StorageUnavailableError(
                 f"cannot create the storage folder {self.path.parent}: "
                 f"{error.strerror or error}") from None
-        await self._write(_create_schema)
+        await self._background(_create_schema)
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
@@ -255,6 +284,19 @@ class SqliteStore(NotificationStore):
             return True
         except StorageUnavailableError:
             return False
+
+    async def probe(self) -> None:
+        free = await asyncio.get_running_loop().run_in_executor(self._reader, _free_bytes, self.path.parent)
+        if free < MIN_FREE_BYTES:
+            error = StorageUnavailableError(f"the disk of {self.path} is full ({free} bytes free)")
+            self._report_failure(error)
+            raise error
+        await self._read(lambda connection: connection.execute(
+            "SELECT count(*) FROM heartbeat").fetchone())
+        await self._write(_execute, """
+            INSERT INTO heartbeat (process, at) VALUES (?, ?)
+            ON CONFLICT (process) DO UPDATE SET at = excluded.at""",
+            (PROCESS, to_ms(utcnow())))
 
     # -- notifications -------------------------------------------------------------------------
 
@@ -315,7 +357,7 @@ class SqliteStore(NotificationStore):
         cutoff = to_ms(now - timedelta(days=retention_days))
         removed = 0
         while True:
-            deleted = await self._write(_delete_expired_chunk, to_ms(now), cutoff)
+            deleted = await self._background(_delete_expired_chunk, to_ms(now), cutoff)
             removed += deleted
             if deleted < CLEANUP_CHUNK:
                 return removed
@@ -395,11 +437,11 @@ class SqliteStore(NotificationStore):
                                subscriptions: list[dict], events: list[dict]) -> None:
         """Copy documents of the MongoDB shape in, keeping ids and sequence numbers (used by
         `mojavox-notify import-nx27017`); call `rebuild_states` afterwards."""
-        await self._write(_import, notifications, preferences, subscriptions, events)
+        await self._background(_import, notifications, preferences, subscriptions, events)
 
     async def rebuild_states(self) -> int:
         """Recompute every user's counters from the stored rows; how many users."""
-        return await self._write(_rebuild_states)
+        return await self._background(_rebuild_states)
 
     async def count(self) -> int:
         rows = await self._read(_select, "SELECT count(*) FROM notifications", ())
@@ -417,6 +459,14 @@ def _create_schema(connection: sqlite3.Connection) -> None:
         raise sqlite3.DatabaseError(f"the file was written by a newer version (schema {version})")
     connection.executescript(SCHEMA)
     connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return 0
+    return stats.f_bavail * stats.f_frsize
 
 
 def _select(connection: sqlite3.Connection, sql: str, parameters: tuple) -> list[tuple]:
