@@ -1,7 +1,7 @@
 """Delivery latency: from `POST /api/notifications` to the frame arriving on the user's sockets.
 
-Starts a real server (its own nx-27017 storage in a temporary folder, in-process broker), opens
-`--users` × `--tabs` sockets, creates `--count` notifications through REST for random users one
+Starts a real server (its own embedded SQLite storage in a temporary folder, in-process broker),
+opens `--users` × `--tabs` sockets, creates `--count` notifications through REST for random users one
 after another, and prints the latency percentiles of the frame arriving on every tab and of the
 REST call itself. Bounded in count and time; stops by itself.
 
@@ -101,7 +101,7 @@ async def measure(app: NotifyApp, args) -> None:
     latencies = [(arrival - sent_at[key]) * 1000 for key, times in arrivals.items() for arrival in times]
     expected = len(sent_at) * args.tabs
     print(f"conditions: python {platform.python_version()}, {os.cpu_count()} cores, embedded "
-          f"nx-27017 storage, in-process broker, {args.users} users x {args.tabs} tabs, "
+          f"SQLite storage, in-process broker, {args.users} users x {args.tabs} tabs, "
           f"{len(sent_at)} notifications sent sequentially over REST")
     print(f"frames delivered: {len(latencies)} of {expected} expected")
     for name, values in (("create->socket frame", latencies), ("REST create round trip", rest_times)):
