@@ -30,6 +30,8 @@ from .hub import Hub
 from .ingest import EventIngest
 from .model import Event
 from .plugins import Plugins, build_plugin_manager
+from .push import PushSender
+from .push_worker import PushWorker
 from .ratelimit import RateLimiter
 from .service import NotificationService
 from .settings import Settings
@@ -56,6 +58,8 @@ class NotifyApp:
         manager = plugin_manager or build_plugin_manager(settings, plugins, discover_plugins)
         self.plugins = Plugins(manager)
         self.verifier = build_verifier(settings)
+        self.push_sender = PushSender(settings.push) if settings.push.vapid_private_key else None
+        self.push_worker: PushWorker | None = None
         self.hub = Hub()
         self.broker: Broker = InProcessBroker()
         self.request_limiter = RateLimiter(settings.rate_limits.requests_per_minute, "requests")
@@ -97,7 +101,9 @@ class NotifyApp:
             await self._close_storage()
             raise StartupError(f"storage {description} is not usable: {error.message} "
                                "(storage.url)") from None
-        self.service = NotificationService(self.store, self.broker, self.plugins, settings)
+        self.service = NotificationService(
+            self.store, self.broker, self.plugins, settings,
+            online=lambda user_id: self.hub.connections_of(user_id) > 0)
         self.ingest = EventIngest(self.plugins, self.service, self.store)
 
     async def start(self, sockets: list[socket.socket] | None = None) -> None:
@@ -109,6 +115,10 @@ class NotifyApp:
             settings.storage.operation_timeout_seconds, settings.storage.exit_after_seconds)
         self.storage_health.start()
         await self.broker.start(self.hub.dispatch)
+        if self.push_sender is not None:
+            self.push_worker = PushWorker(self.store, self.push_sender, settings.push)
+            self.service.on_push_recorded = self.push_worker.wake
+            self.push_worker.start()
         await self.plugins.call_each("mojavox_startup", app=self)
 
         self._http = tornado.httpserver.HTTPServer(
@@ -216,6 +226,8 @@ class NotifyApp:
                 await self.plugins.call_each("mojavox_shutdown", app=self)
             except Exception:
                 log.exception("a plugin's shutdown hook failed")
+        if self.push_worker is not None:
+            await self.push_worker.stop()
         await self.broker.stop()
         if self.storage_health is not None:
             await self.storage_health.stop()

@@ -292,14 +292,26 @@ def notification_id(value: Any) -> ObjectId:
 
 @dataclass(frozen=True)
 class ChannelPreference:
-    """A user's choice for one type: whether it is created at all, and whether it may be pushed."""
+    """A user's choice for one type: whether it is created at all, and whether it may be pushed
+    to their browsers. As stored, None means "never chosen": the default applies."""
 
-    enabled: bool = True
-    push: bool = True
+    enabled: bool | None = None
+    push: bool | None = None
+
+    def over(self, default: "ChannelPreference") -> "ChannelPreference":
+        """This choice, with the default where none was made."""
+        return ChannelPreference(
+            enabled=default.enabled if self.enabled is None else self.enabled,
+            push=default.push if self.push is None else self.push)
 
 
-def default_preferences(types: NotificationTypes) -> dict[str, ChannelPreference]:
-    return {name: ChannelPreference() for name in types.names}
+def default_preferences(types: NotificationTypes,
+                        push_priorities: Iterable[str]) -> dict[str, ChannelPreference]:
+    """Every type enabled; pushed when its default priority is one of `push_priorities`
+    (settings: push.default_priorities, high and critical)."""
+    pushed = set(push_priorities)
+    return {t.name: ChannelPreference(enabled=True, push=t.default_priority in pushed)
+            for t in types}
 
 
 def validate_preferences_update(raw: Any, types: NotificationTypes) -> dict[str, dict[str, bool]]:

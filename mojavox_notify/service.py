@@ -8,7 +8,7 @@ socket receives can also be read back, and recovery never sees what was not stor
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from .broker import Broker
 from .errors import ValidationError
@@ -16,6 +16,7 @@ from .model import (ChannelPreference, Draft, PushSubscription, default_preferen
                     notification_id, preferences_payload, to_payload, validate_draft,
                     validate_endpoint, validate_preferences_update, validate_push_subscription)
 from .plugins import Plugins
+from .push import check_endpoint
 from .ratelimit import RateLimiter
 from .settings import Settings
 from .store import NotificationStore, UserState
@@ -37,22 +38,21 @@ def page_bounds(limit: Any, offset: Any) -> tuple[int, int]:
     return limit, offset
 
 
-def _wanted(draft: Draft, preferences: dict[str, ChannelPreference]) -> bool:
-    """Critical ones always; others unless the recipient turned their type off."""
-    if draft.priority == "critical":
-        return True
-    preference = preferences.get(draft.type)
-    return preference is None or preference.enabled
-
-
 class NotificationService:
-    def __init__(self, store: NotificationStore, broker: Broker, plugins: Plugins, settings: Settings):
+    def __init__(self, store: NotificationStore, broker: Broker, plugins: Plugins, settings: Settings,
+                 online: Callable[[str], bool] = lambda user_id: False):
+        """`online(user_id)` tells whether the user has a live socket (for push decisions)."""
         self.store = store
         self.broker = broker
         self.plugins = plugins
         self.types = plugins.types
         self._action_url_hosts = settings.server.action_url_hosts
         self._limiter = RateLimiter(settings.rate_limits.notifications_per_minute, "notifications")
+        self._defaults = default_preferences(self.types, settings.push.default_priorities)
+        self._push = settings.push
+        self._online = online
+        #: Called when a creation recorded push jobs (the push worker wakes up).
+        self.on_push_recorded: Callable[[], None] | None = None
 
     # -- creation ------------------------------------------------------------------------------
 
@@ -69,24 +69,41 @@ class NotificationService:
         Critical notifications can be neither muted nor rate limited: an escalation must reach
         its supervisor. Preferences are read once for the whole batch, the rate limit is checked
         for all drafts before any is stored, and all are stored in one write before any is
-        published, so what a socket receives can always be read back.
+        published, so what a socket receives can always be read back. Push jobs are recorded in
+        the same write.
         """
-        preferences = await self.store.preferences_of_many(
-            {draft.user_id for draft in drafts if draft.priority != "critical"})
-        positions = [position for position, draft in enumerate(drafts)
-                     if _wanted(draft, preferences.get(draft.user_id, {}))]
+        preferences = await self.store.preferences_of_many({draft.user_id for draft in drafts})
+        choices = [self._choice(draft, preferences.get(draft.user_id, {})) for draft in drafts]
+        positions = [position for position, (draft, choice) in enumerate(zip(drafts, choices))
+                     if choice.enabled or draft.priority == "critical"]
         wanted = [drafts[position] for position in positions]
         self._limiter.take(draft.user_id for draft in wanted if draft.priority != "critical")
-        stored = await self.store.insert_many(wanted, event_id=event_id)
+        push = [self._pushed(drafts[position], choices[position]) for position in positions]
+        stored = await self.store.insert_many(wanted, event_id=event_id, push=push)
         created: list[dict | None] = [None] * len(drafts)
         for position, record in zip(positions, stored):
             payload = created[position] = to_payload(record.document)
             await self.broker.publish({"kind": "notification", "user_id": record.document["user_id"],
                                        "seq": record.document["seq"], "notification": payload,
                                        "unread": record.state.unread_payload()})
+        if self.on_push_recorded is not None and any(record.pushed for record in stored):
+            self.on_push_recorded()
         for position, record in zip(positions, stored):
             await self._observe(created[position], record.document["user_id"])
         return created
+
+    def _choice(self, draft: Draft, preferences: dict[str, ChannelPreference]) -> ChannelPreference:
+        return preferences.get(draft.type, ChannelPreference()).over(self._defaults[draft.type])
+
+    def _pushed(self, draft: Draft, choice: ChannelPreference) -> bool:
+        """Push when push is configured and the user wants this type pushed; with
+        `push.only_when_offline`, only to users with no live socket, except critical ones,
+        which are always pushed (an escalation must reach a supervisor whose tab is closed)."""
+        if not self._push.vapid_private_key or not choice.push:
+            return False
+        if draft.priority == "critical" or not self._push.only_when_offline:
+            return True
+        return not self._online(draft.user_id)
 
     async def _observe(self, payload: dict, user_id: str) -> None:
         try:
@@ -160,10 +177,9 @@ class NotificationService:
     # -- preferences and push subscriptions ------------------------------------------------------
 
     async def preferences(self, user_id: str) -> dict[str, Any]:
-        merged: dict[str, ChannelPreference] = default_preferences(self.types)
         stored = await self.store.preferences_of(user_id)
-        merged.update({name: value for name, value in stored.items() if name in merged})
-        return preferences_payload(merged)
+        return preferences_payload({name: stored.get(name, ChannelPreference()).over(default)
+                                    for name, default in self._defaults.items()})
 
     async def update_preferences(self, user_id: str, raw: Any) -> dict[str, Any]:
         changes = validate_preferences_update(raw, self.types)
@@ -172,6 +188,7 @@ class NotificationService:
 
     async def save_push_subscription(self, user_id: str, raw: Any) -> PushSubscription:
         subscription = validate_push_subscription(raw)
+        await check_endpoint(subscription.endpoint, self._push.allowed_insecure_hosts)
         await self.store.save_push_subscription(user_id, subscription)
         return subscription
 

@@ -133,6 +133,13 @@ class PushSettings:
     vapid_public_key: str | None = None
     vapid_private_key: str | None = None
     vapid_subject: str = "mailto:admin@mojavox.ai"
+    payload: str = _check(_one_of("full", "minimal"), default="full")
+    icon: str | None = None
+    only_when_offline: bool = True
+    default_priorities: tuple[str, ...] = ("high", "critical")
+    allowed_insecure_hosts: tuple[str, ...] = ()
+    concurrency: int = _check(_between(1, 1000), default=8)
+    give_up_after_seconds: float = _check(_between(10, 7 * 86400), default=3600)
 
 
 @dataclass(frozen=True)
@@ -361,6 +368,10 @@ def _check_combinations(settings: Settings) -> None:
         missing = "push.vapid_private_key" if push.vapid_private_key is None else "push.vapid_public_key"
         raise SettingsError(missing, "must be set too: the VAPID keys come as a pair "
                             "(VAPID_PUBLIC_KEY and VAPID_PRIVATE_KEY)")
+    unknown = sorted(set(push.default_priorities) - {"low", "medium", "high", "critical"})
+    if unknown:
+        raise SettingsError("push.default_priorities", f"{unknown[0]} is not a priority; "
+                            "allowed: low, medium, high, critical")
     if not push.vapid_subject.startswith(("mailto:", "https://")):
         raise SettingsError("push.vapid_subject", "must start with mailto: or https://")
     if settings.plugins.enabled and settings.plugins.disabled:

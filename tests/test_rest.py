@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from .support import new_user, token
+from .support import new_user, token, vapid_pair
 
 BASE = "/api/notifications"
 PAYLOAD_KEYS = {"id", "type", "title", "message", "timestamp", "priority", "read", "data", "actionUrl"}
@@ -426,13 +426,22 @@ async def test_lists_and_counts_never_include_other_users_notifications(start_ap
 # -- settings ------------------------------------------------------------------------------------
 
 @pytest.mark.gen_test(timeout=30)
-async def test_settings_default_to_every_type_enabled_and_pushed(start_app):
+async def test_settings_default_to_every_type_enabled_and_high_and_critical_ones_pushed(start_app):
     app = await start_app()
     status, body = await app.api.get(f"{BASE}/settings", token(new_user()))
     assert status == 200
     assert set(body) == {"channels"}
     assert set(body["channels"]) == SEVEN_TYPES
-    assert all(value == {"enabled": True, "push": True} for value in body["channels"].values())
+    assert all(value["enabled"] is True for value in body["channels"].values())
+    pushed = {name for name, value in body["channels"].items() if value["push"]}
+    assert pushed == {"payment_received", "call_escalation", "high_value_call", "agent_alert"}
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_push_defaults_follow_push_default_priorities(start_app):
+    app = await start_app(**{"push.default_priorities": ["critical"]})
+    status, body = await app.api.get(f"{BASE}/settings", token(new_user()))
+    assert {name for name, value in body["channels"].items() if value["push"]} == {"call_escalation"}
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -579,9 +588,10 @@ async def test_vapid_public_key_is_404_json_until_push_is_configured(start_app):
 
 @pytest.mark.gen_test(timeout=30)
 async def test_vapid_public_key_is_served_without_a_token(start_app):
-    app = await start_app(**{"push.vapid_public_key": "BPublicKey", "push.vapid_private_key": "private"})
+    public, private = vapid_pair()
+    app = await start_app(**{"push.vapid_public_key": public, "push.vapid_private_key": private})
     status, body = await app.api.get(f"{BASE}/vapid-public-key")
-    assert (status, body) == (200, {"publicKey": "BPublicKey"})
+    assert (status, body) == (200, {"publicKey": public})
 
 
 @pytest.mark.gen_test(timeout=30)

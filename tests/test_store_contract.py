@@ -256,7 +256,7 @@ async def test_two_writers_on_one_storage_interleave_without_gaps(open_store):
 
 
 @gen_test
-async def test_preferences_are_read_for_many_users_at_once_and_merge_on_update(open_store):
+async def test_preferences_are_read_for_many_users_at_once_and_keep_only_what_was_chosen(open_store):
     store = await open_store()
     alice, bob, carol = new_user(), new_user(), new_user()
     await store.update_preferences(alice, {"call_completed": {"enabled": False}})
@@ -265,7 +265,7 @@ async def test_preferences_are_read_for_many_users_at_once_and_merge_on_update(o
     await store.update_preferences(bob, {"system_alert": {"enabled": False, "push": False}})
     found = await store.preferences_of_many([alice, bob, carol])
     assert found[alice] == {"call_completed": ChannelPreference(enabled=False, push=False),
-                            "agent_alert": ChannelPreference(enabled=True, push=False)}
+                            "agent_alert": ChannelPreference(enabled=None, push=False)}
     assert found[bob] == {"system_alert": ChannelPreference(enabled=False, push=False)}
     assert carol not in found
     assert await store.preferences_of(carol) == {}

@@ -17,7 +17,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from datetime import datetime
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from bson import ObjectId
 
@@ -48,10 +49,26 @@ class UserState:
 
 @dataclass(frozen=True)
 class Created:
-    """A stored notification and its recipient's state right after it was stored."""
+    """A stored notification, its recipient's state right after it was stored, and whether a
+    web push of it was recorded in the push outbox."""
 
     document: dict[str, Any]
     state: UserState
+    pushed: bool = False
+
+
+@dataclass(frozen=True)
+class PushJob:
+    """A notification waiting in the push outbox to be pushed to its user's browsers; `done`
+    lists the endpoints that already have it."""
+
+    id: str
+    user_id: str
+    notification_id: str
+    priority: str
+    created_at: datetime
+    attempts: int
+    done: tuple[str, ...]
 
 
 class NotificationStore(ABC):
@@ -87,12 +104,15 @@ class NotificationStore(ABC):
     # -- notifications -------------------------------------------------------------------------
 
     @abstractmethod
-    async def insert_many(self, drafts: list[Draft], event_id: str | None = None) -> list[Created]:
+    async def insert_many(self, drafts: list[Draft], event_id: str | None = None,
+                          push: Sequence[bool] = ()) -> list[Created]:
         """Store drafts (in one transaction or one bulk write where the engine can), each with
-        the next `seq` of its user; returned in the order given."""
+        the next `seq` of its user; returned in the order given. Where `push[i]` is true and
+        the user has a push subscription, a push job is recorded with the notification (in the
+        same transaction on SQLite), so a restart loses no push."""
 
-    async def insert(self, draft: Draft, event_id: str | None = None) -> Created:
-        return (await self.insert_many([draft], event_id))[0]
+    async def insert(self, draft: Draft, event_id: str | None = None, push: bool = False) -> Created:
+        return (await self.insert_many([draft], event_id, [push]))[0]
 
     @abstractmethod
     async def state(self, user_id: str) -> UserState:
@@ -161,6 +181,30 @@ class NotificationStore(ABC):
     async def push_subscriptions_of(self, user_id: str) -> list[dict]:
         """`{endpoint, user_id, keys: {p256dh, auth}, created_at, updated_at}` documents."""
 
+    @abstractmethod
+    async def forget_push_subscription(self, endpoint: str) -> None:
+        """The push service said the endpoint is gone (404/410): delete it, whoever's it is."""
+
+    # -- push outbox -------------------------------------------------------------------------
+
+    @abstractmethod
+    async def claim_pushes(self, limit: int, lease_seconds: float) -> list[PushJob]:
+        """Up to `limit` due jobs, leased for `lease_seconds` so that no other process takes
+        them meanwhile (a job whose lease ran out, its process gone, is due again)."""
+
+    @abstractmethod
+    async def reschedule_push(self, job_id: str, delay_seconds: float, attempts: int,
+                              done: Sequence[str]) -> None:
+        """Try the job again after `delay_seconds`, remembering the endpoints that have it."""
+
+    @abstractmethod
+    async def finish_push(self, job_id: str) -> None:
+        """The job is over (every endpoint has it, or it was given up)."""
+
+    @abstractmethod
+    async def push_backlog(self) -> int:
+        """How many jobs wait in the push outbox."""
+
     # -- idempotent events -------------------------------------------------------------------
 
     @abstractmethod
@@ -182,6 +226,11 @@ class NotificationStore(ABC):
     @abstractmethod
     async def notifications_of_event(self, event_id: str) -> list[dict]:
         """The notifications stored for an event, in the order they were stored."""
+
+
+def push_flags(push: Sequence[bool], count: int) -> tuple[bool, ...]:
+    """`push` as one flag per draft (missing ones false)."""
+    return tuple(push) + (False,) * (count - len(push))
 
 
 def storage_url(settings: Settings) -> str:

@@ -26,7 +26,7 @@ import os
 import socket
 from collections import Counter, defaultdict
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import pymongo
 from bson import ObjectId
@@ -36,7 +36,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, 
 from ..errors import NotFoundError, StorageUnavailableError
 from ..model import NEVER, PRIORITIES, ChannelPreference, Draft, PushSubscription, to_document, utcnow
 from ..settings import MongoSettings
-from . import Created, NotificationStore, UserState
+from . import Created, NotificationStore, PushJob, UserState, push_flags
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,7 @@ class MongoStore(NotificationStore):
         self.preferences = self._db["channel_settings"]
         self.push_subscriptions = self._db["push_subscriptions"]
         self.events = self._db["events"]
+        self.push_outbox = self._db["push_outbox"]
         self.meta = self._db["meta"]
 
     @classmethod
@@ -151,6 +152,7 @@ class MongoStore(NotificationStore):
         await self.notifications.create_index("event_id", name="event", sparse=True)
         await self.push_subscriptions.create_index("endpoint", name="endpoint", unique=True)
         await self.push_subscriptions.create_index("user_id", name="user")
+        await self.push_outbox.create_index("due_at", name="due")
         # A TTL index would delete behind the counters' back: cleanup deletes and counts instead.
         for retired in ("expiry_ttl", "user_recent"):
             try:
@@ -188,9 +190,11 @@ class MongoStore(NotificationStore):
     # -- notifications -------------------------------------------------------------------------
 
     @_storage_errors
-    async def insert_many(self, drafts: list[Draft], event_id: str | None = None) -> list[Created]:
+    async def insert_many(self, drafts: list[Draft], event_id: str | None = None,
+                          push: Sequence[bool] = ()) -> list[Created]:
         """One bulk insert per round, each round holding at most one draft per user (so two
-        of one user's numbers are never in flight in one write)."""
+        of one user's numbers are never in flight in one write); then the push jobs, in one
+        more write (without a transaction, a crash between the two loses those pushes)."""
         created_at = utcnow()
         documents: list[dict | None] = [None] * len(drafts)
         pending = list(enumerate(drafts))
@@ -203,8 +207,21 @@ class MongoStore(NotificationStore):
             pending = later
         states = {document["_id"]: _state(document) async for document in self.states.find(
             {"_id": {"$in": list({draft.user_id for draft in drafts})}})}
-        return [Created(document, states.get(document["user_id"], UserState()))
-                for document in documents]
+        flags = push_flags(push, len(drafts))
+        wanted = {draft.user_id for draft, flag in zip(drafts, flags) if flag}
+        subscribed = set(await self.push_subscriptions.distinct(
+            "user_id", {"user_id": {"$in": list(wanted)}})) if wanted else set()
+        created = [Created(document, states.get(document["user_id"], UserState()),
+                           pushed=flag and document["user_id"] in subscribed)
+                   for document, flag in zip(documents, flags)]
+        jobs = [{"user_id": record.document["user_id"],
+                 "notification_id": str(record.document["_id"]),
+                 "priority": record.document["priority"], "created_at": to_ms(created_at),
+                 "due_at": to_ms(created_at), "attempts": 0, "done": [], "leased_until": 0}
+                for record in created if record.pushed]
+        if jobs:
+            await self.push_outbox.insert_many(jobs)
+        return created
 
     async def _insert_round(self, round_: list[tuple[int, Draft]], event_id, created_at,
                             documents: list) -> None:
@@ -386,12 +403,6 @@ class MongoStore(NotificationStore):
                   for name, change in changes.items() for key, value in change.items()}
         if not fields:
             return
-        # Each type's sub-document gets both keys so a stored preference is always complete.
-        current = await self.preferences_of(user_id)
-        for name in changes:
-            base = current.get(name, ChannelPreference())
-            fields.setdefault(f"channels.{name}.enabled", base.enabled)
-            fields.setdefault(f"channels.{name}.push", base.push)
         fields["updated_at"] = utcnow()
         await self.preferences.update_one({"_id": user_id}, {"$set": fields}, upsert=True)
 
@@ -412,6 +423,42 @@ class MongoStore(NotificationStore):
         result = await self.push_subscriptions.delete_one({"endpoint": endpoint, "user_id": user_id})
         if not result.deleted_count:
             raise NotFoundError("no such push subscription")
+
+    @_storage_errors
+    async def forget_push_subscription(self, endpoint: str) -> None:
+        await self.push_subscriptions.delete_one({"endpoint": endpoint})
+
+    @_storage_errors
+    async def claim_pushes(self, limit: int, lease_seconds: float) -> list[PushJob]:
+        now = to_ms(utcnow())
+        jobs = []
+        for _ in range(limit):
+            document = await self.push_outbox.find_one_and_update(
+                {"due_at": {"$lte": now}, "leased_until": {"$lte": now}},
+                {"$set": {"leased_until": now + int(lease_seconds * 1000)}},
+                sort=[("due_at", ASCENDING)], return_document=ReturnDocument.AFTER)
+            if document is None:
+                break
+            jobs.append(PushJob(str(document["_id"]), document["user_id"],
+                                document["notification_id"], document["priority"],
+                                EPOCH + timedelta(milliseconds=document["created_at"]),
+                                document["attempts"], tuple(document["done"])))
+        return jobs
+
+    @_storage_errors
+    async def reschedule_push(self, job_id: str, delay_seconds: float, attempts: int,
+                              done: Sequence[str]) -> None:
+        await self.push_outbox.update_one({"_id": ObjectId(job_id)}, {"$set": {
+            "due_at": to_ms(utcnow()) + int(delay_seconds * 1000), "attempts": attempts,
+            "done": list(done), "leased_until": 0}})
+
+    @_storage_errors
+    async def finish_push(self, job_id: str) -> None:
+        await self.push_outbox.delete_one({"_id": ObjectId(job_id)})
+
+    @_storage_errors
+    async def push_backlog(self) -> int:
+        return await self.push_outbox.count_documents({})
 
     @_storage_errors
     async def push_subscriptions_of(self, user_id: str) -> list[dict]:

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import orjson
 from bson import ObjectId
@@ -30,7 +30,7 @@ from bson import ObjectId
 from ..errors import NotFoundError, StorageUnavailableError
 from ..model import NEVER, PRIORITIES, ChannelPreference, Draft, PushSubscription, to_document, utcnow
 from ..settings import StorageSettings
-from . import Created, NotificationStore, UserState
+from . import Created, NotificationStore, PushJob, UserState, push_flags
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,19 @@ CREATE TABLE IF NOT EXISTS push_subscriptions (
     updated_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS push_subscriptions_user ON push_subscriptions (user_id);
+
+CREATE TABLE IF NOT EXISTS push_outbox (
+    id INTEGER PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    notification_id TEXT NOT NULL,
+    priority TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    due_at INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    done TEXT NOT NULL,
+    leased_until INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS push_outbox_due ON push_outbox (due_at);
 
 CREATE TABLE IF NOT EXISTS heartbeat (
     process TEXT PRIMARY KEY,
@@ -300,10 +313,11 @@ class SqliteStore(NotificationStore):
 
     # -- notifications -------------------------------------------------------------------------
 
-    async def insert_many(self, drafts: list[Draft], event_id: str | None = None) -> list[Created]:
+    async def insert_many(self, drafts: list[Draft], event_id: str | None = None,
+                          push: Sequence[bool] = ()) -> list[Created]:
         if not drafts:
             return []
-        return await self._write(_insert_many, drafts, event_id, utcnow())
+        return await self._write(_insert_many, drafts, event_id, utcnow(), push_flags(push, len(drafts)))
 
     async def state(self, user_id: str) -> UserState:
         row = await self._read(_state_row, user_id)
@@ -396,6 +410,30 @@ class SqliteStore(NotificationStore):
             DELETE FROM push_subscriptions WHERE endpoint = ? AND user_id = ?""", (endpoint, user_id))
         if not removed:
             raise NotFoundError("no such push subscription")
+
+    async def forget_push_subscription(self, endpoint: str) -> None:
+        await self._write(_execute, "DELETE FROM push_subscriptions WHERE endpoint = ?", (endpoint,))
+
+    async def claim_pushes(self, limit: int, lease_seconds: float) -> list[PushJob]:
+        now = to_ms(utcnow())
+        rows = await self._write(_claim_pushes, now, now + int(lease_seconds * 1000), limit)
+        return [PushJob(str(id_), user_id, notification_id, priority, from_ms(created_at),
+                        attempts, tuple(json.loads(done)))
+                for id_, user_id, notification_id, priority, created_at, attempts, done in rows]
+
+    async def reschedule_push(self, job_id: str, delay_seconds: float, attempts: int,
+                              done: Sequence[str]) -> None:
+        await self._write(_execute, """
+            UPDATE push_outbox SET due_at = ?, attempts = ?, done = ?, leased_until = 0
+            WHERE id = ?""", (to_ms(utcnow()) + int(delay_seconds * 1000), attempts,
+                              json.dumps(list(done)), int(job_id)))
+
+    async def finish_push(self, job_id: str) -> None:
+        await self._write(_execute, "DELETE FROM push_outbox WHERE id = ?", (int(job_id),))
+
+    async def push_backlog(self) -> int:
+        rows = await self._read(_select, "SELECT count(*) FROM push_outbox", ())
+        return rows[0][0]
 
     async def push_subscriptions_of(self, user_id: str) -> list[dict]:
         rows = await self._read(_select, """
@@ -491,12 +529,15 @@ def _page(connection, user_id, limit, offset, unread_only, now_ms) -> list[tuple
         (user_id, now_ms, limit, offset)).fetchall()
 
 
-def _insert_many(connection, drafts: list[Draft], event_id, created_at) -> list[Created]:
+def _insert_many(connection, drafts: list[Draft], event_id, created_at, push) -> list[Created]:
     """All drafts in one transaction: the users' counters are read once, advanced here (the
-    write lock is held, so nobody else moves them) and written back once per user."""
+    write lock is held, so nobody else moves them) and written back once per user; the push
+    jobs of flagged drafts whose users have a subscription go into the outbox with them."""
     created = []
     with transaction(connection):
         counters = _counters_of(connection, {draft.user_id for draft in drafts})
+        subscribed = _subscribed(connection, {draft.user_id for draft, wanted in zip(drafts, push)
+                                              if wanted})
         expiry: dict[str, int] = {}
         rows = []
         for draft in drafts:
@@ -507,12 +548,39 @@ def _insert_many(connection, drafts: list[Draft], event_id, created_at) -> list[
                 expiry[draft.user_id] = min(expiry.get(draft.user_id, NEVER_MS), to_ms(draft.expires_at))
             document = to_document(draft, created_at=created_at, seq=seq + 1, event_id=event_id)
             rows.append(_row(document))
-            created.append(Created(document, UserState(seq + 1, total + 1, unread)))
+            created.append(Created(document, UserState(seq + 1, total + 1, unread),
+                                   pushed=push[len(created)] and draft.user_id in subscribed))
         connection.executemany(INSERT_NOTIFICATION, rows)
+        connection.executemany("""
+            INSERT INTO push_outbox (user_id, notification_id, priority, created_at, due_at,
+                                     attempts, done, leased_until)
+            VALUES (?, ?, ?, ?, ?, 0, '[]', 0)""", [
+            (record.document["user_id"], str(record.document["_id"]), record.document["priority"],
+             to_ms(created_at), to_ms(created_at)) for record in created if record.pushed])
         connection.executemany(SAVE_STATE, [
             (user_id, seq, total, *(unread[p] for p in PRIORITIES), expiry.get(user_id, NEVER_MS))
             for user_id, (seq, total, unread) in counters.items()])
     return created
+
+
+def _subscribed(connection, user_ids: set[str]) -> set[str]:
+    """Which of these users have at least one push subscription."""
+    found = set()
+    for chunk in _chunks(sorted(user_ids), IN_CHUNK):
+        found.update(row[0] for row in connection.execute(f"""
+            SELECT DISTINCT user_id FROM push_subscriptions
+            WHERE user_id IN ({", ".join("?" for _ in chunk)})""", chunk))
+    return found
+
+
+def _claim_pushes(connection, now_ms: int, lease_until: int, limit: int) -> list[tuple]:
+    with transaction(connection):
+        return connection.execute("""
+            UPDATE push_outbox SET leased_until = ? WHERE id IN (
+                SELECT id FROM push_outbox WHERE due_at <= ? AND leased_until <= ?
+                ORDER BY due_at LIMIT ?)
+            RETURNING id, user_id, notification_id, priority, created_at, attempts, done""",
+            (lease_until, now_ms, now_ms, limit)).fetchall()
 
 
 def _counters_of(connection, user_ids: set[str]) -> dict[str, tuple[int, int, dict[str, int]]]:
@@ -626,8 +694,7 @@ def _update_preferences(connection, user_id: str, changes: dict[str, dict[str, b
                                  (user_id,)).fetchone()
         channels = json.loads(row[0]) if row else {}
         for name, change in changes.items():
-            current = channels.get(name, {"enabled": True, "push": True})
-            channels[name] = {**current, **change}
+            channels[name] = {**channels.get(name, {}), **change}
         connection.execute("""
             INSERT INTO channel_settings (user_id, channels, updated_at) VALUES (?, ?, ?)
             ON CONFLICT (user_id) DO UPDATE SET channels = excluded.channels,

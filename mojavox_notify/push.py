@@ -1,0 +1,172 @@
+"""Web Push (RFC 8030/8291/8292): what a push says, where it may go, and sending one.
+
+`PushSender.send` encrypts a payload for one browser subscription (aes128gcm with the
+subscription's p256dh key and auth secret), signs a VAPID JWT for the push service's origin,
+and posts it with tornado's async client, so sending never blocks the event loop. What to do
+with the answer (retry, forget the subscription) is the worker's (`push_worker.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import email.utils
+import ipaddress
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping
+from urllib.parse import urlparse
+
+import py_vapid
+import pywebpush
+from cryptography.hazmat.primitives import serialization
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+from .errors import ValidationError
+from .settings import PushSettings, SettingsError
+
+log = logging.getLogger(__name__)
+
+MAX_PAYLOAD_BYTES = 3072
+# How long the push service keeps an undelivered push, and how urgently it wakes a device.
+TTL_SECONDS = {"low": 86400, "medium": 86400, "high": 4 * 3600, "critical": 3600}
+URGENCY = {"low": "low", "medium": "normal", "high": "high", "critical": "high"}
+VAPID_LIFETIME_SECONDS = 12 * 3600  # RFC 8292: at most 24 hours
+SEND_TIMEOUT_SECONDS = 10
+
+
+def push_payload(notification: Mapping[str, Any], mode: str, icon: str | None) -> str:
+    """The JSON a service worker receives: the seed's `{title, body, icon, tag, data}`, at most
+    3 KB (the body is shortened to fit), or with `minimal` only `{id, type, priority}` so no
+    debtor data passes through a third-party push service."""
+    reference = {"id": notification["id"], "type": notification["type"],
+                 "priority": notification["priority"]}
+    if mode == "minimal":
+        return json.dumps(reference, separators=(",", ":"), ensure_ascii=False)
+    payload = {"title": notification["title"], "body": notification["message"],
+               "tag": f"mojavox-{notification['id']}",
+               "data": {**reference, "actionUrl": notification.get("actionUrl")}}
+    if icon:
+        payload["icon"] = icon
+    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    while len(text.encode()) > MAX_PAYLOAD_BYTES:
+        overflow = len(text.encode()) - MAX_PAYLOAD_BYTES
+        payload["body"] = payload["body"][:max(0, len(payload["body"]) - overflow - 1)] + "…"
+        text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    return text
+
+
+async def check_endpoint(endpoint: str, allowed_insecure_hosts: tuple[str, ...],
+                         must_resolve: bool = False) -> None:
+    """Refuse a subscription endpoint the server must not call: not https, or a host that
+    resolves to a loopback, private, link-local or otherwise non-public address (no request
+    forgery through a subscription). Hosts in `push.allowed_insecure_hosts` may be http and
+    local (for tests and a local push service stand-in). The worker checks again right before
+    each send (`must_resolve`), so a host that does not resolve when subscribing is accepted
+    then, and one that later resolves to a private address is still never called."""
+    parsed = urlparse(endpoint)
+    host = (parsed.hostname or "").lower()
+    allowed = host in {name.lower() for name in allowed_insecure_hosts}
+    if parsed.scheme != "https" and not (allowed and parsed.scheme == "http"):
+        raise ValidationError("endpoint", "must be an https URL of the browser's push service")
+    if allowed:
+        return
+    try:
+        addresses = await asyncio.get_running_loop().getaddrinfo(host, parsed.port or 443)
+    except OSError:
+        if must_resolve:
+            raise EndpointUnresolved(host) from None
+        return
+    for *_, address in addresses:
+        ip = ipaddress.ip_address(address[0])
+        if not ip.is_global:
+            raise ValidationError("endpoint", f"host {host} resolves to a non-public address "
+                                              f"({ip}); push services are public hosts")
+
+
+class EndpointUnresolved(OSError):
+    """The endpoint's host does not resolve right now (try again later)."""
+
+
+@dataclass(frozen=True)
+class PushOutcome:
+    """One send's result: delivered, gone (forget the subscription), retry (after
+    `retry_after` seconds, when the service said), or failed for good."""
+
+    kind: str  # "delivered" | "gone" | "retry" | "failed"
+    status: int | None = None
+    retry_after: float | None = None
+    detail: str = ""
+
+
+class PushSender:
+    def __init__(self, settings: PushSettings, http: AsyncHTTPClient | None = None):
+        self._settings = settings
+        self._vapid = load_vapid_key(settings)
+        self._http = http or AsyncHTTPClient()
+
+    @property
+    def public_key(self) -> str:
+        return self._settings.vapid_public_key
+
+    async def send(self, subscription: Mapping[str, Any], payload: str, priority: str) -> PushOutcome:
+        endpoint = subscription["endpoint"]
+        try:
+            body = pywebpush.WebPusher({"endpoint": endpoint, "keys": subscription["keys"]}).encode(
+                payload.encode(), "aes128gcm")["body"]
+        except (pywebpush.WebPushException, ValueError, binascii.Error) as error:
+            return PushOutcome("failed", detail=f"cannot encrypt for this subscription: {error}")
+        parsed = urlparse(endpoint)
+        claims = {"aud": f"{parsed.scheme}://{parsed.netloc}",
+                  "exp": int(time.time()) + VAPID_LIFETIME_SECONDS,
+                  "sub": self._settings.vapid_subject}
+        headers = {**self._vapid.sign(claims), "Content-Encoding": "aes128gcm",
+                   "Content-Type": "application/octet-stream",
+                   "TTL": str(TTL_SECONDS[priority]), "Urgency": URGENCY[priority]}
+        request = HTTPRequest(endpoint, method="POST", headers=headers, body=body,
+                              request_timeout=SEND_TIMEOUT_SECONDS, follow_redirects=False)
+        try:
+            response = await self._http.fetch(request, raise_error=False)
+        except (OSError, HTTPClientError, asyncio.TimeoutError) as error:
+            return PushOutcome("retry", detail=f"cannot reach the push service: {error}")
+        status = response.code
+        if status in (200, 201, 202):
+            return PushOutcome("delivered", status)
+        if status in (404, 410):
+            return PushOutcome("gone", status)
+        if status == 429 or status >= 500 or status == 599:
+            return PushOutcome("retry", status, _retry_after(response.headers.get("Retry-After")),
+                               detail=(response.body or b"")[:200].decode(errors="replace"))
+        return PushOutcome("failed", status, detail=(response.body or b"")[:200].decode(errors="replace"))
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds: a number of seconds or an HTTP date."""
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value.strip())
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, moment.timestamp() - time.time())
+
+
+def load_vapid_key(settings: PushSettings) -> py_vapid.Vapid02:
+    """The VAPID signing key from `VAPID_PRIVATE_KEY` (base64url, raw 32-byte P-256 scalar, as
+    `mojavox-notify vapid-keys` prints it); it must match `VAPID_PUBLIC_KEY`."""
+    try:
+        vapid = py_vapid.Vapid02.from_raw(settings.vapid_private_key.encode())
+    except (ValueError, binascii.Error, TypeError) as error:
+        raise SettingsError("push.vapid_private_key", "must be a base64url raw P-256 private "
+                            f"key as `mojavox-notify vapid-keys` prints it ({error})") from None
+    public = base64.urlsafe_b64encode(vapid.public_key.public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)).rstrip(b"=").decode()
+    if public != settings.vapid_public_key.rstrip("="):
+        raise SettingsError("push.vapid_public_key", "does not belong to push.vapid_private_key "
+                            "(VAPID_PUBLIC_KEY and VAPID_PRIVATE_KEY must be one pair)")
+    return vapid
