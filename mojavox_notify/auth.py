@@ -11,7 +11,6 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import jwt
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError

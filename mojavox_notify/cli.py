@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import gc
 import json
 import logging
@@ -15,14 +14,12 @@ import urllib.error
 import urllib.request
 from typing import Sequence
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
 from .app import NotifyApp, StartupError
 from .auth import hs256_secret, mint_token
 from .errors import StorageUnavailableError
 from .logs import configure_logging
 from .plugins import PluginError
+from .push import new_vapid_pair
 from .settings import Settings, SettingsError, load_settings
 from .store import sqlite_path, storage_url
 from .store.importer import import_nx27017
@@ -177,17 +174,10 @@ def _token(args) -> int:
 
 
 def _vapid_keys(args) -> int:
-    key = ec.generate_private_key(ec.SECP256R1())
-    private = key.private_numbers().private_value.to_bytes(32, "big")
-    public = key.public_key().public_bytes(serialization.Encoding.X962,
-                                           serialization.PublicFormat.UncompressedPoint)
-    print(f"VAPID_PUBLIC_KEY={_b64url(public)}")
-    print(f"VAPID_PRIVATE_KEY={_b64url(private)}")
+    public, private = new_vapid_pair()
+    print(f"VAPID_PUBLIC_KEY={public}")
+    print(f"VAPID_PRIVATE_KEY={private}")
     return 0
-
-
-def _b64url(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
 def _emit(args) -> int:

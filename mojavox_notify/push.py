@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 import py_vapid
 import pywebpush
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from .errors import ValidationError
@@ -39,24 +40,56 @@ SEND_TIMEOUT_SECONDS = 10
 
 
 def push_payload(notification: Mapping[str, Any], mode: str, icon: str | None) -> str:
-    """The JSON a service worker receives: the seed's `{title, body, icon, tag, data}`, at most
-    3 KB (the body is shortened to fit), or with `minimal` only `{id, type, priority}` so no
-    debtor data passes through a third-party push service."""
+    """The JSON a service worker receives: the seed's `{title, body, icon, tag, data}`, or with
+    `minimal` only `{id, type, priority}` so no debtor data passes through a third-party push
+    service. At most 3 KB: the body is shortened first, then a long `actionUrl` is left out
+    (the service worker can fetch it by id), then the icon, and the title last."""
     reference = {"id": notification["id"], "type": notification["type"],
                  "priority": notification["priority"]}
     if mode == "minimal":
-        return json.dumps(reference, separators=(",", ":"), ensure_ascii=False)
+        return _compact(reference)
     payload = {"title": notification["title"], "body": notification["message"],
-               "tag": f"mojavox-{notification['id']}",
-               "data": {**reference, "actionUrl": notification.get("actionUrl")}}
+               "tag": f"mojavox-{notification['id']}", "data": dict(reference)}
     if icon:
         payload["icon"] = icon
-    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
-    while len(text.encode()) > MAX_PAYLOAD_BYTES:
-        overflow = len(text.encode()) - MAX_PAYLOAD_BYTES
-        payload["body"] = payload["body"][:max(0, len(payload["body"]) - overflow - 1)] + "…"
-        text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    if notification.get("actionUrl"):
+        payload["data"]["actionUrl"] = notification["actionUrl"]
+    text = _compact(payload)
+    for shorten in (_shorten_body, _drop_action_url, _drop_icon, _shorten_title):
+        while (overflow := len(text.encode()) - MAX_PAYLOAD_BYTES) > 0 and shorten(payload, overflow):
+            text = _compact(payload)
     return text
+
+
+def _compact(payload: dict) -> str:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+
+
+def _shortened(text: str, overflow: int) -> str:
+    """`text` cut by at least `overflow` bytes of its UTF-8 form, with an ellipsis if cut."""
+    encoded = text.encode()
+    keep = len(encoded) - overflow - len("…".encode())
+    return encoded[:keep].decode(errors="ignore") + "…" if keep > 0 else ""
+
+
+# Each way of making a payload smaller says whether it could.
+
+def _shorten_body(payload: dict, overflow: int) -> bool:
+    before, payload["body"] = payload["body"], _shortened(payload["body"], overflow)
+    return payload["body"] != before
+
+
+def _drop_action_url(payload: dict, overflow: int) -> bool:
+    return payload["data"].pop("actionUrl", None) is not None
+
+
+def _shorten_title(payload: dict, overflow: int) -> bool:
+    before, payload["title"] = payload["title"], _shortened(payload["title"], overflow)
+    return payload["title"] != before
+
+
+def _drop_icon(payload: dict, overflow: int) -> bool:
+    return payload.pop("icon", None) is not None
 
 
 async def check_endpoint(endpoint: str, allowed_insecure_hosts: tuple[str, ...],
@@ -164,9 +197,24 @@ def load_vapid_key(settings: PushSettings) -> py_vapid.Vapid02:
     except (ValueError, binascii.Error, TypeError) as error:
         raise SettingsError("push.vapid_private_key", "must be a base64url raw P-256 private "
                             f"key as `mojavox-notify vapid-keys` prints it ({error})") from None
-    public = base64.urlsafe_b64encode(vapid.public_key.public_bytes(
-        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)).rstrip(b"=").decode()
-    if public != settings.vapid_public_key.rstrip("="):
+    if _public_key_text(vapid.public_key) != settings.vapid_public_key.rstrip("="):
         raise SettingsError("push.vapid_public_key", "does not belong to push.vapid_private_key "
                             "(VAPID_PUBLIC_KEY and VAPID_PRIVATE_KEY must be one pair)")
     return vapid
+
+
+def new_vapid_pair() -> tuple[str, str]:
+    """A fresh VAPID key pair in the web-push convention: (public, private), base64url of the
+    uncompressed P-256 point and of the raw 32-byte private scalar."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    return _public_key_text(key.public_key()), b64url(key.private_numbers().private_value.to_bytes(32, "big"))
+
+
+def _public_key_text(public_key: ec.EllipticCurvePublicKey) -> str:
+    return b64url(public_key.public_bytes(serialization.Encoding.X962,
+                                          serialization.PublicFormat.UncompressedPoint))
+
+
+def b64url(raw: bytes) -> str:
+    """Unpadded base64url, the encoding of every key in web push."""
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()

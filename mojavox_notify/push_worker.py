@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 LEASE_SECONDS = 60.0  # longer than a job's sends can take (each send times out after 10 s)
 POLL_SECONDS = 1.0  # how often rescheduled jobs are looked for when nothing wakes the worker
+STOP_GRACE_SECONDS = 12.0  # a send times out after 10 s
 BACKOFF_BASE_SECONDS = 2.0
 BACKOFF_CAP_SECONDS = 300.0
 
@@ -44,6 +45,7 @@ class PushWorker:
         self._settings = settings
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._stopping = False
         self.stats: Counter = Counter()  # sent, failed, removed, retried, given_up
 
     def start(self) -> None:
@@ -54,13 +56,22 @@ class PushWorker:
         self._wakeup.set()
 
     async def stop(self) -> None:
-        if self._task is not None:
+        """Let the sends in flight finish and their jobs be finished or rescheduled (a job cut
+        off mid-send would wait out its lease), then stop."""
+        if self._task is None:
+            return
+        self._stopping = True
+        self._wakeup.set()
+        try:
+            async with asyncio.timeout(STOP_GRACE_SECONDS):
+                await asyncio.shield(self._task)
+        except TimeoutError:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        self._task = None
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 jobs = await self._store.claim_pushes(self._settings.concurrency, LEASE_SECONDS)
             except StorageUnavailableError:

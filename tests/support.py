@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import time
 import uuid
@@ -13,8 +12,6 @@ import jwt
 import pytest
 import tornado.httpclient
 import tornado.websocket
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 
 TEST_SECRET = "test-secret-for-mojavox-notify-0123456789"
@@ -22,19 +19,6 @@ TEST_SECRET = "test-secret-for-mojavox-notify-0123456789"
 # Apply to a test (or a module's `pytestmark`) to run it on both storage engines.
 ENGINES = ["sqlite", "mongo"]
 both_engines = pytest.mark.parametrize("storage_engine", ENGINES, indirect=True)
-
-
-def vapid_pair() -> tuple[str, str]:
-    """A fresh VAPID key pair as `mojavox-notify vapid-keys` prints it: (public, private)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    public = key.public_key().public_bytes(serialization.Encoding.X962,
-                                           serialization.PublicFormat.UncompressedPoint)
-    private = key.private_numbers().private_value.to_bytes(32, "big")
-    return b64url(public), b64url(private)
-
-
-def b64url(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
 def new_user(prefix: str = "user") -> str:

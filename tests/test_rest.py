@@ -9,7 +9,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from .support import new_user, token, vapid_pair
+from mojavox_notify.push import new_vapid_pair
+
+from .support import new_user, token
 
 BASE = "/api/notifications"
 PAYLOAD_KEYS = {"id", "type", "title", "message", "timestamp", "priority", "read", "data", "actionUrl"}
@@ -588,7 +590,7 @@ async def test_vapid_public_key_is_404_json_until_push_is_configured(start_app):
 
 @pytest.mark.gen_test(timeout=30)
 async def test_vapid_public_key_is_served_without_a_token(start_app):
-    public, private = vapid_pair()
+    public, private = new_vapid_pair()
     app = await start_app(**{"push.vapid_public_key": public, "push.vapid_private_key": private})
     status, body = await app.api.get(f"{BASE}/vapid-public-key")
     assert (status, body) == (200, {"publicKey": public})

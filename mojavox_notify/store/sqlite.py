@@ -750,7 +750,7 @@ def _import(connection, notifications, preferences, subscriptions, events) -> No
 
 def _complete(document: dict[str, Any]) -> dict[str, Any]:
     """A stored document with every field, whatever version wrote it."""
-    return {"read_at": None, "action_url": None, "data": {}, "expires_at": NEVER, **document,
+    return {"action_url": None, "data": {}, **document,
             "created_at": _aware(document["created_at"]),
             "expires_at": _aware(document.get("expires_at") or NEVER),
             "read_at": _aware(document.get("read_at"))}

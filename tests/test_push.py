@@ -1,0 +1,216 @@
+"""Web push end to end, against a push service stand-in that verifies VAPID and decrypts each
+push with the subscription's keys: what a supervisor with a closed tab receives, and when."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mojavox_notify.push import new_vapid_pair, push_payload
+
+from .pushservice import PushServiceStandIn
+from .support import Socket, new_user, token
+
+BASE = "/api/notifications"
+gen_test = pytest.mark.gen_test(timeout=60)
+
+
+@pytest.fixture
+def push_service(io_loop):
+    """A started stand-in; `push_service.settings` are the app settings that push to it."""
+    public, private = new_vapid_pair()
+    service = PushServiceStandIn(vapid_public_key=public)
+    io_loop.run_sync(service.start)
+    service.settings = {"push.vapid_public_key": public, "push.vapid_private_key": private,
+                        "push.allowed_insecure_hosts": ["127.0.0.1"],
+                        "rate_limits.notifications_per_minute": 0}
+    yield service
+    io_loop.run_sync(service.stop)
+
+
+async def subscribed(app, push_service, user: str) -> dict:
+    subscription = push_service.subscribe()
+    status, body = await app.api.post(f"{BASE}/push-subscription", token(user), subscription)
+    assert status == 200, body
+    return subscription
+
+
+@gen_test
+async def test_a_push_reaches_an_offline_user_decrypted_byte_for_byte(start_app, push_service):
+    app = await start_app(**push_service.settings, **{"push.icon": "/icons/mojavox-192.png"})
+    user = new_user("collector")
+    subscription = await subscribed(app, push_service, user)
+    created = await app.api.notify(user, type="payment_received", title="Payment Received",
+                                   message="John Smith paid $2,450.00 on account #AC-2024-1234",
+                                   actionUrl="/payment-history")
+    assert await push_service.wait_for(lambda: push_service.delivered_to(subscription))
+    [delivery] = push_service.delivered_to(subscription)
+    assert delivery.payload == push_payload(created, "full", "/icons/mojavox-192.png").encode()
+    assert json.loads(delivery.payload) == {
+        "title": "Payment Received", "body": "John Smith paid $2,450.00 on account #AC-2024-1234",
+        "icon": "/icons/mojavox-192.png", "tag": f"mojavox-{created['id']}",
+        "data": {"id": created["id"], "type": "payment_received", "priority": "high",
+                 "actionUrl": "/payment-history"}}
+    assert (delivery.ttl, delivery.urgency) == (4 * 3600, "high")
+    assert push_service.refusals == []
+    assert await push_service.wait_for(lambda: app.push_worker.stats["sent"] == 1)
+
+
+@gen_test
+async def test_the_minimal_payload_carries_only_id_type_and_priority(start_app, push_service):
+    app = await start_app(**push_service.settings, **{"push.payload": "minimal"})
+    user = new_user()
+    subscription = await subscribed(app, push_service, user)
+    created = await app.api.notify(user, message="John Smith paid $2,450.00")
+    assert await push_service.wait_for(lambda: push_service.delivered_to(subscription))
+    payload = json.loads(push_service.delivered_to(subscription)[0].payload)
+    assert payload == {"id": created["id"], "type": "payment_received", "priority": "high"}
+
+
+@gen_test
+async def test_every_browser_of_the_user_gets_the_push(start_app, push_service):
+    app = await start_app(**push_service.settings)
+    user = new_user()
+    laptop, phone = await subscribed(app, push_service, user), await subscribed(app, push_service, user)
+    await app.api.notify(user)
+    assert await push_service.wait_for(
+        lambda: push_service.delivered_to(laptop) and push_service.delivered_to(phone))
+
+
+@gen_test
+async def test_a_gone_endpoint_is_removed_and_not_tried_again(start_app, push_service):
+    app = await start_app(**push_service.settings)
+    user = new_user()
+    subscription = await subscribed(app, push_service, user)
+    push_service.answer(subscription, (410, {}))
+    await app.api.notify(user)
+    assert await push_service.wait_for(lambda: push_service.deliveries)
+    for _ in range(50):
+        if not await app.store.push_subscriptions_of(user):
+            break
+        await push_service.wait_for(lambda: False, 0.1)
+    assert await app.store.push_subscriptions_of(user) == []
+    await app.api.notify(user)
+    assert not await push_service.wait_for(lambda: len(push_service.deliveries) > 1, 1.0)
+
+
+@gen_test
+async def test_a_429_is_retried_after_its_retry_after(start_app, push_service):
+    app = await start_app(**push_service.settings)
+    user = new_user()
+    subscription = await subscribed(app, push_service, user)
+    push_service.answer(subscription, (429, {"Retry-After": "1"}))
+    created = await app.api.notify(user)
+    assert await push_service.wait_for(lambda: push_service.delivered_to(subscription), 15)
+    attempts = [d for d in push_service.deliveries if d.browser == subscription["endpoint"].rsplit("/", 1)[1]]
+    assert [d.status for d in attempts] == [429, 201]
+    assert json.loads(attempts[1].payload)["data"]["id"] == created["id"]
+    assert await push_service.wait_for(lambda: app.push_worker.stats["sent"] == 1)
+    assert await app.store.push_backlog() == 0
+
+
+@gen_test
+async def test_nothing_is_pushed_when_muted_or_online_but_critical_always_is(start_app, push_service):
+    app = await start_app(**push_service.settings)
+    muted, online = new_user("muted"), new_user("supervisor")
+    muted_subscription = await subscribed(app, push_service, muted)
+    online_subscription = await subscribed(app, push_service, online)
+    await app.api.put(f"{BASE}/settings", token(muted), {"channels": {"payment_received": {"push": False}}})
+    tab = await Socket.open(app, token(online))
+    await tab.expect("connected")
+
+    await app.api.notify(muted, type="payment_received")
+    await app.api.notify(muted, type="call_completed", priority="low")  # push off by default
+    await app.api.notify(online, type="payment_received")
+    escalation = await app.api.notify(online, type="call_escalation", priority="critical",
+                                      actionUrl="/live-monitor?call=c-1")
+    assert await push_service.wait_for(lambda: push_service.delivered_to(online_subscription))
+    assert not await push_service.wait_for(lambda: len(push_service.deliveries) > 1, 1.0)
+    [delivery] = push_service.delivered_to(online_subscription)
+    assert json.loads(delivery.payload)["data"] == {
+        "id": escalation["id"], "type": "call_escalation", "priority": "critical",
+        "actionUrl": "/live-monitor?call=c-1"}
+    assert push_service.delivered_to(muted_subscription) == []
+
+
+@gen_test
+async def test_a_restart_in_the_middle_of_retrying_still_delivers(start_app, make_settings, push_service):
+    settings = make_settings(**push_service.settings)
+    first = await start_app(settings=settings)
+    user = new_user()
+    subscription = await subscribed(first, push_service, user)
+    push_service.answer(subscription, (500, {}))
+    created = await first.api.notify(user)
+    assert await push_service.wait_for(lambda: first.push_worker.stats["retried"] == 1)
+    await first.stop()
+    assert push_service.delivered_to(subscription) == []
+    second = await start_app(settings=settings)
+    assert await push_service.wait_for(lambda: push_service.delivered_to(subscription), 20)
+    assert json.loads(push_service.delivered_to(subscription)[0].payload)["data"]["id"] == created["id"]
+    assert await push_service.wait_for(lambda: second.push_worker.stats["sent"] == 1)
+
+
+@gen_test
+@pytest.mark.parametrize("endpoint, allowed", [
+    ("http://push.example.com/send/1", []),
+    ("https://127.0.0.1/send/1", []),
+    ("https://localhost/send/1", []),
+    ("https://10.1.2.3/send/1", []),
+    ("https://169.254.169.254/latest/meta-data", []),
+    ("https://[::1]/send/1", []),
+    ("ftp://push.example.com/send/1", ["push.example.com"]),
+])
+async def test_a_subscription_endpoint_must_be_https_on_a_public_host(start_app, endpoint, allowed):
+    app = await start_app(**{"push.allowed_insecure_hosts": allowed})
+    subscription = {"endpoint": endpoint, "keys": {"p256dh": "BKey", "auth": "secret"}}
+    status, body = await app.api.post(f"{BASE}/push-subscription", token(new_user()), subscription)
+    assert status == 400 and body["error"]["message"].startswith("endpoint:"), body
+
+
+@gen_test
+async def test_an_allowed_insecure_host_may_be_local_http(start_app):
+    app = await start_app(**{"push.allowed_insecure_hosts": ["127.0.0.1"]})
+    subscription = {"endpoint": "http://127.0.0.1:9/send/1", "keys": {"p256dh": "BKey", "auth": "secret"}}
+    status, _ = await app.api.post(f"{BASE}/push-subscription", token(new_user()), subscription)
+    assert status == 200
+
+
+def test_a_bad_vapid_key_stops_start_up_with_one_line(tmp_path):
+    public, _ = new_vapid_pair()
+    _, other_private = new_vapid_pair()
+    for private, key in (("not-a-key", "push.vapid_private_key"), (other_private, "push.vapid_public_key")):
+        result = subprocess.run([sys.executable, "-m", "mojavox_notify", "check"], cwd=tmp_path,
+                                env={"PATH": "/usr/bin:/bin", "VAPID_PUBLIC_KEY": public,
+                                     "VAPID_PRIVATE_KEY": private, "JWT_SECRET": "s" * 40},
+                                capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and key in lines[0], result.stderr
+
+
+def test_a_payload_is_never_over_3_kb_and_keeps_what_matters_most():
+    notification = {"id": "6b0d299f4d1b1364ea0ffc40", "type": "payment_received", "priority": "high",
+                    "title": "Payment Received", "message": "é" * 2000, "actionUrl": "/payment-history"}
+    shortened = json.loads(push_payload(notification, "full", None))
+    assert len(push_payload(notification, "full", None).encode()) <= 3072
+    assert shortened["body"].startswith("éé") and shortened["body"].endswith("…")
+    assert shortened["data"]["actionUrl"] == "/payment-history"
+
+    worst = {**notification, "title": "🚨" * 255, "message": "\n" * 2000, "actionUrl": "/" + "ü" * 2047}
+    text = push_payload(worst, "full", "/icons/" + "i" * 4000)
+    payload = json.loads(text)
+    assert len(text.encode()) <= 3072
+    assert payload["body"] == "" and "actionUrl" not in payload["data"] and "icon" not in payload
+    assert payload["title"] == "🚨" * 255
+    assert payload["data"] == {"id": notification["id"], "type": "payment_received", "priority": "high"}
+
+
+def test_a_notification_without_action_url_has_none_in_its_payload():
+    notification = {"id": "6b0d299f4d1b1364ea0ffc40", "type": "agent_alert", "priority": "critical",
+                    "title": "Agent offline", "message": "Agent 7 stopped", "actionUrl": None}
+    assert json.loads(push_payload(notification, "full", None))["data"] == {
+        "id": notification["id"], "type": "agent_alert", "priority": "critical"}
