@@ -14,7 +14,7 @@ setup(
         "tornado>=6.4,<7",
         "pymongo>=4.13,<5",
         "nx-27017>=0.8,<0.9",
-        "redis>=5,<9",
+        "redis[hiredis]>=5,<9",
         "PyJWT[crypto]>=2.8,<3",
         "cryptography>=42",
         "pluggy>=1.5,<2",

@@ -1,14 +1,15 @@
 """The application object: the one place that wires the collaborators together.
 
 Start-up order, top to bottom in `start()`: storage (schema or indexes) and its watchdog →
-broker → service and ingest → plugins' startup → HTTP/WebSocket listener → event sources and
-the cleanup job. `stop()` undoes it in reverse.
+broker (Redis when `redis.url` is set) and presence → service and ingest → plugins' startup →
+HTTP/WebSocket listener → event sources and the cleanup job. `stop()` undoes it in reverse.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from typing import Any, Iterable
 
@@ -18,7 +19,7 @@ import tornado.netutil
 import tornado.web
 
 from .auth import build_verifier
-from .broker import Broker, InProcessBroker
+from .broker import Broker, RedisBroker, build_broker
 from .handlers.admin import HealthHandler, PluginsHandler
 from .handlers.base import NotFoundHandler, log_request
 from .handlers.events import EventsHandler
@@ -32,7 +33,9 @@ from .model import Event
 from .plugins import Plugins, build_plugin_manager
 from .push import PushSender
 from .push_worker import PushWorker
-from .ratelimit import RateLimiter
+from .presence import build_presence
+from .ratelimit import build_rate_limiter
+from .redis_link import RedisLink
 from .service import NotificationService
 from .settings import Settings
 from .errors import StorageUnavailableError
@@ -51,18 +54,28 @@ class StartupError(RuntimeError):
 
 class NotifyApp:
     def __init__(self, settings: Settings, plugins: Iterable[tuple[str, Any]] = (),
-                 discover_plugins: bool = True, plugin_manager: pluggy.PluginManager | None = None):
+                 discover_plugins: bool = True, plugin_manager: pluggy.PluginManager | None = None,
+                 worker: int | None = None):
         """`plugins` adds (name, plugin) pairs; `discover_plugins=False` uses only those, so a
-        test can build an app with exactly the plugins it wants."""
+        test can build an app with exactly the plugins it wants. `worker` is this process's
+        index under `serve --workers N` (None: the only process)."""
         self.settings = settings
         manager = plugin_manager or build_plugin_manager(settings, plugins, discover_plugins)
         self.plugins = Plugins(manager)
         self.verifier = build_verifier(settings)
         self.push_sender = PushSender(settings.push) if settings.push.vapid_private_key else None
         self.push_worker: PushWorker | None = None
+        self.worker = worker
         self.hub = Hub()
-        self.broker: Broker = InProcessBroker()
-        self.request_limiter = RateLimiter(settings.rate_limits.requests_per_minute, "requests")
+        # Redis, when configured, carries fan-out, rate limits and presence across instances.
+        self.redis = RedisLink(settings.redis) if settings.redis.url else None
+        self.broker: Broker = build_broker(self.redis)
+        self.presence = build_presence(
+            self.hub, self.redis, self.broker.origin if isinstance(self.broker, RedisBroker) else "")
+        self.request_limiter = build_rate_limiter(settings.rate_limits.requests_per_minute,
+                                                  "requests", self.redis)
+        self.notification_limiter = build_rate_limiter(
+            settings.rate_limits.notifications_per_minute, "notifications", self.redis)
         self.store: NotificationStore | None = None
         self.storage_health: StorageHealth | None = None
         self.service: NotificationService | None = None
@@ -103,7 +116,7 @@ class NotifyApp:
                                "(storage.url)") from None
         self.service = NotificationService(
             self.store, self.broker, self.plugins, settings,
-            online=lambda user_id: self.hub.connections_of(user_id) > 0)
+            online=self.presence.online_many, limiter=self.notification_limiter)
         self.ingest = EventIngest(self.plugins, self.service, self.store)
 
     async def start(self, sockets: list[socket.socket] | None = None) -> None:
@@ -115,6 +128,7 @@ class NotifyApp:
             settings.storage.operation_timeout_seconds, settings.storage.exit_after_seconds)
         self.storage_health.start()
         await self.broker.start(self.hub.dispatch)
+        await self.presence.start()
         if self.push_sender is not None:
             self.push_worker = PushWorker(self.store, self.push_sender, settings.push)
             self.service.on_push_recorded = self.push_worker.wake
@@ -131,7 +145,7 @@ class NotifyApp:
 
         for source in self._event_sources():
             self._tasks.append(asyncio.get_running_loop().create_task(self._run_source(source)))
-        if settings.retention.cleanup_interval_minutes:
+        if settings.retention.cleanup_interval_minutes and not self.worker:
             self._tasks.append(asyncio.get_running_loop().create_task(self._cleanup_loop()))
 
     def web_application(self) -> tornado.web.Application:
@@ -174,12 +188,15 @@ class NotifyApp:
         """From cached state (the watchdog's last probe and every failure since): no I/O."""
         storage = self.storage_health.report() if self.storage_health else {
             "ok": False, "backend": self.storage_name}
-        return {
-            "status": "ok" if storage["ok"] and self.broker.healthy else "unavailable",
-            "storage": storage,
-            "broker": {"ok": self.broker.healthy, "backend": self.broker.name},
-            "connections": len(self.hub),
-        }
+        broker = self.broker.report()
+        # Without Redis an instance still serves its own sockets and every request: degraded,
+        # not unavailable, so a load balancer does not take every instance out at once.
+        status = "unavailable" if not storage["ok"] else "ok" if broker["ok"] else "degraded"
+        report = {"status": status, "storage": storage, "broker": broker,
+                  "connections": len(self.hub)}
+        if self.worker is not None:
+            report["worker"] = {"index": self.worker, "pid": os.getpid()}
+        return report
 
     def _event_sources(self) -> list:
         sources = []
@@ -228,7 +245,10 @@ class NotifyApp:
                 log.exception("a plugin's shutdown hook failed")
         if self.push_worker is not None:
             await self.push_worker.stop()
+        await self.presence.stop()
         await self.broker.stop()
+        if self.redis is not None:
+            await self.redis.close()
         if self.storage_health is not None:
             await self.storage_health.stop()
         if self._http is not None:

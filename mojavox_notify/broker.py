@@ -1,20 +1,39 @@
 """Fan-out between the service and every process's hub.
 
-The service publishes a message addressed to one user after it has persisted the change; every
-instance's hub receives it and hands it to that user's sockets. The hub only knows the `Broker`
-interface: the in-process broker serves a single instance, a Redis one serves several.
+The service publishes messages addressed to one user after it has persisted the change; every
+instance's hub receives them and hands them to that user's sockets. The hub only knows the
+`Broker` interface: the in-process broker serves a single instance, the Redis one several
+processes and hosts.
+
+Messages are dicts with a `kind` (`notification`, `read`, `read_all`, `deleted`, or `resync`)
+and a `user_id`. A `resync` message (`users`: a list, or None for everyone) tells the hub that
+live messages may have been missed: the sockets concerned fill their gap from storage.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import os
+import random
 from abc import ABC, abstractmethod
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
+
+import orjson
+
+from .redis_link import REDIS_ERRORS, RedisLink
 
 log = logging.getLogger(__name__)
 
 Message = dict[str, Any]
 Receiver = Callable[[Message], None]
+
+#: Positions of a message's fields on the wire (Redis): no key names are sent.
+WIRE_FIELDS = ("kind", "user_id", "seq", "notification", "unread", "notification_id", "users")
+WIRE_VERSION = 1
+#: Past this many users missed while Redis was away, every socket resyncs instead.
+MAX_REMEMBERED_USERS = 10_000
 
 
 class Broker(ABC):
@@ -30,6 +49,11 @@ class Broker(ABC):
     async def publish(self, message: Message) -> None:
         """Send `message` (a JSON-able dict with a `user_id`) to every instance's receiver."""
 
+    async def publish_many(self, messages: list[Message]) -> None:
+        """Send several messages, in order (one round trip where the engine allows)."""
+        for message in messages:
+            await self.publish(message)
+
     @abstractmethod
     async def stop(self) -> None:
         """Stop delivering; pending messages may be dropped."""
@@ -37,6 +61,10 @@ class Broker(ABC):
     @property
     def healthy(self) -> bool:
         return True
+
+    def report(self) -> dict[str, Any]:
+        """For /healthz: `ok`, `backend` and, when not ok, the error (cached state, no I/O)."""
+        return {"ok": self.healthy, "backend": self.name}
 
 
 class InProcessBroker(Broker):
@@ -51,12 +79,214 @@ class InProcessBroker(Broker):
         self._receiver = receiver
 
     async def publish(self, message: Message) -> None:
-        if self._receiver is None:
-            return
-        try:
-            self._receiver(message)
-        except Exception:  # a broken receiver must not fail the publisher's request
-            log.exception("delivering a %s message failed", message.get("kind"))
+        deliver(self._receiver, message)
 
     async def stop(self) -> None:
         self._receiver = None
+
+
+def deliver(receiver: Receiver | None, message: Message) -> None:
+    if receiver is None:
+        return
+    try:
+        receiver(message)
+    except Exception:  # a broken receiver must not fail the publisher's request
+        log.exception("delivering a %s message failed", message.get("kind"))
+
+
+def encode(origin: str, message: Message) -> bytes:
+    """Compact wire form: a JSON array [version, origin, kind, user_id, seq, ...] without the
+    trailing empty fields (orjson; the standard library for integers past 64 bits)."""
+    fields = [message.get(name) for name in WIRE_FIELDS]
+    while fields and fields[-1] is None:
+        fields.pop()
+    wire = [WIRE_VERSION, origin, *fields]
+    try:
+        return orjson.dumps(wire)
+    except orjson.JSONEncodeError:
+        return json.dumps(wire, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def decode(data: bytes) -> tuple[str, Message]:
+    """(origin, message) of `encode`'s output; ValueError when it is not one."""
+    wire = orjson.loads(data) if len(data) < 1 << 20 else json.loads(data)
+    if not isinstance(wire, list) or len(wire) < 3 or wire[0] != WIRE_VERSION:
+        raise ValueError("not a MOJAVOX Notify broker message")
+    message = {name: value for name, value in zip(WIRE_FIELDS, wire[2:]) if value is not None}
+    return wire[1], message
+
+
+class RedisBroker(Broker):
+    """Redis pub/sub: one channel, `<redis.key_prefix>:fanout`, one subscription per process.
+
+    A message is handed to this process's own receiver at once and published for the others
+    (which skip their own messages by origin), so sockets on the publishing process never wait
+    for the Redis round trip, and keep receiving while Redis is away.
+
+    While Redis is away nothing published reaches the other processes; so when the subscription
+    is back, every socket of this process resyncs from storage (it may have missed others'
+    messages), and a `resync` message names the users whose messages this process could not
+    publish meanwhile, so the other processes resync those sockets. Since a notification is
+    published only after it is stored, nothing stored is missing from a socket afterwards.
+    """
+
+    name = "redis"
+
+    def __init__(self, link: RedisLink):
+        self.link = link
+        self.channel = link.key("fanout")
+        self.origin = os.urandom(6).hex()
+        self._receiver: Receiver | None = None
+        self._task: asyncio.Task | None = None
+        self._subscribed = asyncio.Event()
+        self._missed: set[str] | None = set()  # users not published to others; None: everyone
+        self._heartbeat = max(1.0, link.settings.timeout_seconds * 2)
+        self._stopping = False
+
+    @property
+    def healthy(self) -> bool:
+        return self.link.available
+
+    def report(self) -> dict[str, Any]:
+        return self.link.report()
+
+    async def start(self, receiver: Receiver) -> None:
+        """Subscribe; if Redis does not answer within a few timeouts, go on serving this
+        process's sockets and keep reconnecting in the background."""
+        self._receiver = receiver
+        self._task = asyncio.get_running_loop().create_task(self._listen())
+        try:
+            async with asyncio.timeout(self.link.settings.timeout_seconds * 4):
+                await self._subscribed.wait()
+        except TimeoutError:
+            log.error("redis %s does not answer (%s); serving this process's sockets alone and "
+                      "reconnecting in the background", self.link.description, self.link.error)
+
+    async def publish(self, message: Message) -> None:
+        await self.publish_many([message])
+
+    async def publish_many(self, messages: list[Message]) -> None:
+        for message in messages:
+            deliver(self._receiver, message)
+        if not self.link.available:
+            self._remember(messages)
+            return
+        try:
+            if len(messages) == 1:
+                await self.link.client.publish(self.channel, encode(self.origin, messages[0]))
+            else:
+                async with self.link.client.pipeline(transaction=False) as pipeline:
+                    for message in messages:
+                        pipeline.publish(self.channel, encode(self.origin, message))
+                    await pipeline.execute()
+        except REDIS_ERRORS as error:
+            self.link.down(error)
+            self._remember(messages)
+            self._restart_listener()
+
+    def _remember(self, messages: Iterable[Message]) -> None:
+        if self._missed is None:
+            return
+        self._missed.update(message["user_id"] for message in messages if "user_id" in message)
+        if len(self._missed) > MAX_REMEMBERED_USERS:
+            self._missed = None
+
+    def _restart_listener(self) -> None:
+        """A publish failed: drop the subscription too, so recovery takes the one path below
+        (reconnect with backoff, then resync)."""
+        if self._stopping or self._task is None:
+            return
+        self._task.cancel()
+        self._task = asyncio.get_running_loop().create_task(self._listen(first_delay=0.1))
+
+    async def _listen(self, first_delay: float = 0.0) -> None:
+        delay = first_delay
+        cap = self.link.settings.reconnect_max_seconds
+        while not self._stopping:
+            if delay:
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            pubsub = self.link.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                # From here on everything published reaches us: now fill what was missed.
+                self.link.up()
+                delay = 0.0
+                await self._recovered()
+                self._subscribed.set()
+                await self._receive(pubsub)
+            except asyncio.CancelledError:
+                raise
+            except REDIS_ERRORS as error:
+                self.link.down(error)
+                delay = min(cap, max(0.1, delay * 2))
+            finally:
+                await _close_quietly(pubsub)
+
+    async def _recovered(self) -> None:
+        """Tell the other processes which of our messages they missed, then resync our own
+        sockets (they may have missed theirs)."""
+        await self._publish_missed()
+        deliver(self._receiver, {"kind": "resync", "user_id": "", "users": None})
+
+    async def _publish_missed(self) -> None:
+        missed, self._missed = self._missed, set()
+        if missed is None or missed:
+            resync = {"kind": "resync", "user_id": "", "users": None if missed is None else sorted(missed)}
+            try:
+                await self.link.client.publish(self.channel, encode(self.origin, resync))
+            except REDIS_ERRORS:
+                if missed is None or self._missed is None:
+                    self._missed = None
+                else:
+                    self._missed |= missed
+                raise
+
+    async def _receive(self, pubsub) -> None:
+        loop = asyncio.get_running_loop()
+        heard = loop.time()
+        pinged = False
+        while not self._stopping:
+            if not self.link.available:
+                # Another command failed (a rate limit, presence) while this subscription
+                # stayed up: if Redis answers now, tell the others what we could not publish.
+                await self.link.ping()
+                self.link.up()
+                await self._publish_missed()
+            message = await pubsub.get_message(timeout=self._heartbeat)
+            if message is None:
+                # Idle: a PING proves the connection is alive (a vanished host sends no reset).
+                if pinged and loop.time() - heard > self._heartbeat * 2:
+                    raise TimeoutError(f"no answer to PING within {self._heartbeat * 2:g} s")
+                if not pinged:
+                    await pubsub.ping()
+                    pinged = True
+                continue
+            heard, pinged = loop.time(), False
+            if message["type"] != "message":
+                continue
+            try:
+                origin, decoded = decode(message["data"])
+            except ValueError as error:
+                log.warning("ignored a malformed message on %s: %s", self.channel, error)
+                continue
+            if origin != self.origin:
+                deliver(self._receiver, decoded)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        self._receiver = None
+
+
+async def _close_quietly(pubsub) -> None:
+    try:
+        await pubsub.aclose()
+    except Exception:
+        pass
+
+
+def build_broker(link: RedisLink | None) -> Broker:
+    return InProcessBroker() if link is None else RedisBroker(link)

@@ -19,27 +19,49 @@ class Connection(Protocol):
     def shutdown(self, code: int, reason: str) -> None:
         """Send what is queued, then close with a WebSocket close code."""
 
+    def resync(self) -> None:
+        """Live messages may have been missed: fill the gap from storage (must not block)."""
+
 
 class Hub:
     def __init__(self) -> None:
         self._by_user: dict[str, set[Connection]] = {}
+        #: Told of every attach (`joined(connection)`) and detach (`left(connection)`), e.g.
+        #: presence across instances; they must not block.
+        self.observers: list = []
 
     def attach(self, connection: Connection) -> None:
         self._by_user.setdefault(connection.user_id, set()).add(connection)
+        for observer in self.observers:
+            observer.joined(connection)
 
     def detach(self, connection: Connection) -> None:
         connections = self._by_user.get(connection.user_id)
-        if connections is None:
+        if connections is None or connection not in connections:
             return
         connections.discard(connection)
         if not connections:
             del self._by_user[connection.user_id]
+        for observer in self.observers:
+            observer.left(connection)
 
     def dispatch(self, message: Message) -> None:
         """Hand `message` to every socket of its user on this process (a copy of the set, since
-        delivering may close and detach a socket)."""
+        delivering may close and detach a socket). A `resync` message makes the sockets of its
+        `users` (None: all) fill what they missed from storage."""
+        if message.get("kind") == "resync":
+            self.resync(message.get("users"))
+            return
         for connection in tuple(self._by_user.get(message.get("user_id"), ())):
             connection.deliver(message)
+
+    def resync(self, users: list[str] | None = None) -> None:
+        if users is None:
+            targets = list(self.connections())
+        else:
+            targets = [c for user in users for c in tuple(self._by_user.get(user, ()))]
+        for connection in targets:
+            connection.resync()
 
     def connections(self) -> Iterator[Connection]:
         for connections in tuple(self._by_user.values()):

@@ -1,14 +1,29 @@
-"""Token buckets per key (a user id): a burst of up to `per_minute`, refilled evenly."""
+"""Token buckets per key (a user id): a burst of up to `per_minute`, refilled evenly.
+
+Two engines behind one interface, `await limiter.acquire(keys)`: `RateLimiter` counts in this
+process; `RedisRateLimiter` counts in Redis (one Lua script, all keys at once), so several
+instances together allow the setting, not N times it. While Redis does not answer, the Redis
+engine counts in this process instead of failing or waiting on requests.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from typing import Callable, Iterable
 
 from .errors import RateLimitedError
+from .redis_link import REDIS_ERRORS, RedisLink
+
+log = logging.getLogger(__name__)
 
 PRUNE_THRESHOLD = 10_000
+
+
+def _limited(what: str, key: str, per_minute: int, wait: float) -> RateLimitedError:
+    return RateLimitedError(f"too many {what} for {key}: at most {per_minute} a minute; "
+                            f"retry in {wait:.1f}s", retry_after=wait)
 
 
 class RateLimiter:
@@ -21,6 +36,10 @@ class RateLimiter:
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}
 
+    async def acquire(self, keys: Iterable[str]) -> None:
+        """The engine-independent call: take one token per key occurrence, all or none."""
+        self.take(keys)
+
     def take(self, keys: Iterable[str]) -> None:
         """Take one token per key occurrence, all or none; RateLimitedError names the wait."""
         if not self.per_minute:
@@ -30,10 +49,7 @@ class RateLimiter:
         levels = {key: self._level(key, now) for key in wanted}
         for key, count in wanted.items():
             if levels[key] < count:
-                wait = (count - levels[key]) / self._rate
-                raise RateLimitedError(f"too many {self.what} for {key}: at most "
-                                       f"{self.per_minute} a minute; retry in {wait:.1f}s",
-                                       retry_after=wait)
+                raise _limited(self.what, key, self.per_minute, (count - levels[key]) / self._rate)
         for key, count in wanted.items():
             self._buckets[key] = (levels[key] - count, now)
         if len(self._buckets) > PRUNE_THRESHOLD:
@@ -47,3 +63,73 @@ class RateLimiter:
         full = [key for key in self._buckets if self._level(key, now) >= self.per_minute]
         for key in full:
             del self._buckets[key]
+
+
+# KEYS: one bucket per key; ARGV: capacity, tokens per millisecond, then the count per key.
+# Redis's own clock, so hosts with skewed clocks share one bucket fairly. Returns {1} when the
+# tokens were taken, {0, wait_ms, index of the first key short of tokens} otherwise.
+TAKE_SCRIPT = """
+local capacity = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local levels = {}
+for i, key in ipairs(KEYS) do
+  local bucket = redis.call('HMGET', key, 'tokens', 'at')
+  local tokens, at = tonumber(bucket[1]), tonumber(bucket[2])
+  if tokens == nil or at == nil then tokens, at = capacity, now end
+  local level = math.min(capacity, tokens + math.max(0, now - at) * rate)
+  local want = tonumber(ARGV[i + 2])
+  if level < want then
+    return {0, tostring((want - level) / rate), i}
+  end
+  levels[i] = level
+end
+local ttl = math.ceil(capacity / rate) + 1000
+for i, key in ipairs(KEYS) do
+  redis.call('HSET', key, 'tokens', tostring(levels[i] - tonumber(ARGV[i + 2])), 'at', now)
+  redis.call('PEXPIRE', key, ttl)
+end
+return {1}
+"""
+
+
+class RedisRateLimiter:
+    """Counted in Redis across every instance; per process while Redis is away."""
+
+    def __init__(self, link: RedisLink, per_minute: int, what: str):
+        self.per_minute = per_minute
+        self.what = what
+        self._link = link
+        self._script = link.client.register_script(TAKE_SCRIPT)
+        self._local = RateLimiter(per_minute, what)
+
+    async def acquire(self, keys: Iterable[str]) -> None:
+        if not self.per_minute:
+            return
+        wanted = Counter(keys)
+        if not wanted:
+            return
+        if not self._link.available:
+            self._local.take(wanted.elements())
+            return
+        names = list(wanted)
+        try:
+            answer = await self._script(
+                keys=[self._link.key("rate", self.what, name) for name in names],
+                args=[self.per_minute, self.per_minute / 60_000.0, *wanted.values()])
+        except REDIS_ERRORS as error:
+            self._link.down(error)
+            self._local.take(wanted.elements())
+            return
+        if int(answer[0]) == 1:
+            return
+        wait = float(answer[1]) / 1000.0
+        raise _limited(self.what, names[int(answer[2]) - 1], self.per_minute, wait)
+
+
+def build_rate_limiter(per_minute: int, what: str, link: RedisLink | None):
+    """Counted in Redis when one is configured, in this process otherwise."""
+    if link is None:
+        return RateLimiter(per_minute, what)
+    return RedisRateLimiter(link, per_minute, what)

@@ -8,7 +8,7 @@ socket receives can also be read back, and recovery never sees what was not stor
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable
 
 from .broker import Broker
 from .errors import ValidationError
@@ -38,16 +38,24 @@ def page_bounds(limit: Any, offset: Any) -> tuple[int, int]:
     return limit, offset
 
 
+async def _nobody_online(user_ids: set[str]) -> set[str]:
+    return set()
+
+
 class NotificationService:
     def __init__(self, store: NotificationStore, broker: Broker, plugins: Plugins, settings: Settings,
-                 online: Callable[[str], bool] = lambda user_id: False):
-        """`online(user_id)` tells whether the user has a live socket (for push decisions)."""
+                 online: Callable[[set[str]], Awaitable[set[str]]] = _nobody_online,
+                 limiter: Any = None):
+        """`await online(user_ids)` answers which of them have a live socket anywhere (for push
+        decisions); `limiter` counts notifications per recipient (`acquire(keys)`; by default
+        in this process)."""
         self.store = store
         self.broker = broker
         self.plugins = plugins
         self.types = plugins.types
         self._action_url_hosts = settings.server.action_url_hosts
-        self._limiter = RateLimiter(settings.rate_limits.notifications_per_minute, "notifications")
+        self._limiter = limiter or RateLimiter(settings.rate_limits.notifications_per_minute,
+                                               "notifications")
         self._defaults = default_preferences(self.types, settings.push.default_priorities)
         self._push = settings.push
         self._online = online
@@ -77,15 +85,18 @@ class NotificationService:
         positions = [position for position, (draft, choice) in enumerate(zip(drafts, choices))
                      if choice.enabled or draft.priority == "critical"]
         wanted = [drafts[position] for position in positions]
-        self._limiter.take(draft.user_id for draft in wanted if draft.priority != "critical")
-        push = [self._pushed(drafts[position], choices[position]) for position in positions]
+        await self._limiter.acquire(draft.user_id for draft in wanted if draft.priority != "critical")
+        push = await self._pushed([(drafts[position], choices[position]) for position in positions])
         stored = await self.store.insert_many(wanted, event_id=event_id, push=push)
         created: list[dict | None] = [None] * len(drafts)
+        messages = []
         for position, record in zip(positions, stored):
             payload = created[position] = to_payload(record.document)
-            await self.broker.publish({"kind": "notification", "user_id": record.document["user_id"],
-                                       "seq": record.document["seq"], "notification": payload,
-                                       "unread": record.state.unread_payload()})
+            messages.append({"kind": "notification", "user_id": record.document["user_id"],
+                             "seq": record.document["seq"], "notification": payload,
+                             "unread": record.state.unread_payload()})
+        if messages:
+            await self.broker.publish_many(messages)
         if self.on_push_recorded is not None and any(record.pushed for record in stored):
             self.on_push_recorded()
         for position, record in zip(positions, stored):
@@ -95,15 +106,18 @@ class NotificationService:
     def _choice(self, draft: Draft, preferences: dict[str, ChannelPreference]) -> ChannelPreference:
         return preferences.get(draft.type, ChannelPreference()).over(self._defaults[draft.type])
 
-    def _pushed(self, draft: Draft, choice: ChannelPreference) -> bool:
+    async def _pushed(self, chosen: list[tuple[Draft, ChannelPreference]]) -> list[bool]:
         """Push when push is configured and the user wants this type pushed; with
-        `push.only_when_offline`, only to users with no live socket, except critical ones,
-        which are always pushed (an escalation must reach a supervisor whose tab is closed)."""
-        if not self._push.vapid_private_key or not choice.push:
-            return False
-        if draft.priority == "critical" or not self._push.only_when_offline:
-            return True
-        return not self._online(draft.user_id)
+        `push.only_when_offline`, only to users with no live socket on any instance, except
+        critical ones, which are always pushed (an escalation must reach a supervisor whose tab
+        is closed). Presence is asked once for the whole batch."""
+        if not self._push.vapid_private_key:
+            return [False] * len(chosen)
+        if_offline = {draft.user_id for draft, choice in chosen if choice.push
+                      and draft.priority != "critical" and self._push.only_when_offline}
+        online = await self._online(if_offline) if if_offline else set()
+        return [choice.push and (draft.priority == "critical" or not self._push.only_when_offline
+                                 or draft.user_id not in online) for draft, choice in chosen]
 
     async def _observe(self, payload: dict, user_id: str) -> None:
         try:

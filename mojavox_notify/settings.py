@@ -67,6 +67,12 @@ def _storage_url(value: str) -> str | None:
     return "must be 'embedded', a sqlite:///path URL or a mongodb:// URL"
 
 
+def _key_prefix(value: str) -> str | None:
+    if value and len(value) <= 64 and not any(c.isspace() for c in value):
+        return None
+    return "must be 1 to 64 characters without spaces"
+
+
 def _check(check: Callable[[Any], str | None], **kwargs):
     return field(metadata={"check": check}, **kwargs)
 
@@ -80,6 +86,7 @@ class ServerSettings:
     max_message_bytes: int = _check(_between(256, 16 * 1024 * 1024), default=64 * 1024)
     allowed_origins: tuple[str, ...] = ()
     action_url_hosts: tuple[str, ...] = ()
+    workers: int = _check(_between(0, 256), default=1)
 
 
 @dataclass(frozen=True)
@@ -126,6 +133,10 @@ class MongoSettings:
 @dataclass(frozen=True)
 class RedisSettings:
     url: str | None = _check(_url_with_scheme("redis", "rediss", "unix"), default=None)
+    key_prefix: str = _check(_key_prefix, default="mojavox-notify")
+    timeout_seconds: float = _check(_between(0.05, 60), default=0.5)
+    reconnect_max_seconds: float = _check(_between(0.1, 300), default=5)
+    presence_ttl_seconds: float = _check(_between(3, 3600), default=30)
 
 
 @dataclass(frozen=True)

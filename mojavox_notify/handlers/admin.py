@@ -9,14 +9,15 @@ from .base import BaseHandler
 
 
 class HealthHandler(BaseHandler):
-    """200 when storage answers, 503 otherwise, with what was checked."""
+    """200 when storage answers (`degraded` when the Redis broker does not), 503 otherwise,
+    with what was checked."""
 
     public = True
     checks: Callable
 
     async def get(self) -> None:
         report = await self.checks()
-        self.send_json(report, status=200 if report["status"] == "ok" else 503)
+        self.send_json(report, status=503 if report["status"] == "unavailable" else 200)
 
 
 class PluginsHandler(BaseHandler):

@@ -47,7 +47,7 @@ class BaseHandler(tornado.web.RequestHandler):
         if self.public:
             return
         self.principal = await self.verifier.verify(self._bearer_token())
-        self.request_limiter.take([self.principal.user_id])
+        await self.request_limiter.acquire([self.principal.user_id])
 
     def data_received(self, chunk: bytes) -> None:
         # A body without Content-Length is only measured here. Raising would drop the connection

@@ -152,6 +152,7 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
         self.live_from = 0
         self._catching_up = True
         self._held: list[Message] = []
+        self._resync_pending = False
         self._timers: list[asyncio.TimerHandle] = []
         self._attached = False
 
@@ -251,7 +252,18 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
         if payload["type"] in self.channels:
             self._send("notification", payload=payload)
 
-    async def _catch_up(self) -> None:
+    def resync(self) -> None:  # the hub's Connection.resync
+        """Live messages may have been missed (the broker lost Redis for a while): fill from
+        storage after `last_seq`, then send a fresh `unread_count` and `resynced {count}`."""
+        if not self._attached:
+            return
+        if self._catching_up:
+            self._resync_pending = True
+            return
+        self._catching_up = True
+        asyncio.get_running_loop().create_task(self._catch_up(resync=True))
+
+    async def _catch_up(self, resync: bool = False) -> None:
         """Fetch everything after `last_seq` from storage, then release held live messages."""
         self._catching_up = True
         try:
@@ -264,12 +276,17 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
                 passed_on += len(batch)
                 if not more:
                     break
-            if passed_on:
+            if passed_on or resync:
                 self._send("unread_count", **await self.service.unread(self.user_id))
+            if resync:
+                self._send("resynced", count=passed_on)
             held, self._held = self._held, []
             self._catching_up = False
             for message in sorted(held, key=lambda m: m["seq"]):
                 self.deliver(message)
+            if self._resync_pending:
+                self._resync_pending = False
+                self.resync()
         except StorageUnavailableError as error:
             # Closing is the honest answer: a client that reconnects with ?since= misses nothing.
             log.warning("socket %s could not catch up: %s", self.client_id, error.message)
@@ -301,7 +318,7 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
                 raise ValidationError("type", f"unknown message type {frame['type']!r}; allowed: "
                                       f"{', '.join(CLIENT_MESSAGES)}", code="unknown_type")
             if frame["type"] != "ping":
-                self.request_limiter.take([self.user_id])
+                await self.request_limiter.acquire([self.user_id])
             await handler(frame)
         except NotifyError as error:
             self._send_error(error.code, error.message)
