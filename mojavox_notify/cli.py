@@ -8,11 +8,14 @@ import asyncio
 import gc
 import json
 import logging
+import os
 import signal
 import sys
 import urllib.error
 import urllib.request
-from typing import Sequence
+from typing import Callable, Sequence
+
+import tornado.netutil
 
 from .app import NotifyApp, StartupError
 from .auth import hs256_secret, mint_token
@@ -20,11 +23,13 @@ from .errors import StorageUnavailableError
 from .logs import configure_logging
 from .plugins import PluginError
 from .push import new_vapid_pair
+from .redis_link import REDIS_ERRORS, RedisLink
 from .settings import Settings, SettingsError, load_settings
 from .store import sqlite_path, storage_url
 from .store.importer import import_nx27017
 from .store.nx27017 import Nx27017Error
 from .store.sqlite import SqliteStore
+from .workers import reserve_port, run_workers, worker_count
 
 log = logging.getLogger("mojavox_notify")
 
@@ -39,8 +44,13 @@ EXPECTED_ERRORS = (SettingsError, PluginError, StartupError, Nx27017Error, Stora
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    return _reporting_errors(lambda: args.run(args))
+
+
+def _reporting_errors(run: Callable[[], int]) -> int:
+    """An expected failure is one line on stderr and status 2, never a traceback."""
     try:
-        return args.run(args)
+        return run()
     except EXPECTED_ERRORS as error:
         print(f"mojavox-notify: {error}", file=sys.stderr)
         return 2
@@ -57,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     _settings_option(serve)
     serve.add_argument("--host", help="address to bind (server.host)")
     serve.add_argument("--port", type=int, help="port to listen on (server.port, WS_PORT)")
+    serve.add_argument("--workers", type=int, metavar="N",
+                       help="server processes on this port, fanned out through Redis; "
+                            "0 = one per core (server.workers)")
     serve.set_defaults(run=_serve)
 
     token = commands.add_parser("token", help="print a JWT signed with the HS256 secret")
@@ -113,13 +126,30 @@ def _load(args, **overrides) -> Settings:
 
 
 def _serve(args) -> int:
-    settings = _load(args, **{"server.host": args.host, "server.port": args.port})
+    settings = _load(args, **{"server.host": args.host, "server.port": args.port,
+                              "server.workers": args.workers})
     configure_logging(settings.logging)
-    return asyncio.run(_serve_until_signalled(settings))
+    count = worker_count(settings)
+    if count == 1:
+        return asyncio.run(_serve_until_signalled(settings))
+    try:
+        settings = reserve_port(settings)
+    except OSError as error:
+        raise StartupError(f"cannot listen on {settings.server.host}:{settings.server.port}: "
+                           f"{error.strerror or error}") from None
+
+    def worker(settings: Settings, index: int, ready: Callable[[], None]) -> int:
+        return _reporting_errors(lambda: asyncio.run(
+            _serve_until_signalled(settings, worker=index, ready=ready)))
+
+    return run_workers(settings, count, worker)
 
 
-async def _serve_until_signalled(settings: Settings) -> int:
-    app = NotifyApp(settings)
+async def _serve_until_signalled(settings: Settings, worker: int | None = None,
+                                 ready: Callable[[], None] | None = None) -> int:
+    """Serve until SIGTERM/SIGINT. As one of several workers (`worker` is its index), listen
+    with SO_REUSEPORT beside the others and call `ready()` once listening."""
+    app = NotifyApp(settings, worker=worker)
     if not len(app.plugins.types):
         log.warning("no notification types are registered: is plugins.directory (%s) right?",
                     settings.resolve_path(settings.plugins.directory or "."))
@@ -128,7 +158,11 @@ async def _serve_until_signalled(settings: Settings) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        await app.start()
+        sockets = None
+        if worker is not None:
+            sockets = tornado.netutil.bind_sockets(settings.server.port, settings.server.host,
+                                                   reuse_port=True)
+        await app.start(sockets=sockets)
     except OSError as error:
         await app.stop()
         raise StartupError(f"cannot listen on {settings.server.host}:{settings.server.port}: "
@@ -137,8 +171,12 @@ async def _serve_until_signalled(settings: Settings) -> int:
         await app.stop()
         raise
     _tune_garbage_collection()
-    log.info("MOJAVOX Notify serving on %s (WebSocket %s) · storage: %s · broker: %s",
-             app.url, settings.server.ws_path, app.storage_name, app.broker.name)
+    broker = app.broker.name if app.redis is None else f"redis {app.redis.description}"
+    log.info("MOJAVOX Notify serving on %s (WebSocket %s) · storage: %s · broker: %s%s",
+             app.url, settings.server.ws_path, app.storage_name, broker,
+             "" if worker is None else f" · worker {worker} (pid {os.getpid()})")
+    if ready is not None:
+        ready()
     signalled = asyncio.ensure_future(stop.wait())
     storage_lost = asyncio.ensure_future(app.storage_health.lost.wait())
     await asyncio.wait([signalled, storage_lost], return_when=asyncio.FIRST_COMPLETED)
@@ -277,5 +315,23 @@ def _check(args) -> int:
             await app.stop()
 
     print(f"storage: ok ({asyncio.run(connectivity())})")
-    print(f"broker: ok ({app.broker.name})")
+    print(f"broker: ok ({asyncio.run(_check_broker(settings))})")
+    count = worker_count(settings)
+    print(f"workers: ok ({count}{' = one per core' if not settings.server.workers else ''})")
     return 0
+
+
+async def _check_broker(settings: Settings) -> str:
+    """`in-process`, or the Redis URL and its PING time; StartupError when it does not answer."""
+    if not settings.redis.url:
+        return "in-process"
+    link = RedisLink(settings.redis)
+    try:
+        seconds = await link.ping()
+    except REDIS_ERRORS as error:
+        raise StartupError(f"broker: redis {link.description} does not answer within "
+                           f"{settings.redis.timeout_seconds:g} s: {error or type(error).__name__} "
+                           "(redis.url, REDIS_URL)") from None
+    finally:
+        await link.close()
+    return f"redis {link.description}, PING {seconds * 1000:.1f} ms"

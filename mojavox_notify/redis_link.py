@@ -53,15 +53,17 @@ class RedisLink:
         self.available = False
         self.error: str | None = "not connected yet"
         self._down_since: float | None = time.monotonic()
+        self._was_up = False
 
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
 
     def up(self) -> None:
-        if not self.available and self._down_since is not None:
+        if not self.available and self._was_up:
             log.warning("redis %s answers again after %.1f s", self.description,
                         time.monotonic() - self._down_since)
         self.available = True
+        self._was_up = True
         self.error = None
         self._down_since = None
 
