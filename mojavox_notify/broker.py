@@ -142,6 +142,10 @@ class RedisBroker(Broker):
         self._missed: set[str] | None = set()  # users not published to others; None: everyone
         self._heartbeat = max(1.0, link.settings.timeout_seconds * 2)
         self._stopping = False
+        # Each listener serves one generation: one that outlives its cancellation (redis-py may
+        # swallow a cancellation inside a command) stops at its next step instead of delivering
+        # messages twice beside its successor.
+        self._generation = 0
 
     @property
     def healthy(self) -> bool:
@@ -154,7 +158,7 @@ class RedisBroker(Broker):
         """Subscribe; if Redis does not answer within a few timeouts, go on serving this
         process's sockets and keep reconnecting in the background."""
         self._receiver = receiver
-        self._task = asyncio.get_running_loop().create_task(self._listen())
+        self._task = asyncio.get_running_loop().create_task(self._listen(self._generation))
         try:
             async with asyncio.timeout(self.link.settings.timeout_seconds * 4):
                 await self._subscribed.wait()
@@ -196,13 +200,18 @@ class RedisBroker(Broker):
         (reconnect with backoff, then resync)."""
         if self._stopping or self._task is None:
             return
+        self._generation += 1
         self._task.cancel()
-        self._task = asyncio.get_running_loop().create_task(self._listen(first_delay=0.1))
+        self._task = asyncio.get_running_loop().create_task(
+            self._listen(self._generation, first_delay=0.1))
 
-    async def _listen(self, first_delay: float = 0.0) -> None:
+    def _current(self, generation: int) -> bool:
+        return not self._stopping and generation == self._generation
+
+    async def _listen(self, generation: int, first_delay: float = 0.0) -> None:
         delay = first_delay
         cap = self.link.settings.reconnect_max_seconds
-        while not self._stopping:
+        while self._current(generation):
             if delay:
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             pubsub = self.link.client.pubsub(ignore_subscribe_messages=True)
@@ -213,12 +222,14 @@ class RedisBroker(Broker):
                 delay = 0.0
                 await self._recovered()
                 self._subscribed.set()
-                await self._receive(pubsub)
+                await self._receive(pubsub, generation)
             except asyncio.CancelledError:
                 raise
             except REDIS_ERRORS as error:
                 self.link.down(error)
                 delay = min(cap, max(0.1, delay * 2))
+                # Pooled connections to a server that went away would each fail once more.
+                await self.link.client.connection_pool.disconnect()
             finally:
                 await _close_quietly(pubsub)
 
@@ -241,11 +252,11 @@ class RedisBroker(Broker):
                     self._missed |= missed
                 raise
 
-    async def _receive(self, pubsub) -> None:
+    async def _receive(self, pubsub, generation: int) -> None:
         loop = asyncio.get_running_loop()
         heard = loop.time()
         pinged = False
-        while not self._stopping:
+        while self._current(generation):
             if not self.link.available:
                 # Another command failed (a rate limit, presence) while this subscription
                 # stayed up: if Redis answers now, tell the others what we could not publish.
@@ -269,16 +280,21 @@ class RedisBroker(Broker):
             except ValueError as error:
                 log.warning("ignored a malformed message on %s: %s", self.channel, error)
                 continue
-            if origin != self.origin:
+            if origin != self.origin and self._current(generation):
                 deliver(self._receiver, decoded)
 
     async def stop(self) -> None:
         self._stopping = True
+        self._receiver = None
         if self._task is not None:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            try:
+                async with asyncio.timeout(self.link.settings.timeout_seconds * 4):
+                    await asyncio.gather(self._task, return_exceptions=True)
+            except TimeoutError:
+                log.warning("the redis listener did not stop within %g s",
+                            self.link.settings.timeout_seconds * 4)
             self._task = None
-        self._receiver = None
 
 
 async def _close_quietly(pubsub) -> None:

@@ -53,6 +53,7 @@ class RedisPresence(HubPresence):
         self._ttl_ms = int(link.settings.presence_ttl_seconds * 1000)
         self._pending: dict[tuple[str, str], bool] = {}  # (user, member) → joined (else left)
         self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         hub.observers.append(self)
 
@@ -79,11 +80,17 @@ class RedisPresence(HubPresence):
         self._tasks = [loop.create_task(self._flush_loop()), loop.create_task(self._refresh_loop())]
 
     async def stop(self) -> None:
-        """Unregister what is pending (sockets closed at shutdown), then stop writing."""
-        await self._flush()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        """Unregister what is pending (sockets closed at shutdown), then stop writing. The
+        loops are asked to end rather than cancelled: redis-py may swallow a cancellation that
+        lands inside a command."""
+        self._stopping.set()
+        self._wake.set()
+        try:
+            async with asyncio.timeout(self._link.settings.timeout_seconds * 4):
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+        except TimeoutError:
+            for task in self._tasks:
+                task.cancel()
         self._tasks = []
 
     async def _flush_loop(self) -> None:
@@ -91,6 +98,8 @@ class RedisPresence(HubPresence):
             await self._wake.wait()
             self._wake.clear()
             await self._flush()
+            if self._stopping.is_set():
+                return
 
     async def _flush(self) -> None:
         pending, self._pending = self._pending, {}
@@ -116,7 +125,12 @@ class RedisPresence(HubPresence):
         loop = asyncio.get_running_loop()
         refreshed_at, was_available = loop.time(), self._link.available
         while True:
-            await asyncio.sleep(min(interval, 1.0))
+            try:
+                async with asyncio.timeout(min(interval, 1.0)):
+                    await self._stopping.wait()
+                return
+            except TimeoutError:
+                pass
             available = self._link.available
             if available and (not was_available or loop.time() - refreshed_at >= interval):
                 await self._refresh()

@@ -23,6 +23,7 @@ import tornado.netutil
 from mojavox_notify.app import NotifyApp
 from mojavox_notify.settings import load_settings
 
+from .redisserver import RedisServer
 from .support import TEST_SECRET, Api
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,3 +126,27 @@ def start_app(io_loop, make_settings):
     yield start
     for app in reversed(started):
         io_loop.run_sync(app.stop, timeout=30)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """One real redis-server shared by the session; tests isolate themselves by key prefix."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A redis-server of this test alone, which it may kill and start again on the same port."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_overrides(redis_server) -> dict:
+    """Settings that put a test's apps on the shared Redis, under a key prefix of their own."""
+    return {"redis.url": redis_server.url, "redis.key_prefix": f"test-{uuid.uuid4().hex[:12]}"}
