@@ -32,6 +32,9 @@ Receiver = Callable[[Message], None]
 #: Positions of a message's fields on the wire (Redis): no key names are sent.
 WIRE_FIELDS = ("kind", "user_id", "seq", "notification", "unread", "notification_id", "users")
 WIRE_VERSION = 1
+#: Messages of one publish (one creation, e.g. a 1,000-user alert) travel together, this many at
+#: most per Redis message.
+MAX_BATCH = 200
 #: Past this many users missed while Redis was away, every socket resyncs instead.
 MAX_REMEMBERED_USERS = 10_000
 
@@ -94,26 +97,38 @@ def deliver(receiver: Receiver | None, message: Message) -> None:
         log.exception("delivering a %s message failed", message.get("kind"))
 
 
-def encode(origin: str, message: Message) -> bytes:
-    """Compact wire form: a JSON array [version, origin, kind, user_id, seq, ...] without the
-    trailing empty fields (orjson; the standard library for integers past 64 bits)."""
-    fields = [message.get(name) for name in WIRE_FIELDS]
-    while fields and fields[-1] is None:
-        fields.pop()
-    wire = [WIRE_VERSION, origin, *fields]
+def encode(origin: str, messages: list[Message]) -> bytes:
+    """Compact wire form of a batch: `<origin>|[version, [kind, user_id, seq, ...], ...]`, each
+    message's fields by position without the trailing empty ones (orjson; the standard library
+    for integers past 64 bits). The origin comes first so a process skips its own batches
+    without decoding them."""
+    wire: list[Any] = [WIRE_VERSION]
+    for message in messages:
+        fields = [message.get(name) for name in WIRE_FIELDS]
+        while fields and fields[-1] is None:
+            fields.pop()
+        wire.append(fields)
     try:
-        return orjson.dumps(wire)
+        body = orjson.dumps(wire)
     except orjson.JSONEncodeError:
-        return json.dumps(wire, separators=(",", ":"), ensure_ascii=False).encode()
+        body = json.dumps(wire, separators=(",", ":"), ensure_ascii=False).encode()
+    return origin.encode() + b"|" + body
 
 
-def decode(data: bytes) -> tuple[str, Message]:
-    """(origin, message) of `encode`'s output; ValueError when it is not one."""
-    wire = orjson.loads(data) if len(data) < 1 << 20 else json.loads(data)
-    if not isinstance(wire, list) or len(wire) < 3 or wire[0] != WIRE_VERSION:
+def decode(data: bytes) -> tuple[str, list[Message]]:
+    """(origin, messages) of `encode`'s output; ValueError when it is not one."""
+    origin, separator, body = data.partition(b"|")
+    if not separator:
         raise ValueError("not a MOJAVOX Notify broker message")
-    message = {name: value for name, value in zip(WIRE_FIELDS, wire[2:]) if value is not None}
-    return wire[1], message
+    try:
+        wire = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        wire = json.loads(body)  # integers past 64 bits
+    if not isinstance(wire, list) or not wire or wire[0] != WIRE_VERSION or \
+            not all(isinstance(fields, list) for fields in wire[1:]):
+        raise ValueError("not a MOJAVOX Notify broker message")
+    return origin.decode(), [{name: value for name, value in zip(WIRE_FIELDS, fields)
+                              if value is not None} for fields in wire[1:]]
 
 
 class RedisBroker(Broker):
@@ -136,6 +151,7 @@ class RedisBroker(Broker):
         self.link = link
         self.channel = link.key("fanout")
         self.origin = os.urandom(6).hex()
+        self._own_prefix = self.origin.encode() + b"|"
         self._receiver: Receiver | None = None
         self._task: asyncio.Task | None = None
         self._subscribed = asyncio.Event()
@@ -175,13 +191,15 @@ class RedisBroker(Broker):
         if not self.link.available:
             self._remember(messages)
             return
+        batches = [encode(self.origin, messages[start:start + MAX_BATCH])
+                   for start in range(0, len(messages), MAX_BATCH)]
         try:
-            if len(messages) == 1:
-                await self.link.client.publish(self.channel, encode(self.origin, messages[0]))
+            if len(batches) == 1:
+                await self.link.client.publish(self.channel, batches[0])
             else:
                 async with self.link.client.pipeline(transaction=False) as pipeline:
-                    for message in messages:
-                        pipeline.publish(self.channel, encode(self.origin, message))
+                    for batch in batches:
+                        pipeline.publish(self.channel, batch)
                     await pipeline.execute()
         except REDIS_ERRORS as error:
             self.link.down(error)
@@ -244,7 +262,7 @@ class RedisBroker(Broker):
         if missed is None or missed:
             resync = {"kind": "resync", "user_id": "", "users": None if missed is None else sorted(missed)}
             try:
-                await self.link.client.publish(self.channel, encode(self.origin, resync))
+                await self.link.client.publish(self.channel, encode(self.origin, [resync]))
             except REDIS_ERRORS:
                 if missed is None or self._missed is None:
                     self._missed = None
@@ -273,15 +291,18 @@ class RedisBroker(Broker):
                     pinged = True
                 continue
             heard, pinged = loop.time(), False
-            if message["type"] != "message":
-                continue
+            data = message["data"]
+            if message["type"] != "message" or data.startswith(self._own_prefix):
+                continue  # our own batches were delivered here when published
             try:
-                origin, decoded = decode(message["data"])
+                _, decoded = decode(data)
             except ValueError as error:
                 log.warning("ignored a malformed message on %s: %s", self.channel, error)
                 continue
-            if origin != self.origin and self._current(generation):
-                deliver(self._receiver, decoded)
+            for each in decoded:
+                if not self._current(generation):
+                    return
+                deliver(self._receiver, each)
 
     async def stop(self) -> None:
         self._stopping = True

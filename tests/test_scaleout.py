@@ -97,16 +97,17 @@ async def assert_every_socket_got_exactly_its_users_notifications(app, readers: 
 
 # -- the wire format ----------------------------------------------------------------------------
 
-def test_broker_messages_are_positional_and_round_trip():
-    message = {"kind": "notification", "user_id": "alice", "seq": 7,
+def test_broker_batches_are_positional_and_round_trip():
+    created = {"kind": "notification", "user_id": "alice", "seq": 7,
                "notification": {"id": "n1", "data": {"big": 2 ** 70}}, "unread": {"count": 1}}
-    data = encode("origin1", message)
-    assert b'"kind"' not in data and b'"user_id"' not in data
-    assert decode(data) == ("origin1", message)
     read = {"kind": "read", "user_id": "bob", "unread": {"count": 0}, "notification_id": "n2"}
-    assert decode(encode("o", read)) == ("o", read)
-    with pytest.raises(ValueError):
-        decode(b'{"not": "ours"}')
+    data = encode("origin1", [created, read])
+    assert data.startswith(b"origin1|")
+    assert b'"kind"' not in data and b'"user_id"' not in data
+    assert decode(data) == ("origin1", [created, read])
+    for malformed in (b'{"not": "ours"}', b'o|{"not": "ours"}', b"o|[2, []]"):
+        with pytest.raises(ValueError):
+            decode(malformed)
 
 
 # -- two instances on one store and one Redis ---------------------------------------------------
