@@ -391,3 +391,36 @@ def test_cleanup_beside_a_running_server_removes_expired_notifications_and_keeps
     status, page = http("GET", f"{deployment.url}/api/notifications", deployment.token(user))
     assert [n["id"] for n in page["notifications"]] == [kept["id"]]
     assert page["total"] == 1 and page["unreadCount"] == 1
+
+
+def test_no_token_reaches_the_log_of_serve_on_any_error_path(deployment):
+    """Every path on which tornado or the app logs a request, with the token in the query, in
+    the header, or both; then the log file must not hold the token's text anywhere."""
+    process, log_path = deployment.serve()
+    secret_token = deployment.token(new_user("victim"))
+    host = f"127.0.0.1:{deployment.port}"
+    requests = [
+        f"GET /ws/notifications/?token={secret_token} HTTP/1.1",  # 404: trailing slash
+        f"GET /api/%ff?token={secret_token} HTTP/1.1",  # 400/404: undecodable path
+        f"GET /api/notifications?access_token={secret_token} HTTP/1.1",  # 401: token not sent as header
+        f"GET /ws/notifications?token={secret_token} HTTP/1.1",  # 400: not an upgrade
+        f"GET /api/notifications?offset=99999999999999999999 HTTP/1.1\r\nAuthorization: Bearer {secret_token}",
+        f"POST /api/notifications HTTP/1.1\r\nAuthorization: Bearer {secret_token}\r\nContent-Length: x",
+        f"GARBAGE {secret_token}",
+    ]
+    for request in requests:
+        with socket.create_connection(("127.0.0.1", deployment.port), timeout=5) as connection:
+            connection.sendall(f"{request}\r\nHost: {host}\r\n\r\n".encode())
+            try:
+                while connection.recv(65536):
+                    pass
+            except (TimeoutError, ConnectionError):
+                pass
+    status, _ = http("GET", f"{deployment.url}/api/notifications", secret_token)
+    assert status == 200
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=STOP_TIMEOUT)
+    log = log_path.read_text()
+    signature = secret_token.rsplit(".", 1)[1]
+    assert secret_token not in log and signature not in log, log
+    assert log.count("[redacted]") >= 4, log

@@ -334,3 +334,11 @@ def test_unreadable_public_key_file_names_the_key(tmp_path):
     with pytest.raises(SettingsError) as caught:
         build_verifier(settings)
     assert caught.value.key == "auth.public_key_file"
+
+
+def test_a_settings_file_that_is_not_utf8_is_one_clear_error(tmp_path):
+    path = tmp_path / "settings.yaml"
+    path.write_bytes(b"server:\n  host: 127.0.0.1\n  # caf\xe9 in Latin-1\n")
+    with pytest.raises(SettingsError) as raised:
+        load_settings(path, environ={})
+    assert "is not UTF-8 text (line 3)" in str(raised.value)
