@@ -172,7 +172,8 @@ def test_token_command_prints_a_token_the_server_accepts(running):
 
 
 def test_token_ttl_sets_the_expiry(deployment):
-    result = deployment.run("token", "--user", "bob", "--ttl", "120", "--roles", "admin,service")
+    result = deployment.run("token", "--user", "bob", "--ttl", "120", "--roles", "admin,service",
+                            JWT_SECRET="s" * 40)
     assert result.returncode == 0, result.stderr
     payload = result.stdout.strip().split(".")[1]
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
@@ -424,3 +425,50 @@ def test_no_token_reaches_the_log_of_serve_on_any_error_path(deployment):
     signature = secret_token.rsplit(".", 1)[1]
     assert secret_token not in log and signature not in log, log
     assert log.count("[redacted]") >= 4, log
+
+
+def test_token_refuses_to_invent_a_secret_no_server_knows(deployment):
+    result = deployment.run("token", "--user", "bob")
+    assert result.returncode == 2 and result.stdout == ""
+    assert "jwt-secret" in result.stderr and "JWT_SECRET" in result.stderr
+    assert not (deployment.data_dir / "jwt-secret").exists()
+
+
+def test_commands_find_settings_yaml_in_the_folder_or_through_mojavox_settings(deployment, tmp_path):
+    result = deployment.run("check")
+    assert result.returncode == 0 and "settings: ok (settings.yaml)" in result.stdout, result.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = subprocess.run([sys.executable, "-m", "mojavox_notify", "check"], cwd=elsewhere,
+                            env=clean_environment(MOJAVOX_SETTINGS=str(deployment.folder / "settings.yaml")),
+                            capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    assert f"settings: ok ({deployment.folder / 'settings.yaml'})" in result.stdout
+
+
+def test_emit_sends_the_token_it_is_given(running):
+    user = new_user()
+    service_token = running.token("billing", ("service",))
+    result = running.run("emit", "payment.received", "--url", running.url, "--token", service_token,
+                         "--data", json.dumps({"userId": user, "amount": 5, "accountId": "A-1",
+                                               "debtorName": "D"}))
+    assert result.returncode == 0, result.stderr
+    result = running.run("emit", "payment.received", "--url", running.url, "--token", "not-a-token",
+                         "--data", json.dumps({"userId": user, "amount": 5, "accountId": "A-1",
+                                               "debtorName": "D"}))
+    assert result.returncode == 1 and "401" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["serve", "token", "vapid-keys", "emit", "cleanup",
+                                     "import-nx27017", "check"])
+def test_every_command_explains_itself_with_an_example(deployment, command):
+    result = deployment.run(command, "--help")
+    assert result.returncode == 0
+    assert "example:\n  mojavox-notify " + command in result.stdout, result.stdout
+
+
+def test_a_closed_pipe_ends_quietly(deployment):
+    result = subprocess.run(f"{sys.executable} -m mojavox_notify vapid-keys | head -c 3",
+                            shell=True, cwd=deployment.folder, env=clean_environment(),
+                            capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
+    assert result.stdout == "VAP" and result.stderr == "", result.stderr
