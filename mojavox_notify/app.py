@@ -20,7 +20,7 @@ import tornado.web
 from .auth import build_verifier
 from .broker import Broker, InProcessBroker
 from .handlers.admin import HealthHandler, PluginsHandler
-from .handlers.base import InFlight, NotFoundHandler
+from .handlers.base import InFlight, NotFoundHandler, log_request
 from .handlers.events import EventsHandler
 from .handlers.rest import (MarkAllReadHandler, MarkReadHandler, NotificationHandler,
                             NotificationsHandler, PushSubscriptionHandler, SettingsHandler,
@@ -170,6 +170,7 @@ class NotifyApp:
         return tornado.web.Application(
             routes,
             default_handler_class=NotFoundHandler, default_handler_args=common,
+            log_function=log_request,
             websocket_ping_interval=settings.websocket.ping_interval_seconds,
             websocket_ping_timeout=settings.websocket.ping_timeout_seconds,
             websocket_max_message_size=settings.server.max_message_bytes,

@@ -26,6 +26,7 @@ from ..broker import Message
 from ..errors import (AuthenticationError, NotFoundError, NotifyError, RateLimitedError,
                       StorageUnavailableError, ValidationError)
 from ..hub import Hub
+from ..logs import log_access
 from ..model import NotificationTypes, iso, parse_json, utcnow
 from ..ratelimit import RateLimiter
 from ..service import NotificationService, page_bounds
@@ -188,6 +189,7 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
         self.request_limiter = request_limiter
         self.auth_failures = auth_failures
         self.remote_ip = self.request.remote_ip or ""
+        self._opened_at = time.monotonic()
         self.inbound = InboundLimit(websocket.messages_per_second,
                                     websocket.close_above_messages_per_second)
         self.principal: Principal | None = None
@@ -511,6 +513,10 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
             self._attached = False
 
     def on_close(self) -> None:
+        log_access("WS", self.request.path, 101, time.monotonic() - self._opened_at,
+                   self.user_id, self.client_id or self.remote_ip,
+                   ("closed", f"{self.close_code} {self.close_reason or ''}".strip())
+                   if self.close_code not in (None, 1000, 1001) else None)
         for timer in self._timers:
             timer.cancel()
         self._detach()
