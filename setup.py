@@ -28,6 +28,7 @@ setup(
             "pytest>=8,<10",
             "pytest-tornado>=0.8,<0.9",
             "pytest-timeout>=2.3,<3",
+            "hypothesis>=6.100,<7",
         ],
     },
     entry_points={"console_scripts": ["mojavox-notify=mojavox_notify.cli:main"]},

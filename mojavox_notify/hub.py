@@ -5,6 +5,7 @@ The hub never touches storage and never blocks: a connection's `deliver` only qu
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Iterator, Protocol
 
 from .broker import Message
@@ -12,6 +13,7 @@ from .broker import Message
 
 class Connection(Protocol):
     user_id: str
+    remote_ip: str
 
     def deliver(self, message: Message) -> None:
         """Queue a broker message for this socket; must not block."""
@@ -26,12 +28,14 @@ class Connection(Protocol):
 class Hub:
     def __init__(self) -> None:
         self._by_user: dict[str, set[Connection]] = {}
+        self._by_address: Counter[str] = Counter()
         #: Told of every attach (`joined(connection)`) and detach (`left(connection)`), e.g.
         #: presence across instances; they must not block.
         self.observers: list = []
 
     def attach(self, connection: Connection) -> None:
         self._by_user.setdefault(connection.user_id, set()).add(connection)
+        self._by_address[connection.remote_ip] += 1
         for observer in self.observers:
             observer.joined(connection)
 
@@ -42,6 +46,9 @@ class Hub:
         connections.discard(connection)
         if not connections:
             del self._by_user[connection.user_id]
+        self._by_address[connection.remote_ip] -= 1
+        if not self._by_address[connection.remote_ip]:
+            del self._by_address[connection.remote_ip]
         for observer in self.observers:
             observer.left(connection)
 
@@ -69,6 +76,9 @@ class Hub:
 
     def connections_of(self, user_id: str) -> int:
         return len(self._by_user.get(user_id, ()))
+
+    def connections_from(self, address: str) -> int:
+        return self._by_address.get(address, 0)
 
     @property
     def users(self) -> int:

@@ -42,6 +42,10 @@ class HubPresence:
         """How many live sockets the user has."""
         return self._hub.connections_of(user_id)
 
+    async def elsewhere(self, user_id: str) -> int:
+        """How many live sockets the user has on other processes (none known here)."""
+        return 0
+
 
 class RedisPresence(HubPresence):
     """Every instance's sockets, from Redis; this process's alone while Redis is away."""
@@ -171,15 +175,18 @@ class RedisPresence(HubPresence):
 
     async def count(self, user_id: str) -> int:
         """This process's sockets of the user (exact) plus the other instances' (from Redis)."""
-        local = await super().count(user_id)
+        return await super().count(user_id) + await self.elsewhere(user_id)
+
+    async def elsewhere(self, user_id: str) -> int:
+        """The user's sockets other processes registered (0 while Redis is away)."""
         if not self._link.available:
-            return local
+            return 0
         try:
             [others] = await self._others([user_id])
         except REDIS_ERRORS as error:
             self._link.down(error)
-            return local
-        return local + others
+            return 0
+        return others
 
     async def _others(self, user_ids: list[str]) -> list[int]:
         """For each user, the unexpired sockets other processes registered."""

@@ -86,6 +86,9 @@ class ServerSettings:
     max_message_bytes: int = _check(_between(256, 16 * 1024 * 1024), default=64 * 1024)
     allowed_origins: tuple[str, ...] = ()
     action_url_hosts: tuple[str, ...] = ()
+    body_timeout_seconds: float = _check(_between(1, 3600), default=30)
+    max_sockets_per_ip: int = _check(_between(0, 1_000_000), default=1000)
+    xheaders: bool = False
     workers: int = _check(_between(0, 256), default=1)
 
 
@@ -101,6 +104,8 @@ class AuthSettings:
     issuer: str | None = None
     leeway_seconds: int = _check(_between(0, 600), default=30)
     token_ttl_seconds: int = _check(_between(60, 30 * 86400), default=3600)
+    max_token_lifetime_seconds: int = _check(_between(0, 10 * 365 * 86400), default=30 * 86400)
+    failed_per_minute_per_ip: int = _check(_between(0, 1_000_000), default=60)
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,9 @@ class WebSocketSettings:
     resume_limit: int = _check(_between(1, 10000), default=500)
     max_queued_messages: int = _check(_between(1, 1_000_000), default=1000)
     max_buffered_bytes: int = _check(_between(1024, 1 << 30), default=4 * 1024 * 1024)
+    max_sockets_per_user: int = _check(_between(0, 100_000), default=20)
+    messages_per_second: float = _check(_between(0, 100_000), default=20)
+    close_above_messages_per_second: float = _check(_between(0, 1_000_000), default=100)
 
 
 @dataclass(frozen=True)
@@ -204,7 +212,13 @@ class Settings:
         return self.resolve_path(self.data_dir)
 
 
-# Environment variable → dotted settings key. DATABASE_URL only counts when it is a MongoDB URL.
+# Every key also has a variable of its own: MOJAVOX_<SECTION>__<KEY> (MOJAVOX_DATA_DIR for the
+# top-level key), applied after the seed's names below, so it wins over them.
+ENVIRONMENT_PREFIX = "MOJAVOX_"
+# Not settings: the CLI's settings file and the token `emit` sends.
+RESERVED_VARIABLES = {"MOJAVOX_SETTINGS", "MOJAVOX_TOKEN"}
+# The seed's environment variable → dotted settings key. DATABASE_URL only counts when it is a
+# MongoDB URL.
 ENVIRONMENT_OVERRIDES = {
     "WS_PORT": "server.port",
     "WS_PATH": "server.ws_path",
@@ -236,6 +250,9 @@ def load_settings(path: str | os.PathLike | None = None,
     if database_url.startswith(("mongodb://", "mongodb+srv://")) and not environ.get("MONGODB_URL"):
         _set_dotted(raw, "storage.url", database_url, source="DATABASE_URL")
         from_environment["storage.url"] = "DATABASE_URL"
+    for name, key in _prefixed_variables(environ):
+        _set_dotted(raw, key, environ[name], source=name)
+        from_environment[key] = name
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(raw, key, value, source=key)
@@ -251,6 +268,39 @@ def load_settings(path: str | os.PathLike | None = None,
             raise
         raise SettingsError(error.key, f"{error.problem} (set by {variable})") from None
     return settings
+
+
+def environment_variable(key: str) -> str:
+    """The variable that sets a dotted key: server.allowed_origins → MOJAVOX_SERVER__ALLOWED_ORIGINS."""
+    return ENVIRONMENT_PREFIX + key.replace(".", "__").upper()
+
+
+def _prefixed_variables(environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(variable, dotted key) for every MOJAVOX_ variable; an unknown one is an error, since a
+    misspelt setting that silently does nothing is worse than none."""
+    known = {environment_variable(key): key for key in _all_keys(Settings)}
+    found = []
+    for name in sorted(environ):
+        if not name.startswith(ENVIRONMENT_PREFIX) or name in RESERVED_VARIABLES:
+            continue
+        if name not in known:
+            raise SettingsError(name, "is not a setting; the scheme is MOJAVOX_<SECTION>__<KEY>, "
+                                "e.g. MOJAVOX_SERVER__ALLOWED_ORIGINS")
+        found.append((name, known[name]))
+    return found
+
+
+def _all_keys(cls, prefix: str = "") -> list[str]:
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for spec in dataclasses.fields(cls):
+        if spec.metadata.get("internal"):
+            continue
+        if dataclasses.is_dataclass(hints[spec.name]):
+            keys.extend(_all_keys(hints[spec.name], f"{prefix}{spec.name}."))
+        else:
+            keys.append(prefix + spec.name)
+    return keys
 
 
 def _move_legacy_storage_url(raw: dict[str, Any], from_environment: dict[str, str]) -> None:
@@ -275,6 +325,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise SettingsError(str(path), f"cannot be read ({error.strerror or error})") from None
+    except UnicodeDecodeError as error:
+        line = path.read_bytes()[:error.start].count(b"\n") + 1
+        raise SettingsError(str(path), f"is not UTF-8 text (line {line})") from None
     try:
         loaded = yaml.safe_load(text)
     except yaml.YAMLError as error:
@@ -327,6 +380,9 @@ def _build(cls, raw: Any, prefix: str):
     return cls(**values)
 
 
+BOOLEAN_WORDS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+
+
 def _coerce(key: str, hint: Any, value: Any) -> Any:
     """Turn a YAML or environment value into the field's type, or name what was expected."""
     optional = type(None) in typing.get_args(hint)
@@ -345,6 +401,8 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
     if base is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, str) and value.lower() in BOOLEAN_WORDS:  # from the environment
+            return BOOLEAN_WORDS[value.lower()]
         raise SettingsError(key, f"must be true or false (got {value!r})")
     if base in (int, float):
         if isinstance(value, bool):

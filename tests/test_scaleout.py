@@ -394,3 +394,22 @@ async def _workers_seen(base_url: str, until=None, timeout: float = 15) -> dict[
     finally:
         client.close()
     return seen
+
+
+@gen_test
+async def test_the_per_user_socket_cap_counts_sockets_on_every_instance(start_app, redis_overrides):
+    cap = {"websocket.max_sockets_per_user": 2}
+    first = await start_app(**redis_overrides, **cap)
+    second = await start_app(**redis_overrides, **cap)
+    user = new_user()
+    on_first = await Socket.open(first, token(user))
+    await on_first.expect("connected")
+    on_second = await Socket.open(second, token(user))
+    await on_second.expect("connected")
+    assert await eventually(lambda: _equals(first.presence.count(user), 2), 3)
+    refused = await Socket.open(first, token(user))
+    assert await refused.closed() == 4009
+    on_second.close()
+    assert await eventually(lambda: _equals(first.presence.count(user), 1), 3)
+    again = await Socket.open(first, token(user))
+    await again.expect("connected")
