@@ -17,7 +17,7 @@ import tornado.httpclient
 
 from mojavox_notify.broker import decode, encode
 
-from .support import Socket, new_user, token
+from .support import Socket, both_engines, new_user, token
 from .test_cli import Deployment, clean_environment, wait_for
 from .test_push import push_service, subscribed  # noqa: F401 (fixture)
 
@@ -112,6 +112,7 @@ def test_broker_batches_are_positional_and_round_trip():
 
 # -- two instances on one store and one Redis ---------------------------------------------------
 
+@both_engines
 @gen_test
 async def test_two_apps_deliver_each_users_notifications_to_sockets_on_both_once_and_in_order(
         start_app, redis_overrides):
@@ -150,6 +151,7 @@ async def test_a_read_on_one_instance_reaches_the_users_socket_on_the_other(star
     assert (await tab.expect("unread_count"))["count"] == 0
 
 
+@both_engines
 @gen_test
 async def test_redis_killed_and_restarted_mid_stream_loses_nothing(start_app, own_redis):
     settings = {"redis.url": own_redis.url, "redis.reconnect_max_seconds": 0.5, **UNLIMITED}
