@@ -20,6 +20,9 @@ from .redis_link import REDIS_ERRORS, RedisLink
 log = logging.getLogger(__name__)
 
 REFRESH_BATCH = 1000
+#: Joins and leaves kept while Redis is away, written when it is back (past this, leaves are
+#: left to expire by their score).
+MAX_PENDING = 100_000
 
 
 class HubPresence:
@@ -107,8 +110,11 @@ class RedisPresence(HubPresence):
 
     async def _flush(self) -> None:
         pending, self._pending = self._pending, {}
-        if not pending or not self._link.available:
-            return  # joins are written by the next refresh; leaves expire by their score
+        if not pending:
+            return
+        if not self._link.available:
+            self._keep(pending)
+            return
         expires = _now_ms() + self._ttl_ms
         try:
             async with self._link.client.pipeline(transaction=False) as pipeline:
@@ -122,6 +128,13 @@ class RedisPresence(HubPresence):
                 await pipeline.execute()
         except REDIS_ERRORS as error:
             self._link.down(error)
+            self._keep(pending)
+
+    def _keep(self, pending: dict[tuple[str, str], bool]) -> None:
+        """Keep unwritten joins and leaves for when Redis is back (newer ones win), so a socket
+        closed during an outage stops counting at once instead of after its TTL."""
+        if len(self._pending) + len(pending) <= MAX_PENDING:
+            self._pending = {**pending, **self._pending}
 
     async def _refresh_loop(self) -> None:
         """Every third of the TTL, and at once when Redis is back after an outage."""
@@ -137,6 +150,7 @@ class RedisPresence(HubPresence):
                 pass
             available = self._link.available
             if available and (not was_available or loop.time() - refreshed_at >= interval):
+                await self._flush()
                 await self._refresh()
                 refreshed_at = loop.time()
             was_available = available
