@@ -4,6 +4,7 @@ and `serve --workers N` as a real process."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import signal
@@ -415,3 +416,22 @@ async def test_the_per_user_socket_cap_counts_sockets_on_every_instance(start_ap
     assert await eventually(lambda: _equals(first.presence.count(user), 1), 3)
     again = await Socket.open(first, token(user))
     await again.expect("connected")
+
+
+@gen_test
+async def test_writes_wait_for_their_turn_among_processes_and_give_up_after_the_busy_timeout(start_app):
+    app = await start_app(**{"storage.busy_timeout_seconds": 0.3, "storage.probe_interval_seconds": 0.2})
+    user = new_user()
+    holder = os.open(f"{app.store.path}-writer.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # another process's turn, which does not end
+    try:
+        status, body = await app.api.post(
+            "/api/notifications", token("svc", ["service"]),
+            {"userId": user, "type": "payment_received", "title": "t", "message": "m"})
+        assert status == 503 and body["error"]["code"] == "storage_unavailable", body
+    finally:
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        os.close(holder)
+    assert await eventually(lambda: app.storage_health.ok, 5)
+    created = await app.api.notify(user)
+    assert (await stored_ids(app, user)) == [created["id"]]

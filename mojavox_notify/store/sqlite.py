@@ -5,18 +5,21 @@ never blocks and a long write transaction (a 1,000-user alert) does not hold up 
 write is one `BEGIN IMMEDIATE` transaction, which SQLite serializes across threads and processes:
 a notification and its user's counters change together, and sequence number N+1 can only be
 committed after N. Several processes on one host may share the file (WAL); a writer waits up
-to `storage.busy_timeout_seconds` for another's lock.
+to `storage.busy_timeout_seconds` for another's lock, taking turns through `WriteTurn`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import functools
 import json
 import logging
 import os
 import socket
 import sqlite3
 import threading
+import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -210,11 +213,60 @@ def transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     connection.commit()
 
 
+class WriteTurn:
+    """Whose turn it is to write among the processes sharing the file (`serve --workers`): an
+    flock on `<file>-writer.lock`, tried every half millisecond until
+    `storage.busy_timeout_seconds`. SQLite's own lock stays the guard of correctness; this only
+    spares its busy handler, whose sleeps grow from 1 to 100 ms, so a waiting process no longer
+    sleeps through the moments the other leaves the lock free (measured with two workers: lock
+    waits of 80-110 ms at p99)."""
+
+    POLL_SECONDS = 0.0005
+
+    def __init__(self, database: Path, timeout: float):
+        self._path = database.with_name(database.name + "-writer.lock")
+        self._timeout = timeout
+        self._fd: int | None = None
+
+    def run(self, function: Callable, connection: sqlite3.Connection, *args: Any) -> Any:
+        fd = self._open()
+        deadline = time.monotonic() + self._timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise sqlite3.OperationalError(
+                        "database is locked: another process kept writing past "
+                        "storage.busy_timeout_seconds") from None
+                time.sleep(self.POLL_SECONDS)
+        try:
+            return function(connection, *args)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _open(self) -> int:
+        if self._fd is None:
+            try:
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as error:
+                raise sqlite3.OperationalError(f"cannot open {self._path}: "
+                                               f"{error.strerror or error}") from None
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class SqliteStore(NotificationStore):
     def __init__(self, path: Path, settings: StorageSettings):
         self.path = Path(path)
         self.description = f"embedded SQLite {self.path}"
         self._settings = settings
+        self._turn = WriteTurn(self.path, settings.busy_timeout_seconds)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="sqlite-reader")
         self._local = threading.local()
@@ -253,14 +305,16 @@ class SqliteStore(NotificationStore):
         """On the writer thread; gives up (503) after the operation timeout plus the time a
         write may wait for another process's lock."""
         timeout = self._settings.operation_timeout_seconds + self._settings.busy_timeout_seconds
-        return await self._run(self._writer, function, args, timeout)
+        return await self._run(self._writer, functools.partial(self._turn.run, function), args,
+                               timeout)
 
     async def _read(self, function: Callable, *args: Any) -> Any:
         return await self._run(self._reader, function, args, self._settings.operation_timeout_seconds)
 
     async def _background(self, function: Callable, *args: Any) -> Any:
         """A write with no time limit: start-up, cleanup, import."""
-        return await self._run(self._writer, function, args, None)
+        return await self._run(self._writer, functools.partial(self._turn.run, function), args,
+                               None)
 
     async def _run(self, executor: ThreadPoolExecutor, function: Callable, args: tuple,
                    timeout: float | None) -> Any:
@@ -290,6 +344,7 @@ class SqliteStore(NotificationStore):
         for executor in (self._writer, self._reader):
             await loop.run_in_executor(executor, self._discard_connection)
             executor.shutdown(wait=True)
+        self._turn.close()
 
     async def ping(self) -> bool:
         try:
