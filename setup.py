@@ -22,6 +22,7 @@ setup(
         "nh3>=0.2.17,<0.4",
         "PyYAML>=6,<7",
         "orjson>=3.9,<4",
+        "prometheus-client>=0.20,<1",
     ],
     extras_require={
         "test": [

@@ -170,6 +170,13 @@ class PluginSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    access: str = _check(_one_of("admin", "port", "off"), default="admin")
+    host: str = "127.0.0.1"
+    port: int = _check(_between(0, 65535), default=9464)  # 0: any free port
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     level: str = _check(_one_of("DEBUG", "INFO", "WARNING", "ERROR"), default="INFO")
     format: str = _check(_one_of("text", "json"), default="text")
@@ -189,6 +196,7 @@ class Settings:
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     plugins: PluginSettings = field(default_factory=PluginSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     base_dir: str = field(default=".", metadata={"internal": True})
 
     def resolve_path(self, path: str) -> Path:
