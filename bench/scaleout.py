@@ -249,7 +249,6 @@ class Server:
             "server": {"host": "127.0.0.1", "port": self.port, "workers": workers},
             "auth": {"secret": SECRET},
             "storage": {"url": f"sqlite:///{storage}"},
-            "plugins": {"directory": str(ROOT / "plugins")},
             "rate_limits": {"notifications_per_minute": 0, "requests_per_minute": 0},
             "retention": {"cleanup_interval_minutes": 0},
             "logging": {"level": "WARNING"},

@@ -30,7 +30,8 @@ Message = dict[str, Any]
 Receiver = Callable[[Message], None]
 
 #: Positions of a message's fields on the wire (Redis): no key names are sent.
-WIRE_FIELDS = ("kind", "user_id", "seq", "notification", "unread", "notification_id", "users")
+WIRE_FIELDS = ("kind", "user_id", "seq", "notification", "unread", "notification_id", "users",
+               "at")
 WIRE_VERSION = 1
 #: Messages of one publish (one creation, e.g. a 1,000-user alert) travel together, this many at
 #: most per Redis message.

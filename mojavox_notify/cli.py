@@ -177,6 +177,9 @@ def _serve(args) -> int:
     settings = _load(args, **{"server.host": args.host, "server.port": args.port,
                               "server.workers": args.workers})
     configure_logging(settings.logging)
+    if settings_file(args.settings) is None:
+        log.info("no settings file (--settings, $MOJAVOX_SETTINGS or ./settings.yaml): running on "
+                 "the defaults and the environment; `mojavox-notify check` tells what is in use")
     count = worker_count(settings)
     if count == 1:
         return asyncio.run(_serve_until_signalled(settings))

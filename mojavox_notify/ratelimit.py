@@ -35,6 +35,7 @@ class RateLimiter:
         self._rate = per_minute / 60.0
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}
+        self.refused = 0  # for metrics
 
     async def acquire(self, keys: Iterable[str]) -> None:
         """The engine-independent call: take one token per key occurrence, all or none."""
@@ -49,6 +50,7 @@ class RateLimiter:
         levels = {key: self._level(key, now) for key in wanted}
         for key, count in wanted.items():
             if levels[key] < count:
+                self.refused += 1
                 raise _limited(self.what, key, self.per_minute, (count - levels[key]) / self._rate)
         for key, count in wanted.items():
             self._buckets[key] = (levels[key] - count, now)
@@ -58,6 +60,7 @@ class RateLimiter:
     def check(self, key: str) -> None:
         """Raise RateLimitedError if `key` has no token left, taking none."""
         if self.per_minute and self._level(key, self._clock()) < 1:
+            self.refused += 1
             raise RateLimitedError(f"too many {self.what} from {key}; retry in "
                                    f"{60 / self.per_minute:.1f}s", retry_after=60 / self.per_minute)
 
@@ -115,6 +118,12 @@ class RedisRateLimiter:
         self._link = link
         self._script = link.client.register_script(TAKE_SCRIPT)
         self._local = RateLimiter(per_minute, what)
+        self._refused = 0
+
+    @property
+    def refused(self) -> int:
+        """Requests refused by this process, counted in Redis or (while it is away) locally."""
+        return self._refused + self._local.refused
 
     async def acquire(self, keys: Iterable[str]) -> None:
         if not self.per_minute:
@@ -137,6 +146,7 @@ class RedisRateLimiter:
         if int(answer[0]) == 1:
             return
         wait = float(answer[1]) / 1000.0
+        self._refused += 1
         raise _limited(self.what, names[int(answer[2]) - 1], self.per_minute, wait)
 
 

@@ -11,12 +11,15 @@ import hashlib
 import json
 import logging
 import re
+import time
 from typing import Any, Awaitable, Callable, Iterable
 
 from .broker import Broker
 from .errors import NotFoundError, ValidationError
+from . import schemas
 from .idempotency import Idempotency
-from .model import (ChannelPreference, Draft, PushSubscription, default_preferences,
+from .metrics import Metrics
+from .model import (MAX_OFFSET, MAX_PAGE, ChannelPreference, Draft, PushSubscription, default_preferences,
                     notification_id, preferences_payload, to_payload, validate_draft,
                     validate_endpoint, validate_preferences_update, validate_push_subscription)
 from .plugins import Plugins
@@ -27,8 +30,6 @@ from .store import NotificationStore, UserState
 
 log = logging.getLogger(__name__)
 
-MAX_PAGE = 100
-MAX_OFFSET = 2 ** 31 - 1  # within what every engine takes for a skip
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")
 
 
@@ -51,7 +52,7 @@ async def _nobody_online(user_ids: set[str]) -> set[str]:
 class NotificationService:
     def __init__(self, store: NotificationStore, broker: Broker, plugins: Plugins, settings: Settings,
                  online: Callable[[set[str]], Awaitable[set[str]]] = _nobody_online,
-                 limiter: Any = None):
+                 limiter: Any = None, metrics: Metrics | None = None):
         """`await online(user_ids)` answers which of them have a live socket anywhere (for push
         decisions); `limiter` counts notifications per recipient (`acquire(keys)`; by default
         in this process)."""
@@ -60,19 +61,27 @@ class NotificationService:
         self.plugins = plugins
         self.types = plugins.types
         self._action_url_hosts = settings.server.action_url_hosts
-        self._limiter = limiter or RateLimiter(settings.rate_limits.notifications_per_minute,
-                                               "notifications")
+        self.limiter = limiter or RateLimiter(settings.rate_limits.notifications_per_minute,
+                                              "notifications")
         self._defaults = default_preferences(self.types, settings.push.default_priorities)
         self._push = settings.push
         self._online = online
+        self._metrics = metrics or Metrics()
         self._idempotency = Idempotency(store)
+        self.draft_schema = schemas.draft_schema(self.types.names)
+        self.preferences_update_schema = schemas.preferences_update_schema(self.types.names)
         #: Called when a creation recorded push jobs (the push worker wakes up).
         self.on_push_recorded: Callable[[], None] | None = None
 
     # -- creation ------------------------------------------------------------------------------
 
     def validate(self, raw_drafts: Iterable[Any]) -> list[Draft]:
-        return [validate_draft(raw, self.types, self._action_url_hosts) for raw in raw_drafts]
+        """The draft schema first (the one /openapi.json publishes), then what it cannot say."""
+        drafts = []
+        for raw in raw_drafts:
+            schemas.check(raw, self.draft_schema)
+            drafts.append(validate_draft(raw, self.types, self._action_url_hosts))
+        return drafts
 
     async def create(self, raw_draft: Any) -> dict[str, Any] | None:
         """Create one notification; None when the recipient turned its type off."""
@@ -115,12 +124,13 @@ class NotificationService:
         published, so what a socket receives can always be read back. Push jobs are recorded in
         the same write.
         """
+        started = time.perf_counter()
         preferences = await self.store.preferences_of_many({draft.user_id for draft in drafts})
         choices = [self._choice(draft, preferences.get(draft.user_id, {})) for draft in drafts]
         positions = [position for position, (draft, choice) in enumerate(zip(drafts, choices))
                      if choice.enabled or draft.priority == "critical"]
         wanted = [drafts[position] for position in positions]
-        await self._limiter.acquire(draft.user_id for draft in wanted if draft.priority != "critical")
+        await self.limiter.acquire(draft.user_id for draft in wanted if draft.priority != "critical")
         push = await self._pushed([(drafts[position], choices[position]) for position in positions])
         stored = await self.store.insert_many(wanted, event_id=event_id, push=push)
         created: list[dict | None] = [None] * len(drafts)
@@ -130,13 +140,28 @@ class NotificationService:
             messages.append({"kind": "notification", "user_id": record.document["user_id"],
                              "seq": record.document["seq"], "notification": payload,
                              "unread": record.state.unread_payload()})
+            self._metrics.notifications_created.labels(payload["type"], payload["priority"]).inc()
         if messages:
-            await self.broker.publish_many(messages)
+            await self._publish_many(messages)
+        if stored:
+            self._metrics.create_to_publish.observe(time.perf_counter() - started)
         if self.on_push_recorded is not None and any(record.pushed for record in stored):
             self.on_push_recorded()
         for position, record in zip(positions, stored):
             await self._observe(created[position], record.document["user_id"])
         return created
+
+    async def _publish(self, message: dict[str, Any]) -> None:
+        await self._publish_many([message])
+
+    async def _publish_many(self, messages: list[dict[str, Any]]) -> None:
+        """To every instance's hub, in one broker round trip; `at` lets receivers measure the
+        broker's lag."""
+        at = time.time()
+        for message in messages:
+            message["at"] = at
+        await self.broker.publish_many(messages)
+        self._metrics.broker_published.inc(len(messages))
 
     def _choice(self, draft: Draft, preferences: dict[str, ChannelPreference]) -> ChannelPreference:
         return preferences.get(draft.type, ChannelPreference()).over(self._defaults[draft.type])
@@ -220,8 +245,8 @@ class NotificationService:
         await self._publish_change(user_id, "deleted", state, notification_id=str(oid))
 
     async def _publish_change(self, user_id: str, kind: str, state: UserState, **fields) -> None:
-        await self.broker.publish({"kind": kind, "user_id": user_id, **fields,
-                                   "unread": state.unread_payload()})
+        await self._publish({"kind": kind, "user_id": user_id, **fields,
+                             "unread": state.unread_payload()})
 
     # -- preferences and push subscriptions ------------------------------------------------------
 
@@ -231,17 +256,20 @@ class NotificationService:
                                     for name, default in self._defaults.items()})
 
     async def update_preferences(self, user_id: str, raw: Any) -> dict[str, Any]:
+        schemas.check(raw, self.preferences_update_schema)
         changes = validate_preferences_update(raw, self.types)
         await self.store.update_preferences(user_id, changes)
         return await self.preferences(user_id)
 
     async def save_push_subscription(self, user_id: str, raw: Any) -> PushSubscription:
+        schemas.check(raw, schemas.PUSH_SUBSCRIPTION)
         subscription = validate_push_subscription(raw)
         await check_endpoint(subscription.endpoint, self._push.allowed_insecure_hosts)
         await self.store.save_push_subscription(user_id, subscription)
         return subscription
 
     async def remove_push_subscription(self, user_id: str, raw: Any) -> None:
+        schemas.check(raw, schemas.ENDPOINT)
         await self.store.remove_push_subscription(user_id, validate_endpoint(raw))
 
     async def cleanup(self, retention_days: int) -> int:

@@ -175,9 +175,17 @@ class RetentionSettings:
 
 @dataclass(frozen=True)
 class PluginSettings:
+    builtin: bool = True
     directory: str | None = "plugins"
     enabled: tuple[str, ...] = ()
     disabled: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    access: str = _check(_one_of("admin", "port", "off"), default="admin")
+    host: str = "127.0.0.1"
+    port: int = _check(_between(0, 65535), default=9464)  # 0: any free port
 
 
 @dataclass(frozen=True)
@@ -200,6 +208,7 @@ class Settings:
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     plugins: PluginSettings = field(default_factory=PluginSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     base_dir: str = field(default=".", metadata={"internal": True})
 
     def resolve_path(self, path: str) -> Path:

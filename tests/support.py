@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import uuid
 from typing import Any
 
+import jsonschema
 import jwt
 import pytest
 import tornado.httpclient
+import tornado.netutil
 import tornado.websocket
+
+from mojavox_notify.app import NotifyApp
+from mojavox_notify.protocol import SERVER_FRAMES
 
 
 TEST_SECRET = "test-secret-for-mojavox-notify-0123456789"
@@ -84,6 +90,16 @@ class Api:
         return body
 
 
+FRAME_VALIDATORS = {name: jsonschema.Draft202012Validator(schema)
+                    for name, schema in SERVER_FRAMES.items()}
+
+
+def check_server_frame(frame: Any) -> None:
+    assert isinstance(frame, dict) and frame.get("type") in FRAME_VALIDATORS, frame
+    errors = sorted(FRAME_VALIDATORS[frame["type"]].iter_errors(frame), key=lambda e: e.path)
+    assert not errors, f"frame does not match its schema: {errors[0].message} in {frame}"
+
+
 class Socket:
     """A dashboard socket: `receive()` returns the next frame, `expect(type)` the next of a type."""
 
@@ -111,11 +127,13 @@ class Socket:
         await self.connection.write_message(text, binary=isinstance(text, bytes))
 
     async def receive(self, timeout: float = 5.0) -> dict | None:
-        """The next frame, or None when the server closed the socket."""
+        """The next frame, or None when the server closed the socket. Every frame must match
+        its published schema (mojavox_notify/protocol.py)."""
         text = await asyncio.wait_for(self.connection.read_message(), timeout)
         if text is None:
             return None
         frame = json.loads(text)
+        check_server_frame(frame)
         self.frames.append(frame)
         return frame
 
@@ -180,3 +198,46 @@ async def notifications_of(app, user: str) -> list[dict]:
     status, body = await app.api.get("/api/notifications?limit=100", token(user))
     assert status == 200, body
     return body["notifications"]
+
+
+class LiveApp:
+    """A NotifyApp on a loop in a background thread; `run(coroutine)` runs on that loop."""
+
+    def __init__(self, settings):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.app = NotifyApp(settings)
+        self.run(self.app.start(sockets=tornado.netutil.bind_sockets(0, "127.0.0.1")))
+        self.base = f"http://127.0.0.1:{self.app.port}"
+        self.user = new_user("fuzz")
+        self.notification_id = self.run(self._seed())
+
+    def run(self, coroutine, timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    async def _seed(self) -> str:
+        status, body = await self.request("POST", "/api/notifications", token("live", ["service"]), json.dumps(
+            {"userId": self.user, "type": "payment_received", "title": "t", "message": "m"}).encode())
+        assert status == 201, body
+        return body["id"]
+
+    async def request(self, method: str, path: str, bearer: str | None, body: bytes | None,
+                      headers: dict | None = None) -> tuple[int, Any]:
+        headers = dict(headers or {})
+        if bearer:
+            headers["Authorization"] = f"Bearer {bearer}"
+        if body is None and method in ("POST", "PUT"):
+            body = b""
+        response = await tornado.httpclient.AsyncHTTPClient().fetch(
+            self.base + path, method=method, headers=headers, body=body, raise_error=False,
+            allow_nonstandard_methods=True, request_timeout=20)
+        try:
+            return response.code, json.loads(response.body) if response.body else None
+        except ValueError:
+            return response.code, response.body
+
+    def stop(self) -> None:
+        self.run(self.app.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)

@@ -22,7 +22,7 @@ from .support import Socket, both_engines, new_user, token
 from .test_cli import Deployment, clean_environment, wait_for
 from .test_push import push_service, subscribed  # noqa: F401 (fixture)
 
-gen_test = pytest.mark.gen_test(timeout=90)
+bounded = pytest.mark.timeout(90)
 UNLIMITED = {"rate_limits.notifications_per_minute": 0, "rate_limits.requests_per_minute": 0}
 
 
@@ -114,7 +114,7 @@ def test_broker_batches_are_positional_and_round_trip():
 # -- two instances on one store and one Redis ---------------------------------------------------
 
 @both_engines
-@gen_test
+@bounded
 async def test_two_apps_deliver_each_users_notifications_to_sockets_on_both_once_and_in_order(
         start_app, redis_overrides):
     first = await start_app(**redis_overrides, **UNLIMITED)
@@ -137,7 +137,7 @@ async def test_two_apps_deliver_each_users_notifications_to_sockets_on_both_once
         reader.stop()
 
 
-@gen_test
+@bounded
 async def test_a_read_on_one_instance_reaches_the_users_socket_on_the_other(start_app, redis_overrides):
     first = await start_app(**redis_overrides)
     second = await start_app(**redis_overrides)
@@ -153,7 +153,7 @@ async def test_a_read_on_one_instance_reaches_the_users_socket_on_the_other(star
 
 
 @both_engines
-@gen_test
+@bounded
 async def test_redis_killed_and_restarted_mid_stream_loses_nothing(start_app, own_redis):
     settings = {"redis.url": own_redis.url, "redis.reconnect_max_seconds": 0.5, **UNLIMITED}
     first = await start_app(**settings)
@@ -202,7 +202,7 @@ async def test_redis_killed_and_restarted_mid_stream_loses_nothing(start_app, ow
 
 # -- shared rate limits and presence ---------------------------------------------------------------
 
-@gen_test
+@bounded
 async def test_request_rate_limit_is_counted_across_instances(start_app, redis_overrides):
     first = await start_app(**redis_overrides, **{"rate_limits.requests_per_minute": 4})
     second = await start_app(**redis_overrides, **{"rate_limits.requests_per_minute": 4})
@@ -216,7 +216,7 @@ async def test_request_rate_limit_is_counted_across_instances(start_app, redis_o
         assert user in body["error"]["message"]
 
 
-@gen_test
+@bounded
 async def test_notification_rate_limit_is_counted_across_instances(start_app, redis_overrides):
     first = await start_app(**redis_overrides, **{"rate_limits.notifications_per_minute": 3})
     second = await start_app(**redis_overrides, **{"rate_limits.notifications_per_minute": 3})
@@ -229,7 +229,7 @@ async def test_notification_rate_limit_is_counted_across_instances(start_app, re
     assert status == 429, body
 
 
-@gen_test
+@bounded
 async def test_presence_counts_sockets_on_every_instance(start_app, redis_overrides):
     first = await start_app(**redis_overrides)
     second = await start_app(**redis_overrides)
@@ -252,7 +252,7 @@ async def _equals(awaitable, expected) -> bool:
     return await awaitable == expected
 
 
-@gen_test
+@bounded
 async def test_no_push_while_the_user_has_a_socket_on_another_instance(start_app, redis_overrides,
                                                                        push_service):  # noqa: F811
     first = await start_app(**redis_overrides, **push_service.settings)
@@ -274,7 +274,7 @@ async def test_no_push_while_the_user_has_a_socket_on_another_instance(start_app
 
 # -- health and check ------------------------------------------------------------------------------
 
-@gen_test
+@bounded
 async def test_healthz_names_the_redis_broker(start_app, redis_overrides):
     app = await start_app(**redis_overrides)
     status, health = await app.api.get("/healthz")
@@ -316,7 +316,7 @@ def deployment(tmp_path):
 
 # -- serve --workers 2, a real process ----------------------------------------------------------------
 
-@gen_test(timeout=120)
+@pytest.mark.timeout(120)
 async def test_serve_with_two_workers_serves_sockets_on_both(tmp_path, redis_overrides):
     deployment = Deployment(tmp_path, f"redis:\n  url: {redis_overrides['redis.url']}\n"
                                       f"  key_prefix: {redis_overrides['redis.key_prefix']}\n")
@@ -399,7 +399,7 @@ async def _workers_seen(base_url: str, until=None, timeout: float = 15) -> dict[
     return seen
 
 
-@gen_test
+@bounded
 async def test_the_per_user_socket_cap_counts_sockets_on_every_instance(start_app, redis_overrides):
     cap = {"websocket.max_sockets_per_user": 2}
     first = await start_app(**redis_overrides, **cap)
@@ -418,7 +418,7 @@ async def test_the_per_user_socket_cap_counts_sockets_on_every_instance(start_ap
     await again.expect("connected")
 
 
-@gen_test
+@bounded
 async def test_writes_wait_for_their_turn_among_processes_and_give_up_after_the_busy_timeout(start_app):
     app = await start_app(**{"storage.busy_timeout_seconds": 0.3, "storage.probe_interval_seconds": 0.2})
     user = new_user()

@@ -9,17 +9,18 @@ same mechanism serves `?since=` recovery, and live messages that arrive meanwhil
 from __future__ import annotations
 
 import asyncio
-import collections
 import functools
 import itertools
 import json
 import logging
+import struct
 import time
 from datetime import datetime, timezone
 from typing import Any
 
 import orjson
 import tornado.websocket
+from tornado.iostream import StreamClosedError
 
 from ..auth import Principal, TokenVerifier, bearer_token
 from ..broker import Message
@@ -28,6 +29,7 @@ from ..errors import (AuthenticationError, NotFoundError, NotifyError, RateLimit
 from ..hub import Hub
 from ..presence import HubPresence
 from ..logs import log_access
+from ..metrics import Metrics
 from ..model import NotificationTypes, iso, parse_json, utcnow
 from ..ratelimit import RateLimiter
 from ..service import NotificationService, page_bounds
@@ -44,26 +46,37 @@ CLOSE_TOKEN_EXPIRED = 4003
 CLOSE_SLOW_CONSUMER = 4008
 CLOSE_TOO_MANY_SOCKETS = 4009
 CLOSE_AUTH_THROTTLED = 4029
+# What /metrics calls each close the server makes.
+CLOSE_REASONS = {CLOSE_GOING_AWAY: "shutdown", CLOSE_POLICY_VIOLATION: "flooding",
+                 CLOSE_TRY_AGAIN_LATER: "storage_unavailable", CLOSE_TOKEN_MISSING: "token_missing",
+                 CLOSE_TOKEN_INVALID: "token_invalid", CLOSE_TOKEN_EXPIRED: "token_expired",
+                 CLOSE_SLOW_CONSUMER: "slow_consumer", CLOSE_TOO_MANY_SOCKETS: "too_many_sockets",
+                 CLOSE_AUTH_THROTTLED: "auth_throttled", 1011: "internal_error"}
 LATEST_EPOCH = datetime(9999, 12, 31, tzinfo=timezone.utc).timestamp()
 
 _client_numbers = itertools.count(1)
 
 
 class Outbox:
-    """Frames to one socket. While the connection keeps up, each frame is written at once; behind
-    a write that has not drained, frames wait here, bounded: a client that stops reading is
-    closed instead of growing this process's memory. No task per socket, nothing while idle."""
+    """Frames to one socket, written as WebSocket frames straight to the connection's stream.
 
-    __slots__ = ("_socket", "_frames", "_bytes", "_max_messages", "_max_bytes", "_blocked",
-                 "_dropped", "closing_code", "_closing_reason")
+    Frames put during one turn of the event loop leave in one write (an alert's `notification`
+    and `unread_count`: one system call), with no task per frame (tornado's `write_message`
+    makes one) and nothing per socket while idle. Behind a write the kernel has not taken in
+    full, frames wait here, bounded: a client that stops reading is closed instead of growing
+    this process's memory."""
+
+    __slots__ = ("_socket", "_pending", "_pending_bytes", "_max_messages", "_max_bytes",
+                 "_blocked", "_scheduled", "_dropped", "closing_code", "_closing_reason")
 
     def __init__(self, socket: "NotificationSocket", max_messages: int, max_bytes: int):
         self._socket = socket
-        self._frames: collections.deque[str] = collections.deque()
-        self._bytes = 0
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
         self._max_messages = max_messages
         self._max_bytes = max_bytes
         self._blocked = False
+        self._scheduled = False
         self._dropped = False
         self.closing_code: int | None = None
         self._closing_reason = ""
@@ -71,25 +84,45 @@ class Outbox:
     def put(self, frame: dict[str, Any]) -> None:
         if self.closing_code is not None or self._dropped:
             return
-        text = encode_frame(frame)
-        if not self._blocked:
-            self._write(text)
+        data = websocket_frame(encode_frame(frame))
+        self._pending.append(data)
+        self._pending_bytes += len(data)
+        if self._blocked:
+            if len(self._pending) > self._max_messages or self._pending_bytes > self._max_bytes:
+                log.warning("closing socket %s of %s: slow consumer (%d frames, %d bytes queued)",
+                            self._socket.client_id, self._socket.user_id, len(self._pending),
+                            self._pending_bytes)
+                self._drop()
+                self._socket.drop_slow_consumer()
             return
-        self._frames.append(text)
-        self._bytes += len(text)
-        if len(self._frames) > self._max_messages or self._bytes > self._max_bytes:
-            log.warning("closing socket %s of %s: slow consumer (%d frames, %d bytes queued)",
-                        self._socket.client_id, self._socket.user_id, len(self._frames), self._bytes)
-            self._drop()
-            self._socket.drop_slow_consumer()
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
-    def _write(self, text: str) -> None:
-        try:
-            written = self._socket.write_message(text)
-        except tornado.websocket.WebSocketClosedError:
+    def _flush(self) -> None:
+        self._scheduled = False
+        if self._dropped or self._blocked:
+            return
+        if self._pending:
+            self._write()
+        if not self._blocked and self.closing_code is not None:
+            self._socket.close(self.closing_code, self._closing_reason)
+
+    def _write(self) -> None:
+        connection = self._socket.ws_connection
+        if connection is None:
             self._drop()
             return
-        if self._socket.ws_connection.stream.writing():  # the kernel took only part of it
+        data, count = b"".join(self._pending), len(self._pending)
+        self._pending.clear()
+        self._pending_bytes = 0
+        try:
+            written = connection.stream.write(data)
+        except StreamClosedError:
+            self._drop()
+            return
+        self._socket.metrics.frames_sent.inc(count)
+        if connection.stream.writing():  # the kernel took only part of it
             self._blocked = True
             written.add_done_callback(self._drained)
         else:
@@ -100,36 +133,41 @@ class Outbox:
         if written.cancelled() or written.exception() is not None:
             self._drop()
             return
-        while self._frames and not self._blocked:
-            text = self._frames.popleft()
-            self._bytes -= len(text)
-            self._write(text)
-        if not self._blocked and self.closing_code is not None:
-            self._socket.close(self.closing_code, self._closing_reason)
+        self._flush()
 
     def _drop(self) -> None:
         self._dropped = True
-        self._frames.clear()
-        self._bytes = 0
+        self._pending.clear()
+        self._pending_bytes = 0
 
     def close_after_flush(self, code: int, reason: str) -> None:
         """Send what is queued, then close (graceful shutdown)."""
         self.closing_code = code
         self._closing_reason = reason
-        if not self._blocked:
-            self._socket.close(code, reason)
+        if not self._blocked and not self._scheduled:
+            self._flush()
 
     def cancel(self) -> None:
         self._drop()
 
 
-def encode_frame(frame: dict[str, Any]) -> str:
-    """Compact JSON text of a frame: orjson, or the standard library for what orjson refuses
+def encode_frame(frame: dict[str, Any]) -> bytes:
+    """Compact JSON of a frame: orjson, or the standard library for what orjson refuses
     (integers past 64 bits in a notification's data)."""
     try:
-        return orjson.dumps(frame).decode()
+        return orjson.dumps(frame)
     except orjson.JSONEncodeError:
-        return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+        return json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def websocket_frame(payload: bytes) -> bytes:
+    """One final, unmasked text frame (RFC 6455 5.2), as a server sends it; compression is off."""
+    length = len(payload)
+    if length < 126:
+        return bytes((0x81, length)) + payload
+    if length <= 0xFFFF:
+        return struct.pack("!BBH", 0x81, 126, length) + payload
+    return struct.pack("!BBQ", 0x81, 127, length) + payload
 
 
 class InboundLimit:
@@ -180,7 +218,7 @@ def _consume_outcome(written: asyncio.Future) -> None:
 class NotificationSocket(tornado.websocket.WebSocketHandler):
     def initialize(self, service: NotificationService, hub: Hub, verifier: TokenVerifier,
                    types: NotificationTypes, server: ServerSettings, websocket: WebSocketSettings,
-                   request_limiter: RateLimiter, auth_failures: RateLimiter,
+                   request_limiter: RateLimiter, auth_failures: RateLimiter, metrics: Metrics,
                    presence: HubPresence | None = None) -> None:
         self.service = service
         self.hub = hub
@@ -191,6 +229,8 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
         self.ws_settings = websocket
         self.request_limiter = request_limiter
         self.auth_failures = auth_failures
+        self.metrics = metrics
+        self._close_counted = False
         self.remote_ip = self.request.remote_ip or ""
         self._opened_at = time.monotonic()
         self.inbound = InboundLimit(websocket.messages_per_second,
@@ -516,6 +556,12 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
 
     def _send_error(self, code: str, message: str) -> None:
         self._send("error", code=code, message=message)
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        if code is not None and not self._close_counted:
+            self._close_counted = True
+            self.metrics.socket_closes.labels(CLOSE_REASONS.get(code, str(code))).inc()
+        super().close(code, reason)
 
     def shutdown(self, code: int, reason: str) -> None:  # the hub's Connection.shutdown
         """Close after what is queued is sent (used at server shutdown)."""

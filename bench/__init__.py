@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench --help`, and the scripts beside it (each with --help)."""

@@ -1,0 +1,200 @@
+"""`python -m bench ALL|NAME ...`: delivery benchmarks, MOJAVOX Notify against a plain Tornado
+server and python-socketio, in one run, with a table of figures and ratios.
+
+Scenarios (each starts every server fresh, clients in worker processes from 127.0.0.x):
+- idle: N authenticated idle sockets: connects per second and server memory per socket;
+- latency: N sockets, an open-loop generator creating notifications at each rate for some
+  seconds: create→frame p50/p99 and how many never arrived;
+- fanout: one alert to N users (MOJAVOX: system.alert events of 1,000 users each, all
+  persisted; the others: one broadcast request): time until the last socket has it.
+
+Bounded in count and time; stops by itself. `--quick` shrinks everything for a smoke run.
+
+    .venv/bin/python -m bench ALL
+    .venv/bin/python -m bench latency --sockets 5000 --rates 100,300,1000 --seconds 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from peers import Peers  # noqa: E402
+from targets import KINDS, Target, post  # noqa: E402
+
+WORKERS = 4
+MOJAVOX_ALERT_USERS = 1000  # system.alert's userIds limit
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
+
+
+def users(count: int) -> list[str]:
+    return [f"bench-{index}" for index in range(count)]
+
+
+def with_target(kind: str, sockets: int, scenario):
+    target = Target(kind)
+    target.start()
+    peers = None
+    try:
+        before = target.rss_kb()
+        peers = Peers(kind, target.port, users(sockets), WORKERS)
+        opened, failed, seconds = peers.connected()
+        return scenario(target, peers, {"opened": opened, "failed": failed, "connect_s": seconds,
+                                        "rss_before_kb": before})
+    finally:
+        if peers is not None:
+            peers.close()
+        target.stop()
+
+
+# -- scenarios ---------------------------------------------------------------------------------
+
+def idle(target: Target, peers: Peers, connected: dict) -> dict:
+    time.sleep(2)  # let the server settle after the connect storm
+    grown = target.rss_kb() - connected["rss_before_kb"]
+    return {"sockets": connected["opened"], "failed": connected["failed"],
+            "connects_per_s": connected["opened"] / connected["connect_s"],
+            "kb_per_socket": grown / max(1, connected["opened"])}
+
+
+async def open_loop(target: Target, socket_count: int, rate: float, seconds: float) -> tuple[int, int]:
+    """Send `rate` creations a second for `seconds`, never waiting on answers: (sent, failed)."""
+    failed = 0
+    sent = 0
+    interval = 1.0 / rate
+    connector = aiohttp.TCPConnector(limit=200)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def create(user: str) -> None:
+            nonlocal failed
+            url, body, headers = target.create_request(user, time.time())
+            try:
+                async with session.post(url, data=body, headers=headers,
+                                        timeout=aiohttp.ClientTimeout(total=30)) as answer:
+                    if answer.status >= 300:
+                        failed += 1
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                failed += 1
+
+        tasks = []
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            due = start + sent * interval
+            if due > time.perf_counter():
+                await asyncio.sleep(due - time.perf_counter())
+            tasks.append(asyncio.ensure_future(create(f"bench-{sent % socket_count}")))
+            sent += 1
+        await asyncio.gather(*tasks)
+    return sent, failed
+
+
+def latency(rates: list[float], seconds: float):
+    def scenario(target: Target, peers: Peers, connected: dict) -> list[dict]:
+        rows = []
+        for rate in rates:
+            peers.forget()
+            sent, failed = asyncio.run(open_loop(target, connected["opened"], rate, seconds))
+            time.sleep(2)
+            arrivals = [arrived - when for arrived, when in peers.collect() if when is not None]
+            rows.append({"rate": rate, "sent": sent, "failed": failed, "received": len(arrivals),
+                         "lost": sent - failed - len(arrivals),
+                         "p50_ms": 1000 * percentile(arrivals, 0.5),
+                         "p99_ms": 1000 * percentile(arrivals, 0.99)})
+        return rows
+    return scenario
+
+
+def fanout(target: Target, peers: Peers, connected: dict) -> dict:
+    everyone = users(connected["opened"] + connected["failed"])
+    batch = MOJAVOX_ALERT_USERS if target.kind == "mojavox" else len(everyone)
+    requests = [target.alert_request(everyone[i:i + batch]) for i in range(0, len(everyone), batch)]
+    peers.forget()
+    started = time.time()
+
+    async def send_all() -> None:
+        await asyncio.gather(*(asyncio.to_thread(post, request) for request in requests))
+
+    asyncio.run(send_all())
+    deadline = time.monotonic() + 60
+    arrivals: list = []
+    while time.monotonic() < deadline:
+        arrivals = peers.collect()
+        if len(arrivals) >= connected["opened"]:
+            break
+        time.sleep(0.2)
+    last = max((arrived for arrived, _ in arrivals), default=float("nan"))
+    return {"users": connected["opened"], "received": len(arrivals),
+            "seconds": last - started, "requests": len(requests)}
+
+
+# -- report ------------------------------------------------------------------------------------
+
+def ratio(ours: float, theirs: float) -> str:
+    return f"{ours / theirs:.2f}x" if theirs and theirs == theirs else "-"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0],
+                                     epilog="\n".join(__doc__.splitlines()[1:]),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("scenario", choices=["ALL", "idle", "latency", "fanout"])
+    parser.add_argument("--sockets", type=int, default=5000)
+    parser.add_argument("--rates", default="100,300,1000")
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--fanout-users", type=int, default=10000)
+    parser.add_argument("--servers", default=",".join(KINDS))
+    parser.add_argument("--quick", action="store_true", help="200 sockets, 5 s per rate")
+    args = parser.parse_args()
+    if args.quick:
+        args.sockets, args.seconds, args.fanout_users = 200, 5, 1000
+    kinds = args.servers.split(",")
+    rates = [float(rate) for rate in args.rates.split(",")]
+    print(f"# python -m bench {args.scenario} · {date.today()} · {platform.python_version()} · "
+          f"{os.cpu_count()} cores · clients in {WORKERS} processes", flush=True)
+
+    if args.scenario in ("ALL", "idle"):
+        results = {kind: with_target(kind, args.sockets, idle) for kind in kinds}
+        print(f"\n## idle: {args.sockets} authenticated sockets\n")
+        print("| server | sockets | failed | connects/s | KB per socket |\n|---|---|---|---|---|")
+        for kind, row in results.items():
+            print(f"| {kind} | {row['sockets']} | {row['failed']} | {row['connects_per_s']:.0f} | "
+                  f"{row['kb_per_socket']:.1f} |")
+        if "mojavox" in results and "tornado" in results:
+            print(f"\nmemory per socket vs raw Tornado: "
+                  f"{ratio(results['mojavox']['kb_per_socket'], results['tornado']['kb_per_socket'])}; "
+                  f"connect rate: {ratio(results['mojavox']['connects_per_s'], results['tornado']['connects_per_s'])}")
+
+    if args.scenario in ("ALL", "latency"):
+        results = {kind: with_target(kind, args.sockets, latency(rates, args.seconds)) for kind in kinds}
+        print(f"\n## latency: {args.sockets} sockets, open loop, {args.seconds:g} s per rate\n")
+        print("| server | creates/s | sent | failed | lost | p50 ms | p99 ms |\n|---|---|---|---|---|---|---|")
+        for kind, rows in results.items():
+            for row in rows:
+                print(f"| {kind} | {row['rate']:g} | {row['sent']} | {row['failed']} | {row['lost']} | "
+                      f"{row['p50_ms']:.1f} | {row['p99_ms']:.1f} |")
+
+    if args.scenario in ("ALL", "fanout"):
+        results = {kind: with_target(kind, args.fanout_users, fanout) for kind in kinds}
+        print(f"\n## fanout: one alert to {args.fanout_users} connected users\n")
+        print("| server | users | received | requests | seconds |\n|---|---|---|---|---|")
+        for kind, row in results.items():
+            print(f"| {kind} | {row['users']} | {row['received']} | {row['requests']} | "
+                  f"{row['seconds']:.3f} |")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

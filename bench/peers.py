@@ -1,0 +1,156 @@
+"""Dashboard clients in worker processes, so the server under test has the cores it would have.
+
+Each worker opens its share of sockets (from its own 127.0.0.x address), answers the protocol's
+handshake and pings, and timestamps every notification frame; the parent drives it through a
+pipe: collect what arrived, forget it, close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import time
+
+import websockets
+
+from targets import token
+
+CONNECT_CONCURRENCY = 64
+
+
+def socket_url(kind: str, port: int, user: str) -> str:
+    if kind == "mojavox":
+        return f"ws://127.0.0.1:{port}/ws/notifications?token={token(user)}"
+    if kind == "socketio":
+        return f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket&user={user}"
+    return f"ws://127.0.0.1:{port}/ws?user={user}"
+
+
+async def handshake(kind: str, connection) -> None:
+    if kind == "mojavox":
+        assert json.loads(await connection.recv())["type"] == "connected"
+    elif kind == "socketio":
+        assert (await connection.recv()).startswith("0")  # Engine.IO open
+        await connection.send("40")  # Socket.IO connect to the default namespace
+        assert (await connection.recv()).startswith("40")
+
+
+def notification_of(kind: str, message: str) -> dict | None:
+    """The notification a frame carries, or None (other frames, pings)."""
+    if kind == "socketio":
+        if not message.startswith("42"):
+            return None
+        name, payload = json.loads(message[2:])
+        return payload if name == "notification" else None
+    frame = json.loads(message)
+    return frame["payload"] if frame.get("type") == "notification" else None
+
+
+class Worker:
+    def __init__(self, kind: str, port: int, users: list[str], address: str):
+        self.kind, self.port, self.users, self.address = kind, port, users, address
+        self.arrivals: list[tuple[float, float | None]] = []  # (arrived, sent or None)
+        self.connections = []
+
+    async def run(self, pipe) -> None:
+        started = time.perf_counter()
+        limit = asyncio.Semaphore(CONNECT_CONCURRENCY)
+        results = await asyncio.gather(*(self._open(user, limit) for user in self.users))
+        pipe.send(("connected", sum(results), len(results) - sum(results), time.perf_counter() - started))
+        loop = asyncio.get_running_loop()
+        while True:
+            command = await loop.run_in_executor(None, pipe.recv)
+            if command == "collect":
+                pipe.send(self.arrivals)
+            elif command == "forget":
+                self.arrivals = []
+                pipe.send("ok")
+            elif command == "close":
+                await asyncio.gather(*(c.close() for c in self.connections), return_exceptions=True)
+                pipe.send("closed")
+                return
+
+    async def _open(self, user: str, limit: asyncio.Semaphore) -> bool:
+        async with limit:
+            for _ in range(3):
+                try:
+                    connection = await websockets.connect(
+                        socket_url(self.kind, self.port, user), local_addr=(self.address, 0),
+                        open_timeout=30, ping_interval=None, max_queue=None, compression=None)
+                    await asyncio.wait_for(handshake(self.kind, connection), 30)
+                except (OSError, asyncio.TimeoutError, websockets.WebSocketException):
+                    await asyncio.sleep(0.2)
+                    continue
+                self.connections.append(connection)
+                asyncio.get_running_loop().create_task(self._read(connection))
+                return True
+            return False
+
+    async def _read(self, connection) -> None:
+        try:
+            async for message in connection:
+                arrived = time.time()
+                if self.kind == "socketio" and message == "2":
+                    await connection.send("3")
+                    continue
+                payload = notification_of(self.kind, message)
+                if payload is not None:
+                    sent = payload.get("sent", (payload.get("data") or {}).get("sent"))
+                    self.arrivals.append((arrived, sent))
+        except websockets.WebSocketException:
+            pass
+
+
+def _serve(kind: str, port: int, users: list[str], address: str, pipe) -> None:
+    asyncio.run(Worker(kind, port, users, address).run(pipe))
+
+
+class Peers:
+    """`processes` workers sharing `users` (one socket each)."""
+
+    def __init__(self, kind: str, port: int, users: list[str], processes: int):
+        self.pipes, self.processes = [], []
+        context = multiprocessing.get_context("spawn")
+        for index in range(processes):
+            parent, child = context.Pipe()
+            share = users[index::processes]
+            process = context.Process(target=_serve, daemon=True,
+                                      args=(kind, port, share, f"127.0.0.{2 + index}", child))
+            process.start()
+            self.pipes.append(parent)
+            self.processes.append(process)
+
+    def connected(self, timeout: float = 300) -> tuple[int, int, float]:
+        """(opened, failed, seconds of the slowest worker)."""
+        answers = [self._receive(pipe, timeout) for pipe in self.pipes]
+        return (sum(a[1] for a in answers), sum(a[2] for a in answers), max(a[3] for a in answers))
+
+    def collect(self) -> list[tuple[float, float | None]]:
+        for pipe in self.pipes:
+            pipe.send("collect")
+        return [arrival for pipe in self.pipes for arrival in self._receive(pipe, 60)]
+
+    def forget(self) -> None:
+        for pipe in self.pipes:
+            pipe.send("forget")
+        for pipe in self.pipes:
+            self._receive(pipe, 60)
+
+    def close(self) -> None:
+        for pipe in self.pipes:
+            try:
+                pipe.send("close")
+                self._receive(pipe, 60)
+            except (OSError, EOFError, TimeoutError):
+                pass
+        for process in self.processes:
+            process.join(10)
+            if process.is_alive():
+                process.kill()
+
+    @staticmethod
+    def _receive(pipe, timeout: float):
+        if not pipe.poll(timeout):
+            raise TimeoutError("a client worker did not answer")
+        return pipe.recv()
