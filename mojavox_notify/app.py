@@ -20,11 +20,12 @@ import tornado.web
 from .auth import build_verifier
 from .broker import Broker, InProcessBroker
 from .handlers.admin import HealthHandler, PluginsHandler
-from .handlers.base import NotFoundHandler, log_request
+from .handlers.base import Cors, NotFoundHandler, log_request
 from .handlers.events import EventsHandler
 from .handlers.rest import (MarkAllReadHandler, MarkReadHandler, NotificationHandler,
                             NotificationsHandler, PushSubscriptionHandler, SettingsHandler,
                             UnreadCountHandler, VapidPublicKeyHandler)
+from .handlers.web import page_routes
 from .handlers.websocket import CLOSE_GOING_AWAY, NotificationSocket
 from .hub import Hub
 from .ingest import EventIngest
@@ -137,7 +138,8 @@ class NotifyApp:
     def web_application(self) -> tornado.web.Application:
         settings = self.settings
         common = {"verifier": self.verifier, "request_limiter": self.request_limiter,
-                  "max_body_bytes": settings.server.max_body_bytes}
+                  "max_body_bytes": settings.server.max_body_bytes,
+                  "cors": Cors(settings.server.allowed_origins, settings.web.cors_max_age_seconds)}
         service = {**common, "service": self.service}
         routes = [
             (r"/api/notifications", NotificationsHandler, service),
@@ -157,6 +159,8 @@ class NotifyApp:
                 "types": self.plugins.types, "server": settings.server,
                 "websocket": settings.websocket, "request_limiter": self.request_limiter}),
         ]
+        if settings.web.page:
+            routes += page_routes()
         return tornado.web.Application(
             routes,
             default_handler_class=NotFoundHandler, default_handler_args=common,

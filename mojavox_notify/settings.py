@@ -168,6 +168,15 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True)
+class WebSettings:
+    """The browser side: CORS for /api/* and the notification center page at `/`."""
+
+    page: bool = True
+    cors_max_age_seconds: int = _check(_between(0, 86400), default=600)
+    demo_user: str = "supervisor"
+
+
+@dataclass(frozen=True)
 class Settings:
     data_dir: str = "./data"
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -181,6 +190,7 @@ class Settings:
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     plugins: PluginSettings = field(default_factory=PluginSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    web: WebSettings = field(default_factory=WebSettings)
     base_dir: str = field(default=".", metadata={"internal": True})
 
     def resolve_path(self, path: str) -> Path:

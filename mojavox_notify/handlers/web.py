@@ -1,0 +1,54 @@
+"""The notification center page at `/`: static files, no build step, no templating.
+
+The page, its service worker (at `/sw.js`, so its scope is the whole origin) and the JavaScript
+client (`/client/mojavox-notify.js`, the same file as `clients/js/`) are served as they are on
+disk, with a Content-Security-Policy that allows only this origin's scripts and sockets.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import tornado.web
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+CLIENT_FILE = "mojavox-notify.js"
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; worker-src 'self'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'")
+
+
+def client_dir() -> Path:
+    """Where `mojavox-notify.js` is: `clients/js/` in a source checkout (an editable install),
+    or the copy that setup.py's build puts into the package's static folder."""
+    checkout = Path(__file__).resolve().parents[2] / "clients" / "js"
+    return checkout if (checkout / CLIENT_FILE).is_file() else STATIC_DIR
+
+
+class PageFileHandler(tornado.web.StaticFileHandler):
+    """Static files with revalidation on every load (an upgrade shows at once) and the page's
+    security headers."""
+
+    def set_extra_headers(self, path: str) -> None:
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "no-referrer")
+        self.set_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        if path == "sw.js":
+            self.set_header("Service-Worker-Allowed", "/")
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish('{"error":{"code":"not_found","message":"no such file"}}'
+                    if status_code == 404 else
+                    '{"error":{"code":"http_error","message":"%s"}}' % self._reason)
+
+
+def page_routes() -> list[tuple]:
+    return [
+        (r"/()", PageFileHandler, {"path": str(STATIC_DIR), "default_filename": "index.html"}),
+        (r"/(sw\.js|app\.js|app\.css|icon\.svg)", PageFileHandler, {"path": str(STATIC_DIR)}),
+        (r"/client/(mojavox-notify\.js)", PageFileHandler, {"path": str(client_dir())}),
+    ]
