@@ -125,3 +125,12 @@ def start_app(io_loop, make_settings):
     yield start
     for app in reversed(started):
         io_loop.run_sync(app.stop, timeout=30)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item, so fixtures can tell that a test failed (the
+    browser tests save screenshots then)."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report

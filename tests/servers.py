@@ -44,7 +44,10 @@ class ServeProcess:
         }
         for dotted, value in settings.items():
             section, _, key = dotted.partition(".")
-            values.setdefault(section, {})[key] = value
+            if key:
+                values.setdefault(section, {})[key] = value
+            else:
+                values[section] = value
         self.settings_path = folder / "settings.yaml"
         self.settings_path.write_text(yaml.safe_dump(values), encoding="utf-8")
         self.log_path = folder / "serve.log"
