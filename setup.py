@@ -1,6 +1,22 @@
+import shutil
 from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+HERE = Path(__file__).resolve().parent
+
+
+class BuildWithWebClient(build_py):
+    """Wheels carry the JavaScript client (clients/js/, its one source) next to the page that
+    imports it; a source checkout serves it from clients/js/ directly."""
+
+    def run(self):
+        super().run()
+        target = Path(self.build_lib) / "mojavox_notify" / "static"
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy(HERE / "clients" / "js" / "mojavox-notify.js", target / "mojavox-notify.js")
+
 
 setup(
     name="mojavox-notify",
@@ -10,6 +26,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["mojavox_notify", "mojavox_notify.*"]),
+    package_data={"mojavox_notify": ["static/*"]},
+    cmdclass={"build_py": BuildWithWebClient},
     install_requires=[
         "tornado>=6.4,<7",
         "pymongo>=4.13,<5",
@@ -28,6 +46,8 @@ setup(
             "pytest>=8,<10",
             "pytest-tornado>=0.8,<0.9",
             "pytest-timeout>=2.3,<3",
+            # Drives the system's chromium (never downloads a browser): tests/test_browser.py.
+            "playwright>=1.40,<2",
         ],
     },
     entry_points={"console_scripts": ["mojavox-notify=mojavox_notify.cli:main"]},

@@ -30,14 +30,15 @@ def free_port() -> int:
 
 
 class ServeProcess:
-    def __init__(self, folder: Path, **settings: Any):
+    def __init__(self, folder: Path, secret: str | None = TEST_SECRET, **settings: Any):
+        """`secret=None` leaves auth to the development secret in the data folder."""
         self.folder = folder
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         values = {
             "data_dir": str(folder / "data"),
             "server": {"host": "127.0.0.1", "port": self.port},
-            "auth": {"secret": TEST_SECRET},
+            "auth": {"secret": secret} if secret else {},
             "plugins": {"directory": str(ROOT / "plugins")},
             "retention": {"cleanup_interval_minutes": 0},
             "logging": {"level": "WARNING"},
