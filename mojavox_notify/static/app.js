@@ -112,10 +112,13 @@ function signIn(token) {
     if (code === 'token_expiring') showBanner('Your session ends in 30 seconds: sign in again with a new token.');
     else if (code !== 'anchor_failed') console.warn('MOJAVOX Notify:', code, message);
   });
-  client.connect().catch(() => {
+  client.on('state', ({ state, code }) => {
+    if (state !== 'unauthorized') return;
     sessionStorage.removeItem(TOKEN_KEY);
-    showSignIn('That token was refused (invalid or expired).');
+    showSignIn(code === 4003 ? 'Your session ended (the token expired): sign in again.'
+      : 'That token was refused (invalid or expired).');
   });
+  client.connect().catch(() => {}); // the 'unauthorized' state above says why
   tellServiceWorker(token);
 }
 
@@ -294,9 +297,13 @@ function element(tag, className, text) {
   return node;
 }
 
-/** The notification's data as "key: value" lines (text only). */
+/** Who it was for: the reader knows. */
+const HIDDEN_DATA = new Set(['userId', 'userIds', 'supervisorId']);
+
+/** The notification's data as "key: value" pairs (text only): call, agent and account ids. */
 function dataDetails(data) {
-  const entries = Object.entries(data || {}).filter(([, value]) => value !== null && typeof value !== 'object');
+  const entries = Object.entries(data || {})
+    .filter(([key, value]) => !HIDDEN_DATA.has(key) && value !== null && typeof value !== 'object');
   if (!entries.length) return null;
   const list = element('dl', 'data');
   for (const [key, value] of entries.slice(0, 12)) {
