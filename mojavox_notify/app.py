@@ -20,15 +20,17 @@ import tornado.web
 from .auth import build_verifier
 from .broker import Broker, InProcessBroker
 from .handlers.admin import HealthHandler, PluginsHandler
-from .handlers.base import Cors, NotFoundHandler, log_request
+from .handlers.base import Cors, InFlight, NotFoundHandler
 from .handlers.events import EventsHandler
 from .handlers.rest import (MarkAllReadHandler, MarkReadHandler, NotificationHandler,
                             NotificationsHandler, PushSubscriptionHandler, SettingsHandler,
                             UnreadCountHandler, VapidPublicKeyHandler)
 from .handlers.web import page_routes
 from .handlers.websocket import CLOSE_GOING_AWAY, NotificationSocket
+from .httpserver import NotifyHTTPServer, drain_limit
 from .hub import Hub
 from .ingest import EventIngest
+from .logs import redact_tornado_logs
 from .model import Event
 from .plugins import Plugins, build_plugin_manager
 from .push import PushSender
@@ -44,6 +46,7 @@ from .store.importer import legacy_folder
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 3.0
+IDLE_CONNECTION_SECONDS = 120  # also how long a request's headers may take to arrive
 
 
 class StartupError(RuntimeError):
@@ -56,6 +59,7 @@ class NotifyApp:
         """`plugins` adds (name, plugin) pairs; `discover_plugins=False` uses only those, so a
         test can build an app with exactly the plugins it wants."""
         self.settings = settings
+        redact_tornado_logs()
         manager = plugin_manager or build_plugin_manager(settings, plugins, discover_plugins)
         self.plugins = Plugins(manager)
         self.verifier = build_verifier(settings)
@@ -64,6 +68,9 @@ class NotifyApp:
         self.hub = Hub()
         self.broker: Broker = InProcessBroker()
         self.request_limiter = RateLimiter(settings.rate_limits.requests_per_minute, "requests")
+        self.in_flight = InFlight()
+        self.auth_failures = RateLimiter(settings.auth.failed_per_minute_per_ip,
+                                         "failed authentications")
         self.store: NotificationStore | None = None
         self.storage_health: StorageHealth | None = None
         self.service: NotificationService | None = None
@@ -122,9 +129,10 @@ class NotifyApp:
             self.push_worker.start()
         await self.plugins.call_each("mojavox_startup", app=self)
 
-        self._http = tornado.httpserver.HTTPServer(
-            self.web_application(), max_body_size=max(settings.server.max_body_bytes * 4, 1 << 20),
-            idle_connection_timeout=120)
+        self._http = NotifyHTTPServer(
+            self.web_application(), max_body_size=drain_limit(settings.server.max_body_bytes),
+            body_timeout=settings.server.body_timeout_seconds, xheaders=settings.server.xheaders,
+            idle_connection_timeout=IDLE_CONNECTION_SECONDS)
         if sockets is None:
             sockets = tornado.netutil.bind_sockets(settings.server.port, settings.server.host)
         self._http.add_sockets(sockets)
@@ -138,6 +146,7 @@ class NotifyApp:
     def web_application(self) -> tornado.web.Application:
         settings = self.settings
         common = {"verifier": self.verifier, "request_limiter": self.request_limiter,
+                  "auth_failures": self.auth_failures, "in_flight": self.in_flight,
                   "max_body_bytes": settings.server.max_body_bytes,
                   "cors": Cors(settings.server.allowed_origins, settings.web.cors_max_age_seconds)}
         service = {**common, "service": self.service}
@@ -157,14 +166,14 @@ class NotifyApp:
             (settings.server.ws_path, NotificationSocket, {
                 "service": self.service, "hub": self.hub, "verifier": self.verifier,
                 "types": self.plugins.types, "server": settings.server,
-                "websocket": settings.websocket, "request_limiter": self.request_limiter}),
+                "websocket": settings.websocket, "request_limiter": self.request_limiter,
+                "auth_failures": self.auth_failures}),
         ]
         if settings.web.page:
             routes += page_routes()
         return tornado.web.Application(
             routes,
             default_handler_class=NotFoundHandler, default_handler_args=common,
-            log_function=log_request,
             websocket_ping_interval=settings.websocket.ping_interval_seconds,
             websocket_ping_timeout=settings.websocket.ping_timeout_seconds,
             websocket_max_message_size=settings.server.max_message_bytes,
@@ -221,6 +230,8 @@ class NotifyApp:
             self._http.stop()
         self.hub.shutdown_all(CLOSE_GOING_AWAY, "server shutting down")
         await self._wait_for_sockets()
+        if not await self.in_flight.drained(SHUTDOWN_GRACE_SECONDS):
+            log.warning("stopping with %d requests still in flight", len(self.in_flight))
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -102,6 +102,10 @@ class TokenVerifier:
             raise AuthenticationError("the token has expired", code="token_expired") from None
         except jwt.PyJWTError as error:
             raise AuthenticationError(f"the token is invalid: {error}", code="token_invalid") from None
+        longest = self._auth.max_token_lifetime_seconds
+        if longest and claims["exp"] - time.time() > longest + self._auth.leeway_seconds:
+            raise AuthenticationError(f"the token is valid for longer than the {longest} s this server "
+                                      "accepts (auth.max_token_lifetime_seconds)", code="token_invalid")
         return _principal(claims)
 
     async def _key_for(self, token: str):

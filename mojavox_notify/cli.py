@@ -182,6 +182,10 @@ def _token(args) -> int:
                             f"{settings.auth.algorithm} tokens come from your identity provider")
     roles = [role.strip() for role in args.roles.split(",") if role.strip()]
     ttl = args.ttl if args.ttl is not None else settings.auth.token_ttl_seconds
+    longest = settings.auth.max_token_lifetime_seconds
+    if longest and ttl > longest:
+        raise SettingsError("auth.max_token_lifetime_seconds", f"is {longest}: the server would "
+                            f"refuse a token valid for {ttl} s; ask for a shorter --ttl")
     print(mint_token(hs256_secret(settings), args.user, roles, ttl,
                      settings.auth.audience, settings.auth.issuer))
     return 0

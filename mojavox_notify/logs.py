@@ -1,13 +1,65 @@
-"""Logging set-up from settings: readable text for a terminal, JSON lines for collectors."""
+"""Logging set-up from settings: readable text for a terminal, JSON lines for collectors.
+
+Every line passes one redaction point, `RedactCredentials`, so no token reaches a log: not in a
+URL's `token`/`access_token`, not in an `Authorization` header, not in a request dump or a
+traceback, whichever logger (ours or tornado's) wrote it.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import datetime, timezone
 
 from .settings import LoggingSettings
+
+REDACTED = "[redacted]"
+CREDENTIALS = (
+    # ?token=…, &access_token=… (a URL in an access line, a request repr, an error message)
+    (re.compile(r"([?&;](?:access_)?token=)[^&;\s\"'#]*", re.IGNORECASE), r"\1" + REDACTED),
+    # Authorization: Bearer …, 'Authorization': '…', authorization=…
+    (re.compile(r"(authorization[\"']?\s*[:=]\s*[\"']?)(?:(?:bearer|basic)\s+)?[^\s\"',;}]+",
+                re.IGNORECASE), r"\1" + REDACTED),
+    # Anything shaped like a JWT, wherever it appears: header and payload are base64url JSON.
+    (re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), REDACTED),
+)
+# The loggers tornado writes request lines and dumps to, which may hold a URL or headers.
+TORNADO_LOGGERS = ("tornado.access", "tornado.application", "tornado.general")
+
+
+def redact(text: str) -> str:
+    for pattern, replacement in CREDENTIALS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class RedactCredentials(logging.Filter):
+    """Rewrites a record's message and traceback text with credentials removed."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
+
+
+_REDACTION = RedactCredentials()
+
+
+def redact_tornado_logs() -> None:
+    """Put the redaction on tornado's own loggers, so it holds even where `configure_logging`
+    was not called (an app embedded in another program, the tests). Idempotent."""
+    for name in TORNADO_LOGGERS:
+        logging.getLogger(name).addFilter(_REDACTION)
 
 
 class JsonFormatter(logging.Formatter):
@@ -18,8 +70,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
         return json.dumps(entry)
 
 
@@ -29,6 +83,8 @@ def configure_logging(settings: LoggingSettings) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_REDACTION)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.level)
+    redact_tornado_logs()

@@ -27,6 +27,8 @@ MAX_MESSAGE = 2000
 MAX_DATA_BYTES = 16 * 1024
 MAX_DATA_DEPTH = 20
 MAX_ACTION_URL = 2048
+MAX_JSON_DEPTH = 32
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 # Stored as the expiry of notifications that never expire, so every query is a plain range.
 NEVER = datetime(9999, 12, 31, tzinfo=timezone.utc)
 TYPE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -67,7 +69,7 @@ class NotificationTypes:
         self._types[name] = notification_type
 
     def __contains__(self, name: object) -> bool:
-        return name in self._types
+        return isinstance(name, str) and name in self._types
 
     def __iter__(self):
         return iter(self._types.values())
@@ -87,6 +89,61 @@ def _settings_of(notification_type: NotificationType) -> tuple[str, str, str]:
     """What must agree when two plugins register one type (which plugin it is may differ)."""
     return (notification_type.name, notification_type.default_priority,
             notification_type.description)
+
+
+def parse_json(raw: bytes | str, name: str = "body") -> Any:
+    """JSON from a client, refused (400 naming the field) when neither storage nor the wire
+    could keep it: nesting past MAX_JSON_DEPTH, NaN or Infinity, an integer past 64 bits, or a
+    string holding a lone surrogate or NUL."""
+    try:
+        value = json.loads(raw, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ValidationError(name, f"nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except (UnicodeDecodeError, ValueError):
+        raise ValidationError(name, "is not valid JSON") from None
+    _check_json_values(value, name)
+    return value
+
+
+def _refuse_constant(constant: str) -> None:
+    raise ValueError(f"{constant} is not a JSON number")
+
+
+def _check_json_values(value: Any, name: str) -> None:
+    """Walk without recursion, so no input can exhaust the stack."""
+    pending = [(value, "", 0)]
+    while pending:
+        item, path, depth = pending.pop()
+        if isinstance(item, str):
+            _check_text(item, path or name)
+        elif isinstance(item, int) and not isinstance(item, bool):
+            if not INT64_MIN <= item <= INT64_MAX:
+                raise ValidationError(path or name, "integers must fit in 64 bits")
+        elif isinstance(item, (dict, list)):
+            if depth >= MAX_JSON_DEPTH:
+                raise ValidationError(path or name, f"nests deeper than {MAX_JSON_DEPTH} levels")
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    child_path = f"{path}.{key}" if path else key
+                    _check_text(key, child_path)
+                    pending.append((child, child_path, depth + 1))
+            else:
+                pending.extend((child, f"{path or name}[{index}]", depth + 1)
+                               for index, child in enumerate(item))
+
+
+def _check_text(text: str, path: str) -> None:
+    if "\x00" in text:
+        raise ValidationError(_printable(path), "must not contain NUL characters")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise ValidationError(_printable(path), "must be valid Unicode (a lone surrogate is not)") from None
+
+
+def _printable(path: str) -> str:
+    """A field path fit for an error message, whatever the client put in its keys."""
+    return path.encode("utf-8", "backslashreplace").decode().replace("\x00", "\\x00")[:200]
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,18 @@ class RateLimiter:
         if len(self._buckets) > PRUNE_THRESHOLD:
             self._prune(now)
 
+    def check(self, key: str) -> None:
+        """Raise RateLimitedError if `key` has no token left, taking none."""
+        if self.per_minute and self._level(key, self._clock()) < 1:
+            raise RateLimitedError(f"too many {self.what} from {key}; retry in "
+                                   f"{60 / self.per_minute:.1f}s", retry_after=60 / self.per_minute)
+
+    def charge(self, key: str) -> None:
+        """Take one token from `key` without refusing anything (counting failures)."""
+        if self.per_minute:
+            now = self._clock()
+            self._buckets[key] = (max(0.0, self._level(key, now) - 1), now)
+
     def _level(self, key: str, now: float) -> float:
         tokens, at = self._buckets.get(key, (float(self.per_minute), now))
         return min(float(self.per_minute), tokens + (now - at) * self._rate)

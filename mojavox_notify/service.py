@@ -7,11 +7,15 @@ socket receives can also be read back, and recovery never sees what was not stor
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import re
 from typing import Any, Callable, Iterable
 
 from .broker import Broker
-from .errors import ValidationError
+from .errors import NotFoundError, ValidationError
+from .idempotency import Idempotency
 from .model import (ChannelPreference, Draft, PushSubscription, default_preferences,
                     notification_id, preferences_payload, to_payload, validate_draft,
                     validate_endpoint, validate_preferences_update, validate_push_subscription)
@@ -24,6 +28,8 @@ from .store import NotificationStore, UserState
 log = logging.getLogger(__name__)
 
 MAX_PAGE = 100
+MAX_OFFSET = 2 ** 31 - 1  # within what every engine takes for a skip
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")
 
 
 def page_bounds(limit: Any, offset: Any) -> tuple[int, int]:
@@ -33,8 +39,8 @@ def page_bounds(limit: Any, offset: Any) -> tuple[int, int]:
             raise ValidationError(name, "must be an integer")
     if not 1 <= limit <= MAX_PAGE:
         raise ValidationError("limit", f"must be between 1 and {MAX_PAGE}")
-    if offset < 0:
-        raise ValidationError("offset", "must be 0 or more")
+    if not 0 <= offset <= MAX_OFFSET:
+        raise ValidationError("offset", f"must be between 0 and {MAX_OFFSET}")
     return limit, offset
 
 
@@ -51,6 +57,7 @@ class NotificationService:
         self._defaults = default_preferences(self.types, settings.push.default_priorities)
         self._push = settings.push
         self._online = online
+        self._idempotency = Idempotency(store)
         #: Called when a creation recorded push jobs (the push worker wakes up).
         self.on_push_recorded: Callable[[], None] | None = None
 
@@ -62,6 +69,34 @@ class NotificationService:
     async def create(self, raw_draft: Any) -> dict[str, Any] | None:
         """Create one notification; None when the recipient turned its type off."""
         return (await self.create_many(self.validate([raw_draft])))[0]
+
+    async def create_once(self, raw_draft: Any, caller: str,
+                          key: str) -> tuple[dict[str, Any] | None, bool]:
+        """`create`, at most once per caller and `Idempotency-Key`: a client retrying after a
+        timeout gets the first notification back (the second value says it is a replay) and
+        nothing new is stored. The key reused with another body is refused."""
+        if not IDEMPOTENCY_KEY.fullmatch(key):
+            raise ValidationError("Idempotency-Key", "must be 1 to 128 printable ASCII characters")
+        [draft] = self.validate([raw_draft])
+        body = json.dumps(raw_draft, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        fingerprint = "POST /api/notifications " + hashlib.sha256(body.encode()).hexdigest()[:32]
+        record_key = f"request:{caller}:{key}"
+
+        async def create() -> list[str]:
+            created = await self.create_many([draft], event_id=record_key)
+            return [payload["id"] for payload in created if payload is not None]
+
+        ids, replayed = await self._idempotency.once(
+            record_key, fingerprint, create,
+            lambda _: ValidationError("Idempotency-Key", "was already used with another body",
+                                      code="idempotency_key_conflict"))
+        if not ids:
+            return None, replayed
+        try:
+            return to_payload(await self.store.get(draft.user_id, notification_id(ids[0]))), replayed
+        except NotFoundError:
+            raise NotFoundError("the notification this Idempotency-Key created has since been "
+                                "deleted") from None
 
     async def create_many(self, drafts: list[Draft], event_id: str | None = None) -> list[dict | None]:
         """Store and publish validated drafts. Muted ones give None in their place.

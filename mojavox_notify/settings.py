@@ -80,6 +80,9 @@ class ServerSettings:
     max_message_bytes: int = _check(_between(256, 16 * 1024 * 1024), default=64 * 1024)
     allowed_origins: tuple[str, ...] = ()
     action_url_hosts: tuple[str, ...] = ()
+    body_timeout_seconds: float = _check(_between(1, 3600), default=30)
+    max_sockets_per_ip: int = _check(_between(0, 1_000_000), default=1000)
+    xheaders: bool = False
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,8 @@ class AuthSettings:
     issuer: str | None = None
     leeway_seconds: int = _check(_between(0, 600), default=30)
     token_ttl_seconds: int = _check(_between(60, 30 * 86400), default=3600)
+    max_token_lifetime_seconds: int = _check(_between(0, 10 * 365 * 86400), default=30 * 86400)
+    failed_per_minute_per_ip: int = _check(_between(0, 1_000_000), default=60)
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,9 @@ class WebSocketSettings:
     resume_limit: int = _check(_between(1, 10000), default=500)
     max_queued_messages: int = _check(_between(1, 1_000_000), default=1000)
     max_buffered_bytes: int = _check(_between(1024, 1 << 30), default=4 * 1024 * 1024)
+    max_sockets_per_user: int = _check(_between(0, 100_000), default=20)
+    messages_per_second: float = _check(_between(0, 100_000), default=20)
+    close_above_messages_per_second: float = _check(_between(0, 1_000_000), default=100)
 
 
 @dataclass(frozen=True)
@@ -274,6 +282,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise SettingsError(str(path), f"cannot be read ({error.strerror or error})") from None
+    except UnicodeDecodeError as error:
+        line = path.read_bytes()[:error.start].count(b"\n") + 1
+        raise SettingsError(str(path), f"is not UTF-8 text (line {line})") from None
     try:
         loaded = yaml.safe_load(text)
     except yaml.YAMLError as error:

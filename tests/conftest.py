@@ -8,7 +8,9 @@ nothing is wiped between tests.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -134,3 +136,40 @@ def pytest_runtest_makereport(item, call):
     report = yield
     setattr(item, f"report_{report.when}", report)
     return report
+
+
+class CredentialWatch(logging.Handler):
+    """Sees every log record (INFO and up) of the session, formatted as a log file would hold
+    it, and remembers any that carries something shaped like a JWT."""
+
+    JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.eyJ[A-Za-z0-9_-]*\.")
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        self.leaks: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = self.format(record)
+        if self.JWT.search(text):
+            self.leaks.append(text[:500])
+
+
+@pytest.fixture(scope="session")
+def credential_watch():
+    watch = CredentialWatch()
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(watch)
+    root.setLevel(min(level, logging.INFO) if level else logging.INFO)
+    yield watch
+    root.removeHandler(watch)
+    root.setLevel(level)
+
+
+@pytest.fixture(autouse=True)
+def no_token_in_any_log(credential_watch):
+    """No test may leave a token in a log line, whatever path it takes (issue 8)."""
+    credential_watch.leaks.clear()
+    yield
+    assert credential_watch.leaks == [], "a token reached the log"

@@ -3,6 +3,7 @@ and every error as `{"error": {"code", "message"}}` (never an HTML page or a tra
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -10,18 +11,52 @@ from typing import Any
 
 import tornado.httputil
 import tornado.web
-from tornado.log import access_log
 
 from ..auth import Principal, TokenVerifier, bearer_token
 from ..errors import (AuthenticationError, ForbiddenError, NotifyError, PayloadTooLargeError,
                       RateLimitedError, StorageUnavailableError, ValidationError)
+from ..httpserver import answered, new_request, refuse_body
+from ..model import INT64_MAX, INT64_MIN, parse_json
 from ..ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
+INTEGER = re.compile(r"-?[0-9]{1,19}")
 STATUS_CODES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                 405: "method_not_allowed", 413: "payload_too_large", 429: "rate_limited",
                 503: "storage_unavailable"}
+
+
+class InFlight:
+    """The requests being handled, so a stopping server can let them finish before it closes
+    storage under them."""
+
+    def __init__(self) -> None:
+        self._handlers: set[tornado.web.RequestHandler] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def begin(self, handler: tornado.web.RequestHandler) -> None:
+        self._handlers.add(handler)
+        self._idle.clear()
+
+    def end(self, handler: tornado.web.RequestHandler) -> None:
+        self._handlers.discard(handler)
+        if not self._handlers:
+            self._idle.set()
+
+    def __len__(self) -> int:
+        return len(self._handlers)
+
+    async def drained(self, timeout: float) -> bool:
+        """Wait until no request is in flight, at most `timeout` seconds; True if none is."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
 
 
 # -- CORS for /api/* ------------------------------------------------------------------------------
@@ -91,14 +126,21 @@ class BaseHandler(CorsHandlerMixin, tornado.web.RequestHandler):
     public = False
 
     def initialize(self, verifier: TokenVerifier, request_limiter: RateLimiter,
-                   max_body_bytes: int, cors: Cors | None = None, **collaborators: Any) -> None:
+                   auth_failures: RateLimiter, max_body_bytes: int, in_flight: "InFlight",
+                   cors: Cors | None = None, **collaborators: Any) -> None:
+        self.in_flight = in_flight
+        in_flight.begin(self)
         self.verifier = verifier
         self.request_limiter = request_limiter
+        self.auth_failures = auth_failures
         self.max_body_bytes = max_body_bytes
         self.cors = cors
         self.principal: Principal | None = None
         self._chunks: list[bytes] = []
         self._body_size = 0
+        self._stream = getattr(self.request.connection, "stream", None)
+        if self._stream is not None:
+            new_request(self._stream)
         for name, value in collaborators.items():
             setattr(self, name, value)
         self.set_cors_headers()
@@ -113,22 +155,50 @@ class BaseHandler(CorsHandlerMixin, tornado.web.RequestHandler):
     async def prepare(self) -> None:
         if self.is_preflight():
             return
-        declared = self.request.headers.get("Content-Length")
-        if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
-            raise PayloadTooLargeError(f"the body must be at most {self.max_body_bytes} bytes")
+        declared = self.request.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            self._refuse_body()
+            if self.request.headers.get("Expect", "").lower() == "100-continue":
+                raise self._too_large()  # the client waits for this before sending the body
         if self.public:
             return
-        self.principal = await self.verifier.verify(self._bearer_token())
+        address = self.request.remote_ip or ""
+        self.auth_failures.check(address)
+        try:
+            self.principal = await self.verifier.verify(self._bearer_token())
+        except AuthenticationError:
+            self.auth_failures.charge(address)
+            raise
         self.request_limiter.take([self.principal.user_id])
 
     def data_received(self, chunk: bytes) -> None:
-        # A body without Content-Length is only measured here. Raising would drop the connection
-        # with no response, so the excess is discarded and `json_body` answers 413.
+        # An oversized body is read and discarded, then `json_body` answers 413: answering
+        # while the client is still sending would close the connection under it, and a client
+        # that does not wait for `100 Continue` would see a reset instead of the 413. tornado
+        # stops reading past the drain limit (see httpserver.py), and then answers 413 itself.
         self._body_size += len(chunk)
         if self._body_size > self.max_body_bytes:
-            self._chunks.clear()
+            if self._body_size - len(chunk) <= self.max_body_bytes:  # the first chunk past it
+                self._chunks.clear()
+                self._refuse_body()
             return
         self._chunks.append(chunk)
+
+    def _refuse_body(self) -> None:
+        if self._stream is not None:
+            refuse_body(self._stream)
+
+    def on_finish(self) -> None:
+        self.in_flight.end(self)
+        if self._stream is not None:
+            answered(self._stream)
+
+    def on_connection_close(self) -> None:
+        self.in_flight.end(self)
+        super().on_connection_close()
+
+    def _too_large(self) -> PayloadTooLargeError:
+        return PayloadTooLargeError(f"the body must be at most {self.max_body_bytes} bytes")
 
     def _bearer_token(self) -> str:
         token = bearer_token(self.request.headers.get("Authorization", ""))
@@ -139,14 +209,11 @@ class BaseHandler(CorsHandlerMixin, tornado.web.RequestHandler):
 
     def json_body(self) -> Any:
         if self._body_size > self.max_body_bytes:
-            raise PayloadTooLargeError(f"the body must be at most {self.max_body_bytes} bytes")
+            raise self._too_large()
         body = b"".join(self._chunks)
         if not body.strip():
             raise ValidationError("body", "must be a JSON object")
-        try:
-            return json.loads(body)
-        except (UnicodeDecodeError, ValueError):
-            raise ValidationError("body", "is not valid JSON") from None
+        return parse_json(body)
 
     def send_json(self, value: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -158,10 +225,9 @@ class BaseHandler(CorsHandlerMixin, tornado.web.RequestHandler):
         raw = self.get_query_argument(name, None)
         if raw is None:
             return default
-        try:
-            return int(raw)
-        except ValueError:
-            raise ValidationError(name, f"must be an integer (got {raw!r})") from None
+        if not INTEGER.fullmatch(raw) or not INT64_MIN <= int(raw) <= INT64_MAX:
+            raise ValidationError(name, f"must be an integer (got {raw[:40]!r})")
+        return int(raw)
 
     def query_bool(self, name: str, default: bool) -> bool:
         raw = self.get_query_argument(name, None)
@@ -201,18 +267,6 @@ class BaseHandler(CorsHandlerMixin, tornado.web.RequestHandler):
         if isinstance(error, NotifyError):
             status_code = error.status
         super().send_error(status_code, **kwargs)
-
-
-TOKEN_IN_QUERY = re.compile(r"([?&](?:token|access_token)=)[^&]*")
-
-
-def log_request(handler: tornado.web.RequestHandler) -> None:
-    """tornado's access log line, with a `?token=` JWT replaced so logs never hold credentials."""
-    status = handler.get_status()
-    method = access_log.info if status < 400 else access_log.warning if status < 500 else access_log.error
-    uri = TOKEN_IN_QUERY.sub(r"\1[redacted]", handler.request.uri or "")
-    method("%d %s %s (%s) %.2fms", status, handler.request.method, uri,
-           handler.request.remote_ip, 1000.0 * handler.request.request_time())
 
 
 class NotFoundHandler(BaseHandler):

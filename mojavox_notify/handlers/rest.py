@@ -23,7 +23,14 @@ class NotificationsHandler(BaseHandler):
 
     async def post(self) -> None:
         self.principal.require("service")
-        notification = await self.service.create(self.json_body())
+        key = self.request.headers.get("Idempotency-Key")
+        if key is None:
+            notification = await self.service.create(self.json_body())
+        else:
+            notification, replayed = await self.service.create_once(
+                self.json_body(), self.principal.user_id, key)
+            if replayed:
+                self.set_header("Idempotent-Replayed", "true")
         if notification is None:
             self.send_json({"notification": None, "muted": True}, status=202)
             return

@@ -23,10 +23,10 @@ import tornado.websocket
 
 from ..auth import Principal, TokenVerifier, bearer_token
 from ..broker import Message
-from ..errors import (AuthenticationError, NotFoundError, NotifyError, StorageUnavailableError,
-                      ValidationError)
+from ..errors import (AuthenticationError, NotFoundError, NotifyError, RateLimitedError,
+                      StorageUnavailableError, ValidationError)
 from ..hub import Hub
-from ..model import NotificationTypes, iso, utcnow
+from ..model import NotificationTypes, iso, parse_json, utcnow
 from ..ratelimit import RateLimiter
 from ..service import NotificationService, page_bounds
 from ..settings import ServerSettings, WebSocketSettings
@@ -34,11 +34,15 @@ from ..settings import ServerSettings, WebSocketSettings
 log = logging.getLogger(__name__)
 
 CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_TOKEN_MISSING = 4001
 CLOSE_TOKEN_INVALID = 4002
 CLOSE_TOKEN_EXPIRED = 4003
 CLOSE_SLOW_CONSUMER = 4008
+CLOSE_TOO_MANY_SOCKETS = 4009
+CLOSE_AUTH_THROTTLED = 4029
+LATEST_EPOCH = datetime(9999, 12, 31, tzinfo=timezone.utc).timestamp()
 
 _client_numbers = itertools.count(1)
 
@@ -126,6 +130,45 @@ def encode_frame(frame: dict[str, Any]) -> str:
         return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
 
 
+class InboundLimit:
+    """Frames from one client, of every kind (pings and invalid frames too). Past
+    `per_second` (a burst of twice that is allowed) a frame is refused unanswered but for one
+    `rate_limited` error a second; past `close_above` frames within one second the client is
+    flooding and is closed (1008). Either figure 0: no limit of that kind."""
+
+    __slots__ = ("_per_second", "_burst", "_tokens", "_at", "_close_above", "_window",
+                 "_in_window", "_told_at")
+
+    def __init__(self, per_second: float, close_above: float):
+        self._per_second = per_second
+        self._burst = 2 * per_second
+        self._tokens = self._burst
+        self._close_above = close_above
+        self._at = self._window = time.monotonic()
+        self._in_window = 0
+        self._told_at = float("-inf")
+
+    def admit(self) -> str:
+        """"accept", "refuse" (tell the client), "ignore" (refused, already told) or "close"."""
+        now = time.monotonic()
+        if now - self._window >= 1:
+            self._window, self._in_window = now, 0
+        self._in_window += 1
+        if self._close_above and self._in_window > self._close_above:
+            return "close"
+        if not self._per_second:
+            return "accept"
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._per_second)
+        self._at = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return "accept"
+        if now - self._told_at >= 1:
+            self._told_at = now
+            return "refuse"
+        return "ignore"
+
+
 def _consume_outcome(written: asyncio.Future) -> None:
     """A write that was already flushed: collect its outcome so none is left unretrieved."""
     if not written.cancelled():
@@ -135,7 +178,7 @@ def _consume_outcome(written: asyncio.Future) -> None:
 class NotificationSocket(tornado.websocket.WebSocketHandler):
     def initialize(self, service: NotificationService, hub: Hub, verifier: TokenVerifier,
                    types: NotificationTypes, server: ServerSettings, websocket: WebSocketSettings,
-                   request_limiter: RateLimiter) -> None:
+                   request_limiter: RateLimiter, auth_failures: RateLimiter) -> None:
         self.service = service
         self.hub = hub
         self.verifier = verifier
@@ -143,6 +186,10 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
         self.server_settings = server
         self.ws_settings = websocket
         self.request_limiter = request_limiter
+        self.auth_failures = auth_failures
+        self.remote_ip = self.request.remote_ip or ""
+        self.inbound = InboundLimit(websocket.messages_per_second,
+                                    websocket.close_above_messages_per_second)
         self.principal: Principal | None = None
         self.user_id: str | None = None
         self.client_id = ""
@@ -164,6 +211,15 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
     def get_compression_options(self) -> None:
         return None
 
+    def finish(self, chunk: Any = None) -> Any:
+        """tornado refuses a bad handshake (no Upgrade header, a foreign origin) in plain text;
+        answer in the API's error shape instead."""
+        if self.ws_connection is None and isinstance(chunk, str) and self.get_status() >= 400:
+            code = {400: "invalid_request", 403: "forbidden"}.get(self.get_status(), "http_error")
+            self.set_header("Content-Type", "application/json; charset=utf-8")
+            chunk = json.dumps({"error": {"code": code, "message": chunk}}, separators=(",", ":"))
+        return super().finish(chunk)
+
     async def open(self) -> None:
         token = (self.get_query_argument("token", None)
                  or bearer_token(self.request.headers.get("Authorization", "")))
@@ -171,8 +227,14 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
             self.close(CLOSE_TOKEN_MISSING, "Authentication required")
             return
         try:
+            self.auth_failures.check(self.remote_ip)
+        except RateLimitedError:
+            self.close(CLOSE_AUTH_THROTTLED, "Too many failed authentications; retry later")
+            return
+        try:
             self.principal = await self.verifier.verify(token)
         except AuthenticationError:
+            self.auth_failures.charge(self.remote_ip)
             self.close(CLOSE_TOKEN_INVALID, "Invalid token")
             return
         if self.principal.expires_at <= time.time():
@@ -203,6 +265,11 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
             except NotifyError as error:
                 since_error = error
         state = await self.service.connection_state(self.user_id)
+        refusal = self._over_socket_limits()
+        if refusal:
+            log.warning("socket of %s from %s refused: %s", self.user_id, self.remote_ip, refusal)
+            self.close(CLOSE_TOO_MANY_SOCKETS, refusal)
+            return
         self.live_from = self.last_seq = state.seq
         self.hub.attach(self)
         self._attached = True
@@ -214,6 +281,17 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
         elif since_seq is not None:
             await self._send_backlog(since_seq)
         await self._catch_up()
+
+    def _over_socket_limits(self) -> str | None:
+        """Checked right before attaching, with no wait in between, so concurrent connects of
+        one user cannot all pass."""
+        per_user = self.ws_settings.max_sockets_per_user
+        if per_user and self.hub.connections_of(self.user_id) >= per_user:
+            return f"Too many sockets for this user (at most {per_user})"
+        per_address = self.server_settings.max_sockets_per_ip
+        if per_address and self.hub.connections_from(self.remote_ip) >= per_address:
+            return f"Too many sockets from this address (at most {per_address})"
+        return None
 
     async def _send_backlog(self, since_seq: int) -> None:
         """What the client missed before this connection went live: (since, live_from], capped
@@ -294,6 +372,17 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
     async def on_message(self, raw: str | bytes) -> None:
         if self.principal is None:
             return
+        admission = self.inbound.admit()
+        if admission == "close":
+            log.warning("closing socket %s of %s: flooding", self.client_id, self.user_id)
+            self._detach()
+            self.close(CLOSE_POLICY_VIOLATION, "Too many messages")
+            return
+        if admission == "refuse":
+            self._send_error("rate_limited", "too many messages on this socket: at most "
+                             f"{self.ws_settings.messages_per_second:g} a second; the excess is ignored")
+        if admission != "accept":
+            return
         try:
             frame = _parse_frame(raw)
             handler = getattr(self, f"_on_{frame['type']}", None)
@@ -369,6 +458,8 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
         if not isinstance(token, str) or not token:
             raise ValidationError("token", "must be a JWT string")
         principal = await self.verifier.verify(token)
+        if principal.expires_at <= time.time():
+            raise AuthenticationError("the new token has already expired", code="token_expired")
         if principal.user_id != self.user_id:
             log.warning("socket %s: refresh with a token of another user; closing", self.client_id)
             self.close(CLOSE_TOKEN_INVALID, "Token is for another user")
@@ -433,9 +524,9 @@ CLIENT_MESSAGES = ("subscribe", "unsubscribe", "mark_read", "mark_all_read", "ge
 
 def _parse_frame(raw: str | bytes) -> dict:
     try:
-        frame = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
-        raise ValidationError("", "the message is not valid JSON", code="invalid_json") from None
+        frame = parse_json(raw, "message")
+    except ValidationError as error:
+        raise ValidationError("", error.message, code="invalid_json") from None
     if not isinstance(frame, dict):
         raise ValidationError("", "the message must be a JSON object", code="invalid_message")
     if not isinstance(frame.get("type"), str):
@@ -444,4 +535,5 @@ def _parse_frame(raw: str | bytes) -> dict:
 
 
 def iso_epoch(seconds: float) -> str:
-    return iso(datetime.fromtimestamp(seconds, tz=timezone.utc))
+    """An epoch time as ISO 8601; past year 9999 (a token's `exp` may be anything) it is that."""
+    return iso(datetime.fromtimestamp(min(seconds, LATEST_EPOCH), tz=timezone.utc))
