@@ -108,6 +108,8 @@ function signIn(token) {
   client.on('read', ({ notificationId, all }) => markedRead(all ? null : notificationId));
   client.on('deleted', ({ notificationId }) => removeItem(notificationId));
   client.on('resync', reloadList);
+  // More were missed than the server replays (websocket.resume_limit): redraw from history.
+  client.on('resumed', ({ hasMore }) => { if (hasMore) reloadList(); });
   client.on('error', ({ code, message }) => {
     if (code === 'token_expiring') showBanner('Your session ends in 30 seconds: sign in again with a new token.');
     else if (code !== 'anchor_failed') console.warn('MOJAVOX Notify:', code, message);
