@@ -69,8 +69,9 @@ describe('live notifications', () => {
   test('a client created with channels receives only those types', async () => {
     const user = newUser();
     const client = clientFor(user, { channels: ['call_escalation'] });
+    const applied = next(client, 'subscribed', { where: ({ channels }) => channels.length === 1 });
     await client.connect();
-    await until(() => client._pendingSubscriptions.length === 0, { what: 'the channel answers' });
+    assert.deepEqual((await applied).channels, ['call_escalation']);
     const received = collect(client, 'notification');
     await createNotification(user, { type: 'payment_received' });
     const escalation = await createNotification(user, { type: 'call_escalation' });
