@@ -37,6 +37,20 @@
  * @property {number} [code] the close code that caused the change
  * @property {string} [reason]
  *
+ * @typedef {object} ClientEvents what each event passes to its listeners
+ * @property {Notification} notification a new notification (never the same id twice)
+ * @property {UnreadCount} unread_count after every change, and on connect
+ * @property {{notificationId: string|null, all: boolean}} read read in any tab of the user
+ * @property {{notificationId: string}} deleted
+ * @property {StateChange} state
+ * @property {{clientId: string, resumed: boolean}} connected
+ * @property {{count: number, hasMore: boolean, lastId: string|null}} resumed
+ * @property {{reason: string}} resync reload the list from `history`
+ * @property {{expiresAt: string}} token_refreshed
+ * @property {{channels: string[]}} subscribed
+ * @property {{timestamp: string}} pong
+ * @property {{code: string, message: string}} error
+ *
  * @typedef {object} ClientOptions
  * @property {string} url the server's base URL, e.g. "https://notify.mojavox.ai"
  * @property {string} [token] a JWT; or give `getToken`
@@ -119,10 +133,11 @@ export class NotifyClient {
     this._token = options.token || null;
     /** @type {ConnectionState} */
     this.state = 'idle';
-    /** Id of the newest notification received, sent as `since` on every reconnection. */
+    /** @type {string|null} Id of the newest notification received, sent as `since` on every reconnection. */
     this.lastId = options.since || null;
     /** @type {UnreadCount|null} */
     this.unread = null;
+    /** @type {string|null} */
     this.clientId = null;
     this._channels = options.channels ? [...options.channels] : null;
     this._listeners = new Map();
@@ -137,13 +152,11 @@ export class NotifyClient {
   // -- events ------------------------------------------------------------------------------
 
   /**
-   * Listen to 'notification' (Notification), 'unread_count' (UnreadCount), 'read'
-   * ({notificationId, all}), 'deleted' ({notificationId}), 'state' (StateChange), 'connected'
-   * ({clientId, resumed}), 'resumed' ({count, hasMore, lastId}), 'token_refreshed'
-   * ({expiresAt}), 'resync' ({reason}: reload your list from `history`), 'error'
-   * ({code, message}). Returns a function that removes the listener.
-   * @param {string} event
-   * @param {(value: any) => void} listener
+   * Listen to an event (see `ClientEvents` for what each passes). Returns a function that
+   * removes the listener.
+   * @template {keyof ClientEvents} K
+   * @param {K} event
+   * @param {(value: ClientEvents[K]) => void} listener
    * @returns {() => void}
    */
   on(event, listener) {
@@ -152,7 +165,11 @@ export class NotifyClient {
     return () => this.off(event, listener);
   }
 
-  /** @param {string} event @param {(value: any) => void} listener */
+  /**
+   * @template {keyof ClientEvents} K
+   * @param {K} event
+   * @param {(value: ClientEvents[K]) => void} listener
+   */
   off(event, listener) {
     const listeners = this._listeners.get(event);
     if (listeners) listeners.delete(listener);
@@ -424,7 +441,7 @@ export class NotifyClient {
     return this._token;
   }
 
-  /** Use another token from now on (e.g. after the user signed in again). */
+  /** Use another token from now on (e.g. after the user signed in again). @param {string} token */
   setToken(token) {
     this._token = token;
     if (this.state === 'unauthorized') this.connect();
@@ -573,7 +590,10 @@ export class NotifyClient {
     return (await this.request('PUT', '/api/notifications/settings', { channels })).channels;
   }
 
-  /** The VAPID key for `pushManager.subscribe`, or null when push is not configured. */
+  /**
+   * The VAPID key for `pushManager.subscribe`, or null when push is not configured.
+   * @returns {Promise<string|null>}
+   */
   async getVapidPublicKey() {
     try {
       return (await this.request('GET', '/api/notifications/vapid-public-key')).publicKey;
@@ -585,7 +605,7 @@ export class NotifyClient {
 
   /** @param {PushSubscription|{endpoint: string, keys: {p256dh: string, auth: string}}} subscription */
   async savePushSubscription(subscription) {
-    const json = typeof subscription.toJSON === 'function' ? subscription.toJSON() : subscription;
+    const json = 'toJSON' in subscription ? subscription.toJSON() : subscription;
     await this.request('POST', '/api/notifications/push-subscription', json);
   }
 
