@@ -170,7 +170,7 @@ class NotifyApp:
                 "auth_failures": self.auth_failures}),
         ]
         if settings.web.page:
-            routes += page_routes()
+            routes += page_routes(common, settings.server.ws_path)
         return tornado.web.Application(
             routes,
             default_handler_class=NotFoundHandler, default_handler_args=common,

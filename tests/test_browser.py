@@ -84,6 +84,7 @@ def other_origin(tmp_path_factory):
 def server(tmp_path_factory, other_origin):
     process = ServeProcess(tmp_path_factory.mktemp("serve"), **{
         "server.allowed_origins": [other_origin.origin],
+        "server.ws_path": "/live/notifications",  # the page asks the server where its socket is
         "push.vapid_public_key": VAPID_PUBLIC, "push.vapid_private_key": VAPID_PRIVATE,
     }).start()
     yield process
@@ -358,7 +359,7 @@ CALL_EVERY_ENDPOINT = """async ([api, user, service, admin]) => {
   results.event = (await raw('POST', '/api/events', service, { type: 'payment.received', id: crypto.randomUUID(),
     data: { userId: user.id, amount: 10, accountId: 'AC-1', debtorName: 'Jo' } }))[0];
   results.plugins = (await raw('GET', '/api/plugins', admin))[0];
-  const client = new NotifyClient({ url: api, token: user.token });
+  const client = new NotifyClient({ url: api, token: user.token, wsPath: '/live/notifications' });
   const page = await client.history({ limit: 10 });
   results.history = page.notifications.length;
   const [first, second] = page.notifications;

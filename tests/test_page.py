@@ -33,6 +33,13 @@ async def test_the_page_is_served_at_the_root_with_a_strict_content_security_pol
 
 
 @pytest.mark.gen_test(timeout=30)
+async def test_the_page_is_told_where_the_socket_is(start_app):
+    app = await start_app(**{"server.ws_path": "/live/notifications"})
+    status, body = await app.api.get("/config.json")
+    assert (status, body) == (200, {"wsPath": "/live/notifications"})
+
+
+@pytest.mark.gen_test(timeout=30)
 async def test_the_page_imports_the_client_of_clients_js(start_app):
     app = await start_app()
     status, served = await app.api.get("/client/mojavox-notify.js")

@@ -124,7 +124,8 @@ export class NotifyClient {
     if (!options.token && !options.getToken) {
       throw new TypeError('NotifyClient: give options.token or options.getToken');
     }
-    this.options = { ...DEFAULTS, ...options };
+    const given = Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined));
+    this.options = { ...DEFAULTS, ...given };
     this.baseUrl = options.url.replace(/\/+$/, '');
     this._WebSocket = options.WebSocket || globalThis.WebSocket;
     this._fetch = options.fetch || globalThis.fetch.bind(globalThis);

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import tornado.web
 
+from .base import BaseHandler
+
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 CLIENT_FILE = "mojavox-notify.js"
 
@@ -46,8 +48,19 @@ class PageFileHandler(tornado.web.StaticFileHandler):
                     '{"error":{"code":"http_error","message":"%s"}}' % self._reason)
 
 
-def page_routes() -> list[tuple]:
+class PageConfigHandler(BaseHandler):
+    """What the page needs to know of this deployment: where the socket is (`server.ws_path`)."""
+
+    public = True
+    ws_path: str
+
+    async def get(self) -> None:
+        self.send_json({"wsPath": self.ws_path})
+
+
+def page_routes(common: dict, ws_path: str) -> list[tuple]:
     return [
+        (r"/config\.json", PageConfigHandler, {**common, "ws_path": ws_path}),
         (r"/()", PageFileHandler, {"path": str(STATIC_DIR), "default_filename": "index.html"}),
         (r"/(sw\.js|app\.js|app\.css|icon\.svg)", PageFileHandler, {"path": str(STATIC_DIR)}),
         (r"/client/(mojavox-notify\.js)", PageFileHandler, {"path": str(client_dir())}),

@@ -78,13 +78,31 @@ function showSignIn(message) {
   $('token-field').focus();
 }
 
-function signIn(token) {
+/** This deployment's socket path (server.ws_path), asked once. */
+let config = null;
+
+async function pageConfig() {
+  if (!config) {
+    const response = await fetch('/config.json');
+    config = response.ok ? await response.json() : {};
+  }
+  return config;
+}
+
+async function signIn(token) {
   if (view.client) view.client.close();
+  view.client = null;
   sessionStorage.setItem(TOKEN_KEY, token);
   $('signin').hidden = true;
   $('center').hidden = false;
   clearList();
-  const client = new NotifyClient({ url: location.origin, token });
+  let wsPath;
+  try {
+    ({ wsPath } = await pageConfig());
+  } catch {
+    wsPath = undefined; // the server is down: the client's default path, retried with backoff
+  }
+  const client = new NotifyClient({ url: location.origin, token, wsPath });
   view.client = client;
   let firstConnection = true;
   client.on('state', renderConnection);

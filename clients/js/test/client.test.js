@@ -36,7 +36,7 @@ describe('backoffDelay', () => {
 describe('live notifications', () => {
   test('connects, then receives notifications and unread counts by priority', async () => {
     const user = newUser();
-    const client = clientFor(user);
+    const client = clientFor(user, { wsPath: undefined }); // an option left undefined keeps its default
     const states = collect(client, 'state');
     await client.connect();
     assert.equal(client.state, 'open');
