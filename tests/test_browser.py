@@ -104,6 +104,8 @@ def context(browser, request):
     """A fresh browser context (its own profile: storage, service workers, permissions)."""
     context = browser.new_context(viewport={"width": 1100, "height": 800})
     context.set_default_timeout(10_000)
+    uncaught: list[str] = []
+    context.on("page", lambda page: page.on("pageerror", lambda error: uncaught.append(str(error))))
     yield context
     report = getattr(request.node, "report_call", None)
     if report is not None and report.failed:
@@ -116,6 +118,7 @@ def context(browser, request):
             except Exception as error:  # the page may have crashed: keep the test's own failure
                 print(f"no screenshot of page {number}: {error}")
     context.close()
+    assert uncaught == [], "uncaught errors in the page's scripts"
 
 
 def open_center(context, server, user: str) -> Page:
