@@ -181,7 +181,8 @@ class WebSettings:
 
     page: bool = True
     cors_max_age_seconds: int = _check(_between(0, 86400), default=600)
-    demo_user: str = "supervisor"
+    demo_user: str = _check(lambda value: None if value.strip() else "must name a user",
+                            default="supervisor")
 
 
 @dataclass(frozen=True)

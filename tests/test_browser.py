@@ -25,6 +25,7 @@ from .support import new_user, token
 from playwright.sync_api import Page, expect, sync_playwright
 
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
+expect.set_options(timeout=10_000)  # the machine may be busy; a real failure still fails
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SERVICE = token("browser-test-service", ["service"])

@@ -76,3 +76,12 @@ def test_serve_prints_no_token_when_a_real_secret_is_configured(tmp_path):
         assert "#token=" not in server.log_text()
     finally:
         server.stop()
+
+
+def test_web_settings_are_validated():
+    from mojavox_notify.settings import SettingsError, load_settings
+
+    for key, value in (("web.demo_user", " "), ("web.cors_max_age_seconds", 90000), ("web.page", "yes")):
+        with pytest.raises(SettingsError) as error:
+            load_settings(None, environ={}, overrides={key: value})
+        assert error.value.key == key
