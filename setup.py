@@ -40,12 +40,14 @@ setup(
         "nh3>=0.2.17,<0.4",
         "PyYAML>=6,<7",
         "orjson>=3.9,<4",
+        "prometheus-client>=0.20,<1",
     ],
     extras_require={
         "test": [
             "pytest>=8,<10",
             "pytest-tornado>=0.8,<0.9",
             "pytest-timeout>=2.3,<3",
+            "hypothesis>=6.100,<7",
             # Drives the system's chromium (never downloads a browser): tests/test_browser.py.
             "playwright>=1.40,<2",
         ],

@@ -19,8 +19,8 @@ import tornado.web
 
 from .auth import build_verifier
 from .broker import Broker, InProcessBroker
-from .handlers.admin import HealthHandler, PluginsHandler
-from .handlers.base import Cors, InFlight, NotFoundHandler
+from .handlers.admin import HealthHandler, MetricsHandler, PluginsHandler
+from .handlers.base import Cors, InFlight, NotFoundHandler, log_request
 from .handlers.events import EventsHandler
 from .handlers.rest import (MarkAllReadHandler, MarkReadHandler, NotificationHandler,
                             NotificationsHandler, PushSubscriptionHandler, SettingsHandler,
@@ -31,6 +31,7 @@ from .httpserver import NotifyHTTPServer, drain_limit
 from .hub import Hub
 from .ingest import EventIngest
 from .logs import redact_tornado_logs
+from .metrics import Metrics, counter, gauge
 from .model import Event
 from .plugins import Plugins, build_plugin_manager
 from .push import PushSender
@@ -65,6 +66,8 @@ class NotifyApp:
         self.verifier = build_verifier(settings)
         self.push_sender = PushSender(settings.push) if settings.push.vapid_private_key else None
         self.push_worker: PushWorker | None = None
+        self.metrics = Metrics()
+        self.metrics.read_state(self._state_metrics)
         self.hub = Hub()
         self.broker: Broker = InProcessBroker()
         self.request_limiter = RateLimiter(settings.rate_limits.requests_per_minute, "requests")
@@ -76,7 +79,9 @@ class NotifyApp:
         self.service: NotificationService | None = None
         self.ingest: EventIngest | None = None
         self.port: int | None = None
+        self.metrics_port: int | None = None
         self._http: tornado.httpserver.HTTPServer | None = None
+        self._metrics_http: tornado.httpserver.HTTPServer | None = None
         self._tasks: list[asyncio.Task] = []
         self._stopped = False
 
@@ -102,6 +107,7 @@ class NotifyApp:
                     "import them once, with the server stopped: "
                     "mojavox-notify import-nx27017 --settings <this settings file>")
         self.store = build_store(settings)
+        self.store.on_operation = self.metrics.observe_storage
         try:
             await self.store.open()
         except StorageUnavailableError as error:
@@ -111,8 +117,8 @@ class NotifyApp:
                                "(storage.url)") from None
         self.service = NotificationService(
             self.store, self.broker, self.plugins, settings,
-            online=lambda user_id: self.hub.connections_of(user_id) > 0)
-        self.ingest = EventIngest(self.plugins, self.service, self.store)
+            online=lambda user_id: self.hub.connections_of(user_id) > 0, metrics=self.metrics)
+        self.ingest = EventIngest(self.plugins, self.service, self.store, self.metrics)
 
     async def start(self, sockets: list[socket.socket] | None = None) -> None:
         """Open storage, start the broker and plugins, listen (on `sockets` if given)."""
@@ -122,7 +128,7 @@ class NotifyApp:
             self.store, settings.storage.probe_interval_seconds,
             settings.storage.operation_timeout_seconds, settings.storage.exit_after_seconds)
         self.storage_health.start()
-        await self.broker.start(self.hub.dispatch)
+        await self.broker.start(self._received)
         if self.push_sender is not None:
             self.push_worker = PushWorker(self.store, self.push_sender, settings.push)
             self.service.on_push_recorded = self.push_worker.wake
@@ -137,11 +143,49 @@ class NotifyApp:
             sockets = tornado.netutil.bind_sockets(settings.server.port, settings.server.host)
         self._http.add_sockets(sockets)
         self.port = sockets[0].getsockname()[1]
+        if settings.metrics.access == "port":
+            self._start_metrics_port()
 
         for source in self._event_sources():
             self._tasks.append(asyncio.get_running_loop().create_task(self._run_source(source)))
         if settings.retention.cleanup_interval_minutes:
             self._tasks.append(asyncio.get_running_loop().create_task(self._cleanup_loop()))
+
+    def _received(self, message: dict) -> None:
+        self.metrics.received(message)
+        self.hub.dispatch(message)
+
+    def _start_metrics_port(self) -> None:
+        settings = self.settings
+        common = {"verifier": self.verifier, "request_limiter": self.request_limiter,
+                  "auth_failures": self.auth_failures, "in_flight": self.in_flight,
+                  "max_body_bytes": settings.server.max_body_bytes}
+        application = tornado.web.Application(
+            [(r"/metrics", MetricsHandler, {**common, "metrics": self.metrics, "needs_admin": False,
+                                             "public": True})],
+            default_handler_class=NotFoundHandler, default_handler_args=common,
+            log_function=log_request)
+        listening = tornado.netutil.bind_sockets(settings.metrics.port, settings.metrics.host)
+        self._metrics_http = NotifyHTTPServer(application)
+        self._metrics_http.add_sockets(listening)
+        self.metrics_port = listening[0].getsockname()[1]
+
+    def _state_metrics(self):
+        """Figures read from their owners at each scrape (see metrics.py)."""
+        yield gauge("mojavox_sockets_open", "Dashboard sockets open on this process", len(self.hub))
+        yield gauge("mojavox_users_online", "Users with a socket on this process", self.hub.users)
+        yield gauge("mojavox_requests_in_flight", "HTTP requests being handled", len(self.in_flight))
+        if self.storage_health is not None:
+            yield gauge("mojavox_storage_up", "1 while storage answers, 0 during an outage",
+                        1 if self.storage_health.ok else 0)
+        refused = {"requests": self.request_limiter.refused,
+                   "failed_authentications": self.auth_failures.refused}
+        if self.service is not None:
+            refused["notifications"] = self.service.limiter.refused
+        yield counter("mojavox_rate_limited", "Refusals by a rate limit, by limit", "limit", refused)
+        if self.push_worker is not None:
+            yield counter("mojavox_push_results", "Web push outcomes (sent, retried, removed, "
+                          "failed, given_up)", "result", dict(self.push_worker.stats))
 
     def web_application(self) -> tornado.web.Application:
         settings = self.settings
@@ -162,18 +206,21 @@ class NotifyApp:
             (r"/api/notifications/([^/]+)", NotificationHandler, service),
             (r"/api/events", EventsHandler, {**common, "ingest": self.ingest}),
             (r"/api/plugins", PluginsHandler, {**common, "plugins": self.plugins}),
+            *([(r"/metrics", MetricsHandler, {**common, "metrics": self.metrics})]
+              if settings.metrics.access == "admin" else []),
             (r"/healthz", HealthHandler, {**common, "checks": self.health}),
             (settings.server.ws_path, NotificationSocket, {
                 "service": self.service, "hub": self.hub, "verifier": self.verifier,
                 "types": self.plugins.types, "server": settings.server,
                 "websocket": settings.websocket, "request_limiter": self.request_limiter,
-                "auth_failures": self.auth_failures}),
+                "auth_failures": self.auth_failures, "metrics": self.metrics}),
         ]
         if settings.web.page:
             routes += page_routes(common, settings.server.ws_path)
         return tornado.web.Application(
             routes,
             default_handler_class=NotFoundHandler, default_handler_args=common,
+            log_function=log_request,
             websocket_ping_interval=settings.websocket.ping_interval_seconds,
             websocket_ping_timeout=settings.websocket.ping_timeout_seconds,
             websocket_max_message_size=settings.server.max_message_bytes,
@@ -228,6 +275,9 @@ class NotifyApp:
         self._stopped = True
         if self._http is not None:
             self._http.stop()
+        if self._metrics_http is not None:
+            self._metrics_http.stop()
+            self._metrics_http = None
         self.hub.shutdown_all(CLOSE_GOING_AWAY, "server shutting down")
         await self._wait_for_sockets()
         if not await self.in_flight.drained(SHUTDOWN_GRACE_SECONDS):

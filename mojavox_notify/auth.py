@@ -64,6 +64,19 @@ def hs256_secret(settings: Settings) -> str:
     return secret
 
 
+def existing_hs256_secret(settings: Settings) -> str:
+    """The secret a server with these settings verifies with, for minting tokens: never a new
+    one (a token signed with a secret no server knows is refused, which is worse than an error)."""
+    if settings.auth.secret:
+        return settings.auth.secret
+    path = settings.data_path / DEV_SECRET_FILE
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip()
+    raise SettingsError("auth.secret", f"is not set (JWT_SECRET) and no server has created a "
+                        f"development secret in {path} yet: start the server once with these "
+                        "settings, pass the server's --settings, or set JWT_SECRET as it has it")
+
+
 def mint_token(secret: str, user_id: str, roles: list[str], ttl_seconds: int,
                audience: str | None = None, issuer: str | None = None) -> str:
     """Sign an HS256 token for development, tests and the CLI."""

@@ -8,6 +8,7 @@ import asyncio
 import gc
 import json
 import logging
+import os
 import signal
 import sys
 import urllib.error
@@ -15,7 +16,7 @@ import urllib.request
 from typing import Sequence
 
 from .app import NotifyApp, StartupError
-from .auth import hs256_secret, mint_token
+from .auth import existing_hs256_secret, mint_token
 from .errors import StorageUnavailableError
 from .logs import configure_logging
 from .plugins import PluginError
@@ -32,6 +33,8 @@ log = logging.getLogger("mojavox_notify")
 # supervisor (systemd Restart=on-failure, Kubernetes) starts a fresh process.
 EXIT_STORAGE_LOST = 3
 
+DEFAULT_SETTINGS_FILE = "settings.yaml"
+
 EXPECTED_ERRORS = (SettingsError, PluginError, StartupError, Nx27017Error, StorageUnavailableError,
                    FileNotFoundError)
 
@@ -46,51 +49,93 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `mojavox-notify token ... | head -c 10`: the reader left; say nothing more to it.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mojavox-notify",
-                                     description="MOJAVOX Notify: real-time notification server")
+    parser = argparse.ArgumentParser(
+        prog="mojavox-notify", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="MOJAVOX Notify: real-time notifications for dashboards (WebSocket, REST, "
+                    "web push) with event-source plugins.",
+        epilog="Settings come from --settings, else $MOJAVOX_SETTINGS, else ./settings.yaml if "
+               "present, else the defaults;\nenvironment variables override them "
+               "(MOJAVOX_<SECTION>__<KEY>, and WS_PORT, JWT_SECRET, ...).\n"
+               "Run `mojavox-notify COMMAND --help` for each command.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the HTTP and WebSocket server")
-    _settings_option(serve)
+    serve = _command(commands, "serve", "run the HTTP and WebSocket server",
+                     "Serve REST and the dashboard socket until SIGTERM or SIGINT, which stop it "
+                     "cleanly.\nExit status 3: storage stayed unavailable past "
+                     "storage.exit_after_seconds.",
+                     "mojavox-notify serve --settings /etc/mojavox/settings.yaml --port 3001")
     serve.add_argument("--host", help="address to bind (server.host)")
     serve.add_argument("--port", type=int, help="port to listen on (server.port, WS_PORT)")
     serve.set_defaults(run=_serve)
 
-    token = commands.add_parser("token", help="print a JWT signed with the HS256 secret")
-    _settings_option(token)
+    token = _command(commands, "token", "print a JWT signed with the server's HS256 secret",
+                     "Mint a token for development and tests with the secret the server uses "
+                     "(auth.secret / JWT_SECRET,\nor the development secret it created in "
+                     "data_dir). RS256/ES256 tokens come from your identity provider.",
+                     "mojavox-notify token --user alice\n"
+                     "  mojavox-notify token --user billing-service --roles service --ttl 86400")
     token.add_argument("--user", required=True, help="the user id (sub claim)")
     token.add_argument("--roles", default="", help="comma-separated roles, e.g. service,admin")
-    token.add_argument("--ttl", type=_positive_int, default=None, help="lifetime in seconds")
+    token.add_argument("--ttl", type=_positive_int, default=None,
+                       help="lifetime in seconds (default: auth.token_ttl_seconds)")
     token.set_defaults(run=_token)
 
-    vapid = commands.add_parser("vapid-keys", help="print a new VAPID key pair as environment lines")
+    vapid = _command(commands, "vapid-keys", "print a new VAPID key pair as environment lines",
+                     "Print VAPID_PUBLIC_KEY and VAPID_PRIVATE_KEY (base64url, raw P-256) for "
+                     "web push.", "mojavox-notify vapid-keys >> /etc/mojavox/env", settings=False)
     vapid.set_defaults(run=_vapid_keys)
 
-    emit = commands.add_parser("emit", help="post one domain event to a running server")
-    _settings_option(emit)
+    emit = _command(commands, "emit", "post one domain event to a running server",
+                    "POST /api/events with a service token: minted from the server's HS256 "
+                    "secret, or given with --token.",
+                    "mojavox-notify emit payment.received --id pay-1 \\\n"
+                    "    --data '{\"userId\":\"alice\",\"amount\":2450,\"accountId\":\"AC-1\","
+                    "\"debtorName\":\"John Smith\"}'")
     emit.add_argument("type", metavar="TYPE", help="event type, e.g. payment.received")
     emit.add_argument("--data", required=True, help="the event's data as a JSON object")
     emit.add_argument("--id", dest="event_id", help="event id; repeating it creates nothing new")
     emit.add_argument("--url", help="server base URL (default: from the settings)")
+    emit.add_argument("--token", help="a token with the service role (default: minted from the "
+                                      "server's HS256 secret); also $MOJAVOX_TOKEN")
     emit.set_defaults(run=_emit)
 
-    cleanup = commands.add_parser("cleanup", help="delete expired and past-retention notifications")
-    _settings_option(cleanup)
+    cleanup = _command(commands, "cleanup", "delete expired and past-retention notifications",
+                       "Delete notifications past their expiresAt or retention.days, once (the "
+                       "server also does it every\nretention.cleanup_interval_minutes). Safe "
+                       "beside a running server.", "mojavox-notify cleanup --settings settings.yaml")
     cleanup.set_defaults(run=_cleanup)
 
-    importer = commands.add_parser(
-        "import-nx27017", help="copy the earlier embedded storage (data_dir/mongo) into the "
-                               "SQLite file, once, with the server stopped")
-    _settings_option(importer)
+    importer = _command(commands, "import-nx27017", "copy the earlier embedded storage "
+                        "(data_dir/mongo) into SQLite, once",
+                        "Copy notifications, settings, push subscriptions and event ids of the "
+                        "nx-27017 data folder into the\nSQLite file, with the server stopped.",
+                        "mojavox-notify import-nx27017 --settings settings.yaml")
     importer.set_defaults(run=_import_nx27017)
 
-    check = commands.add_parser("check", help="validate settings, plugins and connectivity")
-    _settings_option(check)
+    check = _command(commands, "check", "validate settings, plugins and connectivity",
+                     "Load the settings and plugins and reach storage; exit 2 with one line "
+                     "naming what is wrong.", "mojavox-notify check --settings settings.yaml")
     check.set_defaults(run=_check)
     return parser
+
+
+def _command(commands, name: str, summary: str, description: str, example: str,
+             settings: bool = True) -> argparse.ArgumentParser:
+    command = commands.add_parser(name, help=summary, description=description,
+                                  epilog=f"example:\n  {example}",
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    if settings:
+        command.add_argument("--settings", metavar="PATH",
+                             help="settings file (default: $MOJAVOX_SETTINGS, else ./settings.yaml "
+                                  "if present, else the defaults)")
+    return command
 
 
 def _positive_int(text: str) -> int:
@@ -103,13 +148,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _settings_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--settings", metavar="PATH",
-                        help="settings.yaml to use (default: built-in defaults)")
-
-
 def _load(args, **overrides) -> Settings:
-    return load_settings(args.settings, overrides=overrides)
+    return load_settings(settings_file(args.settings), overrides=overrides)
+
+
+def settings_file(given: str | None) -> str | None:
+    """--settings, else $MOJAVOX_SETTINGS, else ./settings.yaml when there is one."""
+    if given:
+        return given
+    if os.environ.get("MOJAVOX_SETTINGS"):
+        return os.environ["MOJAVOX_SETTINGS"]
+    return DEFAULT_SETTINGS_FILE if os.path.exists(DEFAULT_SETTINGS_FILE) else None
 
 
 def _serve(args) -> int:
@@ -160,7 +209,7 @@ def _print_page_link(settings: Settings, url: str) -> None:
     auth = settings.auth
     if not settings.web.page or auth.algorithm != "HS256" or auth.secret:
         return
-    token = mint_token(hs256_secret(settings), settings.web.demo_user, [], auth.token_ttl_seconds,
+    token = mint_token(existing_hs256_secret(settings), settings.web.demo_user, [], auth.token_ttl_seconds,
                        auth.audience, auth.issuer)
     print(f"Notification center for {settings.web.demo_user} (development token, valid "
           f"{auth.token_ttl_seconds // 60} min):\n  {url}/#token={token}", flush=True)
@@ -186,8 +235,8 @@ def _token(args) -> int:
     if longest and ttl > longest:
         raise SettingsError("auth.max_token_lifetime_seconds", f"is {longest}: the server would "
                             f"refuse a token valid for {ttl} s; ask for a shorter --ttl")
-    print(mint_token(hs256_secret(settings), args.user, roles, ttl,
-                     settings.auth.audience, settings.auth.issuer))
+    print(mint_token(existing_hs256_secret(settings), args.user, roles, ttl,
+                     settings.auth.audience, settings.auth.issuer), flush=True)
     return 0
 
 
@@ -208,8 +257,13 @@ def _emit(args) -> int:
     if args.event_id:
         event["id"] = args.event_id
     base = (args.url or f"http://127.0.0.1:{settings.server.port}").rstrip("/")
-    token = mint_token(hs256_secret(settings), "mojavox-notify-cli", ["service"], 300,
-                       settings.auth.audience, settings.auth.issuer)
+    token = args.token or os.environ.get("MOJAVOX_TOKEN")
+    if not token:
+        if settings.auth.algorithm != "HS256":
+            raise SettingsError("--token", f"is needed: {settings.auth.algorithm} tokens come "
+                                "from your identity provider (a token with the service role)")
+        token = mint_token(existing_hs256_secret(settings), "mojavox-notify-cli", ["service"], 300,
+                           settings.auth.audience, settings.auth.issuer)
     request = urllib.request.Request(
         f"{base}/api/events", data=json.dumps(event).encode(), method="POST",
         headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
@@ -279,7 +333,7 @@ def _import_nx27017(args) -> int:
 
 def _check(args) -> int:
     settings = _load(args)
-    print(f"settings: ok ({args.settings or 'built-in defaults'})")
+    print(f"settings: ok ({settings_file(args.settings) or 'built-in defaults'})")
     app = NotifyApp(settings)
     if not len(app.plugins.types):
         raise SettingsError("plugins.directory", "no plugin registers a notification type; "

@@ -10,6 +10,7 @@ from typing import Any
 
 from .errors import NotifyError, ValidationError
 from .idempotency import Idempotency
+from .metrics import Metrics
 from .model import Event, validate_event
 from .plugins import Plugins
 from .service import NotificationService
@@ -17,25 +18,48 @@ from .store import NotificationStore
 
 
 class EventIngest:
-    def __init__(self, plugins: Plugins, service: NotificationService, store: NotificationStore):
+    def __init__(self, plugins: Plugins, service: NotificationService, store: NotificationStore,
+                 metrics: Metrics | None = None):
         self.plugins = plugins
         self.service = service
         self.idempotency = Idempotency(store)
+        self._metrics = metrics or Metrics()
 
     def parse(self, raw: Any) -> Event:
-        return validate_event(raw, self.plugins.event_types)
+        try:
+            return validate_event(raw, self.plugins.event_types)
+        except ValidationError:
+            self._metrics.events.labels(self._known(raw.get("type") if isinstance(raw, dict) else None),
+                                        "refused").inc()
+            raise
+
+    def _known(self, event_type: Any) -> str:
+        """A label for an event type: only the known ones, so clients cannot add label values."""
+        return event_type if isinstance(event_type, str) and event_type in self.plugins.event_types else "unknown"
 
     async def ingest(self, event: Event) -> list[str]:
         """Create the event's notifications; returns their ids (muted recipients give none)."""
+        outcome = "failed"
+        try:
+            ids, repeat = await self._ingest(event)
+            outcome = "repeat" if repeat else "created" if ids else "none_created"
+            return ids
+        except NotifyError as error:
+            outcome = "refused" if error.status < 500 else "failed"
+            raise
+        finally:
+            self._metrics.events.labels(self._known(event.type), outcome).inc()
+
+    async def _ingest(self, event: Event) -> tuple[list[str], bool]:
         if event.type not in self.plugins.event_types:
-            self.parse({"type": event.type, "data": event.data})  # raises naming the known types
+            validate_event({"type": event.type, "data": event.data},  # raises naming the known types
+                           self.plugins.event_types)
         if event.id is None:
-            return await self._handle(event)
-        ids, _ = await self.idempotency.once(
+            return await self._handle(event), False
+        return await self.idempotency.once(
             event.id, event.type, lambda: self._handle(event),
             lambda earlier: ValidationError("id", f"was already used for a {earlier} event",
                                             code="event_id_conflict"))
-        return ids
 
     async def _handle(self, event: Event) -> list[str]:
         raw_drafts = await self.plugins.drafts_for(event)

@@ -62,6 +62,25 @@ def redact_tornado_logs() -> None:
         logging.getLogger(name).addFilter(_REDACTION)
 
 
+ACCESS = logging.getLogger("mojavox_notify.access")
+
+
+def log_access(method: str, path: str, status: int, seconds: float, user: str | None,
+               client: str | None, error: tuple[str, str] | None = None) -> None:
+    """The one line of a request (or of a socket's whole life): readable as text, and the same
+    values as fields of a JSON line. `path` never carries the query (where tokens travel)."""
+    fields = {"method": method, "path": path, "status": status,
+              "duration_ms": round(seconds * 1000, 2), "user": user, "client": client}
+    text = f"{method} {path} {status} {fields['duration_ms']:.1f}ms"
+    text += f" user={user or '-'} client={client or '-'}"
+    if error is not None:
+        fields["error"], fields["error_message"] = error
+        text += f" error={error[0]}: {error[1]}"
+    level = logging.ERROR if status >= 500 and status != 503 else (
+        logging.WARNING if status == 503 else logging.INFO)
+    ACCESS.log(level, "%s", text, extra={"fields": fields})
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -69,6 +88,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
+            **getattr(record, "fields", {}),
         }
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)

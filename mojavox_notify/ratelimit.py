@@ -20,6 +20,7 @@ class RateLimiter:
         self._rate = per_minute / 60.0
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}
+        self.refused = 0  # for metrics
 
     def take(self, keys: Iterable[str]) -> None:
         """Take one token per key occurrence, all or none; RateLimitedError names the wait."""
@@ -30,6 +31,7 @@ class RateLimiter:
         levels = {key: self._level(key, now) for key in wanted}
         for key, count in wanted.items():
             if levels[key] < count:
+                self.refused += 1
                 wait = (count - levels[key]) / self._rate
                 raise RateLimitedError(f"too many {self.what} for {key}: at most "
                                        f"{self.per_minute} a minute; retry in {wait:.1f}s",
@@ -42,6 +44,7 @@ class RateLimiter:
     def check(self, key: str) -> None:
         """Raise RateLimitedError if `key` has no token left, taking none."""
         if self.per_minute and self._level(key, self._clock()) < 1:
+            self.refused += 1
             raise RateLimitedError(f"too many {self.what} from {key}; retry in "
                                    f"{60 / self.per_minute:.1f}s", retry_after=60 / self.per_minute)
 

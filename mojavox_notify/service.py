@@ -11,11 +11,13 @@ import hashlib
 import json
 import logging
 import re
+import time
 from typing import Any, Callable, Iterable
 
 from .broker import Broker
 from .errors import NotFoundError, ValidationError
 from .idempotency import Idempotency
+from .metrics import Metrics
 from .model import (ChannelPreference, Draft, PushSubscription, default_preferences,
                     notification_id, preferences_payload, to_payload, validate_draft,
                     validate_endpoint, validate_preferences_update, validate_push_subscription)
@@ -46,17 +48,19 @@ def page_bounds(limit: Any, offset: Any) -> tuple[int, int]:
 
 class NotificationService:
     def __init__(self, store: NotificationStore, broker: Broker, plugins: Plugins, settings: Settings,
-                 online: Callable[[str], bool] = lambda user_id: False):
+                 online: Callable[[str], bool] = lambda user_id: False,
+                 metrics: Metrics | None = None):
         """`online(user_id)` tells whether the user has a live socket (for push decisions)."""
         self.store = store
         self.broker = broker
         self.plugins = plugins
         self.types = plugins.types
         self._action_url_hosts = settings.server.action_url_hosts
-        self._limiter = RateLimiter(settings.rate_limits.notifications_per_minute, "notifications")
+        self.limiter = RateLimiter(settings.rate_limits.notifications_per_minute, "notifications")
         self._defaults = default_preferences(self.types, settings.push.default_priorities)
         self._push = settings.push
         self._online = online
+        self._metrics = metrics or Metrics()
         self._idempotency = Idempotency(store)
         #: Called when a creation recorded push jobs (the push worker wakes up).
         self.on_push_recorded: Callable[[], None] | None = None
@@ -107,25 +111,35 @@ class NotificationService:
         published, so what a socket receives can always be read back. Push jobs are recorded in
         the same write.
         """
+        started = time.perf_counter()
         preferences = await self.store.preferences_of_many({draft.user_id for draft in drafts})
         choices = [self._choice(draft, preferences.get(draft.user_id, {})) for draft in drafts]
         positions = [position for position, (draft, choice) in enumerate(zip(drafts, choices))
                      if choice.enabled or draft.priority == "critical"]
         wanted = [drafts[position] for position in positions]
-        self._limiter.take(draft.user_id for draft in wanted if draft.priority != "critical")
+        self.limiter.take(draft.user_id for draft in wanted if draft.priority != "critical")
         push = [self._pushed(drafts[position], choices[position]) for position in positions]
         stored = await self.store.insert_many(wanted, event_id=event_id, push=push)
         created: list[dict | None] = [None] * len(drafts)
         for position, record in zip(positions, stored):
             payload = created[position] = to_payload(record.document)
-            await self.broker.publish({"kind": "notification", "user_id": record.document["user_id"],
-                                       "seq": record.document["seq"], "notification": payload,
-                                       "unread": record.state.unread_payload()})
+            await self._publish({"kind": "notification", "user_id": record.document["user_id"],
+                                 "seq": record.document["seq"], "notification": payload,
+                                 "unread": record.state.unread_payload()})
+            self._metrics.notifications_created.labels(payload["type"], payload["priority"]).inc()
+        if stored:
+            self._metrics.create_to_publish.observe(time.perf_counter() - started)
         if self.on_push_recorded is not None and any(record.pushed for record in stored):
             self.on_push_recorded()
         for position, record in zip(positions, stored):
             await self._observe(created[position], record.document["user_id"])
         return created
+
+    async def _publish(self, message: dict[str, Any]) -> None:
+        """To every instance's hub; `at` lets receivers measure the broker's lag."""
+        message["at"] = time.time()
+        await self.broker.publish(message)
+        self._metrics.broker_published.inc()
 
     def _choice(self, draft: Draft, preferences: dict[str, ChannelPreference]) -> ChannelPreference:
         return preferences.get(draft.type, ChannelPreference()).over(self._defaults[draft.type])
@@ -211,8 +225,8 @@ class NotificationService:
         await self._publish_change(user_id, "deleted", state, notification_id=str(oid))
 
     async def _publish_change(self, user_id: str, kind: str, state: UserState, **fields) -> None:
-        await self.broker.publish({"kind": kind, "user_id": user_id, **fields,
-                                   "unread": state.unread_payload()})
+        await self._publish({"kind": kind, "user_id": user_id, **fields,
+                             "unread": state.unread_payload()})
 
     # -- preferences and push subscriptions ------------------------------------------------------
 

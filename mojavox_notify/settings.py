@@ -170,6 +170,13 @@ class PluginSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    access: str = _check(_one_of("admin", "port", "off"), default="admin")
+    host: str = "127.0.0.1"
+    port: int = _check(_between(0, 65535), default=9464)  # 0: any free port
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     level: str = _check(_one_of("DEBUG", "INFO", "WARNING", "ERROR"), default="INFO")
     format: str = _check(_one_of("text", "json"), default="text")
@@ -199,6 +206,7 @@ class Settings:
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     plugins: PluginSettings = field(default_factory=PluginSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     web: WebSettings = field(default_factory=WebSettings)
     base_dir: str = field(default=".", metadata={"internal": True})
 
@@ -212,7 +220,13 @@ class Settings:
         return self.resolve_path(self.data_dir)
 
 
-# Environment variable → dotted settings key. DATABASE_URL only counts when it is a MongoDB URL.
+# Every key also has a variable of its own: MOJAVOX_<SECTION>__<KEY> (MOJAVOX_DATA_DIR for the
+# top-level key), applied after the seed's names below, so it wins over them.
+ENVIRONMENT_PREFIX = "MOJAVOX_"
+# Not settings: the CLI's settings file and the token `emit` sends.
+RESERVED_VARIABLES = {"MOJAVOX_SETTINGS", "MOJAVOX_TOKEN"}
+# The seed's environment variable → dotted settings key. DATABASE_URL only counts when it is a
+# MongoDB URL.
 ENVIRONMENT_OVERRIDES = {
     "WS_PORT": "server.port",
     "WS_PATH": "server.ws_path",
@@ -244,6 +258,9 @@ def load_settings(path: str | os.PathLike | None = None,
     if database_url.startswith(("mongodb://", "mongodb+srv://")) and not environ.get("MONGODB_URL"):
         _set_dotted(raw, "storage.url", database_url, source="DATABASE_URL")
         from_environment["storage.url"] = "DATABASE_URL"
+    for name, key in _prefixed_variables(environ):
+        _set_dotted(raw, key, environ[name], source=name)
+        from_environment[key] = name
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(raw, key, value, source=key)
@@ -259,6 +276,39 @@ def load_settings(path: str | os.PathLike | None = None,
             raise
         raise SettingsError(error.key, f"{error.problem} (set by {variable})") from None
     return settings
+
+
+def environment_variable(key: str) -> str:
+    """The variable that sets a dotted key: server.allowed_origins → MOJAVOX_SERVER__ALLOWED_ORIGINS."""
+    return ENVIRONMENT_PREFIX + key.replace(".", "__").upper()
+
+
+def _prefixed_variables(environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(variable, dotted key) for every MOJAVOX_ variable; an unknown one is an error, since a
+    misspelt setting that silently does nothing is worse than none."""
+    known = {environment_variable(key): key for key in _all_keys(Settings)}
+    found = []
+    for name in sorted(environ):
+        if not name.startswith(ENVIRONMENT_PREFIX) or name in RESERVED_VARIABLES:
+            continue
+        if name not in known:
+            raise SettingsError(name, "is not a setting; the scheme is MOJAVOX_<SECTION>__<KEY>, "
+                                "e.g. MOJAVOX_SERVER__ALLOWED_ORIGINS")
+        found.append((name, known[name]))
+    return found
+
+
+def _all_keys(cls, prefix: str = "") -> list[str]:
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for spec in dataclasses.fields(cls):
+        if spec.metadata.get("internal"):
+            continue
+        if dataclasses.is_dataclass(hints[spec.name]):
+            keys.extend(_all_keys(hints[spec.name], f"{prefix}{spec.name}."))
+        else:
+            keys.append(prefix + spec.name)
+    return keys
 
 
 def _move_legacy_storage_url(raw: dict[str, Any], from_environment: dict[str, str]) -> None:
@@ -338,6 +388,9 @@ def _build(cls, raw: Any, prefix: str):
     return cls(**values)
 
 
+BOOLEAN_WORDS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+
+
 def _coerce(key: str, hint: Any, value: Any) -> Any:
     """Turn a YAML or environment value into the field's type, or name what was expected."""
     optional = type(None) in typing.get_args(hint)
@@ -356,6 +409,8 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
     if base is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, str) and value.lower() in BOOLEAN_WORDS:  # from the environment
+            return BOOLEAN_WORDS[value.lower()]
         raise SettingsError(key, f"must be true or false (got {value!r})")
     if base in (int, float):
         if isinstance(value, bool):

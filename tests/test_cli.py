@@ -172,7 +172,8 @@ def test_token_command_prints_a_token_the_server_accepts(running):
 
 
 def test_token_ttl_sets_the_expiry(deployment):
-    result = deployment.run("token", "--user", "bob", "--ttl", "120", "--roles", "admin,service")
+    result = deployment.run("token", "--user", "bob", "--ttl", "120", "--roles", "admin,service",
+                            JWT_SECRET="s" * 40)
     assert result.returncode == 0, result.stderr
     payload = result.stdout.strip().split(".")[1]
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
@@ -391,3 +392,83 @@ def test_cleanup_beside_a_running_server_removes_expired_notifications_and_keeps
     status, page = http("GET", f"{deployment.url}/api/notifications", deployment.token(user))
     assert [n["id"] for n in page["notifications"]] == [kept["id"]]
     assert page["total"] == 1 and page["unreadCount"] == 1
+
+
+def test_no_token_reaches_the_log_of_serve_on_any_error_path(deployment):
+    """Every path on which tornado or the app logs a request, with the token in the query, in
+    the header, or both; then the log file must not hold the token's text anywhere."""
+    process, log_path = deployment.serve()
+    secret_token = deployment.token(new_user("victim"))
+    host = f"127.0.0.1:{deployment.port}"
+    requests = [
+        f"GET /ws/notifications/?token={secret_token} HTTP/1.1",  # 404: trailing slash
+        f"GET /api/%ff?token={secret_token} HTTP/1.1",  # 400/404: undecodable path
+        f"GET /api/notifications?access_token={secret_token} HTTP/1.1",  # 401: token not sent as header
+        f"GET /ws/notifications?token={secret_token} HTTP/1.1",  # 400: not an upgrade
+        f"GET /api/notifications?offset=99999999999999999999 HTTP/1.1\r\nAuthorization: Bearer {secret_token}",
+        f"POST /api/notifications HTTP/1.1\r\nAuthorization: Bearer {secret_token}\r\nContent-Length: x",
+        f"GARBAGE {secret_token}",
+    ]
+    for request in requests:
+        with socket.create_connection(("127.0.0.1", deployment.port), timeout=5) as connection:
+            connection.sendall(f"{request}\r\nHost: {host}\r\n\r\n".encode())
+            try:
+                while connection.recv(65536):
+                    pass
+            except (TimeoutError, ConnectionError):
+                pass
+    status, _ = http("GET", f"{deployment.url}/api/notifications", secret_token)
+    assert status == 200
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=STOP_TIMEOUT)
+    log = log_path.read_text()
+    signature = secret_token.rsplit(".", 1)[1]
+    assert secret_token not in log and signature not in log, log
+    assert "GET /ws/notifications/ 404" in log and "GET /api/notifications 401" in log, log
+
+
+def test_token_refuses_to_invent_a_secret_no_server_knows(deployment):
+    result = deployment.run("token", "--user", "bob")
+    assert result.returncode == 2 and result.stdout == ""
+    assert "jwt-secret" in result.stderr and "JWT_SECRET" in result.stderr
+    assert not (deployment.data_dir / "jwt-secret").exists()
+
+
+def test_commands_find_settings_yaml_in_the_folder_or_through_mojavox_settings(deployment, tmp_path):
+    result = deployment.run("check")
+    assert result.returncode == 0 and "settings: ok (settings.yaml)" in result.stdout, result.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = subprocess.run([sys.executable, "-m", "mojavox_notify", "check"], cwd=elsewhere,
+                            env=clean_environment(MOJAVOX_SETTINGS=str(deployment.folder / "settings.yaml")),
+                            capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    assert f"settings: ok ({deployment.folder / 'settings.yaml'})" in result.stdout
+
+
+def test_emit_sends_the_token_it_is_given(running):
+    user = new_user()
+    service_token = running.token("billing", ("service",))
+    result = running.run("emit", "payment.received", "--url", running.url, "--token", service_token,
+                         "--data", json.dumps({"userId": user, "amount": 5, "accountId": "A-1",
+                                               "debtorName": "D"}))
+    assert result.returncode == 0, result.stderr
+    result = running.run("emit", "payment.received", "--url", running.url, "--token", "not-a-token",
+                         "--data", json.dumps({"userId": user, "amount": 5, "accountId": "A-1",
+                                               "debtorName": "D"}))
+    assert result.returncode == 1 and "401" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["serve", "token", "vapid-keys", "emit", "cleanup",
+                                     "import-nx27017", "check"])
+def test_every_command_explains_itself_with_an_example(deployment, command):
+    result = deployment.run(command, "--help")
+    assert result.returncode == 0
+    assert "example:\n  mojavox-notify " + command in result.stdout, result.stdout
+
+
+def test_a_closed_pipe_ends_quietly(deployment):
+    result = subprocess.run(f"{sys.executable} -m mojavox_notify vapid-keys | head -c 3",
+                            shell=True, cwd=deployment.folder, env=clean_environment(),
+                            capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
+    assert result.stdout == "VAP" and result.stderr == "", result.stderr

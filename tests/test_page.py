@@ -81,7 +81,7 @@ def test_serve_prints_no_token_when_a_real_secret_is_configured(tmp_path):
 def test_web_settings_are_validated():
     from mojavox_notify.settings import SettingsError, load_settings
 
-    for key, value in (("web.demo_user", " "), ("web.cors_max_age_seconds", 90000), ("web.page", "yes")):
+    for key, value in (("web.demo_user", " "), ("web.cors_max_age_seconds", 90000), ("web.page", "sometimes")):
         with pytest.raises(SettingsError) as error:
             load_settings(None, environ={}, overrides={key: value})
         assert error.value.key == key

@@ -334,3 +334,48 @@ def test_unreadable_public_key_file_names_the_key(tmp_path):
     with pytest.raises(SettingsError) as caught:
         build_verifier(settings)
     assert caught.value.key == "auth.public_key_file"
+
+
+def test_a_settings_file_that_is_not_utf8_is_one_clear_error(tmp_path):
+    path = tmp_path / "settings.yaml"
+    path.write_bytes(b"server:\n  host: 127.0.0.1\n  # caf\xe9 in Latin-1\n")
+    with pytest.raises(SettingsError) as raised:
+        load_settings(path, environ={})
+    assert "is not UTF-8 text (line 3)" in str(raised.value)
+
+
+def test_every_key_can_be_set_from_the_environment_by_one_scheme():
+    settings = load_settings(None, environ={
+        "MOJAVOX_SERVER__ALLOWED_ORIGINS": "https://app.mojavox.ai, https://ops.mojavox.ai",
+        "MOJAVOX_SERVER__XHEADERS": "true", "MOJAVOX_LOGGING__FORMAT": "json",
+        "MOJAVOX_RATE_LIMITS__NOTIFICATIONS_PER_MINUTE": "10", "MOJAVOX_DATA_DIR": "/var/lib/mojavox",
+        "WS_PORT": "4000", "MOJAVOX_SERVER__PORT": "4001"})
+    assert settings.server.allowed_origins == ("https://app.mojavox.ai", "https://ops.mojavox.ai")
+    assert settings.server.xheaders is True and settings.logging.format == "json"
+    assert settings.rate_limits.notifications_per_minute == 10
+    assert settings.data_dir == "/var/lib/mojavox"
+    assert settings.server.port == 4001  # the scheme's own variable wins over the seed's name
+
+
+def test_the_environment_scheme_covers_every_key():
+    """Each key's variable, set to the key's default as text, loads and gives that default."""
+    from mojavox_notify.settings import _all_keys, environment_variable
+    defaults = Settings()
+    for key in _all_keys(Settings):
+        section, _, name = key.rpartition(".")
+        default = getattr(getattr(defaults, section) if section else defaults, name)
+        if default in (None, ()):
+            continue
+        text = (", ".join(default) if isinstance(default, tuple) else
+                str(default).lower() if isinstance(default, bool) else str(default))
+        settings = load_settings(None, environ={environment_variable(key): text})
+        assert getattr(getattr(settings, section) if section else settings, name) == default, key
+
+
+def test_an_unknown_mojavox_variable_is_one_clear_error():
+    with pytest.raises(SettingsError) as raised:
+        load_settings(None, environ={"MOJAVOX_SERVER__PROT": "1"})
+    assert "MOJAVOX_SERVER__PROT: is not a setting" in str(raised.value)
+    with pytest.raises(SettingsError) as raised:
+        load_settings(None, environ={"MOJAVOX_SERVER__PORT": "x"})
+    assert "(set by MOJAVOX_SERVER__PORT)" in str(raised.value)

@@ -1,9 +1,12 @@
-"""Operational endpoints: health for load balancers, the plugin list for admins."""
+"""Operational endpoints: health for load balancers, the plugin list and metrics for admins."""
 
 from __future__ import annotations
 
 from typing import Callable
 
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from ..metrics import Metrics
 from ..plugins import Plugins
 from .base import BaseHandler
 
@@ -26,3 +29,18 @@ class PluginsHandler(BaseHandler):
         self.principal.require("admin")
         self.send_json({"plugins": self.plugins.describe(),
                         "eventTypes": dict(sorted(self.plugins.event_descriptions.items()))})
+
+
+class MetricsHandler(BaseHandler):
+    """Prometheus' text format. On the server's port it needs the admin role; on the separate
+    metrics port (`metrics.access: port`) it is open, so bind that port privately."""
+
+    metrics: Metrics
+    needs_admin: bool = True
+
+    async def get(self) -> None:
+        if self.needs_admin:
+            self.principal.require("admin")
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.set_header("Cache-Control", "no-store")
+        self.finish(self.metrics.exposition())

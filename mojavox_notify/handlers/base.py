@@ -16,6 +16,7 @@ from ..auth import Principal, TokenVerifier, bearer_token
 from ..errors import (AuthenticationError, ForbiddenError, NotifyError, PayloadTooLargeError,
                       RateLimitedError, StorageUnavailableError, ValidationError)
 from ..httpserver import answered, new_request, refuse_body
+from ..logs import log_access
 from ..model import INT64_MAX, INT64_MIN, parse_json
 from ..ratelimit import RateLimiter
 
@@ -250,15 +251,16 @@ class BaseHandler(CorsHandlerMixin, tornado.web.RequestHandler):
             message = (error.log_message % error.args if error.log_message else self._reason)
         else:
             code, message = "internal_error", "the server failed to handle the request"
+        self.answered_error = (code, message)
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":")))
 
     def log_exception(self, typ, value, tb) -> None:
-        if isinstance(value, StorageUnavailableError):
-            log.warning("%s %s -> 503 %s", self.request.method, self.request.path, value.message)
+        """An answered error is in the request's access line (`log_request`); only a failure of
+        the server itself gets its traceback logged besides."""
+        if isinstance(value, NotifyError) and (value.status < 500 or isinstance(value, StorageUnavailableError)):
             return
-        if isinstance(value, NotifyError) and value.status < 500:
-            log.info("%s %s -> %s %s", self.request.method, self.request.path, value.status, value.message)
+        if isinstance(value, tornado.web.HTTPError) and value.status_code < 500:
             return
         super().log_exception(typ, value, tb)
 
@@ -276,3 +278,15 @@ class NotFoundHandler(BaseHandler):
 
     async def prepare(self) -> None:
         raise tornado.web.HTTPError(404, "no such endpoint: %s", self.request.path)
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """The application's access log: one line per request. A socket's line is written when it
+    closes (its whole life, with its user and client id), not at the handshake."""
+    status = handler.get_status()
+    if status == 101:
+        return
+    principal = getattr(handler, "principal", None)
+    log_access(handler.request.method or "-", handler.request.path, status,
+               handler.request.request_time(), principal.user_id if principal else None,
+               handler.request.remote_ip, getattr(handler, "answered_error", None))

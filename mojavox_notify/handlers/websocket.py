@@ -26,6 +26,8 @@ from ..broker import Message
 from ..errors import (AuthenticationError, NotFoundError, NotifyError, RateLimitedError,
                       StorageUnavailableError, ValidationError)
 from ..hub import Hub
+from ..logs import log_access
+from ..metrics import Metrics
 from ..model import NotificationTypes, iso, parse_json, utcnow
 from ..ratelimit import RateLimiter
 from ..service import NotificationService, page_bounds
@@ -42,6 +44,12 @@ CLOSE_TOKEN_EXPIRED = 4003
 CLOSE_SLOW_CONSUMER = 4008
 CLOSE_TOO_MANY_SOCKETS = 4009
 CLOSE_AUTH_THROTTLED = 4029
+# What /metrics calls each close the server makes.
+CLOSE_REASONS = {CLOSE_GOING_AWAY: "shutdown", CLOSE_POLICY_VIOLATION: "flooding",
+                 CLOSE_TRY_AGAIN_LATER: "storage_unavailable", CLOSE_TOKEN_MISSING: "token_missing",
+                 CLOSE_TOKEN_INVALID: "token_invalid", CLOSE_TOKEN_EXPIRED: "token_expired",
+                 CLOSE_SLOW_CONSUMER: "slow_consumer", CLOSE_TOO_MANY_SOCKETS: "too_many_sockets",
+                 CLOSE_AUTH_THROTTLED: "auth_throttled", 1011: "internal_error"}
 LATEST_EPOCH = datetime(9999, 12, 31, tzinfo=timezone.utc).timestamp()
 
 _client_numbers = itertools.count(1)
@@ -87,6 +95,7 @@ class Outbox:
         except tornado.websocket.WebSocketClosedError:
             self._drop()
             return
+        self._socket.metrics.frames_sent.inc()
         if self._socket.ws_connection.stream.writing():  # the kernel took only part of it
             self._blocked = True
             written.add_done_callback(self._drained)
@@ -178,7 +187,7 @@ def _consume_outcome(written: asyncio.Future) -> None:
 class NotificationSocket(tornado.websocket.WebSocketHandler):
     def initialize(self, service: NotificationService, hub: Hub, verifier: TokenVerifier,
                    types: NotificationTypes, server: ServerSettings, websocket: WebSocketSettings,
-                   request_limiter: RateLimiter, auth_failures: RateLimiter) -> None:
+                   request_limiter: RateLimiter, auth_failures: RateLimiter, metrics: Metrics) -> None:
         self.service = service
         self.hub = hub
         self.verifier = verifier
@@ -187,7 +196,10 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
         self.ws_settings = websocket
         self.request_limiter = request_limiter
         self.auth_failures = auth_failures
+        self.metrics = metrics
+        self._close_counted = False
         self.remote_ip = self.request.remote_ip or ""
+        self._opened_at = time.monotonic()
         self.inbound = InboundLimit(websocket.messages_per_second,
                                     websocket.close_above_messages_per_second)
         self.principal: Principal | None = None
@@ -492,6 +504,12 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
     def _send_error(self, code: str, message: str) -> None:
         self._send("error", code=code, message=message)
 
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        if code is not None and not self._close_counted:
+            self._close_counted = True
+            self.metrics.socket_closes.labels(CLOSE_REASONS.get(code, str(code))).inc()
+        super().close(code, reason)
+
     def shutdown(self, code: int, reason: str) -> None:  # the hub's Connection.shutdown
         """Close after what is queued is sent (used at server shutdown)."""
         if self.outbox is None:
@@ -511,6 +529,10 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
             self._attached = False
 
     def on_close(self) -> None:
+        log_access("WS", self.request.path, 101, time.monotonic() - self._opened_at,
+                   self.user_id, self.client_id or self.remote_ip,
+                   ("closed", f"{self.close_code} {self.close_reason or ''}".strip())
+                   if self.close_code not in (None, 1000, 1001) else None)
         for timer in self._timers:
             timer.cancel()
         self._detach()

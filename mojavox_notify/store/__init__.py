@@ -14,6 +14,9 @@ unread counts per priority, kept exact by every change, so the hot paths never c
 
 from __future__ import annotations
 
+import functools
+import inspect
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +82,15 @@ class NotificationStore(ABC):
     description: str = "storage"
     #: Told of every failed operation (the storage watchdog listens here).
     on_failure: Callable[[BaseException], None] | None = None
+    #: Told how long each public operation took, by its name (metrics listen here).
+    on_operation: Callable[[str, float], None] | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every engine's public operations are timed for `on_operation`, in this one place."""
+        super().__init_subclass__(**kwargs)
+        for name, member in list(vars(cls).items()):
+            if not name.startswith("_") and inspect.iscoroutinefunction(member):
+                setattr(cls, name, _timed(name, member))
 
     def _report_failure(self, error: BaseException) -> None:
         if self.on_failure is not None:
@@ -226,6 +238,18 @@ class NotificationStore(ABC):
     @abstractmethod
     async def notifications_of_event(self, event_id: str) -> list[dict]:
         """The notifications stored for an event, in the order they were stored."""
+
+
+def _timed(name: str, method: Callable) -> Callable:
+    @functools.wraps(method)
+    async def timed(self: "NotificationStore", *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await method(self, *args, **kwargs)
+        finally:
+            if self.on_operation is not None:
+                self.on_operation(name, time.perf_counter() - started)
+    return timed
 
 
 def push_flags(push: Sequence[bool], count: int) -> tuple[bool, ...]:

@@ -1,0 +1,98 @@
+"""/metrics: who may read it, and that its figures follow what happens."""
+
+from __future__ import annotations
+
+import pytest
+import tornado.httpclient
+from prometheus_client.parser import text_string_to_metric_families
+
+from .support import Socket, new_user, post_event, token
+
+gen_test = pytest.mark.gen_test(timeout=30)
+ADMIN = token("ops", ["admin"])
+
+
+async def scrape(url: str, bearer: str | None = ADMIN) -> dict[tuple, float]:
+    headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
+    response = await tornado.httpclient.AsyncHTTPClient().fetch(url, headers=headers)
+    assert response.headers["Content-Type"].startswith("text/plain")
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(response.body.decode())
+            for sample in family.samples}
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+@gen_test
+async def test_metrics_need_the_admin_role_on_the_server_port(start_app):
+    app = await start_app()
+    assert (await app.api.get("/metrics"))[0] == 401
+    assert (await app.api.get("/metrics", token(new_user())))[0] == 403
+    samples = await scrape(f"{app.api.base_url}/metrics")
+    assert ("mojavox_sockets_open", ()) in samples
+
+
+@gen_test
+async def test_the_figures_follow_what_happens(start_app):
+    app = await start_app(**{"rate_limits.notifications_per_minute": 1})
+    url = f"{app.api.base_url}/metrics"
+    before = await scrape(url)
+    user = new_user()
+    socket = await Socket.open(app, token(user))
+    await socket.expect("connected")
+    await app.api.notify(user, type="payment_received", priority="high")
+    await socket.expect("notification")
+    status, _ = await app.api.post("/api/notifications", token("svc", ["service"]), {
+        "userId": user, "type": "payment_received", "title": "t", "message": "m"})
+    assert status == 429
+    await post_event(app, "payment.received", {"userId": new_user(), "amount": 1, "accountId": "A",
+                                                "debtorName": "D"}, event_id=f"e-{user}")
+    await post_event(app, "payment.received", {"userId": new_user(), "amount": 1, "accountId": "A",
+                                                "debtorName": "D"}, event_id=f"e-{user}")
+    await post_event(app, "no.such.event", {})
+    after = await scrape(url)
+
+    def grew(name: str, by: float = 1, **labels: str) -> bool:
+        return value(after, name, **labels) - value(before, name, **labels) == by
+
+    assert value(after, "mojavox_sockets_open") == 1 and value(after, "mojavox_users_online") == 1
+    assert grew("mojavox_notifications_created_total", 2, type="payment_received", priority="high")
+    assert grew("mojavox_create_to_publish_seconds_count", 2)
+    assert value(after, "mojavox_frames_sent_total") >= 3  # connected, notification, unread_count
+    assert grew("mojavox_broker_published_total", 2) and grew("mojavox_broker_received_total", 2)
+    assert grew("mojavox_broker_lag_seconds_count", 2)
+    assert grew("mojavox_rate_limited_total", 1, limit="notifications")
+    assert grew("mojavox_events_total", 1, type="payment.received", outcome="created")
+    assert grew("mojavox_events_total", 1, type="payment.received", outcome="repeat")
+    assert grew("mojavox_events_total", 1, type="unknown", outcome="refused")
+    assert value(after, "mojavox_storage_operation_seconds_count", operation="insert_many") >= 2
+    assert value(after, "mojavox_storage_up") == 1
+    socket.close()
+
+
+@gen_test
+async def test_slow_consumer_and_refused_sockets_are_counted_by_reason(start_app):
+    app = await start_app(**{"websocket.max_sockets_per_user": 1})
+    user = new_user()
+    first = await Socket.open(app, token(user))
+    await first.expect("connected")
+    second = await Socket.open(app, token(user))
+    assert await second.closed() == 4009
+    samples = await scrape(f"{app.api.base_url}/metrics")
+    assert value(samples, "mojavox_socket_closes_total", reason="too_many_sockets") == 1
+
+
+@gen_test
+async def test_metrics_can_be_served_open_on_a_separate_port_only(start_app):
+    app = await start_app(**{"metrics.access": "port", "metrics.port": 0})
+    assert (await app.api.get("/metrics", ADMIN))[0] == 404
+    samples = await scrape(f"http://127.0.0.1:{app.metrics_port}/metrics", bearer=None)
+    assert ("mojavox_sockets_open", ()) in samples
+
+
+@gen_test
+async def test_metrics_can_be_turned_off(start_app):
+    app = await start_app(**{"metrics.access": "off"})
+    assert (await app.api.get("/metrics", ADMIN))[0] == 404
