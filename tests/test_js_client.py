@@ -34,7 +34,7 @@ def node_binary() -> str:
 
 @pytest.fixture
 def server(tmp_path):
-    process = ServeProcess(tmp_path).start()
+    process = ServeProcess(tmp_path, **{"websocket.max_sockets_per_user": 3}).start()
     yield process
     process.stop()
 

@@ -82,6 +82,11 @@ const DEFAULTS = {
 
 /** Close codes after which the same token cannot succeed. */
 const AUTH_CLOSE_CODES = new Set([4001, 4002, 4003]);
+/** Refusals that an immediate retry would only meet again: too many sockets of this user
+ * (wait the longest backoff) and too many failed authentications from this address (a minute). */
+const CLOSE_TOO_MANY_SOCKETS = 4009;
+const CLOSE_AUTH_THROTTLED = 4029;
+const AUTH_THROTTLE_MS = 60000;
 /** The close code the client reports itself when the server stopped answering (a ping or a
  * connection attempt timed out). */
 const CLOSE_NO_ANSWER = 4000;
@@ -292,7 +297,10 @@ export class NotifyClient {
   _scheduleReconnect(code, reason) {
     if (!this._wanted) return;
     this._attempt += 1;
-    const delayMs = backoffDelay(this._attempt, this.options, this._random);
+    const floor = code === CLOSE_AUTH_THROTTLED ? AUTH_THROTTLE_MS
+      : code === CLOSE_TOO_MANY_SOCKETS ? this.options.maxDelayMs : 0;
+    const delayMs = Math.max(backoffDelay(this._attempt, this.options, this._random),
+      Math.round(floor * (1 + this._random() / 2)));
     this._setState('reconnecting', { attempt: this._attempt, delayMs, code, reason });
     this._timers.reconnect = setTimeout(() => this._open(), delayMs);
   }

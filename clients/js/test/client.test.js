@@ -242,6 +242,21 @@ describe('reconnection and resume', () => {
   });
 });
 
+describe('refusals', () => {
+  test('a socket over the per-user cap waits at least the longest backoff before trying again', async () => {
+    const user = newUser();
+    const open = [clientFor(user), clientFor(user), clientFor(user)]; // the test server allows 3
+    await Promise.all(open.map((client) => client.connect()));
+    const extra = clientFor(user, { minDelayMs: 10, maxDelayMs: 2000 });
+    const refused = next(extra, 'state', { where: (s) => s.state === 'reconnecting' && s.delayMs !== undefined });
+    extra.connect().catch(() => {});
+    const { code, delayMs } = await refused;
+    assert.equal(code, 4009);
+    assert.ok(delayMs >= 2000 && delayMs <= 3000, `delay ${delayMs}`);
+    extra.close();
+  });
+});
+
 describe('tokens', () => {
   test('token_expiring is answered with a token from getToken and refresh_token', async () => {
     const user = newUser();
