@@ -216,7 +216,7 @@ class NotifyApp:
                 "auth_failures": self.auth_failures, "metrics": self.metrics}),
         ]
         if settings.web.page:
-            routes += page_routes(common, settings.server.ws_path)
+            routes += page_routes(common, settings.server.ws_path, settings.web.action_base_url)
         return tornado.web.Application(
             routes,
             default_handler_class=NotFoundHandler, default_handler_args=common,

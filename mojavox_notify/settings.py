@@ -190,6 +190,7 @@ class WebSettings:
     cors_max_age_seconds: int = _check(_between(0, 86400), default=600)
     demo_user: str = _check(lambda value: None if value.strip() else "must name a user",
                             default="supervisor")
+    action_base_url: str | None = _check(_url_with_scheme("http", "https"), default=None)
 
 
 @dataclass(frozen=True)

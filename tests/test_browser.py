@@ -31,6 +31,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 SERVICE = token("browser-test-service", ["service"])
 ADMIN = token("browser-test-admin", ["admin"])
 VAPID_PUBLIC, VAPID_PRIVATE = new_vapid_pair()
+DASHBOARD = "https://app.mojavox.example"  # where relative action URLs lead
 
 
 def browser_binary() -> str:
@@ -86,6 +87,7 @@ def server(tmp_path_factory, other_origin):
     process = ServeProcess(tmp_path_factory.mktemp("serve"), **{
         "server.allowed_origins": [other_origin.origin],
         "server.ws_path": "/live/notifications",  # the page asks the server where its socket is
+        "web.action_base_url": DASHBOARD,
         "push.vapid_public_key": VAPID_PUBLIC, "push.vapid_private_key": VAPID_PRIVATE,
     }).start()
     yield process
@@ -165,7 +167,8 @@ def test_page_shows_history_live_arrivals_badge_counts_and_toasts(context, serve
     first = items(page).first
     expect(first.locator(".title")).to_have_text("Escalation")
     expect(first.locator(".message")).to_have_text("agent-7 requests supervisor intervention")
-    expect(first.locator("a.open")).to_have_attribute("href", f"{server.url}/live-monitor?call=c-1")
+    expect(first.locator("a.open")).to_have_attribute("href", f"{DASHBOARD}/live-monitor?call=c-1")
+    expect(first.locator("a.open")).to_have_attribute("target", "_blank")
     toasts = page.locator("#toasts .toast")
     expect(toasts).to_have_count(2)  # high and critical; not low or the history
     assert toasts.evaluate_all("nodes => nodes.map(node => node.dataset.id)") == [high["id"], critical["id"]]
@@ -203,7 +206,7 @@ def test_history_scrolls_in_pages_each_notification_once(context, server):
 def test_mark_read_in_one_tab_updates_the_other(context, server):
     user = new_user("tabs")
     first, second = open_center(context, server, user), open_center(context, server, user)
-    one = server.notify(user, title="one", priority="high")
+    one = server.notify(user, title="one", priority="high", actionUrl="/payment-history")
     two = server.notify(user, type="call_escalation", title="two", priority="critical")
     for page in (first, second):
         expect(items(page)).to_have_count(2)
@@ -217,6 +220,18 @@ def test_mark_read_in_one_tab_updates_the_other(context, server):
         expect(page.locator("#badge")).to_have_attribute("data-priority", "high")
         expect(page.locator(f'#toasts .toast[data-id="{two["id"]}"]')).to_have_count(0)
 
+    one_link = second.locator(f'li[data-id="{one["id"]}"] a.open')
+    with context.expect_page() as opened:
+        one_link.click()  # opening a notification's link marks it read
+    assert opened.value.url.startswith(f"{DASHBOARD}/payment-history") or opened.value.url.startswith("chrome-error")
+    opened.value.close()
+    for page in (first, second):
+        expect(page.locator(f'li[data-id="{one["id"]}"]')).not_to_have_class(re.compile(r"\bunread\b"))
+        expect(page.locator("#badge")).to_be_hidden()
+
+    server.notify(user, title="three", priority="low")
+    for page in (first, second):
+        expect(page.locator("#badge")).to_have_text("1")
     second.locator("#mark-all").click()
     for page in (first, second):
         expect(page.locator("#badge")).to_be_hidden()

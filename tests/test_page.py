@@ -34,9 +34,11 @@ async def test_the_page_is_served_at_the_root_with_a_strict_content_security_pol
 
 @pytest.mark.gen_test(timeout=30)
 async def test_the_page_is_told_where_the_socket_is(start_app):
-    app = await start_app(**{"server.ws_path": "/live/notifications"})
+    app = await start_app(**{"server.ws_path": "/live/notifications",
+                             "web.action_base_url": "https://app.mojavox.ai"})
     status, body = await app.api.get("/config.json")
-    assert (status, body) == (200, {"wsPath": "/live/notifications"})
+    assert (status, body) == (200, {"wsPath": "/live/notifications",
+                                    "actionBaseUrl": "https://app.mojavox.ai"})
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -81,7 +83,7 @@ def test_serve_prints_no_token_when_a_real_secret_is_configured(tmp_path):
 def test_web_settings_are_validated():
     from mojavox_notify.settings import SettingsError, load_settings
 
-    for key, value in (("web.demo_user", " "), ("web.cors_max_age_seconds", 90000), ("web.page", "sometimes")):
+    for key, value in (("web.demo_user", " "), ("web.cors_max_age_seconds", 90000), ("web.page", "sometimes"), ("web.action_base_url", "ftp://x")):
         with pytest.raises(SettingsError) as error:
             load_settings(None, environ={}, overrides={key: value})
         assert error.value.key == key

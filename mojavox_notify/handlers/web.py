@@ -49,18 +49,20 @@ class PageFileHandler(tornado.web.StaticFileHandler):
 
 
 class PageConfigHandler(BaseHandler):
-    """What the page needs to know of this deployment: where the socket is (`server.ws_path`)."""
+    """What the page and its service worker need to know of this deployment: where the socket
+    is (`server.ws_path`) and where relative action URLs lead (`web.action_base_url`)."""
 
     public = True
-    ws_path: str
+    config: dict
 
     async def get(self) -> None:
-        self.send_json({"wsPath": self.ws_path})
+        self.send_json(self.config)
 
 
-def page_routes(common: dict, ws_path: str) -> list[tuple]:
+def page_routes(common: dict, ws_path: str, action_base_url: str | None) -> list[tuple]:
+    config = {"wsPath": ws_path, "actionBaseUrl": action_base_url}
     return [
-        (r"/config\.json", PageConfigHandler, {**common, "ws_path": ws_path}),
+        (r"/config\.json", PageConfigHandler, {**common, "config": config}),
         (r"/()", PageFileHandler, {"path": str(STATIC_DIR), "default_filename": "index.html"}),
         (r"/(sw\.js|app\.js|app\.css|icon\.svg)", PageFileHandler, {"path": str(STATIC_DIR)}),
         (r"/client/(mojavox-notify\.js)", PageFileHandler, {"path": str(client_dir())}),

@@ -78,7 +78,8 @@ function showSignIn(message) {
   $('token-field').focus();
 }
 
-/** This deployment's socket path (server.ws_path), asked once. */
+/** This deployment's socket path (server.ws_path) and where relative action URLs lead
+ * (web.action_base_url), asked once. */
 let config = null;
 
 async function pageConfig() {
@@ -101,6 +102,7 @@ async function signIn(token) {
     ({ wsPath } = await pageConfig());
   } catch {
     wsPath = undefined; // the server is down: the client's default path, retried with backoff
+    config = null;
   }
   const client = new NotifyClient({ url: location.origin, token, wsPath });
   view.client = client;
@@ -296,7 +298,7 @@ function renderItem(payload) {
   if (details) body.append(details);
 
   const actions = element('div', 'actions');
-  const link = actionLink(payload.actionUrl);
+  const link = actionLink(payload.actionUrl, payload.id);
   if (link) actions.append(link);
   const markRead = element('button', 'mark-read', 'Mark read');
   markRead.type = 'button';
@@ -332,12 +334,13 @@ function dataDetails(data) {
   return list;
 }
 
-/** A link for a relative path or an http(s) URL; anything else (javascript:, data:) is not. */
-function actionLink(actionUrl) {
+/** A link for a relative path (on the dashboard, web.action_base_url) or an http(s) URL;
+ * anything else (javascript:, data:) is not one. Opening it marks the notification read. */
+function actionLink(actionUrl, notificationId) {
   if (typeof actionUrl !== 'string' || !actionUrl) return null;
   let url;
   try {
-    url = new URL(actionUrl, location.origin);
+    url = new URL(actionUrl, (config && config.actionBaseUrl) || location.origin);
   } catch {
     return null;
   }
@@ -348,6 +351,10 @@ function actionLink(actionUrl) {
     link.target = '_blank';
     link.rel = 'noopener noreferrer';
   }
+  link.addEventListener('click', () => {
+    const entry = view.items.get(notificationId);
+    if (view.client && (!entry || !entry.payload.read)) view.client.markRead(notificationId).catch(() => {});
+  });
   return link;
 }
 
@@ -411,7 +418,7 @@ function showToast(payload) {
   const text = element('div', 'toast-text');
   text.append(element('strong', 'title', payload.title), element('span', 'message', payload.message));
   const buttons = element('div', 'toast-actions');
-  const link = actionLink(payload.actionUrl);
+  const link = actionLink(payload.actionUrl, payload.id);
   if (link) buttons.append(link);
   const read = element('button', 'mark-read', 'Mark read');
   read.type = 'button';

@@ -112,11 +112,22 @@ async function fetchNotification(id) {
   }
 }
 
-/** Focus a tab already showing the URL, or open one. Only http(s) URLs are opened. */
+/** Where relative action URLs lead: the dashboard (web.action_base_url), else this origin. */
+async function actionBase() {
+  try {
+    const config = await (await fetch('/config.json')).json();
+    return config.actionBaseUrl || self.location.origin;
+  } catch {
+    return self.location.origin;
+  }
+}
+
+/** Focus a tab already showing the URL, or open one. Only http(s) URLs are opened; without an
+ * actionUrl, the notification center itself. */
 async function openPage(actionUrl) {
   let url;
   try {
-    url = new URL(actionUrl || '/', self.location.origin);
+    url = actionUrl ? new URL(actionUrl, await actionBase()) : new URL('/', self.location.origin);
   } catch {
     url = new URL('/', self.location.origin);
   }
