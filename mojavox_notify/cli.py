@@ -164,6 +164,9 @@ def settings_file(given: str | None) -> str | None:
 def _serve(args) -> int:
     settings = _load(args, **{"server.host": args.host, "server.port": args.port})
     configure_logging(settings.logging)
+    if settings_file(args.settings) is None:
+        log.info("no settings file (--settings, $MOJAVOX_SETTINGS or ./settings.yaml): running on "
+                 "the defaults and the environment; `mojavox-notify check` tells what is in use")
     return asyncio.run(_serve_until_signalled(settings))
 
 

@@ -1,9 +1,11 @@
 """Plugin discovery and the calls into plugins.
 
-Plugins come from three places, all feeding one `pluggy.PluginManager` owned by the
-application: `.py` modules in the plugins folder, installed packages exposing the entry point
-group `mojavox_notify`, and objects a test or an embedding program passes in. The settings'
-`enabled` / `disabled` lists pick among them by name (module file stem or entry point name).
+Plugins come from four places, all feeding one `pluggy.PluginManager` owned by the
+application: the built-in ones (`builtin_plugins/`), `.py` modules in the plugins folder,
+installed packages exposing the entry point group `mojavox_notify`, and objects a test or an
+embedding program passes in. The settings' `enabled` / `disabled` lists pick among them by name
+(module name, file stem or entry point name). A plugin of a built-in's name replaces it;
+`plugins.builtin: false` leaves the built-in ones out.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any, Callable, Iterable
 
 import pluggy
 
-from . import hookspecs
+from . import builtin_plugins, hookspecs
 from .model import NotificationType, NotificationTypes
 from .settings import Settings
 
@@ -48,6 +50,8 @@ def build_plugin_manager(settings: Settings, extra: Iterable[tuple[str, Any]] = 
             candidates += _modules_in(settings.resolve_path(directory))
         candidates += _entry_points()
     candidates += [(name, lambda plugin=plugin: plugin) for name, plugin in extra]
+    if discover and settings.plugins.builtin:
+        candidates = _builtins_not_replaced(candidates) + candidates
     selected = _select(candidates, settings.plugins.enabled, settings.plugins.disabled)
     for name, load in selected:
         _register(manager, name, load())
@@ -56,6 +60,14 @@ def build_plugin_manager(settings: Settings, extra: Iterable[tuple[str, Any]] = 
     except pluggy.PluginValidationError as error:
         raise PluginError(_name_of(manager, error.plugin), str(error)) from None
     return manager
+
+
+def _builtins_not_replaced(others: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    replaced = {name for name, _ in others} & set(builtin_plugins.NAMES)
+    for name in sorted(replaced):
+        log.info("plugin %s replaces the built-in one of that name", name)
+    return [(name, lambda name=name: importlib.import_module(f"{builtin_plugins.__name__}.{name}"))
+            for name in builtin_plugins.NAMES if name not in replaced]
 
 
 def _modules_in(directory: Path) -> list[tuple[str, Any]]:

@@ -164,6 +164,7 @@ class RetentionSettings:
 
 @dataclass(frozen=True)
 class PluginSettings:
+    builtin: bool = True
     directory: str | None = "plugins"
     enabled: tuple[str, ...] = ()
     disabled: tuple[str, ...] = ()

@@ -354,6 +354,15 @@ def test_service_worker_shows_the_push_payload_full_or_minimal(context, server):
                              "actionUrl": "/payment-history"},
                     "requireInteraction": False, "renotify": False}
 
+    def worker_has_token(present: bool) -> None:
+        for _ in range(100):  # (wait_for_function does not await an async predicate)
+            if page.evaluate("""async () => Boolean(await (await caches.open('mojavox-notify-sw'))
+                .match('/__mojavox/token'))""") is present:
+                return
+            page.wait_for_timeout(50)
+        raise AssertionError(f"the service worker's token is {'missing' if present else 'still there'}")
+
+    worker_has_token(True)  # the page handed its token over, for minimal payloads
     stored = server.notify(user, type="call_escalation", title="Escalation", priority="critical",
                            message="agent-7 requests supervisor intervention", actionUrl="/live-monitor?call=c-9")
     deliver({"id": stored["id"], "type": "call_escalation", "priority": "critical"})
@@ -367,7 +376,8 @@ def test_service_worker_shows_the_push_payload_full_or_minimal(context, server):
         .map(n => ({ title: n.title, tag: n.tag, requireInteraction: n.requireInteraction }))""")
     assert {"title": "Escalation", "tag": f"mojavox-{stored['id']}", "requireInteraction": True} in on_screen
 
-    page.evaluate("document.getElementById('sign-out').click()")  # the worker forgets the token
+    page.evaluate("document.getElementById('sign-out').click()")
+    worker_has_token(False)  # signing out makes the worker forget the token
     second = server.notify(user, type="call_escalation", title="Escalation 2", priority="critical")
     deliver({"id": second["id"], "type": "call_escalation", "priority": "critical"})
     signed_out = shown_when(3)[2]

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from mojavox_notify.handlers.web import client_dir
+from mojavox_notify.handlers.web import STATIC_DIR
 
 from .servers import ROOT, ServeProcess
 from .support import TEST_SECRET
@@ -47,9 +47,15 @@ async def test_the_page_imports_the_client_of_clients_js(start_app):
     status, served = await app.api.get("/client/mojavox-notify.js")
     assert status == 200
     assert served == (ROOT / "clients" / "js" / "mojavox-notify.js").read_text(encoding="utf-8")
-    assert client_dir() == ROOT / "clients" / "js"
     status, body = await app.api.get("/client/../settings.yaml")
     assert status == 404
+
+
+def test_the_packaged_client_is_the_one_of_clients_js():
+    source = (ROOT / "clients" / "js" / "mojavox-notify.js").read_bytes()
+    packaged = (STATIC_DIR / "mojavox-notify.js").read_bytes()
+    assert packaged == source, ("the page's copy of the client differs from clients/js: "
+                                "cp clients/js/mojavox-notify.js mojavox_notify/static/")
 
 
 @pytest.mark.gen_test(timeout=30)

@@ -74,7 +74,7 @@ def forget_module(monkeypatch, name: str) -> None:
 async def test_plugin_in_a_plugins_folder_adds_a_type_and_event_type_end_to_end(start_app, tmp_path):
     folder = write_plugins(tmp_path / "plugins", reminders=REMINDERS,
                            _helpers="raise RuntimeError('files starting with _ are not plugins')")
-    app = await start_app(**{"plugins.directory": str(folder)})
+    app = await start_app(**{"plugins.directory": str(folder), "plugins.builtin": False})
     assert app.plugins.types.names == ["callback_due"]
 
     user = new_user()
@@ -98,7 +98,8 @@ async def test_relative_plugins_folder_is_found_next_to_the_settings_file(start_
                                                                          tmp_path):
     write_plugins(tmp_path / "deployment" / "local_plugins", reminders=REMINDERS)
     settings_file = tmp_path / "deployment" / "settings.yaml"
-    settings_file.write_text("plugins:\n  directory: local_plugins\n", encoding="utf-8")
+    settings_file.write_text("plugins:\n  directory: local_plugins\n  builtin: false\n",
+                             encoding="utf-8")
     shared = make_settings()
     settings = load_settings(settings_file, environ={}, overrides={
         "storage.url": shared.storage.url,
@@ -209,13 +210,27 @@ def test_entry_point_that_cannot_be_loaded_stops_start_up_naming_it(make_setting
         "ModuleNotFoundError: No module named 'demo_broken_missing_module'")
 
 
-def test_entry_point_with_the_name_of_a_folder_plugin_stops_start_up(make_settings,
+def test_entry_point_with_the_name_of_a_folder_plugin_stops_start_up(make_settings, tmp_path,
                                                                     installed_distribution):
-    installed_distribution("demo_plugin", DEMO_PLUGIN, {"payment_service": "demo_plugin"})
+    folder = write_plugins(tmp_path / "plugins", reminders=REMINDERS)
+    installed_distribution("demo_plugin", DEMO_PLUGIN, {"reminders": "demo_plugin"})
     with pytest.raises(PluginError) as error:
-        NotifyApp(make_settings())
-    assert str(error.value) == ("plugin payment_service: is provided twice "
+        NotifyApp(make_settings(**{"plugins.directory": str(folder)}))
+    assert str(error.value) == ("plugin reminders: is provided twice "
                                 "(plugins folder and entry point?)")
+
+
+def test_a_plugin_named_like_a_built_in_one_replaces_it(make_settings, installed_distribution):
+    installed_distribution("demo_plugin", DEMO_PLUGIN, {"payment_service": "demo_plugin"})
+    app = NotifyApp(make_settings())
+    assert sorted(name for name, _ in app.plugins.manager.list_name_plugin()) == SHIPPED
+    assert "demo.ping" in app.plugins.event_types and "payment.received" not in app.plugins.event_types
+
+
+def test_built_in_plugins_can_be_left_out(make_settings, tmp_path):
+    folder = write_plugins(tmp_path / "plugins", reminders=REMINDERS)
+    app = NotifyApp(make_settings(**{"plugins.directory": str(folder), "plugins.builtin": False}))
+    assert [name for name, _ in app.plugins.manager.list_name_plugin()] == ["reminders"]
 
 
 # -- enabled / disabled --------------------------------------------------------------------------
@@ -335,7 +350,7 @@ def test_type_registered_twice_with_different_priorities_stops_start_up(make_set
 def test_type_registered_twice_with_the_same_settings_is_one_type(make_settings, tmp_path):
     folder = write_plugins(tmp_path / "plugins", a_alarms=alarm_plugin("high"),
                            b_alarms=alarm_plugin("high"))
-    app = NotifyApp(make_settings(**{"plugins.directory": str(folder)}))
+    app = NotifyApp(make_settings(**{"plugins.directory": str(folder), "plugins.builtin": False}))
     assert [(t.name, t.default_priority) for t in app.plugins.types] == [("alarm", "high")]
 
 

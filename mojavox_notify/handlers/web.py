@@ -1,8 +1,9 @@
 """The notification center page at `/`: static files, no build step, no templating.
 
 The page, its service worker (at `/sw.js`, so its scope is the whole origin) and the JavaScript
-client (`/client/mojavox-notify.js`, the same file as `clients/js/`) are served as they are on
-disk, with a Content-Security-Policy that allows only this origin's scripts and sockets.
+client (`/client/mojavox-notify.js`, a copy of `clients/js/mojavox-notify.js` that the tests keep
+identical, so that wheels carry it) are served as they are on disk, with a
+Content-Security-Policy that allows only this origin's scripts and sockets.
 """
 
 from __future__ import annotations
@@ -14,19 +15,11 @@ import tornado.web
 from .base import BaseHandler
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
-CLIENT_FILE = "mojavox-notify.js"
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; worker-src 'self'; base-uri 'none'; form-action 'self'; "
     "frame-ancestors 'none'")
-
-
-def client_dir() -> Path:
-    """Where `mojavox-notify.js` is: `clients/js/` in a source checkout (an editable install),
-    or the copy that setup.py's build puts into the package's static folder."""
-    checkout = Path(__file__).resolve().parents[2] / "clients" / "js"
-    return checkout if (checkout / CLIENT_FILE).is_file() else STATIC_DIR
 
 
 class PageFileHandler(tornado.web.StaticFileHandler):
@@ -65,5 +58,5 @@ def page_routes(common: dict, ws_path: str, action_base_url: str | None) -> list
         (r"/config\.json", PageConfigHandler, {**common, "config": config}),
         (r"/()", PageFileHandler, {"path": str(STATIC_DIR), "default_filename": "index.html"}),
         (r"/(sw\.js|app\.js|app\.css|icon\.svg)", PageFileHandler, {"path": str(STATIC_DIR)}),
-        (r"/client/(mojavox-notify\.js)", PageFileHandler, {"path": str(client_dir())}),
+        (r"/client/(mojavox-notify\.js)", PageFileHandler, {"path": str(STATIC_DIR)}),
     ]
