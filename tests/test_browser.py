@@ -239,6 +239,28 @@ def test_mark_read_in_one_tab_updates_the_other(context, server):
         assert page.title() == "MOJAVOX Notify"
 
 
+def test_unread_only_filter_and_delete(context, server):
+    user = new_user("filter")
+    first, second, third = (server.notify(user, title=f"n{n}", priority="medium") for n in range(3))
+    server.call("POST", f"/api/notifications/{second['id']}/read", token(user))
+    page = open_center(context, server, user)
+    expect(items(page)).to_have_count(3)
+    page.locator("#unread-only").check()
+    expect(items(page)).to_have_count(2)
+    assert listed_ids(page) == [third["id"], first["id"]]
+
+    server.call("POST", f"/api/notifications/{first['id']}/read", token(user))  # read elsewhere
+    expect(items(page)).to_have_count(1)
+    page.locator(f'li[data-id="{third["id"]}"] button.delete').click()
+    expect(items(page)).to_have_count(0)
+    expect(page.locator("#list-end")).to_have_text("Nothing unread.")
+    page.locator("#unread-only").uncheck()
+    expect(items(page)).to_have_count(2)
+    assert listed_ids(page) == [second["id"], first["id"]]
+    status, body = server.call("GET", "/api/notifications", token(user))
+    assert [n["id"] for n in body["notifications"]] == [second["id"], first["id"]]
+
+
 def test_server_killed_and_restarted_the_page_resumes_without_missing_or_repeating(context, server, tmp_path):
     user = new_user("restart")
     before = server.notify(user, title="before", priority="low")

@@ -236,15 +236,19 @@ async function loadMore() {
     if (client !== view.client) return;
     for (const payload of page.notifications) upsert(payload);
     view.hasMore = page.hasMore;
-    $('list-end').textContent = view.items.size === 0
-      ? (view.unreadOnly ? 'Nothing unread.' : 'No notifications yet.')
-      : (page.hasMore ? 'Loading…' : 'That is all.');
+    renderListEnd();
   } catch (error) {
     $('list-end').textContent = `Could not load notifications: ${error.message}`;
   } finally {
     view.loading = false;
   }
   if (view.hasMore && isVisible($('list-end'))) loadMore();
+}
+
+function renderListEnd() {
+  if (view.hasMore) $('list-end').textContent = 'Loading…';
+  else if (view.items.size) $('list-end').textContent = 'That is all.';
+  else $('list-end').textContent = view.unreadOnly ? 'Nothing unread.' : 'No notifications yet.';
 }
 
 function isVisible(element) {
@@ -276,7 +280,7 @@ function upsert(payload) {
     }
   }
   list.insertBefore(element, before);
-  if (view.items.size && $('list-end').textContent.startsWith('No notifications')) $('list-end').textContent = 'That is all.';
+  if (!view.loading) renderListEnd();
 }
 
 function renderItem(payload) {
@@ -397,6 +401,7 @@ function removeItem(notificationId) {
   entry.element.remove();
   view.items.delete(notificationId);
   dismissToast(notificationId);
+  if (!view.loading) renderListEnd();
 }
 
 // -- toasts for high and critical ------------------------------------------------------------------
