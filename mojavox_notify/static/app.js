@@ -28,6 +28,8 @@ const view = {
   items: new Map(),
   hasMore: true,
   loading: false,
+  /** History is read only once the socket is live (see the 'connected' listener). */
+  live: false,
   unreadOnly: false,
   settings: null,
   pushRegistration: null,
@@ -93,6 +95,7 @@ async function pageConfig() {
 async function signIn(token) {
   if (view.client) view.client.close();
   view.client = null;
+  view.live = false;
   sessionStorage.setItem(TOKEN_KEY, token);
   $('signin').hidden = true;
   $('center').hidden = false;
@@ -114,6 +117,7 @@ async function signIn(token) {
       // After the socket is live, so nothing created in between is missed: a notification is
       // either delivered live or already in the first page (shown once either way).
       firstConnection = false;
+      view.live = true;
       loadMore();
       loadSettings();
       setUpPush();
@@ -226,7 +230,7 @@ function reloadList() {
 
 async function loadMore() {
   const client = view.client;
-  if (!client || view.loading || !view.hasMore) return;
+  if (!client || !view.live || view.loading || !view.hasMore) return;
   view.loading = true;
   try {
     // The list is the newest-first prefix of the user's notifications; asking from a few
