@@ -19,7 +19,7 @@ import tornado.web
 
 from .auth import build_verifier
 from .broker import Broker, InProcessBroker
-from .handlers.admin import HealthHandler, MetricsHandler, PluginsHandler
+from .handlers.admin import DocumentHandler, HealthHandler, MetricsHandler, PluginsHandler
 from .handlers.base import Cors, InFlight, NotFoundHandler, log_request
 from .handlers.events import EventsHandler
 from .handlers.rest import (MarkAllReadHandler, MarkReadHandler, NotificationHandler,
@@ -34,6 +34,7 @@ from .logs import redact_tornado_logs
 from .metrics import Metrics, counter, gauge
 from .model import Event
 from .plugins import Plugins, build_plugin_manager
+from .protocol import protocol_document
 from .push import PushSender
 from .push_worker import PushWorker
 from .ratelimit import RateLimiter
@@ -209,6 +210,7 @@ class NotifyApp:
             *([(r"/metrics", MetricsHandler, {**common, "metrics": self.metrics})]
               if settings.metrics.access == "admin" else []),
             (r"/healthz", HealthHandler, {**common, "checks": self.health}),
+            (r"/protocol.json", DocumentHandler, {**common, "document": protocol_document()}),
             (settings.server.ws_path, NotificationSocket, {
                 "service": self.service, "hub": self.hub, "verifier": self.verifier,
                 "types": self.plugins.types, "server": settings.server,

@@ -8,11 +8,14 @@ import time
 import uuid
 from typing import Any
 
+import jsonschema
 import jwt
 import pytest
 import tornado.httpclient
 import tornado.httputil
 import tornado.websocket
+
+from mojavox_notify.protocol import SERVER_FRAMES
 
 
 TEST_SECRET = "test-secret-for-mojavox-notify-0123456789"
@@ -87,6 +90,16 @@ class Api:
         return body
 
 
+FRAME_VALIDATORS = {name: jsonschema.Draft202012Validator(schema)
+                    for name, schema in SERVER_FRAMES.items()}
+
+
+def check_server_frame(frame: Any) -> None:
+    assert isinstance(frame, dict) and frame.get("type") in FRAME_VALIDATORS, frame
+    errors = sorted(FRAME_VALIDATORS[frame["type"]].iter_errors(frame), key=lambda e: e.path)
+    assert not errors, f"frame does not match its schema: {errors[0].message} in {frame}"
+
+
 class Socket:
     """A dashboard socket: `receive()` returns the next frame, `expect(type)` the next of a type."""
 
@@ -114,11 +127,13 @@ class Socket:
         await self.connection.write_message(text, binary=isinstance(text, bytes))
 
     async def receive(self, timeout: float = 5.0) -> dict | None:
-        """The next frame, or None when the server closed the socket."""
+        """The next frame, or None when the server closed the socket. Every frame must match
+        its published schema (mojavox_notify/protocol.py)."""
         text = await asyncio.wait_for(self.connection.read_message(), timeout)
         if text is None:
             return None
         frame = json.loads(text)
+        check_server_frame(frame)
         self.frames.append(frame)
         return frame
 

@@ -25,7 +25,7 @@ from mojavox_notify.app import NotifyApp
 from mojavox_notify.settings import load_settings
 
 from .conftest import PLUGINS_DIR
-from .support import ENGINES, TEST_SECRET, new_user, token
+from .support import ENGINES, TEST_SECRET, check_server_frame, new_user, token
 
 FUZZ = settings(deadline=None, suppress_health_check=list(HealthCheck), database=None)
 SERVICE = token("fuzz-service", ["service"], ttl=3600)
@@ -237,6 +237,7 @@ async def answer_of(connection, frame: bytes) -> list[dict]:
         message = await asyncio.wait_for(connection.read_message(), 10)
         assert message is not None, f"the socket closed ({connection.close_code}) after {frame[:100]!r}"
         received.append(json.loads(message))
+        check_server_frame(received[-1])
         if received[-1]["type"] == "pong":
             return received
 

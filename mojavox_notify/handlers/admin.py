@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -44,3 +45,15 @@ class MetricsHandler(BaseHandler):
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.set_header("Cache-Control", "no-store")
         self.finish(self.metrics.exposition())
+
+
+class DocumentHandler(BaseHandler):
+    """A published description of the API (the socket's frame schemas), open to anyone."""
+
+    public = True
+    document: dict
+
+    async def get(self) -> None:
+        self.set_header("Content-Type", "application/schema+json")
+        self.set_header("Cache-Control", "public, max-age=300")
+        self.finish(json.dumps(self.document, indent=1))
