@@ -8,6 +8,7 @@ nothing is wiped between tests.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -101,7 +102,7 @@ def make_settings(storage_overrides, tmp_path):
 
 
 @pytest.fixture
-def start_app(io_loop, make_settings):
+async def start_app(make_settings):
     """`await start_app(**settings_overrides)` → a running NotifyApp on a free loopback port.
 
     Pass `plugins=[(name, module)]` and `discover_plugins=False` to choose its plugins exactly.
@@ -126,7 +127,8 @@ def start_app(io_loop, make_settings):
 
     yield start
     for app in reversed(started):
-        io_loop.run_sync(app.stop, timeout=30)
+        async with asyncio.timeout(30):
+            await app.stop()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -54,7 +54,7 @@ def public_pem(private_key) -> str:
 
 # -- HS256 -----------------------------------------------------------------------------------
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_valid_token_lists_the_users_notifications(start_app):
     app = await start_app()
     user = new_user()
@@ -63,7 +63,7 @@ async def test_valid_token_lists_the_users_notifications(start_app):
     assert body["notifications"] == [] and body["total"] == 0
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_expired_token_is_refused(start_app):
     app = await start_app()
     status, body = await app.api.get(LIST, token(new_user(), ttl=-3600))
@@ -71,14 +71,14 @@ async def test_expired_token_is_refused(start_app):
     assert_error(body, "token_expired")
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_token_expired_within_the_leeway_is_still_accepted(start_app):
     app = await start_app(**{"auth.leeway_seconds": 60})
     status, _ = await app.api.get(LIST, token(new_user(), ttl=-10))
     assert status == 200
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_forged_signature_is_refused(start_app):
     app = await start_app()
     forged = token(new_user(), secret="another-secret-of-more-than-32-bytes-000")
@@ -87,7 +87,7 @@ async def test_forged_signature_is_refused(start_app):
     assert_error(body, "token_invalid")
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_tampered_claims_are_refused(start_app):
     app = await start_app()
     header, _, signature = token(new_user()).split(".")
@@ -97,7 +97,7 @@ async def test_tampered_claims_are_refused(start_app):
     assert_error(body, "token_invalid")
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_alg_none_token_is_refused(start_app):
     app = await start_app()
     unsigned = hand_made_token({"alg": "none", "typ": "JWT"}, claims_for(new_user(), roles=["service"]))
@@ -107,7 +107,7 @@ async def test_alg_none_token_is_refused(start_app):
         assert_error(body, "token_invalid")
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_token_without_exp_is_refused(start_app):
     app = await start_app()
     status, body = await app.api.get(LIST, token(new_user(), ttl=None))
@@ -115,7 +115,7 @@ async def test_token_without_exp_is_refused(start_app):
     assert "exp" in assert_error(body, "token_invalid")["message"]
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_token_without_sub_is_refused(start_app):
     app = await start_app()
     claims = {"roles": [], "exp": int(time.time()) + 3600}
@@ -124,7 +124,7 @@ async def test_token_without_sub_is_refused(start_app):
     assert_error(body, "token_invalid")
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_roles_that_are_not_a_list_of_strings_are_refused(start_app):
     app = await start_app()
     status, body = await app.api.get(LIST, token(new_user(), roles=[1, 2]))
@@ -132,7 +132,7 @@ async def test_roles_that_are_not_a_list_of_strings_are_refused(start_app):
     assert_error(body, "token_invalid")
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_creating_a_notification_without_the_service_role_is_forbidden(start_app):
     app = await start_app()
     user = new_user()
@@ -144,7 +144,7 @@ async def test_creating_a_notification_without_the_service_role_is_forbidden(sta
     assert body["total"] == 0
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_creating_a_notification_with_the_service_role_is_allowed(start_app):
     app = await start_app()
     user = new_user()
@@ -153,7 +153,7 @@ async def test_creating_a_notification_with_the_service_role_is_allowed(start_ap
     assert status == 201
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_missing_token_gives_a_json_401(start_app):
     app = await start_app()
     status, body = await app.api.get(LIST)
@@ -161,7 +161,7 @@ async def test_missing_token_gives_a_json_401(start_app):
     assert_error(body, "token_missing")
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize("header", ["Basic dXNlcjpwYXNz", "Bearer", "Bearer   ", "Token abc.def.ghi",
                                     "Bearer not-a-jwt", "Bearer a.b.c"])
 async def test_malformed_authorization_header_gives_a_json_401(start_app, header):
@@ -172,7 +172,7 @@ async def test_malformed_authorization_header_gives_a_json_401(start_app, header
     assert body["error"]["code"] in ("token_missing", "token_invalid")
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_bearer_scheme_is_case_insensitive(start_app):
     app = await start_app()
     status, _ = await app.api.get(LIST, headers={"Authorization": f"bearer {token(new_user())}"})
@@ -181,7 +181,7 @@ async def test_bearer_scheme_is_case_insensitive(start_app):
 
 # -- RS256 / ES256 -----------------------------------------------------------------------------
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_rs256_token_is_accepted_with_a_configured_public_key(start_app):
     key = rsa_key()
     app = await start_app(**{"auth.algorithm": "RS256", "auth.public_key": public_pem(key)})
@@ -191,7 +191,7 @@ async def test_rs256_token_is_accepted_with_a_configured_public_key(start_app):
     assert status == 200, body
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_rs256_public_key_can_come_from_a_file(start_app, tmp_path):
     key = rsa_key()
     key_file = tmp_path / "idp-public.pem"
@@ -201,7 +201,7 @@ async def test_rs256_public_key_can_come_from_a_file(start_app, tmp_path):
     assert status == 200
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_rs256_token_signed_by_another_key_is_refused(start_app):
     app = await start_app(**{"auth.algorithm": "RS256", "auth.public_key": public_pem(rsa_key())})
     signed = jwt.encode(claims_for(new_user()), rsa_key(), algorithm="RS256")
@@ -210,7 +210,7 @@ async def test_rs256_token_signed_by_another_key_is_refused(start_app):
     assert_error(body, "token_invalid")
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_hs256_token_signed_with_the_public_key_is_refused_under_rs256(start_app):
     """Algorithm confusion: the public key is no secret, so it must never verify an HMAC."""
     key = rsa_key()
@@ -225,14 +225,14 @@ async def test_hs256_token_signed_with_the_public_key_is_refused_under_rs256(sta
     assert_error(body, "token_invalid")
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_hs256_token_with_the_shared_secret_is_refused_under_rs256(start_app):
     app = await start_app(**{"auth.algorithm": "RS256", "auth.public_key": public_pem(rsa_key())})
     status, _ = await app.api.get(LIST, token(new_user()))
     assert status == 401
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_es256_token_is_accepted_with_a_configured_public_key(start_app):
     key = ec.generate_private_key(ec.SECP256R1())
     app = await start_app(**{"auth.algorithm": "ES256", "auth.public_key": public_pem(key)})
@@ -244,7 +244,7 @@ async def test_es256_token_is_accepted_with_a_configured_public_key(start_app):
     assert_error(body, "token_invalid")
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_rs256_token_is_refused_when_es256_is_configured(start_app):
     key = ec.generate_private_key(ec.SECP256R1())
     app = await start_app(**{"auth.algorithm": "ES256", "auth.public_key": public_pem(key)})
@@ -254,7 +254,7 @@ async def test_rs256_token_is_refused_when_es256_is_configured(start_app):
 
 # -- audience and issuer -------------------------------------------------------------------------
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_audience_and_issuer_are_enforced_when_configured(start_app):
     app = await start_app(**{"auth.audience": "mojavox-dashboard", "auth.issuer": "https://id.mojavox.ai"})
     user = new_user()
@@ -273,7 +273,7 @@ async def test_audience_and_issuer_are_enforced_when_configured(start_app):
         assert_error(body, "token_invalid")
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_audience_is_not_required_when_not_configured(start_app):
     app = await start_app()
     status, _ = await app.api.get(LIST, token(new_user(), aud="whatever", iss="anyone"))
@@ -299,7 +299,7 @@ def jwk(private_key, kid: str) -> dict:
 
 
 @pytest.fixture
-def jwks_server(io_loop):
+async def jwks_server():
     """A tiny identity provider on 127.0.0.1: serves `document` at /jwks and counts fetches."""
     servers = []
 
@@ -318,7 +318,7 @@ def jwks_server(io_loop):
         server.stop()
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_jwks_key_is_chosen_by_the_tokens_kid(start_app, jwks_server):
     first, second = rsa_key(), rsa_key()
     url, fetches = jwks_server({"keys": [jwk(first, "key-1"), jwk(second, "key-2")]})
@@ -343,7 +343,7 @@ async def test_jwks_key_is_chosen_by_the_tokens_kid(start_app, jwks_server):
     assert len(fetches) == 1, "the JWKS is cached, and an unknown kid does not refetch at once"
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_jwks_does_not_allow_an_hs256_token_signed_with_a_published_key(start_app, jwks_server):
     key = rsa_key()
     url, _ = jwks_server({"keys": [jwk(key, "key-1")]})
@@ -355,7 +355,7 @@ async def test_jwks_does_not_allow_an_hs256_token_signed_with_a_published_key(st
     assert status == 401
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_unreachable_jwks_gives_401_not_500(start_app, jwks_server):
     url, _ = jwks_server({"keys": []})
     app = await start_app(**{"auth.algorithm": "RS256", "auth.jwks_url": url.replace("/jwks", "/gone")})

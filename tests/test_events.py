@@ -24,7 +24,7 @@ def new_event_id() -> str:
 
 # -- idempotency ---------------------------------------------------------------------------------
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_same_event_id_three_times_creates_one_notification_and_returns_its_id(start_app):
     app = await start_app()
     user, event_id = new_user(), new_event_id()
@@ -37,7 +37,7 @@ async def test_same_event_id_three_times_creates_one_notification_and_returns_it
     assert [n["id"] for n in await notifications_of(app, user)] == first
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_concurrent_posts_of_one_event_id_create_one_notification(start_app):
     app = await start_app()
     user, event_id = new_user(), new_event_id()
@@ -49,7 +49,7 @@ async def test_concurrent_posts_of_one_event_id_create_one_notification(start_ap
     assert [n["id"] for n in await notifications_of(app, user)] == list(ids.pop())
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_concurrent_system_alert_with_one_id_notifies_each_user_once(start_app):
     app = await start_app()
     users, event_id = [new_user("ops") for _ in range(3)], new_event_id()
@@ -62,7 +62,7 @@ async def test_concurrent_system_alert_with_one_id_notifies_each_user_once(start
         assert len(await notifications_of(app, user)) == 1
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.timeout(60)
 async def test_event_id_seen_before_a_restart_creates_nothing_after_it(start_app, make_settings):
     settings = make_settings()
     app = await start_app(settings=settings)
@@ -78,7 +78,7 @@ async def test_event_id_seen_before_a_restart_creates_nothing_after_it(start_app
     assert [n["id"] for n in await notifications_of(restarted, user)] == body["notifications"]
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_event_id_reused_for_another_event_type_is_a_400(start_app):
     app = await start_app()
     user, event_id = new_user(), new_event_id()
@@ -92,7 +92,7 @@ async def test_event_id_reused_for_another_event_type_is_a_400(start_app):
     assert len(await notifications_of(app, user)) == 1
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_rejected_event_does_not_use_up_its_id(start_app):
     app = await start_app()
     user, event_id = new_user(), new_event_id()
@@ -103,7 +103,7 @@ async def test_rejected_event_does_not_use_up_its_id(start_app):
     assert [n["id"] for n in await notifications_of(app, user)] == body["notifications"]
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_events_without_id_are_not_deduplicated(start_app):
     app = await start_app()
     user = new_user()
@@ -114,7 +114,7 @@ async def test_events_without_id_are_not_deduplicated(start_app):
     assert len(await notifications_of(app, user)) == 2
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_malformed_event_ids_and_fields_are_400s_naming_them(start_app):
     app = await start_app()
     user = new_user()
@@ -136,7 +136,7 @@ async def test_malformed_event_ids_and_fields_are_400s_naming_them(start_app):
 
 # -- in-process emit ----------------------------------------------------------------------------
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_app_emit_creates_the_notification_and_delivers_it_to_a_live_socket(start_app):
     app = await start_app()
     user = new_user()
@@ -150,7 +150,7 @@ async def test_app_emit_creates_the_notification_and_delivers_it_to_a_live_socke
     socket.close()
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_app_emit_and_http_share_idempotency_by_event_id(start_app):
     app = await start_app()
     user, event_id = new_user(), new_event_id()
@@ -161,7 +161,7 @@ async def test_app_emit_and_http_share_idempotency_by_event_id(start_app):
     assert len(await notifications_of(app, user)) == 1
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_app_emit_raises_validation_errors_for_unknown_types_and_bad_data(start_app):
     app = await start_app()
     with pytest.raises(ValidationError) as unknown:
@@ -223,7 +223,7 @@ class TickerPlugin:
         self.calls.append(f"shutdown source_cancelled={self.source_cancelled.is_set()}")
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_plugin_event_source_reaches_a_live_socket_through_the_whole_pipeline(start_app):
     ticker = TickerPlugin()
     app = await start_app(plugins=[("ticker", ticker)], discover_plugins=False)
@@ -242,7 +242,7 @@ async def test_plugin_event_source_reaches_a_live_socket_through_the_whole_pipel
     socket.close()
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_plugin_event_source_events_with_an_id_are_idempotent_too(start_app):
     ticker = TickerPlugin()
     app = await start_app(plugins=[("ticker", ticker)], discover_plugins=False)
@@ -257,7 +257,7 @@ async def test_plugin_event_source_events_with_an_id_are_idempotent_too(start_ap
     socket.close()
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_startup_runs_before_listening_and_shutdown_after_sources_are_cancelled(start_app):
     ticker = TickerPlugin()
     app = await start_app(plugins=[("ticker", ticker)], discover_plugins=False)
@@ -318,7 +318,7 @@ def async_recorder() -> Recorder:
     return recorder
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_startup_and_shutdown_hooks_are_called_once_sync_and_async(start_app):
     recorders = [sync_recorder(), async_recorder()]
     app = await start_app(plugins=[(r.name, r.plugin) for r in recorders], discover_plugins=False)
@@ -329,7 +329,7 @@ async def test_startup_and_shutdown_hooks_are_called_once_sync_and_async(start_a
         assert recorder.seen == [("startup", app), ("shutdown", app)], recorder.name
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_notification_created_observers_get_each_payload_and_its_recipient(start_app):
     recorders = [sync_recorder(), async_recorder()]
     app = await start_app(plugins=[(r.name, r.plugin) for r in recorders])
@@ -345,7 +345,7 @@ async def test_notification_created_observers_get_each_payload_and_its_recipient
             assert notification == stored[notification["id"]]
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_failing_observer_does_not_undo_or_fail_the_notification(start_app):
     class Broken:
         @hookimpl
@@ -363,7 +363,7 @@ async def test_failing_observer_does_not_undo_or_fail_the_notification(start_app
     socket.close()
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_event_source_that_fails_stops_alone_and_the_server_keeps_serving(start_app):
     class Failing:
         @hookimpl

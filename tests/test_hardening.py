@@ -15,7 +15,7 @@ from .support import Socket, new_user, post_event, token
 
 BASE = "/api/notifications"
 SERVICE = token("test-service", ["service"])
-gen_test = pytest.mark.gen_test(timeout=60)
+bounded = pytest.mark.timeout(60)
 
 
 async def exchange(app, request: bytes, timeout: float = 5.0) -> tuple[int | None, dict | None, bytes]:
@@ -51,7 +51,7 @@ def error_shape(body) -> bool:
 
 # -- input of every shape: a 400 naming the field, never a 500 ---------------------------------
 
-@gen_test
+@bounded
 @pytest.mark.parametrize("raw, field", [
     (b"[" * 60_000, "body"),
     (b'{"userId":"a","type":"payment_received","title":"t","message":"m","data":' + b'{"a":' * 40
@@ -72,7 +72,7 @@ async def test_a_hostile_body_is_a_400_naming_the_field(start_app, raw, field):
     assert body["error"]["message"].startswith(field), body
 
 
-@gen_test
+@bounded
 async def test_an_event_with_a_lone_surrogate_or_a_huge_amount_is_a_400(start_app):
     app = await start_app()
     for event_id, data, field in (
@@ -84,7 +84,7 @@ async def test_an_event_with_a_lone_surrogate_or_a_huge_amount_is_a_400(start_ap
         assert status == 400 and body["error"]["message"].startswith(f"{field}:"), body
 
 
-@gen_test
+@bounded
 async def test_a_push_endpoint_with_a_lone_surrogate_is_a_400(start_app):
     app = await start_app()
     raw = b'{"endpoint":"https://push.example.com/\\ud800","keys":{"p256dh":"BKey","auth":"secret"}}'
@@ -92,7 +92,7 @@ async def test_a_push_endpoint_with_a_lone_surrogate_is_a_400(start_app):
     assert status == 400 and body["error"]["message"].startswith("endpoint:"), body
 
 
-@gen_test
+@bounded
 @pytest.mark.parametrize("query", ["offset=9223372036854775808", "offset=-1", "limit=1e3",
                                    "offset=" + "9" * 5000, "offset=2147483648"])
 async def test_a_hostile_page_is_a_400(start_app, query):
@@ -101,7 +101,7 @@ async def test_a_hostile_page_is_a_400(start_app, query):
     assert status == 400 and error_shape(body), body
 
 
-@gen_test
+@bounded
 async def test_a_hostile_socket_frame_gets_an_error_and_the_socket_stays_open(start_app):
     app = await start_app()
     user = new_user()
@@ -120,7 +120,7 @@ async def test_a_hostile_socket_frame_gets_an_error_and_the_socket_stays_open(st
 
 # -- answers made below the application --------------------------------------------------------
 
-@gen_test
+@bounded
 @pytest.mark.parametrize("request_bytes, status", [
     (b"GARBAGE\r\n\r\n", 400),
     (b"POST /api/events HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 7\r\n"
@@ -135,7 +135,7 @@ async def test_tornados_own_refusals_carry_the_json_error_body(start_app, reques
     assert answered == status and error_shape(body), raw[:300]
 
 
-@gen_test
+@bounded
 async def test_an_oversized_chunked_body_is_a_readable_413(start_app):
     app = await start_app()
     chunk = b"a" * 65536
@@ -146,9 +146,10 @@ async def test_an_oversized_chunked_body_is_a_readable_413(start_app):
     assert status == 413 and answer["error"]["code"] == "payload_too_large", raw[:300]
 
 
-def test_a_client_that_does_not_wait_for_100_continue_reads_its_413(start_app, io_loop):
+@bounded
+async def test_a_client_that_does_not_wait_for_100_continue_reads_its_413(start_app):
     """Python's urllib (and requests) send the whole body before reading the answer."""
-    app = io_loop.run_sync(start_app)
+    app = await start_app()
     request = urllib.request.Request(
         f"http://127.0.0.1:{app.port}{BASE}", data=b"x" * (2 << 20), method="POST",
         headers={"Authorization": f"Bearer {SERVICE}", "Content-Type": "application/json"})
@@ -160,11 +161,11 @@ def test_a_client_that_does_not_wait_for_100_continue_reads_its_413(start_app, i
             return error.code, json.loads(error.read())
         raise AssertionError("a 2 MiB body was accepted")
 
-    status, body = io_loop.run_sync(lambda: asyncio.get_running_loop().run_in_executor(None, post))
+    status, body = await asyncio.get_running_loop().run_in_executor(None, post)
     assert status == 413 and body["error"]["code"] == "payload_too_large"
 
 
-@gen_test
+@bounded
 async def test_a_stalled_body_is_timed_out(start_app):
     app = await start_app(**{"server.body_timeout_seconds": 1})
     reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
@@ -178,7 +179,7 @@ async def test_a_stalled_body_is_timed_out(start_app):
     writer.close()
 
 
-@gen_test
+@bounded
 async def test_a_refused_websocket_handshake_answers_in_json(start_app):
     app = await start_app(**{"server.allowed_origins": ["https://app.mojavox.ai"]})
     status, body = await app.api.get(app.settings.server.ws_path)
@@ -191,7 +192,7 @@ async def test_a_refused_websocket_handshake_answers_in_json(start_app):
 
 # -- bounds ------------------------------------------------------------------------------------
 
-@gen_test
+@bounded
 async def test_sockets_past_the_per_user_cap_are_refused_with_4009(start_app):
     app = await start_app(**{"websocket.max_sockets_per_user": 2})
     user = new_user()
@@ -208,7 +209,7 @@ async def test_sockets_past_the_per_user_cap_are_refused_with_4009(start_app):
     await again.expect("connected")
 
 
-@gen_test
+@bounded
 async def test_sockets_past_the_per_address_cap_are_refused_with_4009(start_app):
     app = await start_app(**{"server.max_sockets_per_ip": 2})
     sockets = [await Socket.open(app, token(new_user())) for _ in range(2)]
@@ -218,7 +219,7 @@ async def test_sockets_past_the_per_address_cap_are_refused_with_4009(start_app)
     assert await refused.closed() == 4009
 
 
-@gen_test
+@bounded
 async def test_a_ping_flood_is_answered_once_a_second_then_closed_with_1008(start_app):
     app = await start_app(**{"websocket.messages_per_second": 5,
                              "websocket.close_above_messages_per_second": 50})
@@ -234,7 +235,7 @@ async def test_a_ping_flood_is_answered_once_a_second_then_closed_with_1008(star
     assert await socket.closed() == 1008
 
 
-@gen_test
+@bounded
 async def test_failed_authentications_from_one_address_are_slowed_down(start_app):
     app = await start_app(**{"auth.failed_per_minute_per_ip": 5})
     forged = token(new_user(), secret="not-the-server-secret-0123456789abcdef")
@@ -247,7 +248,7 @@ async def test_failed_authentications_from_one_address_are_slowed_down(start_app
     assert await socket.closed() == 4029
 
 
-@gen_test
+@bounded
 async def test_a_token_valid_for_centuries_is_refused_everywhere(start_app):
     app = await start_app()
     user = new_user()
@@ -258,7 +259,7 @@ async def test_a_token_valid_for_centuries_is_refused_everywhere(start_app):
     assert await socket.closed() == 4002
 
 
-@gen_test
+@bounded
 async def test_without_a_lifetime_cap_a_far_future_token_works_on_the_socket(start_app):
     app = await start_app(**{"auth.max_token_lifetime_seconds": 0})
     user = new_user()
@@ -270,7 +271,7 @@ async def test_without_a_lifetime_cap_a_far_future_token_works_on_the_socket(sta
     await socket.expect("pong")
 
 
-@gen_test
+@bounded
 async def test_refreshing_with_a_token_expired_within_the_leeway_is_refused(start_app):
     app = await start_app()
     user = new_user()
@@ -285,7 +286,7 @@ async def test_refreshing_with_a_token_expired_within_the_leeway_is_refused(star
 
 # -- idempotent creation -----------------------------------------------------------------------
 
-@gen_test
+@bounded
 async def test_an_idempotency_key_makes_a_retried_create_return_the_first(start_app):
     app = await start_app()
     user = new_user()
@@ -310,7 +311,7 @@ async def test_an_idempotency_key_makes_a_retried_create_return_the_first(start_
     assert status == 400 and body["error"]["message"].startswith("Idempotency-Key:"), body
 
 
-@gen_test
+@bounded
 async def test_concurrent_requests_with_one_idempotency_key_create_one(start_app):
     app = await start_app()
     user = new_user()
@@ -325,7 +326,7 @@ async def test_concurrent_requests_with_one_idempotency_key_create_one(start_app
 
 # -- stopping under load -----------------------------------------------------------------------
 
-@gen_test
+@bounded
 async def test_requests_in_flight_when_the_server_stops_are_answered(start_app):
     app = await start_app(**{"rate_limits.notifications_per_minute": 0})
     users = [new_user() for _ in range(200)]

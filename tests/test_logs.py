@@ -13,14 +13,14 @@ from mojavox_notify.logs import JsonFormatter
 
 from .support import Socket, new_user, token
 
-gen_test = pytest.mark.gen_test(timeout=30)
+bounded = pytest.mark.timeout(30)
 
 
 def lines_about(caplog, path: str) -> list[logging.LogRecord]:
     return [record for record in caplog.records if path in record.getMessage()]
 
 
-@gen_test
+@bounded
 async def test_each_request_is_one_line_with_its_fields(start_app, caplog):
     caplog.set_level(logging.INFO)
     app = await start_app()
@@ -38,7 +38,7 @@ async def test_each_request_is_one_line_with_its_fields(start_app, caplog):
     assert len(lines_about(caplog, "/api/nowhere")) == 1  # the 404 is not logged a second time
 
 
-@gen_test
+@bounded
 async def test_a_socket_is_one_line_when_it_closes(start_app, caplog):
     caplog.set_level(logging.INFO)
     app = await start_app()

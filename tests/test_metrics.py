@@ -8,7 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from .support import Socket, new_user, post_event, token
 
-gen_test = pytest.mark.gen_test(timeout=30)
+bounded = pytest.mark.timeout(30)
 ADMIN = token("ops", ["admin"])
 
 
@@ -25,7 +25,7 @@ def value(samples: dict, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-@gen_test
+@bounded
 async def test_metrics_need_the_admin_role_on_the_server_port(start_app):
     app = await start_app()
     assert (await app.api.get("/metrics"))[0] == 401
@@ -34,7 +34,7 @@ async def test_metrics_need_the_admin_role_on_the_server_port(start_app):
     assert ("mojavox_sockets_open", ()) in samples
 
 
-@gen_test
+@bounded
 async def test_the_figures_follow_what_happens(start_app):
     app = await start_app(**{"rate_limits.notifications_per_minute": 1})
     url = f"{app.api.base_url}/metrics"
@@ -72,7 +72,7 @@ async def test_the_figures_follow_what_happens(start_app):
     socket.close()
 
 
-@gen_test
+@bounded
 async def test_slow_consumer_and_refused_sockets_are_counted_by_reason(start_app):
     app = await start_app(**{"websocket.max_sockets_per_user": 1})
     user = new_user()
@@ -84,7 +84,7 @@ async def test_slow_consumer_and_refused_sockets_are_counted_by_reason(start_app
     assert value(samples, "mojavox_socket_closes_total", reason="too_many_sockets") == 1
 
 
-@gen_test
+@bounded
 async def test_metrics_can_be_served_open_on_a_separate_port_only(start_app):
     app = await start_app(**{"metrics.access": "port", "metrics.port": 0})
     assert (await app.api.get("/metrics", ADMIN))[0] == 404
@@ -92,7 +92,7 @@ async def test_metrics_can_be_served_open_on_a_separate_port_only(start_app):
     assert ("mojavox_sockets_open", ()) in samples
 
 
-@gen_test
+@bounded
 async def test_metrics_can_be_turned_off(start_app):
     app = await start_app(**{"metrics.access": "off"})
     assert (await app.api.get("/metrics", ADMIN))[0] == 404

@@ -70,7 +70,7 @@ def forget_module(monkeypatch, name: str) -> None:
 
 # -- the plugins folder --------------------------------------------------------------------------
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_plugin_in_a_plugins_folder_adds_a_type_and_event_type_end_to_end(start_app, tmp_path):
     folder = write_plugins(tmp_path / "plugins", reminders=REMINDERS,
                            _helpers="raise RuntimeError('files starting with _ are not plugins')")
@@ -93,7 +93,7 @@ async def test_plugin_in_a_plugins_folder_adds_a_type_and_event_type_end_to_end(
     assert body["error"]["message"] == "type: unknown event type; known: callback.due"
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_relative_plugins_folder_is_found_next_to_the_settings_file(start_app, make_settings,
                                                                          tmp_path):
     write_plugins(tmp_path / "deployment" / "local_plugins", reminders=REMINDERS)
@@ -172,7 +172,7 @@ def installed_distribution(tmp_path, monkeypatch):
     return install
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_plugins_from_installed_entry_points_are_loaded_end_to_end(start_app,
                                                                         installed_distribution):
     installed_distribution("demo_plugin", DEMO_PLUGIN,
@@ -190,7 +190,7 @@ async def test_plugins_from_installed_entry_points_are_loaded_end_to_end(start_a
     assert sys.modules["demo_plugin"].AUDIT.seen == [(user, "demo_ping")]
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_disabled_entry_point_plugin_is_not_loaded(start_app, installed_distribution):
     installed_distribution("demo_plugin", DEMO_PLUGIN, {"demo": "demo_plugin"})
     app = await start_app(**{"plugins.disabled": ["demo"]})
@@ -235,7 +235,7 @@ def test_built_in_plugins_can_be_left_out(make_settings, tmp_path):
 
 # -- enabled / disabled --------------------------------------------------------------------------
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_enabled_list_loads_only_the_named_plugins(start_app):
     app = await start_app(**{"plugins.enabled": ["payment_service", "system_monitor"]})
     assert [n for n, _ in app.plugins.manager.list_name_plugin()] == ["payment_service",
@@ -247,7 +247,7 @@ async def test_enabled_list_loads_only_the_named_plugins(start_app):
                                         "system.alert")
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_disabled_list_leaves_out_only_the_named_plugins(start_app):
     app = await start_app(**{"plugins.disabled": ["system_monitor"]})
     assert sorted(n for n, _ in app.plugins.manager.list_name_plugin()) == [
@@ -380,7 +380,7 @@ def test_plugin_object_passed_in_is_checked_like_a_discovered_one(make_settings)
 
 # -- GET /api/plugins ------------------------------------------------------------------------
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_plugin_list_needs_the_admin_role(start_app):
     app = await start_app()
     user = new_user()
@@ -391,7 +391,7 @@ async def test_plugin_list_needs_the_admin_role(start_app):
         assert body["error"] == {"code": "forbidden", "message": "this action needs the 'admin' role"}
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_plugin_list_shows_each_plugin_with_its_hooks_types_and_event_types(start_app):
     class Observer:
         @hookimpl
@@ -446,7 +446,7 @@ def guide_block(first_line: str) -> str:
     return block
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_guide_example_plugin_copied_into_plugins_works_end_to_end(start_app, tmp_path):
     folder = tmp_path / "plugins"
     shutil.copytree(PLUGINS_DIR, folder)
@@ -488,7 +488,7 @@ async def test_guide_example_plugin_copied_into_plugins_works_end_to_end(start_a
                                                                    ["promise.broken"])
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_guide_example_tests_pass_against_the_guide_plugin(start_app, tmp_path, monkeypatch):
     folder = tmp_path / "plugins"
     folder.mkdir()

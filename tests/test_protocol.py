@@ -8,10 +8,10 @@ import pytest
 
 from mojavox_notify.protocol import CLIENT_FRAMES, protocol_document
 
-gen_test = pytest.mark.gen_test(timeout=30)
+bounded = pytest.mark.timeout(30)
 
 
-@gen_test
+@bounded
 async def test_the_frame_schemas_are_served_to_anyone(start_app):
     app = await start_app()
     status, document = await app.api.get("/protocol.json")

@@ -15,20 +15,20 @@ from .pushservice import PushServiceStandIn
 from .support import Socket, new_user, token
 
 BASE = "/api/notifications"
-gen_test = pytest.mark.gen_test(timeout=60)
+bounded = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-def push_service(io_loop):
+async def push_service():
     """A started stand-in; `push_service.settings` are the app settings that push to it."""
     public, private = new_vapid_pair()
     service = PushServiceStandIn(vapid_public_key=public)
-    io_loop.run_sync(service.start)
+    await service.start()
     service.settings = {"push.vapid_public_key": public, "push.vapid_private_key": private,
                         "push.allowed_insecure_hosts": ["127.0.0.1"],
                         "rate_limits.notifications_per_minute": 0}
     yield service
-    io_loop.run_sync(service.stop)
+    await service.stop()
 
 
 async def subscribed(app, push_service, user: str) -> dict:
@@ -38,7 +38,7 @@ async def subscribed(app, push_service, user: str) -> dict:
     return subscription
 
 
-@gen_test
+@bounded
 async def test_a_push_reaches_an_offline_user_decrypted_byte_for_byte(start_app, push_service):
     app = await start_app(**push_service.settings, **{"push.icon": "/icons/mojavox-192.png"})
     user = new_user("collector")
@@ -59,7 +59,7 @@ async def test_a_push_reaches_an_offline_user_decrypted_byte_for_byte(start_app,
     assert await push_service.wait_for(lambda: app.push_worker.stats["sent"] == 1)
 
 
-@gen_test
+@bounded
 async def test_the_minimal_payload_carries_only_id_type_and_priority(start_app, push_service):
     app = await start_app(**push_service.settings, **{"push.payload": "minimal"})
     user = new_user()
@@ -70,7 +70,7 @@ async def test_the_minimal_payload_carries_only_id_type_and_priority(start_app, 
     assert payload == {"id": created["id"], "type": "payment_received", "priority": "high"}
 
 
-@gen_test
+@bounded
 async def test_every_browser_of_the_user_gets_the_push(start_app, push_service):
     app = await start_app(**push_service.settings)
     user = new_user()
@@ -80,7 +80,7 @@ async def test_every_browser_of_the_user_gets_the_push(start_app, push_service):
         lambda: push_service.delivered_to(laptop) and push_service.delivered_to(phone))
 
 
-@gen_test
+@bounded
 async def test_a_gone_endpoint_is_removed_and_not_tried_again(start_app, push_service):
     app = await start_app(**push_service.settings)
     user = new_user()
@@ -97,7 +97,7 @@ async def test_a_gone_endpoint_is_removed_and_not_tried_again(start_app, push_se
     assert not await push_service.wait_for(lambda: len(push_service.deliveries) > 1, 1.0)
 
 
-@gen_test
+@bounded
 async def test_a_429_is_retried_after_its_retry_after(start_app, push_service):
     app = await start_app(**push_service.settings)
     user = new_user()
@@ -112,7 +112,7 @@ async def test_a_429_is_retried_after_its_retry_after(start_app, push_service):
     assert await app.store.push_backlog() == 0
 
 
-@gen_test
+@bounded
 async def test_nothing_is_pushed_when_muted_or_online_but_critical_always_is(start_app, push_service):
     app = await start_app(**push_service.settings)
     muted, online = new_user("muted"), new_user("supervisor")
@@ -136,7 +136,7 @@ async def test_nothing_is_pushed_when_muted_or_online_but_critical_always_is(sta
     assert push_service.delivered_to(muted_subscription) == []
 
 
-@gen_test
+@bounded
 async def test_a_restart_in_the_middle_of_retrying_still_delivers(start_app, make_settings, push_service):
     settings = make_settings(**push_service.settings)
     first = await start_app(settings=settings)
@@ -153,7 +153,7 @@ async def test_a_restart_in_the_middle_of_retrying_still_delivers(start_app, mak
     assert await push_service.wait_for(lambda: second.push_worker.stats["sent"] == 1)
 
 
-@gen_test
+@bounded
 @pytest.mark.parametrize("endpoint, allowed", [
     ("http://push.example.com/send/1", []),
     ("https://127.0.0.1/send/1", []),
@@ -170,7 +170,7 @@ async def test_a_subscription_endpoint_must_be_https_on_a_public_host(start_app,
     assert status == 400 and body["error"]["message"].startswith("endpoint:"), body
 
 
-@gen_test
+@bounded
 async def test_an_allowed_insecure_host_may_be_local_http(start_app):
     app = await start_app(**{"push.allowed_insecure_hosts": ["127.0.0.1"]})
     subscription = {"endpoint": "http://127.0.0.1:9/send/1", "keys": {"p256dh": "BKey", "auth": "secret"}}

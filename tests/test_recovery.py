@@ -9,7 +9,7 @@ import pytest
 
 from .support import Socket, both_engines, new_user, token
 
-gen_test = pytest.mark.gen_test(timeout=90)
+bounded = pytest.mark.timeout(90)
 pytestmark = both_engines
 
 
@@ -24,7 +24,7 @@ async def notifications_until_resumed(socket: Socket) -> tuple[list[dict], dict]
             return received, frame
 
 
-@gen_test
+@bounded
 async def test_reconnect_with_since_gets_exactly_the_missed_ones_in_order(start_app):
     app = await start_app()
     user = new_user()
@@ -45,7 +45,7 @@ async def test_reconnect_with_since_gets_exactly_the_missed_ones_in_order(start_
     assert [f for f in await again.quiet(0.3) if f["type"] == "notification"] == []
 
 
-@gen_test
+@bounded
 async def test_nothing_is_lost_or_repeated_while_notifications_are_created_during_reconnects(start_app):
     app = await start_app(**{"rate_limits.notifications_per_minute": 0})
     user = new_user()
@@ -82,7 +82,7 @@ async def test_nothing_is_lost_or_repeated_while_notifications_are_created_durin
     assert received == created
 
 
-@gen_test
+@bounded
 async def test_resume_message_replays_what_was_missed(start_app):
     app = await start_app()
     user = new_user()
@@ -96,7 +96,7 @@ async def test_resume_message_replays_what_was_missed(start_app):
     assert resumed["count"] == 2
 
 
-@gen_test
+@bounded
 async def test_since_of_another_user_is_refused_without_leaking(start_app):
     app = await start_app()
     owner, other = new_user(), new_user()
@@ -108,7 +108,7 @@ async def test_since_of_another_user_is_refused_without_leaking(start_app):
     assert [f for f in await socket.quiet(0.3) if f["type"] == "notification"] == []
 
 
-@gen_test
+@bounded
 async def test_recovery_is_capped_to_the_newest_with_has_more(start_app):
     app = await start_app(**{"websocket.resume_limit": 3, "rate_limits.notifications_per_minute": 0})
     user = new_user()
@@ -121,7 +121,7 @@ async def test_recovery_is_capped_to_the_newest_with_has_more(start_app):
     assert resumed["hasMore"] is True
 
 
-@gen_test
+@bounded
 async def test_two_instances_writing_for_one_user_keep_a_gap_free_sequence(start_app, make_settings):
     settings = make_settings(**{"rate_limits.notifications_per_minute": 0})
     first = await start_app(settings=settings)
@@ -149,7 +149,7 @@ async def test_two_instances_writing_for_one_user_keep_a_gap_free_sequence(start
     assert got == [from_second["id"], from_first["id"]]
 
 
-@gen_test
+@bounded
 async def test_protocol_walkthrough_from_the_readme(start_app):
     """The README's example session: filter, receive, read in one tab, miss three, recover."""
     app = await start_app()
@@ -174,7 +174,7 @@ async def test_protocol_walkthrough_from_the_readme(start_app):
     assert [n["id"] for n in received] == [n["id"] for n in missed]
 
 
-@gen_test
+@bounded
 async def test_resume_with_unknown_since_is_since_not_found(start_app):
     app = await start_app()
     user = new_user()

@@ -50,7 +50,7 @@ async def create_invalid(app, **fields) -> str:
 
 # -- GET /api/notifications ----------------------------------------------------------------------
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_list_pages_newest_first_with_totals(start_app):
     app = await start_app()
     user = new_user()
@@ -71,7 +71,7 @@ async def test_list_pages_newest_first_with_totals(start_app):
     assert status == 200 and page["notifications"] == [] and page["hasMore"] is False
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_list_default_limit_is_50(start_app):
     app = await start_app(**{"rate_limits.notifications_per_minute": 0})
     user = new_user()
@@ -81,7 +81,7 @@ async def test_list_default_limit_is_50(start_app):
     assert len(page["notifications"]) == 50 and page["total"] == 51 and page["hasMore"] is True
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_list_unread_only_leaves_out_read_notifications(start_app):
     app = await start_app()
     user = new_user()
@@ -99,7 +99,7 @@ async def test_list_unread_only_leaves_out_read_notifications(start_app):
     assert {n["id"]: n["read"] for n in page["notifications"]} == {first["id"]: True, second["id"]: False}
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize("query, name", [
     ("limit=0", "limit"), ("limit=101", "limit"), ("limit=ten", "limit"), ("limit=1.5", "limit"),
     ("offset=-1", "offset"), ("offset=x", "offset"), ("unreadOnly=maybe", "unreadOnly"),
@@ -111,7 +111,7 @@ async def test_list_bad_query_parameter_is_400_naming_it(start_app, query, name)
     assert message.startswith(name), message
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_notification_payload_has_exactly_the_design_fields(start_app):
     app = await start_app()
     user = new_user()
@@ -129,7 +129,7 @@ async def test_notification_payload_has_exactly_the_design_fields(start_app):
     assert page["notifications"] == [created]
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_expired_notification_is_not_listed(start_app):
     app = await start_app()
     user = new_user()
@@ -146,7 +146,7 @@ async def test_expired_notification_is_not_listed(start_app):
 
 # -- POST /api/notifications ---------------------------------------------------------------------
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_create_returns_201_with_the_notification(start_app):
     app = await start_app()
     user = new_user()
@@ -157,7 +157,7 @@ async def test_create_returns_201_with_the_notification(start_app):
     assert page["notifications"] == [body]
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_create_accepts_every_registered_type(start_app):
     app = await start_app()
     user = new_user()
@@ -167,7 +167,7 @@ async def test_create_accepts_every_registered_type(start_app):
     assert {n["type"] for n in page["notifications"]} == SEVEN_TYPES
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize("fields, name", [
     ({"userId": None}, "userId"),
     ({"userId": ""}, "userId"),
@@ -196,7 +196,7 @@ async def test_create_refuses_an_invalid_field_naming_it(start_app, fields, name
     assert message.startswith(f"{name}:"), message
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_create_accepts_the_largest_allowed_sizes(start_app):
     app = await start_app()
     user = new_user()
@@ -206,14 +206,14 @@ async def test_create_accepts_the_largest_allowed_sizes(start_app):
     assert len(body["title"]) == 255 and len(body["message"]) == 2000
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_create_refuses_a_body_that_is_not_an_object(start_app):
     app = await start_app()
     status, body = await app.api.post(BASE, service_token(), ["a", "list"])
     assert assert_error(body, status, 400)["message"].startswith("body")
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize("url", ["/dashboard", "/live-monitor?call=c-1", "/a/b#c"])
 async def test_relative_action_url_is_accepted(start_app, url):
     app = await start_app()
@@ -221,7 +221,7 @@ async def test_relative_action_url_is_accepted(start_app, url):
     assert status == 201 and body["actionUrl"] == url
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize("url", [
     "//evil.com/path", "/\\evil.com", "https://evil.com/x", "http://app.mojavox.ai/x",
     "javascript:alert(1)", "data:text/html,<script>alert(1)</script>", "dashboard",
@@ -233,7 +233,7 @@ async def test_unsafe_action_url_is_refused(start_app, url):
     assert message.startswith("actionUrl:"), message
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_absolute_action_url_is_accepted_only_on_an_allowlisted_host(start_app):
     app = await start_app(**{"server.action_url_hosts": ["app.mojavox.ai"]})
     allowed = "https://app.mojavox.ai/payments/123"
@@ -245,7 +245,7 @@ async def test_absolute_action_url_is_accepted_only_on_an_allowlisted_host(start
         assert message.startswith("actionUrl:"), (refused, message)
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_expires_at_in_the_future_is_accepted(start_app):
     app = await start_app()
     user = new_user()
@@ -256,7 +256,7 @@ async def test_expires_at_in_the_future_is_accepted(start_app):
     assert page["total"] == 1
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_creations_over_the_rate_limit_get_429_but_critical_ones_do_not(start_app):
     app = await start_app(**{"rate_limits.notifications_per_minute": 2})
     user = new_user()
@@ -270,7 +270,7 @@ async def test_creations_over_the_rate_limit_get_429_but_critical_ones_do_not(st
     assert status == 201, "the limit is per recipient"
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_requests_over_the_per_user_limit_get_429_with_retry_after(start_app):
     app = await start_app(**{"rate_limits.requests_per_minute": 3})
     auth = token(new_user())
@@ -289,7 +289,7 @@ async def test_requests_over_the_per_user_limit_get_429_with_retry_after(start_a
 
 # -- sanitizing ----------------------------------------------------------------------------------
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_markup_is_stripped_from_title_and_message(start_app):
     app = await start_app()
     user = new_user()
@@ -305,7 +305,7 @@ async def test_markup_is_stripped_from_title_and_message(start_app):
     assert page["notifications"][0]["message"] == "Paid now"
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_entity_escaped_markup_is_removed_too(start_app):
     app = await start_app()
     created = await app.api.notify(
@@ -317,7 +317,7 @@ async def test_entity_escaped_markup_is_removed_too(start_app):
     assert "script" not in created["title"] + created["message"]
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_plain_text_with_ampersands_and_comparisons_stays_as_written(start_app):
     app = await start_app()
     created = await app.api.notify(new_user(), title="Tom & Jerry", message="balance < 100 & > 5")
@@ -325,7 +325,7 @@ async def test_plain_text_with_ampersands_and_comparisons_stays_as_written(start
     assert created["message"] == "balance < 100 & > 5"
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_data_is_stored_as_given_and_not_sanitized(start_app):
     app = await start_app()
     data = {"note": "<b>raw</b>", "nested": {"list": [1, 2.5, True, None, "x"]}}
@@ -335,7 +335,7 @@ async def test_data_is_stored_as_given_and_not_sanitized(start_app):
 
 # -- mark read, read-all, delete -----------------------------------------------------------------
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_mark_read_marks_one_and_lowers_the_unread_count(start_app):
     app = await start_app()
     user = new_user()
@@ -351,7 +351,7 @@ async def test_mark_read_marks_one_and_lowers_the_unread_count(start_app):
     assert [n["read"] for n in page["notifications"]] == [False, True]
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize("bad_id", ["not-an-id", "0" * 24, "zzzzzzzzzzzzzzzzzzzzzzzz", "%24ne"])
 async def test_mark_read_of_malformed_or_unknown_id_is_404(start_app, bad_id):
     app = await start_app()
@@ -359,7 +359,7 @@ async def test_mark_read_of_malformed_or_unknown_id_is_404(start_app, bad_id):
     assert_error(body, status, 404, "not_found")
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_read_all_marks_every_one_of_the_users_notifications(start_app):
     app = await start_app()
     user, other = new_user(), new_user()
@@ -376,7 +376,7 @@ async def test_read_all_marks_every_one_of_the_users_notifications(start_app):
     assert (status, body) == (200, {"success": True}), "nothing left to mark is not an error"
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_delete_removes_the_notification(start_app):
     app = await start_app()
     user = new_user()
@@ -395,7 +395,7 @@ async def test_delete_removes_the_notification(start_app):
 
 # -- user isolation ------------------------------------------------------------------------------
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_another_users_notification_cannot_be_read_or_deleted(start_app):
     app = await start_app()
     owner, intruder = new_user("owner"), new_user("intruder")
@@ -408,7 +408,7 @@ async def test_another_users_notification_cannot_be_read_or_deleted(start_app):
     assert [(n["id"], n["read"]) for n in page["notifications"]] == [(theirs["id"], False)]
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_lists_and_counts_never_include_other_users_notifications(start_app):
     app = await start_app()
     alice, bob = new_user("alice"), new_user("bob")
@@ -427,7 +427,7 @@ async def test_lists_and_counts_never_include_other_users_notifications(start_ap
 
 # -- settings ------------------------------------------------------------------------------------
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_settings_default_to_every_type_enabled_and_high_and_critical_ones_pushed(start_app):
     app = await start_app()
     status, body = await app.api.get(f"{BASE}/settings", token(new_user()))
@@ -439,14 +439,14 @@ async def test_settings_default_to_every_type_enabled_and_high_and_critical_ones
     assert pushed == {"payment_received", "call_escalation", "high_value_call", "agent_alert"}
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_push_defaults_follow_push_default_priorities(start_app):
     app = await start_app(**{"push.default_priorities": ["critical"]})
     status, body = await app.api.get(f"{BASE}/settings", token(new_user()))
     assert {name for name, value in body["channels"].items() if value["push"]} == {"call_escalation"}
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_settings_update_changes_only_the_given_fields(start_app):
     app = await start_app()
     auth = token(new_user())
@@ -462,7 +462,7 @@ async def test_settings_update_changes_only_the_given_fields(start_app):
     assert again == body
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize("update, name", [
     ({"channels": {"made_up": {"enabled": False}}}, "channels.made_up"),
     ({"channels": {"call_completed": {"enabled": "no"}}}, "channels.call_completed.enabled"),
@@ -479,7 +479,7 @@ async def test_settings_update_refuses_bad_input_naming_the_field(start_app, upd
     assert message.startswith(f"{name}:"), message
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_disabled_type_is_not_created_but_critical_priority_always_is(start_app):
     app = await start_app()
     user, other = new_user(), new_user()
@@ -501,7 +501,7 @@ async def test_disabled_type_is_not_created_but_critical_priority_always_is(star
     assert status == 201, "one user's settings do not mute another's"
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_reenabled_type_is_created_again(start_app):
     app = await start_app()
     user = new_user()
@@ -516,7 +516,7 @@ async def test_reenabled_type_is_created_again(start_app):
 
 # -- push subscription ---------------------------------------------------------------------------
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_push_subscription_is_saved_and_removed(start_app):
     app = await start_app()
     user = new_user()
@@ -540,7 +540,7 @@ async def test_push_subscription_is_saved_and_removed(start_app):
     assert_error(body, status, 404, "not_found")
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize("subscription, name", [
     ({"endpoint": "not a url", "keys": SUBSCRIPTION["keys"]}, "endpoint"),
     ({"endpoint": "ftp://push.example.com/x", "keys": SUBSCRIPTION["keys"]}, "endpoint"),
@@ -556,7 +556,7 @@ async def test_invalid_push_subscription_is_refused_naming_the_field(start_app, 
     assert message.startswith(f"{name}:"), message
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_removing_a_push_subscription_needs_its_endpoint(start_app):
     app = await start_app()
     status, body = await app.api.delete(f"{BASE}/push-subscription", token(new_user()), {})
@@ -565,7 +565,7 @@ async def test_removing_a_push_subscription_needs_its_endpoint(start_app):
 
 # -- unread count, vapid key, health -------------------------------------------------------------
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_unread_count_counts_by_priority(start_app):
     app = await start_app()
     user = new_user()
@@ -581,14 +581,14 @@ async def test_unread_count_counts_by_priority(start_app):
     assert body == {"count": 3, "byPriority": {"low": 1, "medium": 0, "high": 0, "critical": 2}}
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_vapid_public_key_is_404_json_until_push_is_configured(start_app):
     app = await start_app()
     status, body = await app.api.get(f"{BASE}/vapid-public-key")
     assert_error(body, status, 404, "push_not_configured")
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_vapid_public_key_is_served_without_a_token(start_app):
     public, private = new_vapid_pair()
     app = await start_app(**{"push.vapid_public_key": public, "push.vapid_private_key": private})
@@ -596,7 +596,7 @@ async def test_vapid_public_key_is_served_without_a_token(start_app):
     assert (status, body) == (200, {"publicKey": public})
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_healthz_is_200_without_a_token_when_storage_answers(start_app):
     app = await start_app()
     status, body = await app.api.get("/healthz")
@@ -607,7 +607,7 @@ async def test_healthz_is_200_without_a_token_when_storage_answers(start_app):
 
 # -- HTTP-level errors ---------------------------------------------------------------------------
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize("path", ["/nope", "/api", "/api/notifications/abc/def/ghi", "/favicon.ico"])
 async def test_unknown_path_is_a_json_404(start_app, path):
     app = await start_app()
@@ -615,7 +615,7 @@ async def test_unknown_path_is_a_json_404(start_app, path):
     assert_error(body, status, 404, "not_found")
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize("method, path", [
     ("DELETE", BASE), ("PUT", BASE), ("GET", f"{BASE}/read-all"), ("POST", f"{BASE}/unread-count"),
     ("PATCH", f"{BASE}/settings"), ("POST", "/healthz"),
@@ -626,7 +626,7 @@ async def test_unsupported_method_is_a_json_405(start_app, method, path):
     assert_error(body, status, 405, "method_not_allowed")
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_body_over_the_limit_is_a_json_413(start_app):
     app = await start_app(**{"server.max_body_bytes": 1024})
     big = draft(new_user(), message="m" * 1500)
@@ -636,7 +636,7 @@ async def test_body_over_the_limit_is_a_json_413(start_app):
     assert_error(body, status, 413, "payload_too_large")
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_chunked_body_over_the_limit_is_a_json_413(start_app):
     """Without Content-Length the limit is enforced while the body streams in."""
     app = await start_app(**{"server.max_body_bytes": 1024})
@@ -659,7 +659,7 @@ async def test_chunked_body_over_the_limit_is_a_json_413(start_app):
         writer.close()
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_body_just_under_the_limit_is_accepted(start_app):
     app = await start_app(**{"server.max_body_bytes": 1024})
     user = new_user()
@@ -669,7 +669,7 @@ async def test_body_just_under_the_limit_is_accepted(start_app):
     assert status == 201
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize("raw", [b"{not json", b"", b"   ", b"\xff\xfe", b'{"userId": "a",}'])
 async def test_invalid_json_body_is_a_400(start_app, raw):
     app = await start_app()
@@ -677,7 +677,7 @@ async def test_invalid_json_body_is_a_400(start_app, raw):
     assert assert_error(body, status, 400, "invalid_request")["message"].startswith("body")
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_errors_are_json_with_a_json_content_type(start_app):
     app = await start_app()
     response = await app.api.client.fetch(app.api.base_url + "/no/such/page", raise_error=False)

@@ -28,7 +28,7 @@ async def only_notification(app, event_type: str, data: dict, recipient: str) ->
 
 # -- payment.received --------------------------------------------------------------------------
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_payment_received_notifies_the_collector_with_the_amount_in_dollars(start_app):
     app = await start_app()
     collector = new_user("collector")
@@ -45,7 +45,7 @@ async def test_payment_received_notifies_the_collector_with_the_amount_in_dollar
     }
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_payment_in_another_currency_names_the_currency_and_keeps_the_payment_id(start_app):
     app = await start_app()
     collector = new_user("collector")
@@ -62,7 +62,7 @@ async def test_payment_in_another_currency_names_the_currency_and_keeps_the_paym
     }
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_payment_amounts_are_rounded_half_up_to_cents_with_thousands_separators(start_app):
     app = await start_app()
     # 2.675 and 1.005 are just below their half-way points as binary floats: rounding must use
@@ -79,7 +79,7 @@ async def test_payment_amounts_are_rounded_half_up_to_cents_with_thousands_separ
 
 # -- call service ------------------------------------------------------------------------------
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_call_completed_with_outcome_and_duration_is_a_low_priority_summary(start_app):
     app = await start_app()
     collector = new_user("collector")
@@ -96,7 +96,7 @@ async def test_call_completed_with_outcome_and_duration_is_a_low_priority_summar
     }
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_call_completed_without_outcome_or_duration_leaves_them_out(start_app):
     app = await start_app()
     collector = new_user("collector")
@@ -112,7 +112,7 @@ async def test_call_completed_without_outcome_or_duration_leaves_them_out(start_
     }
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_call_completed_duration_alone_is_shown_in_seconds_minutes_or_hours(start_app):
     app = await start_app()
     for seconds, shown in {45: "45s", 272: "4m 32s", 3900: "1h 05m"}.items():
@@ -124,7 +124,7 @@ async def test_call_completed_duration_alone_is_shown_in_seconds_minutes_or_hour
         assert notification["data"]["durationSeconds"] == seconds
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_call_escalation_is_a_critical_notification_for_the_supervisor(start_app):
     app = await start_app()
     supervisor = new_user("supervisor")
@@ -141,7 +141,7 @@ async def test_call_escalation_is_a_critical_notification_for_the_supervisor(sta
     }
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_call_escalation_without_reason_and_with_an_odd_call_id_keeps_the_url_safe(start_app):
     app = await start_app()
     supervisor = new_user("supervisor")
@@ -153,7 +153,7 @@ async def test_call_escalation_without_reason_and_with_an_odd_call_id_keeps_the_
                                     "callId": "CALL 7/8&x=1", "debtorName": "John Smith"}
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_call_high_value_names_the_balance_in_its_currency(start_app):
     app = await start_app()
     collector = new_user("collector")
@@ -177,7 +177,7 @@ async def test_call_high_value_names_the_balance_in_its_currency(start_app):
 
 # -- agent monitor and campaign service ----------------------------------------------------------
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_agent_alert_with_threshold_shows_value_against_threshold(start_app):
     app = await start_app()
     supervisor = new_user("supervisor")
@@ -193,7 +193,7 @@ async def test_agent_alert_with_threshold_shows_value_against_threshold(start_ap
     }
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_agent_alert_without_threshold_shows_the_value_alone(start_app):
     app = await start_app()
     supervisor = new_user("supervisor")
@@ -208,7 +208,7 @@ async def test_agent_alert_without_threshold_shows_the_value_alone(start_app):
     }
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_campaign_milestone_is_a_medium_notification_with_the_percentage(start_app):
     app = await start_app()
     manager = new_user("manager")
@@ -226,7 +226,7 @@ async def test_campaign_milestone_is_a_medium_notification_with_the_percentage(s
 
 # -- system monitor ------------------------------------------------------------------------------
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_system_alert_reaches_every_listed_user_with_priority_from_severity(start_app):
     app = await start_app()
     for severity, priority in {"info": "low", "warning": "medium", "error": "high",
@@ -250,7 +250,7 @@ async def test_system_alert_reaches_every_listed_user_with_priority_from_severit
             }, severity
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_system_alert_uses_its_own_title_and_notifies_a_repeated_user_once(start_app):
     app = await start_app()
     ops = new_user("ops")
@@ -310,7 +310,7 @@ WRONG_VALUES = {
 }
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_each_missing_required_field_is_a_400_naming_it(start_app):
     app = await start_app()
     for event_type, fields in REQUIRED_FIELDS.items():
@@ -323,7 +323,7 @@ async def test_each_missing_required_field_is_a_400_naming_it(start_app):
             assert body["error"]["message"].startswith(f"data.{field}: "), (event_type, body)
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_each_wrong_typed_field_is_a_400_naming_it_and_creates_nothing(start_app):
     app = await start_app()
     for event_type, wrong in WRONG_VALUES.items():
@@ -338,7 +338,7 @@ async def test_each_wrong_typed_field_is_a_400_naming_it_and_creates_nothing(sta
                 assert await notifications_of(app, recipient) == []
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_out_of_range_numbers_and_bad_list_items_name_the_field(start_app):
     app = await start_app()
     payloads = valid_payloads()
@@ -359,7 +359,7 @@ async def test_out_of_range_numbers_and_bad_list_items_name_the_field(start_app)
         assert body["error"]["message"].startswith(message), body
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_event_without_a_data_object_is_a_400_naming_data(start_app):
     app = await start_app()
     for data in (None, [], "text"):
@@ -368,7 +368,7 @@ async def test_event_without_a_data_object_is_a_400_naming_data(start_app):
         assert body["error"]["message"] == "data: must be a JSON object"
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_unknown_event_type_is_a_400_listing_the_known_ones(start_app):
     app = await start_app()
     status, body = await post_event(app, "payment.refunded", {"userId": new_user()})
@@ -378,7 +378,7 @@ async def test_unknown_event_type_is_a_400_listing_the_known_ones(start_app):
                                         + ", ".join(SHIPPED_EVENT_TYPES))
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.timeout(30)
 async def test_only_a_service_token_may_post_events(start_app):
     app = await start_app()
     user = new_user()

@@ -23,11 +23,11 @@ from mojavox_notify.store.nx27017 import Nx27017Child
 from .support import both_engines, new_user, token
 
 BASE = "/api/notifications"
-gen_test = pytest.mark.gen_test(timeout=60)
+bounded = pytest.mark.timeout(60)
 
 
 @both_engines
-@gen_test
+@bounded
 async def test_notifications_survive_an_app_restart(start_app, make_settings):
     settings = make_settings()
     first = await start_app(settings=settings)
@@ -50,7 +50,7 @@ async def test_notifications_survive_an_app_restart(start_app, make_settings):
     assert [n["id"] for n in page["notifications"]] == [newer["id"], read["id"], unread["id"]]
 
 
-@gen_test
+@bounded
 async def test_embedded_is_a_sqlite_file_in_the_data_folder_with_no_child_process(start_app, make_settings):
     settings = make_settings(**{"storage.url": "embedded"})
     app = await start_app(settings=settings)
@@ -79,7 +79,7 @@ def processes_naming(folder) -> list[int]:
     return found
 
 
-@gen_test
+@bounded
 async def test_two_apps_on_one_embedded_file_see_each_others_writes_in_one_sequence(start_app, make_settings):
     settings = make_settings(**{"rate_limits.notifications_per_minute": 0})
     first = await start_app(settings=settings)
@@ -100,7 +100,7 @@ async def test_two_apps_on_one_embedded_file_see_each_others_writes_in_one_seque
     assert counts["count"] == 0
 
 
-@gen_test
+@bounded
 async def test_start_up_refuses_a_mongodb_url_nobody_answers_on(make_settings):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -115,7 +115,7 @@ async def test_start_up_refuses_a_mongodb_url_nobody_answers_on(make_settings):
     assert f"127.0.0.1:{port}" in str(caught.value)
 
 
-@gen_test
+@bounded
 async def test_an_unusable_data_folder_is_named_at_start_up(make_settings, tmp_path):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the data folder should be")
@@ -147,7 +147,7 @@ async def write_legacy_folder(data_dir, users: list[str]) -> list[str]:
         await child.stop()
 
 
-@gen_test(timeout=120)
+@pytest.mark.timeout(120)
 async def test_an_nx27017_data_folder_is_refused_until_imported_then_served(start_app, make_settings, tmp_path):
     settings = make_settings(**{"storage.url": "embedded"})
     alice, bob = new_user(), new_user()

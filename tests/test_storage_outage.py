@@ -21,7 +21,7 @@ from mojavox_notify.store.nx27017 import Nx27017Child
 from .support import Socket, new_user, token
 
 BASE = "/api/notifications"
-gen_test = pytest.mark.gen_test(timeout=90)
+bounded = pytest.mark.timeout(90)
 OUTAGE_SETTINGS = {"storage.operation_timeout_seconds": 1, "storage.probe_interval_seconds": 0.2,
                    "mongodb.server_selection_timeout_seconds": 1, "storage.exit_after_seconds": 0}
 
@@ -36,14 +36,15 @@ async def wait_until(predicate, timeout: float = 10.0) -> bool:
 
 
 @pytest.fixture
-def mongo_server(io_loop, tmp_path):
+async def mongo_server(tmp_path):
     """An nx-27017 server of this test's own, to kill and bring back."""
     child = Nx27017Child(tmp_path / "nx")
     yield child
-    io_loop.run_sync(child.stop, timeout=30)
+    async with asyncio.timeout(30):
+        await child.stop()
 
 
-@gen_test
+@bounded
 async def test_a_lost_mongodb_is_503_at_once_and_recovered_without_a_restart(start_app, mongo_server):
     url = await mongo_server.start()
     app = await start_app(**{"storage.url": url, "mongodb.database": f"outage_{uuid.uuid4().hex[:8]}",
@@ -94,7 +95,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
-@gen_test
+@bounded
 async def test_a_full_disk_is_503_and_unhealthy_until_space_is_freed(start_app, small_disk):
     app = await start_app(**{"storage.url": f"sqlite:///{small_disk / 'notify.db'}",
                              "rate_limits.notifications_per_minute": 0, **OUTAGE_SETTINGS})
@@ -137,7 +138,7 @@ async def unhealthy(app) -> bool:
     return status == 503
 
 
-@gen_test
+@bounded
 async def test_serve_exits_3_when_storage_stays_lost_past_the_configured_time(mongo_server, tmp_path):
     url = await mongo_server.start()
     settings_file = tmp_path / "settings.yaml"

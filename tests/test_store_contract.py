@@ -21,11 +21,11 @@ from mojavox_notify.store import NotificationStore, UserState, build_store
 from .support import both_engines, new_user
 
 pytestmark = both_engines
-gen_test = pytest.mark.gen_test(timeout=60)
+bounded = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-def open_store(io_loop, make_settings):
+async def open_store(make_settings):
     """`await open_store()` → an opened store on the test's storage; closed after the test."""
     opened: list[NotificationStore] = []
 
@@ -37,7 +37,7 @@ def open_store(io_loop, make_settings):
 
     yield open_one
     for store in opened:
-        io_loop.run_sync(store.close)
+        await store.close()
 
 
 def draft(user: str, priority: str = "high", expires_in: float | None = None, **fields) -> Draft:
@@ -66,7 +66,7 @@ async def assert_counters_exact(store: NotificationStore, user: str) -> UserStat
     return state
 
 
-@gen_test
+@bounded
 async def test_sequence_numbers_start_at_one_per_user_and_have_no_gaps(open_store):
     store = await open_store()
     alice, bob = new_user(), new_user()
@@ -78,7 +78,7 @@ async def test_sequence_numbers_start_at_one_per_user_and_have_no_gaps(open_stor
     assert (await store.state(alice)).seq == 3
 
 
-@gen_test
+@bounded
 async def test_insert_many_keeps_order_and_returns_each_users_state(open_store):
     store = await open_store()
     users = [new_user() for _ in range(5)]
@@ -97,7 +97,7 @@ async def test_insert_many_keeps_order_and_returns_each_users_state(open_store):
     assert [str(d["_id"]) for d in stored] == [str(c.document["_id"]) for c in created]
 
 
-@gen_test
+@bounded
 async def test_a_stored_document_reads_back_as_it_was_written(open_store):
     store = await open_store()
     user = new_user()
@@ -109,7 +109,7 @@ async def test_a_stored_document_reads_back_as_it_was_written(open_store):
     assert got["created_at"].tzinfo is not None
 
 
-@gen_test
+@bounded
 async def test_list_is_newest_first_with_totals_from_the_counters(open_store):
     store = await open_store()
     user = new_user()
@@ -123,7 +123,7 @@ async def test_list_is_newest_first_with_totals_from_the_counters(open_store):
     assert [str(d["_id"]) for d in page] == ids[:0:-1] and total == 6
 
 
-@gen_test
+@bounded
 async def test_after_and_newest_between_select_by_sequence(open_store):
     store = await open_store()
     user = new_user()
@@ -134,7 +134,7 @@ async def test_after_and_newest_between_select_by_sequence(open_store):
     assert await store.after(new_user(), 0, 10) == []
 
 
-@gen_test
+@bounded
 async def test_another_users_notification_is_not_found_anywhere(open_store):
     store = await open_store()
     owner, other = new_user(), new_user()
@@ -150,7 +150,7 @@ async def test_another_users_notification_is_not_found_anywhere(open_store):
     assert (await store.state(owner)).unread_total == 1
 
 
-@gen_test
+@bounded
 async def test_mark_read_mark_all_read_and_delete_keep_the_counters_exact(open_store):
     store = await open_store()
     user = new_user()
@@ -171,7 +171,7 @@ async def test_mark_read_mark_all_read_and_delete_keep_the_counters_exact(open_s
     await assert_counters_exact(store, user)
 
 
-@gen_test
+@bounded
 async def test_expired_notifications_leave_reads_and_counters_when_they_expire(open_store):
     store = await open_store()
     user = new_user()
@@ -187,7 +187,7 @@ async def test_expired_notifications_leave_reads_and_counters_when_they_expire(o
     await assert_counters_exact(store, user)
 
 
-@gen_test
+@bounded
 async def test_delete_expired_removes_expired_and_past_retention_with_exact_counters(open_store):
     store = await open_store()
     alice, bob = new_user(), new_user()
@@ -205,7 +205,7 @@ async def test_delete_expired_removes_expired_and_past_retention_with_exact_coun
     assert (await store.state(bob)).unread_total == 0
 
 
-@gen_test
+@bounded
 async def test_retention_keeps_recent_notifications(open_store):
     store = await open_store()
     user = new_user()
@@ -214,7 +214,7 @@ async def test_retention_keeps_recent_notifications(open_store):
     assert (await store.state(user)).total == 1
 
 
-@gen_test
+@bounded
 async def test_counters_match_a_recount_after_a_random_mix_of_changes(open_store):
     store = await open_store()
     users = [new_user() for _ in range(3)]
@@ -239,7 +239,7 @@ async def test_counters_match_a_recount_after_a_random_mix_of_changes(open_store
         assert state.total == len(live[user])
 
 
-@gen_test
+@bounded
 async def test_two_writers_on_one_storage_interleave_without_gaps(open_store):
     """Two store objects (two connections, as two processes would have) writing for one user."""
     first, second = await open_store(), await open_store()
@@ -255,7 +255,7 @@ async def test_two_writers_on_one_storage_interleave_without_gaps(open_store):
     assert state.seq == 60 and state.total == 60
 
 
-@gen_test
+@bounded
 async def test_preferences_are_read_for_many_users_at_once_and_keep_only_what_was_chosen(open_store):
     store = await open_store()
     alice, bob, carol = new_user(), new_user(), new_user()
@@ -271,7 +271,7 @@ async def test_preferences_are_read_for_many_users_at_once_and_keep_only_what_wa
     assert await store.preferences_of(carol) == {}
 
 
-@gen_test
+@bounded
 async def test_push_subscriptions_belong_to_whoever_registered_the_endpoint_last(open_store):
     store = await open_store()
     alice, bob = new_user(), new_user()
@@ -288,7 +288,7 @@ async def test_push_subscriptions_belong_to_whoever_registered_the_endpoint_last
     assert await store.push_subscriptions_of(bob) == []
 
 
-@gen_test
+@bounded
 async def test_an_event_id_is_claimed_once_completed_and_released(open_store):
     store = await open_store()
     event_id = new_user("event")
@@ -306,7 +306,7 @@ async def test_an_event_id_is_claimed_once_completed_and_released(open_store):
     assert (await store.event(event_id))["state"] == "done", "a completed event is never released"
 
 
-@gen_test
+@bounded
 async def test_ping_answers_and_an_unknown_user_has_empty_state(open_store):
     store = await open_store()
     assert await store.ping() is True

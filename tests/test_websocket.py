@@ -12,7 +12,7 @@ import tornado.websocket
 
 from .support import Socket, new_user, token
 
-gen_test = pytest.mark.gen_test(timeout=60)
+bounded = pytest.mark.timeout(60)
 
 
 async def connect(app, user, **kwargs) -> Socket:
@@ -23,28 +23,28 @@ async def connect(app, user, **kwargs) -> Socket:
 
 # -- handshake ------------------------------------------------------------------------------------
 
-@gen_test
+@bounded
 async def test_socket_without_token_is_closed_with_4001(start_app):
     app = await start_app()
     socket = await Socket.open(app)
     assert await socket.closed() == 4001
 
 
-@gen_test
+@bounded
 async def test_socket_with_forged_token_is_closed_with_4002(start_app):
     app = await start_app()
     socket = await Socket.open(app, token(new_user(), secret="another-secret-of-at-least-32-bytes!!"))
     assert await socket.closed() == 4002
 
 
-@gen_test
+@bounded
 async def test_socket_with_expired_token_is_closed_with_4002(start_app):
     app = await start_app(**{"auth.leeway_seconds": 0})
     socket = await Socket.open(app, token(new_user(), ttl=-10))
     assert await socket.closed() == 4002
 
 
-@gen_test
+@bounded
 async def test_token_in_authorization_header_is_accepted(start_app):
     app = await start_app()
     user = new_user()
@@ -53,7 +53,7 @@ async def test_token_in_authorization_header_is_accepted(start_app):
     assert connected["clientId"].startswith(user)
 
 
-@gen_test
+@bounded
 async def test_connected_frame_carries_client_id_timestamp_and_unread_count(start_app):
     app = await start_app()
     user = new_user()
@@ -67,7 +67,7 @@ async def test_connected_frame_carries_client_id_timestamp_and_unread_count(star
         "count": 2, "byPriority": {"low": 1, "medium": 0, "high": 0, "critical": 1}}
 
 
-@gen_test
+@bounded
 async def test_origin_outside_the_allowlist_is_refused(start_app):
     app = await start_app(**{"server.allowed_origins": ["https://app.mojavox.ai"]})
     user = new_user()
@@ -80,7 +80,7 @@ async def test_origin_outside_the_allowlist_is_refused(start_app):
 
 # -- messages ---------------------------------------------------------------------------------------
 
-@gen_test
+@bounded
 async def test_ping_gets_pong_with_timestamp(start_app):
     app = await start_app()
     socket = await connect(app, new_user())
@@ -89,7 +89,7 @@ async def test_ping_gets_pong_with_timestamp(start_app):
     assert pong["type"] == "pong" and pong["timestamp"].endswith("Z")
 
 
-@gen_test
+@bounded
 async def test_notification_created_through_rest_arrives_with_its_payload(start_app):
     app = await start_app()
     user = new_user()
@@ -105,7 +105,7 @@ async def test_notification_created_through_rest_arrives_with_its_payload(start_
                       "byPriority": {"low": 0, "medium": 0, "high": 1, "critical": 0}}
 
 
-@gen_test
+@bounded
 async def test_unsubscribed_type_is_not_delivered(start_app):
     app = await start_app()
     user = new_user()
@@ -120,7 +120,7 @@ async def test_unsubscribed_type_is_not_delivered(start_app):
     assert frame["payload"]["id"] == kept["id"]
 
 
-@gen_test
+@bounded
 async def test_subscribe_after_unsubscribing_all_delivers_only_chosen_types(start_app):
     app = await start_app()
     user = new_user()
@@ -136,7 +136,7 @@ async def test_subscribe_after_unsubscribing_all_delivers_only_chosen_types(star
     assert (await socket.expect("subscribed"))["channels"] == ["all"]
 
 
-@gen_test
+@bounded
 async def test_unknown_channel_is_an_error_naming_it(start_app):
     app = await start_app()
     socket = await connect(app, new_user())
@@ -146,7 +146,7 @@ async def test_unknown_channel_is_an_error_naming_it(start_app):
     assert "lottery_won" in error["message"]
 
 
-@gen_test
+@bounded
 async def test_mark_read_syncs_every_tab_of_the_user(start_app):
     app = await start_app()
     user = new_user()
@@ -165,7 +165,7 @@ async def test_mark_read_syncs_every_tab_of_the_user(start_app):
     assert page["notifications"][0]["read"] is True
 
 
-@gen_test
+@bounded
 async def test_mark_all_read_syncs_every_tab(start_app):
     app = await start_app()
     user = new_user()
@@ -179,7 +179,7 @@ async def test_mark_all_read_syncs_every_tab(start_app):
         assert (await tab.receive())["count"] == 0
 
 
-@gen_test
+@bounded
 async def test_mark_read_of_another_users_notification_is_not_found(start_app):
     app = await start_app()
     owner, intruder = new_user(), new_user()
@@ -192,7 +192,7 @@ async def test_mark_read_of_another_users_notification_is_not_found(start_app):
     assert page["notifications"][0]["read"] is False
 
 
-@gen_test
+@bounded
 async def test_get_history_pages_newest_first(start_app):
     app = await start_app()
     user = new_user()
@@ -219,7 +219,7 @@ async def test_get_history_pages_newest_first(start_app):
     ([1, 2, 3], "invalid_message"),
     ("{not json", "invalid_json"),
 ])
-@gen_test
+@bounded
 async def test_bad_frame_gets_an_error_and_the_socket_stays_open(start_app, frame, code):
     app = await start_app()
     socket = await connect(app, new_user())
@@ -230,7 +230,7 @@ async def test_bad_frame_gets_an_error_and_the_socket_stays_open(start_app, fram
     assert (await socket.receive())["type"] == "pong"
 
 
-@gen_test
+@bounded
 async def test_oversized_frame_closes_with_1009(start_app):
     app = await start_app(**{"server.max_message_bytes": 1024})
     socket = await connect(app, new_user())
@@ -240,7 +240,7 @@ async def test_oversized_frame_closes_with_1009(start_app):
 
 # -- fan-out ----------------------------------------------------------------------------------------
 
-@gen_test
+@bounded
 async def test_no_notification_reaches_another_user(start_app):
     app = await start_app(**{"rate_limits.notifications_per_minute": 0})
     users = [new_user() for _ in range(8)]
@@ -265,7 +265,7 @@ async def test_no_notification_reaches_another_user(start_app):
 
 # -- unread counts ---------------------------------------------------------------------------------
 
-@gen_test
+@bounded
 async def test_unread_count_follows_every_change(start_app):
     app = await start_app()
     user = new_user()
@@ -285,7 +285,7 @@ async def test_unread_count_follows_every_change(start_app):
 
 # -- token lifetime --------------------------------------------------------------------------------
 
-@gen_test
+@bounded
 async def test_token_expiry_warns_then_closes_with_4003(start_app):
     app = await start_app(**{"websocket.token_expiry_warning_seconds": 1})
     user = new_user()
@@ -296,7 +296,7 @@ async def test_token_expiry_warns_then_closes_with_4003(start_app):
     assert await socket.closed(timeout=4) == 4003
 
 
-@gen_test
+@bounded
 async def test_refreshed_token_keeps_the_socket_open(start_app):
     app = await start_app(**{"websocket.token_expiry_warning_seconds": 1})
     user = new_user()
@@ -312,7 +312,7 @@ async def test_refreshed_token_keeps_the_socket_open(start_app):
     assert socket.close_code is None
 
 
-@gen_test
+@bounded
 async def test_refresh_with_another_users_token_closes_with_4002(start_app):
     app = await start_app()
     socket = await connect(app, new_user())
@@ -320,7 +320,7 @@ async def test_refresh_with_another_users_token_closes_with_4002(start_app):
     assert await socket.closed() == 4002
 
 
-@gen_test
+@bounded
 async def test_refresh_with_invalid_token_is_an_error_and_keeps_the_socket(start_app):
     app = await start_app()
     user = new_user()
@@ -356,7 +356,7 @@ async def wait_until(condition, timeout: float) -> None:
         await asyncio.sleep(0.05)
 
 
-@gen_test
+@bounded
 async def test_dead_client_is_dropped_by_keepalive(start_app):
     app = await start_app(**{"websocket.ping_interval_seconds": 1, "websocket.ping_timeout_seconds": 1})
     user = new_user()
@@ -366,7 +366,7 @@ async def test_dead_client_is_dropped_by_keepalive(start_app):
     writer.close()
 
 
-@gen_test
+@bounded
 async def test_slow_consumer_is_closed_while_others_keep_receiving(start_app, caplog):
     app = await start_app(**{"rate_limits.notifications_per_minute": 0,
                              "websocket.max_queued_messages": 50,
@@ -391,7 +391,7 @@ async def test_slow_consumer_is_closed_while_others_keep_receiving(start_app, ca
     writer.close()
 
 
-@gen_test
+@bounded
 async def test_shutdown_closes_sockets_with_1001(start_app):
     app = await start_app()
     socket = await connect(app, new_user())
@@ -399,14 +399,14 @@ async def test_shutdown_closes_sockets_with_1001(start_app):
     assert await socket.closed() == 1001
 
 
-@gen_test
+@bounded
 async def test_token_expired_within_the_leeway_is_refused_at_connect_with_4002(start_app):
     app = await start_app(**{"auth.leeway_seconds": 60})
     socket = await Socket.open(app, token(new_user(), ttl=-5))
     assert await socket.closed() == 4002
 
 
-@gen_test
+@bounded
 async def test_marking_an_already_read_notification_is_still_acknowledged(start_app):
     app = await start_app()
     user = new_user()
@@ -420,7 +420,7 @@ async def test_marking_an_already_read_notification_is_still_acknowledged(start_
     assert (await socket.receive())["all"] is True
 
 
-@gen_test
+@bounded
 async def test_socket_token_never_reaches_the_access_log(start_app, caplog):
     app = await start_app()
     secret_token = token(new_user())
