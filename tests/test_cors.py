@@ -11,7 +11,6 @@ from .support import new_user, token
 DASHBOARD = "https://dashboard.mojavox.ai"
 
 
-@pytest.mark.gen_test(timeout=30)
 async def test_preflight_is_answered_without_a_token_for_an_allowed_origin(start_app):
     app = await start_app(**{"server.allowed_origins": [DASHBOARD], "web.cors_max_age_seconds": 900})
     status, body = await app.api.call("OPTIONS", "/api/notifications/settings", headers={
@@ -28,7 +27,6 @@ async def test_preflight_is_answered_without_a_token_for_an_allowed_origin(start
     assert "Access-Control-Allow-Credentials" not in headers
 
 
-@pytest.mark.gen_test(timeout=30)
 async def test_preflight_lists_the_methods_of_each_endpoint(start_app):
     app = await start_app(**{"server.allowed_origins": [DASHBOARD]})
     expected = {"/api/notifications": "GET, POST", "/api/notifications/read-all": "POST",
@@ -42,7 +40,6 @@ async def test_preflight_lists_the_methods_of_each_endpoint(start_app):
         assert (status, app.api.last_headers["Access-Control-Allow-Methods"]) == (204, methods), path
 
 
-@pytest.mark.gen_test(timeout=30)
 async def test_answers_and_errors_carry_the_allowed_origin(start_app):
     app = await start_app(**{"server.allowed_origins": [DASHBOARD, "http://localhost:5173"]})
     user = new_user()
@@ -56,7 +53,6 @@ async def test_answers_and_errors_carry_the_allowed_origin(start_app):
     assert app.api.last_headers["Access-Control-Allow-Origin"] == DASHBOARD
 
 
-@pytest.mark.gen_test(timeout=30)
 async def test_an_origin_not_on_the_list_gets_no_cors_headers(start_app):
     app = await start_app(**{"server.allowed_origins": [DASHBOARD]})
     status, body = await app.api.call("OPTIONS", "/api/notifications", headers={
@@ -69,7 +65,6 @@ async def test_an_origin_not_on_the_list_gets_no_cors_headers(start_app):
     assert "Access-Control-Allow-Origin" not in app.api.last_headers
 
 
-@pytest.mark.gen_test(timeout=30)
 async def test_an_empty_list_allows_no_other_origin_for_rest(start_app):
     app = await start_app()
     status, _ = await app.api.call("OPTIONS", "/api/notifications", headers={
@@ -78,7 +73,6 @@ async def test_an_empty_list_allows_no_other_origin_for_rest(start_app):
     assert "Access-Control-Allow-Origin" not in app.api.last_headers
 
 
-@pytest.mark.gen_test(timeout=30)
 async def test_cors_is_only_for_the_api(start_app):
     app = await start_app(**{"server.allowed_origins": [DASHBOARD]})
     status, _ = await app.api.get("/healthz", headers={"Origin": DASHBOARD})
@@ -86,7 +80,6 @@ async def test_cors_is_only_for_the_api(start_app):
     assert "Access-Control-Allow-Origin" not in app.api.last_headers
 
 
-@pytest.mark.gen_test(timeout=30)
 async def test_one_notification_can_be_read_by_its_owner_only(start_app):
     app = await start_app()
     user = new_user()

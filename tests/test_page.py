@@ -13,7 +13,6 @@ from .servers import ROOT, ServeProcess
 from .support import TEST_SECRET
 
 
-@pytest.mark.gen_test(timeout=30)
 async def test_the_page_is_served_at_the_root_with_a_strict_content_security_policy(start_app):
     app = await start_app()
     status, body = await app.api.get("/")
@@ -32,7 +31,6 @@ async def test_the_page_is_served_at_the_root_with_a_strict_content_security_pol
     assert app.api.last_headers["Content-Type"].startswith(("application/javascript", "text/javascript"))
 
 
-@pytest.mark.gen_test(timeout=30)
 async def test_the_page_is_told_where_the_socket_is(start_app):
     app = await start_app(**{"server.ws_path": "/live/notifications",
                              "web.action_base_url": "https://app.mojavox.ai"})
@@ -41,7 +39,6 @@ async def test_the_page_is_told_where_the_socket_is(start_app):
                                     "actionBaseUrl": "https://app.mojavox.ai"})
 
 
-@pytest.mark.gen_test(timeout=30)
 async def test_the_page_imports_the_client_of_clients_js(start_app):
     app = await start_app()
     status, served = await app.api.get("/client/mojavox-notify.js")
@@ -58,7 +55,6 @@ def test_the_packaged_client_is_the_one_of_clients_js():
                                 "cp clients/js/mojavox-notify.js mojavox_notify/static/")
 
 
-@pytest.mark.gen_test(timeout=30)
 async def test_the_page_can_be_turned_off(start_app):
     app = await start_app(**{"web.page": False})
     status, body = await app.api.get("/")
