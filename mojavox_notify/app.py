@@ -20,7 +20,7 @@ import tornado.web
 from .auth import build_verifier
 from .broker import Broker, InProcessBroker
 from .handlers.admin import DocumentHandler, HealthHandler, MetricsHandler, PluginsHandler
-from .handlers.base import Cors, InFlight, NotFoundHandler, log_request
+from .handlers.base import BaseHandler, Cors, InFlight, NotFoundHandler, log_request
 from .handlers.events import EventsHandler
 from .handlers.rest import (MarkAllReadHandler, MarkReadHandler, NotificationHandler,
                             NotificationsHandler, PushSubscriptionHandler, SettingsHandler,
@@ -34,6 +34,7 @@ from .logs import redact_tornado_logs
 from .metrics import Metrics, counter, gauge
 from .model import Event
 from .plugins import Plugins, build_plugin_manager
+from .openapi import openapi_document
 from .protocol import protocol_document
 from .push import PushSender
 from .push_worker import PushWorker
@@ -210,7 +211,14 @@ class NotifyApp:
             *([(r"/metrics", MetricsHandler, {**common, "metrics": self.metrics})]
               if settings.metrics.access == "admin" else []),
             (r"/healthz", HealthHandler, {**common, "checks": self.health}),
-            (r"/protocol.json", DocumentHandler, {**common, "document": protocol_document()}),
+            (r"/protocol.json", DocumentHandler, {**common, "document": protocol_document(),
+                                                  "media_type": "application/schema+json"}),
+        ]
+        routes.append((r"/openapi.json", DocumentHandler, {
+            **common, "document": openapi_document(
+                rest_routes(routes) + [("/openapi.json", ["get"])], self.plugins.types.names,
+                sorted(self.plugins.event_types))}))
+        routes += [
             (settings.server.ws_path, NotificationSocket, {
                 "service": self.service, "hub": self.hub, "verifier": self.verifier,
                 "types": self.plugins.types, "server": settings.server,
@@ -313,3 +321,16 @@ class NotifyApp:
         if self.store is not None:
             await self.store.close()
             self.store = None
+
+
+def rest_routes(routes: list[tuple]) -> list[tuple[str, list[str]]]:
+    """(pattern, methods it answers) for every route served by a BaseHandler: what
+    /openapi.json describes."""
+    described = []
+    for pattern, handler, *_ in routes:
+        if not issubclass(handler, BaseHandler):
+            continue
+        methods = [method.lower() for method in ("GET", "POST", "PUT", "DELETE")
+                   if getattr(handler, method.lower()) is not getattr(tornado.web.RequestHandler, method.lower())]
+        described.append((pattern, methods))
+    return described

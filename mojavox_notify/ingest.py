@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import schemas
 from .errors import NotifyError, ValidationError
 from .idempotency import Idempotency
 from .metrics import Metrics
@@ -24,9 +25,11 @@ class EventIngest:
         self.service = service
         self.idempotency = Idempotency(store)
         self._metrics = metrics or Metrics()
+        self.event_schema = schemas.event_schema(plugins.event_types)
 
     def parse(self, raw: Any) -> Event:
         try:
+            schemas.check(raw, self.event_schema)
             return validate_event(raw, self.plugins.event_types)
         except ValidationError:
             self._metrics.events.labels(self._known(raw.get("type") if isinstance(raw, dict) else None),

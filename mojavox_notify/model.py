@@ -28,6 +28,8 @@ MAX_DATA_BYTES = 16 * 1024
 MAX_DATA_DEPTH = 20
 MAX_ACTION_URL = 2048
 MAX_JSON_DEPTH = 32
+MAX_PAGE = 100
+MAX_OFFSET = 2 ** 31 - 1  # within what every engine takes for a skip
 INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 # Stored as the expiry of notifications that never expire, so every query is a plain range.
 NEVER = datetime(9999, 12, 31, tzinfo=timezone.utc)

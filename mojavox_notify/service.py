@@ -16,9 +16,10 @@ from typing import Any, Callable, Iterable
 
 from .broker import Broker
 from .errors import NotFoundError, ValidationError
+from . import schemas
 from .idempotency import Idempotency
 from .metrics import Metrics
-from .model import (ChannelPreference, Draft, PushSubscription, default_preferences,
+from .model import (MAX_OFFSET, MAX_PAGE, ChannelPreference, Draft, PushSubscription, default_preferences,
                     notification_id, preferences_payload, to_payload, validate_draft,
                     validate_endpoint, validate_preferences_update, validate_push_subscription)
 from .plugins import Plugins
@@ -29,8 +30,6 @@ from .store import NotificationStore, UserState
 
 log = logging.getLogger(__name__)
 
-MAX_PAGE = 100
-MAX_OFFSET = 2 ** 31 - 1  # within what every engine takes for a skip
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")
 
 
@@ -62,13 +61,20 @@ class NotificationService:
         self._online = online
         self._metrics = metrics or Metrics()
         self._idempotency = Idempotency(store)
+        self.draft_schema = schemas.draft_schema(self.types.names)
+        self.preferences_update_schema = schemas.preferences_update_schema(self.types.names)
         #: Called when a creation recorded push jobs (the push worker wakes up).
         self.on_push_recorded: Callable[[], None] | None = None
 
     # -- creation ------------------------------------------------------------------------------
 
     def validate(self, raw_drafts: Iterable[Any]) -> list[Draft]:
-        return [validate_draft(raw, self.types, self._action_url_hosts) for raw in raw_drafts]
+        """The draft schema first (the one /openapi.json publishes), then what it cannot say."""
+        drafts = []
+        for raw in raw_drafts:
+            schemas.check(raw, self.draft_schema)
+            drafts.append(validate_draft(raw, self.types, self._action_url_hosts))
+        return drafts
 
     async def create(self, raw_draft: Any) -> dict[str, Any] | None:
         """Create one notification; None when the recipient turned its type off."""
@@ -236,17 +242,20 @@ class NotificationService:
                                     for name, default in self._defaults.items()})
 
     async def update_preferences(self, user_id: str, raw: Any) -> dict[str, Any]:
+        schemas.check(raw, self.preferences_update_schema)
         changes = validate_preferences_update(raw, self.types)
         await self.store.update_preferences(user_id, changes)
         return await self.preferences(user_id)
 
     async def save_push_subscription(self, user_id: str, raw: Any) -> PushSubscription:
+        schemas.check(raw, schemas.PUSH_SUBSCRIPTION)
         subscription = validate_push_subscription(raw)
         await check_endpoint(subscription.endpoint, self._push.allowed_insecure_hosts)
         await self.store.save_push_subscription(user_id, subscription)
         return subscription
 
     async def remove_push_subscription(self, user_id: str, raw: Any) -> None:
+        schemas.check(raw, schemas.ENDPOINT)
         await self.store.remove_push_subscription(user_id, validate_endpoint(raw))
 
     async def cleanup(self, retention_days: int) -> int:

@@ -48,12 +48,13 @@ class MetricsHandler(BaseHandler):
 
 
 class DocumentHandler(BaseHandler):
-    """A published description of the API (the socket's frame schemas), open to anyone."""
+    """A published description of the API (/openapi.json, /protocol.json), open to anyone."""
 
     public = True
     document: dict
+    media_type: str = "application/json"
 
     async def get(self) -> None:
-        self.set_header("Content-Type", "application/schema+json")
+        self.set_header("Content-Type", self.media_type)
         self.set_header("Cache-Control", "public, max-age=300")
         self.finish(json.dumps(self.document, indent=1))

@@ -1,0 +1,166 @@
+"""`/openapi.json`: the REST API as OpenAPI 3.1, built from the running app.
+
+Bodies and answers are the schemas the handlers validate with (schemas.py, protocol.py), with
+the app's registered notification and event types filled in; the operations below say which
+schema goes where. A test checks that every route the app serves is described here and nothing
+else, and schemathesis runs the described API against a live server.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from . import __version__, schemas
+from .model import MAX_OFFSET, MAX_PAGE
+from .protocol import NOTIFICATION, OBJECT_ID
+
+
+@dataclass(frozen=True)
+class Operation:
+    summary: str
+    who: str  # "anyone", "user", "service", "admin"
+    answers: dict[int, Any]  # status → schema (or a callable of the app's type lists)
+    body: Any = None
+    query: tuple[str, ...] = ()
+    headers: tuple[str, ...] = ()
+    media_type: str = "application/json"
+    extra_errors: tuple[int, ...] = field(default=())
+
+
+QUERY = {
+    "limit": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 50},
+    "offset": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0},
+    "unreadOnly": {"type": "boolean", "default": False},
+}
+HEADERS = {
+    "Idempotency-Key": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,128}$",
+                        "description": "A retry with the same key returns the first answer"},
+}
+ERRORS_BY_CALLER = {"anyone": (), "user": (400, 401, 413, 429, 503),
+                    "service": (400, 401, 403, 413, 429, 503), "admin": (401, 403, 429, 503)}
+HEALTH = {"type": "object", "required": ["status", "storage", "broker", "connections"],
+          "properties": {"status": {"enum": ["ok", "unavailable"]}}}
+
+OPERATIONS: dict[tuple[str, str], Operation] = {
+    ("/api/notifications", "get"): Operation(
+        "The caller's notifications, newest first", "user", {200: schemas.PAGE},
+        query=("limit", "offset", "unreadOnly")),
+    ("/api/notifications", "post"): Operation(
+        "Create one notification (202 when its recipient turned the type off)", "service",
+        {201: NOTIFICATION, 202: schemas.MUTED},
+        body=lambda types, events: schemas.draft_schema(types), headers=("Idempotency-Key",),
+        extra_errors=(404,)),
+    ("/api/notifications/read-all", "post"): Operation(
+        "Mark every notification of the caller read", "user", {200: schemas.SUCCESS}),
+    ("/api/notifications/settings", "get"): Operation(
+        "The caller's channel settings for every type", "user",
+        {200: lambda types, events: schemas.preferences_schema(types)}),
+    ("/api/notifications/settings", "put"): Operation(
+        "Change some channel settings; answers all of them", "user",
+        {200: lambda types, events: schemas.preferences_schema(types)},
+        body=lambda types, events: schemas.preferences_update_schema(types)),
+    ("/api/notifications/push-subscription", "post"): Operation(
+        "Register a browser's push subscription", "user", {200: schemas.SUCCESS},
+        body=schemas.PUSH_SUBSCRIPTION),
+    ("/api/notifications/push-subscription", "delete"): Operation(
+        "Forget a push subscription", "user", {200: schemas.SUCCESS}, body=schemas.ENDPOINT,
+        extra_errors=(404,)),
+    ("/api/notifications/unread-count", "get"): Operation(
+        "The caller's unread counts", "user", {200: schemas.UNREAD_COUNT}),
+    ("/api/notifications/vapid-public-key", "get"): Operation(
+        "The VAPID public key for pushManager.subscribe (404 without web push)", "anyone",
+        {200: schemas.VAPID_KEY, 404: schemas.ERROR}),
+    ("/api/notifications/{id}/read", "post"): Operation(
+        "Mark one of the caller's notifications read", "user", {200: schemas.SUCCESS},
+        extra_errors=(404,)),
+    ("/api/notifications/{id}", "get"): Operation(
+        "One of the caller's notifications (the service worker reads it for a minimal push)",
+        "user", {200: NOTIFICATION}, extra_errors=(404,)),
+    ("/api/notifications/{id}", "delete"): Operation(
+        "Delete one of the caller's notifications", "user", {200: schemas.SUCCESS},
+        extra_errors=(404,)),
+    ("/api/events", "post"): Operation(
+        "Post one domain event; a repeated id returns the first answer", "service",
+        {202: schemas.EVENT_ANSWER}, body=lambda types, events: schemas.event_schema(events)),
+    ("/api/plugins", "get"): Operation(
+        "The loaded plugins, their hooks and types", "admin", {200: {"type": "object"}}),
+    ("/healthz", "get"): Operation(
+        "Health from cached state: 200 when storage answers", "anyone",
+        {200: HEALTH, 503: HEALTH}),
+    ("/protocol.json", "get"): Operation(
+        "The dashboard socket's frames as JSON Schema", "anyone", {200: {"type": "object"}},
+        media_type="application/schema+json"),
+    ("/openapi.json", "get"): Operation(
+        "This document", "anyone", {200: {"type": "object"}}),
+    ("/metrics", "get"): Operation(
+        "Prometheus metrics (metrics.access: admin)", "admin", {200: {"type": "string"}},
+        media_type="text/plain"),
+}
+
+
+def route_path(pattern: str) -> str:
+    """`/api/notifications/([^/]+)/read` → `/api/notifications/{id}/read`."""
+    return re.sub(r"\(\[\^/\]\+\)", "{id}", pattern).rstrip("$")
+
+
+def openapi_document(routes: list[tuple[str, list[str]]], type_names: list[str],
+                     event_types: list[str], server_url: str | None = None) -> dict[str, Any]:
+    """`routes`: (tornado pattern, methods served) for every REST route of the app."""
+    paths: dict[str, dict[str, Any]] = {}
+    for pattern, methods in routes:
+        path = route_path(pattern)
+        for method in methods:
+            operation = OPERATIONS[(path, method)]
+            paths.setdefault(path, {})[method] = _operation(
+                operation, path, lambda value: value(type_names, event_types) if callable(value) else value)
+    document = {
+        "openapi": "3.1.0",
+        "info": {"title": "MOJAVOX Notify", "version": __version__,
+                 "description": "Notifications for dashboards. The socket is described at "
+                                "/protocol.json."},
+        "paths": paths,
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                                      "bearerFormat": "JWT"}},
+                       "schemas": {"Error": schemas.ERROR, "Notification": NOTIFICATION}},
+    }
+    if server_url:
+        document["servers"] = [{"url": server_url}]
+    return document
+
+
+def _operation(operation: Operation, path: str, resolve: Callable[[Any], Any]) -> dict[str, Any]:
+    described: dict[str, Any] = {"summary": operation.summary, "responses": {}}
+    if operation.who != "anyone":
+        described["security"] = [{"bearer": []}]
+        described["description"] = f"Needs a token{'' if operation.who == 'user' else f' with the {operation.who} role'}."
+    parameters = [{"name": name, "in": "query", "required": False, "schema": QUERY[name]}
+                  for name in operation.query]
+    parameters += [{"name": name, "in": "header", "required": False, "schema": HEADERS[name]}
+                   for name in operation.headers]
+    if "{id}" in path:
+        parameters.append({"name": "id", "in": "path", "required": True, "schema": OBJECT_ID})
+    if parameters:
+        described["parameters"] = parameters
+    if operation.body is not None:
+        described["requestBody"] = {"required": True, "content": {
+            "application/json": {"schema": _public(resolve(operation.body))}}}
+    for status, schema in operation.answers.items():
+        described["responses"][str(status)] = {
+            "description": "success" if status < 400 else "error",
+            "content": {operation.media_type if status < 400 else "application/json":
+                        {"schema": _public(resolve(schema))}}}
+    for status in (*ERRORS_BY_CALLER[operation.who], *operation.extra_errors):
+        described["responses"].setdefault(str(status), {
+            "description": "error", "content": {"application/json": {"schema": schemas.ERROR}}})
+    return described
+
+
+def _public(schema: Any) -> Any:
+    """Without the `x-error`/`x-code` messages, which are for the server's own answers."""
+    if isinstance(schema, dict):
+        return {key: _public(value) for key, value in schema.items() if key not in ("x-error", "x-code")}
+    if isinstance(schema, list):
+        return [_public(item) for item in schema]
+    return schema
