@@ -21,11 +21,12 @@ import tornado.web
 from .auth import build_verifier
 from .broker import Broker, RedisBroker, build_broker
 from .handlers.admin import DocumentHandler, HealthHandler, MetricsHandler, PluginsHandler
-from .handlers.base import BaseHandler, InFlight, NotFoundHandler, log_request
+from .handlers.base import BaseHandler, Cors, InFlight, NotFoundHandler, log_request
 from .handlers.events import EventsHandler
 from .handlers.rest import (MarkAllReadHandler, MarkReadHandler, NotificationHandler,
                             NotificationsHandler, PushSubscriptionHandler, SettingsHandler,
                             UnreadCountHandler, VapidPublicKeyHandler)
+from .handlers.web import page_routes
 from .handlers.websocket import CLOSE_GOING_AWAY, NotificationSocket
 from .httpserver import NotifyHTTPServer, drain_limit
 from .hub import Hub
@@ -212,7 +213,8 @@ class NotifyApp:
         settings = self.settings
         common = {"verifier": self.verifier, "request_limiter": self.request_limiter,
                   "auth_failures": self.auth_failures, "in_flight": self.in_flight,
-                  "max_body_bytes": settings.server.max_body_bytes}
+                  "max_body_bytes": settings.server.max_body_bytes,
+                  "cors": Cors(settings.server.allowed_origins, settings.web.cors_max_age_seconds)}
         service = {**common, "service": self.service}
         routes = [
             (r"/api/notifications", NotificationsHandler, service),
@@ -244,6 +246,8 @@ class NotifyApp:
                 "auth_failures": self.auth_failures, "metrics": self.metrics,
                 "presence": self.presence}),
         ]
+        if settings.web.page:
+            routes += page_routes(common, settings.server.ws_path, settings.web.action_base_url)
         return tornado.web.Application(
             routes,
             default_handler_class=NotFoundHandler, default_handler_args=common,

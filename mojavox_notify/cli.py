@@ -226,6 +226,8 @@ async def _serve_until_signalled(settings: Settings, worker: int | None = None,
     log.info("MOJAVOX Notify serving on %s (WebSocket %s) · storage: %s · broker: %s%s",
              app.url, settings.server.ws_path, app.storage_name, broker,
              "" if worker is None else f" · worker {worker} (pid {os.getpid()})")
+    if not worker:  # once, not once per worker
+        _print_page_link(settings, app.url)
     if ready is not None:
         ready()
     signalled = asyncio.ensure_future(stop.wait())
@@ -239,6 +241,19 @@ async def _serve_until_signalled(settings: Settings, worker: int | None = None,
     if app.storage_health.lost.is_set():
         return EXIT_STORAGE_LOST
     return 0
+
+
+def _print_page_link(settings: Settings, url: str) -> None:
+    """With the development secret (HS256, no JWT_SECRET), a link that opens the notification
+    center signed in as `web.demo_user`: nothing else to set up for a first look. Never with a
+    real secret or an identity provider's keys."""
+    auth = settings.auth
+    if not settings.web.page or auth.algorithm != "HS256" or auth.secret:
+        return
+    token = mint_token(existing_hs256_secret(settings), settings.web.demo_user, [], auth.token_ttl_seconds,
+                       auth.audience, auth.issuer)
+    print(f"Notification center for {settings.web.demo_user} (development token, valid "
+          f"{auth.token_ttl_seconds // 60} min):\n  {url}/#token={token}", flush=True)
 
 
 def _tune_garbage_collection() -> None:

@@ -75,6 +75,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("/api/notifications/{id}/read", "post"): Operation(
         "Mark one of the caller's notifications read", "user", {200: schemas.SUCCESS},
         extra_errors=(404,)),
+    ("/api/notifications/{id}", "get"): Operation(
+        "One of the caller's notifications (the service worker reads it for a minimal push)",
+        "user", {200: NOTIFICATION}, extra_errors=(404,)),
     ("/api/notifications/{id}", "delete"): Operation(
         "Delete one of the caller's notifications", "user", {200: schemas.SUCCESS},
         extra_errors=(404,)),

@@ -206,6 +206,11 @@ class NotificationService:
         """What a socket needs to go live, in one read: the newest seq and the unread counts."""
         return await self.store.state(user_id)
 
+    async def get(self, user_id: str, raw_id: Any) -> dict[str, Any]:
+        """One of the user's notifications as its payload (NotFoundError otherwise); the service
+        worker reads it when the push payload is minimal."""
+        return to_payload(await self.store.get(user_id, notification_id(raw_id)))
+
     async def seq_of(self, user_id: str, raw_id: Any) -> int:
         """The sequence number of one of the user's notifications (NotFoundError otherwise)."""
         document = await self.store.get(user_id, notification_id(raw_id))

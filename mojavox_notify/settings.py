@@ -195,6 +195,17 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True)
+class WebSettings:
+    """The browser side: CORS for /api/* and the notification center page at `/`."""
+
+    page: bool = True
+    cors_max_age_seconds: int = _check(_between(0, 86400), default=600)
+    demo_user: str = _check(lambda value: None if value.strip() else "must name a user",
+                            default="supervisor")
+    action_base_url: str | None = _check(_url_with_scheme("http", "https"), default=None)
+
+
+@dataclass(frozen=True)
 class Settings:
     data_dir: str = "./data"
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -209,6 +220,7 @@ class Settings:
     plugins: PluginSettings = field(default_factory=PluginSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    web: WebSettings = field(default_factory=WebSettings)
     base_dir: str = field(default=".", metadata={"internal": True})
 
     def resolve_path(self, path: str) -> Path:

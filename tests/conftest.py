@@ -132,6 +132,15 @@ async def start_app(make_settings):
             await app.stop()
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item, so fixtures can tell that a test failed (the
+    browser tests save screenshots then)."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
 class CredentialWatch(logging.Handler):
     """Sees every log record (INFO and up) of the session, formatted as a log file would hold
     it, and remembers any that carries something shaped like a JWT."""

@@ -13,6 +13,7 @@ import jsonschema
 import jwt
 import pytest
 import tornado.httpclient
+import tornado.httputil
 import tornado.netutil
 import tornado.websocket
 
@@ -48,6 +49,7 @@ class Api:
     def __init__(self, base_url: str):
         self.base_url = base_url
         self.client = tornado.httpclient.AsyncHTTPClient()
+        self.last_headers: tornado.httputil.HTTPHeaders | None = None
 
     async def call(self, method: str, path: str, token: str | None = None, body: Any = None,
                    raw_body: bytes | None = None, headers: dict | None = None) -> tuple[int, Any]:
@@ -63,6 +65,7 @@ class Api:
             self.base_url + path, method=method, headers=headers, body=data,
             allow_nonstandard_methods=True, request_timeout=20)
         response = await self.client.fetch(request, raise_error=False)
+        self.last_headers = response.headers
         text = response.body.decode() if response.body else ""
         try:
             return response.code, json.loads(text) if text else None

@@ -9,11 +9,12 @@ import logging
 import re
 from typing import Any
 
+import tornado.httputil
 import tornado.web
 
 from ..auth import Principal, TokenVerifier, bearer_token
-from ..errors import (AuthenticationError, NotifyError, PayloadTooLargeError, RateLimitedError,
-                      StorageUnavailableError, ValidationError)
+from ..errors import (AuthenticationError, ForbiddenError, NotifyError, PayloadTooLargeError,
+                      RateLimitedError, StorageUnavailableError, ValidationError)
 from ..httpserver import answered, new_request, refuse_body
 from ..logs import log_access
 from ..model import INT64_MAX, INT64_MIN, parse_json
@@ -58,21 +59,83 @@ class InFlight:
         return True
 
 
+
+# -- CORS for /api/* ------------------------------------------------------------------------------
+
+CORS_ALLOWED_HEADERS = "Authorization, Content-Type, Idempotency-Key"
+CORS_EXPOSED_HEADERS = "Retry-After"
+CORS_METHODS = ("GET", "POST", "PUT", "DELETE")
+
+
+class Cors:
+    """Which origins may call /api/* from a browser: `server.allowed_origins` (empty: none but
+    the server's own). Tokens travel in `Authorization`, never in cookies, so no credentials
+    mode is needed."""
+
+    def __init__(self, allowed_origins: tuple[str, ...], max_age_seconds: int):
+        self.allowed_origins = frozenset(origin.rstrip("/") for origin in allowed_origins)
+        self.max_age = str(max_age_seconds)
+
+    def applies(self, request: tornado.httputil.HTTPServerRequest) -> str | None:
+        """The request's Origin when it is an allowed cross-origin call to /api/*, else None."""
+        origin = request.headers.get("Origin")
+        if origin is None or not request.path.startswith("/api/"):
+            return None
+        return origin if origin in self.allowed_origins else None
+
+
+class CorsHandlerMixin:
+    """Answers on /api/* carry CORS headers for allowed origins (errors included, so a page can
+    read them), and `OPTIONS` preflights are answered before authentication."""
+
+    cors: Cors | None = None
+
+    def set_cors_headers(self) -> None:
+        origin = self.cors.applies(self.request) if self.cors else None
+        if origin is None:
+            if self.request.path.startswith("/api/"):
+                self.set_header("Vary", "Origin")
+            return
+        self.set_header("Access-Control-Allow-Origin", origin)
+        self.set_header("Access-Control-Expose-Headers", CORS_EXPOSED_HEADERS)
+        self.set_header("Vary", "Origin")
+
+    def is_preflight(self) -> bool:
+        return self.request.method == "OPTIONS"
+
+    def answer_preflight(self) -> None:
+        """204 with the allowed methods and headers for an allowed origin; 403 otherwise."""
+        if self.cors is None or self.cors.applies(self.request) is None:
+            raise ForbiddenError("this origin may not call the API (server.allowed_origins)",
+                                 code="origin_not_allowed")
+        methods = [method for method in CORS_METHODS
+                   if getattr(type(self), method.lower()) is not getattr(tornado.web.RequestHandler,
+                                                                         method.lower())]
+        self.set_header("Access-Control-Allow-Methods", ", ".join(methods))
+        self.set_header("Access-Control-Allow-Headers", CORS_ALLOWED_HEADERS)
+        self.set_header("Access-Control-Max-Age", self.cors.max_age)
+        self.set_status(204)
+        self.finish()
+
+
+# -- the base handler -------------------------------------------------------------------------------
+
 @tornado.web.stream_request_body
-class BaseHandler(tornado.web.RequestHandler):
+class BaseHandler(CorsHandlerMixin, tornado.web.RequestHandler):
     """Subclasses set `public = True` to skip authentication, and read `self.principal`."""
 
     public = False
 
     def initialize(self, verifier: TokenVerifier, request_limiter: RateLimiter,
                    auth_failures: RateLimiter, max_body_bytes: int, in_flight: "InFlight",
-                   **collaborators: Any) -> None:
+                   cors: Cors | None = None, **collaborators: Any) -> None:
         self.in_flight = in_flight
         in_flight.begin(self)
         self.verifier = verifier
         self.request_limiter = request_limiter
         self.auth_failures = auth_failures
         self.max_body_bytes = max_body_bytes
+        self.cors = cors
         self.principal: Principal | None = None
         self._chunks: list[bytes] = []
         self._body_size = 0
@@ -81,8 +144,18 @@ class BaseHandler(tornado.web.RequestHandler):
             new_request(self._stream)
         for name, value in collaborators.items():
             setattr(self, name, value)
+        self.set_cors_headers()
+
+    def set_default_headers(self) -> None:
+        # Also called by clear() when an error replaces the answer: errors keep CORS headers.
+        self.set_cors_headers()
+
+    async def options(self, *args: Any) -> None:
+        self.answer_preflight()
 
     async def prepare(self) -> None:
+        if self.is_preflight():
+            return
         declared = self.request.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > self.max_body_bytes:
             self._refuse_body()

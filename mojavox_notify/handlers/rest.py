@@ -63,6 +63,9 @@ class MarkAllReadHandler(BaseHandler):
 class NotificationHandler(BaseHandler):
     service: NotificationService
 
+    async def get(self, notification_id: str) -> None:
+        self.send_json(await self.service.get(self.principal.user_id, notification_id))
+
     async def delete(self, notification_id: str) -> None:
         await self.service.delete(self.principal.user_id, notification_id)
         self.send_json({"success": True})

@@ -1,0 +1,592 @@
+// The notification center page. Plain DOM, no framework, no build step. Every text from the
+// server is inserted with textContent (never innerHTML): a debtor's name is data, not markup.
+
+import { NotifyClient } from '/client/mojavox-notify.js';
+
+const PAGE_SIZE = 30;
+const TOKEN_KEY = 'mojavox.notify.token';
+const PRIORITIES = ['critical', 'high', 'medium', 'low'];
+const TOAST_PRIORITIES = new Set(['high', 'critical']);
+const HIGH_TOAST_MS = 8000;
+const MAX_TOASTS = 5;
+const TYPE_LABELS = {
+  payment_received: 'Payment received',
+  call_completed: 'Call completed',
+  call_escalation: 'Call escalation',
+  high_value_call: 'High-value call',
+  agent_alert: 'Agent alert',
+  campaign_milestone: 'Campaign milestone',
+  system_alert: 'System alert',
+};
+
+const $ = (id) => document.getElementById(id);
+
+/** Everything the page knows; the DOM is drawn from it. */
+const view = {
+  client: null,
+  /** @type {Map<string, {payload: object, element: HTMLElement}>} */
+  items: new Map(),
+  hasMore: true,
+  loading: false,
+  /** History is read only once the socket is live (see the 'connected' listener). */
+  live: false,
+  unreadOnly: false,
+  settings: null,
+  pushRegistration: null,
+};
+
+// -- start-up and sign-in ------------------------------------------------------------------------
+
+function tokenFromFragment() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  const token = params.get('token');
+  if (token) {
+    // Out of the address bar (and so out of bookmarks, screenshots and the history).
+    history.replaceState(null, '', location.pathname + location.search);
+  }
+  return token;
+}
+
+function start() {
+  $('signin-form').addEventListener('submit', (event) => {
+    event.preventDefault();
+    const token = $('token-field').value.trim();
+    if (token) signIn(token);
+  });
+  $('sign-out').addEventListener('click', signOut);
+  $('mark-all').addEventListener('click', () => act(() => view.client.markAllRead()));
+  $('unread-only').addEventListener('change', (event) => {
+    view.unreadOnly = event.target.checked;
+    reloadList();
+  });
+  $('settings-toggle').addEventListener('click', toggleSettings);
+  $('push-toggle').addEventListener('click', togglePush);
+  $('bell').addEventListener('click', () => window.scrollTo({ top: 0, behavior: 'smooth' }));
+  $('retry-now').addEventListener('click', () => view.client && view.client.reconnectNow());
+  window.addEventListener('online', () => view.client && view.client.reconnectNow());
+  new IntersectionObserver((entries) => {
+    if (entries.some((entry) => entry.isIntersecting)) loadMore();
+  }, { rootMargin: '400px' }).observe($('list-end'));
+
+  const token = tokenFromFragment() || sessionStorage.getItem(TOKEN_KEY);
+  if (token) signIn(token);
+  else showSignIn('');
+}
+
+function showSignIn(message) {
+  $('signin').hidden = false;
+  $('center').hidden = true;
+  $('signin-error').textContent = message;
+  $('token-field').focus();
+}
+
+/** This deployment's socket path (server.ws_path) and where relative action URLs lead
+ * (web.action_base_url), asked once. */
+let config = null;
+
+async function pageConfig() {
+  if (!config) {
+    const response = await fetch('/config.json');
+    config = response.ok ? await response.json() : {};
+  }
+  return config;
+}
+
+async function signIn(token) {
+  if (view.client) view.client.close();
+  view.client = null;
+  view.live = false;
+  sessionStorage.setItem(TOKEN_KEY, token);
+  $('signin').hidden = true;
+  $('center').hidden = false;
+  clearList();
+  let wsPath;
+  try {
+    ({ wsPath } = await pageConfig());
+  } catch {
+    wsPath = undefined; // the server is down: the client's default path, retried with backoff
+    config = null;
+  }
+  const client = new NotifyClient({ url: location.origin, token, wsPath });
+  view.client = client;
+  let firstConnection = true;
+  client.on('state', renderConnection);
+  client.on('connected', () => {
+    $('banner').hidden = true;
+    if (firstConnection) {
+      // After the socket is live, so nothing created in between is missed: a notification is
+      // either delivered live or already in the first page (shown once either way).
+      firstConnection = false;
+      view.live = true;
+      loadMore();
+      loadSettings();
+      setUpPush();
+    }
+  });
+  client.on('notification', (payload) => {
+    if (view.unreadOnly && payload.read) return;
+    upsert(payload);
+    if (TOAST_PRIORITIES.has(payload.priority) && !payload.read) alertOf(payload);
+  });
+  client.on('unread_count', renderUnread);
+  client.on('read', ({ notificationId, all }) => markedRead(all ? null : notificationId));
+  client.on('deleted', ({ notificationId }) => removeItem(notificationId));
+  client.on('resync', reloadList);
+  // More were missed than the server replays (websocket.resume_limit): redraw from history.
+  client.on('resumed', ({ hasMore }) => { if (hasMore) reloadList(); });
+  client.on('error', ({ code, message }) => {
+    if (code === 'token_expiring') showBanner('Your session ends in 30 seconds: sign in again with a new token.');
+    else if (code !== 'anchor_failed') console.warn('MOJAVOX Notify:', code, message);
+  });
+  client.on('state', ({ state, code }) => {
+    if (state !== 'unauthorized') return;
+    sessionStorage.removeItem(TOKEN_KEY);
+    showSignIn(code === 4003 ? 'Your session ended (the token expired): sign in again.'
+      : 'That token was refused (invalid or expired).');
+  });
+  client.connect().catch(() => {}); // the 'unauthorized' state above says why
+  tellServiceWorker(token);
+}
+
+function signOut() {
+  if (view.client) view.client.close();
+  view.client = null;
+  sessionStorage.removeItem(TOKEN_KEY);
+  tellServiceWorker(null);
+  clearList();
+  renderUnread({ count: 0, byPriority: {} });
+  showSignIn('');
+}
+
+function showBanner(text) {
+  $('banner').textContent = text;
+  $('banner').hidden = false;
+}
+
+async function act(action) {
+  try {
+    await action();
+  } catch (error) {
+    showBanner(`That did not work: ${error.message}`);
+  }
+}
+
+// -- connection indicator ------------------------------------------------------------------------
+
+let countdown = null;
+
+function renderConnection({ state, delayMs, attempt }) {
+  clearInterval(countdown);
+  const box = $('connection');
+  box.dataset.state = state;
+  $('retry-now').hidden = state !== 'reconnecting';
+  const text = $('connection-text');
+  if (state === 'open') text.textContent = 'Live';
+  else if (state === 'connecting') text.textContent = 'Connecting…';
+  else if (state === 'unauthorized') text.textContent = 'Signed out: token refused';
+  else if (state === 'closed') text.textContent = 'Not connected';
+  else if (state === 'reconnecting' && delayMs !== undefined) {
+    const until = Date.now() + delayMs;
+    const tick = () => {
+      const seconds = Math.max(0, Math.ceil((until - Date.now()) / 1000));
+      text.textContent = `Connection lost: retrying in ${seconds} s (attempt ${attempt})`;
+    };
+    tick();
+    countdown = setInterval(tick, 500);
+  } else if (state === 'reconnecting') text.textContent = `Reconnecting… (attempt ${attempt})`;
+}
+
+// -- the unread badge ------------------------------------------------------------------------------
+
+function renderUnread({ count, byPriority }) {
+  const badge = $('badge');
+  badge.textContent = count > 99 ? '99+' : String(count);
+  badge.hidden = count === 0;
+  badge.dataset.count = String(count);
+  badge.dataset.priority = PRIORITIES.find((priority) => (byPriority[priority] || 0) > 0) || 'none';
+  $('bell').setAttribute('aria-label', `${count} unread notifications`);
+  for (const chip of $('by-priority').children) {
+    const n = byPriority[chip.dataset.priority] || 0;
+    chip.querySelector('.count').textContent = String(n);
+    chip.classList.toggle('zero', n === 0);
+  }
+  document.title = count ? `(${count}) MOJAVOX Notify` : 'MOJAVOX Notify';
+}
+
+// -- the list --------------------------------------------------------------------------------------
+
+function clearList() {
+  view.items.clear();
+  $('list').replaceChildren();
+  view.hasMore = true;
+  view.loading = false;
+  $('list-end').textContent = 'Loading…';
+}
+
+function reloadList() {
+  clearList();
+  loadMore();
+}
+
+async function loadMore() {
+  const client = view.client;
+  if (!client || !view.live || view.loading || !view.hasMore) return;
+  view.loading = true;
+  try {
+    // The list is the newest-first prefix of the user's notifications; asking from a few
+    // before its end (and skipping what is shown) tolerates one deleted meanwhile elsewhere.
+    const offset = Math.max(0, view.items.size - 3);
+    const page = await client.history({ limit: PAGE_SIZE, offset, unreadOnly: view.unreadOnly });
+    if (client !== view.client) return;
+    for (const payload of page.notifications) upsert(payload);
+    view.hasMore = page.hasMore;
+    renderListEnd();
+  } catch (error) {
+    $('list-end').textContent = `Could not load notifications: ${error.message}`;
+  } finally {
+    view.loading = false;
+  }
+  if (view.hasMore && isVisible($('list-end'))) loadMore();
+}
+
+function renderListEnd() {
+  if (view.hasMore) $('list-end').textContent = 'Loading…';
+  else if (view.items.size) $('list-end').textContent = 'That is all.';
+  else $('list-end').textContent = view.unreadOnly ? 'Nothing unread.' : 'No notifications yet.';
+}
+
+function isVisible(element) {
+  const box = element.getBoundingClientRect();
+  return box.top < window.innerHeight + 400;
+}
+
+/** Newest first, by timestamp then id (ids grow with time). */
+function isNewer(a, b) {
+  if (a.timestamp !== b.timestamp) return a.timestamp > b.timestamp;
+  return a.id > b.id;
+}
+
+function upsert(payload) {
+  const known = view.items.get(payload.id);
+  if (known) {
+    if (payload.read && !known.payload.read) setRead(known, true);
+    return;
+  }
+  const element = renderItem(payload);
+  const entry = { payload, element };
+  view.items.set(payload.id, entry);
+  const list = $('list');
+  let before = null;
+  for (const child of list.children) {
+    if (isNewer(payload, view.items.get(child.dataset.id).payload)) {
+      before = child;
+      break;
+    }
+  }
+  list.insertBefore(element, before);
+  if (!view.loading) renderListEnd();
+}
+
+function renderItem(payload) {
+  const item = document.createElement('li');
+  item.className = `notification priority-${payload.priority}`;
+  item.dataset.id = payload.id;
+  item.dataset.priority = payload.priority;
+
+  const body = element('div', 'body');
+  const meta = element('div', 'meta');
+  meta.append(element('span', 'priority', payload.priority), element('span', 'type', typeLabel(payload.type)));
+  const time = element('time', 'time', relativeTime(payload.timestamp));
+  time.dateTime = payload.timestamp;
+  time.title = new Date(payload.timestamp).toLocaleString();
+  meta.append(time);
+  body.append(meta, element('h3', 'title', payload.title), element('p', 'message', payload.message));
+
+  const details = dataDetails(payload.data);
+  if (details) body.append(details);
+
+  const actions = element('div', 'actions');
+  const link = actionLink(payload.actionUrl, payload.id);
+  if (link) actions.append(link);
+  const markRead = element('button', 'mark-read', 'Mark read');
+  markRead.type = 'button';
+  markRead.addEventListener('click', () => act(() => view.client.markRead(payload.id)));
+  const remove = element('button', 'delete link', 'Delete');
+  remove.type = 'button';
+  remove.addEventListener('click', () => act(() => view.client.deleteNotification(payload.id)));
+  actions.append(markRead, remove);
+  item.append(body, actions);
+  setRead({ payload, element: item }, payload.read);
+  return item;
+}
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+/** Who it was for: the reader knows. */
+const HIDDEN_DATA = new Set(['userId', 'userIds', 'supervisorId']);
+
+/** The notification's data as "key: value" pairs (text only): call, agent and account ids. */
+function dataDetails(data) {
+  const entries = Object.entries(data || {})
+    .filter(([key, value]) => !HIDDEN_DATA.has(key) && value !== null && typeof value !== 'object');
+  if (!entries.length) return null;
+  const list = element('dl', 'data');
+  for (const [key, value] of entries.slice(0, 12)) {
+    list.append(element('dt', '', key), element('dd', '', String(value)));
+  }
+  return list;
+}
+
+/** A link for a relative path (on the dashboard, web.action_base_url) or an http(s) URL;
+ * anything else (javascript:, data:) is not one. Opening it marks the notification read. */
+function actionLink(actionUrl, notificationId) {
+  if (typeof actionUrl !== 'string' || !actionUrl) return null;
+  let url;
+  try {
+    url = new URL(actionUrl, (config && config.actionBaseUrl) || location.origin);
+  } catch {
+    return null;
+  }
+  if (url.protocol !== 'https:' && url.protocol !== 'http:') return null;
+  const link = element('a', 'open', 'Open');
+  link.href = url.href;
+  if (url.origin !== location.origin) {
+    link.target = '_blank';
+    link.rel = 'noopener noreferrer';
+  }
+  link.addEventListener('click', () => {
+    const entry = view.items.get(notificationId);
+    if (view.client && (!entry || !entry.payload.read)) view.client.markRead(notificationId).catch(() => {});
+  });
+  return link;
+}
+
+function typeLabel(type) {
+  return TYPE_LABELS[type] || type.replace(/_/g, ' ').replace(/^./, (c) => c.toUpperCase());
+}
+
+function relativeTime(timestamp) {
+  const seconds = Math.round((Date.now() - Date.parse(timestamp)) / 1000);
+  if (seconds < 45) return 'just now';
+  if (seconds < 3600) return `${Math.round(seconds / 60)} min ago`;
+  if (seconds < 86400) return `${Math.round(seconds / 3600)} h ago`;
+  return new Date(timestamp).toLocaleDateString();
+}
+
+setInterval(() => {
+  for (const { payload, element: item } of view.items.values()) {
+    item.querySelector('time').textContent = relativeTime(payload.timestamp);
+  }
+}, 30000);
+
+function setRead(entry, read) {
+  entry.payload.read = read;
+  entry.element.classList.toggle('unread', !read);
+  entry.element.querySelector('.mark-read').hidden = read;
+}
+
+function markedRead(notificationId) {
+  const entries = notificationId ? [view.items.get(notificationId)].filter(Boolean) : [...view.items.values()];
+  for (const entry of entries) {
+    if (view.unreadOnly) removeItem(entry.payload.id);
+    else setRead(entry, true);
+    dismissToast(entry.payload.id);
+  }
+}
+
+function removeItem(notificationId) {
+  const entry = view.items.get(notificationId);
+  if (!entry) return;
+  entry.element.remove();
+  view.items.delete(notificationId);
+  dismissToast(notificationId);
+  if (!view.loading) renderListEnd();
+}
+
+// -- toasts for high and critical ------------------------------------------------------------------
+
+function alertOf(payload) {
+  showToast(payload);
+  if (document.hidden && 'Notification' in window && Notification.permission === 'granted') {
+    // The same tag as a push of this notification: one replaces the other, never both.
+    new Notification(payload.title, { body: payload.message, tag: `mojavox-${payload.id}` });
+  }
+}
+
+function showToast(payload) {
+  const box = $('toasts');
+  while (box.children.length >= MAX_TOASTS) box.firstElementChild.remove();
+  const toast = element('div', `toast priority-${payload.priority}`);
+  toast.dataset.id = payload.id;
+  toast.setAttribute('role', payload.priority === 'critical' ? 'alertdialog' : 'status');
+  const text = element('div', 'toast-text');
+  text.append(element('strong', 'title', payload.title), element('span', 'message', payload.message));
+  const buttons = element('div', 'toast-actions');
+  const link = actionLink(payload.actionUrl, payload.id);
+  if (link) buttons.append(link);
+  const read = element('button', 'mark-read', 'Mark read');
+  read.type = 'button';
+  read.addEventListener('click', () => act(() => view.client.markRead(payload.id)));
+  const close = element('button', 'dismiss link', 'Dismiss');
+  close.type = 'button';
+  close.addEventListener('click', () => toast.remove());
+  buttons.append(read, close);
+  toast.append(text, buttons);
+  box.append(toast);
+  // An escalation stays until someone acts on it; a high one fades after a while.
+  if (payload.priority !== 'critical') setTimeout(() => toast.remove(), HIGH_TOAST_MS);
+}
+
+function dismissToast(notificationId) {
+  for (const toast of $('toasts').querySelectorAll('.toast')) {
+    if (toast.dataset.id === notificationId) toast.remove();
+  }
+}
+
+// -- settings ----------------------------------------------------------------------------------------
+
+function toggleSettings() {
+  const panel = $('settings');
+  panel.hidden = !panel.hidden;
+  $('settings-toggle').setAttribute('aria-expanded', String(!panel.hidden));
+  if (!panel.hidden) loadSettings();
+}
+
+async function loadSettings() {
+  try {
+    renderSettings(await view.client.getSettings());
+  } catch (error) {
+    $('settings-error').textContent = `Could not load settings: ${error.message}`;
+  }
+}
+
+function renderSettings(channels) {
+  view.settings = channels;
+  $('settings-error').textContent = '';
+  const rows = Object.keys(channels).sort().map((type) => {
+    const row = element('tr');
+    row.dataset.type = type;
+    row.append(element('th', '', typeLabel(type)));
+    for (const field of ['enabled', 'push']) {
+      const cell = element('td');
+      const box = element('input');
+      box.type = 'checkbox';
+      box.checked = channels[type][field];
+      box.dataset.type = type;
+      box.dataset.field = field;
+      box.setAttribute('aria-label', `${typeLabel(type)}: ${field === 'enabled' ? 'receive' : 'browser push'}`);
+      box.addEventListener('change', () => changeSetting(box));
+      cell.append(box);
+      row.append(cell);
+    }
+    return row;
+  });
+  $('settings-rows').replaceChildren(...rows);
+}
+
+async function changeSetting(box) {
+  box.disabled = true;
+  try {
+    renderSettings(await view.client.updateSettings({ [box.dataset.type]: { [box.dataset.field]: box.checked } }));
+  } catch (error) {
+    box.checked = !box.checked;
+    box.disabled = false;
+    $('settings-error').textContent = `Not saved: ${error.message}`;
+  }
+}
+
+// -- browser push ------------------------------------------------------------------------------------
+
+function pushSupported() {
+  return 'serviceWorker' in navigator && 'PushManager' in window && 'Notification' in window;
+}
+
+async function tellServiceWorker(token) {
+  if (!('serviceWorker' in navigator)) return;
+  try {
+    const registration = await navigator.serviceWorker.register('/sw.js');
+    view.pushRegistration = registration;
+    const worker = registration.active || registration.waiting || registration.installing;
+    // The worker needs the token only to fetch a notification when the push is minimal.
+    const send = (target) => target && target.postMessage({ type: 'token', token });
+    if (registration.active) send(registration.active);
+    else navigator.serviceWorker.ready.then((ready) => send(ready.active));
+    return worker;
+  } catch (error) {
+    console.warn('MOJAVOX Notify: service worker not registered:', error);
+    return null;
+  }
+}
+
+async function setUpPush() {
+  const button = $('push-toggle');
+  const status = $('push-status');
+  if (!pushSupported()) {
+    status.textContent = 'This browser cannot receive push notifications.';
+    return;
+  }
+  let key;
+  try {
+    key = await view.client.getVapidPublicKey();
+  } catch (error) {
+    status.textContent = `Push unavailable: ${error.message}`;
+    return;
+  }
+  if (!key) {
+    status.textContent = 'Push is not configured on this server.';
+    return;
+  }
+  view.vapidKey = key;
+  const registration = await navigator.serviceWorker.ready;
+  const subscription = await registration.pushManager.getSubscription();
+  renderPush(Boolean(subscription));
+  button.disabled = false;
+}
+
+function renderPush(on) {
+  $('push-toggle').textContent = on ? 'Turn off browser push' : 'Turn on browser push';
+  $('push-toggle').dataset.on = String(on);
+  $('push-status').textContent = on
+    ? 'Push is on: notifications reach this browser when the page is closed.'
+    : 'Turn on push to be notified when this page is closed.';
+}
+
+async function togglePush() {
+  const button = $('push-toggle');
+  button.disabled = true;
+  try {
+    const registration = await navigator.serviceWorker.ready;
+    const existing = await registration.pushManager.getSubscription();
+    if (existing) {
+      await view.client.removePushSubscription(existing.endpoint).catch(() => {});
+      await existing.unsubscribe();
+      renderPush(false);
+      return;
+    }
+    if (await Notification.requestPermission() !== 'granted') {
+      $('push-status').textContent = 'Notifications are blocked for this site in the browser settings.';
+      return;
+    }
+    const subscription = await registration.pushManager.subscribe({
+      userVisibleOnly: true, applicationServerKey: base64UrlToBytes(view.vapidKey),
+    });
+    await view.client.savePushSubscription(subscription);
+    renderPush(true);
+  } catch (error) {
+    $('push-status').textContent = `Push could not be changed: ${error.message}`;
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function base64UrlToBytes(text) {
+  const base64 = text.replace(/-/g, '+').replace(/_/g, '/') + '='.repeat((4 - (text.length % 4)) % 4);
+  return Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+}
+
+start();

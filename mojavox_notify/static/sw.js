@@ -1,0 +1,151 @@
+// MOJAVOX Notify service worker: shows a web push while the page is closed and opens the
+// notification's actionUrl when it is clicked.
+//
+// A push is either full, {title, body, icon?, tag, data: {id, type, priority, actionUrl?}}, or
+// minimal, {id, type, priority} (push.payload: minimal), in which case the notification is read
+// over REST with the token the page last handed over, so no debtor data passes through the
+// push service.
+
+const STORE = 'mojavox-notify-sw';
+const TOKEN_KEY = '/__mojavox/token';
+const TYPE_LABELS = {
+  payment_received: 'Payment received',
+  call_completed: 'Call completed',
+  call_escalation: 'Call escalation',
+  high_value_call: 'High-value call',
+  agent_alert: 'Agent alert',
+  campaign_milestone: 'Campaign milestone',
+  system_alert: 'System alert',
+};
+
+self.addEventListener('install', () => self.skipWaiting());
+self.addEventListener('activate', (event) => event.waitUntil(self.clients.claim()));
+
+self.addEventListener('message', (event) => {
+  if (event.data && event.data.type === 'token') event.waitUntil(saveToken(event.data.token));
+});
+
+self.addEventListener('push', (event) => {
+  event.waitUntil(showPush(event.data));
+});
+
+self.addEventListener('notificationclick', (event) => {
+  event.notification.close();
+  const data = event.notification.data || {};
+  event.waitUntil(Promise.all([openPage(data.actionUrl), markRead(data.id)]));
+});
+
+async function saveToken(token) {
+  const cache = await caches.open(STORE);
+  if (token) await cache.put(TOKEN_KEY, new Response(token));
+  else await cache.delete(TOKEN_KEY);
+}
+
+async function readToken() {
+  const cache = await caches.open(STORE);
+  const stored = await cache.match(TOKEN_KEY);
+  return stored ? stored.text() : null;
+}
+
+function parse(data) {
+  if (!data) return {};
+  try {
+    return data.json();
+  } catch {
+    return { body: data.text() };
+  }
+}
+
+async function showPush(data) {
+  const push = parse(data);
+  const shown = push.title ? fromFullPayload(push) : await fromMinimalPayload(push);
+  const critical = shown.data.priority === 'critical';
+  return self.registration.showNotification(shown.title, {
+    body: shown.body,
+    icon: shown.icon,
+    tag: shown.tag,
+    data: shown.data,
+    // An escalation stays on screen until the supervisor acts on it.
+    requireInteraction: critical,
+    renotify: critical && Boolean(shown.tag),
+  });
+}
+
+function fromFullPayload(push) {
+  const data = push.data || {};
+  return {
+    title: String(push.title),
+    body: push.body === undefined ? '' : String(push.body),
+    icon: push.icon,
+    tag: push.tag || (data.id ? `mojavox-${data.id}` : undefined),
+    data: { id: data.id, type: data.type, priority: data.priority, actionUrl: data.actionUrl },
+  };
+}
+
+async function fromMinimalPayload(push) {
+  const reference = { id: push.id, type: push.type, priority: push.priority };
+  const tag = push.id ? `mojavox-${push.id}` : undefined;
+  const notification = push.id ? await fetchNotification(push.id) : null;
+  if (notification) {
+    return {
+      title: notification.title,
+      body: notification.message,
+      tag,
+      data: { ...reference, actionUrl: notification.actionUrl || undefined },
+    };
+  }
+  // Signed out, or the server is unreachable: say what kind of thing is waiting, nothing more.
+  const label = TYPE_LABELS[push.type] || 'New notification';
+  return { title: label, body: push.body || 'Open MOJAVOX to see it.', tag, data: reference };
+}
+
+async function fetchNotification(id) {
+  const token = await readToken();
+  if (!token) return null;
+  try {
+    const response = await fetch(`/api/notifications/${encodeURIComponent(id)}`, {
+      headers: { Authorization: `Bearer ${token}` },
+    });
+    return response.ok ? await response.json() : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Where relative action URLs lead: the dashboard (web.action_base_url), else this origin. */
+async function actionBase() {
+  try {
+    const config = await (await fetch('/config.json')).json();
+    return config.actionBaseUrl || self.location.origin;
+  } catch {
+    return self.location.origin;
+  }
+}
+
+/** Focus a tab already showing the URL, or open one. Only http(s) URLs are opened; without an
+ * actionUrl, the notification center itself. */
+async function openPage(actionUrl) {
+  let url;
+  try {
+    url = actionUrl ? new URL(actionUrl, await actionBase()) : new URL('/', self.location.origin);
+  } catch {
+    url = new URL('/', self.location.origin);
+  }
+  if (url.protocol !== 'https:' && url.protocol !== 'http:') url = new URL('/', self.location.origin);
+  const windows = await self.clients.matchAll({ type: 'window', includeUncontrolled: true });
+  const open = windows.find((client) => client.url === url.href);
+  if (open && 'focus' in open) return open.focus();
+  return self.clients.openWindow(url.href);
+}
+
+async function markRead(id) {
+  const token = id ? await readToken() : null;
+  if (!token) return;
+  try {
+    await fetch(`/api/notifications/${encodeURIComponent(id)}/read`, {
+      method: 'POST', headers: { Authorization: `Bearer ${token}` },
+    });
+  } catch {
+    // Offline: the page shows it unread, and the user can mark it there.
+  }
+}

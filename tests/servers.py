@@ -1,0 +1,117 @@
+"""A real `mojavox-notify serve` process for tests that drive it from outside (node, Chromium):
+started from a settings file of the test's own, and killable and restartable on the same port
+and the same storage."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .support import TEST_SECRET, token
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class ServeProcess:
+    def __init__(self, folder: Path, secret: str | None = TEST_SECRET, **settings: Any):
+        """`secret=None` leaves auth to the development secret in the data folder."""
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        values = {
+            "data_dir": str(folder / "data"),
+            "server": {"host": "127.0.0.1", "port": self.port},
+            "auth": {"secret": secret} if secret else {},
+            "plugins": {"directory": str(ROOT / "plugins")},
+            "retention": {"cleanup_interval_minutes": 0},
+            "logging": {"level": "WARNING"},
+        }
+        for dotted, value in settings.items():
+            section, _, key = dotted.partition(".")
+            if key:
+                values.setdefault(section, {})[key] = value
+            else:
+                values[section] = value
+        self.settings_path = folder / "settings.yaml"
+        self.settings_path.write_text(yaml.safe_dump(values), encoding="utf-8")
+        self.log_path = folder / "serve.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 20) -> "ServeProcess":
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mojavox_notify", "serve", "--settings", str(self.settings_path)],
+            stdout=log, stderr=log, cwd=self.folder, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        log.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as response:
+                    if response.status == 200:
+                        return self
+            except (urllib.error.URLError, OSError):
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"serve did not start; see {self.log_path}:\n{self.log_text()}")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL: no graceful close, as when a host dies."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")[-4000:]
+
+    # -- REST as a service or a user --------------------------------------------------------------
+
+    def call(self, method: str, path: str, token_value: str | None = None, body: Any = None,
+             headers: dict | None = None) -> tuple[int, Any]:
+        headers = dict(headers or {})
+        if token_value:
+            headers["Authorization"] = f"Bearer {token_value}"
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                text = response.read()
+                return response.status, json.loads(text) if text else None
+        except urllib.error.HTTPError as error:
+            text = error.read()
+            return error.code, json.loads(text) if text else None
+
+    def notify(self, user: str, **fields: Any) -> dict:
+        draft = {"userId": user, "type": "payment_received", "title": "Payment Received",
+                 "message": "John Smith paid $2,450.00", **fields}
+        status, body = self.call("POST", "/api/notifications", token("test-service", ["service"]), draft)
+        assert status == 201, body
+        return body

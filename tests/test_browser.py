@@ -1,0 +1,475 @@
+"""The notification center page and the JavaScript client in a real browser: Debian's chromium
+driven by Playwright (no browser download), against a real `serve` process.
+
+One browser for the whole module; each test gets fresh users and its own browser context. When
+a test fails, a screenshot of each of its pages is saved under test-artifacts/browser/.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import re
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from mojavox_notify.push import new_vapid_pair
+
+from .servers import ROOT, ServeProcess, free_port
+from .support import new_user, token
+
+from playwright.sync_api import Page, expect, sync_playwright
+
+ARTIFACTS = ROOT / "test-artifacts" / "browser"
+expect.set_options(timeout=10_000)  # the machine may be busy; a real failure still fails
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SERVICE = token("browser-test-service", ["service"])
+ADMIN = token("browser-test-admin", ["admin"])
+VAPID_PUBLIC, VAPID_PRIVATE = new_vapid_pair()
+DASHBOARD = "https://app.mojavox.example"  # where relative action URLs lead
+
+
+def browser_binary() -> str:
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.fail("chromium is not installed; the browser tests need Debian's chromium "
+                "(make test installs it: apt-get install chromium)")
+
+
+# -- a second origin: a static page that calls the API from elsewhere ----------------------------
+
+class OtherOrigin:
+    """A plain static web server on another port, serving the client and a blank page: an
+    origin other than the API's (http://127.0.0.1:<port>; http://localhost:<port> is yet another)."""
+
+    def __init__(self, folder: Path):
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / "clients" / "js" / "mojavox-notify.js", folder / "mojavox-notify.js")
+        (folder / "index.html").write_text("<!doctype html><title>dashboard</title><p>other origin</p>")
+        handler = functools.partial(_QuietHandler, directory=str(folder))
+        self.port = free_port()
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.origin = f"http://127.0.0.1:{self.port}"
+        self.unlisted_origin = f"http://localhost:{self.port}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, ".js": "text/javascript"}
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+# -- fixtures ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def other_origin(tmp_path_factory):
+    origin = OtherOrigin(tmp_path_factory.mktemp("other-origin"))
+    yield origin
+    origin.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, other_origin):
+    process = ServeProcess(tmp_path_factory.mktemp("serve"), **{
+        "server.allowed_origins": [other_origin.origin],
+        "server.ws_path": "/live/notifications",  # the page asks the server where its socket is
+        "web.action_base_url": DASHBOARD,
+        "push.vapid_public_key": VAPID_PUBLIC, "push.vapid_private_key": VAPID_PRIVATE,
+    }).start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=browser_binary(), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def context(browser, request):
+    """A fresh browser context (its own profile: storage, service workers, permissions)."""
+    context = browser.new_context(viewport={"width": 1100, "height": 800})
+    context.set_default_timeout(10_000)
+    uncaught: list[str] = []
+    context.on("page", lambda page: page.on("pageerror", lambda error: uncaught.append(str(error))))
+    yield context
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        for number, page in enumerate(context.pages):
+            path = ARTIFACTS / f"{request.node.name}-{number}.png"
+            try:
+                page.screenshot(path=str(path), full_page=True)
+                print(f"screenshot of page {number} ({page.url}): {path}")
+            except Exception as error:  # the page may have crashed: keep the test's own failure
+                print(f"no screenshot of page {number}: {error}")
+    context.close()
+    assert uncaught == [], "uncaught errors in the page's scripts"
+
+
+def open_center(context, server, user: str) -> Page:
+    page = context.new_page()
+    page.goto(f"{server.url}/#token={token(user)}")
+    expect(page.locator("#connection")).to_have_attribute("data-state", "open")
+    return page
+
+
+def items(page: Page):
+    return page.locator("#list > li.notification")
+
+
+def listed_ids(page: Page) -> list[str]:
+    return items(page).evaluate_all("nodes => nodes.map(node => node.dataset.id)")
+
+
+# -- the page --------------------------------------------------------------------------------------
+
+def test_page_shows_history_live_arrivals_badge_counts_and_toasts(context, server):
+    user = new_user("page")
+    older = server.notify(user, type="campaign_milestone", title="Campaign 50%", priority="medium")
+    page = open_center(context, server, user)
+    assert "token" not in page.url, "the token is taken out of the address bar"
+    expect(items(page)).to_have_count(1)
+    expect(page.locator("#badge")).to_have_text("1")
+    expect(page.locator("#badge")).to_have_attribute("data-priority", "medium")
+
+    low = server.notify(user, type="call_completed", title="Call completed", priority="low")
+    high = server.notify(user, title="Payment Received", message="John Smith paid $2,450.00",
+                         priority="high", actionUrl="/payment-history")
+    critical = server.notify(user, type="call_escalation", title="Escalation", priority="critical",
+                             message="agent-7 requests supervisor intervention",
+                             actionUrl="/live-monitor?call=c-1")
+    expect(items(page)).to_have_count(4)
+    assert listed_ids(page) == [critical["id"], high["id"], low["id"], older["id"]]
+    expect(page.locator("#badge")).to_have_text("4")
+    expect(page.locator("#badge")).to_have_attribute("data-priority", "critical")
+    for priority, count in (("critical", 1), ("high", 1), ("medium", 1), ("low", 1)):
+        expect(page.locator(f'#by-priority [data-priority="{priority}"] .count')).to_have_text(str(count))
+    assert page.title() == "(4) MOJAVOX Notify"
+
+    first = items(page).first
+    expect(first.locator(".title")).to_have_text("Escalation")
+    expect(first.locator(".message")).to_have_text("agent-7 requests supervisor intervention")
+    expect(first.locator("a.open")).to_have_attribute("href", f"{DASHBOARD}/live-monitor?call=c-1")
+    expect(first.locator("a.open")).to_have_attribute("target", "_blank")
+    toasts = page.locator("#toasts .toast")
+    expect(toasts).to_have_count(2)  # high and critical; not low or the history
+    assert toasts.evaluate_all("nodes => nodes.map(node => node.dataset.id)") == [high["id"], critical["id"]]
+
+
+def test_text_from_the_server_is_shown_as_text_never_as_markup(context, server):
+    user = new_user("xss")
+    page = open_center(context, server, user)
+    markup = '<img src=x onerror="window.__injected = 1"><b>Smith</b>'
+    server.notify(user, title="Payment", message="a < b & c > d",
+                  data={"debtorName": markup, "accountId": "AC-1"})
+    expect(items(page)).to_have_count(1)
+    expect(items(page).first.locator(".message")).to_have_text("a < b & c > d")
+    expect(items(page).first.locator(".data dd").first).to_have_text(markup)
+    assert items(page).first.locator("img, b").count() == 0
+    assert page.evaluate("window.__injected") is None
+
+
+def test_history_scrolls_in_pages_each_notification_once(context, server):
+    user = new_user("scroll")
+    created = [server.notify(user, title=f"n{number}", priority="low") for number in range(65)]
+    page = open_center(context, server, user)
+    expect(items(page)).to_have_count(30)  # the first page only, until scrolled
+    page.wait_for_timeout(200)
+    expect(items(page)).to_have_count(30)
+    for _ in range(5):
+        page.locator("#list-end").scroll_into_view_if_needed()
+        if page.locator("#list-end").text_content() == "That is all.":
+            break
+        page.wait_for_timeout(100)
+    expect(page.locator("#list-end")).to_have_text("That is all.")
+    assert listed_ids(page) == [n["id"] for n in reversed(created)]
+
+
+def test_mark_read_in_one_tab_updates_the_other(context, server):
+    user = new_user("tabs")
+    first, second = open_center(context, server, user), open_center(context, server, user)
+    one = server.notify(user, title="one", priority="high", actionUrl="/payment-history")
+    two = server.notify(user, type="call_escalation", title="two", priority="critical")
+    for page in (first, second):
+        expect(items(page)).to_have_count(2)
+        expect(page.locator("#badge")).to_have_text("2")
+
+    first.locator(f'li[data-id="{two["id"]}"] button.mark-read').click()
+    for page in (first, second):
+        expect(page.locator(f'li[data-id="{two["id"]}"]')).not_to_have_class(re.compile(r"\bunread\b"))
+        expect(page.locator(f'li[data-id="{one["id"]}"]')).to_have_class(re.compile(r"\bunread\b"))
+        expect(page.locator("#badge")).to_have_text("1")
+        expect(page.locator("#badge")).to_have_attribute("data-priority", "high")
+        expect(page.locator(f'#toasts .toast[data-id="{two["id"]}"]')).to_have_count(0)
+
+    one_link = second.locator(f'li[data-id="{one["id"]}"] a.open')
+    with context.expect_page() as opened:
+        one_link.click()  # opening a notification's link marks it read
+    assert opened.value.url.startswith(f"{DASHBOARD}/payment-history") or opened.value.url.startswith("chrome-error")
+    opened.value.close()
+    for page in (first, second):
+        expect(page.locator(f'li[data-id="{one["id"]}"]')).not_to_have_class(re.compile(r"\bunread\b"))
+        expect(page.locator("#badge")).to_be_hidden()
+
+    server.notify(user, title="three", priority="low")
+    for page in (first, second):
+        expect(page.locator("#badge")).to_have_text("1")
+    second.locator("#mark-all").click()
+    for page in (first, second):
+        expect(page.locator("#badge")).to_be_hidden()
+        expect(page.locator("#list > li.unread")).to_have_count(0)
+        assert page.title() == "MOJAVOX Notify"
+
+
+def test_unread_only_filter_and_delete(context, server):
+    user = new_user("filter")
+    first, second, third = (server.notify(user, title=f"n{n}", priority="medium") for n in range(3))
+    server.call("POST", f"/api/notifications/{second['id']}/read", token(user))
+    page = open_center(context, server, user)
+    expect(items(page)).to_have_count(3)
+    page.locator("#unread-only").check()
+    expect(items(page)).to_have_count(2)
+    assert listed_ids(page) == [third["id"], first["id"]]
+
+    server.call("POST", f"/api/notifications/{first['id']}/read", token(user))  # read elsewhere
+    expect(items(page)).to_have_count(1)
+    page.locator(f'li[data-id="{third["id"]}"] button.delete').click()
+    expect(items(page)).to_have_count(0)
+    expect(page.locator("#list-end")).to_have_text("Nothing unread.")
+    page.locator("#unread-only").uncheck()
+    expect(items(page)).to_have_count(2)
+    assert listed_ids(page) == [second["id"], first["id"]]
+    status, body = server.call("GET", "/api/notifications", token(user))
+    assert [n["id"] for n in body["notifications"]] == [second["id"], first["id"]]
+
+
+def test_server_killed_and_restarted_the_page_resumes_without_missing_or_repeating(context, server, tmp_path):
+    user = new_user("restart")
+    before = server.notify(user, title="before", priority="low")
+    page = open_center(context, server, user)
+    expect(items(page)).to_have_count(1)
+
+    server.kill()
+    expect(page.locator("#connection")).to_have_attribute("data-state", "reconnecting")
+    expect(page.locator("#connection-text")).to_contain_text("retrying")
+    # While the page's server is down, another instance on the same storage takes three.
+    other = ServeProcess(tmp_path, **{"data_dir": str(server.folder / "data")}).start()
+    try:
+        missed = [other.notify(user, title=f"missed {n}", priority="high") for n in range(3)]
+    finally:
+        other.stop()
+    server.start()
+    expect(page.locator("#connection")).to_have_attribute("data-state", "open", timeout=20_000)
+    after = server.notify(user, title="after", priority="low")
+    expect(items(page)).to_have_count(5)
+    page.wait_for_timeout(300)  # nothing more arrives
+    expected = [after, *reversed(missed), before]
+    assert listed_ids(page) == [n["id"] for n in expected]
+    expect(page.locator("#badge")).to_have_text("5")
+    expect(page.locator("#toasts .toast")).to_have_count(3)  # the missed high ones, once each
+
+
+def test_settings_toggles_persist(context, server):
+    user = new_user("settings")
+    page = open_center(context, server, user)
+    page.locator("#settings-toggle").click()
+    receive = page.locator('input[data-type="call_completed"][data-field="enabled"]')
+    push = page.locator('input[data-type="payment_received"][data-field="push"]')
+    expect(receive).to_be_checked()
+    expect(push).to_be_checked()
+    receive.uncheck()
+    expect(receive).to_be_enabled()  # saved and redrawn from the server's answer
+    push.uncheck()
+    expect(page.locator('input[data-type="payment_received"][data-field="push"]')).to_be_enabled()
+
+    status, stored = server.call("GET", "/api/notifications/settings", token(user))
+    assert status == 200
+    assert stored["channels"]["call_completed"] == {"enabled": False, "push": False}
+    assert stored["channels"]["payment_received"] == {"enabled": True, "push": False}
+
+    page.reload()
+    page.locator("#settings-toggle").click()
+    expect(page.locator('input[data-type="call_completed"][data-field="enabled"]')).not_to_be_checked()
+    expect(page.locator('input[data-type="payment_received"][data-field="push"]')).not_to_be_checked()
+    expect(page.locator('input[data-type="agent_alert"][data-field="enabled"]')).to_be_checked()
+
+
+def test_token_field_signs_in_and_a_refused_token_asks_again(context, server):
+    user = new_user("field")
+    page = context.new_page()
+    page.goto(server.url + "/")
+    expect(page.locator("#signin")).to_be_visible()
+    page.locator("#token-field").fill("not-a-token")
+    page.locator("#signin-form button").click()
+    expect(page.locator("#signin-error")).to_contain_text("refused")
+    page.locator("#token-field").fill(token(user))
+    page.locator("#signin-form button").click()
+    expect(page.locator("#connection")).to_have_attribute("data-state", "open")
+    expect(page.locator("#list-end")).to_have_text("No notifications yet.")
+
+
+def test_service_worker_shows_the_push_payload_full_or_minimal(context, server):
+    user = new_user("push")
+    context.grant_permissions(["notifications"], origin=server.url)
+    page = open_center(context, server, user)
+    expect(page.locator("#push-toggle")).to_be_enabled()  # VAPID configured, push supported
+    page.evaluate("navigator.serviceWorker.ready.then(() => true)")
+    cdp = context.new_cdp_session(page)
+    versions = []
+    cdp.on("ServiceWorker.workerVersionUpdated", lambda event: versions.extend(event["versions"]))
+    cdp.send("ServiceWorker.enable")
+    for _ in range(100):
+        activated = [v for v in versions if v["status"] == "activated" and v["runningStatus"] == "running"]
+        if activated and context.service_workers:
+            break
+        page.wait_for_timeout(50)
+    assert activated and context.service_workers, versions
+    registration_id = activated[-1]["registrationId"]
+    # What the worker asks the browser to show, recorded on its way to the real API: headless
+    # chromium may take a notification off screen at once unless it requires interaction.
+    worker = context.service_workers[0]
+    worker.evaluate("""() => {
+        const show = self.registration.showNotification.bind(self.registration);
+        self.shownForTest = [];
+        self.registration.showNotification = (title, options) => {
+            self.shownForTest.push({ title, ...options });
+            return show(title, options);
+        };
+    }""")
+
+    def deliver(payload: dict) -> None:
+        cdp.send("ServiceWorker.deliverPushMessage", {
+            "origin": server.url + "/", "registrationId": registration_id, "data": json.dumps(payload)})
+
+    def shown_when(count: int) -> list[dict]:
+        for _ in range(100):
+            shown = worker.evaluate("self.shownForTest")
+            if len(shown) >= count:
+                return shown
+            page.wait_for_timeout(50)
+        raise AssertionError(f"the service worker showed {shown}, expected {count}")
+
+    deliver({"title": "Payment Received", "body": "John Smith paid $2,450.00", "tag": "mojavox-aaa",
+             "icon": "/icon.svg", "data": {"id": "aaa", "type": "payment_received", "priority": "high",
+                      "actionUrl": "/payment-history"}})
+    [full] = shown_when(1)
+    assert full == {"title": "Payment Received", "body": "John Smith paid $2,450.00", "tag": "mojavox-aaa",
+                    "icon": "/icon.svg", "data": {"id": "aaa", "type": "payment_received", "priority": "high",
+                             "actionUrl": "/payment-history"},
+                    "requireInteraction": False, "renotify": False}
+
+    def worker_has_token(present: bool) -> None:
+        for _ in range(100):  # (wait_for_function does not await an async predicate)
+            if page.evaluate("""async () => Boolean(await (await caches.open('mojavox-notify-sw'))
+                .match('/__mojavox/token'))""") is present:
+                return
+            page.wait_for_timeout(50)
+        raise AssertionError(f"the service worker's token is {'missing' if present else 'still there'}")
+
+    worker_has_token(True)  # the page handed its token over, for minimal payloads
+    stored = server.notify(user, type="call_escalation", title="Escalation", priority="critical",
+                           message="agent-7 requests supervisor intervention", actionUrl="/live-monitor?call=c-9")
+    deliver({"id": stored["id"], "type": "call_escalation", "priority": "critical"})
+    minimal = shown_when(2)[1]
+    assert minimal == {"title": "Escalation", "body": "agent-7 requests supervisor intervention",
+                       "tag": f"mojavox-{stored['id']}", "icon": None,
+                       "data": {"id": stored["id"], "type": "call_escalation", "priority": "critical",
+                                "actionUrl": "/live-monitor?call=c-9"},
+                       "requireInteraction": True, "renotify": True}
+    on_screen = page.evaluate("""async () => (await (await navigator.serviceWorker.ready).getNotifications())
+        .map(n => ({ title: n.title, tag: n.tag, requireInteraction: n.requireInteraction }))""")
+    assert {"title": "Escalation", "tag": f"mojavox-{stored['id']}", "requireInteraction": True} in on_screen
+
+    page.evaluate("document.getElementById('sign-out').click()")
+    worker_has_token(False)  # signing out makes the worker forget the token
+    second = server.notify(user, type="call_escalation", title="Escalation 2", priority="critical")
+    deliver({"id": second["id"], "type": "call_escalation", "priority": "critical"})
+    signed_out = shown_when(3)[2]
+    assert (signed_out["title"], signed_out["body"]) == ("Call escalation", "Open MOJAVOX to see it.")
+
+
+# -- another origin ----------------------------------------------------------------------------------
+
+CALL_EVERY_ENDPOINT = """async ([api, user, service, admin]) => {
+  const { NotifyClient, NotifyApiError } = await import('./mojavox-notify.js');
+  const results = {};
+  const raw = async (method, path, token, body, extra = {}) => {
+    const headers = { Authorization: `Bearer ${token}`, ...extra };
+    if (body !== undefined) headers['Content-Type'] = 'application/json';
+    const response = await fetch(api + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    return [response.status, await response.json()];
+  };
+  const draft = (title) => ({ userId: user.id, type: 'payment_received', title, message: 'paid' });
+  results.create = (await raw('POST', '/api/notifications', service, draft('one'), { 'Idempotency-Key': crypto.randomUUID() }))[0];
+  results.event = (await raw('POST', '/api/events', service, { type: 'payment.received', id: crypto.randomUUID(),
+    data: { userId: user.id, amount: 10, accountId: 'AC-1', debtorName: 'Jo' } }))[0];
+  results.plugins = (await raw('GET', '/api/plugins', admin))[0];
+  const client = new NotifyClient({ url: api, token: user.token, wsPath: '/live/notifications' });
+  const page = await client.history({ limit: 10 });
+  results.history = page.notifications.length;
+  const [first, second] = page.notifications;
+  results.get = (await client.getNotification(first.id)).id === first.id;
+  await client.markRead(first.id);
+  results.unread = (await client.getUnreadCount()).count;
+  await client.markAllRead();
+  results.unreadAfterAll = (await client.getUnreadCount()).count;
+  await client.deleteNotification(second.id);
+  results.afterDelete = (await client.history()).total;
+  results.settings = (await client.updateSettings({ agent_alert: { push: false } })).agent_alert;
+  results.settingsRead = (await client.getSettings()).agent_alert;
+  results.vapid = await client.getVapidPublicKey();
+  const subscription = { endpoint: 'https://push.example.com/send/cors-' + user.id,
+    keys: { p256dh: 'BNcRdreALRFXTkOOUHK1EtK2wtaz5Ry4YfYCA_0QTpQtUbVlUls0VJXg7A8u-Ts1XbjhazAkj7I99e8QcYP7DkM', auth: 'tBHItJI5svbpez7KI4CCXg' } };
+  await client.savePushSubscription(subscription);
+  await client.removePushSubscription(subscription.endpoint);
+  results.subscription = 'saved and removed';
+  try { await client.markRead('0123456789abcdef01234567'); } catch (error) {
+    results.errorReadable = error instanceof NotifyApiError && error.status === 404 && error.code === 'not_found';
+  }
+  await client.connect();
+  results.socket = client.state;
+  client.close();
+  return results;
+}"""
+
+
+def test_a_page_on_another_allowed_origin_can_call_every_rest_endpoint(context, server, other_origin):
+    user = new_user("cors")
+    page = context.new_page()
+    page.goto(other_origin.origin + "/index.html")
+    results = page.evaluate(CALL_EVERY_ENDPOINT, [server.url, {"id": user, "token": token(user)}, SERVICE, ADMIN])
+    assert results == {
+        "create": 201, "event": 202, "plugins": 200, "history": 2, "get": True, "unread": 1,
+        "unreadAfterAll": 0, "afterDelete": 1, "settings": {"enabled": True, "push": False},
+        "settingsRead": {"enabled": True, "push": False}, "vapid": VAPID_PUBLIC,
+        "subscription": "saved and removed", "errorReadable": True, "socket": "open"}
+
+
+def test_a_page_on_an_origin_not_listed_cannot_read_the_api(context, server, other_origin):
+    page = context.new_page()
+    page.goto(other_origin.unlisted_origin + "/index.html")
+    outcome = page.evaluate("""async ([api, token]) => {
+        try {
+            await fetch(api + '/api/notifications', { headers: { Authorization: `Bearer ${token}` } });
+            return 'read';
+        } catch (error) { return error.name + ': ' + error.message; }
+    }""", [server.url, token(new_user())])
+    assert outcome == "TypeError: Failed to fetch"
