@@ -25,11 +25,11 @@ class EventIngest:
         self.service = service
         self.idempotency = Idempotency(store)
         self._metrics = metrics or Metrics()
-        self.event_schema = schemas.event_schema(plugins.event_types)
+        self._event_check = schemas.Checker(schemas.event_schema(plugins.event_types))
 
     def parse(self, raw: Any) -> Event:
         try:
-            schemas.check(raw, self.event_schema)
+            self._event_check.check(raw)
             return validate_event(raw, self.plugins.event_types)
         except ValidationError:
             self._metrics.events.labels(self._known(raw.get("type") if isinstance(raw, dict) else None),

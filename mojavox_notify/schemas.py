@@ -1,6 +1,6 @@
 """The shapes of what clients send and receive over REST, as JSON Schema (draft 2020-12).
 
-One definition serves twice: `check()` validates request bodies against these schemas (model.py's
+One definition serves twice: a `Checker` validates request bodies against these schemas (model.py's
 validators call it first, then check what a schema cannot say: markup, safe URLs, times in the
 future), and openapi.py publishes the same objects in `/openapi.json`. Each property's
 `x-error` is the message a client gets when that property is wrong, after the field's name.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+import fastjsonschema
 import jsonschema
 
 from .errors import ValidationError
@@ -118,17 +119,34 @@ EVENT_ANSWER = _object({"notifications": {"type": "array", "items": OBJECT_ID}})
 VAPID_KEY = _object({"publicKey": {"type": "string"}})
 
 
-def check(raw: Any, schema: dict[str, Any], name: str = "body") -> None:
-    """Raise ValidationError for the first problem, naming the field: an unknown field first,
-    then fields in the schema's order."""
-    if not isinstance(raw, dict) and schema.get("type") == "object":
-        raise ValidationError(name, "must be a JSON object")
-    errors = list(jsonschema.Draft202012Validator(schema).iter_errors(raw))
-    if not errors:
-        return
-    order = list(schema.get("properties", {}))
-    first = min(errors, key=lambda error: _rank(error, order))
-    raise _as_validation_error(first, raw, schema, name)
+class Checker:
+    """One schema, compiled once. Valid input is checked by generated code (fastjsonschema: a
+    1,000-user alert's drafts in a few milliseconds); only invalid input pays for jsonschema's
+    full report, from which the first problem is named: an unknown field first, then fields in
+    the schema's order."""
+
+    def __init__(self, schema: dict[str, Any]):
+        self.schema = schema
+        self._fast = fastjsonschema.compile(schema, use_formats=False)
+        self._full = jsonschema.Draft202012Validator(schema)
+        self._order = list(schema.get("properties", {}))
+
+    def check(self, raw: Any, name: str = "body") -> None:
+        if not isinstance(raw, dict) and self.schema.get("type") == "object":
+            raise ValidationError(name, "must be a JSON object")
+        try:
+            self._fast(raw)
+            return
+        except fastjsonschema.JsonSchemaException:
+            pass
+        errors = list(self._full.iter_errors(raw))
+        if errors:
+            first = min(errors, key=lambda error: _rank(error, self._order))
+            raise _as_validation_error(first, raw, self.schema, name)
+
+
+PUSH_SUBSCRIPTION_CHECK = Checker(PUSH_SUBSCRIPTION)
+ENDPOINT_CHECK = Checker(ENDPOINT)
 
 
 def _rank(error: jsonschema.ValidationError, order: list[str]) -> tuple:

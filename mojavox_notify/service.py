@@ -68,8 +68,8 @@ class NotificationService:
         self._online = online
         self._metrics = metrics or Metrics()
         self._idempotency = Idempotency(store)
-        self.draft_schema = schemas.draft_schema(self.types.names)
-        self.preferences_update_schema = schemas.preferences_update_schema(self.types.names)
+        self._draft_check = schemas.Checker(schemas.draft_schema(self.types.names))
+        self._preferences_check = schemas.Checker(schemas.preferences_update_schema(self.types.names))
         #: Called when a creation recorded push jobs (the push worker wakes up).
         self.on_push_recorded: Callable[[], None] | None = None
 
@@ -79,7 +79,7 @@ class NotificationService:
         """The draft schema first (the one /openapi.json publishes), then what it cannot say."""
         drafts = []
         for raw in raw_drafts:
-            schemas.check(raw, self.draft_schema)
+            self._draft_check.check(raw)
             drafts.append(validate_draft(raw, self.types, self._action_url_hosts))
         return drafts
 
@@ -261,20 +261,20 @@ class NotificationService:
                                     for name, default in self._defaults.items()})
 
     async def update_preferences(self, user_id: str, raw: Any) -> dict[str, Any]:
-        schemas.check(raw, self.preferences_update_schema)
+        self._preferences_check.check(raw)
         changes = validate_preferences_update(raw, self.types)
         await self.store.update_preferences(user_id, changes)
         return await self.preferences(user_id)
 
     async def save_push_subscription(self, user_id: str, raw: Any) -> PushSubscription:
-        schemas.check(raw, schemas.PUSH_SUBSCRIPTION)
+        schemas.PUSH_SUBSCRIPTION_CHECK.check(raw)
         subscription = validate_push_subscription(raw)
         await check_endpoint(subscription.endpoint, self._push.allowed_insecure_hosts)
         await self.store.save_push_subscription(user_id, subscription)
         return subscription
 
     async def remove_push_subscription(self, user_id: str, raw: Any) -> None:
-        schemas.check(raw, schemas.ENDPOINT)
+        schemas.ENDPOINT_CHECK.check(raw)
         await self.store.remove_push_subscription(user_id, validate_endpoint(raw))
 
     async def cleanup(self, retention_days: int) -> int:
