@@ -18,7 +18,7 @@ TIMESTAMP = {"type": "string", "format": "date-time",
 COUNT = {"type": "integer", "minimum": 0}
 
 
-def _object(required: dict[str, Any], optional: dict[str, Any] | None = None,
+def object_schema(required: dict[str, Any], optional: dict[str, Any] | None = None,
             description: str = "") -> dict[str, Any]:
     properties = {**required, **(optional or {})}
     schema = {"type": "object", "properties": properties, "required": sorted(required),
@@ -30,10 +30,10 @@ def _object(required: dict[str, Any], optional: dict[str, Any] | None = None,
 
 def _frame(frame_type: str, description: str, required: dict[str, Any] | None = None,
            optional: dict[str, Any] | None = None) -> dict[str, Any]:
-    return _object({"type": {"const": frame_type}, **(required or {})}, optional, description)
+    return object_schema({"type": {"const": frame_type}, **(required or {})}, optional, description)
 
 
-NOTIFICATION = _object({
+NOTIFICATION = object_schema({
     "id": OBJECT_ID,
     "type": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,63}$"},
     "title": {"type": "string", "minLength": 1, "maxLength": MAX_TITLE},
@@ -47,13 +47,13 @@ NOTIFICATION = _object({
 
 UNREAD = {
     "count": COUNT,
-    "byPriority": _object({priority: COUNT for priority in PRIORITIES}),
+    "byPriority": object_schema({priority: COUNT for priority in PRIORITIES}),
 }
 
 SERVER_FRAMES: dict[str, dict[str, Any]] = {
     "connected": _frame("connected", "First frame of every socket",
                         {"clientId": {"type": "string"}, "timestamp": TIMESTAMP,
-                         "unreadCount": _object(UNREAD)}),
+                         "unreadCount": object_schema(UNREAD)}),
     "notification": _frame("notification", "A new notification on a subscribed channel",
                            {"payload": NOTIFICATION}),
     "unread_count": _frame("unread_count", "The user's unread counts, after every change", UNREAD),

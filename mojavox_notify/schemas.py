@@ -16,7 +16,7 @@ import jsonschema
 from .errors import ValidationError
 from .model import (MAX_ACTION_URL, MAX_EVENT_ID, MAX_MESSAGE, MAX_TITLE, MAX_USER_ID,
                     PRIORITIES)
-from .protocol import NOTIFICATION, OBJECT_ID, UNREAD, _object
+from .protocol import NOTIFICATION, OBJECT_ID, UNREAD, object_schema
 
 USER_ID = {"type": "string", "minLength": 1, "maxLength": MAX_USER_ID, "pattern": r"^\S(.*\S)?$",
            "x-error": f"must be a user id of 1 to {MAX_USER_ID} characters without surrounding spaces"}
@@ -73,7 +73,7 @@ def event_schema(event_types: Iterable[str]) -> dict[str, Any]:
 
 def preferences_update_schema(type_names: Iterable[str]) -> dict[str, Any]:
     names = sorted(type_names)
-    choice = _object({}, {"enabled": {"type": "boolean", "x-error": "must be true or false"},
+    choice = object_schema({}, {"enabled": {"type": "boolean", "x-error": "must be true or false"},
                           "push": {"type": "boolean", "x-error": "must be true or false"}})
     choice["x-error"] = "must be an object with enabled and/or push"
     return {
@@ -86,8 +86,8 @@ def preferences_update_schema(type_names: Iterable[str]) -> dict[str, Any]:
 
 
 def preferences_schema(type_names: Iterable[str]) -> dict[str, Any]:
-    choice = _object({"enabled": {"type": "boolean"}, "push": {"type": "boolean"}})
-    return _object({"channels": _object({name: choice for name in sorted(type_names)})})
+    choice = object_schema({"enabled": {"type": "boolean"}, "push": {"type": "boolean"}})
+    return object_schema({"channels": object_schema({name: choice for name in sorted(type_names)})})
 
 
 PUSH_SUBSCRIPTION = {
@@ -107,16 +107,16 @@ ENDPOINT = {"type": "object", "required": ["endpoint"],
             "properties": {"endpoint": {"type": "string", "maxLength": 2048,
                                         "x-error": "must be the subscription's endpoint URL"}}}
 
-ERROR = _object({"error": _object({"code": {"type": "string"}, "message": {"type": "string"}})},
+ERROR = object_schema({"error": object_schema({"code": {"type": "string"}, "message": {"type": "string"}})},
                 description="Every error answer")
-SUCCESS = _object({"success": {"const": True}})
-PAGE = _object({"notifications": {"type": "array", "items": NOTIFICATION}, "total": {"type": "integer"},
+SUCCESS = object_schema({"success": {"const": True}})
+PAGE = object_schema({"notifications": {"type": "array", "items": NOTIFICATION}, "total": {"type": "integer"},
                 "hasMore": {"type": "boolean"}},
                {"unreadCount": {"type": "integer", "minimum": 0}})
-UNREAD_COUNT = _object(UNREAD)
-MUTED = _object({"notification": {"type": "null"}, "muted": {"const": True}})
-EVENT_ANSWER = _object({"notifications": {"type": "array", "items": OBJECT_ID}})
-VAPID_KEY = _object({"publicKey": {"type": "string"}})
+UNREAD_COUNT = object_schema(UNREAD)
+MUTED = object_schema({"notification": {"type": "null"}, "muted": {"const": True}})
+EVENT_ANSWER = object_schema({"notifications": {"type": "array", "items": OBJECT_ID}})
+VAPID_KEY = object_schema({"publicKey": {"type": "string"}})
 
 
 class Checker:
