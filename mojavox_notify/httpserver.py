@@ -21,9 +21,6 @@ ANSWERS = {
     431: ("headers_too_large", "the request's headers are larger than this server accepts"),
 }
 DRAIN_BYTES = 16 * 1024 * 1024
-# What the handler of the stream's current request knows, for the rewriting below.
-REFUSAL = "_mojavox_refusal"  # 413 once it has seen the body is too large
-ANSWERED = "_mojavox_answered"  # True once it has sent a complete answer
 
 
 def error_response(status: int, message: str | None = None) -> bytes:
@@ -43,59 +40,65 @@ def drain_limit(max_body_bytes: int) -> int:
     return max(DRAIN_BYTES, 4 * max_body_bytes)
 
 
+# What the handler of a stream's current request tells the rewriting below. Streams not served
+# by NotifyHTTPServer (none in the app; a test may build one) are left alone.
+
 def new_request(stream: Any) -> None:
     """A request starts on this stream: forget what the previous one told."""
-    setattr(stream, REFUSAL, 400)
-    setattr(stream, ANSWERED, False)
+    if isinstance(stream, JsonAnswersStream):
+        stream.__dict__.pop("refusal", None)
+        stream.__dict__.pop("answered", None)
 
 
 def refuse_body(stream: Any) -> None:
     """This request's body is too large: if tornado stops reading it, answer 413, not 400."""
-    setattr(stream, REFUSAL, 413)
+    if isinstance(stream, JsonAnswersStream):
+        stream.refusal = 413
 
 
 def answered(stream: Any) -> None:
     """This request has its answer (sent before its body was read, e.g. a 401): if tornado then
     finds the body malformed, it must not write a second answer after it."""
-    setattr(stream, ANSWERED, True)
+    if isinstance(stream, JsonAnswersStream):
+        stream.answered = True
 
 
 class NotifyHTTPServer(tornado.httpserver.HTTPServer):
     def handle_stream(self, stream: IOStream, address: tuple) -> None:
-        _rewrite_bare_answers(stream)
+        # tornado builds every connection's IOStream itself; the subclass below only adds
+        # behaviour (no state of its own until needed), so the stream is switched to it in place
+        # rather than wrapping its methods in closures kept for the connection's whole life.
+        stream.__class__ = JsonAnswersStream
         super().handle_stream(stream, address)
 
 
-def _rewrite_bare_answers(stream: IOStream) -> None:
-    write, close, read_until_regex = stream.write, stream.close, stream.read_until_regex
-    reading_headers = False  # tornado reads request headers, and nothing else, up to a regex
+class JsonAnswersStream(IOStream):
+    """An IOStream whose bare answers from tornado are rewritten in the API's error shape."""
 
-    def read_headers(regex: bytes, max_bytes: int | None = None) -> Any:
-        nonlocal reading_headers
-        reading_headers = True
-        future = read_until_regex(regex, max_bytes)
-        future.add_done_callback(lambda _: _headers_read())
+    refusal = 400  # 413 once the handler has seen the body is too large
+    answered = False  # True once the handler has sent a complete answer
+    _reading_headers = False  # tornado reads request headers, and nothing else, up to a regex
+
+    def read_until_regex(self, regex: bytes, max_bytes: int | None = None) -> Any:
+        self._reading_headers = True
+        future = super().read_until_regex(regex, max_bytes)
+        future.add_done_callback(self._headers_read)
         return future
 
-    def _headers_read() -> None:
-        nonlocal reading_headers
-        reading_headers = False
+    def _headers_read(self, future: Any) -> None:
+        self._reading_headers = False
 
-    def write_in_json(data: bytes | memoryview) -> Any:
+    def write(self, data: bytes | memoryview) -> Any:
         if len(data) == len(BARE_BAD_REQUEST) and bytes(data) == BARE_BAD_REQUEST:
-            data = b"" if getattr(stream, ANSWERED, False) else error_response(getattr(stream, REFUSAL, 400))
-        return write(data)
+            data = b"" if self.answered else error_response(self.refusal)
+        return super().write(data)
 
-    def close_with_431(exc_info: Any = False) -> None:
+    def close(self, exc_info: Any = False) -> None:
         error = exc_info[1] if isinstance(exc_info, tuple) else exc_info
-        if (isinstance(error, UnsatisfiableReadError) and reading_headers and not stream.closed()
-                and not stream.writing()):
-            _send_now(stream.socket, error_response(431))
-        close(exc_info=exc_info)
-
-    stream.read_until_regex = read_headers  # type: ignore[method-assign]
-    stream.write = write_in_json  # type: ignore[method-assign]
-    stream.close = close_with_431  # type: ignore[method-assign]
+        if (isinstance(error, UnsatisfiableReadError) and self._reading_headers
+                and not self.closed() and not self.writing()):
+            _send_now(self.socket, error_response(431))
+        super().close(exc_info=exc_info)
 
 
 def _send_now(sock: socket.socket | None, data: bytes) -> None:

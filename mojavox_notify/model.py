@@ -52,8 +52,16 @@ class NotificationTypes:
 
     def __init__(self, types: Iterable[NotificationType] = ()):
         self._types: dict[str, NotificationType] = {}
+        self._all: frozenset[str] | None = None
         for notification_type in types:
             self.register(notification_type)
+
+    @property
+    def all(self) -> frozenset[str]:
+        """Every type's name: the `all` channel, one set shared by every socket on it."""
+        if self._all is None:
+            self._all = frozenset(self._types)
+        return self._all
 
     def register(self, notification_type: NotificationType) -> None:
         name = notification_type.name
@@ -69,6 +77,7 @@ class NotificationTypes:
             raise ValueError(f"notification type {name} is registered twice "
                              f"({existing.plugin or 'core'} and {notification_type.plugin or 'core'})")
         self._types[name] = notification_type
+        self._all = None
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name in self._types

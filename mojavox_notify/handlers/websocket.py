@@ -238,7 +238,7 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
         self.principal: Principal | None = None
         self.user_id: str | None = None
         self.client_id = ""
-        self.channels: set[str] = set()
+        self.channels: frozenset[str] = frozenset()
         self.outbox: Outbox | None = None
         self.last_seq = 0
         self.live_from = 0
@@ -290,7 +290,7 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
         since = self.get_query_argument("since", None)
         self.user_id = self.principal.user_id
         self.client_id = f"{self.user_id}-{int(time.time() * 1000)}-{next(_client_numbers)}"
-        self.channels = set(self.types.names)
+        self.channels = self.types.all  # shared until this socket changes its subscriptions
         self.outbox = Outbox(self, self.ws_settings.max_queued_messages,
                              self.ws_settings.max_buffered_bytes)
         try:
@@ -474,7 +474,7 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
         self.channels -= self._channels(frame)
         self._send_subscribed()
 
-    def _channels(self, frame: dict) -> set[str]:
+    def _channels(self, frame: dict) -> frozenset[str]:
         channels = frame.get("channels")
         if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
             raise ValidationError("channels", "must be a list of channel names")
@@ -482,10 +482,10 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
             if channel != "all" and channel not in self.types:
                 raise ValidationError("channels", f"unknown channel {channel!r}; allowed: all, "
                                       f"{', '.join(self.types.names)}", code="unknown_channel")
-        return set(self.types.names) if "all" in channels else set(channels)
+        return self.types.all if "all" in channels else frozenset(channels)
 
     def _send_subscribed(self) -> None:
-        effective = ["all"] if self.channels == set(self.types.names) else sorted(self.channels)
+        effective = ["all"] if self.channels == self.types.all else sorted(self.channels)
         self._send("subscribed", channels=effective)
 
     async def _on_mark_read(self, frame: dict) -> None:
