@@ -172,11 +172,17 @@ class NotifyApp:
         self.metrics.received(message)
         self.hub.dispatch(message)
 
+    def _handler_args(self) -> dict[str, Any]:
+        """What every BaseHandler is initialized with (base.BaseHandler.initialize)."""
+        settings = self.settings
+        return {"verifier": self.verifier, "request_limiter": self.request_limiter,
+                "auth_failures": self.auth_failures, "in_flight": self.in_flight,
+                "max_body_bytes": settings.server.max_body_bytes,
+                "cors": Cors(settings.server.allowed_origins, settings.web.cors_max_age_seconds)}
+
     def _start_metrics_port(self) -> None:
         settings = self.settings
-        common = {"verifier": self.verifier, "request_limiter": self.request_limiter,
-                  "auth_failures": self.auth_failures, "in_flight": self.in_flight,
-                  "max_body_bytes": settings.server.max_body_bytes}
+        common = self._handler_args()
         application = tornado.web.Application(
             [(r"/metrics", MetricsHandler, {**common, "metrics": self.metrics, "needs_admin": False,
                                              "public": True})],
@@ -211,10 +217,7 @@ class NotifyApp:
 
     def web_application(self) -> tornado.web.Application:
         settings = self.settings
-        common = {"verifier": self.verifier, "request_limiter": self.request_limiter,
-                  "auth_failures": self.auth_failures, "in_flight": self.in_flight,
-                  "max_body_bytes": settings.server.max_body_bytes,
-                  "cors": Cors(settings.server.allowed_origins, settings.web.cors_max_age_seconds)}
+        common = self._handler_args()
         service = {**common, "service": self.service}
         routes = [
             (r"/api/notifications", NotificationsHandler, service),

@@ -69,6 +69,10 @@ def log_access(method: str, path: str, status: int, seconds: float, user: str | 
                client: str | None, error: tuple[str, str] | None = None) -> None:
     """The one line of a request (or of a socket's whole life): readable as text, and the same
     values as fields of a JSON line. `path` never carries the query (where tokens travel)."""
+    level = logging.ERROR if status >= 500 and status != 503 else (
+        logging.WARNING if status == 503 else logging.INFO)
+    if not ACCESS.isEnabledFor(level):  # built on every request otherwise, for nothing
+        return
     fields = {"method": method, "path": path, "status": status,
               "duration_ms": round(seconds * 1000, 2), "user": user, "client": client}
     text = f"{method} {path} {status} {fields['duration_ms']:.1f}ms"
@@ -76,8 +80,6 @@ def log_access(method: str, path: str, status: int, seconds: float, user: str | 
     if error is not None:
         fields["error"], fields["error_message"] = error
         text += f" error={error[0]}: {error[1]}"
-    level = logging.ERROR if status >= 500 and status != 503 else (
-        logging.WARNING if status == 503 else logging.INFO)
     ACCESS.log(level, "%s", text, extra={"fields": fields})
 
 
