@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 
@@ -98,6 +99,49 @@ async def test_two_apps_on_one_embedded_file_see_each_others_writes_in_one_seque
     await first.api.post(f"{BASE}/read-all", token(user))
     status, counts = await second.api.get(f"{BASE}/unread-count", token(user))
     assert counts["count"] == 0
+
+
+def downgrade_to_schema_1(database) -> None:
+    """Store the notifications as schema 1 did: a rowid table with (user, seq) and unread indexes."""
+    with sqlite3.connect(database, isolation_level=None) as connection:
+        connection.executescript(f"""
+            BEGIN;
+            CREATE TABLE old AS SELECT * FROM notifications;
+            DROP TABLE notifications;
+            ALTER TABLE old RENAME TO notifications;
+            CREATE UNIQUE INDEX notifications_id ON notifications (id);
+            CREATE UNIQUE INDEX notifications_user_seq ON notifications (user_id, seq);
+            CREATE INDEX notifications_user_unread ON notifications (user_id, seq) WHERE read = 0;
+            CREATE INDEX notifications_created ON notifications (created_at);
+            PRAGMA user_version = 1;
+            COMMIT;""")
+
+
+@bounded
+async def test_a_schema_1_embedded_file_is_rebuilt_by_user_once_and_keeps_everything(start_app, make_settings):
+    settings = make_settings(**{"storage.url": "embedded"})
+    first = await start_app(settings=settings)
+    alice, bob = new_user(), new_user()
+    created = [await first.api.notify(user, title=f"{user} {index}")
+               for index in range(3) for user in (alice, bob)]
+    await first.api.post(f"{BASE}/{created[0]['id']}/read", token(alice))
+    status, before = await first.api.get(BASE, token(alice))
+    await first.stop()
+    database = settings.data_path / "notify.db"
+    downgrade_to_schema_1(database)
+
+    second = await start_app(settings=settings)
+    status, after = await second.api.get(BASE, token(alice))
+    assert after == before and after["total"] == 3 and after["unreadCount"] == 2
+    newer = await second.api.notify(alice, title="After the rebuild")
+    assert (await second.store.get(alice, ObjectId(newer["id"])))["seq"] == 4
+    assert [d["seq"] for d in await second.store.after(bob, 0, 10)] == [1, 2, 3]
+    with sqlite3.connect(database) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == 2
+        indexes = {row[1] for row in connection.execute("PRAGMA index_list(notifications)")}
+        assert "notifications_user_seq" not in indexes and "notifications_user_unread" not in indexes
+        with pytest.raises(sqlite3.OperationalError):  # WITHOUT ROWID: stored by (user_id, seq)
+            connection.execute("SELECT rowid FROM notifications").fetchall()
 
 
 @bounded
