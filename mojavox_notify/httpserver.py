@@ -93,6 +93,20 @@ class JsonAnswersStream(IOStream):
             data = b"" if self.answered else error_response(self.refusal)
         return super().write(data)
 
+    def write_now(self, data: bytes) -> Any:
+        """`write`, but straight to the socket while nothing of this stream's waits to be sent
+        (the usual case for a dashboard socket), skipping tornado's buffer, future and callback;
+        what the kernel does not take goes through `write`. None when all of it was sent."""
+        if not self.writing() and not self.closed():
+            try:
+                sent = self.socket.send(data)
+            except OSError:  # would block, or broken: `write` meets it and closes its own way
+                sent = 0
+            if sent == len(data):
+                return None
+            data = data[sent:]
+        return self.write(data)
+
     def close(self, exc_info: Any = False) -> None:
         error = exc_info[1] if isinstance(exc_info, tuple) else exc_info
         if (isinstance(error, UnsatisfiableReadError) and self._reading_headers

@@ -7,6 +7,7 @@ socket receives can also be read back, and recovery never sees what was not stor
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import logging
@@ -140,7 +141,9 @@ class NotificationService:
             messages.append({"kind": "notification", "user_id": record.document["user_id"],
                              "seq": record.document["seq"], "notification": payload,
                              "unread": record.state.unread_payload()})
-            self._metrics.notifications_created.labels(payload["type"], payload["priority"]).inc()
+        kinds = collections.Counter((draft.type, draft.priority) for draft in wanted)
+        for (type_name, priority), count in kinds.items():
+            self._metrics.notifications_created.labels(type_name, priority).inc(count)
         if messages:
             await self._publish_many(messages)
         if stored:

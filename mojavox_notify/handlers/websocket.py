@@ -26,6 +26,7 @@ from ..auth import Principal, TokenVerifier, bearer_token
 from ..broker import Message
 from ..errors import (AuthenticationError, NotFoundError, NotifyError, RateLimitedError,
                       StorageUnavailableError, ValidationError)
+from ..httpserver import JsonAnswersStream
 from ..hub import Hub
 from ..presence import HubPresence
 from ..logs import log_access
@@ -116,13 +117,17 @@ class Outbox:
         data, count = b"".join(self._pending), len(self._pending)
         self._pending.clear()
         self._pending_bytes = 0
+        stream = connection.stream
         try:
-            written = connection.stream.write(data)
+            written = (stream.write_now(data) if isinstance(stream, JsonAnswersStream)
+                       else stream.write(data))
         except StreamClosedError:
             self._drop()
             return
         self._socket.metrics.frames_sent.inc(count)
-        if connection.stream.writing():  # the kernel took only part of it
+        if written is None:  # all of it is with the kernel
+            return
+        if stream.writing():  # the kernel took only part of it
             self._blocked = True
             written.add_done_callback(self._drained)
         else:
