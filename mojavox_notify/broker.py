@@ -85,6 +85,10 @@ class InProcessBroker(Broker):
     async def publish(self, message: Message) -> None:
         deliver(self._receiver, message)
 
+    async def publish_many(self, messages: list[Message]) -> None:
+        for message in messages:
+            deliver(self._receiver, message)
+
     async def stop(self) -> None:
         self._receiver = None
 

@@ -15,6 +15,7 @@ import json
 import logging
 import struct
 import time
+import weakref
 from datetime import datetime, timezone
 from typing import Any
 
@@ -98,7 +99,7 @@ class Outbox:
             return
         if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            _flushes_of(asyncio.get_running_loop()).add(self)
 
     def _flush(self) -> None:
         self._scheduled = False
@@ -154,6 +155,38 @@ class Outbox:
 
     def cancel(self) -> None:
         self._drop()
+
+
+class _Flushes:
+    """The outboxes that got frames during this turn of the event loop, flushed together by one
+    callback at its end (a 1,000-user alert schedules one callback, not a thousand)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._due: list[Outbox] = []
+
+    def add(self, outbox: Outbox) -> None:
+        if not self._due:
+            self._loop.call_soon(self._run)
+        self._due.append(outbox)
+
+    def _run(self) -> None:
+        due, self._due = self._due, []
+        for outbox in due:
+            try:
+                outbox._flush()
+            except Exception:  # one socket's failure must not keep the others' frames
+                log.exception("flushing a socket's frames failed")
+
+
+_flushes: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flushes]" = weakref.WeakKeyDictionary()
+
+
+def _flushes_of(loop: asyncio.AbstractEventLoop) -> _Flushes:
+    flushes = _flushes.get(loop)
+    if flushes is None:
+        flushes = _flushes[loop] = _Flushes(loop)
+    return flushes
 
 
 def encode_frame(frame: dict[str, Any]) -> bytes:
