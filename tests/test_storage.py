@@ -17,6 +17,7 @@ from bson import ObjectId
 from mojavox_notify.app import NotifyApp, StartupError
 from mojavox_notify.model import Draft
 from mojavox_notify.settings import load_settings
+from mojavox_notify.store import build_store
 from mojavox_notify.store.importer import IMPORTED_MARKER
 from mojavox_notify.store.mongo import MongoStore
 from mojavox_notify.store.nx27017 import Nx27017Child
@@ -101,10 +102,34 @@ async def test_two_apps_on_one_embedded_file_see_each_others_writes_in_one_seque
     assert counts["count"] == 0
 
 
+@bounded
+async def test_embedded_insertions_queued_during_a_write_share_the_next_transaction(make_settings):
+    store = build_store(make_settings(**{"storage.url": "embedded"}))
+    await store.open()
+    transactions = []
+    write = store._write
+
+    async def counted(function, *args):
+        transactions.append(function.__name__)
+        return await write(function, *args)
+
+    store._write = counted
+    try:
+        user = new_user()
+        drafts = [Draft(user_id=user, type="payment_received", title="Paid", message=f"{index}",
+                        priority="high") for index in range(40)]
+        results = await asyncio.gather(*(store.insert_many([draft]) for draft in drafts))
+        assert [records[0].document["message"] for records in results] == [f"{i}" for i in range(40)]
+        assert [records[0].document["seq"] for records in results] == list(range(1, 41))
+        assert transactions.count("_insert_many") <= 2, transactions  # 40 queued: one or two transactions
+    finally:
+        await store.close()
+
+
 def downgrade_to_schema_1(database) -> None:
     """Store the notifications as schema 1 did: a rowid table with (user, seq) and unread indexes."""
     with sqlite3.connect(database, isolation_level=None) as connection:
-        connection.executescript(f"""
+        connection.executescript("""
             BEGIN;
             CREATE TABLE old AS SELECT * FROM notifications;
             DROP TABLE notifications;

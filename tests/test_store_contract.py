@@ -312,3 +312,21 @@ async def test_ping_answers_and_an_unknown_user_has_empty_state(open_store):
     assert await store.ping() is True
     assert await store.state(new_user()) == UserState()
     assert await store.list(new_user(), 10, 0, False) == ([], 0)
+
+
+@bounded
+async def test_concurrent_insertions_each_get_their_own_records_in_one_gap_free_sequence(open_store):
+    store = await open_store()
+    alice, bob = new_user(), new_user()
+    calls = [[draft(alice, message=f"a{index}"), draft(bob, message=f"b{index}")] for index in range(30)]
+    results = await asyncio.gather(*(store.insert_many(drafts, event_id=f"event-{index}")
+                                     for index, drafts in enumerate(calls)))
+    for index, records in enumerate(results):
+        assert [record.document["message"] for record in records] == [f"a{index}", f"b{index}"]
+        assert all(record.document["event_id"] == f"event-{index}" for record in records)
+    for user in (alice, bob):
+        stored = await store.after(user, 0, 100)
+        assert [document["seq"] for document in stored] == list(range(1, 31))
+        assert sorted(record.document["seq"] for records in results for record in records
+                      if record.document["user_id"] == user) == list(range(1, 31))
+        assert await store.state(user) == await recount(store, user)

@@ -24,6 +24,7 @@ import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -35,6 +36,7 @@ from ..errors import NotFoundError, StorageUnavailableError
 from ..model import NEVER, PRIORITIES, ChannelPreference, Draft, PushSubscription, to_document, utcnow
 from ..settings import StorageSettings
 from . import Created, NotificationStore, PushJob, UserState, push_flags
+from .coalesce import Coalescer
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,9 @@ NEVER_MS = (NEVER - EPOCH) // timedelta(milliseconds=1)
 SCHEMA_VERSION = 2
 CLEANUP_CHUNK = 5000
 IN_CHUNK = 500  # ids per `IN (...)`, well under SQLite's variable limit
+# Drafts (or users looked up) that queue while a transaction runs are served by the next one,
+# up to this many at once (a single insertion of more is served alone).
+BATCH_DRAFTS = 2000
 PROCESS = f"{socket.gethostname()}:{os.getpid()}"  # this process's heartbeat row
 # After a write, the checkpoint thread copies the write-ahead log back into the file if it last
 # did so this long ago (SQLite's own checkpoint runs inside the commit that passes 1,000 pages).
@@ -160,6 +165,15 @@ ON CONFLICT (user_id) DO UPDATE SET
 INSERT_NOTIFICATION = f"""
 INSERT INTO notifications ({NOTIFICATION_COLUMNS}) VALUES ({", ".join("?" for _ in range(14))})
 """
+
+
+@dataclass(frozen=True)
+class Insertion:
+    """One `insert_many` call: its drafts, their event id and one push flag per draft."""
+
+    drafts: list[Draft]
+    event_id: str | None
+    push: tuple[bool, ...]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -289,6 +303,9 @@ class SqliteStore(NotificationStore):
                                                 initializer=_lower_priority)
         self._checkpoint_queued = False
         self._checkpointed_at = time.monotonic()
+        self._inserts = Coalescer(self._insert_batch, BATCH_DRAFTS,
+                                  weight=lambda insertion: len(insertion.drafts))
+        self._preference_reads = Coalescer(self._preferences_batch, BATCH_DRAFTS, weight=len)
         self._local = threading.local()
 
     # -- connections and threads ---------------------------------------------------------------
@@ -415,9 +432,13 @@ class SqliteStore(NotificationStore):
 
     async def insert_many(self, drafts: list[Draft], event_id: str | None = None,
                           push: Sequence[bool] = ()) -> list[Created]:
+        """Stored in one transaction with the other insertions queued meanwhile (coalesce.py)."""
         if not drafts:
             return []
-        return await self._write(_insert_many, drafts, event_id, utcnow(), push_flags(push, len(drafts)))
+        return await self._inserts(Insertion(drafts, event_id, push_flags(push, len(drafts))))
+
+    async def _insert_batch(self, insertions: list["Insertion"]) -> list[list[Created]]:
+        return await self._write(_insert_many, insertions, utcnow())
 
     async def state(self, user_id: str) -> UserState:
         row = await self._read(_state_row, user_id)
@@ -479,16 +500,14 @@ class SqliteStore(NotificationStore):
     # -- channel preferences -----------------------------------------------------------------
 
     async def preferences_of_many(self, user_ids: Iterable[str]) -> dict[str, dict[str, ChannelPreference]]:
-        wanted = list(dict.fromkeys(user_ids))
-        found: dict[str, dict[str, ChannelPreference]] = {}
-        for chunk in _chunks(wanted, IN_CHUNK):
-            rows = await self._read(_select, f"""
-                SELECT user_id, channels FROM channel_settings
-                WHERE user_id IN ({", ".join("?" for _ in chunk)})""", tuple(chunk))
-            for user_id, channels in rows:
-                found[user_id] = {name: ChannelPreference(**value)
-                                  for name, value in json.loads(channels).items()}
-        return found
+        """Read together with the other lookups queued meanwhile (coalesce.py)."""
+        wanted = tuple(dict.fromkeys(user_ids))
+        return await self._preference_reads(wanted) if wanted else {}
+
+    async def _preferences_batch(self, lookups: list[tuple[str, ...]]) -> list[dict]:
+        rows = dict(await self._read(_channel_settings, {user for users in lookups for user in users}))
+        return [{user: {name: ChannelPreference(**value) for name, value in json.loads(rows[user]).items()}
+                 for user in users if user in rows} for users in lookups]
 
     async def update_preferences(self, user_id: str, changes: dict[str, dict[str, bool]]) -> None:
         if changes:
@@ -658,27 +677,33 @@ def _page(connection, user_id, limit, offset, unread_only, now_ms) -> list[tuple
         (user_id, now_ms, limit, offset)).fetchall()
 
 
-def _insert_many(connection, drafts: list[Draft], event_id, created_at, push) -> list[Created]:
-    """All drafts in one transaction: the users' counters are read once, advanced here (the
-    write lock is held, so nobody else moves them) and written back once per user; the push
-    jobs of flagged drafts whose users have a subscription go into the outbox with them."""
+def _insert_many(connection, insertions: list[Insertion], created_at) -> list[list[Created]]:
+    """All insertions' drafts in one transaction, in order: the users' counters are read once,
+    advanced here (the write lock is held, so nobody else moves them) and written back once per
+    user; the push jobs of flagged drafts whose users have a subscription go into the outbox with
+    them. One list of records per insertion."""
+    users = {draft.user_id for insertion in insertions for draft in insertion.drafts}
     created = []
     with transaction(connection):
-        counters = _counters_of(connection, {draft.user_id for draft in drafts})
-        subscribed = _subscribed(connection, {draft.user_id for draft, wanted in zip(drafts, push)
-                                              if wanted})
+        counters = _counters_of(connection, users)
+        subscribed = _subscribed(connection, {
+            draft.user_id for insertion in insertions
+            for draft, wanted in zip(insertion.drafts, insertion.push) if wanted})
         expiry: dict[str, int] = {}
         rows = []
-        for draft in drafts:
-            seq, total, unread = counters.get(draft.user_id) or (0, 0, dict.fromkeys(PRIORITIES, 0))
-            unread = {**unread, draft.priority: unread[draft.priority] + 1}
-            counters[draft.user_id] = (seq + 1, total + 1, unread)
-            if draft.expires_at is not None:
-                expiry[draft.user_id] = min(expiry.get(draft.user_id, NEVER_MS), to_ms(draft.expires_at))
-            document = to_document(draft, created_at=created_at, seq=seq + 1, event_id=event_id)
-            rows.append(_row(document))
-            created.append(Created(document, UserState(seq + 1, total + 1, unread),
-                                   pushed=push[len(created)] and draft.user_id in subscribed))
+        for insertion in insertions:
+            for draft, wanted in zip(insertion.drafts, insertion.push):
+                seq, total, unread = counters.get(draft.user_id) or (0, 0, dict.fromkeys(PRIORITIES, 0))
+                unread = {**unread, draft.priority: unread[draft.priority] + 1}
+                counters[draft.user_id] = (seq + 1, total + 1, unread)
+                if draft.expires_at is not None:
+                    expiry[draft.user_id] = min(expiry.get(draft.user_id, NEVER_MS),
+                                                to_ms(draft.expires_at))
+                document = to_document(draft, created_at=created_at, seq=seq + 1,
+                                       event_id=insertion.event_id)
+                rows.append(_row(document))
+                created.append(Created(document, UserState(seq + 1, total + 1, unread),
+                                       pushed=wanted and draft.user_id in subscribed))
         connection.executemany(INSERT_NOTIFICATION, rows)
         connection.executemany("""
             INSERT INTO push_outbox (user_id, notification_id, priority, created_at, due_at,
@@ -689,7 +714,18 @@ def _insert_many(connection, drafts: list[Draft], event_id, created_at, push) ->
         connection.executemany(SAVE_STATE, [
             (user_id, seq, total, *(unread[p] for p in PRIORITIES), expiry.get(user_id, NEVER_MS))
             for user_id, (seq, total, unread) in counters.items()])
-    return created
+    records = iter(created)
+    return [[next(records) for _ in insertion.drafts] for insertion in insertions]
+
+
+def _channel_settings(connection, user_ids: set[str]) -> list[tuple[str, str]]:
+    """(user_id, channels JSON) of those of these users who changed their channel settings."""
+    found = []
+    for chunk in _chunks(sorted(user_ids), IN_CHUNK):
+        found += connection.execute(f"""
+            SELECT user_id, channels FROM channel_settings
+            WHERE user_id IN ({", ".join("?" for _ in chunk)})""", chunk).fetchall()
+    return found
 
 
 def _subscribed(connection, user_ids: set[str]) -> set[str]:
