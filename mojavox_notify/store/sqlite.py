@@ -152,19 +152,23 @@ CREATE TABLE IF NOT EXISTS events (
 # One counter row per user, created by its first notification. `expiry_due` is the earliest
 # expiry among the user's notifications that expire at all: reads sweep only when it has come.
 # A batch computes the new counters itself (it holds the write lock) and writes them back here.
-SAVE_STATE = f"""
-INSERT INTO user_state (user_id, {STATE_COLUMNS}, expiry_due)
-VALUES (?, ?, ?, {", ".join("?" for _ in PRIORITIES)}, ?)
-ON CONFLICT (user_id) DO UPDATE SET
+SAVE_STATES = (f"INSERT INTO user_state (user_id, {STATE_COLUMNS}, expiry_due) VALUES {{rows}} "
+               f"""ON CONFLICT (user_id) DO UPDATE SET
     seq = excluded.seq,
     total = excluded.total,
     {", ".join(f"unread_{p} = excluded.unread_{p}" for p in PRIORITIES)},
-    expiry_due = min(expiry_due, excluded.expiry_due)
-"""
+    expiry_due = min(expiry_due, excluded.expiry_due)""")
+STATE_WIDTH = 4 + len(PRIORITIES)
 
-INSERT_NOTIFICATION = f"""
-INSERT INTO notifications ({NOTIFICATION_COLUMNS}) VALUES ({", ".join("?" for _ in range(14))})
-"""
+INSERT_NOTIFICATIONS = f"INSERT INTO notifications ({NOTIFICATION_COLUMNS}) VALUES {{rows}}"
+NOTIFICATION_WIDTH = 14
+
+INSERT_PUSH_JOBS = """
+INSERT INTO push_outbox (user_id, notification_id, priority, created_at, due_at, attempts, done,
+                         leased_until) VALUES {rows}"""
+PUSH_JOB_WIDTH = 8
+# Rows per multi-row statement, at most (a power of two; a batch takes as few as it can).
+ROWS_PER_STATEMENT = 256
 
 
 @dataclass(frozen=True)
@@ -704,14 +708,11 @@ def _insert_many(connection, insertions: list[Insertion], created_at) -> list[li
                 rows.append(_row(document))
                 created.append(Created(document, UserState(seq + 1, total + 1, unread),
                                        pushed=wanted and draft.user_id in subscribed))
-        connection.executemany(INSERT_NOTIFICATION, rows)
-        connection.executemany("""
-            INSERT INTO push_outbox (user_id, notification_id, priority, created_at, due_at,
-                                     attempts, done, leased_until)
-            VALUES (?, ?, ?, ?, ?, 0, '[]', 0)""", [
+        _insert_rows(connection, INSERT_NOTIFICATIONS, NOTIFICATION_WIDTH, rows)
+        _insert_rows(connection, INSERT_PUSH_JOBS, PUSH_JOB_WIDTH, [
             (record.document["user_id"], str(record.document["_id"]), record.document["priority"],
-             to_ms(created_at), to_ms(created_at)) for record in created if record.pushed])
-        connection.executemany(SAVE_STATE, [
+             to_ms(created_at), to_ms(created_at), 0, "[]", 0) for record in created if record.pushed])
+        _insert_rows(connection, SAVE_STATES, STATE_WIDTH, [
             (user_id, seq, total, *(unread[p] for p in PRIORITIES), expiry.get(user_id, NEVER_MS))
             for user_id, (seq, total, unread) in counters.items()])
     records = iter(created)
@@ -728,14 +729,41 @@ def _channel_settings(connection, user_ids: set[str]) -> list[tuple[str, str]]:
     return found
 
 
+def _insert_rows(connection, statement: str, width: int, rows: list[tuple]) -> None:
+    """Rows inserted by multi-row statements: one step each (one GIL hand-off, see
+    coalesce.py) for up to ROWS_PER_STATEMENT rows, where `executemany` takes one per row."""
+    start = 0
+    while start < len(rows):
+        size = ROWS_PER_STATEMENT
+        while size > len(rows) - start:
+            size //= 2
+        connection.execute(_multi_row(statement, width, size),
+                           [value for row in rows[start:start + size] for value in row])
+        start += size
+
+
+@functools.lru_cache(maxsize=64)
+def _multi_row(statement: str, width: int, count: int) -> str:
+    """`statement` with its `{rows}` as `count` rows of `width` parameters."""
+    row = "(" + ", ".join("?" * width) + ")"
+    return statement.format(rows=", ".join([row] * count))
+
+
+def _json_rows(connection, query: str, user_ids: set[str]) -> list:
+    """A query that aggregates its rows into one JSON array (one step, one GIL hand-off, however
+    many rows), for each chunk of `user_ids` bound as `{users}`; the arrays joined."""
+    found = []
+    for chunk in _chunks(sorted(user_ids), IN_CHUNK):
+        found += orjson.loads(connection.execute(
+            query.format(users=", ".join("?" * len(chunk))), chunk).fetchone()[0])
+    return found
+
+
 def _subscribed(connection, user_ids: set[str]) -> set[str]:
     """Which of these users have at least one push subscription."""
-    found = set()
-    for chunk in _chunks(sorted(user_ids), IN_CHUNK):
-        found.update(row[0] for row in connection.execute(f"""
-            SELECT DISTINCT user_id FROM push_subscriptions
-            WHERE user_id IN ({", ".join("?" for _ in chunk)})""", chunk))
-    return found
+    return set(_json_rows(connection, """
+        SELECT json_group_array(DISTINCT user_id) FROM push_subscriptions
+        WHERE user_id IN ({users})""", user_ids))
 
 
 def _claim_pushes(connection, now_ms: int, lease_until: int, limit: int) -> list[tuple]:
@@ -749,13 +777,10 @@ def _claim_pushes(connection, now_ms: int, lease_until: int, limit: int) -> list
 
 
 def _counters_of(connection, user_ids: set[str]) -> dict[str, tuple[int, int, dict[str, int]]]:
-    found = {}
-    for chunk in _chunks(sorted(user_ids), IN_CHUNK):
-        for row in connection.execute(f"""
-                SELECT user_id, {STATE_COLUMNS} FROM user_state
-                WHERE user_id IN ({", ".join("?" for _ in chunk)})""", chunk):
-            found[row[0]] = (row[1], row[2], dict(zip(PRIORITIES, row[3:])))
-    return found
+    rows = _json_rows(connection, f"""
+        SELECT json_group_array(json_array(user_id, {STATE_COLUMNS})) FROM user_state
+        WHERE user_id IN ({{users}})""", user_ids)
+    return {row[0]: (row[1], row[2], dict(zip(PRIORITIES, row[3:]))) for row in rows}
 
 
 def _change_state(connection, user_id: str, total: int, unread: Counter,
@@ -886,7 +911,8 @@ def _claim_event(connection, event_id: str, event_type: str, now_ms: int) -> dic
 
 def _import(connection, notifications, preferences, subscriptions, events) -> None:
     with transaction(connection):
-        connection.executemany(INSERT_NOTIFICATION + " ON CONFLICT DO NOTHING",
+        connection.executemany(_multi_row(INSERT_NOTIFICATIONS, NOTIFICATION_WIDTH, 1)
+                               + " ON CONFLICT DO NOTHING",
                                (_row(_complete(document)) for document in notifications))
         for document in preferences:
             connection.execute("""
