@@ -10,6 +10,7 @@ import json
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import jwt
@@ -22,6 +23,8 @@ log = logging.getLogger(__name__)
 
 DEV_SECRET_FILE = "jwt-secret"
 MAX_USER_ID_LENGTH = 128
+# Verified tokens remembered per process (each a few hundred bytes), so a repeat costs no signature check.
+VERIFIED_TOKENS = 10_000
 
 
 @dataclass(frozen=True)
@@ -99,10 +102,29 @@ class TokenVerifier:
         self._http = http_client
         self._jwks: dict[str, jwt.PyJWK] = {}
         self._jwks_fetched_at = float("-inf")
+        self._key_set = 0  # counts JWKS fetches: a token verified with an earlier set is checked again
+        # Verified tokens (a socket reconnecting, a dashboard polling with one token): token →
+        # (principal, key set), least recently used first. Only successes are kept.
+        self._verified: OrderedDict[str, tuple[Principal, int]] = OrderedDict()
 
     async def verify(self, token: str | None) -> Principal:
         if not token:
             raise AuthenticationError("a bearer token is required", code="token_missing")
+        known = self._verified.get(token)
+        if known is not None:
+            principal, key_set = known
+            if key_set == self._key_set and self._keys_fresh() and \
+                    principal.expires_at + self._auth.leeway_seconds > time.time():
+                self._verified.move_to_end(token)
+                return principal
+            del self._verified[token]  # expired (decoding says so) or signed with an older key set
+        principal = await self._decode(token)
+        self._verified[token] = (principal, self._key_set)
+        if len(self._verified) > VERIFIED_TOKENS:
+            self._verified.popitem(last=False)
+        return principal
+
+    async def _decode(self, token: str) -> Principal:
         key = await self._key_for(token)
         try:
             claims = jwt.decode(
@@ -133,9 +155,13 @@ class TokenVerifier:
             raise AuthenticationError("the token's key id is not in the JWKS", code="token_invalid")
         return key
 
+    def _keys_fresh(self) -> bool:
+        """A static key always is; a JWKS for `auth.jwks_cache_seconds` after it was fetched."""
+        return self._static_key is not None or \
+            time.monotonic() - self._jwks_fetched_at < self._auth.jwks_cache_seconds
+
     async def _jwks_key(self, kid: str | None):
-        fresh = time.monotonic() - self._jwks_fetched_at < self._auth.jwks_cache_seconds
-        if not fresh or kid not in self._jwks and self._may_refetch():
+        if not self._keys_fresh() or kid not in self._jwks and self._may_refetch():
             await self._fetch_jwks()
         if kid is None and len(self._jwks) == 1:
             return next(iter(self._jwks.values()))
@@ -164,6 +190,7 @@ class TokenVerifier:
             return
         self._jwks = keys
         self._jwks_fetched_at = time.monotonic()
+        self._key_set += 1
 
 
 def build_verifier(settings: Settings) -> TokenVerifier:

@@ -16,6 +16,9 @@ import tornado.web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from mojavox_notify.auth import build_verifier
+from mojavox_notify.errors import AuthenticationError
+
 from .support import TEST_SECRET, new_user, token
 
 LIST = "/api/notifications"
@@ -363,3 +366,42 @@ async def test_unreachable_jwks_gives_401_not_500(start_app, jwks_server):
     status, body = await app.api.get(LIST, signed)
     assert status == 401
     assert_error(body, "token_invalid")
+
+
+# -- verified tokens remembered ------------------------------------------------------------------
+
+@pytest.mark.timeout(30)
+async def test_a_verified_token_is_remembered_until_it_expires(make_settings, monkeypatch):
+    verifier = build_verifier(make_settings(**{"auth.leeway_seconds": 0}))
+    decodes = []
+    decode = jwt.decode
+    monkeypatch.setattr(jwt, "decode", lambda *args, **kwargs: decodes.append(1) or decode(*args, **kwargs))
+    user = new_user()
+    short = token(user, ttl=1)
+    assert (await verifier.verify(short)).user_id == user
+    assert (await verifier.verify(short)).user_id == user
+    assert len(decodes) == 1, "the second verification is answered from memory"
+    time.sleep(1.1)
+    with pytest.raises(AuthenticationError) as refused:
+        await verifier.verify(short)
+    assert refused.value.code == "token_expired"
+    for _ in range(2):
+        with pytest.raises(AuthenticationError):
+            await verifier.verify(short + "x")  # failures are never remembered
+    assert len(decodes) == 4
+
+
+@pytest.mark.timeout(30)
+async def test_a_remembered_token_is_verified_again_once_the_jwks_changes(make_settings, jwks_server):
+    first, second = rsa_key(), rsa_key()
+    document = {"keys": [jwk(first, "key-1")]}
+    url, fetches = jwks_server(document)
+    verifier = build_verifier(make_settings(**{"auth.algorithm": "RS256", "auth.jwks_url": url,
+                                               "auth.jwks_cache_seconds": 1}))
+    signed = jwt.encode(claims_for(new_user()), first, algorithm="RS256", headers={"kid": "key-1"})
+    await verifier.verify(signed)
+    document["keys"] = [jwk(second, "key-2")]  # the identity provider retired key-1
+    time.sleep(1.1)
+    with pytest.raises(AuthenticationError):
+        await verifier.verify(signed)
+    assert len(fetches) == 2
