@@ -310,6 +310,7 @@ class SqliteStore(NotificationStore):
         self._inserts = Coalescer(self._insert_batch, BATCH_DRAFTS,
                                   weight=lambda insertion: len(insertion.drafts))
         self._preference_reads = Coalescer(self._preferences_batch, BATCH_DRAFTS, weight=len)
+        self._state_reads = Coalescer(self._states_batch, BATCH_DRAFTS)
         self._local = threading.local()
 
     # -- connections and threads ---------------------------------------------------------------
@@ -445,7 +446,8 @@ class SqliteStore(NotificationStore):
         return await self._write(_insert_many, insertions, utcnow())
 
     async def state(self, user_id: str) -> UserState:
-        row = await self._read(_state_row, user_id)
+        """Read together with the other users' states queued meanwhile (a reconnect storm)."""
+        row = await self._state_reads(user_id)
         if row is None:
             return UserState()
         if row[-1] <= to_ms(utcnow()):
@@ -507,6 +509,13 @@ class SqliteStore(NotificationStore):
         """Read together with the other lookups queued meanwhile (coalesce.py)."""
         wanted = tuple(dict.fromkeys(user_ids))
         return await self._preference_reads(wanted) if wanted else {}
+
+    async def _states_batch(self, user_ids: list[str]) -> list[tuple | None]:
+        rows = await self._read(_json_rows, f"""
+            SELECT json_group_array(json_array(user_id, {STATE_COLUMNS}, expiry_due))
+            FROM user_state WHERE user_id IN ({{users}})""", set(user_ids))
+        found = {row[0]: tuple(row[1:]) for row in rows}
+        return [found.get(user_id) for user_id in user_ids]
 
     async def _preferences_batch(self, lookups: list[tuple[str, ...]]) -> list[dict]:
         rows = dict(await self._read(_channel_settings, {user for users in lookups for user in users}))
@@ -666,11 +675,6 @@ def _select(connection: sqlite3.Connection, sql: str, parameters: tuple) -> list
 def _execute(connection: sqlite3.Connection, sql: str, parameters: tuple) -> int:
     with transaction(connection):
         return connection.execute(sql, parameters).rowcount
-
-
-def _state_row(connection: sqlite3.Connection, user_id: str) -> tuple | None:
-    return connection.execute(f"SELECT {STATE_COLUMNS}, expiry_due FROM user_state WHERE user_id = ?",
-                              (user_id,)).fetchone()
 
 
 def _page(connection, user_id, limit, offset, unread_only, now_ms) -> list[tuple]:
