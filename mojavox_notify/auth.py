@@ -27,7 +27,7 @@ MAX_USER_ID_LENGTH = 128
 VERIFIED_TOKENS = 10_000
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Principal:
     """Who is calling: the token's `sub`, its roles, and when the token expires (epoch seconds)."""
 

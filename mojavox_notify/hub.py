@@ -27,14 +27,19 @@ class Connection(Protocol):
 
 class Hub:
     def __init__(self) -> None:
-        self._by_user: dict[str, set[Connection]] = {}
+        # A list per user, not a set: most users have one socket (a list of one is 72 bytes, a
+        # set 216), and at most websocket.max_sockets_per_user.
+        self._by_user: dict[str, list[Connection]] = {}
         self._by_address: Counter[str] = Counter()
         #: Told of every attach (`joined(connection)`) and detach (`left(connection)`), e.g.
         #: presence across instances; they must not block.
         self.observers: list = []
 
     def attach(self, connection: Connection) -> None:
-        self._by_user.setdefault(connection.user_id, set()).add(connection)
+        connections = self._by_user.setdefault(connection.user_id, [])
+        if connection in connections:
+            return
+        connections.append(connection)
         self._by_address[connection.remote_ip] += 1
         for observer in self.observers:
             observer.joined(connection)
@@ -43,7 +48,7 @@ class Hub:
         connections = self._by_user.get(connection.user_id)
         if connections is None or connection not in connections:
             return
-        connections.discard(connection)
+        connections.remove(connection)
         if not connections:
             del self._by_user[connection.user_id]
         self._by_address[connection.remote_ip] -= 1

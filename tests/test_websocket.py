@@ -283,6 +283,19 @@ async def test_unread_count_follows_every_change(start_app):
     assert (await socket.expect("unread_count"))["count"] == 0
 
 
+@bounded
+async def test_a_live_socket_keeps_nothing_of_its_handshake_but_the_path(start_app):
+    app = await start_app()
+    user = new_user()
+    socket = await connect(app, user)
+    [handler] = list(app.hub.connections())
+    assert handler.request.uri == handler.request.path == "/ws/notifications"
+    assert not handler.request.query_arguments and not handler.request.arguments
+    assert not handler.request.headers, "the token and the other headers are not kept"
+    await socket.send({"type": "ping"})
+    await socket.expect("pong")
+
+
 # -- token lifetime --------------------------------------------------------------------------------
 
 @bounded

@@ -9,7 +9,6 @@ same mechanism serves `?since=` recovery, and live messages that arrive meanwhil
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 import json
 import logging
@@ -283,7 +282,7 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
         self._catching_up = True
         self._held: list[Message] = []
         self._resync_pending = False
-        self._timers: list[asyncio.TimerHandle] = []
+        self._token_timer: asyncio.TimerHandle | None = None
         self._attached = False
 
     # -- handshake ------------------------------------------------------------------------------
@@ -360,6 +359,7 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
         self.live_from = self.last_seq = state.seq
         self.hub.attach(self)
         self._attached = True
+        self._forget_handshake()
         self._schedule_token_timers()
         self._send("connected", clientId=self.client_id, timestamp=iso(utcnow()),
                    unreadCount=state.unread_payload())
@@ -368,6 +368,14 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
         elif since_seq is not None:
             await self._send_backlog(since_seq)
         await self._catch_up()
+
+    def _forget_handshake(self) -> None:
+        """The socket is live: its request's headers and query (the token among them) are not
+        needed again, so they are not kept for the socket's lifetime (about 1.5 KB each)."""
+        request = self.request
+        for kept in (request.headers, request.query_arguments, request.arguments):
+            kept.clear()  # in place: tornado's connection object holds the same headers
+        request.uri, request.query = request.path, ""
 
     def _over_socket_limits(self, elsewhere: int = 0) -> str | None:
         """Checked right before attaching, with no wait in between, so concurrent connects of
@@ -574,17 +582,19 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
     # -- token lifetime -------------------------------------------------------------------------
 
     def _schedule_token_timers(self) -> None:
-        for timer in self._timers:
-            timer.cancel()
-        loop = asyncio.get_running_loop()
-        remaining = self.principal.expires_at - time.time()
-        warn_in = remaining - self.ws_settings.token_expiry_warning_seconds
-        expires_at = iso_epoch(self.principal.expires_at)
-        self._timers = [
-            loop.call_later(max(0.0, warn_in), functools.partial(
-                self._send, "token_expiring", expiresAt=expires_at)),
-            loop.call_later(max(0.0, remaining), self.close, CLOSE_TOKEN_EXPIRED, "Token expired"),
-        ]
+        """One timer per socket: the `token_expiring` warning, which then sets the close."""
+        if self._token_timer is not None:
+            self._token_timer.cancel()
+        warn_in = (self.principal.expires_at - time.time()
+                   - self.ws_settings.token_expiry_warning_seconds)
+        self._token_timer = asyncio.get_running_loop().call_later(max(0.0, warn_in),
+                                                                  self._token_expiring)
+
+    def _token_expiring(self) -> None:
+        self._send("token_expiring", expiresAt=iso_epoch(self.principal.expires_at))
+        self._token_timer = asyncio.get_running_loop().call_later(
+            max(0.0, self.principal.expires_at - time.time()), self.close, CLOSE_TOKEN_EXPIRED,
+            "Token expired")
 
     # -- output and teardown ----------------------------------------------------------------------
 
@@ -624,8 +634,8 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
                    self.user_id, self.client_id or self.remote_ip,
                    ("closed", f"{self.close_code} {self.close_reason or ''}".strip())
                    if self.close_code not in (None, 1000, 1001) else None)
-        for timer in self._timers:
-            timer.cancel()
+        if self._token_timer is not None:
+            self._token_timer.cancel()
         self._detach()
         if self.outbox is not None:
             self.outbox.cancel()
