@@ -82,6 +82,11 @@ class EventData:
         return value
 
 
+# Money amounts (payments, balances) at most this: formatted to the cent they stay within the
+# 28 significant digits of decimal arithmetic, and no call center sees more.
+MAX_AMOUNT = 10 ** 15
+
+
 def format_money(amount: int | float, currency: str = "USD") -> str:
     """`$2,450.00` for US dollars, `2,450.00 EUR` for any other currency."""
     rounded = Decimal(str(amount)).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)

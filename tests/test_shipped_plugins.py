@@ -77,6 +77,20 @@ async def test_payment_amounts_are_rounded_half_up_to_cents_with_thousands_separ
         assert notification["data"]["amount"] == amount
 
 
+@pytest.mark.timeout(30)
+async def test_an_amount_or_balance_past_a_quadrillion_is_refused_naming_the_field(start_app):
+    app = await start_app()
+    user = new_user("collector")
+    events = [("payment.received", {"userId": user, "amount": 9.57e110, "accountId": "AC-1",
+                                    "debtorName": "Jo Doe"}, "data.amount"),
+              ("call.high_value", {"userId": user, "callId": "C-1", "debtorName": "Jo Doe",
+                                   "balance": 10 ** 16}, "data.balance")]
+    for event_type, data, field in events:
+        status, body = await app.api.post("/api/events", token("svc", roles=["service"]),
+                                          {"type": event_type, "data": data})
+        assert status == 400 and body["error"]["message"].startswith(field), body
+
+
 # -- call service ------------------------------------------------------------------------------
 
 @pytest.mark.timeout(30)

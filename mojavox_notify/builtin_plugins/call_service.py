@@ -3,7 +3,7 @@
 from urllib.parse import quote
 
 from mojavox_notify import NotificationType, hookimpl
-from mojavox_notify.eventdata import EventData, format_duration, format_money
+from mojavox_notify.eventdata import MAX_AMOUNT, EventData, format_duration, format_money
 
 
 @hookimpl
@@ -77,7 +77,7 @@ def _high_value(data):
     user_id = data.text("userId", max_length=128)
     call_id = data.text("callId")
     debtor = data.text("debtorName")
-    balance = data.number("balance", minimum=0)
+    balance = data.number("balance", minimum=0, maximum=MAX_AMOUNT)
     currency = data.currency()
     return [{
         "userId": user_id, "type": "high_value_call", "title": "High-Value Call",

@@ -1,7 +1,7 @@
 """Payment service: a debtor's payment becomes a high-priority notification for the collector."""
 
 from mojavox_notify import NotificationType, hookimpl
-from mojavox_notify.eventdata import EventData, format_money
+from mojavox_notify.eventdata import MAX_AMOUNT, EventData, format_money
 
 
 @hookimpl
@@ -20,7 +20,7 @@ def mojavox_event_to_drafts(event):
         return None
     data = EventData(event.data)
     user_id = data.text("userId", max_length=128)
-    amount = data.number("amount", minimum=0)
+    amount = data.number("amount", minimum=0, maximum=MAX_AMOUNT)
     account_id = data.text("accountId")
     debtor = data.text("debtorName")
     currency = data.currency()
