@@ -6,7 +6,10 @@ Scenarios (each starts every server fresh, clients in worker processes from 127.
 - latency: N sockets, an open-loop generator creating notifications at each rate for some
   seconds: create→frame p50/p99 and how many never arrived;
 - fanout: one alert to N users (MOJAVOX: system.alert events of 1,000 users each, all
-  persisted; the others: one broadcast request): time until the last socket has it.
+  persisted; the others: one broadcast request): time until the last socket has it;
+- storm (MOJAVOX only): the server SIGKILLed during a burst of creations and restarted; every
+  socket reconnects with `since`: time until all are back, and any notification missed or
+  received twice.
 
 Bounded in count and time; stops by itself. `--quick` shrinks everything for a smoke run.
 
@@ -20,6 +23,7 @@ import argparse
 import asyncio
 import os
 import platform
+import sqlite3
 import sys
 import time
 from datetime import date
@@ -34,6 +38,8 @@ from targets import KINDS, Target, post  # noqa: E402
 
 WORKERS = 4
 MOJAVOX_ALERT_USERS = 1000  # system.alert's userIds limit
+STORM_RATE = 1000  # creations per second before and during the restart
+STORM_KILL_AFTER = 2.0  # seconds into the burst
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -71,8 +77,10 @@ def idle(target: Target, peers: Peers, connected: dict) -> dict:
             "kb_per_socket": grown / max(1, connected["opened"])}
 
 
-async def open_loop(target: Target, socket_count: int, rate: float, seconds: float) -> tuple[int, int]:
-    """Send `rate` creations a second for `seconds`, never waiting on answers: (sent, failed)."""
+async def open_loop(target: Target, socket_count: int, rate: float, seconds: float,
+                    stop=lambda: False) -> tuple[int, int]:
+    """Send `rate` creations a second for `seconds` (or until `stop()`), never waiting on
+    answers: (sent, failed)."""
     failed = 0
     sent = 0
     interval = 1.0 / rate
@@ -91,7 +99,7 @@ async def open_loop(target: Target, socket_count: int, rate: float, seconds: flo
 
         tasks = []
         start = time.perf_counter()
-        while time.perf_counter() - start < seconds:
+        while time.perf_counter() - start < seconds and not stop():
             due = start + sent * interval
             if due > time.perf_counter():
                 await asyncio.sleep(due - time.perf_counter())
@@ -140,6 +148,61 @@ def fanout(target: Target, peers: Peers, connected: dict) -> dict:
             "seconds": last - started, "requests": len(requests)}
 
 
+def storm(target: Target, peers: Peers, connected: dict) -> dict:
+    """Every user gets a notification; then a burst of creations at `STORM_RATE`/s, the server
+    SIGKILLed halfway through it and started again on its storage; every socket reconnects
+    with `since` its last notification. How long until all are live again, and whether each
+    has every notification stored for its user, exactly once."""
+    everyone = users(connected["opened"] + connected["failed"])
+    asyncio.run(send_open_loop(target, everyone, STORM_RATE, len(everyone) / STORM_RATE))
+    time.sleep(2)
+    peers.arm()
+    burst = asyncio.run(send_open_loop(target, everyone, STORM_RATE, 2 * STORM_KILL_AFTER,
+                                       kill_after=STORM_KILL_AFTER))
+    restarted = time.time()
+    target.start()
+    deadline = time.monotonic() + 90
+    back = peers.back()
+    while back[0] < connected["opened"] and time.monotonic() < deadline:
+        time.sleep(0.25)
+        back = peers.back()
+    time.sleep(2)  # the backlog of the last ones back
+    received = peers.received()
+    stored = stored_ids(Path(target.folder) / "notify.db")
+    missing = sum(len(set(stored.get(user, ())) - set(ids)) for user, ids in received.items())
+    doubled = sum(len(ids) - len(set(ids)) for ids in received.values())
+    return {"sockets": connected["opened"], "back": back[0], "seconds": back[1] - restarted,
+            "attempts": back[2], "burst_sent": burst[0], "burst_failed": burst[1],
+            "stored": sum(len(ids) for ids in stored.values()), "missing": missing,
+            "doubled": doubled}
+
+
+async def send_open_loop(target: Target, everyone: list[str], rate: float, seconds: float,
+                         kill_after: float | None = None) -> tuple[int, int]:
+    """Creations for the users in turn at `rate`/s for `seconds`; with `kill_after`, SIGKILL
+    the server that many seconds in and stop sending."""
+
+    async def killer() -> None:
+        await asyncio.sleep(kill_after)
+        target.kill()
+
+    task = asyncio.ensure_future(killer()) if kill_after is not None else None
+    sent, failed = await open_loop(target, len(everyone), rate, seconds,
+                                   stop=lambda: task is not None and task.done())
+    if task is not None:
+        await task
+    return sent, failed
+
+
+def stored_ids(database: Path) -> dict[str, list[str]]:
+    """Every user's stored notification ids, read from the embedded store's file."""
+    found: dict[str, list[str]] = {}
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as connection:
+        for user, notification in connection.execute("SELECT user_id, id FROM notifications"):
+            found.setdefault(user, []).append(notification)
+    return found
+
+
 # -- report ------------------------------------------------------------------------------------
 
 def ratio(ours: float, theirs: float) -> str:
@@ -150,7 +213,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0],
                                      epilog="\n".join(__doc__.splitlines()[1:]),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenario", choices=["ALL", "idle", "latency", "fanout"])
+    parser.add_argument("scenario", choices=["ALL", "idle", "latency", "fanout", "storm"])
     parser.add_argument("--sockets", type=int, default=5000)
     parser.add_argument("--rates", default="100,300,1000")
     parser.add_argument("--seconds", type=float, default=20)
@@ -193,6 +256,16 @@ def main() -> None:
         for kind, row in results.items():
             print(f"| {kind} | {row['users']} | {row['received']} | {row['requests']} | "
                   f"{row['seconds']:.3f} |")
+    if args.scenario in ("ALL", "storm") and "mojavox" in kinds:
+        row = with_target("mojavox", args.sockets, storm)
+        print(f"\n## storm: {args.sockets} sockets, the server SIGKILLed {STORM_KILL_AFTER:g} s into "
+              f"a burst of {STORM_RATE}/s creations and started again; every socket reconnects "
+              "with `since` (MOJAVOX Notify only: the others keep nothing to resume from)\n")
+        print("| sockets | back | seconds until all back | connect attempts | burst sent / failed "
+              "| stored | missing | doubled |\n|---|---|---|---|---|---|---|---|")
+        print(f"| {row['sockets']} | {row['back']} | {row['seconds']:.1f} | {row['attempts']} | "
+              f"{row['burst_sent']} / {row['burst_failed']} | {row['stored']} | {row['missing']} | "
+              f"{row['doubled']} |")
     sys.stdout.flush()
 
 

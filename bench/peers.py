@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
+import random
 import time
 
 import websockets
@@ -17,6 +18,10 @@ import websockets
 from targets import token
 
 CONNECT_CONCURRENCY = 64
+# After a restart each worker retries this many sockets at once (a browser per socket would
+# retry all at once; a worker process has to bound its own connect attempts), for 60 s at most.
+STORM_CONCURRENCY = 256
+STORM_TRIES = 200
 
 
 def socket_url(kind: str, port: int, user: str) -> str:
@@ -52,10 +57,17 @@ class Worker:
         self.kind, self.port, self.users, self.address = kind, port, users, address
         self.arrivals: list[tuple[float, float | None]] = []  # (arrived, sent or None)
         self.connections = []
+        # The reconnect storm (mojavox): each user's notification ids as received, and once
+        # armed, a socket that closes reconnects with `since` its last one, retrying.
+        self.received: dict[str, list[str]] = {user: [] for user in users}
+        self.reconnecting = False
+        self.back: dict[str, float] = {}  # user -> when its socket was live again
+        self.attempts = 0
 
     async def run(self, pipe) -> None:
         started = time.perf_counter()
         limit = asyncio.Semaphore(CONNECT_CONCURRENCY)
+        self._storm_limit = asyncio.Semaphore(STORM_CONCURRENCY)
         results = await asyncio.gather(*(self._open(user, limit) for user in self.users))
         pipe.send(("connected", sum(results), len(results) - sum(results), time.perf_counter() - started))
         loop = asyncio.get_running_loop()
@@ -66,28 +78,42 @@ class Worker:
             elif command == "forget":
                 self.arrivals = []
                 pipe.send("ok")
+            elif command == "arm":
+                self.reconnecting, self.back, self.attempts = True, {}, 0
+                pipe.send("ok")
+            elif command == "back":
+                pipe.send((len(self.back), max(self.back.values(), default=0.0), self.attempts))
+            elif command == "received":
+                pipe.send(self.received)
             elif command == "close":
+                self.reconnecting = False
                 await asyncio.gather(*(c.close() for c in self.connections), return_exceptions=True)
                 pipe.send("closed")
                 return
 
-    async def _open(self, user: str, limit: asyncio.Semaphore) -> bool:
+    async def _open(self, user: str, limit: asyncio.Semaphore, tries: int = 3) -> bool:
         async with limit:
-            for _ in range(3):
+            for _ in range(tries):
+                url = socket_url(self.kind, self.port, user)
+                if self.received[user]:  # resume after the last notification it has
+                    url += f"&since={self.received[user][-1]}"
+                self.attempts += 1
                 try:
                     connection = await websockets.connect(
-                        socket_url(self.kind, self.port, user), local_addr=(self.address, 0),
+                        url, local_addr=(self.address, 0),
                         open_timeout=30, ping_interval=None, max_queue=None, compression=None)
                     await asyncio.wait_for(handshake(self.kind, connection), 30)
                 except (OSError, asyncio.TimeoutError, websockets.WebSocketException):
-                    await asyncio.sleep(0.2)
+                    await asyncio.sleep(random.uniform(0.1, 0.5))
                     continue
                 self.connections.append(connection)
-                asyncio.get_running_loop().create_task(self._read(connection))
+                if self.reconnecting:
+                    self.back[user] = time.time()
+                asyncio.get_running_loop().create_task(self._read(connection, user))
                 return True
             return False
 
-    async def _read(self, connection) -> None:
+    async def _read(self, connection, user: str) -> None:
         try:
             async for message in connection:
                 arrived = time.time()
@@ -98,8 +124,14 @@ class Worker:
                 if payload is not None:
                     sent = payload.get("sent", (payload.get("data") or {}).get("sent"))
                     self.arrivals.append((arrived, sent))
+                    if "id" in payload:
+                        self.received[user].append(payload["id"])
         except websockets.WebSocketException:
             pass
+        if self.reconnecting:
+            self.connections.remove(connection)
+            await asyncio.sleep(random.uniform(0.0, 0.3))  # clients' retries are spread
+            await self._open(user, self._storm_limit, tries=STORM_TRIES)
 
 
 def _serve(kind: str, port: int, users: list[str], address: str, pipe) -> None:
@@ -136,6 +168,29 @@ class Peers:
             pipe.send("forget")
         for pipe in self.pipes:
             self._receive(pipe, 60)
+
+    def arm(self) -> None:
+        """From now on a socket that closes reconnects with `since` (the reconnect storm)."""
+        for pipe in self.pipes:
+            pipe.send("arm")
+        for pipe in self.pipes:
+            self._receive(pipe, 60)
+
+    def back(self) -> tuple[int, float, int]:
+        """(sockets live again since armed, when the last of them was, connect attempts)."""
+        for pipe in self.pipes:
+            pipe.send("back")
+        answers = [self._receive(pipe, 60) for pipe in self.pipes]
+        return (sum(a[0] for a in answers), max(a[1] for a in answers), sum(a[2] for a in answers))
+
+    def received(self) -> dict[str, list[str]]:
+        """Every user's notification ids, in the order its sockets received them."""
+        for pipe in self.pipes:
+            pipe.send("received")
+        found: dict[str, list[str]] = {}
+        for pipe in self.pipes:
+            found.update(self._receive(pipe, 60))
+        return found
 
     def close(self) -> None:
         for pipe in self.pipes:

@@ -75,6 +75,12 @@ class Target:
                 time.sleep(0.1)
         raise RuntimeError(f"{self.kind} did not start; see {self.folder}/server.log")
 
+    def kill(self) -> None:
+        """SIGKILL: the server dies mid-work (the reconnect storm restarts it on its folder)."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(20)
+
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()
