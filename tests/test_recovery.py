@@ -83,6 +83,36 @@ async def test_nothing_is_lost_or_repeated_while_notifications_are_created_durin
 
 
 @bounded
+async def test_sockets_opened_while_notifications_are_created_get_every_later_one_once(start_app):
+    app = await start_app(**{"rate_limits.notifications_per_minute": 0})
+    user = new_user()
+    created: list[str] = []
+
+    async def producer():
+        for index in range(80):
+            payload = await app.service.create({"userId": user, "type": "agent_alert",
+                                                "title": "t", "message": f"#{index}"})
+            created.append(payload["id"])
+            await app.service.mark_read(user, payload["id"])  # change messages in between
+            await asyncio.sleep(0.005)
+
+    producing = asyncio.ensure_future(producer())
+    sockets = []
+    while not producing.done() and len(sockets) < 15:  # websocket.max_sockets_per_user: 20
+        socket = await Socket.open(app, token(user))
+        first = await socket.receive()
+        assert first["type"] == "connected", first  # before any other frame
+        sockets.append(socket)
+        await asyncio.sleep(0.01)
+    await producing
+    assert len(sockets) > 3
+    for socket in sockets:
+        ids = [f["payload"]["id"] for f in await socket.quiet(0.3) if f["type"] == "notification"]
+        assert ids == created[len(created) - len(ids):], "each socket gets every later one, once"
+        socket.close()
+
+
+@bounded
 async def test_resume_message_replays_what_was_missed(start_app):
     app = await start_app()
     user = new_user()

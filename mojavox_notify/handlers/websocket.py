@@ -281,6 +281,7 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
         self.live_from = 0
         self._catching_up = True
         self._held: list[Message] = []
+        self._early: list[Message] | None = None
         self._resync_pending = False
         self._token_timer: asyncio.TimerHandle | None = None
         self._attached = False
@@ -350,24 +351,32 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
         # The user's sockets on other instances count towards the per-user cap (through Redis).
         elsewhere = (await self.presence.elsewhere(self.user_id)
                      if self.ws_settings.max_sockets_per_user else 0)
-        state = await self.service.connection_state(self.user_id)
         refusal = self._over_socket_limits(elsewhere)
         if refusal:
             log.warning("socket of %s from %s refused: %s", self.user_id, self.remote_ip, refusal)
             self.close(CLOSE_TOO_MANY_SOCKETS, refusal)
             return
-        self.live_from = self.last_seq = state.seq
+        # Attached before the counters are read, so no storage read has to close a gap: what
+        # is stored after that read is published after it and reaches this socket (kept until
+        # `connected` has gone, then held until the backlog has); what was stored before is
+        # within `state.seq`.
+        self._early = []
         self.hub.attach(self)
         self._attached = True
+        state = await self.service.connection_state(self.user_id)
+        self.live_from = self.last_seq = state.seq
         self._forget_handshake()
         self._schedule_token_timers()
         self._send("connected", clientId=self.client_id, timestamp=iso(utcnow()),
                    unreadCount=state.unread_payload())
+        early, self._early = self._early, None
+        for message in early:
+            self.deliver(message)
         if since_error is not None:
             self._send_error(since_error.code, since_error.message)
         elif since_seq is not None:
             await self._send_backlog(since_seq)
-        await self._catch_up()
+        self._release_held()
 
     def _forget_handshake(self) -> None:
         """The socket is live: its request's headers and query (the token among them) are not
@@ -402,6 +411,9 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
     # -- live delivery (called by the hub; never blocks) ------------------------------------------
 
     def deliver(self, message: Message) -> None:
+        if self._early is not None:  # attached, `connected` not sent yet
+            self._early.append(message)
+            return
         if message.get("kind") != "notification":
             self._deliver_change(message)
             return
@@ -452,13 +464,7 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
                 self._send("unread_count", **await self.service.unread(self.user_id))
             if resync:
                 self._send("resynced", count=passed_on)
-            held, self._held = self._held, []
-            self._catching_up = False
-            for message in sorted(held, key=lambda m: m["seq"]):
-                self.deliver(message)
-            if self._resync_pending:
-                self._resync_pending = False
-                self.resync()
+            self._release_held()
         except StorageUnavailableError as error:
             # Closing is the honest answer: a client that reconnects with ?since= misses nothing.
             log.warning("socket %s could not catch up: %s", self.client_id, error.message)
@@ -466,6 +472,16 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
         except Exception:
             log.exception("socket %s could not catch up", self.client_id)
             self.close(1011, "internal error")
+
+    def _release_held(self) -> None:
+        """Live from here: the notifications held meanwhile, in sequence order."""
+        held, self._held = self._held, []
+        self._catching_up = False
+        for message in sorted(held, key=lambda m: m["seq"]):
+            self.deliver(message)
+        if self._resync_pending:
+            self._resync_pending = False
+            self.resync()
 
     def _deliver_change(self, message: Message) -> None:
         kind = message["kind"]
