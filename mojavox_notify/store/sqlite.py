@@ -723,14 +723,11 @@ def _insert_many(connection, insertions: list[Insertion], created_at) -> list[li
     return [[next(records) for _ in insertion.drafts] for insertion in insertions]
 
 
-def _channel_settings(connection, user_ids: set[str]) -> list[tuple[str, str]]:
-    """(user_id, channels JSON) of those of these users who changed their channel settings."""
-    found = []
-    for chunk in _chunks(sorted(user_ids), IN_CHUNK):
-        found += connection.execute(f"""
-            SELECT user_id, channels FROM channel_settings
-            WHERE user_id IN ({", ".join("?" for _ in chunk)})""", chunk).fetchall()
-    return found
+def _channel_settings(connection, user_ids: set[str]) -> list[list[str]]:
+    """[user_id, channels JSON] of those of these users who changed their channel settings."""
+    return _json_rows(connection, """
+        SELECT json_group_array(json_array(user_id, channels)) FROM channel_settings
+        WHERE user_id IN ({users})""", user_ids)
 
 
 def _insert_rows(connection, statement: str, width: int, rows: list[tuple]) -> None:
