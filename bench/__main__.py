@@ -171,7 +171,8 @@ def storm(target: Target, peers: Peers, connected: dict) -> dict:
     stored = stored_ids(Path(target.folder) / "notify.db")
     missing = sum(len(set(stored.get(user, ())) - set(ids)) for user, ids in received.items())
     doubled = sum(len(ids) - len(set(ids)) for ids in received.values())
-    return {"sockets": connected["opened"], "back": back[0], "seconds": back[1] - restarted,
+    return {"sockets": connected["opened"], "back": back[0],
+            "seconds": back[1] - restarted if back[0] else float("nan"),
             "attempts": back[2], "burst_sent": burst[0], "burst_failed": burst[1],
             "stored": sum(len(ids) for ids in stored.values()), "missing": missing,
             "doubled": doubled}

@@ -84,8 +84,10 @@ class LeanSocket(asyncio.Protocol):
         length = len(payload)
         if length < 126:
             head = struct.pack("!BB", 0x80 | opcode, 0x80 | length)
-        else:
+        elif length <= 0xFFFF:
             head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, length)
+        else:
+            head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, length)
         masked = bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
         self.transport.write(head + mask + masked)
 

@@ -6,6 +6,7 @@ signed with a public key) are refused by construction. `exp` is always required.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import secrets
@@ -103,23 +104,25 @@ class TokenVerifier:
         self._jwks: dict[str, jwt.PyJWK] = {}
         self._jwks_fetched_at = float("-inf")
         self._key_set = 0  # counts JWKS fetches: a token verified with an earlier set is checked again
-        # Verified tokens (a socket reconnecting, a dashboard polling with one token): token →
-        # (principal, key set), least recently used first. Only successes are kept.
-        self._verified: OrderedDict[str, tuple[Principal, int]] = OrderedDict()
+        # Verified tokens (a socket reconnecting, a dashboard polling with one token): SHA-256 of
+        # the token (not the token itself) → (principal, key set), least recently used first.
+        # Only successes are kept.
+        self._verified: OrderedDict[bytes, tuple[Principal, int]] = OrderedDict()
 
     async def verify(self, token: str | None) -> Principal:
         if not token:
             raise AuthenticationError("a bearer token is required", code="token_missing")
-        known = self._verified.get(token)
+        digest = hashlib.sha256(token.encode()).digest()
+        known = self._verified.get(digest)
         if known is not None:
             principal, key_set = known
             if key_set == self._key_set and self._keys_fresh() and \
                     principal.expires_at + self._auth.leeway_seconds > time.time():
-                self._verified.move_to_end(token)
+                self._verified.move_to_end(digest)
                 return principal
-            del self._verified[token]  # expired (decoding says so) or signed with an older key set
+            del self._verified[digest]  # expired (decoding says so) or signed with an older key set
         principal = await self._decode(token)
-        self._verified[token] = (principal, self._key_set)
+        self._verified[digest] = (principal, self._key_set)
         if len(self._verified) > VERIFIED_TOKENS:
             self._verified.popitem(last=False)
         return principal

@@ -188,12 +188,29 @@ def _serve(args) -> int:
     except OSError as error:
         raise StartupError(f"cannot listen on {settings.server.host}:{settings.server.port}: "
                            f"{error.strerror or error}") from None
+    asyncio.run(_update_embedded_file(settings))
 
     def worker(settings: Settings, index: int, ready: Callable[[], None]) -> int:
         return _reporting_errors(lambda: asyncio.run(
             _serve_until_signalled(settings, worker=index, ready=ready)))
 
     return run_workers(settings, count, worker)
+
+
+async def _update_embedded_file(settings: Settings) -> None:
+    """Before the workers start: bring an embedded file of an earlier schema up to date here
+    (about a minute per million notifications), not in the first worker, whose start-up the
+    supervisor gives 120 s. A failure is left for the workers to report."""
+    url = storage_url(settings)
+    if url.startswith("mongodb"):
+        return
+    store = SqliteStore(sqlite_path(settings, url), settings.storage)
+    try:
+        await store.open()
+    except StorageUnavailableError:
+        pass
+    finally:
+        await store.close()
 
 
 async def _serve_until_signalled(settings: Settings, worker: int | None = None,

@@ -15,6 +15,7 @@ import pytest
 from bson import ObjectId
 
 from mojavox_notify.app import NotifyApp, StartupError
+from mojavox_notify.errors import StorageUnavailableError
 from mojavox_notify.model import Draft
 from mojavox_notify.settings import load_settings
 from mojavox_notify.store import build_store
@@ -123,6 +124,36 @@ async def test_embedded_insertions_queued_during_a_write_share_the_next_transact
         assert [records[0].document["seq"] for records in results] == list(range(1, 41))
         assert transactions.count("_insert_many") <= 2, transactions  # 40 queued: one or two transactions
     finally:
+        await store.close()
+
+
+@bounded
+async def test_a_queued_insertion_gives_up_its_timeout_after_it_queued_not_after_its_batch_began(make_settings):
+    store = build_store(make_settings(**{"storage.url": "embedded",
+                                         "storage.operation_timeout_seconds": 0.3,
+                                         "storage.busy_timeout_seconds": 0.2}))
+    await store.open()
+    write = store._write
+
+    async def stalled(function, *args):
+        await asyncio.sleep(1.5)  # a storage thread stuck (a disk that hangs)
+        return await write(function, *args)
+
+    store._write = stalled
+    try:
+        user = new_user()
+        first = asyncio.ensure_future(store.insert_many([Draft(
+            user_id=user, type="payment_received", title="Paid", message="1", priority="high")]))
+        await asyncio.sleep(0.05)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(StorageUnavailableError):
+            await store.insert_many([Draft(user_id=user, type="payment_received", title="Paid",
+                                           message="2", priority="high")])
+        assert asyncio.get_running_loop().time() - started < 0.9, "0.5 s after it queued"
+        with pytest.raises(StorageUnavailableError):
+            await first
+    finally:
+        store._write = write
         await store.close()
 
 

@@ -160,13 +160,12 @@ class _Flushes:
     """The outboxes that got frames during this turn of the event loop, flushed together by one
     callback at its end (a 1,000-user alert schedules one callback, not a thousand)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self._loop = loop
-        self._due: list[Outbox] = []
+    def __init__(self) -> None:
+        self._due: list[Outbox] = []  # (no reference to its loop: the registry's key stays weak)
 
     def add(self, outbox: Outbox) -> None:
         if not self._due:
-            self._loop.call_soon(self._run)
+            asyncio.get_running_loop().call_soon(self._run)
         self._due.append(outbox)
 
     def _run(self) -> None:
@@ -184,7 +183,7 @@ _flushes: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flushes]" = wea
 def _flushes_of(loop: asyncio.AbstractEventLoop) -> _Flushes:
     flushes = _flushes.get(loop)
     if flushes is None:
-        flushes = _flushes[loop] = _Flushes(loop)
+        flushes = _flushes[loop] = _Flushes()
     return flushes
 
 
@@ -377,10 +376,13 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
         elif since_seq is not None:
             await self._send_backlog(since_seq)
         self._release_held()
+        if any(message.get("unread") is not None for message in early):
+            # Their counts may predate the one `connected` carried: end on the current one.
+            self._send("unread_count", **await self.service.unread(self.user_id))
 
     def _forget_handshake(self) -> None:
-        """The socket is live: its request's headers and query (the token among them) are not
-        needed again, so they are not kept for the socket's lifetime (about 1.5 KB each)."""
+        """The socket is live: its request's headers and parsed query are not needed again, so
+        they are not kept for the socket's lifetime (about 1.5 KB each)."""
         request = self.request
         for kept in (request.headers, request.query_arguments, request.arguments):
             kept.clear()  # in place: tornado's connection object holds the same headers

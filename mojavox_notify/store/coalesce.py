@@ -28,15 +28,14 @@ class Coalescer(Generic[Item, Result]):
         self._limit = limit
         self._weight = weight
         self._queued: list[tuple[Item, asyncio.Future]] = []
-        self._serving = False
+        self._serving: asyncio.Task | None = None
 
     async def __call__(self, item: Item) -> Result:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._queued.append((item, future))
-        if not self._serving:
-            self._serving = True
-            loop.create_task(self._serve_queued())
+        if self._serving is None:
+            self._serving = loop.create_task(self._serve_queued())
         return await future
 
     async def _serve_queued(self) -> None:
@@ -55,7 +54,7 @@ class Coalescer(Generic[Item, Result]):
                     if not future.done():  # its caller may have given up waiting
                         future.set_result(result)
         finally:
-            self._serving = False
+            self._serving = None
             for _, future in batch + self._queued:  # cancelled (the loop is closing)
                 future.cancel()
             self._queued = []

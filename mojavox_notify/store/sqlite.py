@@ -368,12 +368,15 @@ class SqliteStore(NotificationStore):
             self._checkpointed_at = time.monotonic()
             self._checkpoint_queued = False
 
+    @property
+    def _write_timeout(self) -> float:
+        """The operation timeout plus the time a write may wait for another process's lock."""
+        return self._settings.operation_timeout_seconds + self._settings.busy_timeout_seconds
+
     async def _write(self, function: Callable, *args: Any) -> Any:
-        """On the writer thread; gives up (503) after the operation timeout plus the time a
-        write may wait for another process's lock."""
-        timeout = self._settings.operation_timeout_seconds + self._settings.busy_timeout_seconds
+        """On the writer thread; gives up (503) after `_write_timeout`."""
         return await self._run(self._writer, functools.partial(self._written, function), args,
-                               timeout)
+                               self._write_timeout)
 
     async def _read(self, function: Callable, *args: Any) -> Any:
         return await self._run(self._reader, function, args, self._settings.operation_timeout_seconds)
@@ -440,14 +443,27 @@ class SqliteStore(NotificationStore):
         """Stored in one transaction with the other insertions queued meanwhile (coalesce.py)."""
         if not drafts:
             return []
-        return await self._inserts(Insertion(drafts, event_id, push_flags(push, len(drafts))))
+        insertion = Insertion(drafts, event_id, push_flags(push, len(drafts)))
+        return await self._queued(self._inserts, insertion, self._write_timeout)
+
+    async def _queued(self, coalescer: Coalescer, item: Any, timeout: float) -> Any:
+        """A coalesced call, given up (503) `timeout` after it queued, not after its batch began.
+        A write given up on may still be committed by its batch; its sockets then find it like
+        any other gap (by the next notification, or `since`)."""
+        try:
+            async with asyncio.timeout(timeout):
+                return await coalescer(item)
+        except TimeoutError:
+            error = StorageUnavailableError(f"embedded storage did not answer within {timeout:g} s")
+            self._report_failure(error)
+            raise error from None
 
     async def _insert_batch(self, insertions: list["Insertion"]) -> list[list[Created]]:
         return await self._write(_insert_many, insertions, utcnow())
 
     async def state(self, user_id: str) -> UserState:
         """Read together with the other users' states queued meanwhile (a reconnect storm)."""
-        row = await self._state_reads(user_id)
+        row = await self._queued(self._state_reads, user_id, self._settings.operation_timeout_seconds)
         if row is None:
             return UserState()
         if row[-1] <= to_ms(utcnow()):
@@ -508,7 +524,9 @@ class SqliteStore(NotificationStore):
     async def preferences_of_many(self, user_ids: Iterable[str]) -> dict[str, dict[str, ChannelPreference]]:
         """Read together with the other lookups queued meanwhile (coalesce.py)."""
         wanted = tuple(dict.fromkeys(user_ids))
-        return await self._preference_reads(wanted) if wanted else {}
+        if not wanted:
+            return {}
+        return await self._queued(self._preference_reads, wanted, self._settings.operation_timeout_seconds)
 
     async def _states_batch(self, user_ids: list[str]) -> list[tuple | None]:
         rows = await self._read(_json_rows, f"""
@@ -645,6 +663,8 @@ def _create_schema(connection: sqlite3.Connection) -> None:
             if statement.strip():
                 connection.execute(statement)
         connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    if version == 1:  # the rebuilt table went through the log: copy it back, truncate the log
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
 
 
 def _cluster_notifications(connection: sqlite3.Connection) -> None:
