@@ -529,10 +529,7 @@ class SqliteStore(NotificationStore):
         return await self._queued(self._preference_reads, wanted, self._settings.operation_timeout_seconds)
 
     async def _states_batch(self, user_ids: list[str]) -> list[tuple | None]:
-        rows = await self._read(_json_rows, f"""
-            SELECT json_group_array(json_array(user_id, {STATE_COLUMNS}, expiry_due))
-            FROM user_state WHERE user_id IN ({{users}})""", set(user_ids))
-        found = {row[0]: tuple(row[1:]) for row in rows}
+        found = await self._read(_state_rows, set(user_ids))
         return [found.get(user_id) for user_id in user_ids]
 
     async def _preferences_batch(self, lookups: list[tuple[str, ...]]) -> list[dict]:
@@ -797,11 +794,17 @@ def _claim_pushes(connection, now_ms: int, lease_until: int, limit: int) -> list
             (lease_until, now_ms, now_ms, limit)).fetchall()
 
 
-def _counters_of(connection, user_ids: set[str]) -> dict[str, tuple[int, int, dict[str, int]]]:
+def _state_rows(connection, user_ids: set[str]) -> dict[str, tuple]:
+    """Each of these users' `seq, total, unread_*, expiry_due`, by user (those with a row)."""
     rows = _json_rows(connection, f"""
-        SELECT json_group_array(json_array(user_id, {STATE_COLUMNS})) FROM user_state
-        WHERE user_id IN ({{users}})""", user_ids)
-    return {row[0]: (row[1], row[2], dict(zip(PRIORITIES, row[3:]))) for row in rows}
+        SELECT json_group_array(json_array(user_id, {STATE_COLUMNS}, expiry_due))
+        FROM user_state WHERE user_id IN ({{users}})""", user_ids)
+    return {row[0]: tuple(row[1:]) for row in rows}
+
+
+def _counters_of(connection, user_ids: set[str]) -> dict[str, tuple[int, int, dict[str, int]]]:
+    return {user: (row[0], row[1], dict(zip(PRIORITIES, row[2:2 + len(PRIORITIES)])))
+            for user, row in _state_rows(connection, user_ids).items()}
 
 
 def _change_state(connection, user_id: str, total: int, unread: Counter,
