@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import html
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -16,9 +17,11 @@ from typing import Any, Iterable, Mapping
 from urllib.parse import urlparse
 
 import nh3
+import orjson
 from bson import ObjectId
 
 from .errors import NotFoundError, ValidationError
+from .ids import new_object_id
 
 PRIORITIES = ("low", "medium", "high", "critical")
 MAX_USER_ID = 128
@@ -159,7 +162,7 @@ def _printable(path: str) -> str:
     return path.encode("utf-8", "backslashreplace").decode().replace("\x00", "\\x00")[:200]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: made per notification, and frozen ones cost 3× to make
 class Draft:
     """A validated, sanitized request to notify one user."""
 
@@ -236,31 +239,52 @@ def _plain_text(value: Any, name: str, limit: int) -> str:
 
 
 def _data(value: Any) -> dict[str, Any]:
+    """`data` as stored: JSON values only, at most MAX_DATA_BYTES as compact UTF-8 JSON."""
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise ValidationError("data", "must be a JSON object")
-    try:
-        encoded = json.dumps(value, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError):
-        raise ValidationError("data", "must hold only JSON values") from None
-    if len(encoded.encode()) > MAX_DATA_BYTES:
+    _check_json(value, "data", depth=0)
+    if _json_size(value) > MAX_DATA_BYTES:
         raise ValidationError("data", f"must be at most {MAX_DATA_BYTES} bytes as JSON")
-    _check_keys(value, "data", depth=0)
     return value
 
 
-def _check_keys(value: Any, path: str, depth: int) -> None:
+def _check_json(value: Any, path: str, depth: int) -> None:
+    """Objects, arrays, strings, finite numbers, booleans and null, nested at most
+    MAX_DATA_DEPTH deep, with keys that are strings, not starting with $ and without NUL
+    (a plugin may hand over anything)."""
     if depth > MAX_DATA_DEPTH:
         raise ValidationError(path, f"nests deeper than {MAX_DATA_DEPTH} levels")
     if isinstance(value, dict):
         for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValidationError(path, "keys must be strings")
             if key.startswith("$") or "\x00" in key:
-                raise ValidationError(f"{path}.{key}", "keys must not start with $ or hold NUL")
-            _check_keys(item, f"{path}.{key}", depth + 1)
+                raise ValidationError(_printable(f"{path}.{key}"), "keys must not start with $ or hold NUL")
+            _check_json(item, f"{path}.{key}", depth + 1)
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            _check_keys(item, f"{path}[{index}]", depth + 1)
+            _check_json(item, f"{path}[{index}]", depth + 1)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValidationError(path, "must be a finite number")
+    elif not isinstance(value, (str, int)) and value is not None:  # bool is an int
+        raise ValidationError(path, "must be a JSON value (object, array, string, number, "
+                                    "boolean or null)")
+
+
+def _json_size(value: Any) -> int:
+    """Bytes of `value` as compact UTF-8 JSON, as stored (orjson; the standard library for
+    integers past 64 bits, which orjson refuses)."""
+    try:
+        return len(orjson.dumps(value))
+    except orjson.JSONEncodeError:
+        pass
+    try:
+        return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    except UnicodeEncodeError:
+        raise ValidationError("data", "must be valid Unicode (a lone surrogate is not)") from None
 
 
 def _action_url(value: Any, allowed_hosts: tuple[str, ...]) -> str | None:
@@ -331,7 +355,7 @@ def _iso(moment: datetime) -> str:
 def to_document(draft: Draft, created_at: datetime, seq: int, event_id: str | None = None) -> dict:
     """The stored form of a new notification; `seq` orders one user's notifications."""
     document = {
-        "_id": ObjectId(),
+        "_id": new_object_id(),
         "user_id": draft.user_id,
         "seq": seq,
         "type": draft.type,

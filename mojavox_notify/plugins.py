@@ -218,9 +218,13 @@ class Plugins:
             self._owner_callers[owner] = caller
         return await resolve(caller(event=event))
 
+    def listens(self, hook_name: str) -> bool:
+        """Whether any plugin implements this hook (callers skip per-notification calls if not)."""
+        return bool(getattr(self.manager.hook, hook_name).get_hookimpls())
+
     async def call_each(self, hook_name: str, **kwargs) -> list[Any]:
         """Call every implementation of a broadcast hook, awaiting async ones, in order."""
         hook = getattr(self.manager.hook, hook_name)
-        if not hook.get_hookimpls():  # per notification: skip pluggy when nobody listens
+        if not hook.get_hookimpls():
             return []
         return [await resolve(result) for result in hook(**kwargs)]

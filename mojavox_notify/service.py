@@ -150,8 +150,9 @@ class NotificationService:
             self._metrics.create_to_publish.observe(time.perf_counter() - started)
         if self.on_push_recorded is not None and any(record.pushed for record in stored):
             self.on_push_recorded()
-        for position, record in zip(positions, stored):
-            await self._observe(created[position], record.document["user_id"])
+        if self.plugins.listens("mojavox_notification_created"):
+            for position, record in zip(positions, stored):
+                await self._observe(created[position], record.document["user_id"])
         return created
 
     async def _publish(self, message: dict[str, Any]) -> None:
@@ -167,7 +168,9 @@ class NotificationService:
         self._metrics.broker_published.inc(len(messages))
 
     def _choice(self, draft: Draft, preferences: dict[str, ChannelPreference]) -> ChannelPreference:
-        return preferences.get(draft.type, ChannelPreference()).over(self._defaults[draft.type])
+        chosen = preferences.get(draft.type)
+        default = self._defaults[draft.type]
+        return default if chosen is None else chosen.over(default)
 
     async def _pushed(self, chosen: list[tuple[Draft, ChannelPreference]]) -> list[bool]:
         """Push when push is configured and the user wants this type pushed; with

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import decimal
 
 import pytest
 
@@ -171,6 +172,54 @@ async def test_app_emit_raises_validation_errors_for_unknown_types_and_bad_data(
     with pytest.raises(ValidationError) as bad:
         await app.emit(Event("payment.received", {"userId": new_user(), "amount": "ten"}))
     assert bad.value.field == "data.amount"
+
+
+class RawDataPlugin:
+    """Hands over `data` as given: what a plugin may build that no JSON body could carry."""
+
+    @hookimpl
+    def mojavox_register_types(self):
+        return [NotificationType("raw_data", "low", "data exactly as a plugin built it")]
+
+    @hookimpl
+    def mojavox_event_types(self):
+        return {"raw.data": "data exactly as a plugin built it"}
+
+    @hookimpl
+    def mojavox_event_to_drafts(self, event):
+        return [{"userId": event.data["userId"], "type": "raw_data", "title": "Raw",
+                 "message": "raw", "data": event.data["data"]}]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("data, field, problem", [
+    ({1: "integer key"}, "data", "keys must be strings"),
+    ({"n": float("nan")}, "data.n", "finite"),
+    ({"n": [1, float("-inf")]}, "data.n[1]", "finite"),
+    ({"when": decimal.Decimal("1.5")}, "data.when", "JSON value"),
+    ({"tags": {"a", "b"}}, "data.tags", "JSON value"),
+    ({"text": "\ud800"}, "data", "lone surrogate"),
+    ({"list": [{"$where": 1}]}, "data.list[0].$where", "must not start with $"),
+    ({"blob": "x" * (16 * 1024)}, "data", "16384 bytes"),
+])
+async def test_data_a_plugin_builds_is_checked_like_a_clients(start_app, data, field, problem):
+    app = await start_app(plugins=[("raw", RawDataPlugin())], discover_plugins=False)
+    user = new_user()
+    with pytest.raises(ValidationError) as refused:
+        await app.emit(Event("raw.data", {"userId": user, "data": data}))
+    assert (refused.value.field, problem in refused.value.message) == (field, True), refused.value
+    assert await notifications_of(app, user) == []
+
+
+@pytest.mark.timeout(30)
+async def test_data_size_is_counted_as_stored_utf8(start_app):
+    """16,000 bytes of UTF-8 (8,000 two-byte characters) fit in the 16 KiB; escaped as \\uXXXX
+    they would not, and storage keeps UTF-8."""
+    app = await start_app(plugins=[("raw", RawDataPlugin())], discover_plugins=False)
+    user = new_user()
+    await app.emit(Event("raw.data", {"userId": user, "data": {"text": "é" * 8000}}))
+    [stored] = await notifications_of(app, user)
+    assert stored["data"] == {"text": "é" * 8000}
 
 
 # -- plugin hooks: event sources, observers, lifecycle -------------------------------------------

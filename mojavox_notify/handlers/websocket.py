@@ -158,7 +158,12 @@ class Outbox:
 
 class _Flushes:
     """The outboxes that got frames during this turn of the event loop, flushed together by one
-    callback at its end (a 1,000-user alert schedules one callback, not a thousand)."""
+    callback at its end (a 1,000-user alert schedules one callback, not a thousand). Every
+    FLUSH_EVERY outboxes the ones gathered so far leave at once, while the turn goes on: the
+    first sockets of a big fan-out start receiving while the rest are still being encoded (their
+    frames are complete: a socket's frames of one message are put together)."""
+
+    FLUSH_EVERY = 32
 
     def __init__(self) -> None:
         self._due: list[Outbox] = []  # (no reference to its loop: the registry's key stays weak)
@@ -166,9 +171,15 @@ class _Flushes:
     def add(self, outbox: Outbox) -> None:
         if not self._due:
             asyncio.get_running_loop().call_soon(self._run)
+        elif len(self._due) >= self.FLUSH_EVERY:
+            self._flush_due()
         self._due.append(outbox)
 
     def _run(self) -> None:
+        if self._due:
+            self._flush_due()
+
+    def _flush_due(self) -> None:
         due, self._due = self._due, []
         for outbox in due:
             try:

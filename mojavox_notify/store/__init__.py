@@ -31,7 +31,7 @@ from ..settings import Settings
 EMBEDDED_FILE = "notify.db"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: made per notification, and frozen ones cost 3× to make
 class UserState:
     """One user's counters: `seq` of their newest notification, how many are stored (`total`),
     and how many of those are unread, per priority. All O(1) to read."""
@@ -50,7 +50,7 @@ class UserState:
         return {"count": sum(by_priority.values()), "byPriority": by_priority}
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # (as UserState)
 class Created:
     """A stored notification, its recipient's state right after it was stored, and whether a
     web push of it was recorded in the push outbox."""
