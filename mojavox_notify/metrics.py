@@ -8,12 +8,16 @@ twice. Each app has its own registry: two apps in one process (the tests) never 
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import time
 from typing import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
+                                   Metric)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 # Seconds: from a tenth of a millisecond (an in-process hop) to five seconds (a slow storage).
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
@@ -36,13 +40,13 @@ class Metrics:
             ["operation"], buckets=LATENCY_BUCKETS, registry=registry)
         self.broker_published = Counter(
             "mojavox_broker_published", "Messages published to the broker", registry=registry)
-        self.broker_received = Counter(
+        self.broker_received = LoopCounter(
             "mojavox_broker_received", "Messages this process received from the broker",
             registry=registry)
-        self.broker_lag = Histogram(
+        self.broker_lag = LoopHistogram(
             "mojavox_broker_lag_seconds", "From publication to reception by this process",
             buckets=LATENCY_BUCKETS, registry=registry)
-        self.frames_sent = Counter(
+        self.frames_sent = LoopCounter(
             "mojavox_frames_sent", "Frames written to dashboard sockets", registry=registry)
         self.socket_closes = Counter(
             "mojavox_socket_closes", "Sockets the server closed, by reason", ["reason"],
@@ -69,6 +73,47 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class LoopCounter(Collector):
+    """A counter added to on the event loop's thread only, per message or frame: a plain int,
+    read when scraped. prometheus_client's Counter takes a lock on every `inc` (about 1 µs):
+    with the broker figures, a tenth of a 1,000-user alert's fan-out."""
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry):
+        self._name = name
+        self._documentation = documentation
+        self.value = 0
+        registry.register(self)
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
+
+    def collect(self) -> Iterable[Metric]:
+        yield CounterMetricFamily(self._name, self._documentation, value=self.value)
+
+
+class LoopHistogram(Collector):
+    """A histogram observed on the event loop's thread only (as LoopCounter): one count per
+    bucket, made cumulative when scraped."""
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...],
+                 registry: CollectorRegistry):
+        self._name = name
+        self._documentation = documentation
+        self._bounds = buckets
+        self._counts = [0] * (len(buckets) + 1)  # the last one: above every bound (+Inf)
+        self._sum = 0.0
+        registry.register(self)
+
+    def observe(self, value: float) -> None:
+        self._counts[bisect.bisect_left(self._bounds, value)] += 1
+        self._sum += value
+
+    def collect(self) -> Iterable[Metric]:
+        bounds = [floatToGoString(bound) for bound in self._bounds] + ["+Inf"]
+        yield HistogramMetricFamily(self._name, self._documentation, sum_value=self._sum,
+                                    buckets=list(zip(bounds, itertools.accumulate(self._counts))))
 
 
 class _StateCollector(Collector):

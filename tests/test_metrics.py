@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 import tornado.httpclient
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+
+from mojavox_notify.metrics import LATENCY_BUCKETS, LoopCounter, LoopHistogram
 
 from .support import Socket, new_user, post_event, token
 
@@ -96,3 +99,25 @@ async def test_metrics_can_be_served_open_on_a_separate_port_only(start_app):
 async def test_metrics_can_be_turned_off(start_app):
     app = await start_app(**{"metrics.access": "off"})
     assert (await app.api.get("/metrics", ADMIN))[0] == 404
+
+
+def test_loop_figures_expose_as_prometheus_clients_own_would():
+    """The lock-free counter and histogram of the per-frame figures read as prometheus_client's."""
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    counter, histogram = LoopCounter("c", "d", ours), LoopHistogram("h_seconds", "d", LATENCY_BUCKETS, ours)
+    their_counter = Counter("c", "d", registry=theirs)
+    their_histogram = Histogram("h_seconds", "d", buckets=LATENCY_BUCKETS, registry=theirs)
+    for amount in (1, 1, 5):
+        counter.inc(amount)
+        their_counter.inc(amount)
+    for seconds in (0.0, 0.0001, 0.00011, 0.003, 0.7, 5.0, 9.5):  # on, between and past bounds
+        histogram.observe(seconds)
+        their_histogram.observe(seconds)
+
+    def samples(registry):
+        return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                for family in text_string_to_metric_families(generate_latest(registry).decode())
+                for sample in family.samples if not sample.name.endswith("_created")}
+
+    assert samples(ours) == samples(theirs)
+    assert samples(ours)[("h_seconds_bucket", (("le", "0.0001"),))] == 2
