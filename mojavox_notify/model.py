@@ -175,6 +175,11 @@ class Draft:
     action_url: str | None = None
     expires_at: datetime | None = None
 
+    def to(self, user_id: str) -> "Draft":
+        """The same notification for another (validated) recipient."""
+        return Draft(user_id, self.type, self.title, self.message, self.priority, self.data,
+                     self.action_url, self.expires_at)
+
 
 def validate_draft(raw: Any, types: NotificationTypes, action_url_hosts: Iterable[str] = (),
                    now: datetime | None = None) -> Draft:
@@ -184,7 +189,7 @@ def validate_draft(raw: Any, types: NotificationTypes, action_url_hosts: Iterabl
     if not DRAFT_FIELDS.issuperset(raw):
         unknown = sorted(set(raw) - DRAFT_FIELDS)
         raise ValidationError(unknown[0], f"unknown field; allowed: {', '.join(sorted(DRAFT_FIELDS))}")
-    user_id = _user_id(raw.get("userId"), "userId")
+    user_id = validate_recipient(raw.get("userId"))
     type_name = raw.get("type")
     if type_name not in types:
         raise ValidationError("type", f"must be one of {', '.join(types.names)}")
@@ -205,10 +210,11 @@ def validate_draft(raw: Any, types: NotificationTypes, action_url_hosts: Iterabl
     )
 
 
-def _user_id(value: Any, name: str) -> str:
+def validate_recipient(value: Any) -> str:
+    """A draft's `userId`."""
     if not isinstance(value, str) or not 1 <= len(value) <= MAX_USER_ID or value != value.strip():
-        raise ValidationError(name, f"must be a user id of 1 to {MAX_USER_ID} characters "
-                                    "without surrounding spaces")
+        raise ValidationError("userId", f"must be a user id of 1 to {MAX_USER_ID} characters "
+                                        "without surrounding spaces")
     return value
 
 

@@ -426,3 +426,32 @@ async def test_event_source_that_fails_stops_alone_and_the_server_keeps_serving(
     user = new_user()
     status, body = await post_event(app, "payment.received", payment(user))
     assert status == 202, body
+
+
+@pytest.mark.timeout(30)
+async def test_drafts_sharing_their_fields_are_checked_as_thoroughly_as_others(start_app):
+    """An event's drafts that differ only in userId (their other fields the same objects) get
+    only their recipient checked again; the result and every refusal are those of a full check."""
+    app = await start_app()
+    shared = {"type": "system_alert", "title": "<b>Dialer</b> down", "message": "m",
+              "priority": "high", "data": {"severity": "error"}, "actionUrl": "/system-status"}
+    users = [new_user() for _ in range(3)]
+    drafts = app.service.validate([{"userId": user, **shared} for user in users])
+    one_by_one = [app.service.validate([{"userId": user, **shared}])[0] for user in users]
+    assert drafts == one_by_one and [draft.user_id for draft in drafts] == users
+    assert drafts[2].title == "Dialer down"
+    for bad_user in (" padded ", 42, "x" * 129, "a\nb", ""):
+        with pytest.raises(ValidationError) as shared_refusal:
+            app.service.validate([{"userId": users[0], **shared}, {"userId": bad_user, **shared}])
+        with pytest.raises(ValidationError) as alone_refusal:
+            app.service.validate([{"userId": bad_user, **shared}])
+        assert (shared_refusal.value.field, shared_refusal.value.message) == \
+            (alone_refusal.value.field, alone_refusal.value.message) == \
+            ("userId", alone_refusal.value.message), bad_user
+    for changed in ({"title": "<b></b>"}, {"data": {"$x": 1}}, {"colour": "red"}):
+        with pytest.raises(ValidationError):  # another object in any field: checked in full
+            app.service.validate([{"userId": users[0], **shared}, {"userId": users[1], **shared, **changed}])
+    without_user = dict(shared)
+    with pytest.raises(ValidationError) as missing:
+        app.service.validate([{"userId": users[0], **shared}, without_user])
+    assert missing.value.field == "userId"

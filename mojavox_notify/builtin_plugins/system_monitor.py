@@ -25,8 +25,8 @@ def mojavox_event_to_drafts(event):
     severity = data.choice("severity", PRIORITY_OF_SEVERITY)
     message = data.text("message", max_length=2000)
     title = data.text("title", optional=True, max_length=255) or "System Alert"
-    return [{
-        "userId": user_id, "type": "system_alert", "title": title, "message": message,
-        "priority": PRIORITY_OF_SEVERITY[severity], "data": {"severity": severity},
-        "actionUrl": "/system-status",
-    } for user_id in user_ids]
+    shared = {"type": "system_alert", "title": title, "message": message,
+              "priority": PRIORITY_OF_SEVERITY[severity], "data": {"severity": severity},
+              "actionUrl": "/system-status"}
+    # one set of field objects for every recipient: the service checks them once
+    return [{"userId": user_id, **shared} for user_id in user_ids]
