@@ -22,6 +22,7 @@ from mojavox_notify.store import build_store
 from mojavox_notify.store.importer import IMPORTED_MARKER
 from mojavox_notify.store.mongo import MongoStore
 from mojavox_notify.store.nx27017 import Nx27017Child
+from mojavox_notify.store.sqlite import CHECKPOINT_DELAY_SECONDS
 
 from .support import both_engines, new_user, token
 
@@ -155,6 +156,42 @@ async def test_a_queued_insertion_gives_up_its_timeout_after_it_queued_not_after
     finally:
         store._write = write
         await store.close()
+
+
+def rows_in_the_file_itself(database) -> int:
+    """Notifications in the database file, not counting its write-ahead log (`immutable` reads
+    the file alone): what a checkpoint has copied back."""
+    with sqlite3.connect(f"file:{database}?immutable=1", uri=True) as connection:
+        if not connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'notifications'").fetchone():
+            return 0  # not even the schema is copied yet
+        return connection.execute("SELECT count(*) FROM notifications").fetchone()[0]
+
+
+@bounded
+async def test_the_log_is_copied_into_the_file_a_while_after_a_write_or_when_closing(make_settings):
+    store = build_store(make_settings(**{"storage.url": "embedded"}))
+    await store.open()
+    closed = False
+    try:
+        user = new_user()
+        drafts = [Draft(user_id=user, type="payment_received", title="Paid", message=f"{index}",
+                        priority="high") for index in range(20)]
+        await store.insert_many(drafts)
+        assert rows_in_the_file_itself(store.path) == 0  # in the log only: no copy at commit
+        deadline = asyncio.get_running_loop().time() + CHECKPOINT_DELAY_SECONDS + 5
+        while rows_in_the_file_itself(store.path) < 20:
+            assert asyncio.get_running_loop().time() < deadline, "the log was never copied back"
+            await asyncio.sleep(0.05)
+
+        await store.insert_many(drafts[:5])
+        started = asyncio.get_running_loop().time()
+        await store.close()  # a checkpoint waiting for its delay goes at once
+        closed = True
+        assert asyncio.get_running_loop().time() - started < CHECKPOINT_DELAY_SECONDS / 2
+        assert rows_in_the_file_itself(store.path) == 25
+    finally:
+        if not closed:
+            await store.close()
 
 
 def downgrade_to_schema_1(database) -> None:
