@@ -23,6 +23,7 @@ from .broker import Broker, RedisBroker, build_broker
 from .handlers.admin import DocumentHandler, HealthHandler, MetricsHandler, PluginsHandler
 from .handlers.base import BaseHandler, Cors, InFlight, NotFoundHandler, log_request
 from .handlers.events import EventsHandler
+from .handlers.heartbeat import Heartbeat
 from .handlers.rest import (MarkAllReadHandler, MarkReadHandler, NotificationHandler,
                             NotificationsHandler, PushSubscriptionHandler, SettingsHandler,
                             UnreadCountHandler, VapidPublicKeyHandler)
@@ -77,6 +78,8 @@ class NotifyApp:
         self.metrics = Metrics()
         self.metrics.read_state(self._state_metrics)
         self.hub = Hub()
+        self.heartbeat = Heartbeat(settings.websocket.ping_interval_seconds,
+                                   settings.websocket.ping_timeout_seconds)
         # Redis, when configured, carries fan-out, rate limits and presence across instances.
         self.redis = RedisLink(settings.redis) if settings.redis.url else None
         self.broker: Broker = build_broker(self.redis)
@@ -146,6 +149,7 @@ class NotifyApp:
         self.storage_health.start()
         await self.broker.start(self._received)
         await self.presence.start()
+        self.heartbeat.start()
         if self.push_sender is not None:
             self.push_worker = PushWorker(self.store, self.push_sender, settings.push)
             self.service.on_push_recorded = self.push_worker.wake
@@ -247,7 +251,7 @@ class NotifyApp:
                 "types": self.plugins.types, "server": settings.server,
                 "websocket": settings.websocket, "request_limiter": self.request_limiter,
                 "auth_failures": self.auth_failures, "metrics": self.metrics,
-                "presence": self.presence}),
+                "presence": self.presence, "heartbeat": self.heartbeat}),
         ]
         if settings.web.page:
             routes += page_routes(common, settings.server.ws_path, settings.web.action_base_url)
@@ -255,8 +259,6 @@ class NotifyApp:
             routes,
             default_handler_class=NotFoundHandler, default_handler_args=common,
             log_function=log_request,
-            websocket_ping_interval=settings.websocket.ping_interval_seconds,
-            websocket_ping_timeout=settings.websocket.ping_timeout_seconds,
             websocket_max_message_size=settings.server.max_message_bytes,
         )
 
@@ -317,6 +319,7 @@ class NotifyApp:
             self._metrics_http = None
         self.hub.shutdown_all(CLOSE_GOING_AWAY, "server shutting down")
         await self._wait_for_sockets()
+        self.heartbeat.stop()
         if not await self.in_flight.drained(SHUTDOWN_GRACE_SECONDS):
             log.warning("stopping with %d requests still in flight", len(self.in_flight))
         for task in self._tasks:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import socket
+import struct
 
 import pytest
 import tornado.httpclient
@@ -377,6 +379,58 @@ async def test_dead_client_is_dropped_by_keepalive(start_app):
     await wait_until(lambda: app.hub.connections_of(user) == 1, 5)
     await wait_until(lambda: app.hub.connections_of(user) == 0, 8)
     writer.close()
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One unmasked frame from the server: (opcode, payload)."""
+    head = await reader.readexactly(2)
+    length = head[1] & 0x7F
+    if length == 126:
+        length = struct.unpack("!H", await reader.readexactly(2))[0]
+    elif length == 127:
+        length = struct.unpack("!Q", await reader.readexactly(8))[0]
+    return head[0] & 0x0F, await reader.readexactly(length)
+
+
+def masked_pong(payload: bytes) -> bytes:
+    mask = os.urandom(4)
+    return bytes([0x8A, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+@bounded
+async def test_a_client_answering_pings_is_pinged_each_interval_and_kept(start_app):
+    app = await start_app(**{"websocket.ping_interval_seconds": 1, "websocket.ping_timeout_seconds": 1})
+    user = new_user()
+    reader, writer = await raw_websocket(app, user)
+    await reader.readuntil(b"\r\n\r\n")
+    loop = asyncio.get_running_loop()
+    started, pings, answering = loop.time(), [], [True]
+    closed = loop.create_future()
+
+    async def client() -> None:
+        while True:
+            opcode, payload = await read_frame(reader)
+            if opcode == 0x9:
+                pings.append(loop.time() - started)
+                if answering[0]:
+                    writer.write(masked_pong(payload))
+            elif opcode == 0x8:
+                closed.set_result((loop.time(), payload))
+                return
+
+    reading = asyncio.ensure_future(client())
+    await asyncio.sleep(4.6)
+    assert 3 <= len(pings) <= 5, pings  # one a second, the first a second after going live
+    assert all(0.7 <= later - earlier <= 1.3 for earlier, later in zip(pings, pings[1:])), pings
+    assert app.hub.connections_of(user) == 1
+    answering[0], stopped = False, loop.time()
+    closed_at, payload = await asyncio.wait_for(closed, 6)
+    assert closed_at - stopped <= 2.6, "the next ping, then its timeout"
+    assert payload[2:] == b"ping timed out"
+    writer.close()
+    await wait_until(lambda: app.hub.connections_of(user) == 0, 6)
+    assert len(app.heartbeat) == 0
+    await reading
 
 
 @bounded
