@@ -469,7 +469,8 @@ async def main_async(args) -> int:
         print("| delivery path | p50 | p99 | samples |")
         print("|---|---|---|---|")
         for name, (p50, p99, count) in hop.items():
-            print(f"| created on the socket's process ({name}) | {p50:.2f} ms | {p99:.2f} ms | {count} |")
+            where = "the socket's own process" if name == "in process" else "the other process"
+            print(f"| created on {where} ({name}) | {p50:.2f} ms | {p99:.2f} ms | {count} |")
         print(f"Redis hop adds {hop['through Redis'][0] - hop['in process'][0]:.2f} ms at p50, "
               f"{hop['through Redis'][1] - hop['in process'][1]:.2f} ms at p99")
     return 0

@@ -28,7 +28,6 @@ from ..errors import (AuthenticationError, NotFoundError, NotifyError, RateLimit
                       StorageUnavailableError, ValidationError)
 from ..httpserver import JsonAnswersStream
 from ..hub import Hub
-from .heartbeat import Heartbeat
 from ..presence import HubPresence
 from ..logs import log_access
 from ..metrics import Metrics
@@ -36,6 +35,7 @@ from ..model import NotificationTypes, iso, parse_json, utcnow
 from ..ratelimit import RateLimiter
 from ..service import NotificationService, page_bounds
 from ..settings import ServerSettings, WebSocketSettings
+from .heartbeat import Heartbeat
 
 log = logging.getLogger(__name__)
 
