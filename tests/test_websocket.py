@@ -12,7 +12,7 @@ import pytest
 import tornado.httpclient
 import tornado.websocket
 
-from .support import Socket, new_user, token
+from .support import Socket, new_user, post_event, token
 
 bounded = pytest.mark.timeout(60)
 
@@ -501,3 +501,34 @@ async def test_socket_token_never_reaches_the_access_log(start_app, caplog):
     assert any(line.startswith("GET /healthz 200") for line in lines), lines
     assert any(line.startswith("WS /ws/notifications 101") for line in lines), lines
     assert not any(secret_token in line for line in lines)
+
+
+@bounded
+async def test_an_alert_to_many_sockets_reaches_each_once_in_order_across_flushes(start_app):
+    """200 sockets (two tabs each of 100 users) are flushed in groups of 32 during one
+    fan-out: each still gets its own notification and count, in order, once, for two alerts."""
+    app = await start_app(**{"rate_limits.notifications_per_minute": 0})
+    users = [new_user("ops") for _ in range(100)]
+    sockets = {}
+    for user in users:
+        sockets[user] = [await connect(app, user) for _ in range(2)]
+    answers = []
+    for run in range(2):
+        status, body = await post_event(app, "system.alert", {
+            "userIds": users, "severity": "warning", "message": f"Queue backlog {run}"})
+        assert status == 202, body
+        answers.append(body["notifications"])
+    for index, user in enumerate(users):
+        for tab in sockets[user]:
+            frames = [await tab.receive() for _ in range(4)]
+            assert [(frame["type"], frame.get("payload", {}).get("id"), frame.get("count"))
+                    for frame in frames] == [
+                ("notification", answers[0][index], None), ("unread_count", None, 1),
+                ("notification", answers[1][index], None), ("unread_count", None, 2)]
+
+    async def nothing_more(tab: Socket) -> None:
+        with pytest.raises(TimeoutError):
+            await tab.receive(timeout=0.3)
+        tab.connection.close()
+
+    await asyncio.gather(*(nothing_more(tab) for tabs in sockets.values() for tab in tabs))
