@@ -224,7 +224,6 @@ class Plugins:
 
     async def call_each(self, hook_name: str, **kwargs) -> list[Any]:
         """Call every implementation of a broadcast hook, awaiting async ones, in order."""
-        hook = getattr(self.manager.hook, hook_name)
-        if not hook.get_hookimpls():
+        if not self.listens(hook_name):
             return []
-        return [await resolve(result) for result in hook(**kwargs)]
+        return [await resolve(result) for result in getattr(self.manager.hook, hook_name)(**kwargs)]

@@ -45,21 +45,27 @@ async def test_reconnect_with_since_gets_exactly_the_missed_ones_in_order(start_
     assert [f for f in await again.quiet(0.3) if f["type"] == "notification"] == []
 
 
+async def produce(app, user: str, count: int, pause: float, created: list[str],
+                  mark_read: bool = False) -> None:
+    """Create `count` notifications for `user`, `pause` seconds apart, appending each id to
+    `created` as it is stored; with `mark_read`, each is read at once (change messages in
+    between)."""
+    for index in range(count):
+        payload = await app.service.create({"userId": user, "type": "agent_alert",
+                                            "title": "t", "message": f"#{index}"})
+        created.append(payload["id"])
+        if mark_read:
+            await app.service.mark_read(user, payload["id"])
+        await asyncio.sleep(pause)
+
+
 @bounded
 async def test_nothing_is_lost_or_repeated_while_notifications_are_created_during_reconnects(start_app):
     app = await start_app(**{"rate_limits.notifications_per_minute": 0})
     user = new_user()
     anchor = await app.api.notify(user, message="anchor")
     created: list[str] = []
-
-    async def producer():
-        for index in range(120):
-            payload = await app.service.create({"userId": user, "type": "agent_alert",
-                                                "title": "t", "message": f"#{index}"})
-            created.append(payload["id"])
-            await asyncio.sleep(0.003)
-
-    producing = asyncio.ensure_future(producer())
+    producing = asyncio.ensure_future(produce(app, user, 120, 0.003, created))
     received: list[str] = []
     last_seen = anchor["id"]
     reconnects = 0
@@ -87,16 +93,7 @@ async def test_sockets_opened_while_notifications_are_created_get_every_later_on
     app = await start_app(**{"rate_limits.notifications_per_minute": 0})
     user = new_user()
     created: list[str] = []
-
-    async def producer():
-        for index in range(80):
-            payload = await app.service.create({"userId": user, "type": "agent_alert",
-                                                "title": "t", "message": f"#{index}"})
-            created.append(payload["id"])
-            await app.service.mark_read(user, payload["id"])  # change messages in between
-            await asyncio.sleep(0.005)
-
-    producing = asyncio.ensure_future(producer())
+    producing = asyncio.ensure_future(produce(app, user, 80, 0.005, created, mark_read=True))
     sockets = []
     while not producing.done() and len(sockets) < 15:  # websocket.max_sockets_per_user: 20
         socket = await Socket.open(app, token(user))

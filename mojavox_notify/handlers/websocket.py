@@ -171,14 +171,10 @@ class _Flushes:
 
     def add(self, outbox: Outbox) -> None:
         if not self._due:
-            asyncio.get_running_loop().call_soon(self._run)
+            asyncio.get_running_loop().call_soon(self._flush_due)
         elif len(self._due) >= self.FLUSH_EVERY:
             self._flush_due()
         self._due.append(outbox)
-
-    def _run(self) -> None:
-        if self._due:
-            self._flush_due()
 
     def _flush_due(self) -> None:
         due, self._due = self._due, []
