@@ -24,7 +24,7 @@ from .handlers.admin import DocumentHandler, HealthHandler, MetricsHandler, Plug
 from .handlers.base import BaseHandler, Cors, InFlight, NotFoundHandler, log_request
 from .handlers.events import EventsHandler
 from .handlers.heartbeat import Heartbeat
-from .handlers.rest import (MarkAllReadHandler, MarkReadHandler, NotificationHandler,
+from .handlers.rest import (BroadcastsHandler, MarkAllReadHandler, MarkReadHandler, NotificationHandler,
                             NotificationsHandler, PushSubscriptionHandler, SettingsHandler,
                             UnreadCountHandler, VapidPublicKeyHandler)
 from .handlers.web import page_routes
@@ -148,6 +148,7 @@ class NotifyApp:
             settings.storage.operation_timeout_seconds, settings.storage.exit_after_seconds)
         self.storage_health.start()
         await self.broker.start(self._received)
+        await self._load_broadcasts()
         await self.presence.start()
         self.heartbeat.start()
         if self.push_sender is not None:
@@ -175,6 +176,20 @@ class NotifyApp:
     def _received(self, message: dict) -> None:
         self.metrics.received(message)
         self.hub.dispatch(message)
+        if message.get("kind") == "resync" and message.get("users") is None:
+            # The broker was away: broadcasts published meanwhile reached storage, not us.
+            self._tasks = [task for task in self._tasks if not task.done()]
+            self._tasks.append(asyncio.get_running_loop().create_task(self._load_broadcasts()))
+
+    async def _load_broadcasts(self) -> None:
+        """The active broadcasts from storage onto the hub's board; new ones go to the sockets."""
+        try:
+            payloads = await self.service.active_broadcasts()
+        except StorageUnavailableError as error:
+            log.warning("could not load the active broadcasts: %s", error.message)
+            return
+        for payload in reversed(payloads):
+            self.hub.dispatch({"kind": "broadcast", "user_id": "", "broadcast": payload})
 
     def _handler_args(self) -> dict[str, Any]:
         """What every BaseHandler is initialized with (base.BaseHandler.initialize)."""
@@ -233,6 +248,7 @@ class NotifyApp:
              {**common, "vapid_public_key": settings.push.vapid_public_key}),
             (r"/api/notifications/([^/]+)/read", MarkReadHandler, service),
             (r"/api/notifications/([^/]+)", NotificationHandler, service),
+            (r"/api/broadcasts", BroadcastsHandler, service),
             (r"/api/events", EventsHandler, {**common, "ingest": self.ingest}),
             (r"/api/plugins", PluginsHandler, {**common, "plugins": self.plugins}),
             *([(r"/metrics", MetricsHandler, {**common, "metrics": self.metrics})]

@@ -5,9 +5,10 @@ instance's hub receives them and hands them to that user's sockets. The hub only
 `Broker` interface: the in-process broker serves a single instance, the Redis one several
 processes and hosts.
 
-Messages are dicts with a `kind` (`notification`, `read`, `read_all`, `deleted`, or `resync`)
-and a `user_id`. A `resync` message (`users`: a list, or None for everyone) tells the hub that
-live messages may have been missed: the sockets concerned fill their gap from storage.
+Messages are dicts with a `kind` (`notification`, `read`, `read_all`, `deleted`, `broadcast`
+or `resync`) and a `user_id` (empty for a `broadcast`, which is for every socket). A `resync`
+message (`users`: a list, or None for everyone) tells the hub that live messages may have been
+missed: the sockets concerned fill their gap from storage (and the process its broadcasts).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ Receiver = Callable[[Message], None]
 
 #: Positions of a message's fields on the wire (Redis): no key names are sent.
 WIRE_FIELDS = ("kind", "user_id", "seq", "notification", "unread", "notification_id", "users",
-               "at")
+               "at", "broadcast")
 WIRE_VERSION = 1
 #: Messages of one publish (one creation, e.g. a 1,000-user alert) travel together, this many at
 #: most per Redis message.
@@ -212,9 +213,16 @@ class RedisBroker(Broker):
             self._restart_listener()
 
     def _remember(self, messages: Iterable[Message]) -> None:
+        """Note whom the other processes missed; a broadcast concerns everyone (they reload
+        their broadcasts on a resync of everyone)."""
         if self._missed is None:
             return
-        self._missed.update(message["user_id"] for message in messages if "user_id" in message)
+        for message in messages:
+            if message.get("kind") == "broadcast":
+                self._missed = None
+                return
+            if "user_id" in message:
+                self._missed.add(message["user_id"])
         if len(self._missed) > MAX_REMEMBERED_USERS:
             self._missed = None
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Iterator, Protocol
 
+from .broadcasts import BroadcastBoard
 from .broker import Message
 
 
@@ -34,6 +35,8 @@ class Hub:
         #: Told of every attach (`joined(connection)`) and detach (`left(connection)`), e.g.
         #: presence across instances; they must not block.
         self.observers: list = []
+        #: The broadcasts still active: a connecting socket is shown them after `connected`.
+        self.broadcasts = BroadcastBoard()
 
     def attach(self, connection: Connection) -> None:
         connections = self._by_user.setdefault(connection.user_id, [])
@@ -60,9 +63,16 @@ class Hub:
     def dispatch(self, message: Message) -> None:
         """Hand `message` to every socket of its user on this process (a copy of the set, since
         delivering may close and detach a socket). A `resync` message makes the sockets of its
-        `users` (None: all) fill what they missed from storage."""
-        if message.get("kind") == "resync":
+        `users` (None: all) fill what they missed from storage. A `broadcast` goes to every
+        socket, once: only when it is new on the board."""
+        kind = message.get("kind")
+        if kind == "resync":
             self.resync(message.get("users"))
+            return
+        if kind == "broadcast":
+            if self.broadcasts.remember(message["broadcast"]):
+                for connection in self.connections():
+                    connection.deliver(message)
             return
         for connection in tuple(self._by_user.get(message.get("user_id"), ())):
             connection.deliver(message)

@@ -31,6 +31,8 @@ class Metrics:
         self.notifications_created = Counter(
             "mojavox_notifications_created", "Notifications stored, by type and priority",
             ["type", "priority"], registry=registry)
+        self.broadcasts_created = Counter(
+            "mojavox_broadcasts_created", "Broadcasts stored and published", registry=registry)
         self.create_to_publish = Histogram(
             "mojavox_create_to_publish_seconds",
             "From the start of a creation to its publication to the broker (storage included)",

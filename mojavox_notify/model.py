@@ -12,7 +12,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Mapping
 from urllib.parse import urlparse
 
@@ -210,6 +210,47 @@ def validate_draft(raw: Any, types: NotificationTypes, action_url_hosts: Iterabl
     )
 
 
+BROADCAST_FIELDS = {"title", "message", "priority", "ttlSeconds", "data", "actionUrl"}
+DEFAULT_BROADCAST_TTL = 3600
+MAX_BROADCAST_TTL = 7 * 24 * 3600
+
+
+@dataclass(slots=True)
+class BroadcastDraft:
+    """A validated announcement to every connected dashboard user: not one user's notification
+    (no seq, no unread count), shown while it lasts."""
+
+    title: str
+    message: str
+    priority: str
+    ttl_seconds: int
+    data: dict[str, Any] = field(default_factory=dict)
+    action_url: str | None = None
+
+
+def validate_broadcast(raw: Any, action_url_hosts: Iterable[str] = ()) -> BroadcastDraft:
+    """Check every field of a broadcast (`POST /api/broadcasts`); errors name the field."""
+    if not isinstance(raw, Mapping):
+        raise ValidationError("body", "must be a JSON object")
+    if not BROADCAST_FIELDS.issuperset(raw):
+        unknown = sorted(set(raw) - BROADCAST_FIELDS)
+        raise ValidationError(unknown[0], f"unknown field; allowed: {', '.join(sorted(BROADCAST_FIELDS))}")
+    priority = raw.get("priority", "high")
+    if priority not in PRIORITIES:
+        raise ValidationError("priority", f"must be one of {', '.join(PRIORITIES)}")
+    ttl = raw.get("ttlSeconds", DEFAULT_BROADCAST_TTL)
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= MAX_BROADCAST_TTL:
+        raise ValidationError("ttlSeconds", f"must be an integer of 1 to {MAX_BROADCAST_TTL} seconds")
+    return BroadcastDraft(
+        title=_plain_text(raw.get("title"), "title", MAX_TITLE),
+        message=_plain_text(raw.get("message"), "message", MAX_MESSAGE),
+        priority=priority,
+        ttl_seconds=ttl,
+        data=_data(raw.get("data")),
+        action_url=_action_url(raw.get("actionUrl"), tuple(action_url_hosts)),
+    )
+
+
 def validate_recipient(value: Any) -> str:
     """A draft's `userId`."""
     if not isinstance(value, str) or not 1 <= len(value) <= MAX_USER_ID or value != value.strip():
@@ -390,6 +431,34 @@ def to_payload(document: Mapping[str, Any]) -> dict[str, Any]:
         "timestamp": iso(document["created_at"]),
         "priority": document["priority"],
         "read": bool(document.get("read")),
+        "data": document.get("data") or {},
+        "actionUrl": document.get("action_url"),
+    }
+
+
+def to_broadcast_document(draft: BroadcastDraft, created_at: datetime) -> dict:
+    """The stored form of a new broadcast: kept until `expires_at`."""
+    return {
+        "_id": new_object_id(),
+        "title": draft.title,
+        "message": draft.message,
+        "priority": draft.priority,
+        "data": draft.data,
+        "action_url": draft.action_url,
+        "created_at": created_at,
+        "expires_at": created_at + timedelta(seconds=draft.ttl_seconds),
+    }
+
+
+def to_broadcast_payload(document: Mapping[str, Any]) -> dict[str, Any]:
+    """A broadcast as clients see it (the `broadcast` frame's payload)."""
+    return {
+        "id": str(document["_id"]),
+        "title": document["title"],
+        "message": document["message"],
+        "priority": document["priority"],
+        "timestamp": iso(document["created_at"]),
+        "expiresAt": iso(document["expires_at"]),
         "data": document.get("data") or {},
         "actionUrl": document.get("action_url"),
     }

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from . import __version__, schemas
 from .model import MAX_OFFSET, MAX_PAGE
-from .protocol import NOTIFICATION, OBJECT_ID
+from .protocol import BROADCAST_PAYLOAD, NOTIFICATION, OBJECT_ID
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,13 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("/api/notifications/{id}", "delete"): Operation(
         "Delete one of the caller's notifications", "user", {200: schemas.SUCCESS},
         extra_errors=(404,)),
+    ("/api/broadcasts", "get"): Operation(
+        "The broadcasts still active, newest first (at most 20)", "user",
+        {200: schemas.BROADCASTS}),
+    ("/api/broadcasts", "post"): Operation(
+        "Announce to every dashboard user: stored once, sent to every socket now and to "
+        "sockets that connect while it lasts", "service", {201: BROADCAST_PAYLOAD},
+        body=schemas.BROADCAST),
     ("/api/events", "post"): Operation(
         "Post one domain event; a repeated id returns the first answer", "service",
         {202: schemas.EVENT_ANSWER}, body=lambda types, events: schemas.event_schema(events)),

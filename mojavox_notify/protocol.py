@@ -45,6 +45,17 @@ NOTIFICATION = object_schema({
     "actionUrl": {"type": ["string", "null"], "maxLength": MAX_ACTION_URL},
 }, description="A notification, as REST and the socket deliver it")
 
+BROADCAST_PAYLOAD = object_schema({
+    "id": OBJECT_ID,
+    "title": {"type": "string", "minLength": 1, "maxLength": MAX_TITLE},
+    "message": {"type": "string", "minLength": 1, "maxLength": MAX_MESSAGE},
+    "priority": {"enum": list(PRIORITIES)},
+    "timestamp": TIMESTAMP,
+    "expiresAt": TIMESTAMP,
+    "data": {"type": "object"},
+    "actionUrl": {"type": ["string", "null"], "maxLength": MAX_ACTION_URL},
+}, description="An announcement to every dashboard user, shown until expiresAt")
+
 UNREAD = {
     "count": COUNT,
     "byPriority": object_schema({priority: COUNT for priority in PRIORITIES}),
@@ -56,6 +67,9 @@ SERVER_FRAMES: dict[str, dict[str, Any]] = {
                          "unreadCount": object_schema(UNREAD)}),
     "notification": _frame("notification", "A new notification on a subscribed channel",
                            {"payload": NOTIFICATION}),
+    "broadcast": _frame("broadcast", "An announcement to every connected user, on every "
+                        "socket whatever its channels: as it is published, and the ones still "
+                        "active right after connected", {"payload": BROADCAST_PAYLOAD}),
     "unread_count": _frame("unread_count", "The user's unread counts, after every change", UNREAD),
     "notification_read": _frame(
         "notification_read", "A notification (or all: notificationId null, all true) was read",

@@ -14,9 +14,9 @@ import fastjsonschema
 import jsonschema
 
 from .errors import ValidationError
-from .model import (MAX_ACTION_URL, MAX_EVENT_ID, MAX_MESSAGE, MAX_TITLE, MAX_USER_ID,
-                    PRIORITIES)
-from .protocol import NOTIFICATION, OBJECT_ID, UNREAD, object_schema
+from .model import (DEFAULT_BROADCAST_TTL, MAX_ACTION_URL, MAX_BROADCAST_TTL, MAX_EVENT_ID,
+                    MAX_MESSAGE, MAX_TITLE, MAX_USER_ID, PRIORITIES)
+from .protocol import BROADCAST_PAYLOAD, NOTIFICATION, OBJECT_ID, UNREAD, object_schema
 
 USER_ID = {"type": "string", "minLength": 1, "maxLength": MAX_USER_ID, "pattern": r"^\S(.*\S)?$",
            "x-error": f"must be a user id of 1 to {MAX_USER_ID} characters without surrounding spaces"}
@@ -53,6 +53,23 @@ def draft_schema(type_names: Iterable[str]) -> dict[str, Any]:
             "expiresAt": {**TIME, "type": ["string", "null"]},
         },
     }
+
+
+BROADCAST = {
+    "type": "object", "additionalProperties": False, "required": ["title", "message"],
+    "description": "An announcement to every connected dashboard user, shown while it lasts",
+    "properties": {
+        "title": _text(MAX_TITLE),
+        "message": _text(MAX_MESSAGE),
+        "priority": _one_of(PRIORITIES, " (default: high)"),
+        "ttlSeconds": {"type": "integer", "minimum": 1, "maximum": MAX_BROADCAST_TTL,
+                       "default": DEFAULT_BROADCAST_TTL,
+                       "x-error": f"must be an integer of 1 to {MAX_BROADCAST_TTL} seconds"},
+        "data": {"type": ["object", "null"], "x-error": "must be a JSON object"},
+        "actionUrl": {"type": ["string", "null"], "minLength": 1, "maxLength": MAX_ACTION_URL,
+                      "x-error": f"must be a string of 1 to {MAX_ACTION_URL} characters"},
+    },
+}
 
 
 def event_schema(event_types: Iterable[str]) -> dict[str, Any]:
@@ -117,6 +134,7 @@ UNREAD_COUNT = object_schema(UNREAD)
 MUTED = object_schema({"notification": {"type": "null"}, "muted": {"const": True}})
 EVENT_ANSWER = object_schema({"notifications": {"type": "array", "items": OBJECT_ID}})
 VAPID_KEY = object_schema({"publicKey": {"type": "string"}})
+BROADCASTS = object_schema({"broadcasts": {"type": "array", "items": BROADCAST_PAYLOAD}})
 
 
 class Checker:
@@ -146,6 +164,7 @@ class Checker:
 
 
 PUSH_SUBSCRIPTION_CHECK = Checker(PUSH_SUBSCRIPTION)
+BROADCAST_CHECK = Checker(BROADCAST)
 ENDPOINT_CHECK = Checker(ENDPOINT)
 
 

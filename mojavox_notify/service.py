@@ -20,8 +20,10 @@ from .errors import NotFoundError, ValidationError
 from . import schemas
 from .idempotency import Idempotency
 from .metrics import Metrics
+from .broadcasts import MAX_ACTIVE
 from .model import (MAX_OFFSET, MAX_PAGE, ChannelPreference, Draft, PushSubscription, default_preferences,
-                    notification_id, preferences_payload, to_payload, validate_draft,
+                    notification_id, preferences_payload, to_broadcast_document,
+                    to_broadcast_payload, to_payload, utcnow, validate_broadcast, validate_draft,
                     validate_recipient,
                     validate_endpoint, validate_preferences_update, validate_push_subscription)
 from .plugins import Plugins
@@ -301,5 +303,29 @@ class NotificationService:
         schemas.ENDPOINT_CHECK.check(raw)
         await self.store.remove_push_subscription(user_id, validate_endpoint(raw))
 
+    # -- broadcasts ------------------------------------------------------------------------------
+
+    async def broadcast(self, raw: Any) -> dict[str, Any]:
+        """Store an announcement for every dashboard user, then publish it to every instance's
+        sockets; its payload."""
+        schemas.BROADCAST_CHECK.check(raw)
+        draft = validate_broadcast(raw, self._action_url_hosts)
+        document = to_broadcast_document(draft, utcnow())
+        await self.store.insert_broadcast(document)
+        payload = to_broadcast_payload(document)
+        await self._publish({"kind": "broadcast", "user_id": "", "broadcast": payload})
+        self._metrics.broadcasts_created.inc()
+        return payload
+
+    async def active_broadcasts(self) -> list[dict[str, Any]]:
+        """The newest broadcasts not yet expired (at most broadcasts.MAX_ACTIVE), newest first."""
+        return [to_broadcast_payload(document)
+                for document in await self.store.active_broadcasts(MAX_ACTIVE)]
+
     async def cleanup(self, retention_days: int) -> int:
+        """Delete expired broadcasts and expired or past-retention notifications; how many
+        notifications."""
+        removed = await self.store.delete_expired_broadcasts()
+        if removed:
+            log.info("cleanup removed %d expired broadcasts", removed)
         return await self.store.delete_expired(retention_days)

@@ -200,6 +200,44 @@ async def test_redis_killed_and_restarted_mid_stream_loses_nothing(start_app, ow
         reader.stop()
 
 
+@bounded
+async def test_a_broadcast_reaches_every_socket_on_every_instance_once(start_app, redis_overrides):
+    first = await start_app(**redis_overrides)
+    second = await start_app(**redis_overrides)
+    readers = [await connected_reader(app, new_user()) for app in (first, second, second)]
+    status, sent = await first.api.post("/api/broadcasts", token("svc", ["service"]),
+                                        {"title": "Maintenance", "message": "22:00 UTC"})
+    assert status == 201, sent
+    assert await eventually(lambda: all(reader.saw("broadcast") for reader in readers), 5)
+    await asyncio.sleep(0.3)
+    for reader in readers:
+        assert [frame["payload"] for frame in reader.frames if frame["type"] == "broadcast"] == [sent]
+        reader.stop()
+
+
+@bounded
+async def test_a_broadcast_made_while_redis_is_away_reaches_the_other_instance_when_it_returns(
+        start_app, own_redis):
+    settings = {"redis.url": own_redis.url, "redis.reconnect_max_seconds": 0.5}
+    first = await start_app(**settings)
+    second = await start_app(**settings)
+    here, there = (await connected_reader(first, new_user()),
+                   await connected_reader(second, new_user()))
+    own_redis.kill()
+    assert await eventually(lambda: not first.broker.healthy, 5)
+    status, sent = await first.api.post("/api/broadcasts", token("svc", ["service"]),
+                                        {"title": "Dialer down", "message": "Calls paused"})
+    assert status == 201, sent
+    assert await eventually(lambda: here.saw("broadcast"), 5)  # this instance's own sockets
+    assert not there.saw("broadcast")
+    own_redis.start()
+    assert await eventually(lambda: there.saw("broadcast"), 10)
+    await asyncio.sleep(0.3)
+    for reader in (here, there):
+        assert [frame["payload"] for frame in reader.frames if frame["type"] == "broadcast"] == [sent]
+        reader.stop()
+
+
 # -- shared rate limits and presence ---------------------------------------------------------------
 
 @bounded

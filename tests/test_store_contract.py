@@ -330,3 +330,31 @@ async def test_concurrent_insertions_each_get_their_own_records_in_one_gap_free_
         assert sorted(record.document["seq"] for records in results for record in records
                       if record.document["user_id"] == user) == list(range(1, 31))
         assert await store.state(user) == await recount(store, user)
+
+
+def broadcast_document(title: str, seconds: float, created_ago: float = 0.0) -> dict:
+    created_at = utcnow() - timedelta(seconds=created_ago)
+    return {"_id": ObjectId(), "title": title, "message": f"{title} message", "priority": "high",
+            "data": {"window": [22, 23], "note": "ñ"}, "action_url": "/status",
+            "created_at": created_at.replace(microsecond=created_at.microsecond // 1000 * 1000),
+            "expires_at": created_at + timedelta(seconds=seconds)}
+
+
+async def test_broadcasts_read_back_newest_first_until_they_expire_and_cleanup_removes_those(
+        open_store):
+    store = await open_store()
+    older = broadcast_document("older", 3600, created_ago=2)
+    newer = broadcast_document("newer", 3600, created_ago=1)
+    expired = broadcast_document("expired", 1, created_ago=5)
+    for document in (older, expired, newer):
+        await store.insert_broadcast(document)
+
+    active = await store.active_broadcasts(10)
+    assert [document["title"] for document in active] == ["newer", "older"]
+    assert active[1] == {**older, "expires_at": active[1]["expires_at"]}
+    assert abs(active[1]["expires_at"] - older["expires_at"]) < timedelta(milliseconds=1)
+    assert [document["title"] for document in await store.active_broadcasts(1)] == ["newer"]
+
+    assert await store.delete_expired_broadcasts() == 1
+    assert await store.delete_expired_broadcasts() == 0
+    assert [document["title"] for document in await store.active_broadcasts(10)] == ["newer", "older"]

@@ -1,5 +1,6 @@
 """The REST API under /api/notifications: a user's own notifications, settings and push
-subscriptions; services create notifications directly."""
+subscriptions; services create notifications directly. Under /api/broadcasts: announcements to
+every user."""
 
 from __future__ import annotations
 
@@ -91,6 +92,17 @@ class PushSubscriptionHandler(BaseHandler):
     async def delete(self) -> None:
         await self.service.remove_push_subscription(self.principal.user_id, self.json_body())
         self.send_json({"success": True})
+
+
+class BroadcastsHandler(BaseHandler):
+    service: NotificationService
+
+    async def get(self) -> None:
+        self.send_json({"broadcasts": await self.service.active_broadcasts()})
+
+    async def post(self) -> None:
+        self.principal.require("service")
+        self.send_json(await self.service.broadcast(self.json_body()), status=201)
 
 
 class VapidPublicKeyHandler(BaseHandler):

@@ -9,6 +9,7 @@ same mechanism serves `?since=` recovery, and live messages that arrive meanwhil
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import json
 import logging
@@ -23,6 +24,7 @@ import tornado.websocket
 from tornado.iostream import StreamClosedError
 
 from ..auth import Principal, TokenVerifier, bearer_token
+from ..broadcasts import MAX_ACTIVE
 from ..broker import Message
 from ..errors import (AuthenticationError, NotFoundError, NotifyError, RateLimitedError,
                       StorageUnavailableError, ValidationError)
@@ -84,9 +86,13 @@ class Outbox:
         self._closing_reason = ""
 
     def put(self, frame: dict[str, Any]) -> None:
+        if self.closing_code is None and not self._dropped:
+            self.put_encoded(websocket_frame(encode_frame(frame)))
+
+    def put_encoded(self, data: bytes) -> None:
+        """A complete WebSocket frame, e.g. one encoded once for many sockets."""
         if self.closing_code is not None or self._dropped:
             return
-        data = websocket_frame(encode_frame(frame))
         self._pending.append(data)
         self._pending_bytes += len(data)
         if self._blocked:
@@ -202,6 +208,21 @@ def encode_frame(frame: dict[str, Any]) -> bytes:
         return orjson.dumps(frame)
     except orjson.JSONEncodeError:
         return json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+_broadcast_frames: "collections.OrderedDict[str, bytes]" = collections.OrderedDict()
+
+
+def broadcast_frame(payload: dict[str, Any]) -> bytes:
+    """A broadcast's frame, encoded once per process for all the sockets it goes to (and every
+    socket that connects while it is active)."""
+    data = _broadcast_frames.get(payload["id"])
+    if data is None:
+        data = _broadcast_frames[payload["id"]] = websocket_frame(
+            encode_frame({"type": "broadcast", "payload": payload}))
+        if len(_broadcast_frames) > 2 * MAX_ACTIVE:
+            _broadcast_frames.popitem(last=False)
+    return data
 
 
 def websocket_frame(payload: bytes) -> bytes:
@@ -378,9 +399,13 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
         self._schedule_token_timers()
         self._send("connected", clientId=self.client_id, timestamp=iso(utcnow()),
                    unreadCount=state.unread_payload())
+        # Every broadcast that came early is on the board already: shown once, from there.
+        for payload in self.hub.broadcasts.active():
+            self.outbox.put_encoded(broadcast_frame(payload))
         early, self._early = self._early, None
         for message in early:
-            self.deliver(message)
+            if message.get("kind") != "broadcast":
+                self.deliver(message)
         if since_error is not None:
             self._send_error(since_error.code, since_error.message)
         elif since_seq is not None:
@@ -498,7 +523,9 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
 
     def _deliver_change(self, message: Message) -> None:
         kind = message["kind"]
-        if kind == "read":
+        if kind == "broadcast":
+            self.outbox.put_encoded(broadcast_frame(message["broadcast"]))
+        elif kind == "read":
             self._send("notification_read", notificationId=message["notification_id"])
         elif kind == "read_all":
             self._send("notification_read", notificationId=None, all=True)

@@ -166,6 +166,20 @@ class NotificationStore(ABC):
         """Delete notifications past their expiry or the retention period, keeping every
         affected user's counters exact; how many were deleted."""
 
+    # -- broadcasts ----------------------------------------------------------------------------
+
+    @abstractmethod
+    async def insert_broadcast(self, document: dict[str, Any]) -> None:
+        """Store a broadcast (`model.to_broadcast_document`'s shape)."""
+
+    @abstractmethod
+    async def active_broadcasts(self, limit: int) -> list[dict[str, Any]]:
+        """The newest `limit` broadcasts not yet expired, newest first."""
+
+    @abstractmethod
+    async def delete_expired_broadcasts(self) -> int:
+        """Delete the broadcasts past their expiry; how many."""
+
     # -- channel preferences -----------------------------------------------------------------
 
     @abstractmethod

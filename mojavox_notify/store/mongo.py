@@ -107,6 +107,7 @@ class MongoStore(NotificationStore):
         self.events = self._db["events"]
         self.push_outbox = self._db["push_outbox"]
         self.meta = self._db["meta"]
+        self.broadcasts = self._db["broadcasts"]
 
     @classmethod
     def connect(cls, url: str, settings: MongoSettings,
@@ -153,6 +154,7 @@ class MongoStore(NotificationStore):
         await self.push_subscriptions.create_index("endpoint", name="endpoint", unique=True)
         await self.push_subscriptions.create_index("user_id", name="user")
         await self.push_outbox.create_index("due_at", name="due")
+        await self.broadcasts.create_index("expires_at", name="expiry")
         # A TTL index would delete behind the counters' back: cleanup deletes and counts instead.
         for retired in ("expiry_ttl", "user_recent"):
             try:
@@ -387,6 +389,24 @@ class MongoStore(NotificationStore):
             {"user_id": user_id, "expires_at": {"$lt": NEVER}}, {"expires_at": 1},
             sort=[("expires_at", ASCENDING)])
         return to_ms(soonest["expires_at"]) if soonest else NEVER_MS
+
+    # -- broadcasts ----------------------------------------------------------------------------
+
+    @_storage_errors
+    async def insert_broadcast(self, document: dict[str, Any]) -> None:
+        await self.broadcasts.insert_one(dict(document))
+
+    @_storage_errors
+    async def active_broadcasts(self, limit: int) -> list[dict[str, Any]]:
+        cursor = self.broadcasts.find({"expires_at": {"$gt": utcnow()}}).sort(
+            [("created_at", DESCENDING), ("_id", DESCENDING)]).limit(limit)
+        return await cursor.to_list(length=None)
+
+    @_storage_errors
+    @_unhurried
+    async def delete_expired_broadcasts(self) -> int:
+        result = await self.broadcasts.delete_many({"expires_at": {"$lte": utcnow()}})
+        return result.deleted_count
 
     # -- channel preferences -----------------------------------------------------------------
 

@@ -150,7 +150,20 @@ CREATE TABLE IF NOT EXISTS events (
     created_at INTEGER NOT NULL,
     completed_at INTEGER
 ) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS broadcasts (
+    id TEXT PRIMARY KEY,
+    title TEXT NOT NULL,
+    message TEXT NOT NULL,
+    priority TEXT NOT NULL,
+    data TEXT NOT NULL,
+    action_url TEXT,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS broadcasts_expiring ON broadcasts (expires_at);
 """
+BROADCAST_COLUMNS = "id, title, message, priority, data, action_url, created_at, expires_at"
 
 # One counter row per user, created by its first notification. `expiry_due` is the earliest
 # expiry among the user's notifications that expire at all: reads sweep only when it has come.
@@ -222,6 +235,19 @@ def _row(document: dict[str, Any]) -> tuple:
             _json(document["data"]),
             document["action_url"], int(document["read"]), to_ms(document["read_at"]),
             to_ms(document["created_at"]), to_ms(document["expires_at"]), document.get("event_id"))
+
+
+def _broadcast_row(document: dict[str, Any]) -> tuple:
+    return (str(document["_id"]), document["title"], document["message"], document["priority"],
+            _json(document["data"]), document["action_url"], to_ms(document["created_at"]),
+            to_ms(document["expires_at"]))
+
+
+def _broadcast_document(row: tuple) -> dict[str, Any]:
+    id_, title, message, priority, data, action_url, created_at, expires_at = row
+    return {"_id": ObjectId(id_), "title": title, "message": message, "priority": priority,
+            "data": json.loads(data), "action_url": action_url,
+            "created_at": from_ms(created_at), "expires_at": from_ms(expires_at)}
 
 
 def _json(value: Any) -> str:
@@ -521,6 +547,22 @@ class SqliteStore(NotificationStore):
             removed += deleted
             if deleted < CLEANUP_CHUNK:
                 return removed
+
+    # -- broadcasts ----------------------------------------------------------------------------
+
+    async def insert_broadcast(self, document: dict[str, Any]) -> None:
+        await self._write(_execute, f"INSERT INTO broadcasts ({BROADCAST_COLUMNS}) "
+                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", _broadcast_row(document))
+
+    async def active_broadcasts(self, limit: int) -> list[dict[str, Any]]:
+        rows = await self._read(_select, f"""
+            SELECT {BROADCAST_COLUMNS} FROM broadcasts WHERE expires_at > ?
+            ORDER BY created_at DESC, id DESC LIMIT ?""", (to_ms(utcnow()), limit))
+        return [_broadcast_document(row) for row in rows]
+
+    async def delete_expired_broadcasts(self) -> int:
+        return await self._background(_execute, "DELETE FROM broadcasts WHERE expires_at <= ?",
+                                      (to_ms(utcnow()),))
 
     # -- channel preferences -----------------------------------------------------------------
 
