@@ -187,6 +187,27 @@ def test_text_from_the_server_is_shown_as_text_never_as_markup(context, server):
     assert page.evaluate("window.__injected") is None
 
 
+def test_an_announcement_shows_on_open_pages_and_on_pages_opened_while_it_lasts(context, server):
+    page = open_center(context, server, new_user("announce"))
+    status, sent = server.call("POST", "/api/broadcasts", token("test-service", ["service"]), {
+        "title": "Dialer maintenance", "message": "<b>Lines</b> pause at 22:00 UTC",
+        "priority": "critical", "actionUrl": "/status", "ttlSeconds": 20})
+    assert status == 201, sent
+    shown = page.locator(f'#announcements li[data-id="{sent["id"]}"]')
+    expect(shown.locator(".title")).to_have_text("Dialer maintenance")
+    expect(shown.locator(".message")).to_have_text("Lines pause at 22:00 UTC")
+    expect(shown).to_have_attribute("data-priority", "critical")
+    expect(shown.locator("a.open")).to_have_attribute("href", f"{DASHBOARD}/status")
+    expect(items(page)).to_have_count(0)  # not a notification of the user's
+
+    later = open_center(context, server, new_user("announce"))
+    again = later.locator(f'#announcements li[data-id="{sent["id"]}"]')
+    expect(again.locator(".title")).to_have_text("Dialer maintenance")
+    again.locator("button.dismiss").click()
+    expect(again).to_have_count(0)
+    expect(shown).to_have_count(1)  # dismissed on that page only
+
+
 def test_history_scrolls_in_pages_each_notification_once(context, server):
     user = new_user("scroll")
     created = [server.notify(user, title=f"n{number}", priority="low") for number in range(65)]

@@ -128,6 +128,7 @@ async function signIn(token) {
     upsert(payload);
     if (TOAST_PRIORITIES.has(payload.priority) && !payload.read) alertOf(payload);
   });
+  client.on('broadcast', showAnnouncement);
   client.on('unread_count', renderUnread);
   client.on('read', ({ notificationId, all }) => markedRead(all ? null : notificationId));
   client.on('deleted', ({ notificationId }) => removeItem(notificationId));
@@ -360,10 +361,33 @@ function actionLink(actionUrl, notificationId) {
     link.rel = 'noopener noreferrer';
   }
   link.addEventListener('click', () => {
+    if (!notificationId) return; // an announcement: nothing to mark read
     const entry = view.items.get(notificationId);
     if (view.client && (!entry || !entry.payload.read)) view.client.markRead(notificationId).catch(() => {});
   });
   return link;
+}
+
+// -- announcements (broadcasts to every user) ------------------------------------------------------
+
+/** Shown above the list until it expires or is dismissed; the client passes each one once. */
+function showAnnouncement(broadcast) {
+  const item = element('li', `announcement priority-${broadcast.priority}`);
+  item.dataset.id = broadcast.id;
+  item.dataset.priority = broadcast.priority;
+  const text = element('div', 'announcement-text');
+  text.append(element('strong', 'title', broadcast.title), element('span', 'message', broadcast.message));
+  const actions = element('div', 'announcement-actions');
+  const link = actionLink(broadcast.actionUrl, null);
+  if (link) actions.append(link);
+  const dismiss = element('button', 'dismiss link', 'Dismiss');
+  dismiss.type = 'button';
+  dismiss.addEventListener('click', () => item.remove());
+  actions.append(dismiss);
+  item.append(text, actions);
+  $('announcements').append(item);
+  const remaining = Date.parse(broadcast.expiresAt) - Date.now();
+  setTimeout(() => item.remove(), Math.max(0, Math.min(remaining, 2 ** 31 - 1)));
 }
 
 function typeLabel(type) {

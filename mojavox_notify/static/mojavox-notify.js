@@ -16,6 +16,16 @@
  * @property {Record<string, unknown>} data
  * @property {string|null} actionUrl
  *
+ * @typedef {object} Broadcast an announcement to every user, shown until `expiresAt`
+ * @property {string} id
+ * @property {string} title
+ * @property {string} message
+ * @property {Priority} priority
+ * @property {string} timestamp
+ * @property {string} expiresAt
+ * @property {Record<string, unknown>} data
+ * @property {string|null} actionUrl
+ *
  * @typedef {object} UnreadCount
  * @property {number} count
  * @property {Record<Priority, number>} byPriority
@@ -39,6 +49,8 @@
  *
  * @typedef {object} ClientEvents what each event passes to its listeners
  * @property {Notification} notification a new notification (never the same id twice)
+ * @property {Broadcast} broadcast an announcement to every user (each id once, also across
+ *   reconnections; the active ones arrive right after connecting)
  * @property {UnreadCount} unread_count after every change, and on connect
  * @property {{notificationId: string|null, all: boolean}} read read in any tab of the user
  * @property {{notificationId: string}} deleted
@@ -151,6 +163,8 @@ export class NotifyClient {
     this._attempt = 0;
     this._timers = { reconnect: null, ping: null, pong: null, connect: null };
     this._seen = new Set();
+    /** @type {Map<string, Broadcast>} The announcements received that have not expired. */
+    this.broadcasts = new Map();
     this._pendingSubscriptions = [];
     this._wanted = false;
   }
@@ -359,6 +373,7 @@ export class NotifyClient {
     switch (frame.type) {
       case 'connected': return this._onConnected(frame);
       case 'notification': return this._onNotification(frame.payload);
+      case 'broadcast': return this._onBroadcast(frame.payload);
       case 'unread_count':
         this.unread = { count: frame.count, byPriority: frame.byPriority };
         return this._emit('unread_count', this.unread);
@@ -408,6 +423,16 @@ export class NotifyClient {
     } catch (error) {
       this._emit('error', { code: 'anchor_failed', message: String(error && error.message || error) });
     }
+  }
+
+  _onBroadcast(payload) {
+    const now = Date.now();
+    for (const [id, known] of this.broadcasts) {
+      if (Date.parse(known.expiresAt) <= now) this.broadcasts.delete(id);
+    }
+    if (!payload || this.broadcasts.has(payload.id) || Date.parse(payload.expiresAt) <= now) return;
+    this.broadcasts.set(payload.id, payload);
+    this._emit('broadcast', payload);
   }
 
   _onNotification(payload) {
@@ -578,6 +603,11 @@ export class NotifyClient {
   /** @param {string} id */
   async deleteNotification(id) {
     await this.request('DELETE', `/api/notifications/${encodeURIComponent(id)}`);
+  }
+
+  /** The announcements still active, newest first. @returns {Promise<Broadcast[]>} */
+  async getBroadcasts() {
+    return (await this.request('GET', '/api/broadcasts')).broadcasts;
   }
 
   /** @returns {Promise<UnreadCount>} */

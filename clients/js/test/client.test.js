@@ -5,7 +5,8 @@ import { after, describe, test } from 'node:test';
 
 import { NotifyApiError, NotifyClient, backoffDelay } from '../mojavox-notify.js';
 import {
-  FlakyProxy, URL_BASE, collect, createNotification, newUser, next, sleep, token, until,
+  FlakyProxy, URL_BASE, collect, createBroadcast, createNotification, newUser, next, sleep, token,
+  until,
 } from './helpers.js';
 
 const clients = [];
@@ -151,6 +152,34 @@ describe('REST helpers', () => {
     const page = await client.history();
     assert.equal(page.total, 0);
     assert.equal(tokens.length, 0);
+  });
+});
+
+describe('broadcasts', () => {
+  test('one arrives live once, is not repeated after a reconnection, and a later client gets it on connect', async () => {
+    const proxy = await new FlakyProxy(URL_BASE).listen();
+    try {
+      const client = clientFor(newUser(), { url: proxy.url, minDelayMs: 50, maxDelayMs: 200 });
+      const received = collect(client, 'broadcast');
+      await client.connect();
+      const sent = await createBroadcast({ title: `js ${Date.now()}`, priority: 'critical' });
+      await until(() => received.some((b) => b.id === sent.id), { what: 'the broadcast' });
+      assert.deepEqual(received.find((b) => b.id === sent.id), sent);
+      assert.deepEqual(client.broadcasts.get(sent.id), sent);
+
+      proxy.drop();
+      await next(client, 'connected', { timeoutMs: 5000 });
+      await sleep(200); // the server shows the active ones again right after connected
+      assert.equal(received.filter((b) => b.id === sent.id).length, 1);
+
+      const later = clientFor(newUser());
+      const shown = next(later, 'broadcast', { where: (b) => b.id === sent.id });
+      await later.connect();
+      assert.deepEqual(await shown, sent);
+      assert.ok((await later.getBroadcasts()).some((b) => b.id === sent.id));
+    } finally {
+      await proxy.close();
+    }
   });
 });
 

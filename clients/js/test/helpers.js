@@ -66,6 +66,18 @@ export function collect(client, event) {
   return values;
 }
 
+/** Announce to every user over REST as a service; returns the broadcast. */
+export async function createBroadcast(fields = {}) {
+  const response = await fetch(`${URL_BASE}/api/broadcasts`, {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${SERVICE_TOKEN}`, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ title: 'Maintenance', message: 'The dialer restarts at 22:00', ...fields }),
+  });
+  const body = await response.json();
+  if (response.status !== 201) throw new Error(`broadcast failed: ${response.status} ${JSON.stringify(body)}`);
+  return body;
+}
+
 /** Waits until `predicate()` is true (polling), or fails after `timeoutMs`. */
 export async function until(predicate, { timeoutMs = 5000, what = 'condition' } = {}) {
   const deadline = Date.now() + timeoutMs;
