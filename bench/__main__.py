@@ -6,7 +6,9 @@ Scenarios (each starts every server fresh, clients in worker processes from 127.
 - latency: N sockets, an open-loop generator creating notifications at each rate for some
   seconds: create→frame p50/p99 and how many never arrived;
 - fanout: one alert to N users (MOJAVOX: system.alert events of 1,000 users each, all
-  persisted; the others: one broadcast request): time until the last socket has it;
+  persisted; the others: one broadcast request): time until the last socket has it; then one
+  topic-less broadcast to every socket (MOJAVOX: POST /api/broadcasts, stored once; the
+  others: their broadcast request again), timed the same way;
 - storm (MOJAVOX only): the server SIGKILLed during a burst of creations and restarted; every
   socket reconnects with `since`: time until all are back, and any notification missed or
   received twice.
@@ -128,7 +130,19 @@ def latency(rates: list[float], seconds: float):
 def fanout(target: Target, peers: Peers, connected: dict) -> dict:
     everyone = users(connected["opened"] + connected["failed"])
     batch = MOJAVOX_ALERT_USERS if target.kind == "mojavox" else len(everyone)
-    requests = [target.alert_request(everyone[i:i + batch]) for i in range(0, len(everyone), batch)]
+    alert = timed_delivery(peers, connected["opened"], [
+        target.alert_request(everyone[i:i + batch]) for i in range(0, len(everyone), batch)])
+    broadcast = timed_delivery(peers, connected["opened"], [target.broadcast_request(everyone)])
+    # Inside the server: from the broadcast's arrival to its frame handed to every socket.
+    fan_out = target.metric("mojavox_broadcast_fan_out_seconds_sum")
+    return {"users": connected["opened"], "received": alert["received"],
+            "seconds": alert["seconds"], "requests": alert["requests"],
+            "broadcast_received": broadcast["received"], "broadcast_seconds": broadcast["seconds"],
+            "fan_out_ms": float("nan") if fan_out is None else 1000 * fan_out}
+
+
+def timed_delivery(peers: Peers, sockets: int, requests: list) -> dict:
+    """Send `requests` at once; the time until the last of `sockets` frames arrived."""
     peers.forget()
     started = time.time()
 
@@ -140,12 +154,11 @@ def fanout(target: Target, peers: Peers, connected: dict) -> dict:
     arrivals: list = []
     while time.monotonic() < deadline:
         arrivals = peers.collect()
-        if len(arrivals) >= connected["opened"]:
+        if len(arrivals) >= sockets:
             break
-        time.sleep(0.2)
+        time.sleep(0.05)
     last = max((arrived for arrived, _ in arrivals), default=float("nan"))
-    return {"users": connected["opened"], "received": len(arrivals),
-            "seconds": last - started, "requests": len(requests)}
+    return {"received": len(arrivals), "seconds": last - started, "requests": len(requests)}
 
 
 def storm(target: Target, peers: Peers, connected: dict) -> dict:
@@ -252,11 +265,14 @@ def main() -> None:
 
     if args.scenario in ("ALL", "fanout"):
         results = {kind: with_target(kind, args.fanout_users, fanout) for kind in kinds}
-        print(f"\n## fanout: one alert to {args.fanout_users} connected users\n")
-        print("| server | users | received | requests | seconds |\n|---|---|---|---|---|")
+        print(f"\n## fanout: one alert to {args.fanout_users} connected users, then one "
+              "broadcast to every socket\n")
+        print("| server | users | alert: received | requests | seconds | broadcast: received "
+              "| seconds | of which the server's fan-out, ms |\n|---|---|---|---|---|---|---|---|")
         for kind, row in results.items():
             print(f"| {kind} | {row['users']} | {row['received']} | {row['requests']} | "
-                  f"{row['seconds']:.3f} |")
+                  f"{row['seconds']:.3f} | {row['broadcast_received']} | "
+                  f"{row['broadcast_seconds']:.3f} | {row['fan_out_ms']:.0f} |")
     if args.scenario in ("ALL", "storm") and "mojavox" in kinds:
         row = with_target("mojavox", args.sockets, storm)
         print(f"\n## storm: {args.sockets} sockets, the server SIGKILLed {STORM_KILL_AFTER:g} s into "

@@ -1,8 +1,8 @@
 """Dashboard clients in worker processes, so the server under test has the cores it would have.
 
 Each worker opens its share of sockets (from its own 127.0.0.x address), answers the protocol's
-handshake and pings, and timestamps every notification frame; the parent drives it through a
-pipe: collect what arrived, forget it, close.
+handshake and pings, and timestamps every notification frame (and MOJAVOX Notify's broadcast
+frames); the parent drives it through a pipe: collect what arrived, forget it, close.
 """
 
 from __future__ import annotations
@@ -41,15 +41,18 @@ async def handshake(kind: str, connection) -> None:
         assert (await connection.recv()).startswith("40")
 
 
-def notification_of(kind: str, message: str) -> dict | None:
-    """The notification a frame carries, or None (other frames, pings)."""
+def delivery_of(kind: str, message: str) -> tuple[str | None, dict | None]:
+    """("notification" or "broadcast", its payload) of a frame that delivers one, else
+    (None, None): other frames, pings."""
     if kind == "socketio":
         if not message.startswith("42"):
-            return None
+            return None, None
         name, payload = json.loads(message[2:])
-        return payload if name == "notification" else None
+        return (name, payload) if name == "notification" else (None, None)
     frame = json.loads(message)
-    return frame["payload"] if frame.get("type") == "notification" else None
+    if frame.get("type") in ("notification", "broadcast"):
+        return frame["type"], frame["payload"]
+    return None, None
 
 
 class Worker:
@@ -120,11 +123,11 @@ class Worker:
                 if self.kind == "socketio" and message == "2":
                     await connection.send("3")
                     continue
-                payload = notification_of(self.kind, message)
+                delivered, payload = delivery_of(self.kind, message)
                 if payload is not None:
                     sent = payload.get("sent", (payload.get("data") or {}).get("sent"))
                     self.arrivals.append((arrived, sent))
-                    if "id" in payload:
+                    if delivered == "notification" and "id" in payload:
                         self.received[user].append(payload["id"])
         except websockets.WebSocketException:
             pass

@@ -43,6 +43,7 @@ class Target:
     def __init__(self, kind: str):
         self.kind = kind
         self.port = free_port()
+        self.metrics_port = free_port()
         self.folder = tempfile.mkdtemp(prefix=f"bench-{kind}-")
         self.process: subprocess.Popen | None = None
 
@@ -58,7 +59,7 @@ class Target:
                 "MOJAVOX_AUTH__FAILED_PER_MINUTE_PER_IP": "0",
                 "MOJAVOX_SERVER__MAX_SOCKETS_PER_IP": "0", "MOJAVOX_WEBSOCKET__MAX_SOCKETS_PER_USER": "0",
                 "MOJAVOX_RETENTION__CLEANUP_INTERVAL_MINUTES": "0", "MOJAVOX_LOGGING__LEVEL": "WARNING",
-                "MOJAVOX_METRICS__ACCESS": "off"})
+                "MOJAVOX_METRICS__ACCESS": "port", "MOJAVOX_METRICS__PORT": str(self.metrics_port)})
         else:
             command = [sys.executable, str(ROOT / "bench" / f"raw_{self.kind}.py"), "--port", str(self.port)]
         log = open(Path(self.folder) / "server.log", "wb")
@@ -96,6 +97,16 @@ class Target:
                     return int(line.split()[1])
         return 0
 
+    def metric(self, name: str) -> float | None:
+        """A figure of MOJAVOX Notify's /metrics (e.g. a histogram's `_sum`); None elsewhere."""
+        if self.kind != "mojavox":
+            return None
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as answer:
+            for line in answer.read().decode().splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+        return None
+
     # -- what the load generator sends ----------------------------------------------------------
 
     def create_request(self, user: str, sent: float) -> tuple[str, bytes, dict]:
@@ -121,6 +132,17 @@ class Target:
                      "Content-Type": "application/json"})
         return f"{base}/broadcast", json.dumps({"userIds": users, "message": "Maintenance"}).encode(), {
             "Content-Type": "application/json"}
+
+    def broadcast_request(self, users: list[str]) -> tuple[str, bytes, dict]:
+        """One frame to every socket: MOJAVOX Notify's broadcast (stored once, for every
+        socket whatever its user); the others have only their alert request for it."""
+        if self.kind != "mojavox":
+            return self.alert_request(users)
+        body = {"title": "Maintenance", "message": "The dialer restarts at 22:00 UTC",
+                "priority": "high", "ttlSeconds": 600}
+        return (f"http://127.0.0.1:{self.port}/api/broadcasts", json.dumps(body).encode(),
+                {"Authorization": f"Bearer {token('bench', ('service',))}",
+                 "Content-Type": "application/json"})
 
 
 def post(request: tuple[str, bytes, dict]) -> int:

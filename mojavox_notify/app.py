@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from typing import Any, Iterable
 
 import pluggy
@@ -28,7 +29,7 @@ from .handlers.rest import (BroadcastsHandler, MarkAllReadHandler, MarkReadHandl
                             NotificationsHandler, PushSubscriptionHandler, SettingsHandler,
                             UnreadCountHandler, VapidPublicKeyHandler)
 from .handlers.web import page_routes
-from .handlers.websocket import CLOSE_GOING_AWAY, NotificationSocket
+from .handlers.websocket import CLOSE_GOING_AWAY, NotificationSocket, deliver_to_all
 from .httpserver import NotifyHTTPServer, drain_limit
 from .hub import Hub
 from .ingest import EventIngest
@@ -77,7 +78,7 @@ class NotifyApp:
         self.worker = worker
         self.metrics = Metrics()
         self.metrics.read_state(self._state_metrics)
-        self.hub = Hub()
+        self.hub = Hub(deliver_to_all)
         self.heartbeat = Heartbeat(settings.websocket.ping_interval_seconds,
                                    settings.websocket.ping_timeout_seconds)
         # Redis, when configured, carries fan-out, rate limits and presence across instances.
@@ -175,6 +176,11 @@ class NotifyApp:
 
     def _received(self, message: dict) -> None:
         self.metrics.received(message)
+        if message.get("kind") == "broadcast":
+            started = time.perf_counter()
+            self.hub.dispatch(message)
+            self.metrics.broadcast_fan_out.observe(time.perf_counter() - started)
+            return
         self.hub.dispatch(message)
         if message.get("kind") == "resync" and message.get("users") is None:
             # The broker was away: broadcasts published meanwhile reached storage, not us.

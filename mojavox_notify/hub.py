@@ -6,7 +6,7 @@ The hub never touches storage and never blocks: a connection's `deliver` only qu
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 from .broadcasts import BroadcastBoard
 from .broker import Message
@@ -26,8 +26,16 @@ class Connection(Protocol):
         """Live messages may have been missed: fill the gap from storage (must not block)."""
 
 
+def deliver_each(connections: list[Connection], message: Message) -> None:
+    for connection in connections:
+        connection.deliver(message)
+
+
 class Hub:
-    def __init__(self) -> None:
+    def __init__(self, deliver_to_all: Callable[[list[Connection], Message], None] = deliver_each) -> None:
+        """`deliver_to_all(connections, message)` hands a broadcast to every connection (the
+        socket layer may do it in bulk)."""
+        self._deliver_to_all = deliver_to_all
         # A list per user, not a set: most users have one socket (a list of one is 72 bytes, a
         # set 216), and at most websocket.max_sockets_per_user.
         self._by_user: dict[str, list[Connection]] = {}
@@ -71,8 +79,7 @@ class Hub:
             return
         if kind == "broadcast":
             if self.broadcasts.remember(message["broadcast"]):
-                for connection in self.connections():
-                    connection.deliver(message)
+                self._deliver_to_all(list(self.connections()), message)
             return
         for connection in tuple(self._by_user.get(message.get("user_id"), ())):
             connection.deliver(message)

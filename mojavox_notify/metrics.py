@@ -33,6 +33,10 @@ class Metrics:
             ["type", "priority"], registry=registry)
         self.broadcasts_created = Counter(
             "mojavox_broadcasts_created", "Broadcasts stored and published", registry=registry)
+        self.broadcast_fan_out = Histogram(
+            "mojavox_broadcast_fan_out_seconds",
+            "From a broadcast's arrival at this process to its frame handed to every socket's "
+            "connection", buckets=LATENCY_BUCKETS, registry=registry)
         self.create_to_publish = Histogram(
             "mojavox_create_to_publish_seconds",
             "From the start of a creation to its publication to the broker (storage included)",

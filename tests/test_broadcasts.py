@@ -9,9 +9,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from mojavox_notify.broadcasts import MAX_ACTIVE, BroadcastBoard
+from mojavox_notify.handlers import websocket
 from mojavox_notify.model import iso
 
 from .support import SERVICE, Socket, both_engines, new_user, token
+from .test_websocket import raw_websocket, wait_until
 
 bounded = pytest.mark.timeout(60)
 SERVICE_TOKEN = token(SERVICE, ["service"])
@@ -188,3 +190,42 @@ async def test_cleanup_deletes_expired_broadcasts(start_app):
     await app.service.cleanup(app.settings.retention.days)
     assert await app.store.delete_expired_broadcasts() == 0  # cleanup took the expired one
     assert [b["id"] for b in await app.service.active_broadcasts()] == [kept["id"]]
+
+
+@bounded
+async def test_broadcasts_sent_by_two_threads_reach_each_socket_once_and_in_order(start_app,
+                                                                                  monkeypatch):
+    monkeypatch.setattr(websocket, "PARALLEL_SENDS_FROM", 2)
+    app = await start_app()
+    sockets = [await live_socket(app, new_user()) for _ in range(30)]
+    sent = [await app.service.broadcast({"title": f"#{index}", "message": "m"})
+            for index in range(5)]
+    for socket in sockets:
+        frames = [await socket.expect("broadcast") for _ in sent]
+        assert [frame["payload"] for frame in frames] == sent
+        assert await socket.quiet(0.1) == []
+
+
+@bounded
+async def test_a_client_that_stops_reading_broadcasts_is_closed_and_the_others_keep_them(
+        start_app, monkeypatch, caplog):
+    monkeypatch.setattr(websocket, "PARALLEL_SENDS_FROM", 2)
+    app = await start_app(**{"websocket.max_queued_messages": 50,
+                             "websocket.max_buffered_bytes": 200_000})
+    slow = new_user()
+    reader, writer = await raw_websocket(app, slow)
+    await wait_until(lambda: app.hub.connections_of(slow) == 1, 5)
+    healthy = await live_socket(app, new_user())
+    padding = {"blob": "x" * 15_000}
+    sent = []
+    for index in range(600):
+        sent.append(await app.service.broadcast({"title": f"#{index}", "message": "m",
+                                                 "data": padding}))
+        if app.hub.connections_of(slow) == 0:
+            break
+        await asyncio.sleep(0)
+    assert app.hub.connections_of(slow) == 0, "the slow consumer was never dropped"
+    assert sum("slow consumer" in record.getMessage() for record in caplog.records) == 1
+    received = [(await healthy.expect("broadcast", timeout=10))["payload"]["id"] for _ in sent]
+    assert received == [broadcast["id"] for broadcast in sent]
+    writer.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import socket
 import itertools
 import json
 import logging
@@ -17,6 +18,7 @@ import struct
 import time
 import weakref
 from datetime import datetime, timezone
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -106,6 +108,19 @@ class Outbox:
         if not self._scheduled:
             self._scheduled = True
             _flushes_of(asyncio.get_running_loop()).add(self)
+
+    def idle(self) -> bool:
+        """Nothing queued, scheduled or blocked: a frame may go straight to the socket."""
+        return not (self._pending or self._scheduled or self._blocked or self._dropped
+                    or self.closing_code is not None)
+
+    def sent_directly(self, data: bytes, sent: int) -> None:
+        """`data` went straight to the socket (see `send_to_all`), `sent` bytes of it; the rest
+        waits here like any frame."""
+        if sent:
+            self._socket.metrics.frames_sent.inc()
+        if sent < len(data):
+            self.put_encoded(data[sent:])
 
     def _flush(self) -> None:
         self._scheduled = False
@@ -223,6 +238,47 @@ def broadcast_frame(payload: dict[str, Any]) -> bytes:
         if len(_broadcast_frames) > 2 * MAX_ACTIVE:
             _broadcast_frames.popitem(last=False)
     return data
+
+
+#: From this many sockets on, a frame for all of them is sent by two threads at once: the
+#: kernel's work per send (on loopback, the receiver's side too) is most of a fan-out's cost,
+#: and a send does not hold the GIL.
+PARALLEL_SENDS_FROM = 512
+_send_helper = ThreadPoolExecutor(1, thread_name_prefix="mojavox-fan-out")
+
+
+def deliver_to_all(sockets: list["NotificationSocket"], message: Message) -> None:
+    """The hub's fan-out of a broadcast: one frame, encoded once, to every socket. Sockets with
+    nothing else queued get it straight from here (in parallel when they are many); the others
+    queue it behind what they have."""
+    data = broadcast_frame(message["broadcast"])
+    direct, targets = [], []
+    for each in sockets:
+        target = each.direct_target()
+        if target is None:
+            each.deliver(message)
+        else:
+            direct.append(each)
+            targets.append(target)
+    if len(targets) < PARALLEL_SENDS_FROM:
+        results = _send_each(targets, data)
+    else:
+        half = len(targets) // 2
+        helper = _send_helper.submit(_send_each, targets[:half], data)
+        mine = _send_each(targets[half:], data)
+        results = helper.result() + mine
+    for each, sent in zip(direct, results):
+        each.outbox.sent_directly(data, sent)
+
+
+def _send_each(targets: list, data: bytes) -> list[int]:
+    results = []
+    for target in targets:
+        try:
+            results.append(target.send(data))
+        except OSError:  # would block, or broken: the outbox meets it its own way
+            results.append(0)
+    return results
 
 
 def websocket_frame(payload: bytes) -> bytes:
@@ -468,6 +524,19 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
         self._held.append(message)
         self._catching_up = True
         asyncio.get_running_loop().create_task(self._catch_up())
+
+    def direct_target(self) -> "socket.socket | None":
+        """The OS socket, when a frame may be written to it right now from anywhere (no frame
+        queued or in flight, live); else None."""
+        if self._early is not None or self.outbox is None or not self.outbox.idle():
+            return None
+        connection = self.ws_connection
+        if connection is None:
+            return None
+        stream = connection.stream
+        if stream.closed() or stream.writing():
+            return None
+        return stream.socket
 
     def _pass_on(self, seq: int, payload: dict) -> None:
         self.last_seq = seq
