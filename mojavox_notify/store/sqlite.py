@@ -1,8 +1,13 @@
 """The embedded engine: SQLite in this process, WAL mode, real indexes.
 
-Writes run on one thread and reads on another, each with its own connection, so the event loop
-never blocks and a long write transaction (a 1,000-user alert) does not hold up reads; a third
-copies the write-ahead log back into the file (checkpoints), so no commit waits for that. Every
+Writes run on one thread and reads on another, each with its own connection, so a long write
+transaction (a 1,000-user alert) neither blocks the event loop nor holds up reads; a third
+copies the write-ahead log back into the file (checkpoints), so no commit waits for that. Small
+operations (a create's preference lookup and its insert, up to `storage.sqlite_inline_limit`
+drafts or users) run on the event loop itself when they can start at once: they take tens of
+microseconds, while a trip to a thread costs a hand-off and waiting for the GIL back, which
+under load was most of a create's latency. One that would wait (another writer holds the lock)
+goes to its thread instead, so the loop never waits for a lock. Every
 write is one `BEGIN IMMEDIATE` transaction, which SQLite serializes across threads and processes:
 a notification and its user's counters change together, and sequence number N+1 can only be
 committed after N. Several processes on one host may share the file (WAL); a writer waits up
@@ -309,6 +314,18 @@ class WriteTurn:
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
+    def run_now(self, function: Callable, connection: sqlite3.Connection, *args: Any) -> tuple[bool, Any]:
+        """(True, result) when the turn was free at once, else (False, None) without waiting."""
+        fd = self._open()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False, None
+        try:
+            return True, function(connection, *args)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
     def _open(self) -> int:
         if self._fd is None:
             try:
@@ -330,6 +347,13 @@ class SqliteStore(NotificationStore):
         self.description = f"embedded SQLite {self.path}"
         self._settings = settings
         self._turn = WriteTurn(self.path, settings.busy_timeout_seconds)
+        # The event loop's own connection and turn (a lock file descriptor of its own, so its
+        # turn excludes the writer thread's as it does other processes').
+        self._inline_turn = WriteTurn(self.path, 0)
+        self._inline: sqlite3.Connection | None = None
+        self._inline_limit = settings.sqlite_inline_limit
+        # Inline writes only where a commit does not wait for the disk (WAL, synchronous=NORMAL).
+        self._inline_writes = settings.sqlite_synchronous == "normal"
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="sqlite-reader")
         self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-checkpoint",
@@ -347,16 +371,43 @@ class SqliteStore(NotificationStore):
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
         if connection is None:
-            connection = sqlite3.connect(self.path, isolation_level=None,
-                                         timeout=self._settings.busy_timeout_seconds)
-            connection.execute(f"PRAGMA synchronous = {self._settings.sqlite_synchronous.upper()}")
-            connection.execute("PRAGMA cache_size = -65536")  # KiB: 64 MiB per connection
-            connection.execute("PRAGMA temp_store = MEMORY")
-            # The checkpoint thread's work; past this many pages (64 MiB), writes keep up
-            # without it, so the committing writer checkpoints as SQLite does by default.
-            connection.execute(f"PRAGMA wal_autocheckpoint = {CHECKPOINT_IN_WRITE_PAGES}")
-            self._local.connection = connection
+            connection = self._local.connection = self._open_connection(
+                self._settings.busy_timeout_seconds)
         return connection
+
+    def _open_connection(self, busy_timeout: float) -> sqlite3.Connection:
+        connection = sqlite3.connect(self.path, isolation_level=None, timeout=busy_timeout)
+        connection.execute(f"PRAGMA synchronous = {self._settings.sqlite_synchronous.upper()}")
+        connection.execute("PRAGMA cache_size = -65536")  # KiB: 64 MiB per connection
+        connection.execute("PRAGMA temp_store = MEMORY")
+        # The checkpoint thread's work; past this many pages (64 MiB), writes keep up
+        # without it, so the committing writer checkpoints as SQLite does by default.
+        connection.execute(f"PRAGMA wal_autocheckpoint = {CHECKPOINT_IN_WRITE_PAGES}")
+        return connection
+
+    def _inline_run(self, write: bool, function: Callable, *args: Any) -> tuple[bool, Any]:
+        """On the event loop, if it can start at once: (True, result), or (False, None) when it
+        would wait for a lock or failed (its thread then runs it, and reports a failure)."""
+        try:
+            if self._inline is None:
+                self._inline = self._open_connection(busy_timeout=0)
+            if not write:
+                return True, function(self._inline, *args)
+            done, result = self._inline_turn.run_now(function, self._inline, *args)
+        except sqlite3.Error:  # busy, or failing: the thread's attempt answers for it
+            self._close_inline()
+            return False, None
+        if done:
+            self._queue_checkpoint()
+        return done, result
+
+    def _close_inline(self) -> None:
+        connection, self._inline = self._inline, None
+        if connection is not None:
+            try:
+                connection.close()
+            except sqlite3.Error:
+                pass
 
     def _discard_connection(self) -> None:
         """After a failure, reopen on the next call (the file may have come back)."""
@@ -379,10 +430,13 @@ class SqliteStore(NotificationStore):
         """A write in its turn (on the writer thread); the first since the last checkpoint
         queues the next one, CHECKPOINT_DELAY_SECONDS later."""
         result = self._turn.run(function, connection, *args)
+        self._queue_checkpoint()
+        return result
+
+    def _queue_checkpoint(self) -> None:
         if not self._checkpoint_queued:
             self._checkpoint_queued = True
             self._checkpointer.submit(self._checkpoint)
-        return result
 
     def _checkpoint(self) -> None:
         """PASSIVE: copies what no reader still needs and never waits for a lock, so it cannot
@@ -439,6 +493,8 @@ class SqliteStore(NotificationStore):
 
     async def close(self) -> None:
         self._closing.set()
+        self._close_inline()
+        self._inline_turn.close()
         loop = asyncio.get_running_loop()
         for executor in (self._writer, self._reader, self._checkpointer):
             await loop.run_in_executor(executor, self._discard_connection)
@@ -488,6 +544,10 @@ class SqliteStore(NotificationStore):
             raise error from None
 
     async def _insert_batch(self, insertions: list["Insertion"]) -> list[list[Created]]:
+        if self._inline_writes and sum(len(i.drafts) for i in insertions) <= self._inline_limit:
+            done, created = self._inline_run(True, _insert_many, insertions, utcnow())
+            if done:
+                return created
         return await self._write(_insert_many, insertions, utcnow())
 
     async def state(self, user_id: str) -> UserState:
@@ -571,6 +631,10 @@ class SqliteStore(NotificationStore):
         wanted = tuple(dict.fromkeys(user_ids))
         if not wanted:
             return {}
+        if len(wanted) <= self._inline_limit:
+            done, rows = self._inline_run(False, _channel_settings, set(wanted))
+            if done:
+                return _preferences(dict(rows), wanted)
         return await self._queued(self._preference_reads, wanted, self._settings.operation_timeout_seconds)
 
     async def _states_batch(self, user_ids: list[str]) -> list[tuple | None]:
@@ -579,8 +643,7 @@ class SqliteStore(NotificationStore):
 
     async def _preferences_batch(self, lookups: list[tuple[str, ...]]) -> list[dict]:
         rows = dict(await self._read(_channel_settings, {user for users in lookups for user in users}))
-        return [{user: {name: ChannelPreference(**value) for name, value in json.loads(rows[user]).items()}
-                 for user in users if user in rows} for users in lookups]
+        return [_preferences(rows, users) for users in lookups]
 
     async def update_preferences(self, user_id: str, changes: dict[str, dict[str, bool]]) -> None:
         if changes:
@@ -810,6 +873,12 @@ def _multi_row(statement: str, width: int, count: int) -> str:
     """`statement` with its `{rows}` as `count` rows of `width` parameters."""
     row = "(" + ", ".join("?" * width) + ")"
     return statement.format(rows=", ".join([row] * count))
+
+
+def _preferences(rows: dict[str, str], users: Iterable[str]) -> dict[str, dict[str, ChannelPreference]]:
+    """Each of `users` that has a `channel_settings` row: its choices by type."""
+    return {user: {name: ChannelPreference(**value) for name, value in json.loads(rows[user]).items()}
+            for user in users if user in rows}
 
 
 def _json_rows(connection, query: str, user_ids: set[str]) -> list:
