@@ -353,7 +353,9 @@ async def test_small_embedded_operations_run_on_the_event_loop_unless_they_would
         on_threads.clear()
         created = await store.insert_many(_drafts(user, 8))
         preferences = await store.preferences_of_many([user])
-        assert on_threads == []  # both on the loop
+        state = await store.state(user)
+        assert on_threads == []  # all three on the loop
+        assert (state.seq, state.total, state.unread["high"]) == (8, 8, 8)
         assert [record.document["seq"] for record in created] == list(range(1, 9))
         assert preferences[user]["call_completed"].enabled is False
 

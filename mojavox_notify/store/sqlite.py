@@ -551,8 +551,13 @@ class SqliteStore(NotificationStore):
         return await self._write(_insert_many, insertions, utcnow())
 
     async def state(self, user_id: str) -> UserState:
-        """Read together with the other users' states queued meanwhile (a reconnect storm)."""
-        row = await self._queued(self._state_reads, user_id, self._settings.operation_timeout_seconds)
+        """On the loop when it can (a connect's one read), else together with the other users'
+        states queued meanwhile (a reconnect storm)."""
+        done, rows = self._inline_run(False, _state_rows, {user_id}) if self._inline_limit else (False, None)
+        if done:
+            row = rows.get(user_id)
+        else:
+            row = await self._queued(self._state_reads, user_id, self._settings.operation_timeout_seconds)
         if row is None:
             return UserState()
         if row[-1] <= to_ms(utcnow()):
