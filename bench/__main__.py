@@ -9,6 +9,10 @@ Scenarios (each starts every server fresh, clients in worker processes from 127.
   persisted; the others: one broadcast request): time until the last socket has it; then one
   topic-less broadcast to every socket (MOJAVOX: POST /api/broadcasts, stored once; the
   others: their broadcast request again), timed the same way;
+- sustained: N sockets, alerts to SUSTAINED_RECIPIENTS random users each offered open loop at
+  rising rates (MOJAVOX: system.alert events, every notification stored; the others: their
+  broadcast request): deliveries a second offered, delivered, lost, p50/p99; the highest rate
+  each server sustains (everything delivered, p99 within SUSTAINED_P99_MS) and their ratio;
 - storm (MOJAVOX only): the server SIGKILLed during a burst of creations and restarted; every
   socket reconnects with `since`: time until all are back, and any notification missed or
   received twice.
@@ -25,6 +29,7 @@ import argparse
 import asyncio
 import os
 import platform
+import random
 import sqlite3
 import sys
 import time
@@ -40,6 +45,9 @@ from targets import KINDS, Target, post  # noqa: E402
 
 WORKERS = 4
 MOJAVOX_ALERT_USERS = 1000  # system.alert's userIds limit
+SUSTAINED_RECIPIENTS = 100
+SUSTAINED_P99_MS = 250
+KEEPS_UP_P50_MS = 50  # a looser reading of "sustained": the median does not fall behind
 STORM_RATE = 1000  # creations per second before and during the restart
 STORM_KILL_AFTER = 2.0  # seconds into the burst
 
@@ -125,6 +133,64 @@ def latency(rates: list[float], seconds: float):
                          "p99_ms": 1000 * percentile(arrivals, 0.99)})
         return rows
     return scenario
+
+
+def sustained(rates: list[float], seconds: float):
+    """`rates` in deliveries a second (each alert brings SUSTAINED_RECIPIENTS)."""
+    def scenario(target: Target, peers: Peers, connected: dict) -> list[dict]:
+        everyone = users(connected["opened"])
+        rows = []
+        for rate in rates:
+            peers.forget()
+            sent, failed = asyncio.run(alert_loop(target, everyone, rate / SUSTAINED_RECIPIENTS,
+                                                  seconds))
+            time.sleep(2)
+            delays = [arrived - when for arrived, when in peers.collect() if when is not None]
+            offered = (sent - failed) * SUSTAINED_RECIPIENTS
+            row = {"rate": rate, "alerts": sent, "failed": failed, "offered": offered,
+                   "delivered": len(delays), "lost": offered - len(delays),
+                   "p50_ms": 1000 * percentile(delays, 0.5),
+                   "p99_ms": 1000 * percentile(delays, 0.99)}
+            row["sustained"] = (not failed and not row["lost"]
+                                and row["p99_ms"] <= SUSTAINED_P99_MS)
+            row["keeps_up"] = not failed and not row["lost"] and row["p50_ms"] <= KEEPS_UP_P50_MS
+            rows.append(row)
+            if row["p99_ms"] > 10 * SUSTAINED_P99_MS or row["lost"] > offered / 2:
+                break  # far past what it sustains: the higher rates only take longer
+        return rows
+    return scenario
+
+
+async def alert_loop(target: Target, everyone: list[str], per_second: float,
+                     seconds: float) -> tuple[int, int]:
+    """Alerts to SUSTAINED_RECIPIENTS random users, `per_second` for `seconds`, open loop, each
+    carrying the time it was due: (sent, failed)."""
+    failed = sent = 0
+    connector = aiohttp.TCPConnector(limit=100)
+    chooser = random.Random(7)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def alert(due: float) -> None:
+            nonlocal failed
+            url, body, headers = target.alert_request(
+                chooser.sample(everyone, SUSTAINED_RECIPIENTS), sent=due)
+            try:
+                async with session.post(url, data=body, headers=headers,
+                                        timeout=aiohttp.ClientTimeout(total=30)) as answer:
+                    if answer.status >= 300:
+                        failed += 1
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                failed += 1
+
+        tasks = []
+        start = time.time() + 0.1
+        while sent < per_second * seconds:
+            due = start + sent / per_second
+            if due > time.time():
+                await asyncio.sleep(due - time.time())
+            tasks.append(asyncio.ensure_future(alert(due)))
+            sent += 1
+        await asyncio.gather(*tasks)
+    return sent, failed
 
 
 def fanout(target: Target, peers: Peers, connected: dict) -> dict:
@@ -227,10 +293,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0],
                                      epilog="\n".join(__doc__.splitlines()[1:]),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenario", choices=["ALL", "idle", "latency", "fanout", "storm"])
+    parser.add_argument("scenario", choices=["ALL", "idle", "latency", "sustained", "fanout", "storm"])
     parser.add_argument("--sockets", type=int, default=5000)
     parser.add_argument("--rates", default="100,300,1000")
     parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--sustained-rates", default="2000,4000,6000,8000,10000,12000,15000",
+                        help="deliveries a second offered (alerts of %d users)" % SUSTAINED_RECIPIENTS)
     parser.add_argument("--fanout-users", type=int, default=10000)
     parser.add_argument("--servers", default=",".join(KINDS))
     parser.add_argument("--quick", action="store_true", help="200 sockets, 5 s per rate")
@@ -262,6 +330,27 @@ def main() -> None:
             for row in rows:
                 print(f"| {kind} | {row['rate']:g} | {row['sent']} | {row['failed']} | {row['lost']} | "
                       f"{row['p50_ms']:.1f} | {row['p99_ms']:.1f} |")
+
+    if args.scenario in ("ALL", "sustained"):
+        sustained_rates = [float(rate) for rate in args.sustained_rates.split(",")]
+        results = {kind: with_target(kind, args.sockets, sustained(sustained_rates, args.seconds / 2))
+                   for kind in kinds}
+        print(f"\n## sustained: {args.sockets} sockets, alerts to {SUSTAINED_RECIPIENTS} users each, "
+              f"open loop, {args.seconds / 2:g} s per rate\n")
+        print("| server | deliveries/s offered | alerts | failed | delivered | lost | p50 ms | p99 ms "
+              "|\n|---|---|---|---|---|---|---|---|")
+        for kind, rows in results.items():
+            for row in rows:
+                print(f"| {kind} | {row['rate']:g} | {row['alerts']} | {row['failed']} | "
+                      f"{row['delivered']} | {row['lost']} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} |")
+        for flag, meaning in (("sustained", f"nothing lost, p99 <= {SUSTAINED_P99_MS} ms"),
+                              ("keeps_up", f"nothing lost, p50 <= {KEEPS_UP_P50_MS} ms")):
+            best = {kind: max((row["rate"] for row in rows if row[flag]), default=0.0)
+                    for kind, rows in results.items()}
+            print(f"\nhighest rate with {meaning}: " + ", ".join(
+                f"{kind} {rate:g}/s" for kind, rate in best.items())
+                + (f"; mojavox vs python-socketio {ratio(best['mojavox'], best['socketio'])}"
+                   if "mojavox" in best and "socketio" in best else ""))
 
     if args.scenario in ("ALL", "fanout"):
         results = {kind: with_target(kind, args.fanout_users, fanout) for kind in kinds}

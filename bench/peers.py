@@ -55,6 +55,15 @@ def delivery_of(kind: str, message: str) -> tuple[str | None, dict | None]:
     return None, None
 
 
+def sent_of(payload: dict) -> float | None:
+    """When the generator sent it: a `sent` field, `data.sent`, or a "bench <sent>" message."""
+    sent = payload.get("sent", (payload.get("data") or {}).get("sent"))
+    message = payload.get("message")
+    if sent is None and isinstance(message, str) and message.startswith("bench "):
+        sent = float(message[6:])
+    return sent
+
+
 class Worker:
     def __init__(self, kind: str, port: int, users: list[str], address: str):
         self.kind, self.port, self.users, self.address = kind, port, users, address
@@ -125,7 +134,7 @@ class Worker:
                     continue
                 delivered, payload = delivery_of(self.kind, message)
                 if payload is not None:
-                    sent = payload.get("sent", (payload.get("data") or {}).get("sent"))
+                    sent = sent_of(payload)
                     self.arrivals.append((arrived, sent))
                     if delivered == "notification" and "id" in payload:
                         self.received[user].append(payload["id"])

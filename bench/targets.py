@@ -46,6 +46,7 @@ class Target:
         self.metrics_port = free_port()
         self.folder = tempfile.mkdtemp(prefix=f"bench-{kind}-")
         self.process: subprocess.Popen | None = None
+        self._service_token = token("bench", ("service",))
 
     def start(self) -> None:
         environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -116,22 +117,26 @@ class Target:
             body = {"userId": user, "type": "payment_received", "title": "Payment Received",
                     "message": "Debtor paid $1,250.00 on account #AC-1", "data": {"sent": sent}}
             return (f"{base}/api/notifications", json.dumps(body).encode(),
-                    {"Authorization": f"Bearer {token('bench', ('service',))}",
+                    {"Authorization": f"Bearer {self._service_token}",
                      "Content-Type": "application/json"})
         return f"{base}/notify", json.dumps({"userId": user, "sent": sent}).encode(), {
             "Content-Type": "application/json"}
 
-    def alert_request(self, users: list[str]) -> tuple[str, bytes, dict]:
-        """One alert to `users` (at most 1,000 for mojavox's system.alert)."""
+    def alert_request(self, users: list[str], sent: float | None = None) -> tuple[str, bytes, dict]:
+        """One alert to `users` (at most 1,000 for mojavox's system.alert); `sent`, when given,
+        travels in every notification (mojavox: in its message, "bench <sent>")."""
         base = f"http://127.0.0.1:{self.port}"
         if self.kind == "mojavox":
+            message = "Maintenance at 22:00" if sent is None else f"bench {sent:.6f}"
             body = {"type": "system.alert", "data": {"userIds": users, "severity": "warning",
-                                                      "message": "Maintenance at 22:00"}}
+                                                      "message": message}}
             return (f"{base}/api/events", json.dumps(body).encode(),
-                    {"Authorization": f"Bearer {token('bench', ('service',))}",
+                    {"Authorization": f"Bearer {self._service_token}",
                      "Content-Type": "application/json"})
-        return f"{base}/broadcast", json.dumps({"userIds": users, "message": "Maintenance"}).encode(), {
-            "Content-Type": "application/json"}
+        body = {"userIds": users, "message": "Maintenance"}
+        if sent is not None:
+            body["sent"] = sent
+        return f"{base}/broadcast", json.dumps(body).encode(), {"Content-Type": "application/json"}
 
     def broadcast_request(self, users: list[str]) -> tuple[str, bytes, dict]:
         """One frame to every socket: MOJAVOX Notify's broadcast (stored once, for every
@@ -141,7 +146,7 @@ class Target:
         body = {"title": "Maintenance", "message": "The dialer restarts at 22:00 UTC",
                 "priority": "high", "ttlSeconds": 600}
         return (f"http://127.0.0.1:{self.port}/api/broadcasts", json.dumps(body).encode(),
-                {"Authorization": f"Bearer {token('bench', ('service',))}",
+                {"Authorization": f"Bearer {self._service_token}",
                  "Content-Type": "application/json"})
 
 
