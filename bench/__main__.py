@@ -305,6 +305,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.sockets, args.seconds, args.fanout_users = 200, 5, 1000
+        args.sustained_rates = "1000,2000"
     kinds = args.servers.split(",")
     rates = [float(rate) for rate in args.rates.split(",")]
     print(f"# python -m bench {args.scenario} · {date.today()} · {platform.python_version()} · "
