@@ -25,9 +25,9 @@ from .handlers.admin import DocumentHandler, HealthHandler, MetricsHandler, Plug
 from .handlers.base import BaseHandler, Cors, InFlight, NotFoundHandler, log_request
 from .handlers.events import EventsHandler
 from .handlers.heartbeat import Heartbeat
-from .handlers.rest import (BroadcastsHandler, MarkAllReadHandler, MarkReadHandler, NotificationHandler,
-                            NotificationsHandler, PushSubscriptionHandler, SettingsHandler,
-                            UnreadCountHandler, VapidPublicKeyHandler)
+from .handlers.rest import (BroadcastsHandler, MarkAllReadHandler, MarkReadHandler,
+                            NotificationHandler, NotificationsHandler, PushSubscriptionHandler,
+                            SettingsHandler, UnreadCountHandler, VapidPublicKeyHandler)
 from .handlers.web import page_routes
 from .handlers.websocket import CLOSE_GOING_AWAY, NotificationSocket, deliver_to_all
 from .httpserver import NotifyHTTPServer, drain_limit

@@ -32,7 +32,8 @@ def deliver_each(connections: list[Connection], message: Message) -> None:
 
 
 class Hub:
-    def __init__(self, deliver_to_all: Callable[[list[Connection], Message], None] = deliver_each) -> None:
+    def __init__(self,
+                 deliver_to_all: Callable[[list[Connection], Message], None] = deliver_each) -> None:
         """`deliver_to_all(connections, message)` hands a broadcast to every connection (the
         socket layer may do it in bulk)."""
         self._deliver_to_all = deliver_to_all

@@ -15,12 +15,12 @@ import re
 import time
 from typing import Any, Awaitable, Callable, Iterable
 
+from .broadcasts import MAX_ACTIVE
 from .broker import Broker
 from .errors import NotFoundError, ValidationError
 from . import schemas
 from .idempotency import Idempotency
 from .metrics import Metrics
-from .broadcasts import MAX_ACTIVE
 from .model import (MAX_OFFSET, MAX_PAGE, ChannelPreference, Draft, PushSubscription, default_preferences,
                     notification_id, preferences_payload, to_broadcast_document,
                     to_broadcast_payload, to_payload, utcnow, validate_broadcast, validate_draft,

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import socket
 import itertools
 import json
 import logging
+import socket
 import struct
 import time
 import weakref
-from datetime import datetime, timezone
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from typing import Any
 
 import orjson
@@ -115,7 +115,7 @@ class Outbox:
                     or self.closing_code is not None)
 
     def sent_directly(self, data: bytes, sent: int) -> None:
-        """`data` went straight to the socket (see `send_to_all`), `sent` bytes of it; the rest
+        """`data` went straight to the socket (see `deliver_to_all`), `sent` bytes of it; the rest
         waits here like any frame."""
         if sent:
             self._socket.metrics.frames_sent.inc()

@@ -7,11 +7,12 @@ operations (a create's preference lookup and its insert, up to `storage.sqlite_i
 drafts or users) run on the event loop itself when they can start at once: they take tens of
 microseconds, while a trip to a thread costs a hand-off and waiting for the GIL back, which
 under load was most of a create's latency. One that would wait (another writer holds the lock)
-goes to its thread instead, so the loop never waits for a lock. Every
-write is one `BEGIN IMMEDIATE` transaction, which SQLite serializes across threads and processes:
-a notification and its user's counters change together, and sequence number N+1 can only be
-committed after N. Several processes on one host may share the file (WAL); a writer waits up
-to `storage.busy_timeout_seconds` for another's lock, taking turns through `WriteTurn`.
+goes to its thread instead, so the loop never waits for a lock.
+
+Every write is one `BEGIN IMMEDIATE` transaction, which SQLite serializes across threads and
+processes: a notification and its user's counters change together, and sequence number N+1 can
+only be committed after N. Several processes on one host may share the file (WAL); a writer
+waits up to `storage.busy_timeout_seconds` for another's lock, taking turns through `WriteTurn`.
 """
 
 from __future__ import annotations
@@ -314,7 +315,8 @@ class WriteTurn:
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
-    def run_now(self, function: Callable, connection: sqlite3.Connection, *args: Any) -> tuple[bool, Any]:
+    def run_now(self, function: Callable, connection: sqlite3.Connection,
+                *args: Any) -> tuple[bool, Any]:
         """(True, result) when the turn was free at once, else (False, None) without waiting."""
         fd = self._open()
         try:
@@ -387,7 +389,10 @@ class SqliteStore(NotificationStore):
 
     def _inline_run(self, write: bool, function: Callable, *args: Any) -> tuple[bool, Any]:
         """On the event loop, if it can start at once: (True, result), or (False, None) when it
-        would wait for a lock or failed (its thread then runs it, and reports a failure)."""
+        would wait for a lock or failed (its thread then runs it, and reports a failure), and
+        always with `storage.sqlite_inline_limit` 0."""
+        if not self._inline_limit:
+            return False, None
         try:
             if self._inline is None:
                 self._inline = self._open_connection(busy_timeout=0)
@@ -553,11 +558,12 @@ class SqliteStore(NotificationStore):
     async def state(self, user_id: str) -> UserState:
         """On the loop when it can (a connect's one read), else together with the other users'
         states queued meanwhile (a reconnect storm)."""
-        done, rows = self._inline_run(False, _state_rows, {user_id}) if self._inline_limit else (False, None)
+        done, rows = self._inline_run(False, _state_rows, {user_id})
         if done:
             row = rows.get(user_id)
         else:
-            row = await self._queued(self._state_reads, user_id, self._settings.operation_timeout_seconds)
+            row = await self._queued(self._state_reads, user_id,
+                                     self._settings.operation_timeout_seconds)
         if row is None:
             return UserState()
         if row[-1] <= to_ms(utcnow()):
