@@ -98,13 +98,7 @@ async def open_loop(target: Target, socket_count: int, rate: float, seconds: flo
     async with aiohttp.ClientSession(connector=connector) as session:
         async def create(user: str) -> None:
             nonlocal failed
-            url, body, headers = target.create_request(user, time.time())
-            try:
-                async with session.post(url, data=body, headers=headers,
-                                        timeout=aiohttp.ClientTimeout(total=30)) as answer:
-                    if answer.status >= 300:
-                        failed += 1
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            if not await posted(session, target.create_request(user, time.time())):
                 failed += 1
 
         tasks = []
@@ -117,6 +111,17 @@ async def open_loop(target: Target, socket_count: int, rate: float, seconds: flo
             sent += 1
         await asyncio.gather(*tasks)
     return sent, failed
+
+
+async def posted(session: aiohttp.ClientSession, request: tuple[str, bytes, dict]) -> bool:
+    """Whether the server took the request (a 2xx answer within 30 s)."""
+    url, body, headers = request
+    try:
+        async with session.post(url, data=body, headers=headers,
+                                timeout=aiohttp.ClientTimeout(total=30)) as answer:
+            return answer.status < 300
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        return False
 
 
 def latency(rates: list[float], seconds: float):
@@ -171,14 +176,8 @@ async def alert_loop(target: Target, everyone: list[str], per_second: float,
     async with aiohttp.ClientSession(connector=connector) as session:
         async def alert(due: float) -> None:
             nonlocal failed
-            url, body, headers = target.alert_request(
-                chooser.sample(everyone, SUSTAINED_RECIPIENTS), sent=due)
-            try:
-                async with session.post(url, data=body, headers=headers,
-                                        timeout=aiohttp.ClientTimeout(total=30)) as answer:
-                    if answer.status >= 300:
-                        failed += 1
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            request = target.alert_request(chooser.sample(everyone, SUSTAINED_RECIPIENTS), sent=due)
+            if not await posted(session, request):
                 failed += 1
 
         tasks = []
