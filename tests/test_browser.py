@@ -207,6 +207,13 @@ def test_an_announcement_shows_on_open_pages_and_on_pages_opened_while_it_lasts(
     expect(again).to_have_count(0)
     expect(shown).to_have_count(1)  # dismissed on that page only
 
+    page.locator("#sign-out").click()  # signed in again, the new connection shows it once
+    page.locator("#token-field").fill(token(new_user("announce")))
+    page.locator("#signin-form button[type=submit]").click()
+    expect(page.locator("#connection")).to_have_attribute("data-state", "open")
+    expect(page.locator("#announcements li")).to_have_count(1)
+    expect(shown.locator(".title")).to_have_text("Dialer maintenance")
+
 
 def test_history_scrolls_in_pages_each_notification_once(context, server):
     user = new_user("scroll")

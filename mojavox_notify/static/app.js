@@ -100,6 +100,7 @@ async function signIn(token) {
   $('signin').hidden = true;
   $('center').hidden = false;
   clearList();
+  $('announcements').replaceChildren(); // the new client shows the active ones again
   let wsPath;
   try {
     ({ wsPath } = await pageConfig());
@@ -155,6 +156,7 @@ function signOut() {
   sessionStorage.removeItem(TOKEN_KEY);
   tellServiceWorker(null);
   clearList();
+  $('announcements').replaceChildren();
   renderUnread({ count: 0, byPriority: {} });
   showSignIn('');
 }
