@@ -4,10 +4,11 @@ Writes run on one thread and reads on another, each with its own connection, so 
 transaction (a 1,000-user alert) neither blocks the event loop nor holds up reads; a third
 copies the write-ahead log back into the file (checkpoints), so no commit waits for that. Small
 operations (a create's preference lookup and its insert, up to `storage.sqlite_inline_limit`
-drafts or users) run on the event loop itself when they can start at once: they take tens of
-microseconds, while a trip to a thread costs a hand-off and waiting for the GIL back, which
-under load was most of a create's latency. One that would wait (another writer holds the lock)
-goes to its thread instead, so the loop never waits for a lock.
+drafts or users) run on the event loop itself: they take tens of microseconds, while a trip
+to a thread costs a hand-off and waiting for the GIL back, which under load was most of a
+create's latency. While another process holds the write turn, a small insert is tried again
+from the loop every half millisecond (the loop serves everything else meanwhile, and never
+waits for a lock); one that fails goes to its thread, which reports the failure.
 
 Every write is one `BEGIN IMMEDIATE` transaction, which SQLite serializes across threads and
 processes: a notification and its user's counters change together, and sequence number N+1 can
@@ -282,6 +283,10 @@ def transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     connection.commit()
 
 
+#: What `_inline_run` answers for a write while another writer holds the turn.
+TURN_TAKEN = object()
+
+
 class WriteTurn:
     """Whose turn it is to write among the processes sharing the file (`serve --workers`): an
     flock on `<file>-writer.lock`, tried every half millisecond until
@@ -389,8 +394,9 @@ class SqliteStore(NotificationStore):
 
     def _inline_run(self, write: bool, function: Callable, *args: Any) -> tuple[bool, Any]:
         """On the event loop, if it can start at once: (True, result), or (False, None) when it
-        would wait for a lock or failed (its thread then runs it, and reports a failure), and
-        always with `storage.sqlite_inline_limit` 0."""
+        failed (its thread then runs it, and reports a failure), and always with
+        `storage.sqlite_inline_limit` 0; (False, TURN_TAKEN) for a write while another writer
+        holds the turn."""
         if not self._inline_limit:
             return False, None
         try:
@@ -402,9 +408,10 @@ class SqliteStore(NotificationStore):
         except sqlite3.Error:  # busy, or failing: the thread's attempt answers for it
             self._close_inline()
             return False, None
-        if done:
-            self._queue_checkpoint()
-        return done, result
+        if not done:
+            return False, TURN_TAKEN
+        self._queue_checkpoint()
+        return True, result
 
     def _close_inline(self) -> None:
         connection, self._inline = self._inline, None
@@ -549,10 +556,26 @@ class SqliteStore(NotificationStore):
             raise error from None
 
     async def _insert_batch(self, insertions: list["Insertion"]) -> list[list[Created]]:
+        """A small batch on the loop: while another writer (a worker) holds the turn, the loop
+        tries again every WriteTurn.POLL_SECONDS, serving everything else in between, so the
+        turn is then held only as long as the work takes. On the writer thread it would also
+        wait for the GIL back between SQLite steps, holding the turn meanwhile."""
         if self._inline_writes and sum(len(i.drafts) for i in insertions) <= self._inline_limit:
-            done, created = self._inline_run(True, _insert_many, insertions, utcnow())
-            if done:
-                return created
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self._write_timeout
+            while True:
+                done, created = self._inline_run(True, _insert_many, insertions, utcnow())
+                if done:
+                    return created
+                if created is not TURN_TAKEN:
+                    break  # failed: the thread's attempt answers for it
+                if loop.time() >= deadline:
+                    error = StorageUnavailableError(
+                        "embedded storage: another process kept writing past "
+                        "storage.busy_timeout_seconds")
+                    self._report_failure(error)
+                    raise error
+                await asyncio.sleep(WriteTurn.POLL_SECONDS)
         return await self._write(_insert_many, insertions, utcnow())
 
     async def state(self, user_id: str) -> UserState:
