@@ -111,14 +111,7 @@ async def test_embedded_insertions_queued_during_a_write_share_the_next_transact
     # On the storage threads (nothing inline), where insertions queue behind a transaction.
     store = build_store(make_settings(**{"storage.url": "embedded", "storage.sqlite_inline_limit": 0}))
     await store.open()
-    transactions = []
-    write = store._write
-
-    async def counted(function, *args):
-        transactions.append(function.__name__)
-        return await write(function, *args)
-
-    store._write = counted
+    transactions = thread_trips(store, "_write")
     try:
         user = new_user()
         drafts = [Draft(user_id=user, type="payment_received", title="Paid", message=f"{index}",
@@ -326,6 +319,21 @@ async def test_an_nx27017_data_folder_is_refused_until_imported_then_served(star
     assert len(again.stderr.strip().splitlines()) == 1
 
 
+def thread_trips(store, *runners: str) -> list[str]:
+    """The names of the functions `store` sends to its storage threads through `runners`
+    (`_write`, `_read`) from now on, in order."""
+    trips: list[str] = []
+    for name in runners:
+        run = getattr(store, name)
+
+        async def recorded(function, *args, run=run):
+            trips.append(function.__name__)
+            return await run(function, *args)
+
+        setattr(store, name, recorded)
+    return trips
+
+
 def _drafts(user: str, count: int) -> list[Draft]:
     return [Draft(user_id=user, type="payment_received", title="Paid", message=f"{index}",
                   priority="high") for index in range(count)]
@@ -336,18 +344,7 @@ async def test_small_embedded_operations_run_on_the_event_loop_unless_they_would
     store = build_store(make_settings(**{"storage.url": "embedded", "storage.sqlite_inline_limit": 8,
                                          "storage.busy_timeout_seconds": 5}))
     await store.open()
-    on_threads = []
-    write, read = store._write, store._read
-
-    async def counted_write(function, *args):
-        on_threads.append(function.__name__)
-        return await write(function, *args)
-
-    async def counted_read(function, *args):
-        on_threads.append(function.__name__)
-        return await read(function, *args)
-
-    store._write, store._read = counted_write, counted_read
+    on_threads = thread_trips(store, "_write", "_read")
     user = new_user()
     try:
         await store.update_preferences(user, {"call_completed": {"enabled": False}})
@@ -386,7 +383,6 @@ async def test_small_embedded_operations_run_on_the_event_loop_unless_they_would
         assert on_threads == ["_insert_many"]
         assert [d["seq"] for d in await store.after(user, 0, 100)] == list(range(1, 21))
     finally:
-        store._write, store._read = write, read
         await store.close()
 
 
@@ -428,17 +424,9 @@ async def test_with_synchronous_full_insertions_stay_on_the_writer_thread(make_s
     store = build_store(make_settings(**{"storage.url": "embedded",
                                          "storage.sqlite_synchronous": "full"}))
     await store.open()
-    on_threads = []
-    write = store._write
-
-    async def counted(function, *args):
-        on_threads.append(function.__name__)
-        return await write(function, *args)
-
-    store._write = counted
+    on_threads = thread_trips(store, "_write")
     try:
         await store.insert_many(_drafts(new_user(), 1))
         assert on_threads == ["_insert_many"]
     finally:
-        store._write = write
         await store.close()

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from bson import ObjectId
 
+from ..errors import StorageUnavailableError
 from ..model import PRIORITIES, ChannelPreference, Draft, PushSubscription
 from ..settings import Settings
 
@@ -95,6 +96,12 @@ class NotificationStore(ABC):
     def _report_failure(self, error: BaseException) -> None:
         if self.on_failure is not None:
             self.on_failure(error)
+
+    def _unavailable(self, message: str) -> StorageUnavailableError:
+        """A failure of this engine's own making (a timeout, a full disk), reported; to raise."""
+        error = StorageUnavailableError(message)
+        self._report_failure(error)
+        return error
 
     @abstractmethod
     async def open(self) -> None:

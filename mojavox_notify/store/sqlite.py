@@ -285,6 +285,7 @@ def transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 #: What `_inline_run` answers for a write while another writer holds the turn.
 TURN_TAKEN = object()
+KEPT_WRITING = "another process kept writing past storage.busy_timeout_seconds"
 
 
 class WriteTurn:
@@ -303,35 +304,32 @@ class WriteTurn:
         self._fd: int | None = None
 
     def run(self, function: Callable, connection: sqlite3.Connection, *args: Any) -> Any:
-        fd = self._open()
         deadline = time.monotonic() + self._timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise sqlite3.OperationalError(
-                        "database is locked: another process kept writing past "
-                        "storage.busy_timeout_seconds") from None
-                time.sleep(self.POLL_SECONDS)
-        try:
-            return function(connection, *args)
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        while not self._take():
+            if time.monotonic() >= deadline:
+                raise sqlite3.OperationalError(f"database is locked: {KEPT_WRITING}")
+            time.sleep(self.POLL_SECONDS)
+        return self._in_turn(function, connection, args)
 
     def run_now(self, function: Callable, connection: sqlite3.Connection,
                 *args: Any) -> tuple[bool, Any]:
         """(True, result) when the turn was free at once, else (False, None) without waiting."""
-        fd = self._open()
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not self._take():
             return False, None
+        return True, self._in_turn(function, connection, args)
+
+    def _take(self) -> bool:
         try:
-            return True, function(connection, *args)
+            fcntl.flock(self._open(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def _in_turn(self, function: Callable, connection: sqlite3.Connection, args: tuple) -> Any:
+        try:
+            return function(connection, *args)
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def _open(self) -> int:
         if self._fd is None:
@@ -490,9 +488,7 @@ class SqliteStore(NotificationStore):
             self._report_failure(error)
             raise
         except asyncio.TimeoutError:
-            error = StorageUnavailableError(f"embedded storage did not answer within {timeout:g} s")
-            self._report_failure(error)
-            raise error from None
+            raise self._unavailable(f"embedded storage did not answer within {timeout:g} s") from None
 
     async def open(self) -> None:
         try:
@@ -523,9 +519,7 @@ class SqliteStore(NotificationStore):
     async def probe(self) -> None:
         free = await asyncio.get_running_loop().run_in_executor(self._reader, _free_bytes, self.path.parent)
         if free < MIN_FREE_BYTES:
-            error = StorageUnavailableError(f"the disk of {self.path} is full ({free} bytes free)")
-            self._report_failure(error)
-            raise error
+            raise self._unavailable(f"the disk of {self.path} is full ({free} bytes free)")
         await self._read(lambda connection: connection.execute(
             "SELECT count(*) FROM heartbeat").fetchone())
         await self._write(_execute, """
@@ -551,32 +545,31 @@ class SqliteStore(NotificationStore):
             async with asyncio.timeout(timeout):
                 return await coalescer(item)
         except TimeoutError:
-            error = StorageUnavailableError(f"embedded storage did not answer within {timeout:g} s")
-            self._report_failure(error)
-            raise error from None
+            raise self._unavailable(f"embedded storage did not answer within {timeout:g} s") from None
 
     async def _insert_batch(self, insertions: list["Insertion"]) -> list[list[Created]]:
-        """A small batch on the loop: while another writer (a worker) holds the turn, the loop
-        tries again every WriteTurn.POLL_SECONDS, serving everything else in between, so the
-        turn is then held only as long as the work takes. On the writer thread it would also
-        wait for the GIL back between SQLite steps, holding the turn meanwhile."""
         if self._inline_writes and sum(len(i.drafts) for i in insertions) <= self._inline_limit:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + self._write_timeout
-            while True:
-                done, created = self._inline_run(True, _insert_many, insertions, utcnow())
-                if done:
-                    return created
-                if created is not TURN_TAKEN:
-                    break  # failed: the thread's attempt answers for it
-                if loop.time() >= deadline:
-                    error = StorageUnavailableError(
-                        "embedded storage: another process kept writing past "
-                        "storage.busy_timeout_seconds")
-                    self._report_failure(error)
-                    raise error
-                await asyncio.sleep(WriteTurn.POLL_SECONDS)
+            created = await self._insert_on_loop(insertions)
+            if created is not None:
+                return created
         return await self._write(_insert_many, insertions, utcnow())
+
+    async def _insert_on_loop(self, insertions: list["Insertion"]) -> list[list[Created]] | None:
+        """While another writer (a worker) holds the turn, the loop tries again every
+        WriteTurn.POLL_SECONDS, serving everything else in between, so the turn is then held
+        only as long as the work takes (on the writer thread it was also held while the thread
+        waited for the GIL back). None when it failed: the thread's attempt answers for it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._write_timeout
+        while True:
+            done, created = self._inline_run(True, _insert_many, insertions, utcnow())
+            if done:
+                return created
+            if created is not TURN_TAKEN:
+                return None
+            if loop.time() >= deadline:
+                raise self._unavailable(f"embedded storage: {KEPT_WRITING}")
+            await asyncio.sleep(WriteTurn.POLL_SECONDS)
 
     async def state(self, user_id: str) -> UserState:
         """On the loop when it can (a connect's one read), else together with the other users'
