@@ -457,7 +457,7 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
                    unreadCount=state.unread_payload())
         # Every broadcast that came early is on the board already: shown once, from there.
         for payload in self.hub.broadcasts.active():
-            self.outbox.put_encoded(broadcast_frame(payload))
+            self._show_broadcast(payload)
         early, self._early = self._early, None
         for message in early:
             if message.get("kind") != "broadcast":
@@ -593,7 +593,7 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
     def _deliver_change(self, message: Message) -> None:
         kind = message["kind"]
         if kind == "broadcast":
-            self.outbox.put_encoded(broadcast_frame(message["broadcast"]))
+            self._show_broadcast(message["broadcast"])
         elif kind == "read":
             self._send("notification_read", notificationId=message["notification_id"])
         elif kind == "read_all":
@@ -736,6 +736,9 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
     def _send(self, message_type: str, **fields: Any) -> None:
         if self.outbox is not None:
             self.outbox.put({"type": message_type, **fields})
+
+    def _show_broadcast(self, payload: dict[str, Any]) -> None:
+        self.outbox.put_encoded(broadcast_frame(payload))
 
     def _send_error(self, code: str, message: str) -> None:
         self._send("error", code=code, message=message)
