@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable
 
 import orjson
 
+from .coalesce import Coalescer
 from .redis_link import REDIS_ERRORS, RedisLink
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ WIRE_VERSION = 1
 #: Messages of one publish (one creation, e.g. a 1,000-user alert) travel together, this many at
 #: most per Redis message.
 MAX_BATCH = 200
+#: Batches sent in one pipeline at most (the publishes queued during the previous round trip).
+MAX_PIPELINE = 256
 #: Past this many users missed while Redis was away, every socket resyncs instead.
 MAX_REMEMBERED_USERS = 10_000
 
@@ -142,7 +145,8 @@ class RedisBroker(Broker):
 
     A message is handed to this process's own receiver at once and published for the others
     (which skip their own messages by origin), so sockets on the publishing process never wait
-    for the Redis round trip, and keep receiving while Redis is away.
+    for the Redis round trip, and keep receiving while Redis is away. Publishes made while one
+    is on its way to Redis follow together, in order, in one pipeline.
 
     While Redis is away nothing published reaches the other processes; so when the subscription
     is back, every socket of this process resyncs from storage (it may have missed others'
@@ -162,6 +166,7 @@ class RedisBroker(Broker):
         self._task: asyncio.Task | None = None
         self._subscribed = asyncio.Event()
         self._missed: set[str] | None = set()  # users not published to others; None: everyone
+        self._publishes = Coalescer(self._publish_queued, MAX_PIPELINE, weight=len)
         self._heartbeat = max(1.0, link.settings.timeout_seconds * 2)
         self._stopping = False
         # Each listener serves one generation: one that outlives its cancellation (redis-py may
@@ -199,6 +204,14 @@ class RedisBroker(Broker):
             return
         batches = [encode(self.origin, messages[start:start + MAX_BATCH])
                    for start in range(0, len(messages), MAX_BATCH)]
+        if not await self._publishes(batches):
+            self._remember(messages)
+
+    async def _publish_queued(self, queued: list[list[bytes]]) -> list[bool]:
+        """The batches of every publish that queued meanwhile, in their order, in one pipeline:
+        one round trip and one connection however many requests publish at once. On failure
+        each publisher remembers whom the others missed (True: published)."""
+        batches = [batch for publish in queued for batch in publish]
         try:
             if len(batches) == 1:
                 await self.link.client.publish(self.channel, batches[0])
@@ -209,8 +222,9 @@ class RedisBroker(Broker):
                     await pipeline.execute()
         except REDIS_ERRORS as error:
             self.link.down(error)
-            self._remember(messages)
             self._restart_listener()
+            return [False] * len(queued)
+        return [True] * len(queued)
 
     def _remember(self, messages: Iterable[Message]) -> None:
         """Note whom the other processes missed; a broadcast concerns everyone (they reload

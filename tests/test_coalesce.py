@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from mojavox_notify.store.coalesce import Coalescer
+from mojavox_notify.coalesce import Coalescer
 
 bounded = pytest.mark.timeout(10)
 

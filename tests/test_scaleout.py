@@ -16,7 +16,9 @@ from types import SimpleNamespace
 import pytest
 import tornado.httpclient
 
-from mojavox_notify.broker import decode, encode
+from mojavox_notify.broker import RedisBroker, decode, encode
+from mojavox_notify.redis_link import MAX_CONNECTIONS, RedisLink
+from mojavox_notify.settings import RedisSettings
 
 from .support import Socket, both_engines, new_user, token
 from .test_cli import Deployment, clean_environment, wait_for
@@ -109,6 +111,34 @@ def test_broker_batches_are_positional_and_round_trip():
     for malformed in (b'{"not": "ours"}', b'o|{"not": "ours"}', b"o|[2, []]"):
         with pytest.raises(ValueError):
             decode(malformed)
+
+
+@bounded
+async def test_publishes_past_the_connection_pool_reach_the_other_process_in_order(redis_overrides):
+    """Many requests publishing at once (more than the pool's connections) are a burst, not
+    Redis being away: nothing is marked down, nobody resyncs, the other process receives every
+    message once, in the order they were published."""
+    settings = RedisSettings(url=redis_overrides["redis.url"],
+                             key_prefix=redis_overrides["redis.key_prefix"])
+    publisher, listener = RedisBroker(RedisLink(settings)), RedisBroker(RedisLink(settings))
+    heard: list[dict] = []
+    await publisher.start(lambda message: None)
+    await listener.start(heard.append)
+    heard.clear()  # the start's own resync
+    count = 4 * MAX_CONNECTIONS
+    messages = [{"kind": "read_all", "user_id": f"user-{index % 7}", "seq": index}
+                for index in range(count)]
+    try:
+        await asyncio.gather(*(publisher.publish(message) for message in messages))
+        assert await eventually(lambda: len(heard) >= count, 10)
+        await asyncio.sleep(0.2)
+        assert heard == messages
+        assert publisher.link.available and publisher.healthy
+    finally:
+        await publisher.stop()
+        await listener.stop()
+        await publisher.link.close()
+        await listener.link.close()
 
 
 # -- two instances on one store and one Redis ---------------------------------------------------

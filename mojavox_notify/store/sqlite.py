@@ -39,11 +39,11 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import orjson
 from bson import ObjectId
 
+from ..coalesce import Coalescer
 from ..errors import NotFoundError, StorageUnavailableError
 from ..model import NEVER, PRIORITIES, ChannelPreference, Draft, PushSubscription, to_document, utcnow
 from ..settings import StorageSettings
 from . import Created, NotificationStore, PushJob, UserState, push_flags
-from .coalesce import Coalescer
 
 log = logging.getLogger(__name__)
 
