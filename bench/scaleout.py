@@ -321,8 +321,11 @@ async def offer(posters: list[Poster], users: list[str], recipients: int, rate: 
 
 
 async def throughput(args, workers: int, redis: Redis | None, folder: Path) -> list[dict]:
-    server = Server(folder / f"workers-{workers}-{'redis' if redis else 'local'}", workers,
-                    redis.url if redis else None, folder / f"w{workers}-{bool(redis)}.db")
+    """One configuration's rate steps, on a store of its own: every run starts from an empty
+    file, so a later round is not measured against the rows an earlier one left."""
+    folder = Path(tempfile.mkdtemp(prefix=f"workers-{workers}-{'redis' if redis else 'local'}-",
+                                   dir=folder))
+    server = Server(folder, workers, redis.url if redis else None, folder / "notify.db")
     rows = []
     try:
         await server.ready(workers)
@@ -371,6 +374,8 @@ async def throughput(args, workers: int, redis: Redis | None, folder: Path) -> l
             lean.transport.close()
     finally:
         server.stop()
+        for stored in folder.glob("notify.db*"):  # the log stays, for a server that failed
+            stored.unlink()
     return rows
 
 
