@@ -14,6 +14,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+import redis.asyncio
 import tornado.httpclient
 
 from mojavox_notify.broker import RedisBroker, decode, encode
@@ -139,6 +140,40 @@ async def test_publishes_past_the_connection_pool_reach_the_other_process_in_ord
         await listener.stop()
         await publisher.link.close()
         await listener.link.close()
+
+
+@bounded
+async def test_a_publish_redis_refuses_is_announced_to_the_others_as_a_resync(redis_overrides):
+    """Only this process's publish fails (here Redis refuses its user PUBLISH for a while), the
+    others' subscriptions stay up: when it publishes again, they hear which users to resync."""
+    url, prefix = redis_overrides["redis.url"], redis_overrides["redis.key_prefix"]
+    admin = redis.asyncio.Redis.from_url(url)
+    user = f"publisher-{prefix}"
+    await admin.execute_command("ACL", "SETUSER", user, "on", ">secret", "~*", "&*", "+@all")
+    publisher = RedisBroker(RedisLink(RedisSettings(
+        url=url.replace("redis://", f"redis://{user}:secret@"), key_prefix=prefix)))
+    listener = RedisBroker(RedisLink(RedisSettings(url=url, key_prefix=prefix)))
+    heard: list[dict] = []
+    await publisher.start(lambda message: None)
+    await listener.start(heard.append)
+    heard.clear()
+    try:
+        await admin.execute_command("ACL", "SETUSER", user, "-publish")
+        await publisher.publish({"kind": "read_all", "user_id": "alice"})
+        assert not publisher.healthy
+        await asyncio.sleep(0.3)  # it retries meanwhile, refused again
+        await admin.execute_command("ACL", "SETUSER", user, "+publish")
+        assert await eventually(lambda: any(
+            message["kind"] == "resync" and "alice" in (message["users"] or ["alice"])
+            for message in heard), 10), heard
+        assert publisher.healthy
+    finally:
+        await publisher.stop()
+        await listener.stop()
+        await publisher.link.close()
+        await listener.link.close()
+        await admin.execute_command("ACL", "DELUSER", user)
+        await admin.aclose()
 
 
 # -- two instances on one store and one Redis ---------------------------------------------------
