@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import asynccontextmanager
 from types import SimpleNamespace
 
 import pytest
@@ -114,6 +115,23 @@ def test_broker_batches_are_positional_and_round_trip():
             decode(malformed)
 
 
+@asynccontextmanager
+async def publisher_and_listener(publishing: RedisSettings, listening: RedisSettings):
+    """Two started Redis brokers, as two processes' would be: (the publisher, what the other
+    one's receiver heard since both were subscribed)."""
+    publisher, listener = RedisBroker(RedisLink(publishing)), RedisBroker(RedisLink(listening))
+    heard: list[dict] = []
+    await publisher.start(lambda message: None)
+    await listener.start(heard.append)
+    heard.clear()  # the start's own resync
+    try:
+        yield publisher, heard
+    finally:
+        for broker in (publisher, listener):
+            await broker.stop()
+            await broker.link.close()
+
+
 @bounded
 async def test_publishes_past_the_connection_pool_reach_the_other_process_in_order(redis_overrides):
     """Many requests publishing at once (more than the pool's connections) are a burst, not
@@ -121,25 +139,15 @@ async def test_publishes_past_the_connection_pool_reach_the_other_process_in_ord
     message once, in the order they were published."""
     settings = RedisSettings(url=redis_overrides["redis.url"],
                              key_prefix=redis_overrides["redis.key_prefix"])
-    publisher, listener = RedisBroker(RedisLink(settings)), RedisBroker(RedisLink(settings))
-    heard: list[dict] = []
-    await publisher.start(lambda message: None)
-    await listener.start(heard.append)
-    heard.clear()  # the start's own resync
     count = 4 * MAX_CONNECTIONS
     messages = [{"kind": "read_all", "user_id": f"user-{index % 7}", "seq": index}
                 for index in range(count)]
-    try:
+    async with publisher_and_listener(settings, settings) as (publisher, heard):
         await asyncio.gather(*(publisher.publish(message) for message in messages))
         assert await eventually(lambda: len(heard) >= count, 10)
         await asyncio.sleep(0.2)
         assert heard == messages
         assert publisher.link.available and publisher.healthy
-    finally:
-        await publisher.stop()
-        await listener.stop()
-        await publisher.link.close()
-        await listener.link.close()
 
 
 @bounded
@@ -150,28 +158,20 @@ async def test_a_publish_redis_refuses_is_announced_to_the_others_as_a_resync(re
     admin = redis.asyncio.Redis.from_url(url)
     user = f"publisher-{prefix}"
     await admin.execute_command("ACL", "SETUSER", user, "on", ">secret", "~*", "&*", "+@all")
-    publisher = RedisBroker(RedisLink(RedisSettings(
-        url=url.replace("redis://", f"redis://{user}:secret@"), key_prefix=prefix)))
-    listener = RedisBroker(RedisLink(RedisSettings(url=url, key_prefix=prefix)))
-    heard: list[dict] = []
-    await publisher.start(lambda message: None)
-    await listener.start(heard.append)
-    heard.clear()
+    as_user = RedisSettings(url=url.replace("redis://", f"redis://{user}:secret@"), key_prefix=prefix)
     try:
-        await admin.execute_command("ACL", "SETUSER", user, "-publish")
-        await publisher.publish({"kind": "read_all", "user_id": "alice"})
-        assert not publisher.healthy
-        await asyncio.sleep(0.3)  # it retries meanwhile, refused again
-        await admin.execute_command("ACL", "SETUSER", user, "+publish")
-        assert await eventually(lambda: any(
-            message["kind"] == "resync" and "alice" in (message["users"] or ["alice"])
-            for message in heard), 10), heard
-        assert publisher.healthy
+        async with publisher_and_listener(as_user, RedisSettings(url=url, key_prefix=prefix)) \
+                as (publisher, heard):
+            await admin.execute_command("ACL", "SETUSER", user, "-publish")
+            await publisher.publish({"kind": "read_all", "user_id": "alice"})
+            assert not publisher.healthy
+            await asyncio.sleep(0.3)  # it retries meanwhile, refused again
+            await admin.execute_command("ACL", "SETUSER", user, "+publish")
+            assert await eventually(lambda: any(
+                message["kind"] == "resync" and "alice" in (message["users"] or ["alice"])
+                for message in heard), 10), heard
+            assert publisher.healthy
     finally:
-        await publisher.stop()
-        await listener.stop()
-        await publisher.link.close()
-        await listener.link.close()
         await admin.execute_command("ACL", "DELUSER", user)
         await admin.aclose()
 
