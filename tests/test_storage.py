@@ -106,13 +106,23 @@ async def test_two_apps_on_one_embedded_file_see_each_others_writes_in_one_seque
     assert counts["count"] == 0
 
 
+@contextlib.asynccontextmanager
+async def embedded_store(make_settings, **storage):
+    """An opened embedded store with these `storage.*` settings, closed afterwards."""
+    store = build_store(make_settings(**{"storage.url": "embedded",
+                                         **{f"storage.{key}": value for key, value in storage.items()}}))
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
 @bounded
 async def test_embedded_insertions_queued_during_a_write_share_the_next_transaction(make_settings):
     # On the storage threads (nothing inline), where insertions queue behind a transaction.
-    store = build_store(make_settings(**{"storage.url": "embedded", "storage.sqlite_inline_limit": 0}))
-    await store.open()
-    transactions = thread_trips(store, "_write")
-    try:
+    async with embedded_store(make_settings, sqlite_inline_limit=0) as store:
+        transactions = thread_trips(store, "_write")
         user = new_user()
         drafts = [Draft(user_id=user, type="payment_received", title="Paid", message=f"{index}",
                         priority="high") for index in range(40)]
@@ -121,8 +131,6 @@ async def test_embedded_insertions_queued_during_a_write_share_the_next_transact
         assert [records[0].document["seq"] for records in results] == list(range(1, 41))
         # 40 queued: one or two transactions
         assert 1 <= transactions.count("_insert_many") <= 2, transactions
-    finally:
-        await store.close()
 
 
 @bounded
@@ -341,12 +349,9 @@ def _drafts(user: str, count: int) -> list[Draft]:
 
 @bounded
 async def test_small_embedded_operations_run_on_the_event_loop_unless_they_would_wait(make_settings):
-    store = build_store(make_settings(**{"storage.url": "embedded", "storage.sqlite_inline_limit": 8,
-                                         "storage.busy_timeout_seconds": 5}))
-    await store.open()
-    on_threads = thread_trips(store, "_write", "_read")
-    user = new_user()
-    try:
+    async with embedded_store(make_settings, sqlite_inline_limit=8, busy_timeout_seconds=5) as store:
+        on_threads = thread_trips(store, "_write", "_read")
+        user = new_user()
         await store.update_preferences(user, {"call_completed": {"enabled": False}})
         on_threads.clear()
         created = await store.insert_many(_drafts(user, 8))
@@ -382,18 +387,13 @@ async def test_small_embedded_operations_run_on_the_event_loop_unless_they_would
         assert (await store.insert_many(_drafts(user, 1)))[0].document["seq"] == 20
         assert on_threads == ["_insert_many"]
         assert [d["seq"] for d in await store.after(user, 0, 100)] == list(range(1, 21))
-    finally:
-        await store.close()
 
 
 @bounded
 async def test_a_small_insertion_gives_up_when_another_process_keeps_the_write_turn(make_settings):
-    store = build_store(make_settings(**{"storage.url": "embedded",
-                                         "storage.operation_timeout_seconds": 0.3,
-                                         "storage.busy_timeout_seconds": 0.2}))
-    await store.open()
-    user = new_user()
-    try:
+    async with embedded_store(make_settings, operation_timeout_seconds=0.3,
+                              busy_timeout_seconds=0.2) as store:
+        user = new_user()
         with held_write_turn(store):
             started = asyncio.get_running_loop().time()
             with pytest.raises(StorageUnavailableError, match="embedded storage"):
@@ -403,8 +403,6 @@ async def test_a_small_insertion_gives_up_when_another_process_keeps_the_write_t
         # out); either way the next one gets the next number.
         later = (await store.insert_many(_drafts(user, 1)))[0].document["seq"]
         assert [d["seq"] for d in await store.after(user, 0, 10)] == list(range(1, later + 1))
-    finally:
-        await store.close()
 
 
 @contextlib.contextmanager
@@ -421,12 +419,7 @@ def held_write_turn(store):
 
 @bounded
 async def test_with_synchronous_full_insertions_stay_on_the_writer_thread(make_settings):
-    store = build_store(make_settings(**{"storage.url": "embedded",
-                                         "storage.sqlite_synchronous": "full"}))
-    await store.open()
-    on_threads = thread_trips(store, "_write")
-    try:
+    async with embedded_store(make_settings, sqlite_synchronous="full") as store:
+        on_threads = thread_trips(store, "_write")
         await store.insert_many(_drafts(new_user(), 1))
         assert on_threads == ["_insert_many"]
-    finally:
-        await store.close()
