@@ -13,7 +13,10 @@ The Redis hop: two single-process servers on one store and one Redis, sockets on
 notifications created one at a time on the first (delivered in process) and on the second
 (delivered through Redis): the difference of their latencies is the hop.
 
-The client runs on the same machine as the servers and shares its cores. Bounded; stops by itself.
+The client runs on the same machine as the servers and shares its cores. So the summary ends
+with each worker count's CPU ceiling: how many times one worker's rate N workers could deliver
+if they kept every core as busy as one worker keeps its own, given the CPU per notification of
+the servers, Redis and this client measured at the first rate step. Bounded; stops by itself.
 
     .venv/bin/python bench/scaleout.py
     .venv/bin/python bench/scaleout.py --workers 1,2 --rates 2000,4000,6000 --seconds 4
@@ -360,7 +363,10 @@ async def throughput(args, workers: int, redis: Redis | None, folder: Path) -> l
                    "load": os.getloadavg()[0],
                    # CPU time of the servers and Redis per notification: what the machine's
                    # other load does not change, unlike the rate a shared machine sustains.
-                   "cpu_us": (server_cpu + redis_cpu) / 100 * 1e6 / rate}
+                   "cpu_us": (server_cpu + redis_cpu) / 100 * 1e6 / rate,
+                   "client_us": client_cpu / 100 * 1e6 / rate,
+                   "server_percent": server_cpu,
+                   "machine_percent": (server_cpu + client_cpu + redis_cpu) / (os.cpu_count() or 1)}
             rows.append(row)
             print(f"  workers {workers} ({row['broker']}): offered {rate:>6,.0f}/s  delivered "
                   f"{row['delivered']:>7,.0f}/s  p50 {row['p50']:7.1f} ms  p99 {row['p99']:7.1f} ms"
@@ -425,6 +431,44 @@ def best_within(rows: list[dict], budget: float) -> dict | None:
     return max(fitting, key=lambda row: row["delivered"]) if fitting else None
 
 
+def print_ceilings(first_steps: dict[tuple[int, bool], list[dict]],
+                   bests: dict[tuple[int, bool], list[dict | None]], rate: float) -> None:
+    """The most N workers could deliver against one, from what each costs in CPU: if N workers
+    kept the machine's cores as busy as one worker keeps its one core, they would deliver
+    cores × c1 / (cN + client) times its rate, where c1 and cN are the servers' and Redis's CPU
+    per notification and `client` this benchmark's own (it shares the cores with N workers;
+    with one, it has the other core to itself). Measured at the first rate step, which no
+    configuration saturates; medians over the rounds. Then how busy each kept the machine at
+    its best rate within the p99 budget."""
+    base = first_steps.get((1, True))
+    if not base:
+        return
+    c1 = statistics.median(row["cpu_us"] for row in base)
+    print()
+    print(f"CPU per notification at {rate:,.0f}/s (median of rounds): 1 worker {c1:.0f} µs "
+          f"(servers + Redis)")
+    for (workers, with_redis), rows in first_steps.items():
+        if workers == 1 or not with_redis or not rows:
+            continue
+        cores = min(workers, os.cpu_count() or 1)
+        cn = statistics.median(row["cpu_us"] for row in rows)
+        client = statistics.median(row["client_us"] for row in rows)
+        print(f"{workers} workers {cn:.0f} µs + client {client:.0f} µs: CPU ceiling on {cores} cores "
+              f"{cores} × {c1:.0f} / ({cn:.0f} + {client:.0f}) = {cores * c1 / (cn + client):.2f}× "
+              f"1 worker")
+    for (workers, with_redis), found in bests.items():
+        rows = [row for row in found if row]
+        if not with_redis or not rows:
+            continue
+        if workers == 1:
+            busy = ", ".join(f"{row['server_percent']:.0f}%" for row in rows)
+            print(f"at its best rates 1 worker kept its process {busy} busy (of one core)")
+        else:
+            busy = ", ".join(f"{row['machine_percent']:.0f}%" for row in rows)
+            print(f"at their best rates {workers} workers, Redis and the client kept the machine "
+                  f"{busy} busy (of {os.cpu_count()} cores)")
+
+
 async def main_async(args) -> int:
     folder = Path(tempfile.mkdtemp(prefix="mojavox-scaleout-"))
     print(f"# bench/scaleout.py · {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC · "
@@ -436,6 +480,7 @@ async def main_async(args) -> int:
     redis = Redis(folder)
     groups = ([(1, False)] if args.in_process_baseline else []) + [(w, True) for w in args.workers]
     results: dict[tuple[int, bool], list[dict | None]] = {group: [] for group in groups}
+    first_steps: dict[tuple[int, bool], list[dict]] = {group: [] for group in groups}
     try:
         for round_number in range(args.rounds):
             # Alternate the order so a change of the machine's load favours no configuration.
@@ -444,6 +489,7 @@ async def main_async(args) -> int:
             for workers, with_redis in order:
                 rows = await throughput(args, workers, redis if with_redis else None, folder)
                 results[(workers, with_redis)].append(best_within(rows, args.p99_ms))
+                first_steps[(workers, with_redis)].extend(rows[:1])
         hop = await redis_hop(args, redis, folder) if args.hop_count else None
     finally:
         redis.stop()
@@ -469,6 +515,7 @@ async def main_async(args) -> int:
         print(f"| {workers} | {'redis' if with_redis else 'in-process'} | "
               f"{medians[(workers, with_redis)]:,.0f} ({', '.join(f'{rate:,.0f}' for rate in rates)}) | "
               f"{latency} | {ratio} | {cpu} |")
+    print_ceilings(first_steps, results, args.rates[0])
     if hop:
         print()
         print("| delivery path | p50 | p99 | samples |")
