@@ -48,6 +48,7 @@ from mojavox_notify.auth import mint_token  # noqa: E402
 
 SECRET = "benchmark-secret-of-at-least-32-bytes-long"
 MARK = b'"message":"bench '
+CORES = os.cpu_count() or 1
 
 
 def free_port() -> int:
@@ -366,7 +367,7 @@ async def throughput(args, workers: int, redis: Redis | None, folder: Path) -> l
                    "cpu_us": (server_cpu + redis_cpu) / 100 * 1e6 / rate,
                    "client_us": client_cpu / 100 * 1e6 / rate,
                    "server_percent": server_cpu,
-                   "machine_percent": (server_cpu + client_cpu + redis_cpu) / (os.cpu_count() or 1)}
+                   "machine_percent": (server_cpu + client_cpu + redis_cpu) / CORES}
             rows.append(row)
             print(f"  workers {workers} ({row['broker']}): offered {rate:>6,.0f}/s  delivered "
                   f"{row['delivered']:>7,.0f}/s  p50 {row['p50']:7.1f} ms  p99 {row['p99']:7.1f} ms"
@@ -450,7 +451,7 @@ def print_ceilings(first_steps: dict[tuple[int, bool], list[dict]],
     for (workers, with_redis), rows in first_steps.items():
         if workers == 1 or not with_redis or not rows:
             continue
-        cores = min(workers, os.cpu_count() or 1)
+        cores = min(workers, CORES)
         cn = statistics.median(row["cpu_us"] for row in rows)
         client = statistics.median(row["client_us"] for row in rows)
         print(f"{workers} workers {cn:.0f} µs + client {client:.0f} µs: CPU ceiling on {cores} cores "
@@ -466,13 +467,13 @@ def print_ceilings(first_steps: dict[tuple[int, bool], list[dict]],
         else:
             busy = ", ".join(f"{row['machine_percent']:.0f}%" for row in rows)
             print(f"at their best rates {workers} workers, Redis and the client kept the machine "
-                  f"{busy} busy (of {os.cpu_count()} cores)")
+                  f"{busy} busy (of {CORES} cores)")
 
 
 async def main_async(args) -> int:
     folder = Path(tempfile.mkdtemp(prefix="mojavox-scaleout-"))
     print(f"# bench/scaleout.py · {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC · "
-          f"{os.cpu_count()} cores · Python {platform.python_version()} · load average "
+          f"{CORES} cores · Python {platform.python_version()} · load average "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(f"# {args.users} sockets (one per user), system.alert to {args.recipients} random users "
           f"each, {args.connections} keep-alive posting connections, {args.seconds:g} s per rate step, "
