@@ -44,6 +44,8 @@ class Coalescer(Generic[Item, Result]):
         try:
             while self._queued:
                 batch = self._next_batch()
+                if not batch:
+                    break
                 try:
                     results = await self._serve([item for item, _ in batch])
                 except Exception as error:  # every caller of the batch hears of it
@@ -61,6 +63,9 @@ class Coalescer(Generic[Item, Result]):
             self._queued = []
 
     def _next_batch(self) -> list[tuple[Item, asyncio.Future]]:
+        """The next items whose callers still wait: one whose caller gave up (a timeout
+        cancelled its wait) is dropped unserved, so a 503 never turns into a late write."""
+        self._queued = [(item, future) for item, future in self._queued if not future.done()]
         taken, weight = 0, 0
         for item, _ in self._queued:
             weight += self._weight(item)

@@ -65,3 +65,34 @@ async def test_a_failed_batch_fails_each_of_its_callers_and_the_next_batch_is_st
         with pytest.raises(RuntimeError, match="cannot serve 3"):
             await call
     assert await coalesce(5) == 10
+
+
+@bounded
+async def test_a_call_whose_caller_gave_up_while_queued_is_never_served():
+    server = Server()
+    coalesce = Coalescer(server.serve, limit=100)
+    first = asyncio.ensure_future(coalesce(1))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert server.batches == [[1]]
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await coalesce(2)
+    kept = asyncio.ensure_future(coalesce(3))
+    await asyncio.sleep(0)
+    server.release.set()
+    assert (await first, await kept) == (2, 6)
+    assert server.batches == [[1], [3]], "the abandoned call was not served late"
+
+
+@bounded
+async def test_a_batch_of_callers_who_all_gave_up_ends_the_serving_task():
+    server = Server()
+    server.release.set()
+    coalesce = Coalescer(server.serve, limit=100)
+    waiting = asyncio.ensure_future(coalesce(1))
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    await asyncio.sleep(0.01)
+    assert server.batches == [] and coalesce._serving is None
+    assert await coalesce(4) == 8
