@@ -50,6 +50,7 @@ from .errors import StorageUnavailableError
 from .health import StorageHealth
 from .store import NotificationStore, build_store
 from .store.importer import legacy_folder
+from .supervision import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +79,16 @@ class NotifyApp:
         self.worker = worker
         self.metrics = Metrics()
         self.metrics.read_state(self._state_metrics)
+        self.supervisor = Supervisor()
         self.hub = Hub(deliver_to_all)
         self.heartbeat = Heartbeat(settings.websocket.ping_interval_seconds,
                                    settings.websocket.ping_timeout_seconds)
         # Redis, when configured, carries fan-out, rate limits and presence across instances.
         self.redis = RedisLink(settings.redis) if settings.redis.url else None
-        self.broker: Broker = build_broker(self.redis)
+        self.broker: Broker = build_broker(self.redis, self.supervisor)
         self.presence = build_presence(
-            self.hub, self.redis, self.broker.origin if isinstance(self.broker, RedisBroker) else "")
+            self.hub, self.redis, self.broker.origin if isinstance(self.broker, RedisBroker) else "",
+            self.supervisor)
         self.request_limiter = build_rate_limiter(settings.rate_limits.requests_per_minute,
                                                   "requests", self.redis)
         self.notification_limiter = build_rate_limiter(
@@ -146,7 +149,8 @@ class NotifyApp:
         await self.open_storage()
         self.storage_health = StorageHealth(
             self.store, settings.storage.probe_interval_seconds,
-            settings.storage.operation_timeout_seconds, settings.storage.exit_after_seconds)
+            settings.storage.operation_timeout_seconds, settings.storage.exit_after_seconds,
+            self.supervisor)
         self.storage_health.start()
         await self.broker.start(self._received)
         await self._load_broadcasts()
@@ -236,6 +240,8 @@ class NotifyApp:
         if self.service is not None:
             refused["notifications"] = self.service.limiter.refused
         yield counter("mojavox_rate_limited", "Refusals by a rate limit, by limit", "limit", refused)
+        yield counter("mojavox_background_restarts", "Background tasks started again after an "
+                      "unexpected failure, by task", "task", dict(self.supervisor.restarts))
         if self.push_worker is not None:
             yield counter("mojavox_push_results", "Web push outcomes (sent, retried, removed, "
                           "failed, given_up)", "result", dict(self.push_worker.stats))
@@ -321,7 +327,7 @@ class NotifyApp:
         interval = self.settings.retention.cleanup_interval_minutes * 60
         while True:
             try:
-                removed = await self.service.cleanup(self.settings.retention.days)
+                removed = await self.service.cleanup()
                 if removed:
                     log.info("cleanup removed %d expired notifications", removed)
             except Exception:

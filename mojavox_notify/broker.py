@@ -25,6 +25,7 @@ import orjson
 
 from .coalesce import Coalescer
 from .redis_link import REDIS_ERRORS, RedisLink
+from .supervision import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +158,9 @@ class RedisBroker(Broker):
 
     name = "redis"
 
-    def __init__(self, link: RedisLink):
+    def __init__(self, link: RedisLink, supervisor: Supervisor | None = None):
         self.link = link
+        self._supervisor = supervisor or Supervisor()
         self.channel = link.key("fanout")
         self.origin = os.urandom(6).hex()
         self._own_prefix = self.origin.encode() + b"|"
@@ -185,7 +187,7 @@ class RedisBroker(Broker):
         """Subscribe; if Redis does not answer within a few timeouts, go on serving this
         process's sockets and keep reconnecting in the background."""
         self._receiver = receiver
-        self._task = asyncio.get_running_loop().create_task(self._listen(self._generation))
+        self._task = self._spawn_listener(self._generation)
         try:
             async with asyncio.timeout(self.link.settings.timeout_seconds * 4):
                 await self._subscribed.wait()
@@ -247,8 +249,13 @@ class RedisBroker(Broker):
             return
         self._generation += 1
         self._task.cancel()
-        self._task = asyncio.get_running_loop().create_task(
-            self._listen(self._generation, first_delay=0.1))
+        self._task = self._spawn_listener(self._generation, first_delay=0.1)
+
+    def _spawn_listener(self, generation: int, first_delay: float = 0.0) -> asyncio.Task:
+        """The subscription's loop, supervised: a failure it does not handle (not Redis being
+        away) starts it again instead of ending fan-out from the other processes for good."""
+        return self._supervisor.spawn(
+            "broker_listener", lambda: self._listen(generation, first_delay))
 
     def _current(self, generation: int) -> bool:
         return not self._stopping and generation == self._generation
@@ -352,5 +359,5 @@ async def _close_quietly(pubsub) -> None:
         pass
 
 
-def build_broker(link: RedisLink | None) -> Broker:
-    return InProcessBroker() if link is None else RedisBroker(link)
+def build_broker(link: RedisLink | None, supervisor: Supervisor | None = None) -> Broker:
+    return InProcessBroker() if link is None else RedisBroker(link, supervisor)

@@ -356,7 +356,7 @@ def _cleanup(args) -> int:
         app = NotifyApp(settings)
         await app.open_storage()
         try:
-            return await app.service.cleanup(settings.retention.days)
+            return await app.service.cleanup()
         finally:
             await app.stop()
 

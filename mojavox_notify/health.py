@@ -16,14 +16,16 @@ from typing import Any
 
 from .errors import StorageUnavailableError
 from .store import NotificationStore
+from .supervision import Supervisor
 
 log = logging.getLogger(__name__)
 
 
 class StorageHealth:
     def __init__(self, store: NotificationStore, probe_interval: float, probe_timeout: float,
-                 exit_after: float):
+                 exit_after: float, supervisor: Supervisor | None = None):
         self._store = store
+        self._supervisor = supervisor or Supervisor()
         self._probe_interval = probe_interval
         self._probe_timeout = probe_timeout
         self._exit_after = exit_after
@@ -36,7 +38,7 @@ class StorageHealth:
         store.on_failure = self.failed
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._watch())
+        self._task = self._supervisor.spawn("storage_watchdog", self._watch)
 
     async def stop(self) -> None:
         self._stopping = True

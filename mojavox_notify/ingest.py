@@ -10,12 +10,12 @@ from typing import Any
 
 from . import schemas
 from .errors import NotifyError, ValidationError
-from .idempotency import Idempotency
+from .idempotency import Idempotency, event_key
 from .metrics import Metrics
 from .model import Event, validate_event
 from .plugins import Plugins
 from .service import NotificationService
-from .store import NotificationStore
+from .store import EventClaim, NotificationStore
 
 
 class EventIngest:
@@ -60,11 +60,11 @@ class EventIngest:
         if event.id is None:
             return await self._handle(event), False
         return await self.idempotency.once(
-            event.id, event.type, lambda: self._handle(event),
+            event_key(event.id), event.type, lambda claim: self._handle(event, claim),
             lambda earlier: ValidationError("id", f"was already used for a {earlier} event",
                                             code="event_id_conflict"))
 
-    async def _handle(self, event: Event) -> list[str]:
+    async def _handle(self, event: Event, claim: EventClaim | None = None) -> list[str]:
         raw_drafts = await self.plugins.drafts_for(event)
         if raw_drafts is None:
             raise NotifyError(f"plugin {self.plugins.event_types[event.type]} declared "
@@ -72,5 +72,5 @@ class EventIngest:
         if not isinstance(raw_drafts, list):
             raw_drafts = [raw_drafts]
         drafts = self.service.validate(raw_drafts)
-        created = await self.service.create_many(drafts, event_id=event.id)
+        created = await self.service.create_many(drafts, claim=claim)
         return [payload["id"] for payload in created if payload is not None]

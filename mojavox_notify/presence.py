@@ -16,6 +16,7 @@ from typing import Iterable
 
 from .hub import Connection, Hub
 from .redis_link import REDIS_ERRORS, RedisLink
+from .supervision import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,10 @@ class HubPresence:
 class RedisPresence(HubPresence):
     """Every instance's sockets, from Redis; this process's alone while Redis is away."""
 
-    def __init__(self, hub: Hub, link: RedisLink, origin: str):
+    def __init__(self, hub: Hub, link: RedisLink, origin: str,
+                 supervisor: Supervisor | None = None):
         super().__init__(hub)
+        self._supervisor = supervisor or Supervisor()
         self._link = link
         self._origin = origin
         self._ttl_ms = int(link.settings.presence_ttl_seconds * 1000)
@@ -83,8 +86,8 @@ class RedisPresence(HubPresence):
     # -- background writes -------------------------------------------------------------------
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._flush_loop()), loop.create_task(self._refresh_loop())]
+        self._tasks = [self._supervisor.spawn("presence_flush", self._flush_loop),
+                       self._supervisor.spawn("presence_refresh", self._refresh_loop)]
 
     async def stop(self) -> None:
         """Unregister what is pending (sockets closed at shutdown), then stop writing. The
@@ -217,5 +220,6 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def build_presence(hub: Hub, link: RedisLink | None, origin: str = "") -> HubPresence:
-    return HubPresence(hub) if link is None else RedisPresence(hub, link, origin)
+def build_presence(hub: Hub, link: RedisLink | None, origin: str = "",
+                   supervisor: Supervisor | None = None) -> HubPresence:
+    return HubPresence(hub) if link is None else RedisPresence(hub, link, origin, supervisor)

@@ -13,13 +13,14 @@ import json
 import logging
 import re
 import time
+from datetime import timedelta
 from typing import Any, Awaitable, Callable, Iterable
 
 from .broadcasts import MAX_ACTIVE
 from .broker import Broker
 from .errors import NotFoundError, ValidationError
 from . import schemas
-from .idempotency import Idempotency
+from .idempotency import Idempotency, request_key
 from .metrics import Metrics
 from .model import (MAX_OFFSET, MAX_PAGE, ChannelPreference, Draft, PushSubscription, default_preferences,
                     notification_id, preferences_payload, to_broadcast_document,
@@ -30,7 +31,7 @@ from .plugins import Plugins
 from .push import check_endpoint
 from .ratelimit import RateLimiter
 from .settings import Settings
-from .store import NotificationStore, UserState
+from .store import EventClaim, NotificationStore, UserState
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class NotificationService:
                                               "notifications")
         self._defaults = default_preferences(self.types, settings.push.default_priorities)
         self._push = settings.push
+        self._retention = settings.retention
         self._online = online
         self._metrics = metrics or Metrics()
         self._idempotency = Idempotency(store)
@@ -118,14 +120,13 @@ class NotificationService:
         [draft] = self.validate([raw_draft])
         body = json.dumps(raw_draft, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         fingerprint = "POST /api/notifications " + hashlib.sha256(body.encode()).hexdigest()[:32]
-        record_key = f"request:{caller}:{key}"
 
-        async def create() -> list[str]:
-            created = await self.create_many([draft], event_id=record_key)
+        async def create(claim: EventClaim) -> list[str]:
+            created = await self.create_many([draft], claim=claim)
             return [payload["id"] for payload in created if payload is not None]
 
         ids, replayed = await self._idempotency.once(
-            record_key, fingerprint, create,
+            request_key(caller, key), fingerprint, create,
             lambda _: ValidationError("Idempotency-Key", "was already used with another body",
                                       code="idempotency_key_conflict"))
         if not ids:
@@ -136,8 +137,10 @@ class NotificationService:
             raise NotFoundError("the notification this Idempotency-Key created has since been "
                                 "deleted") from None
 
-    async def create_many(self, drafts: list[Draft], event_id: str | None = None) -> list[dict | None]:
-        """Store and publish validated drafts. Muted ones give None in their place.
+    async def create_many(self, drafts: list[Draft],
+                          claim: EventClaim | None = None) -> list[dict | None]:
+        """Store and publish validated drafts, under `claim` when the caller holds one
+        (idempotency.py). Muted ones give None in their place.
 
         Critical notifications can be neither muted nor rate limited: an escalation must reach
         its supervisor. Preferences are read once for the whole batch, the rate limit is checked
@@ -153,7 +156,7 @@ class NotificationService:
         wanted = [drafts[position] for position in positions]
         await self.limiter.acquire(draft.user_id for draft in wanted if draft.priority != "critical")
         push = await self._pushed([(drafts[position], choices[position]) for position in positions])
-        stored = await self.store.insert_many(wanted, event_id=event_id, push=push)
+        stored = await self.store.insert_many(wanted, claim=claim, push=push)
         created: list[dict | None] = [None] * len(drafts)
         messages = []
         for position, record in zip(positions, stored):
@@ -322,10 +325,16 @@ class NotificationService:
         return [to_broadcast_payload(document)
                 for document in await self.store.active_broadcasts(MAX_ACTIVE)]
 
-    async def cleanup(self, retention_days: int) -> int:
-        """Delete expired broadcasts and expired or past-retention notifications; how many
+    async def cleanup(self) -> int:
+        """Delete expired broadcasts, event ids and Idempotency-Keys past
+        `retention.idempotency_hours`, and expired or past-retention notifications; how many
         notifications."""
         removed = await self.store.delete_expired_broadcasts()
         if removed:
             log.info("cleanup removed %d expired broadcasts", removed)
-        return await self.store.delete_expired(retention_days)
+        forgotten = await self.store.delete_expired_events(
+            utcnow() - timedelta(hours=self._retention.idempotency_hours))
+        if forgotten:
+            log.info("cleanup forgot %d event ids and Idempotency-Keys older than %d hours",
+                     forgotten, self._retention.idempotency_hours)
+        return await self.store.delete_expired(self._retention.days)

@@ -171,6 +171,7 @@ class RateLimitSettings:
 @dataclass(frozen=True)
 class RetentionSettings:
     days: int = _check(_between(1, 3650), default=90)
+    idempotency_hours: int = _check(_between(1, 24 * 365), default=24)
     cleanup_interval_minutes: int = _check(_between(0, 10080), default=60)
 
 

@@ -187,7 +187,7 @@ async def test_cleanup_deletes_expired_broadcasts(start_app):
     await announce(app, ttlSeconds=1)
     kept = await announce(app)
     await asyncio.sleep(1.1)
-    await app.service.cleanup(app.settings.retention.days)
+    await app.service.cleanup()
     assert await app.store.delete_expired_broadcasts() == 0  # cleanup took the expired one
     assert [b["id"] for b in await app.service.active_broadcasts()] == [kept["id"]]
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import decimal
+import sqlite3
+from datetime import timedelta
 
 import pytest
 
 from mojavox_notify import Event, NotificationType, hookimpl
 from mojavox_notify.errors import ValidationError
 
-from .support import Socket, new_user, notifications_of, post_event, token
+from .support import SERVICE, Socket, both_engines, new_user, notifications_of, post_event, token
 
 
 def payment(user: str, amount: float = 2450) -> dict:
@@ -77,6 +79,46 @@ async def test_event_id_seen_before_a_restart_creates_nothing_after_it(start_app
     assert again_status == 202, again
     assert again["notifications"] == body["notifications"]
     assert [n["id"] for n in await notifications_of(restarted, user)] == body["notifications"]
+
+
+@pytest.mark.timeout(30)
+async def test_an_event_id_cannot_pre_claim_a_callers_idempotency_key(start_app):
+    app = await start_app()
+    user, key = new_user(), new_event_id()
+    status, _ = await post_event(app, "payment.received", payment(user), f"request:{SERVICE}:{key}")
+    assert status == 202
+    draft = {"userId": user, "type": "payment_received", "title": "Paid", "message": "$10"}
+    status, created = await app.api.post("/api/notifications", token(SERVICE, ["service"]), draft,
+                                         headers={"Idempotency-Key": key})
+    assert status == 201 and app.api.last_headers.get("Idempotent-Replayed") is None
+    assert len(await notifications_of(app, user)) == 2
+
+
+async def age_event_records(app, hours: float) -> None:
+    """Make every stored event record `hours` older, as if claimed that long ago."""
+    store = app.store
+    if hasattr(store, "events"):  # MongoDB
+        async for record in store.events.find({}):
+            await store.events.update_one({"_id": record["_id"]}, {"$set": {
+                "created_at": record["created_at"] - timedelta(hours=hours)}})
+        return
+    with sqlite3.connect(store.path) as connection:
+        connection.execute("UPDATE events SET created_at = created_at - ?", (int(hours * 3600_000),))
+
+
+@both_engines
+@pytest.mark.timeout(30)
+async def test_event_ids_past_the_idempotency_window_are_forgotten_by_cleanup(start_app):
+    app = await start_app(**{"retention.idempotency_hours": 24})
+    user, old, recent = new_user(), new_event_id(), new_event_id()
+    assert (await post_event(app, "payment.received", payment(user), old))[0] == 202
+    await age_event_records(app, 25)
+    assert (await post_event(app, "payment.received", payment(user), recent))[0] == 202
+    await app.service.cleanup()
+    assert await app.store.event(f"event:{old}") is None
+    assert (await app.store.event(f"event:{recent}"))["state"] == "done"
+    status, body = await post_event(app, "payment.received", payment(user), old)
+    assert status == 202 and len(await notifications_of(app, user)) == 3, "the old id creates anew"
 
 
 @pytest.mark.timeout(30)

@@ -18,18 +18,22 @@ from bson import ObjectId
 
 from mojavox_notify.app import NotifyApp, StartupError
 from mojavox_notify.errors import StorageUnavailableError
-from mojavox_notify.model import Draft
+from mojavox_notify.model import Draft, utcnow
 from mojavox_notify.settings import load_settings
 from mojavox_notify.store import build_store
 from mojavox_notify.store.importer import IMPORTED_MARKER
 from mojavox_notify.store.mongo import MongoStore
 from mojavox_notify.store.nx27017 import Nx27017Child
-from mojavox_notify.store.sqlite import CHECKPOINT_DELAY_SECONDS
+from mojavox_notify.store.sqlite import CHECKPOINT_DELAY_SECONDS, SCHEMA_VERSION
 
-from .support import both_engines, new_user, token
+from .support import both_engines, new_user, notifications_of, post_event, token
 
 BASE = "/api/notifications"
 bounded = pytest.mark.timeout(60)
+
+
+def payment(user: str) -> dict:
+    return {"userId": user, "amount": 10, "accountId": "AC-1", "debtorName": "John Smith"}
 
 
 @both_engines
@@ -216,6 +220,44 @@ def downgrade_to_schema_1(database) -> None:
             COMMIT;""")
 
 
+def downgrade_to_schema_2(database) -> None:
+    """Keep event records as schema 2 did: no owner, the raw event id as the key, and the
+    index that found a claim's notifications."""
+    with sqlite3.connect(database, isolation_level=None) as connection:
+        connection.executescript("""
+            BEGIN;
+            ALTER TABLE events DROP COLUMN owner;
+            UPDATE events SET id = substr(id, 7) WHERE id LIKE 'event:%';
+            UPDATE notifications SET event_id = substr(event_id, 7) WHERE event_id LIKE 'event:%';
+            CREATE INDEX notifications_event ON notifications (event_id) WHERE event_id IS NOT NULL;
+            PRAGMA user_version = 2;
+            COMMIT;""")
+
+
+@bounded
+async def test_a_schema_2_file_keeps_its_event_ids_and_an_interrupted_claim_counts_as_done(
+        start_app, make_settings):
+    settings = make_settings(**{"storage.url": "embedded"})
+    first = await start_app(settings=settings)
+    user = new_user()
+    status, body = await post_event(first, "payment.received", payment(user), "pay-1")
+    assert status == 202
+    await first.stop()
+    database = settings.data_path / "notify.db"
+    downgrade_to_schema_2(database)
+    with sqlite3.connect(database, isolation_level=None) as connection:
+        # As the previous release left a request that died after storing, before completing.
+        connection.execute("UPDATE events SET state = 'pending', notifications = '[]'")
+
+    second = await start_app(settings=settings)
+    again_status, again = await post_event(second, "payment.received", payment(user), "pay-1")
+    assert again_status == 202 and again == body, "replayed, not created twice"
+    assert len(await notifications_of(second, user)) == 1
+    with sqlite3.connect(database) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert connection.execute("SELECT id, state FROM events").fetchall() == [("event:pay-1", "done")]
+
+
 @bounded
 async def test_a_schema_1_embedded_file_is_rebuilt_by_user_once_and_keeps_everything(start_app, make_settings):
     settings = make_settings(**{"storage.url": "embedded"})
@@ -236,7 +278,7 @@ async def test_a_schema_1_embedded_file_is_rebuilt_by_user_once_and_keeps_everyt
     assert (await second.store.get(alice, ObjectId(newer["id"])))["seq"] == 4
     assert [d["seq"] for d in await second.store.after(bob, 0, 10)] == [1, 2, 3]
     with sqlite3.connect(database) as connection:
-        assert connection.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         indexes = {row[1] for row in connection.execute("PRAGMA index_list(notifications)")}
         assert "notifications_user_seq" not in indexes and "notifications_user_unread" not in indexes
         with pytest.raises(sqlite3.OperationalError):  # WITHOUT ROWID: stored by (user_id, seq)
@@ -279,11 +321,12 @@ async def write_legacy_folder(data_dir, users: list[str]) -> list[str]:
         await store.open()
         drafts = [Draft(user_id=user, type="payment_received", title="Old", message=f"old {i}",
                         priority="high") for i in range(3) for user in users]
-        created = await store.insert_many(drafts, event_id="legacy-event")
+        created = await store.insert_many(drafts)
         await store.mark_read(users[0], created[0].document["_id"])
         await store.update_preferences(users[0], {"call_completed": {"enabled": False}})
-        await store.claim_event("legacy-event", "payment.received")
-        await store.complete_event("legacy-event", [str(c.document["_id"]) for c in created])
+        await store.events.insert_one({  # as that release kept an event id: raw, no owner
+            "_id": "legacy-event", "type": "payment.received", "state": "done",
+            "notifications": [str(c.document["_id"]) for c in created], "created_at": utcnow()})
         return [str(c.document["_id"]) for c in created]
     finally:
         await store.close()
@@ -318,7 +361,7 @@ async def test_an_nx27017_data_folder_is_refused_until_imported_then_served(star
     assert (await app.store.get(alice, ObjectId(newer["id"])))["seq"] == 4
     status, preferences = await app.api.get(f"{BASE}/settings", token(alice))
     assert preferences["channels"]["call_completed"]["enabled"] is False
-    assert (await app.store.event("legacy-event"))["state"] == "done"
+    assert (await app.store.event("event:legacy-event"))["state"] == "done"
 
     again = await asyncio.get_running_loop().run_in_executor(None, lambda: subprocess.run(
         [sys.executable, "-m", "mojavox_notify", "import-nx27017", "--settings", str(settings_file)],

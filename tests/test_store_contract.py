@@ -16,7 +16,8 @@ from bson import ObjectId
 
 from mojavox_notify.errors import NotFoundError
 from mojavox_notify.model import PRIORITIES, ChannelPreference, Draft, PushSubscription, utcnow
-from mojavox_notify.store import NotificationStore, UserState, build_store
+from mojavox_notify.store import (ClaimLostError, EventClaim, NotificationStore, UserState,
+                                  build_store)
 
 from .support import both_engines, new_user
 
@@ -45,6 +46,13 @@ def draft(user: str, priority: str = "high", expires_in: float | None = None, **
     values = {"type": "payment_received", "title": "Payment Received", "message": "paid",
               "data": {"amount": 1}, "action_url": "/payment-history", **fields}
     return Draft(user_id=user, priority=priority, expires_at=expires_at, **values)
+
+
+async def claimed(store: NotificationStore, key: str) -> EventClaim:
+    """A fresh claim on `key`, held."""
+    claim = EventClaim(key, new_user("owner"))
+    assert await store.claim_event(key, "payment.received", claim.owner) is None
+    return claim
 
 
 async def recount(store: NotificationStore, user: str) -> UserState:
@@ -84,17 +92,19 @@ async def test_insert_many_keeps_order_and_returns_each_users_state(open_store):
     users = [new_user() for _ in range(5)]
     drafts = [draft(user, priority=PRIORITIES[i % 4]) for i, user in enumerate(users)]
     drafts += [draft(users[0], priority="critical"), draft(users[0], priority="low")]
-    created = await store.insert_many(drafts, event_id="evt-1")
+    claim = await claimed(store, "event:evt-1")
+    created = await store.insert_many(drafts, claim=claim)
     assert [c.document["user_id"] for c in created] == [d.user_id for d in drafts]
     assert [c.document["seq"] for c in created if c.document["user_id"] == users[0]] == [1, 2, 3]
-    assert all(c.document["event_id"] == "evt-1" for c in created)
+    assert all(c.document["event_id"] == claim.key for c in created)
     first = await store.state(users[0])
     assert first.seq == 3 and first.total == 3
     assert first.unread == {"low": 2, "medium": 0, "high": 0, "critical": 1}
     for user in users:
         await assert_counters_exact(store, user)
-    stored = await store.notifications_of_event("evt-1")
-    assert [str(d["_id"]) for d in stored] == [str(c.document["_id"]) for c in created]
+    record = await store.event(claim.key)
+    assert record["state"] == "done", "the claim is completed in the transaction that stored them"
+    assert record["notifications"] == [str(c.document["_id"]) for c in created]
 
 
 @bounded
@@ -289,21 +299,57 @@ async def test_push_subscriptions_belong_to_whoever_registered_the_endpoint_last
 
 
 @bounded
-async def test_an_event_id_is_claimed_once_completed_and_released(open_store):
+async def test_an_event_id_is_claimed_once_completed_and_released_only_by_its_owner(open_store):
     store = await open_store()
-    event_id = new_user("event")
-    assert await store.claim_event(event_id, "payment.received") is None
-    earlier = await store.claim_event(event_id, "payment.received")
+    key = new_user("event")
+    first, second = EventClaim(key, "owner-1"), EventClaim(key, "owner-2")
+    assert await store.claim_event(key, "payment.received", first.owner) is None
+    earlier = await store.claim_event(key, "payment.received", second.owner)
     assert earlier["state"] == "pending" and earlier["type"] == "payment.received"
-    assert earlier["created_at"].tzinfo is not None
-    await store.release_event(event_id)
-    assert await store.event(event_id) is None
-    assert await store.claim_event(event_id, "payment.received") is None
-    await store.complete_event(event_id, ["a", "b"])
-    record = await store.event(event_id)
+    assert earlier["owner"] == first.owner and earlier["created_at"].tzinfo is not None
+    await store.release_event(second)
+    assert (await store.event(key))["owner"] == first.owner, "only its owner releases a claim"
+    await store.release_event(first)
+    assert await store.event(key) is None
+    assert await store.claim_event(key, "payment.received", second.owner) is None
+    await store.complete_event(first, ["x"])
+    assert (await store.event(key))["state"] == "pending", "only its owner completes a claim"
+    await store.complete_event(second, ["a", "b"])
+    record = await store.event(key)
     assert record["state"] == "done" and record["notifications"] == ["a", "b"]
-    await store.release_event(event_id)
-    assert (await store.event(event_id))["state"] == "done", "a completed event is never released"
+    await store.release_event(second)
+    assert (await store.event(key))["state"] == "done", "a completed event is never released"
+
+
+@bounded
+async def test_a_write_under_a_released_or_taken_over_claim_stores_nothing(open_store):
+    store = await open_store()
+    user = new_user()
+    released = await claimed(store, new_user("event"))
+    await store.release_event(released)
+    with pytest.raises(ClaimLostError):
+        await store.insert_many([draft(user)], claim=released)
+    stale = await claimed(store, new_user("event"))
+    assert await store.take_over_event(stale.key, stale.owner, "successor")
+    assert not await store.take_over_event(stale.key, stale.owner, "third"), "once only"
+    with pytest.raises(ClaimLostError):
+        await store.insert_many([draft(user)], claim=stale)
+    assert await store.after(user, 0, 10) == [] and (await store.state(user)).total == 0
+    successor = EventClaim(stale.key, "successor")
+    [record] = await store.insert_many([draft(user)], claim=successor)
+    assert (await store.event(stale.key))["notifications"] == [str(record.document["_id"])]
+
+
+@bounded
+async def test_event_records_older_than_the_window_are_forgotten(open_store):
+    store = await open_store()
+    old = await claimed(store, new_user("event"))
+    await store.complete_event(old, [])
+    removed = await store.delete_expired_events(utcnow() + timedelta(seconds=1))
+    assert removed >= 1 and await store.event(old.key) is None
+    recent = await claimed(store, new_user("event"))
+    assert await store.delete_expired_events(utcnow() - timedelta(hours=1)) == 0
+    assert (await store.event(recent.key))["state"] == "pending"
 
 
 @bounded
@@ -319,11 +365,12 @@ async def test_concurrent_insertions_each_get_their_own_records_in_one_gap_free_
     store = await open_store()
     alice, bob = new_user(), new_user()
     calls = [[draft(alice, message=f"a{index}"), draft(bob, message=f"b{index}")] for index in range(30)]
-    results = await asyncio.gather(*(store.insert_many(drafts, event_id=f"event-{index}")
-                                     for index, drafts in enumerate(calls)))
+    claims = [await claimed(store, new_user("event")) for _ in calls]
+    results = await asyncio.gather(*(store.insert_many(drafts, claim=claim)
+                                     for claim, drafts in zip(claims, calls)))
     for index, records in enumerate(results):
         assert [record.document["message"] for record in records] == [f"a{index}", f"b{index}"]
-        assert all(record.document["event_id"] == f"event-{index}" for record in records)
+        assert all(record.document["event_id"] == claims[index].key for record in records)
     for user in (alice, bob):
         stored = await store.after(user, 0, 100)
         assert [document["seq"] for document in stored] == list(range(1, 31))

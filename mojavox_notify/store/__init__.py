@@ -62,6 +62,35 @@ class Created:
 
 
 @dataclass(frozen=True)
+class EventClaim:
+    """The right to handle one idempotency key (an event id, an Idempotency-Key), held by one
+    request: `owner` is a random token of that request's. Storing with a claim also completes
+    it, in the same transaction, and only while the claim is still this owner's and pending:
+    a write that lands after its request gave up (and released the claim) or was taken over
+    stores nothing, so a retry can never duplicate it."""
+
+    key: str
+    owner: str
+
+
+@dataclass
+class Insertion:
+    """One `insert_many` call as an engine queues it: its drafts, the claim they are stored
+    under and one push flag per draft; `abandoned` once its caller gave up waiting (a batch
+    that has not written it yet then never does)."""
+
+    drafts: list[Draft]
+    claim: EventClaim | None
+    push: tuple[bool, ...]
+    abandoned: bool = False
+
+
+class ClaimLostError(Exception):
+    """The claim a write was made under is no longer its owner's (released after a timeout, or
+    taken over as stale): nothing was stored. The owner waits for the key's record instead."""
+
+
+@dataclass(frozen=True)
 class PushJob:
     """A notification waiting in the push outbox to be pushed to its user's browsers; `done`
     lists the endpoints that already have it."""
@@ -123,15 +152,16 @@ class NotificationStore(ABC):
     # -- notifications -------------------------------------------------------------------------
 
     @abstractmethod
-    async def insert_many(self, drafts: list[Draft], event_id: str | None = None,
+    async def insert_many(self, drafts: list[Draft], claim: EventClaim | None = None,
                           push: Sequence[bool] = ()) -> list[Created]:
-        """Store drafts (in one transaction or one bulk write where the engine can), each with
-        the next `seq` of its user; returned in the order given. Where `push[i]` is true and
-        the user has a push subscription, a push job is recorded with the notification (in the
-        same transaction on SQLite), so a restart loses no push."""
+        """Store drafts in one transaction, each with the next `seq` of its user; returned in
+        the order given. Where `push[i]` is true and the user has a push subscription, a push
+        job is recorded with the notification, so a restart loses no push. With a `claim`, the
+        notifications carry its key as `event_id` and the claim is completed with their ids in
+        that transaction; ClaimLostError (nothing stored) when it is no longer the owner's."""
 
-    async def insert(self, draft: Draft, event_id: str | None = None, push: bool = False) -> Created:
-        return (await self.insert_many([draft], event_id, [push]))[0]
+    async def insert(self, draft: Draft, claim: EventClaim | None = None, push: bool = False) -> Created:
+        return (await self.insert_many([draft], claim, [push]))[0]
 
     @abstractmethod
     async def state(self, user_id: str) -> UserState:
@@ -241,24 +271,32 @@ class NotificationStore(ABC):
     # -- idempotent events -------------------------------------------------------------------
 
     @abstractmethod
-    async def claim_event(self, event_id: str, event_type: str) -> dict[str, Any] | None:
-        """Record that `event_id` is being handled; the earlier record if it was seen."""
+    async def claim_event(self, key: str, fingerprint: str, owner: str) -> dict[str, Any] | None:
+        """Record that `owner` handles `key` (pending); None when it does now, else the earlier
+        record `{_id, type, state, owner, notifications, created_at}`."""
 
     @abstractmethod
-    async def complete_event(self, event_id: str, notification_ids: list[str]) -> None:
-        """Mark a claimed event done with the ids it created."""
+    async def take_over_event(self, key: str, stale_owner: str | None, owner: str) -> bool:
+        """Make a pending claim of `stale_owner`'s (a request that died) `owner`'s, restarting
+        its age; False when it is not that owner's pending claim any more."""
 
     @abstractmethod
-    async def release_event(self, event_id: str) -> None:
-        """Forget a pending claim whose handling failed, so a retry can succeed."""
+    async def complete_event(self, claim: EventClaim, notification_ids: list[str]) -> None:
+        """Mark the claim done with the ids it created, if it is still its owner's and pending
+        (`insert_many` with the claim already did, for what it stored)."""
 
     @abstractmethod
-    async def event(self, event_id: str) -> dict[str, Any] | None:
-        """`{_id, type, state, notifications, created_at}` or None."""
+    async def release_event(self, claim: EventClaim) -> None:
+        """Forget the claim if it is still its owner's and pending (its handling failed before
+        anything was stored), so a retry can succeed; a completed one stays."""
 
     @abstractmethod
-    async def notifications_of_event(self, event_id: str) -> list[dict]:
-        """The notifications stored for an event, in the order they were stored."""
+    async def event(self, key: str) -> dict[str, Any] | None:
+        """The key's record, or None."""
+
+    @abstractmethod
+    async def delete_expired_events(self, before: datetime) -> int:
+        """Forget the keys claimed before `before` (retention.idempotency_hours); how many."""
 
 
 def _timed(name: str, method: Callable) -> Callable:

@@ -3,14 +3,18 @@
 Each user has a counter document in `user_state` (`_id` = user id) with the newest `seq`, the
 number stored (`total`), the unread counts per priority (`unread_low` … `unread_critical`) and
 `expiry_due`, the earliest expiry among their notifications in epoch milliseconds, so no hot
-path counts documents. The fields are flat integers: plain `$inc`/`$max`/`$min` on them behave
-the same on every server that speaks MongoDB's protocol.
+path counts documents. The fields are flat integers.
 
-Sequence numbers stay gap-free without transactions: a writer reads the counter (by `_id`),
-inserts `seq` = counter + 1 under the unique (user_id, seq) index, and only then raises the
-counter with `$max`. The counter therefore never passes a number that is not stored, so N+1 is
-only ever inserted after N. A writer that loses a race gets a duplicate-key error, raises the
-counter to the number it saw taken (the owner may not have yet) and tries the next one.
+Every change that touches a notification and its user's counters is one multi-document
+transaction, so the counters cannot drift: a write that fails or times out halfway leaves
+both as they were, and a late commit carries both. MongoDB runs transactions on a replica set
+or a sharded cluster (a single-member replica set is enough); `open()` says so plainly when the
+server cannot. A claim (idempotency.py) is completed in the transaction that stores its
+notifications. This process runs its transactions one at a time, and insertions queued meanwhile
+share the next one (coalesce.py): transactions on one user's counters conflict anyway (MongoDB
+aborts all but one and the driver retries them), so taking turns costs no concurrency that
+would have succeeded, and it keeps nx-27017, the wire-level test server, correct (it cannot run
+two transactions of one client at once).
 
 Only plain driver features that real MongoDB has are used; the tests run this engine over the
 wire against nx-27017. Every document is written with all of its fields (a notification that
@@ -24,6 +28,7 @@ import functools
 import logging
 import os
 import socket
+import weakref
 from collections import Counter, defaultdict
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Sequence
@@ -31,19 +36,25 @@ from typing import Any, Iterable, Sequence
 import pymongo
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument, UpdateOne
-from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.errors import CollectionInvalid, DuplicateKeyError, OperationFailure, PyMongoError
 
+from ..coalesce import Coalescer
 from ..errors import NotFoundError, StorageUnavailableError
 from ..model import NEVER, PRIORITIES, ChannelPreference, Draft, PushSubscription, to_document, utcnow
 from ..settings import MongoSettings
-from . import Created, NotificationStore, PushJob, UserState, push_flags
+from . import (ClaimLostError, Created, EventClaim, Insertion, NotificationStore, PushJob,
+               UserState, push_flags)
 
 log = logging.getLogger(__name__)
 
-SEQ_RETRIES = 100
 CLEANUP_CHUNK = 5000
-DUPLICATE_KEY = 11000
-SCHEMA_VERSION = 2  # 2: per-user counter documents in user_state
+SCHEMA_VERSION = 3  # 2: per-user counter documents in user_state; 3: owned, namespaced claims
+#: Drafts (of every insertion queued meanwhile) stored in one transaction at most.
+BATCH_DRAFTS = 2000
+COLLECTIONS = ("notifications", "user_state", "channel_settings", "push_subscriptions", "events",
+               "push_outbox", "meta", "broadcasts")
+#: What a server that cannot run transactions (a standalone mongod) answers.
+ILLEGAL_OPERATION = 20
 PROCESS = f"{socket.gethostname()}:{os.getpid()}"  # this process's heartbeat document
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -96,8 +107,14 @@ def redacted(url: str) -> str:
 
 
 class MongoStore(NotificationStore):
-    def __init__(self, client: AsyncMongoClient, database: str, description: str = "MongoDB"):
+    def __init__(self, client: AsyncMongoClient, database: str, description: str = "MongoDB",
+                 operation_timeout: float | None = None):
+        """`operation_timeout` bounds each request-path transaction as a whole (its turn, its
+        operations and the driver's retries), as timeoutMS bounds each operation."""
         self._client = client
+        self._operation_timeout = operation_timeout
+        self._inserts = Coalescer(self._insert_batch, BATCH_DRAFTS,
+                                  weight=lambda insertion: len(insertion.drafts))
         self._db = client.get_default_database(default=database)
         self.description = description
         self.notifications = self._db["notifications"]
@@ -118,7 +135,8 @@ class MongoStore(NotificationStore):
         if operation_timeout is not None:
             options["timeoutMS"] = int(operation_timeout * 1000)
         client = AsyncMongoClient(url, tz_aware=True, **options)
-        return cls(client, settings.database, description=redacted(url))
+        return cls(client, settings.database, description=redacted(url),
+                   operation_timeout=operation_timeout)
 
     async def close(self) -> None:
         await self._client.close()
@@ -139,8 +157,17 @@ class MongoStore(NotificationStore):
     @_storage_errors
     @_unhurried
     async def open(self) -> None:
-        """Create every index (safe from several instances at once) and, once, the counter
-        documents of data written before they existed."""
+        """Create every collection and index (safe from several instances at once), check that
+        the server runs transactions, and bring data of earlier schemas up to date, once.
+        Collections are created here, not by a first write: a transaction cannot create one on
+        every server."""
+        existing = set(await self._db.list_collection_names())
+        for collection in COLLECTIONS:
+            if collection not in existing:
+                try:
+                    await self._db.create_collection(collection)
+                except CollectionInvalid:  # another instance created it meanwhile
+                    pass
         await self.notifications.create_index(
             [("user_id", ASCENDING), ("seq", ASCENDING)], name="user_seq", unique=True)
         await self.notifications.create_index(
@@ -150,24 +177,81 @@ class MongoStore(NotificationStore):
             [("user_id", ASCENDING), ("expires_at", ASCENDING)], name="user_expiry")
         await self.notifications.create_index("expires_at", name="expiry")
         await self.notifications.create_index("created_at", name="created")
-        await self.notifications.create_index("event_id", name="event", sparse=True)
         await self.push_subscriptions.create_index("endpoint", name="endpoint", unique=True)
         await self.push_subscriptions.create_index("user_id", name="user")
         await self.push_outbox.create_index("due_at", name="due")
         await self.broadcasts.create_index("expires_at", name="expiry")
+        await self.events.create_index("created_at", name="created")
+        await self._check_transactions()
+        meta = await self.meta.find_one({"_id": "schema"})
+        version = (meta or {}).get("version", 0)
+        if version < 2:
+            users = await self.rebuild_states()
+            if users:
+                log.info("built the counter documents of %d users from stored notifications", users)
+        if version < 3:
+            await self._adopt_earlier_claims()
         # A TTL index would delete behind the counters' back: cleanup deletes and counts instead.
-        for retired in ("expiry_ttl", "user_recent"):
+        # "event" found a claim's notifications; a claim now holds their ids itself.
+        for retired in ("expiry_ttl", "user_recent", "event"):
             try:
                 await self.notifications.drop_index(retired)
             except OperationFailure:
                 pass
-        meta = await self.meta.find_one({"_id": "schema"})
-        if (meta or {}).get("version", 0) < SCHEMA_VERSION:
-            users = await self.rebuild_states()
+        if version < SCHEMA_VERSION:
             await self.meta.update_one({"_id": "schema"}, {"$set": {"version": SCHEMA_VERSION}},
                                        upsert=True)
-            if users:
-                log.info("built the counter documents of %d users from stored notifications", users)
+
+    async def _check_transactions(self) -> None:
+        async def touch(session) -> None:
+            await self.meta.update_one({"_id": "transactions"}, {"$set": {"checked_at": utcnow()}},
+                                       upsert=True, session=session)
+        try:
+            await self._transaction(touch, bounded=False)
+        except OperationFailure as error:
+            if error.code != ILLEGAL_OPERATION and "transaction" not in str(error).lower():
+                raise
+            raise StorageUnavailableError(
+                "this MongoDB server cannot run transactions (a standalone mongod), which keep "
+                "the unread counters exact; run it as a replica set, a single member is enough "
+                "(mongod --replSet rs0, then rs.initiate() once)") from None
+
+    async def _adopt_earlier_claims(self) -> None:
+        """Claims of schema 2: a pending one whose notifications were stored counts as done with
+        them, and keys get namespaces (`event:<id>` beside `request:<caller>:<key>`, so an event
+        id can never pre-claim another caller's key)."""
+        async for record in self.events.find({}):
+            key = record["_id"]
+            if record.get("state") == "pending":
+                stored = await self.notifications.find({"event_id": key}, {"_id": 1}).sort(
+                    "_id", ASCENDING).to_list(length=None)
+                if stored:
+                    record.update(state="done", notifications=[str(d["_id"]) for d in stored],
+                                  completed_at=record.get("created_at"))
+                    await self.events.replace_one({"_id": key}, record)
+            if isinstance(key, str) and not key.startswith(("request:", "event:")):
+                try:
+                    await self.events.insert_one({**record, "_id": f"event:{key}"})
+                except DuplicateKeyError:
+                    pass
+                await self.events.delete_one({"_id": key})
+
+    async def _transaction(self, work, bounded: bool = True) -> Any:
+        """`await work(session)` in one transaction, in this process's turn (see the module
+        docstring); within `operation_timeout` as a whole unless `bounded` is False."""
+        timeout = self._operation_timeout if bounded else None
+        turn = _turn_of(asyncio.get_running_loop())
+        try:
+            async with asyncio.timeout(timeout):
+                await turn.acquire()
+        except TimeoutError:
+            raise self._unavailable(f"MongoDB: no turn to write within {timeout:g} s") from None
+        try:
+            with pymongo.timeout(timeout):
+                async with self._client.start_session() as session:
+                    return await session.with_transaction(work)
+        finally:
+            turn.release()
 
     @_storage_errors
     @_unhurried
@@ -192,81 +276,105 @@ class MongoStore(NotificationStore):
     # -- notifications -------------------------------------------------------------------------
 
     @_storage_errors
-    async def insert_many(self, drafts: list[Draft], event_id: str | None = None,
+    async def insert_many(self, drafts: list[Draft], claim: EventClaim | None = None,
                           push: Sequence[bool] = ()) -> list[Created]:
-        """One bulk insert per round, each round holding at most one draft per user (so two
-        of one user's numbers are never in flight in one write); then the push jobs, in one
-        more write (without a transaction, a crash between the two loses those pushes)."""
-        created_at = utcnow()
-        documents: list[dict | None] = [None] * len(drafts)
-        pending = list(enumerate(drafts))
-        while pending:
-            this_round, later, users = [], [], set()
-            for index, draft in pending:
-                (later if draft.user_id in users else this_round).append((index, draft))
-                users.add(draft.user_id)
-            await self._insert_round(this_round, event_id, created_at, documents)
-            pending = later
-        states = {document["_id"]: _state(document) async for document in self.states.find(
-            {"_id": {"$in": list({draft.user_id for draft in drafts})}})}
-        flags = push_flags(push, len(drafts))
-        wanted = {draft.user_id for draft, flag in zip(drafts, flags) if flag}
-        subscribed = set(await self.push_subscriptions.distinct(
-            "user_id", {"user_id": {"$in": list(wanted)}})) if wanted else set()
-        created = [Created(document, states.get(document["user_id"], UserState()),
-                           pushed=flag and document["user_id"] in subscribed)
-                   for document, flag in zip(documents, flags)]
+        """Stored in one transaction with the other insertions queued meanwhile. One given up
+        on (503) is marked abandoned, so a batch that has not started it never writes it."""
+        if not drafts:
+            return []
+        insertion = Insertion(drafts, claim, push_flags(push, len(drafts)))
+        try:
+            async with asyncio.timeout(self._operation_timeout):
+                created = await self._inserts(insertion)
+        except TimeoutError:
+            insertion.abandoned = True
+            raise self._unavailable(
+                f"MongoDB did not store within {self._operation_timeout:g} s") from None
+        if isinstance(created, ClaimLostError):
+            raise created
+        return created
+
+    async def _insert_batch(self, insertions: list[Insertion]) -> list:
+        """One transaction for the batch: claims checked, notifications inserted with the next
+        sequence numbers of their users, counters set, push jobs recorded, claims completed.
+        One list of records per insertion (an abandoned one: empty), or a ClaimLostError."""
+        async def work(session) -> list:
+            held = await self._held_claims([i.claim for i in insertions if not i.abandoned
+                                            and i.claim is not None], session)
+            outcomes: list = []
+            live = []
+            for insertion in insertions:
+                if insertion.abandoned:
+                    outcomes.append([])
+                elif insertion.claim is not None and insertion.claim.key not in held:
+                    outcomes.append(ClaimLostError(f"the claim on {insertion.claim.key} was given up"))
+                else:
+                    outcomes.append(None)
+                    live.append(insertion)
+            created = iter(await self._insert_live(live, utcnow(), session))
+            return [[next(created) for _ in insertion.drafts] if outcome is None else outcome
+                    for insertion, outcome in zip(insertions, outcomes)]
+        return await self._transaction(work)
+
+    async def _held_claims(self, claims: list[EventClaim], session) -> set[str]:
+        """The keys among `claims` still pending and their owner's."""
+        if not claims:
+            return set()
+        owners = {claim.key: claim.owner for claim in claims}
+        found = await self.events.find({"_id": {"$in": list(owners)}, "state": "pending"},
+                                       {"owner": 1}, session=session).to_list(length=None)
+        return {record["_id"] for record in found if record.get("owner") == owners[record["_id"]]}
+
+    async def _insert_live(self, insertions: list[Insertion], created_at: datetime,
+                           session) -> list[Created]:
+        drafts = [(draft, wanted, insertion.claim) for insertion in insertions
+                  for draft, wanted in zip(insertion.drafts, insertion.push)]
+        if not drafts:
+            return []
+        users = list({draft.user_id for draft, _, _ in drafts})
+        counters = {document["_id"]: _state(document) async for document in self.states.find(
+            {"_id": {"$in": users}}, session=session)}
+        wanted = list({draft.user_id for draft, flag, _ in drafts if flag})
+        subscribed = {document["user_id"] for document in await self.push_subscriptions.find(
+            {"user_id": {"$in": wanted}}, {"user_id": 1}, session=session).to_list(length=None)
+        } if wanted else set()
+        expiry: dict[str, int] = {}
+        created = []
+        for draft, flag, claim in drafts:
+            before = counters.get(draft.user_id) or UserState()
+            unread = {**before.unread, draft.priority: before.unread.get(draft.priority, 0) + 1}
+            state = counters[draft.user_id] = UserState(before.seq + 1, before.total + 1, unread)
+            document = to_document(draft, created_at, state.seq,
+                                   claim.key if claim is not None else None)
+            if draft.expires_at is not None:
+                expiry[draft.user_id] = min(expiry.get(draft.user_id, NEVER_MS),
+                                            to_ms(draft.expires_at))
+            created.append(Created(document, state, pushed=flag and draft.user_id in subscribed))
+        # The counters first: a concurrent transaction on one of them conflicts here, which
+        # the driver retries, rather than on the (user, seq) index below, which it would not.
+        await self.states.bulk_write([UpdateOne({"_id": user_id}, {
+            "$set": {"seq": state.seq, "total": state.total,
+                     **{f"unread_{p}": state.unread.get(p, 0) for p in PRIORITIES}},
+            "$min": {"expiry_due": expiry.get(user_id, NEVER_MS)}}, upsert=True)
+            for user_id, state in counters.items()], session=session)
+        await self.notifications.insert_many([record.document for record in created],
+                                             session=session)
         jobs = [{"user_id": record.document["user_id"],
                  "notification_id": str(record.document["_id"]),
                  "priority": record.document["priority"], "created_at": to_ms(created_at),
                  "due_at": to_ms(created_at), "attempts": 0, "done": [], "leased_until": 0}
                 for record in created if record.pushed]
         if jobs:
-            await self.push_outbox.insert_many(jobs)
-        return created
-
-    async def _insert_round(self, round_: list[tuple[int, Draft]], event_id, created_at,
-                            documents: list) -> None:
-        seqs = {document["_id"]: document.get("seq", 0) async for document in self.states.find(
-            {"_id": {"$in": [draft.user_id for _, draft in round_]}}, {"seq": 1})}
-        attempt = {index: to_document(draft, created_at, seqs.get(draft.user_id, 0) + 1, event_id)
-                   for index, draft in round_}
-        lost: set[int] = set()
-        try:
-            await self.notifications.insert_many(list(attempt.values()), ordered=False)
-        except BulkWriteError as error:
-            positions = list(attempt)
-            for write_error in error.details.get("writeErrors", []):
-                if write_error.get("code") != DUPLICATE_KEY:
-                    raise
-                lost.add(positions[write_error["index"]])
-        stored = [attempt[index] for index in attempt if index not in lost]
-        if stored:
-            await self.states.bulk_write([_count_created(document) for document in stored],
-                                         ordered=False)
-        for index in attempt:
-            documents[index] = attempt[index]
-        for index, draft in round_:
-            if index in lost:
-                await self._raise_counter(draft.user_id, attempt[index]["seq"])
-                documents[index] = await self._insert_one(draft, event_id, created_at)
-
-    async def _insert_one(self, draft: Draft, event_id, created_at) -> dict:
-        for _ in range(SEQ_RETRIES):
-            counter = await self.states.find_one({"_id": draft.user_id}, {"seq": 1})
-            document = to_document(draft, created_at, (counter or {}).get("seq", 0) + 1, event_id)
-            try:
-                await self.notifications.insert_one(document)
-            except DuplicateKeyError:
-                await self._raise_counter(draft.user_id, document["seq"])
+            await self.push_outbox.insert_many(jobs, session=session)
+        for insertion in insertions:
+            if insertion.claim is None:
                 continue
-            await self.states.bulk_write([_count_created(document)])
-            return document
-        raise StorageUnavailableError("could not allocate a sequence number (too much contention)")
-
-    async def _raise_counter(self, user_id: str, taken_seq: int) -> None:
-        """`taken_seq` is stored (its insert collided): let the counter reach it."""
-        await self.states.update_one({"_id": user_id}, {"$max": {"seq": taken_seq}}, upsert=True)
+            ids = [str(record.document["_id"]) for record in created
+                   if record.document.get("event_id") == insertion.claim.key]
+            await self.events.update_one({"_id": insertion.claim.key}, {"$set": {
+                "state": "done", "notifications": ids, "completed_at": created_at}},
+                session=session)
+        return created
 
     @_storage_errors
     async def state(self, user_id: str) -> UserState:
@@ -309,38 +417,52 @@ class MongoStore(NotificationStore):
 
     @_storage_errors
     async def mark_read(self, user_id: str, notification_id: ObjectId) -> tuple[bool, UserState]:
-        before = await self.notifications.find_one_and_update(
-            {"_id": notification_id, "user_id": user_id, "read": False},
-            {"$set": {"read": True, "read_at": utcnow()}}, projection={"priority": 1})
-        if before is None:
-            await self.get(user_id, notification_id)
-            return False, await self.state(user_id)
-        return True, await self._add_to_state(user_id, 0, {before["priority"]: -1})
+        async def work(session) -> tuple[bool, UserState]:
+            before = await self.notifications.find_one_and_update(
+                {"_id": notification_id, "user_id": user_id, "read": False},
+                {"$set": {"read": True, "read_at": utcnow()}}, projection={"priority": 1},
+                session=session)
+            if before is None:
+                if await self.notifications.find_one({"_id": notification_id, **_visible(user_id)},
+                                                     {"_id": 1}, session=session) is None:
+                    raise NotFoundError("no such notification")
+                return False, _state(await self.states.find_one({"_id": user_id}, session=session))
+            return True, await self._add_to_state(user_id, 0, {before["priority"]: -1}, session)
+        return await self._transaction(work)
 
     @_storage_errors
     async def mark_all_read(self, user_id: str) -> tuple[int, UserState]:
         """Per priority, so each count taken off the counters is exactly what changed."""
-        now = utcnow()
-        results = await asyncio.gather(*(
-            self.notifications.update_many({"user_id": user_id, "read": False, "priority": priority},
-                                           {"$set": {"read": True, "read_at": now}})
-            for priority in PRIORITIES))
-        changed = {priority: -result.modified_count for priority, result in zip(PRIORITIES, results)}
-        return sum(-count for count in changed.values()), await self._add_to_state(user_id, 0, changed)
+        async def work(session) -> tuple[int, UserState]:
+            now = utcnow()
+            changed = {}
+            for priority in PRIORITIES:
+                result = await self.notifications.update_many(
+                    {"user_id": user_id, "read": False, "priority": priority},
+                    {"$set": {"read": True, "read_at": now}}, session=session)
+                changed[priority] = -result.modified_count
+            state = await self._add_to_state(user_id, 0, changed, session)
+            return -sum(changed.values()), state
+        return await self._transaction(work)
 
     @_storage_errors
     async def delete(self, user_id: str, notification_id: ObjectId) -> UserState:
-        deleted = await self.notifications.find_one_and_delete(
-            {"_id": notification_id, "user_id": user_id}, projection={"read": 1, "priority": 1})
-        if deleted is None:
-            raise NotFoundError("no such notification")
-        return await self._add_to_state(user_id, -1, {} if deleted["read"] else {deleted["priority"]: -1})
+        async def work(session) -> UserState:
+            deleted = await self.notifications.find_one_and_delete(
+                {"_id": notification_id, "user_id": user_id},
+                projection={"read": 1, "priority": 1}, session=session)
+            if deleted is None:
+                raise NotFoundError("no such notification")
+            return await self._add_to_state(
+                user_id, -1, {} if deleted["read"] else {deleted["priority"]: -1}, session)
+        return await self._transaction(work)
 
-    async def _add_to_state(self, user_id: str, total: int, unread: dict[str, int]) -> UserState:
+    async def _add_to_state(self, user_id: str, total: int, unread: dict[str, int],
+                            session) -> UserState:
         increments = {"total": total, **{f"unread_{p}": count for p, count in unread.items() if count}}
         document = await self.states.find_one_and_update(
             {"_id": user_id}, {"$inc": increments}, upsert=True,
-            return_document=ReturnDocument.AFTER)
+            return_document=ReturnDocument.AFTER, session=session)
         return _state(document)
 
     @_storage_errors
@@ -351,44 +473,38 @@ class MongoStore(NotificationStore):
                          {"created_at": {"$lt": now - timedelta(days=retention_days)}}]}
         removed = 0
         while True:
-            deleted = await self._delete_counted(query)
+            deleted = await self._delete_counted(query, bounded=False)
             removed += deleted
             if deleted < CLEANUP_CHUNK:
                 return removed
 
-    async def _delete_counted(self, query: dict) -> int:
-        """Delete up to CLEANUP_CHUNK matching notifications and take exactly what went off
-        their users' counters: unread ones are deleted per (user, priority) with `read: False`
-        in the filter, so one marked read meanwhile is counted once, by `mark_read`."""
-        found = await self.notifications.find(
-            query, {"user_id": 1, "read": 1, "priority": 1}).limit(CLEANUP_CHUNK).to_list(length=None)
-        by_user: dict[str, list[dict]] = defaultdict(list)
+    async def _delete_counted(self, query: dict, bounded: bool = True) -> int:
+        """Delete up to CLEANUP_CHUNK matching notifications, each user's together with the
+        change of their counters in one transaction; how many matched."""
+        found = await self.notifications.find(query, {"user_id": 1}).limit(
+            CLEANUP_CHUNK).to_list(length=None)
+        by_user: dict[str, list] = defaultdict(list)
         for document in found:
-            by_user[document["user_id"]].append(document)
-        for user_id, documents in by_user.items():
-            unread_ids: dict[str, list] = defaultdict(list)
-            for document in documents:
-                if not document["read"]:
-                    unread_ids[document["priority"]].append(document["_id"])
-            unread: Counter = Counter()
-            total = 0
-            for priority, ids in unread_ids.items():
-                result = await self.notifications.delete_many({"_id": {"$in": ids}, "read": False})
-                unread[priority] -= result.deleted_count
-                total -= result.deleted_count
-            result = await self.notifications.delete_many(
-                {"_id": {"$in": [document["_id"] for document in documents]}})
-            total -= result.deleted_count
-            await self._add_to_state(user_id, total, unread)
-            await self.states.update_one({"_id": user_id},
-                                         {"$set": {"expiry_due": await self._next_expiry(user_id)}})
+            by_user[document["user_id"]].append(document["_id"])
+        for user_id, ids in by_user.items():
+            await self._transaction(functools.partial(self._delete_of_user, user_id, ids),
+                                    bounded=bounded)
         return len(found)
 
-    async def _next_expiry(self, user_id: str) -> int:
+    async def _delete_of_user(self, user_id: str, ids: list, session) -> None:
+        current = await self.notifications.find({"_id": {"$in": ids}}, {"read": 1, "priority": 1},
+                                                session=session).to_list(length=None)
+        if not current:
+            return
+        await self.notifications.delete_many({"_id": {"$in": [d["_id"] for d in current]}},
+                                             session=session)
+        unread = Counter(d["priority"] for d in current if not d["read"])
+        await self._add_to_state(user_id, -len(current), {p: -n for p, n in unread.items()}, session)
         soonest = await self.notifications.find_one(
             {"user_id": user_id, "expires_at": {"$lt": NEVER}}, {"expires_at": 1},
-            sort=[("expires_at", ASCENDING)])
-        return to_ms(soonest["expires_at"]) if soonest else NEVER_MS
+            sort=[("expires_at", ASCENDING)], session=session)
+        await self.states.update_one({"_id": user_id}, {"$set": {
+            "expiry_due": to_ms(soonest["expires_at"]) if soonest else NEVER_MS}}, session=session)
 
     # -- broadcasts ----------------------------------------------------------------------------
 
@@ -488,36 +604,45 @@ class MongoStore(NotificationStore):
     # -- idempotent events -------------------------------------------------------------------
 
     @_storage_errors
-    async def claim_event(self, event_id: str, event_type: str) -> dict[str, Any] | None:
+    async def claim_event(self, key: str, fingerprint: str, owner: str) -> dict[str, Any] | None:
         while True:
             try:
-                await self.events.insert_one({"_id": event_id, "type": event_type,
-                                              "state": "pending", "notifications": [],
+                await self.events.insert_one({"_id": key, "type": fingerprint, "state": "pending",
+                                              "owner": owner, "notifications": [],
                                               "created_at": utcnow()})
                 return None
             except DuplicateKeyError:
-                record = await self.events.find_one({"_id": event_id})
+                record = await self.events.find_one({"_id": key})
             if record is not None:
                 return record
             # The earlier claim was released between our insert and read: claim again.
 
     @_storage_errors
-    async def complete_event(self, event_id: str, notification_ids: list[str]) -> None:
-        await self.events.update_one({"_id": event_id}, {"$set": {
-            "state": "done", "notifications": notification_ids, "completed_at": utcnow()}})
+    async def take_over_event(self, key: str, stale_owner: str | None, owner: str) -> bool:
+        result = await self.events.update_one(
+            {"_id": key, "owner": stale_owner, "state": "pending"},
+            {"$set": {"owner": owner, "created_at": utcnow()}})
+        return result.modified_count == 1
 
     @_storage_errors
-    async def release_event(self, event_id: str) -> None:
-        await self.events.delete_one({"_id": event_id, "state": "pending"})
+    async def complete_event(self, claim: EventClaim, notification_ids: list[str]) -> None:
+        await self.events.update_one(
+            {"_id": claim.key, "owner": claim.owner, "state": "pending"},
+            {"$set": {"state": "done", "notifications": notification_ids, "completed_at": utcnow()}})
 
     @_storage_errors
-    async def event(self, event_id: str) -> dict[str, Any] | None:
-        return await self.events.find_one({"_id": event_id})
+    async def release_event(self, claim: EventClaim) -> None:
+        await self.events.delete_one({"_id": claim.key, "owner": claim.owner, "state": "pending"})
 
     @_storage_errors
-    async def notifications_of_event(self, event_id: str) -> list[dict]:
-        cursor = self.notifications.find({"event_id": event_id}).sort("_id", ASCENDING)
-        return await cursor.to_list(length=None)
+    async def event(self, key: str) -> dict[str, Any] | None:
+        return await self.events.find_one({"_id": key})
+
+    @_storage_errors
+    @_unhurried
+    async def delete_expired_events(self, before: datetime) -> int:
+        result = await self.events.delete_many({"created_at": {"$lt": before}})
+        return result.deleted_count
 
     # -- export (for importing into the embedded engine) --------------------------------------
 
@@ -529,13 +654,16 @@ class MongoStore(NotificationStore):
                 for name in ("notifications", "channel_settings", "push_subscriptions", "events")}
 
 
+_turns: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]" = weakref.WeakKeyDictionary()
+
+
+def _turn_of(loop: asyncio.AbstractEventLoop) -> asyncio.Lock:
+    """This process's turn to run a transaction (one per event loop, shared by every store)."""
+    turn = _turns.get(loop)
+    if turn is None:
+        turn = _turns[loop] = asyncio.Lock()
+    return turn
+
+
 def _visible(user_id: str) -> dict[str, Any]:
     return {"user_id": user_id, "expires_at": {"$gt": utcnow()}}
-
-
-def _count_created(document: dict) -> UpdateOne:
-    """The counter change of one stored notification: raise `seq` to it, count it unread."""
-    update = {"$max": {"seq": document["seq"]},
-              "$inc": {"total": 1, f"unread_{document['priority']}": 1},
-              "$min": {"expiry_due": to_ms(document["expires_at"])}}
-    return UpdateOne({"_id": document["user_id"]}, update, upsert=True)

@@ -31,7 +31,6 @@ import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -43,13 +42,14 @@ from ..coalesce import Coalescer
 from ..errors import NotFoundError, StorageUnavailableError
 from ..model import NEVER, PRIORITIES, ChannelPreference, Draft, PushSubscription, to_document, utcnow
 from ..settings import StorageSettings
-from . import Created, NotificationStore, PushJob, UserState, push_flags
+from . import (ClaimLostError, Created, EventClaim, Insertion, NotificationStore, PushJob, UserState,
+               push_flags)
 
 log = logging.getLogger(__name__)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 NEVER_MS = (NEVER - EPOCH) // timedelta(milliseconds=1)
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 CLEANUP_CHUNK = 5000
 IN_CHUNK = 500  # ids per `IN (...)`, well under SQLite's variable limit
 # Drafts (or users looked up) that queue while a transaction runs are served by the next one,
@@ -105,7 +105,6 @@ CREATE INDEX IF NOT EXISTS notifications_expiring ON notifications (expires_at)
 CREATE INDEX IF NOT EXISTS notifications_user_expiring ON notifications (user_id, expires_at)
     WHERE expires_at < {NEVER_MS};
 CREATE INDEX IF NOT EXISTS notifications_created ON notifications (created_at);
-CREATE INDEX IF NOT EXISTS notifications_event ON notifications (event_id) WHERE event_id IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS user_state (
     user_id TEXT PRIMARY KEY,
@@ -155,8 +154,10 @@ CREATE TABLE IF NOT EXISTS events (
     state TEXT NOT NULL,
     notifications TEXT NOT NULL,
     created_at INTEGER NOT NULL,
-    completed_at INTEGER
+    completed_at INTEGER,
+    owner TEXT
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS events_created ON events (created_at);
 
 CREATE TABLE IF NOT EXISTS broadcasts (
     id TEXT PRIMARY KEY,
@@ -192,15 +193,6 @@ INSERT INTO push_outbox (user_id, notification_id, priority, created_at, due_at,
 PUSH_JOB_WIDTH = 8
 # Rows per multi-row statement, at most (a power of two; a batch takes as few as it can).
 ROWS_PER_STATEMENT = 256
-
-
-@dataclass(frozen=True)
-class Insertion:
-    """One `insert_many` call: its drafts, their event id and one push flag per draft."""
-
-    drafts: list[Draft]
-    event_id: str | None
-    push: tuple[bool, ...]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -529,13 +521,23 @@ class SqliteStore(NotificationStore):
 
     # -- notifications -------------------------------------------------------------------------
 
-    async def insert_many(self, drafts: list[Draft], event_id: str | None = None,
+    async def insert_many(self, drafts: list[Draft], claim: EventClaim | None = None,
                           push: Sequence[bool] = ()) -> list[Created]:
-        """Stored in one transaction with the other insertions queued meanwhile (coalesce.py)."""
+        """Stored in one transaction with the other insertions queued meanwhile (coalesce.py).
+        One given up on (503) is marked abandoned, so no later attempt of its batch on the
+        loop writes it; one already on the writer thread may still commit, which its claim
+        (if any) makes harmless: then the claim is completed, and a retry finds that."""
         if not drafts:
             return []
-        insertion = Insertion(drafts, event_id, push_flags(push, len(drafts)))
-        return await self._queued(self._inserts, insertion, self._write_timeout)
+        insertion = Insertion(drafts, claim, push_flags(push, len(drafts)))
+        try:
+            created = await self._queued(self._inserts, insertion, self._write_timeout)
+        except StorageUnavailableError:
+            insertion.abandoned = True
+            raise
+        if isinstance(created, ClaimLostError):
+            raise created
+        return created
 
     async def _queued(self, coalescer: Coalescer, item: Any, timeout: float) -> Any:
         """A coalesced call, given up (503) `timeout` after it queued, not after its batch began.
@@ -547,14 +549,14 @@ class SqliteStore(NotificationStore):
         except TimeoutError:
             raise self._unavailable(f"embedded storage did not answer within {timeout:g} s") from None
 
-    async def _insert_batch(self, insertions: list["Insertion"]) -> list[list[Created]]:
+    async def _insert_batch(self, insertions: list["Insertion"]) -> list:
         if self._inline_writes and sum(len(i.drafts) for i in insertions) <= self._inline_limit:
             created = await self._insert_on_loop(insertions)
             if created is not None:
                 return created
         return await self._write(_insert_many, insertions, utcnow())
 
-    async def _insert_on_loop(self, insertions: list["Insertion"]) -> list[list[Created]] | None:
+    async def _insert_on_loop(self, insertions: list["Insertion"]) -> list | None:
         """While another writer (a worker) holds the turn, the loop tries again every
         WriteTurn.POLL_SECONDS, serving everything else in between, so the turn is then held
         only as long as the work takes (on the writer thread it was also held while the thread
@@ -727,29 +729,33 @@ class SqliteStore(NotificationStore):
 
     # -- idempotent events -------------------------------------------------------------------
 
-    async def claim_event(self, event_id: str, event_type: str) -> dict[str, Any] | None:
-        return await self._write(_claim_event, event_id, event_type, to_ms(utcnow()))
+    async def claim_event(self, key: str, fingerprint: str, owner: str) -> dict[str, Any] | None:
+        return await self._write(_claim_event, key, fingerprint, owner, to_ms(utcnow()))
 
-    async def complete_event(self, event_id: str, notification_ids: list[str]) -> None:
+    async def take_over_event(self, key: str, stale_owner: str | None, owner: str) -> bool:
+        return bool(await self._write(_execute, """
+            UPDATE events SET owner = ?, created_at = ?
+            WHERE id = ? AND owner IS ? AND state = 'pending'""",
+            (owner, to_ms(utcnow()), key, stale_owner)))
+
+    async def complete_event(self, claim: EventClaim, notification_ids: list[str]) -> None:
         await self._write(_execute, """
-            UPDATE events SET state = 'done', notifications = ?, completed_at = ? WHERE id = ?""",
-            (json.dumps(notification_ids), to_ms(utcnow()), event_id))
+            UPDATE events SET state = 'done', notifications = ?, completed_at = ?
+            WHERE id = ? AND owner IS ? AND state = 'pending'""",
+            (json.dumps(notification_ids), to_ms(utcnow()), claim.key, claim.owner))
 
-    async def release_event(self, event_id: str) -> None:
-        await self._write(_execute, "DELETE FROM events WHERE id = ? AND state = 'pending'",
-                          (event_id,))
+    async def release_event(self, claim: EventClaim) -> None:
+        await self._write(_execute, """
+            DELETE FROM events WHERE id = ? AND owner IS ? AND state = 'pending'""",
+            (claim.key, claim.owner))
 
-    async def event(self, event_id: str) -> dict[str, Any] | None:
-        rows = await self._read(_select, """
-            SELECT id, type, state, notifications, created_at FROM events WHERE id = ?""",
-            (event_id,))
+    async def event(self, key: str) -> dict[str, Any] | None:
+        rows = await self._read(_select, f"SELECT {EVENT_COLUMNS} FROM events WHERE id = ?", (key,))
         return _event(rows[0]) if rows else None
 
-    async def notifications_of_event(self, event_id: str) -> list[dict]:
-        rows = await self._read(_select, f"""
-            SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE event_id = ? ORDER BY id""",
-            (event_id,))
-        return [_document(row) for row in rows]
+    async def delete_expired_events(self, before: datetime) -> int:
+        return await self._background(_execute, "DELETE FROM events WHERE created_at < ?",
+                                      (to_ms(before),))
 
     # -- import and repair ---------------------------------------------------------------------
 
@@ -794,9 +800,36 @@ def _create_schema(connection: sqlite3.Connection) -> None:
         for statement in SCHEMA.split(";"):
             if statement.strip():
                 connection.execute(statement)
+        if version in (1, 2):
+            _owned_claims(connection)
         connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     if version == 1:  # the rebuilt table went through the log: copy it back, truncate the log
         connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+
+
+def _owned_claims(connection: sqlite3.Connection) -> None:
+    """Schema 2 → 3: claims have owners, and their keys namespaces."""
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(events)")}
+    if "owner" not in columns:
+        connection.execute("ALTER TABLE events ADD COLUMN owner TEXT")
+    _adopt_earlier_claims(connection)
+    connection.execute("DROP INDEX IF EXISTS notifications_event")
+
+
+def _adopt_earlier_claims(connection: sqlite3.Connection) -> None:
+    """Claims an earlier release wrote, brought to this one's rules: a pending claim whose
+    notifications were stored counts as done with them (a claim is now completed in the
+    transaction that stores them), and keys get namespaces (`event:<id>` beside
+    `request:<caller>:<key>`, so an event id can never pre-claim another caller's key)."""
+    stored = connection.execute("""
+        SELECT event_id, json_group_array(id) FROM notifications
+        WHERE event_id IN (SELECT id FROM events WHERE state = 'pending') GROUP BY event_id""").fetchall()
+    connection.executemany("""
+        UPDATE events SET state = 'done', completed_at = created_at, notifications = ?
+        WHERE id = ?""", [(ids, key) for key, ids in stored])
+    connection.execute("""
+        UPDATE OR IGNORE events SET id = 'event:' || id
+        WHERE id NOT LIKE 'request:%' AND id NOT LIKE 'event:%'""")
 
 
 def _cluster_notifications(connection: sqlite3.Connection) -> None:
@@ -837,42 +870,67 @@ def _page(connection, user_id, limit, offset, unread_only, now_ms) -> list[tuple
         (user_id, now_ms, limit, offset)).fetchall()
 
 
-def _insert_many(connection, insertions: list[Insertion], created_at) -> list[list[Created]]:
+def _insert_many(connection, insertions: list[Insertion], created_at) -> list:
     """All insertions' drafts in one transaction, in order: the users' counters are read once,
     advanced here (the write lock is held, so nobody else moves them) and written back once per
     user; the push jobs of flagged drafts whose users have a subscription go into the outbox with
-    them. One list of records per insertion."""
-    users = {draft.user_id for insertion in insertions for draft in insertion.drafts}
-    created = []
+    them, and each insertion's claim is completed with its ids. One list of records per
+    insertion; an insertion given up on is skipped (an empty list, nobody reads it), and one
+    whose claim is lost gets a ClaimLostError instead, having stored nothing."""
     with transaction(connection):
-        counters = _counters_of(connection, users)
-        subscribed = _subscribed(connection, {
-            draft.user_id for insertion in insertions
-            for draft, wanted in zip(insertion.drafts, insertion.push) if wanted})
-        expiry: dict[str, int] = {}
-        rows = []
+        outcomes: list = []
+        live = []
         for insertion in insertions:
-            for draft, wanted in zip(insertion.drafts, insertion.push):
-                seq, total, unread = counters.get(draft.user_id) or (0, 0, dict.fromkeys(PRIORITIES, 0))
-                unread = {**unread, draft.priority: unread[draft.priority] + 1}
-                counters[draft.user_id] = (seq + 1, total + 1, unread)
-                if draft.expires_at is not None:
-                    expiry[draft.user_id] = min(expiry.get(draft.user_id, NEVER_MS),
-                                                to_ms(draft.expires_at))
-                document = to_document(draft, created_at=created_at, seq=seq + 1,
-                                       event_id=insertion.event_id)
-                rows.append(_row(document))
-                created.append(Created(document, UserState(seq + 1, total + 1, unread),
-                                       pushed=wanted and draft.user_id in subscribed))
-        _insert_rows(connection, INSERT_NOTIFICATIONS, NOTIFICATION_WIDTH, rows)
-        _insert_rows(connection, INSERT_PUSH_JOBS, PUSH_JOB_WIDTH, [
-            (record.document["user_id"], str(record.document["_id"]), record.document["priority"],
-             to_ms(created_at), to_ms(created_at), 0, "[]", 0) for record in created if record.pushed])
-        _insert_rows(connection, SAVE_STATES, STATE_WIDTH, [
-            (user_id, seq, total, *(unread[p] for p in PRIORITIES), expiry.get(user_id, NEVER_MS))
-            for user_id, (seq, total, unread) in counters.items()])
+            if insertion.abandoned:
+                outcomes.append([])
+            elif insertion.claim is not None and not _holds(connection, insertion.claim):
+                outcomes.append(ClaimLostError(f"the claim on {insertion.claim.key} was given up"))
+            else:
+                outcomes.append(None)
+                live.append(insertion)
+        created = _insert_live(connection, live, created_at)
     records = iter(created)
-    return [[next(records) for _ in insertion.drafts] for insertion in insertions]
+    return [[next(records) for _ in insertion.drafts] if outcome is None else outcome
+            for insertion, outcome in zip(insertions, outcomes)]
+
+
+def _insert_live(connection, insertions: list[Insertion], created_at) -> list[Created]:
+    users = {draft.user_id for insertion in insertions for draft in insertion.drafts}
+    counters = _counters_of(connection, users)
+    subscribed = _subscribed(connection, {
+        draft.user_id for insertion in insertions
+        for draft, wanted in zip(insertion.drafts, insertion.push) if wanted})
+    expiry: dict[str, int] = {}
+    rows, created = [], []
+    for insertion in insertions:
+        key = insertion.claim.key if insertion.claim is not None else None
+        for draft, wanted in zip(insertion.drafts, insertion.push):
+            seq, total, unread = counters.get(draft.user_id) or (0, 0, dict.fromkeys(PRIORITIES, 0))
+            unread = {**unread, draft.priority: unread[draft.priority] + 1}
+            counters[draft.user_id] = (seq + 1, total + 1, unread)
+            if draft.expires_at is not None:
+                expiry[draft.user_id] = min(expiry.get(draft.user_id, NEVER_MS),
+                                            to_ms(draft.expires_at))
+            document = to_document(draft, created_at=created_at, seq=seq + 1, event_id=key)
+            rows.append(_row(document))
+            created.append(Created(document, UserState(seq + 1, total + 1, unread),
+                                   pushed=wanted and draft.user_id in subscribed))
+    _insert_rows(connection, INSERT_NOTIFICATIONS, NOTIFICATION_WIDTH, rows)
+    _insert_rows(connection, INSERT_PUSH_JOBS, PUSH_JOB_WIDTH, [
+        (record.document["user_id"], str(record.document["_id"]), record.document["priority"],
+         to_ms(created_at), to_ms(created_at), 0, "[]", 0) for record in created if record.pushed])
+    _insert_rows(connection, SAVE_STATES, STATE_WIDTH, [
+        (user_id, seq, total, *(unread[p] for p in PRIORITIES), expiry.get(user_id, NEVER_MS))
+        for user_id, (seq, total, unread) in counters.items()])
+    records = iter(created)
+    for insertion in insertions:
+        stored = [next(records) for _ in insertion.drafts]
+        if insertion.claim is not None:
+            connection.execute("""
+                UPDATE events SET state = 'done', notifications = ?, completed_at = ?
+                WHERE id = ?""", (json.dumps([str(record.document["_id"]) for record in stored]),
+                                  to_ms(created_at), insertion.claim.key))
+    return created
 
 
 def _channel_settings(connection, user_ids: set[str]) -> list[list[str]]:
@@ -1055,23 +1113,33 @@ def _update_preferences(connection, user_id: str, changes: dict[str, dict[str, b
                 updated_at = excluded.updated_at""", (user_id, json.dumps(channels), now_ms))
 
 
+EVENT_COLUMNS = "id, type, state, owner, notifications, created_at"
+
+
 def _event(row: tuple) -> dict[str, Any]:
-    event_id, event_type, state, notifications, created_at = row
-    return {"_id": event_id, "type": event_type, "state": state,
+    key, fingerprint, state, owner, notifications, created_at = row
+    return {"_id": key, "type": fingerprint, "state": state, "owner": owner,
             "notifications": json.loads(notifications), "created_at": from_ms(created_at)}
 
 
-def _claim_event(connection, event_id: str, event_type: str, now_ms: int) -> dict[str, Any] | None:
+def _claim_event(connection, key: str, fingerprint: str, owner: str,
+                 now_ms: int) -> dict[str, Any] | None:
     with transaction(connection):
         inserted = connection.execute("""
-            INSERT INTO events (id, type, state, notifications, created_at)
-            VALUES (?, ?, 'pending', '[]', ?) ON CONFLICT (id) DO NOTHING""",
-            (event_id, event_type, now_ms)).rowcount
+            INSERT INTO events (id, type, state, notifications, created_at, owner)
+            VALUES (?, ?, 'pending', '[]', ?, ?) ON CONFLICT (id) DO NOTHING""",
+            (key, fingerprint, now_ms, owner)).rowcount
         if inserted:
             return None
-        return _event(connection.execute("""
-            SELECT id, type, state, notifications, created_at FROM events WHERE id = ?""",
-            (event_id,)).fetchone())
+        return _event(connection.execute(f"SELECT {EVENT_COLUMNS} FROM events WHERE id = ?",
+                                         (key,)).fetchone())
+
+
+def _holds(connection, claim: EventClaim) -> bool:
+    """Whether the claim is still its owner's and pending (inside the caller's transaction)."""
+    return connection.execute("""
+        SELECT 1 FROM events WHERE id = ? AND owner IS ? AND state = 'pending'""",
+        (claim.key, claim.owner)).fetchone() is not None
 
 
 def _import(connection, notifications, preferences, subscriptions, events) -> None:
@@ -1101,6 +1169,7 @@ def _import(connection, notifications, preferences, subscriptions, events) -> No
                  json.dumps(document.get("notifications", [])),
                  to_ms(_aware(document.get("created_at")) or utcnow()),
                  to_ms(_aware(document.get("completed_at")))))
+        _adopt_earlier_claims(connection)
 
 
 def _complete(document: dict[str, Any]) -> dict[str, Any]:
