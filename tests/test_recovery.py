@@ -7,6 +7,8 @@ import asyncio
 
 import pytest
 
+from mojavox_notify.errors import StorageUnavailableError
+
 from .support import Socket, both_engines, new_user, token
 
 bounded = pytest.mark.timeout(90)
@@ -212,3 +214,26 @@ async def test_resume_with_unknown_since_is_since_not_found(start_app):
         await socket.send({"type": "resume", "since": since})
         error = await socket.expect("error")
         assert error["code"] == "since_not_found"
+
+
+@bounded
+async def test_a_storage_failure_while_looking_up_since_closes_1013_instead_of_skipping_the_backlog(
+        start_app):
+    app = await start_app()
+    user = new_user()
+    seen = await app.api.notify(user)
+    missed = await app.api.notify(user)
+    real_get = app.store.get
+    failing = [StorageUnavailableError("storage did not answer within 1 s (injected)")]
+
+    async def get(*args, **kwargs):
+        if failing:
+            raise failing.pop()
+        return await real_get(*args, **kwargs)
+
+    app.store.get = get
+    refused = await Socket.open(app, token(user), since=seen["id"])
+    assert await refused.closed() == 1013, "retry later, not live past what it missed"
+    resumed = await Socket.open(app, token(user), since=seen["id"])
+    received, _ = await notifications_until_resumed(resumed)
+    assert [n["id"] for n in received] == [missed["id"]]

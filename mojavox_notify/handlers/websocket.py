@@ -431,8 +431,10 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
         if since is not None:
             try:
                 since_seq = await self._seq_of_since(since)
-            except NotifyError as error:
+            except NotFoundError as error:  # told, and live without a backlog: page history
                 since_error = error
+            # Storage failing now is no answer: it closes 1013, and the client resumes later
+            # from the same `since` instead of going live past what it missed.
         # The user's sockets on other instances count towards the per-user cap (through Redis).
         elsewhere = (await self.presence.elsewhere(self.user_id)
                      if self.ws_settings.max_sockets_per_user else 0)
