@@ -17,6 +17,10 @@ Scenarios (each starts every server fresh, clients in worker processes from 127.
   socket reconnects with `since`: time until all are back, and any notification missed or
   received twice.
 
+`python -m bench soak` is the long run with faults (bench/soak.py, `--help` there): two workers on
+Redis, churning sockets, steady load, workers killed, Redis restarted, storage stalled, a hostile
+client; missing and doubled notifications and memory per minute.
+
 Bounded in count and time; stops by itself. `--quick` shrinks everything for a smoke run.
 
     .venv/bin/python -m bench ALL
@@ -39,6 +43,12 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+if __name__ == "__main__" and sys.argv[1:2] == ["soak"]:  # it needs none of the peers' packages
+    import soak  # noqa: E402
+
+    soak.main(sys.argv[2:])
+    sys.exit(0)
 
 from peers import Peers  # noqa: E402
 from targets import KINDS, Target, post  # noqa: E402

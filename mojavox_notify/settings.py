@@ -126,6 +126,7 @@ class StorageSettings:
     url: str = _check(_storage_url, default="embedded")
     sqlite_synchronous: str = _check(_one_of("normal", "full"), default="normal")
     sqlite_inline_limit: int = _check(_between(0, 10_000), default=64)
+    sqlite_cache_mib: int = _check(_between(1, 4096), default=64)
     busy_timeout_seconds: float = _check(_between(0.1, 600), default=5)
     operation_timeout_seconds: float = _check(_between(0.1, 600), default=1)
     probe_interval_seconds: float = _check(_between(0.1, 3600), default=1)

@@ -375,7 +375,7 @@ class SqliteStore(NotificationStore):
     def _open_connection(self, busy_timeout: float) -> sqlite3.Connection:
         connection = sqlite3.connect(self.path, isolation_level=None, timeout=busy_timeout)
         connection.execute(f"PRAGMA synchronous = {self._settings.sqlite_synchronous.upper()}")
-        connection.execute("PRAGMA cache_size = -65536")  # KiB: 64 MiB per connection
+        connection.execute(f"PRAGMA cache_size = -{self._settings.sqlite_cache_mib * 1024}")  # KiB
         connection.execute("PRAGMA temp_store = MEMORY")
         # The checkpoint thread's work; past this many pages (64 MiB), writes keep up
         # without it, so the committing writer checkpoints as SQLite does by default.
