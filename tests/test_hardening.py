@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from .support import Socket, new_user, post_event, token
+from .support import HealthWatch, Socket, new_user, post_event, token
 
 BASE = "/api/notifications"
 SERVICE = token("test-service", ["service"])
@@ -116,6 +116,45 @@ async def test_a_hostile_socket_frame_gets_an_error_and_the_socket_stays_open(st
         assert error["code"] in ("invalid_json", "invalid_request", "invalid_message"), error
     await socket.send({"type": "ping"})
     assert (await socket.expect("pong"))["type"] == "pong"
+
+
+# -- no request holds up the others --------------------------------------------------------------
+
+# Distinct keys as short as they come, as many as the body limit takes (7,700).
+SHORT_KEYS = [f"{n:03x}" for n in range(4096)] + [f"{n:04x}" for n in range(4096, 7700)]
+
+
+def compact(value) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+# Each fits the header or body limit, and each held the event loop (every other request and
+# socket) for half a second to three: echoed into the access line, a 60 KB run of "eyJ" made the
+# token redaction quadratic; a long key over a long list made every element's field path a copy
+# of the key (half a gigabyte of them at once); an unknown channel per key made the schema check
+# report every one of them.
+HOSTILE_REQUESTS = {
+    "a 404 path": ("GET", "/" + "eyJ" * 20000, None, None),
+    "a settings key": ("PUT", f"{BASE}/settings", "user", compact({"channels": {"eyJ" * 20000: {"push": True}}})),
+    "a query value": ("GET", f"{BASE}?unreadOnly=" + "eyJ" * 15000, "user", None),
+    "a notification id": ("GET", f"{BASE}/" + "eyJ" * 20000, "user", None),
+    "a key over a long list": ("POST", BASE, "service", compact({"k" * 30000: [1] * 17000})),
+    "thousands of unknown channels": ("PUT", f"{BASE}/settings", "user",
+                                      compact({"channels": {key: 0 for key in SHORT_KEYS}})),
+}
+
+
+@bounded
+@pytest.mark.parametrize("name", sorted(HOSTILE_REQUESTS))
+async def test_a_hostile_request_holds_up_no_other_request(start_app, name):
+    app = await start_app(**{"rate_limits.requests_per_minute": 0})
+    method, path, caller, body = HOSTILE_REQUESTS[name]
+    bearer = {"user": token(new_user()), "service": SERVICE, None: None}[caller]
+    async with HealthWatch(app) as watch:
+        status, answer = await app.api.call(method, path, bearer, raw_body=body)
+    assert status in (400, 404) and error_shape(answer), (status, str(answer)[:300])
+    assert len(answer["error"]["message"]) < 1000, "the client's input is echoed bounded"
+    assert watch.longest < 0.25, f"/healthz waited {watch.longest:.2f} s behind {name}"
 
 
 # -- answers made below the application --------------------------------------------------------

@@ -13,12 +13,14 @@ import tornado.httputil
 import tornado.web
 
 from ..auth import Principal, TokenVerifier, bearer_token
-from ..errors import (AuthenticationError, ForbiddenError, NotifyError, PayloadTooLargeError,
-                      RateLimitedError, StorageUnavailableError, ValidationError)
+from ..errors import (ECHO_CHARS, AuthenticationError, ForbiddenError, NotifyError,
+                      PayloadTooLargeError, RateLimitedError, StorageUnavailableError,
+                      ValidationError)
 from ..httpserver import answered, new_request, refuse_body
 from ..logs import log_access
 from ..model import INT64_MAX, INT64_MIN, parse_json
 from ..ratelimit import RateLimiter
+from ..redaction import shorten
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +240,7 @@ class BaseHandler(CorsHandlerMixin, tornado.web.RequestHandler):
             return True
         if raw.lower() in ("false", "0", "no"):
             return False
-        raise ValidationError(name, f"must be true or false (got {raw!r})")
+        raise ValidationError(name, f"must be true or false (got {shorten(raw, ECHO_CHARS)!r})")
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         error = kwargs.get("exc_info", (None, None, None))[1]
@@ -277,7 +279,8 @@ class NotFoundHandler(BaseHandler):
     public = True
 
     async def prepare(self) -> None:
-        raise tornado.web.HTTPError(404, "no such endpoint: %s", self.request.path)
+        raise tornado.web.HTTPError(404, "no such endpoint: %s",
+                                    shorten(self.request.path, ECHO_CHARS))
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:

@@ -28,8 +28,8 @@ from tornado.iostream import StreamClosedError
 from ..auth import Principal, TokenVerifier, bearer_token
 from ..broadcasts import MAX_ACTIVE
 from ..broker import Message
-from ..errors import (AuthenticationError, NotFoundError, NotifyError, RateLimitedError,
-                      StorageUnavailableError, ValidationError)
+from ..errors import (ECHO_CHARS, AuthenticationError, NotFoundError, NotifyError,
+                      RateLimitedError, StorageUnavailableError, ValidationError)
 from ..httpserver import JsonAnswersStream
 from ..hub import Hub
 from ..presence import HubPresence
@@ -37,6 +37,7 @@ from ..logs import log_access
 from ..metrics import Metrics
 from ..model import NotificationTypes, iso, parse_json, utcnow
 from ..ratelimit import RateLimiter
+from ..redaction import shorten
 from ..service import NotificationService, page_bounds
 from ..settings import ServerSettings, WebSocketSettings
 from .heartbeat import Heartbeat
@@ -633,7 +634,8 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
             frame = _parse_frame(raw)
             handler = getattr(self, f"_on_{frame['type']}", None)
             if handler is None:
-                raise ValidationError("type", f"unknown message type {frame['type']!r}; allowed: "
+                raise ValidationError("type", f"unknown message type "
+                                      f"{shorten(frame['type'], ECHO_CHARS)!r}; allowed: "
                                       f"{', '.join(CLIENT_MESSAGES)}", code="unknown_type")
             if frame["type"] != "ping":
                 await self.request_limiter.acquire([self.user_id])
@@ -661,7 +663,8 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
             raise ValidationError("channels", "must be a list of channel names")
         for channel in channels:
             if channel != "all" and channel not in self.types:
-                raise ValidationError("channels", f"unknown channel {channel!r}; allowed: all, "
+                raise ValidationError("channels", f"unknown channel "
+                                      f"{shorten(channel, ECHO_CHARS)!r}; allowed: all, "
                                       f"{', '.join(self.types.names)}", code="unknown_channel")
         return self.types.all if "all" in channels else frozenset(channels)
 
