@@ -18,6 +18,7 @@ import jwt
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from .errors import AuthenticationError, ForbiddenError
+from .logs import CONTROL_CHARACTERS
 from .settings import AuthSettings, Settings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -213,13 +214,18 @@ def build_verifier(settings: Settings) -> TokenVerifier:
 
 
 def _principal(claims: dict) -> Principal:
+    """The user id and roles are written into log lines: a control character in one (a
+    newline) would let a token forge lines, so it is refused."""
     user_id = claims.get("sub")
-    if not isinstance(user_id, str) or not 1 <= len(user_id) <= MAX_USER_ID_LENGTH:
-        raise AuthenticationError("the token's sub must be a user id of 1 to 128 characters",
-                                  code="token_invalid")
+    if not isinstance(user_id, str) or not 1 <= len(user_id) <= MAX_USER_ID_LENGTH \
+            or CONTROL_CHARACTERS.search(user_id):
+        raise AuthenticationError("the token's sub must be a user id of 1 to 128 characters "
+                                  "without control characters", code="token_invalid")
     roles = claims.get("roles", [])
     if isinstance(roles, str):
         roles = roles.split()
-    if not isinstance(roles, list) or not all(isinstance(role, str) for role in roles):
-        raise AuthenticationError("the token's roles must be a list of strings", code="token_invalid")
+    if not isinstance(roles, list) or not all(isinstance(role, str) for role in roles) \
+            or any(CONTROL_CHARACTERS.search(role) for role in roles):
+        raise AuthenticationError("the token's roles must be a list of strings without control "
+                                  "characters", code="token_invalid")
     return Principal(user_id=user_id, roles=frozenset(roles), expires_at=float(claims["exp"]))

@@ -4,13 +4,16 @@ Every line passes one point, `RedactCredentials`: no token reaches a log (not in
 `token`/`access_token`, not in an `Authorization` header, not in a request dump or a
 traceback, whichever logger, ours or tornado's, wrote it), and no line is longer than
 MAX_LINE_CHARS (a traceback than MAX_TRACEBACK_CHARS): what is past that is cut, after
-redaction, with a marker saying how much was left out.
+redaction, with a marker saying how much was left out. Text lines escape control characters in
+their message, so a value a client chose (a token's `sub`, a path) cannot start a line of its
+own; JSON lines are escaped by JSON itself.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import datetime, timezone
 
@@ -22,6 +25,9 @@ MAX_TRACEBACK_CHARS = 16384
 # The path and error message of an access line, in its text and as its JSON fields.
 MAX_FIELD_CHARS = 1024
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# C0 and C1 controls (newline, carriage return, escape, NEL, ...) and Unicode's line and
+# paragraph separators: each may end or rewrite a line in a terminal or a log viewer.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 # tornado's loggers, which write what clients sent (URLs, headers, request dumps).
 TORNADO_LOGGERS = ("tornado.access", "tornado.application", "tornado.general")
 
@@ -100,14 +106,34 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-def configure_logging(settings: LoggingSettings) -> None:
+class TextFormatter(logging.Formatter):
+    """The terminal's format, with control characters in the message escaped (`\\n`, `\\x1b`);
+    a traceback after it keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
+
+
+def escape_controls(text: str) -> str:
+    return CONTROL_CHARACTERS.sub(_escaped, text)
+
+
+def _escaped(character: re.Match) -> str:
+    return character.group().encode("unicode_escape").decode("ascii")
+
+
+def log_handler(settings: LoggingSettings) -> logging.Handler:
+    """The handler `configure_logging` installs: standard error, formatted as the settings say,
+    through the redaction."""
     handler = logging.StreamHandler(sys.stderr)
-    if settings.format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if settings.format == "json" else TextFormatter(TEXT_FORMAT))
     handler.addFilter(_REDACTION)
+    return handler
+
+
+def configure_logging(settings: LoggingSettings) -> None:
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [log_handler(settings)]
     root.setLevel(settings.level)
     redact_tornado_logs()

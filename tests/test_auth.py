@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from mojavox_notify.auth import build_verifier
 from mojavox_notify.errors import AuthenticationError
 
-from .support import TEST_SECRET, new_user, token
+from .support import TEST_SECRET, Socket, new_user, token
 
 LIST = "/api/notifications"
 
@@ -133,6 +133,23 @@ async def test_roles_that_are_not_a_list_of_strings_are_refused(start_app):
     status, body = await app.api.get(LIST, token(new_user(), roles=[1, 2]))
     assert status == 401
     assert_error(body, "token_invalid")
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("claims", [
+    {"sub": "alice\n2026-01-27 20:30:00,000 INFO mojavox_notify.access: GET /api/plugins 200"},
+    {"sub": "bob\r"}, {"sub": "carol\x1b[2K"}, {"sub": "dave\u2028"},
+    {"roles": ["service\nadmin"]}, {"roles": "admin\x00"},
+])
+async def test_a_token_with_control_characters_in_sub_or_roles_is_refused(start_app, claims):
+    """A user id is written into log lines: a newline in it would forge one."""
+    app = await start_app()
+    forged = token(new_user(), **claims)
+    status, body = await app.api.get(LIST, forged)
+    assert status == 401
+    assert_error(body, "token_invalid")
+    socket = await Socket.open(app, forged)
+    assert await socket.closed() == 4002
 
 
 @pytest.mark.timeout(30)

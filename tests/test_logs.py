@@ -1,17 +1,20 @@
 """The access log: one line per request (a socket's at its close), with fields, no duplicates,
-as text or JSON lines. Every line redacted in linear time, and bounded."""
+as text or JSON lines. Every line redacted in linear time, bounded, and one line."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import sys
 import time
 
 import pytest
 
-from mojavox_notify.logs import MAX_LINE_CHARS, JsonFormatter, RedactCredentials, log_access
+from mojavox_notify.logs import (MAX_LINE_CHARS, JsonFormatter, RedactCredentials, log_access,
+                                 log_handler)
 from mojavox_notify.redaction import REDACTED, redact, shorten
+from mojavox_notify.settings import LoggingSettings
 
 from .conftest import CredentialWatch
 from .support import Socket, new_user, token
@@ -131,3 +134,31 @@ def test_an_access_line_is_bounded_and_redacted_in_its_text_and_its_fields(caplo
     assert len(line.fields["path"]) < 1100 and len(line.fields["error_message"]) < 1100
     for text in (line.getMessage(), line.fields["path"], line.fields["error_message"]):
         assert not shows_a_token(text) and "characters left out]" in text
+
+
+# -- control characters cannot forge lines -----------------------------------------------------
+
+def test_control_characters_in_a_text_line_are_escaped():
+    forged = "alice\nINFO mojavox_notify.access: GET /api/plugins 200\r\x1b[2K\u2028x\x85"
+    record = logging.LogRecord("mojavox_notify.test", logging.WARNING, __file__, 1,
+                               "socket of %s refused", (forged,), None)
+    line = log_handler(LoggingSettings(format="text")).format(record)
+    assert "\n" not in line and "\r" not in line and "\x1b" not in line and "\u2028" not in line
+    assert "alice\\nINFO mojavox_notify.access" in line and "\\x1b[2K\\u2028x\\x85" in line
+
+
+def test_a_traceback_keeps_its_lines_while_its_message_is_escaped():
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.LogRecord("mojavox_notify.test", logging.ERROR, __file__, 1,
+                                   "failed for %s", ("a\nb",), sys.exc_info())
+    text = log_handler(LoggingSettings(format="text")).format(record)
+    first, *rest = text.splitlines()
+    assert first.endswith("failed for a\\nb") and rest[0] == "Traceback (most recent call last):"
+
+
+def test_json_lines_stay_one_line_each():
+    record = logging.LogRecord("mojavox_notify.test", logging.WARNING, __file__, 1, "%s", ("a\nb",), None)
+    line = log_handler(LoggingSettings(format="json")).format(record)
+    assert "\n" not in line and json.loads(line)["message"] == "a\nb"
