@@ -141,6 +141,10 @@ class TokenVerifier:
             raise AuthenticationError("the token has expired", code="token_expired") from None
         except jwt.PyJWTError as error:
             raise AuthenticationError(f"the token is invalid: {error}", code="token_invalid") from None
+        if not isinstance(claims["exp"], (int, float)) or isinstance(claims["exp"], bool):
+            # PyJWT takes "1796000000" (it checks int(exp)); everything after needs a number.
+            raise AuthenticationError("the token's exp must be a number of seconds since the epoch",
+                                      code="token_invalid")
         longest = self._auth.max_token_lifetime_seconds
         if longest and claims["exp"] - time.time() > longest + self._auth.leeway_seconds:
             raise AuthenticationError(f"the token is valid for longer than the {longest} s this server "

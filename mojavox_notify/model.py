@@ -390,7 +390,10 @@ def parse_time(value: Any, name: str) -> datetime:
         raise ValidationError(name, "must be an ISO 8601 time such as 2026-01-27T20:30:00Z") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)
+    try:
+        return moment.astimezone(timezone.utc)
+    except OverflowError:  # 9999-12-31T23:59:59-05:00 is in the year 10000 in UTC
+        raise ValidationError(name, "must be a time between the years 1 and 9999 in UTC") from None
 
 
 def utcnow() -> datetime:

@@ -119,6 +119,17 @@ async def test_token_without_exp_is_refused(start_app):
 
 
 @pytest.mark.timeout(30)
+async def test_a_token_whose_exp_is_a_numeric_string_is_refused(start_app):
+    app = await start_app()
+    stringly = token(new_user(), ttl=None, exp=str(int(time.time()) + 3600))
+    status, body = await app.api.get(LIST, stringly)
+    assert status == 401
+    assert "exp" in assert_error(body, "token_invalid")["message"]
+    socket = await Socket.open(app, stringly)
+    assert await socket.closed() == 4002
+
+
+@pytest.mark.timeout(30)
 async def test_token_without_sub_is_refused(start_app):
     app = await start_app()
     claims = {"roles": [], "exp": int(time.time()) + 3600}

@@ -85,6 +85,20 @@ async def test_an_event_with_a_lone_surrogate_or_a_huge_amount_is_a_400(start_ap
 
 
 @bounded
+@pytest.mark.parametrize("path, body, field", [
+    (BASE, {"userId": "a", "type": "payment_received", "title": "t", "message": "m",
+            "expiresAt": "9999-12-31T23:59:59-05:00"}, "expiresAt"),
+    ("/api/events", {"type": "payment.received", "occurredAt": "0001-01-01T00:00:00+05:00",
+                     "data": {"userId": "a", "amount": 1, "accountId": "A", "debtorName": "D"}},
+     "occurredAt"),
+])
+async def test_a_time_beyond_the_calendar_in_utc_is_a_400_naming_the_field(start_app, path, body, field):
+    app = await start_app()
+    status, answer = await app.api.post(path, SERVICE, body)
+    assert status == 400 and answer["error"]["message"].startswith(f"{field}:"), answer
+
+
+@bounded
 async def test_a_push_endpoint_with_a_lone_surrogate_is_a_400(start_app):
     app = await start_app()
     raw = b'{"endpoint":"https://push.example.com/\\ud800","keys":{"p256dh":"BKey","auth":"secret"}}'
