@@ -22,7 +22,8 @@ import tornado.web
 from .auth import build_verifier
 from .broker import Broker, RedisBroker, build_broker
 from .handlers.admin import DocumentHandler, HealthHandler, MetricsHandler, PluginsHandler
-from .handlers.base import BaseHandler, Cors, InFlight, NotFoundHandler, log_request
+from .handlers.base import (BaseHandler, Cors, InFlight, NotFoundHandler, implemented_methods,
+                            log_request)
 from .handlers.events import EventsHandler
 from .handlers.heartbeat import Heartbeat
 from .handlers.rest import (BroadcastsHandler, MarkAllReadHandler, MarkReadHandler,
@@ -381,11 +382,5 @@ class NotifyApp:
 def rest_routes(routes: list[tuple]) -> list[tuple[str, list[str]]]:
     """(pattern, methods it answers) for every route served by a BaseHandler: what
     /openapi.json describes."""
-    described = []
-    for pattern, handler, *_ in routes:
-        if not issubclass(handler, BaseHandler):
-            continue
-        methods = [method.lower() for method in ("GET", "POST", "PUT", "DELETE")
-                   if getattr(handler, method.lower()) is not getattr(tornado.web.RequestHandler, method.lower())]
-        described.append((pattern, methods))
-    return described
+    return [(pattern, [method.lower() for method in implemented_methods(handler)])
+            for pattern, handler, *_ in routes if issubclass(handler, BaseHandler)]

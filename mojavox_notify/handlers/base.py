@@ -66,7 +66,14 @@ class InFlight:
 
 CORS_ALLOWED_HEADERS = "Authorization, Content-Type, Idempotency-Key"
 CORS_EXPOSED_HEADERS = "Retry-After"
-CORS_METHODS = ("GET", "POST", "PUT", "DELETE")
+HANDLER_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH")
+
+
+def implemented_methods(handler_class: type[tornado.web.RequestHandler]) -> list[str]:
+    """The methods a handler class answers itself: tornado's own answer to the others is 405."""
+    return [method for method in HANDLER_METHODS
+            if getattr(handler_class, method.lower()) is not getattr(tornado.web.RequestHandler,
+                                                                     method.lower())]
 
 
 class Cors:
@@ -110,10 +117,7 @@ class CorsHandlerMixin:
         if self.cors is None or self.cors.applies(self.request) is None:
             raise ForbiddenError("this origin may not call the API (server.allowed_origins)",
                                  code="origin_not_allowed")
-        methods = [method for method in CORS_METHODS
-                   if getattr(type(self), method.lower()) is not getattr(tornado.web.RequestHandler,
-                                                                         method.lower())]
-        self.set_header("Access-Control-Allow-Methods", ", ".join(methods))
+        self.set_header("Access-Control-Allow-Methods", ", ".join(implemented_methods(type(self))))
         self.set_header("Access-Control-Allow-Headers", CORS_ALLOWED_HEADERS)
         self.set_header("Access-Control-Max-Age", self.cors.max_age)
         self.set_status(204)
@@ -242,8 +246,18 @@ class BaseHandler(CorsHandlerMixin, tornado.web.RequestHandler):
             return False
         raise ValidationError(name, f"must be true or false (got {shorten(raw, ECHO_CHARS)!r})")
 
+    def allowed_methods(self) -> list[str]:
+        """What a 405's Allow names: the methods this route implements, and OPTIONS where
+        preflights are answered (/api/*)."""
+        methods = implemented_methods(type(self))
+        if self.request.path.startswith("/api/"):
+            methods.append("OPTIONS")
+        return methods
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         error = kwargs.get("exc_info", (None, None, None))[1]
+        if status_code == 405:  # RFC 9110: a 405 says what the route allows
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
         if isinstance(error, NotifyError):
             code, message = error.code, error.message
             if isinstance(error, RateLimitedError):

@@ -40,6 +40,7 @@ from ..ratelimit import RateLimiter
 from ..redaction import shorten
 from ..service import NotificationService, page_bounds
 from ..settings import ServerSettings, WebSocketSettings
+from .base import STATUS_CODES
 from .heartbeat import Heartbeat
 
 log = logging.getLogger(__name__)
@@ -385,10 +386,17 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
         """tornado refuses a bad handshake (no Upgrade header, a foreign origin) in plain text;
         answer in the API's error shape instead."""
         if self.ws_connection is None and isinstance(chunk, str) and self.get_status() >= 400:
-            code = {400: "invalid_request", 403: "forbidden"}.get(self.get_status(), "http_error")
+            code = STATUS_CODES.get(self.get_status(), "http_error")
             self.set_header("Content-Type", "application/json; charset=utf-8")
             chunk = json.dumps({"error": {"code": code, "message": chunk}}, separators=(",", ":"))
         return super().finish(chunk)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """tornado's error page (a 405 for POST on the socket's path) is HTML: its reason, in the
+        API's error shape (see `finish`), and a 405's Allow."""
+        if status_code == 405:
+            self.set_header("Allow", "GET")
+        self.finish(self._reason)
 
     async def open(self) -> None:
         token = (self.get_query_argument("token", None)
