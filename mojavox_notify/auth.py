@@ -135,7 +135,8 @@ class TokenVerifier:
                 token, key, algorithms=[self._auth.algorithm],
                 audience=self._auth.audience, issuer=self._auth.issuer,
                 leeway=self._auth.leeway_seconds,
-                options={"require": ["exp", "sub"], "verify_aud": self._auth.audience is not None},
+                options={"require": ["exp", "sub", *(["aud"] if self._auth.audience else [])],
+                         "verify_aud": self._auth.audience is not None},
             )
         except jwt.ExpiredSignatureError:
             raise AuthenticationError("the token has expired", code="token_expired") from None

@@ -41,9 +41,20 @@ def hand_made_token(header: dict, claims: dict, signature: bytes = b"") -> str:
     return f"{signing_input}.{b64url(signature)}"
 
 
+AUDIENCE = "mojavox-notify"
+
+
 def claims_for(user: str, ttl: float = 3600, **extra) -> dict:
+    """Claims as an identity provider issues them for this service (its audience)."""
     now = int(time.time())
-    return {"sub": user, "roles": [], "iat": now, "exp": now + int(ttl), **extra}
+    return {"sub": user, "roles": [], "iat": now, "exp": now + int(ttl), "aud": AUDIENCE, **extra}
+
+
+def idp(algorithm: str, **key_source) -> dict:
+    """Settings for an identity provider's tokens (RS256/ES256): one key source and this
+    service's audience, which start-up requires with a public key."""
+    return {"auth.algorithm": algorithm, "auth.audience": AUDIENCE,
+            **{f"auth.{name}": value for name, value in key_source.items()}}
 
 
 def rsa_key():
@@ -215,7 +226,7 @@ async def test_bearer_scheme_is_case_insensitive(start_app):
 @pytest.mark.timeout(30)
 async def test_rs256_token_is_accepted_with_a_configured_public_key(start_app):
     key = rsa_key()
-    app = await start_app(**{"auth.algorithm": "RS256", "auth.public_key": public_pem(key)})
+    app = await start_app(**idp("RS256", public_key=public_pem(key)))
     user = new_user()
     signed = jwt.encode(claims_for(user), key, algorithm="RS256")
     status, body = await app.api.get(LIST, signed)
@@ -227,14 +238,14 @@ async def test_rs256_public_key_can_come_from_a_file(start_app, tmp_path):
     key = rsa_key()
     key_file = tmp_path / "idp-public.pem"
     key_file.write_text(public_pem(key), encoding="utf-8")
-    app = await start_app(**{"auth.algorithm": "RS256", "auth.public_key_file": str(key_file)})
+    app = await start_app(**idp("RS256", public_key_file=str(key_file)))
     status, _ = await app.api.get(LIST, jwt.encode(claims_for(new_user()), key, algorithm="RS256"))
     assert status == 200
 
 
 @pytest.mark.timeout(30)
 async def test_rs256_token_signed_by_another_key_is_refused(start_app):
-    app = await start_app(**{"auth.algorithm": "RS256", "auth.public_key": public_pem(rsa_key())})
+    app = await start_app(**idp("RS256", public_key=public_pem(rsa_key())))
     signed = jwt.encode(claims_for(new_user()), rsa_key(), algorithm="RS256")
     status, body = await app.api.get(LIST, signed)
     assert status == 401
@@ -246,7 +257,7 @@ async def test_hs256_token_signed_with_the_public_key_is_refused_under_rs256(sta
     """Algorithm confusion: the public key is no secret, so it must never verify an HMAC."""
     key = rsa_key()
     pem = public_pem(key)
-    app = await start_app(**{"auth.algorithm": "RS256", "auth.public_key": pem})
+    app = await start_app(**idp("RS256", public_key=pem))
     header = {"alg": "HS256", "typ": "JWT"}
     claims = claims_for(new_user(), roles=["service"])
     unsigned = hand_made_token(header, claims).rsplit(".", 1)[0]
@@ -258,7 +269,7 @@ async def test_hs256_token_signed_with_the_public_key_is_refused_under_rs256(sta
 
 @pytest.mark.timeout(30)
 async def test_hs256_token_with_the_shared_secret_is_refused_under_rs256(start_app):
-    app = await start_app(**{"auth.algorithm": "RS256", "auth.public_key": public_pem(rsa_key())})
+    app = await start_app(**idp("RS256", public_key=public_pem(rsa_key())))
     status, _ = await app.api.get(LIST, token(new_user()))
     assert status == 401
 
@@ -266,7 +277,7 @@ async def test_hs256_token_with_the_shared_secret_is_refused_under_rs256(start_a
 @pytest.mark.timeout(30)
 async def test_es256_token_is_accepted_with_a_configured_public_key(start_app):
     key = ec.generate_private_key(ec.SECP256R1())
-    app = await start_app(**{"auth.algorithm": "ES256", "auth.public_key": public_pem(key)})
+    app = await start_app(**idp("ES256", public_key=public_pem(key)))
     status, _ = await app.api.get(LIST, jwt.encode(claims_for(new_user()), key, algorithm="ES256"))
     assert status == 200
     other = ec.generate_private_key(ec.SECP256R1())
@@ -278,7 +289,7 @@ async def test_es256_token_is_accepted_with_a_configured_public_key(start_app):
 @pytest.mark.timeout(30)
 async def test_rs256_token_is_refused_when_es256_is_configured(start_app):
     key = ec.generate_private_key(ec.SECP256R1())
-    app = await start_app(**{"auth.algorithm": "ES256", "auth.public_key": public_pem(key)})
+    app = await start_app(**idp("ES256", public_key=public_pem(key)))
     status, _ = await app.api.get(LIST, jwt.encode(claims_for(new_user()), rsa_key(), algorithm="RS256"))
     assert status == 401
 
@@ -305,7 +316,34 @@ async def test_audience_and_issuer_are_enforced_when_configured(start_app):
 
 
 @pytest.mark.timeout(30)
-async def test_audience_is_not_required_when_not_configured(start_app):
+async def test_another_applications_token_from_a_shared_identity_provider_is_refused(start_app):
+    """One identity provider signs for several applications; with a public key, only the
+    audience tells this service's tokens from theirs (start-up requires it, see test_settings)."""
+    key = rsa_key()
+    app = await start_app(**idp("RS256", public_key=public_pem(key)))
+    admin = new_user("admin")
+    ours = claims_for(admin, roles=["admin"])
+    status, body = await app.api.get("/api/plugins", jwt.encode(ours, key, algorithm="RS256"))
+    assert status == 200, body
+    without_aud = {name: value for name, value in ours.items() if name != "aud"}
+    for claims in ({**ours, "aud": "crm"}, {**ours, "aud": ["crm", "billing"]}, without_aud):
+        status, body = await app.api.get("/api/plugins", jwt.encode(claims, key, algorithm="RS256"))
+        assert status == 401, claims
+        assert_error(body, "token_invalid")
+
+
+@pytest.mark.timeout(30)
+async def test_with_require_audience_false_a_token_without_aud_is_accepted(start_app):
+    key = rsa_key()
+    app = await start_app(**{"auth.algorithm": "RS256", "auth.public_key": public_pem(key),
+                             "auth.require_audience": False})
+    claims = {name: value for name, value in claims_for(new_user()).items() if name != "aud"}
+    status, body = await app.api.get(LIST, jwt.encode(claims, key, algorithm="RS256"))
+    assert status == 200, body
+
+
+@pytest.mark.timeout(30)
+async def test_audience_is_not_required_with_hs256_when_not_configured(start_app):
     app = await start_app()
     status, _ = await app.api.get(LIST, token(new_user(), aud="whatever", iss="anyone"))
     assert status == 200
@@ -353,7 +391,7 @@ async def jwks_server():
 async def test_jwks_key_is_chosen_by_the_tokens_kid(start_app, jwks_server):
     first, second = rsa_key(), rsa_key()
     url, fetches = jwks_server({"keys": [jwk(first, "key-1"), jwk(second, "key-2")]})
-    app = await start_app(**{"auth.algorithm": "RS256", "auth.jwks_url": url})
+    app = await start_app(**idp("RS256", jwks_url=url))
     user = new_user()
 
     for key, kid in ((first, "key-1"), (second, "key-2")):
@@ -378,7 +416,7 @@ async def test_jwks_key_is_chosen_by_the_tokens_kid(start_app, jwks_server):
 async def test_jwks_does_not_allow_an_hs256_token_signed_with_a_published_key(start_app, jwks_server):
     key = rsa_key()
     url, _ = jwks_server({"keys": [jwk(key, "key-1")]})
-    app = await start_app(**{"auth.algorithm": "RS256", "auth.jwks_url": url})
+    app = await start_app(**idp("RS256", jwks_url=url))
     header = {"alg": "HS256", "typ": "JWT", "kid": "key-1"}
     unsigned = hand_made_token(header, claims_for(new_user())).rsplit(".", 1)[0]
     signature = hmac.new(public_pem(key).encode(), unsigned.encode(), hashlib.sha256).digest()
@@ -389,7 +427,7 @@ async def test_jwks_does_not_allow_an_hs256_token_signed_with_a_published_key(st
 @pytest.mark.timeout(30)
 async def test_unreachable_jwks_gives_401_not_500(start_app, jwks_server):
     url, _ = jwks_server({"keys": []})
-    app = await start_app(**{"auth.algorithm": "RS256", "auth.jwks_url": url.replace("/jwks", "/gone")})
+    app = await start_app(**idp("RS256", jwks_url=url.replace("/jwks", "/gone")))
     signed = jwt.encode(claims_for(new_user()), rsa_key(), algorithm="RS256", headers={"kid": "key-1"})
     status, body = await app.api.get(LIST, signed)
     assert status == 401
@@ -424,8 +462,8 @@ async def test_a_remembered_token_is_verified_again_once_the_jwks_changes(make_s
     first, second = rsa_key(), rsa_key()
     document = {"keys": [jwk(first, "key-1")]}
     url, fetches = jwks_server(document)
-    verifier = build_verifier(make_settings(**{"auth.algorithm": "RS256", "auth.jwks_url": url,
-                                               "auth.jwks_cache_seconds": 1}))
+    verifier = build_verifier(make_settings(**idp("RS256", jwks_url=url),
+                                            **{"auth.jwks_cache_seconds": 1}))
     signed = jwt.encode(claims_for(new_user()), first, algorithm="RS256", headers={"kid": "key-1"})
     await verifier.verify(signed)
     document["keys"] = [jwk(second, "key-2")]  # the identity provider retired key-1
