@@ -87,13 +87,14 @@ class NotifyApp:
         self.broker: Broker = build_broker(self.redis)
         self.presence = build_presence(
             self.hub, self.redis, self.broker.origin if isinstance(self.broker, RedisBroker) else "")
+        tracked = settings.rate_limits.max_tracked_keys
         self.request_limiter = build_rate_limiter(settings.rate_limits.requests_per_minute,
-                                                  "requests", self.redis)
+                                                  "requests", self.redis, tracked)
         self.notification_limiter = build_rate_limiter(
-            settings.rate_limits.notifications_per_minute, "notifications", self.redis)
+            settings.rate_limits.notifications_per_minute, "notifications", self.redis, tracked)
         self.in_flight = InFlight()
         self.auth_failures = RateLimiter(settings.auth.failed_per_minute_per_ip,
-                                         "failed authentications")
+                                         "failed authentications", max_keys=tracked)
         self.store: NotificationStore | None = None
         self.storage_health: StorageHealth | None = None
         self.service: NotificationService | None = None

@@ -167,6 +167,7 @@ class PushSettings:
 class RateLimitSettings:
     notifications_per_minute: int = _check(_between(0, 1_000_000), default=120)
     requests_per_minute: int = _check(_between(0, 1_000_000), default=600)
+    max_tracked_keys: int = _check(_between(100, 10_000_000), default=100_000)
 
 
 @dataclass(frozen=True)

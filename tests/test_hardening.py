@@ -11,6 +11,10 @@ import urllib.request
 
 import pytest
 
+from mojavox_notify.app import NotifyApp
+from mojavox_notify.errors import RateLimitedError
+from mojavox_notify.ratelimit import RateLimiter
+
 from .support import HealthWatch, Socket, new_user, post_event, token
 
 BASE = "/api/notifications"
@@ -299,6 +303,32 @@ async def test_failed_authentications_from_one_address_are_slowed_down(start_app
     assert status == 429 and body["error"]["code"] == "rate_limited", body
     socket = await Socket.open(app, token(new_user()))
     assert await socket.closed() == 4029
+
+
+def test_failing_addresses_without_end_leave_at_most_the_cap_in_memory(make_settings):
+    """Expiry alone would not bound it: an attacker with many addresses fills any window."""
+    settings = make_settings()
+    failures = NotifyApp(settings).auth_failures
+    for n in range(200_000):
+        failures.take([f"10.{n >> 16}.{n >> 8 & 255}.{n & 255}"])
+    assert 0 < len(failures) <= settings.rate_limits.max_tracked_keys
+
+
+def test_a_full_limiter_forgets_full_buckets_first_then_the_least_recently_used():
+    now = [0.0]
+    limiter = RateLimiter(60, "failed authentications", clock=lambda: now[0], max_keys=4)
+    limiter.take(["busy"] * 50)  # 10 tokens left, refilled one a second
+    limiter.take(["refilled"])
+    now[0] = 5.0
+    limiter.take(["recent"] * 50)
+    now[0] = 10.0  # "refilled" is full again, "busy" is not
+    limiter.take(["newest"])
+    assert len(limiter) == 4
+    limiter.take(["one-too-many"])  # past the cap: down to three quarters of it
+    assert len(limiter) == 3
+    with pytest.raises(RateLimitedError):
+        limiter.take(["recent"] * 20)  # still counted: 15 left
+    limiter.take(["busy"] * 60)  # forgotten, so full again: the least recently used went
 
 
 @bounded
