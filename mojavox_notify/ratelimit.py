@@ -70,21 +70,17 @@ class RateLimiter:
         if len(self._buckets) > self.max_keys:
             self._prune(now)
 
-    def check(self, key: str) -> None:
-        """Raise RateLimitedError if `key` has no token left, taking none."""
-        if self.per_minute and self._level(key, self._clock()) < 1:
-            self.refused += 1
-            raise RateLimitedError(f"too many {self.what} from {key}; retry in "
-                                   f"{60 / self.per_minute:.1f}s", retry_after=60 / self.per_minute)
-
-    def charge(self, key: str) -> None:
-        """Take one token from `key` without refusing anything (counting failures)."""
-        if self.per_minute:
-            now = self._clock()
-            self._buckets[key] = (max(0.0, self._level(key, now) - 1), now)
-            self._buckets.move_to_end(key)
-            if len(self._buckets) > self.max_keys:
-                self._prune(now)
+    def give_back(self, key: str) -> None:
+        """Return one token taken from `key` that was not used (a reservation: see the base
+        handler's authentication)."""
+        if not self.per_minute or key not in self._buckets:
+            return
+        now = self._clock()
+        level = self._level(key, now) + 1
+        if level >= self.per_minute:
+            del self._buckets[key]  # full: the same as never seen
+        else:
+            self._buckets[key] = (level, now)
 
     def _level(self, key: str, now: float) -> float:
         tokens, at = self._buckets.get(key, (float(self.per_minute), now))

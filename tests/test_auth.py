@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -10,6 +11,7 @@ import time
 
 import jwt
 import pytest
+import tornado.httpclient
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
@@ -352,12 +354,14 @@ async def test_audience_is_not_required_with_hs256_when_not_configured(start_app
 # -- JWKS --------------------------------------------------------------------------------------
 
 class JwksHandler(tornado.web.RequestHandler):
-    def initialize(self, document: dict, fetches: list) -> None:
+    def initialize(self, document: dict, fetches: list, delay: float) -> None:
         self.document = document
         self.fetches = fetches
+        self.delay = delay
 
-    def get(self) -> None:
+    async def get(self) -> None:
         self.fetches.append(time.monotonic())
+        await asyncio.sleep(self.delay)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(self.document))
 
@@ -369,13 +373,14 @@ def jwk(private_key, kid: str) -> dict:
 
 @pytest.fixture
 async def jwks_server():
-    """A tiny identity provider on 127.0.0.1: serves `document` at /jwks and counts fetches."""
+    """A tiny identity provider on 127.0.0.1: serves `document` at /jwks (after `delay`
+    seconds) and counts fetches."""
     servers = []
 
-    def serve(document: dict) -> tuple[str, list]:
+    def serve(document: dict, delay: float = 0) -> tuple[str, list]:
         fetches: list = []
         application = tornado.web.Application(
-            [(r"/jwks", JwksHandler, {"document": document, "fetches": fetches})])
+            [(r"/jwks", JwksHandler, {"document": document, "fetches": fetches, "delay": delay})])
         server = tornado.httpserver.HTTPServer(application)
         sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
         server.add_sockets(sockets)
@@ -432,6 +437,56 @@ async def test_unreachable_jwks_gives_401_not_500(start_app, jwks_server):
     status, body = await app.api.get(LIST, signed)
     assert status == 401
     assert_error(body, "token_invalid")
+
+
+async def concurrently(app, bearers: list[str], path: str = LIST) -> list[int]:
+    """GET `path` with each token at once (a client of its own: the shared one queues past 10)."""
+    client = tornado.httpclient.AsyncHTTPClient(force_instance=True, max_clients=len(bearers))
+    try:
+        answers = await asyncio.gather(*(
+            client.fetch(app.api.base_url + path, headers={"Authorization": f"Bearer {bearer}"},
+                         raise_error=False, request_timeout=20) for bearer in bearers))
+    finally:
+        client.close()
+    return [answer.code for answer in answers]
+
+
+def unknown_key_tokens(count: int) -> list[str]:
+    signer = rsa_key()
+    return [jwt.encode(claims_for(new_user()), signer, algorithm="RS256", headers={"kid": f"kid-{n}"})
+            for n in range(count)]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("over", ["rest", "socket"])
+async def test_a_burst_of_failed_authentications_from_one_address_is_throttled(start_app, jwks_server,
+                                                                                over):
+    """Each attempt takes its failure from the address's allowance before it is verified (and
+    gives it back when the token is good): a burst cannot all pass the check while the first
+    verifications wait for the JWKS."""
+    key = rsa_key()
+    url, _ = jwks_server({"keys": [jwk(key, "key-1")]}, delay=0.2)
+    app = await start_app(**idp("RS256", jwks_url=url), **{"auth.failed_per_minute_per_ip": 5})
+    forged = unknown_key_tokens(20)
+    if over == "rest":
+        codes = await concurrently(app, forged)
+        assert sorted(codes) == [401] * 5 + [429] * 15, codes
+    else:
+        sockets = await asyncio.gather(*(Socket.open(app, bearer) for bearer in forged))
+        codes = await asyncio.gather(*(socket.closed() for socket in sockets))
+        assert sorted(codes) == [4002] * 5 + [4029] * 15, codes
+
+
+@pytest.mark.timeout(30)
+async def test_good_tokens_give_back_what_they_took_from_the_failure_allowance(start_app):
+    app = await start_app(**{"auth.failed_per_minute_per_ip": 3})
+    for _ in range(10):
+        status, _ = await app.api.get(LIST, token(new_user()))
+        assert status == 200
+    socket = await Socket.open(app, token(new_user()))
+    await socket.expect("connected")
+    forged = token(new_user(), secret="not-the-server-secret-0123456789abcdef")
+    assert [(await app.api.get(LIST, forged))[0] for _ in range(4)] == [401, 401, 401, 429]
 
 
 # -- verified tokens remembered ------------------------------------------------------------------

@@ -169,14 +169,18 @@ class BaseHandler(CorsHandlerMixin, tornado.web.RequestHandler):
                 raise self._too_large()  # the client waits for this before sending the body
         if self.public:
             return
-        address = self.request.remote_ip or ""
-        self.auth_failures.check(address)
-        try:
-            self.principal = await self.verifier.verify(self._bearer_token())
-        except AuthenticationError:
-            self.auth_failures.charge(address)
-            raise
+        await self._authenticate()
         await self.request_limiter.acquire([self.principal.user_id])
+
+    async def _authenticate(self) -> None:
+        """Each attempt takes a failure from its address's allowance before the token is
+        verified (429 when none is left) and gives it back when the token is good: charged
+        after verifying, a burst would all pass the check while verifications wait (for a JWKS
+        fetch)."""
+        address = self.request.remote_ip or ""
+        self.auth_failures.take([address])
+        self.principal = await self.verifier.verify(self._bearer_token())
+        self.auth_failures.give_back(address)
 
     def data_received(self, chunk: bytes) -> None:
         # An oversized body is read and discarded, then `json_body` answers 413: answering

@@ -404,17 +404,17 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
         if not token:
             self.close(CLOSE_TOKEN_MISSING, "Authentication required")
             return
-        try:
-            self.auth_failures.check(self.remote_ip)
+        try:  # a failure is taken before verifying and given back for a good token (base.py)
+            self.auth_failures.take([self.remote_ip])
         except RateLimitedError:
             self.close(CLOSE_AUTH_THROTTLED, "Too many failed authentications; retry later")
             return
         try:
             self.principal = await self.verifier.verify(token)
         except AuthenticationError:
-            self.auth_failures.charge(self.remote_ip)
             self.close(CLOSE_TOKEN_INVALID, "Invalid token")
             return
+        self.auth_failures.give_back(self.remote_ip)
         if self.principal.expires_at <= time.time():
             # Accepted within the leeway, but a socket needs a token that is still valid.
             self.close(CLOSE_TOKEN_INVALID, "Token expired")
