@@ -366,6 +366,7 @@ class NotifyApp:
         if self._http is not None:
             await self._http.close_all_connections()
             self._http = None
+        self.verifier.close()
         await self._close_storage()
 
     async def _wait_for_sockets(self) -> None:

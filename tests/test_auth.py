@@ -458,6 +458,36 @@ def unknown_key_tokens(count: int) -> list[str]:
 
 
 @pytest.mark.timeout(30)
+async def test_a_burst_of_tokens_with_unknown_key_ids_fetches_the_jwks_once(start_app, jwks_server):
+    """Concurrent verifications wait for the one fetch under way instead of starting their own;
+    the identity provider is not the attacker's to flood."""
+    url, fetches = jwks_server({"keys": [jwk(rsa_key(), "key-1")]}, delay=0.2)
+    app = await start_app(**idp("RS256", jwks_url=url), **{"auth.failed_per_minute_per_ip": 0})
+    assert await concurrently(app, unknown_key_tokens(40)) == [401] * 40
+    assert len(fetches) == 1
+    assert await concurrently(app, unknown_key_tokens(40)) == [401] * 40
+    assert len(fetches) == 1, "an unknown key id refetches at most every 10 s, counted from the start"
+
+
+@pytest.mark.timeout(30)
+async def test_jwks_fetches_do_not_queue_behind_other_outgoing_requests(start_app, jwks_server):
+    """The process's shared HTTP client takes 10 requests at a time; JWKS fetches have one of
+    their own, so a verification never waits for other outgoing requests (or they for it)."""
+    key = rsa_key()
+    url, _ = jwks_server({"keys": [jwk(key, "key-1")]})
+    slow_url, _ = jwks_server({"keys": []}, delay=3)
+    app = await start_app(**idp("RS256", jwks_url=url))
+    shared = tornado.httpclient.AsyncHTTPClient()
+    busy = [asyncio.ensure_future(shared.fetch(slow_url, request_timeout=20)) for _ in range(10)]
+    await asyncio.sleep(0.1)
+    started = time.monotonic()
+    signed = jwt.encode(claims_for(new_user()), key, algorithm="RS256", headers={"kid": "key-1"})
+    assert await concurrently(app, [signed]) == [200]
+    assert time.monotonic() - started < 1.5
+    await asyncio.gather(*busy)
+
+
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize("over", ["rest", "socket"])
 async def test_a_burst_of_failed_authentications_from_one_address_is_throttled(start_app, jwks_server,
                                                                                 over):
@@ -526,3 +556,4 @@ async def test_a_remembered_token_is_verified_again_once_the_jwks_changes(make_s
     with pytest.raises(AuthenticationError):
         await verifier.verify(signed)
     assert len(fetches) == 2
+    verifier.close()
