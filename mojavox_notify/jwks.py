@@ -41,7 +41,8 @@ class JwksKeys:
         self._attempted_at = float("-inf")
         self._fetch: asyncio.Task | None = None
         self._client: AsyncHTTPClient | None = None
-        self.generation = 0  # counts the key sets fetched: a token verified with an older one is checked again
+        # Counts the key sets fetched: a token verified with an older one is checked again.
+        self.generation = 0
 
     def fresh(self) -> bool:
         """Within `auth.jwks_cache_seconds` of the last fetch (or of a failed one, for 10 s)."""

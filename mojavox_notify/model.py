@@ -141,7 +141,10 @@ def field_path(where: Where, name: str) -> str:
         steps.append(step)
     path = ""
     for step in reversed(steps):
-        path = f"{path or name}[{step}]" if isinstance(step, int) else (f"{path}.{step}" if path else step)
+        if isinstance(step, int):
+            path = f"{path or name}[{step}]"
+        else:
+            path = f"{path}.{step}" if path else step
     return _printable(path or name)
 
 
@@ -157,7 +160,8 @@ def _check_json_values(value: Any, name: str) -> None:
                 raise ValidationError(field_path(where, name), "integers must fit in 64 bits")
         elif isinstance(item, (dict, list)):
             if depth >= MAX_JSON_DEPTH:
-                raise ValidationError(field_path(where, name), f"nests deeper than {MAX_JSON_DEPTH} levels")
+                raise ValidationError(field_path(where, name),
+                                      f"nests deeper than {MAX_JSON_DEPTH} levels")
             if isinstance(item, dict):
                 for key, child in item.items():
                     _check_text(key, (where, key), name)
