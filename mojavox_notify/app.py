@@ -22,7 +22,8 @@ import tornado.web
 from .auth import build_verifier
 from .broker import Broker, RedisBroker, build_broker
 from .handlers.admin import DocumentHandler, HealthHandler, MetricsHandler, PluginsHandler
-from .handlers.base import BaseHandler, Cors, InFlight, NotFoundHandler, log_request
+from .handlers.base import (BaseHandler, Cors, InFlight, NotFoundHandler, implemented_methods,
+                            log_request)
 from .handlers.events import EventsHandler
 from .handlers.heartbeat import Heartbeat
 from .handlers.rest import (BroadcastsHandler, MarkAllReadHandler, MarkReadHandler,
@@ -89,13 +90,14 @@ class NotifyApp:
         self.presence = build_presence(
             self.hub, self.redis, self.broker.origin if isinstance(self.broker, RedisBroker) else "",
             self.supervisor)
+        tracked = settings.rate_limits.max_tracked_keys
         self.request_limiter = build_rate_limiter(settings.rate_limits.requests_per_minute,
-                                                  "requests", self.redis)
+                                                  "requests", self.redis, tracked)
         self.notification_limiter = build_rate_limiter(
-            settings.rate_limits.notifications_per_minute, "notifications", self.redis)
+            settings.rate_limits.notifications_per_minute, "notifications", self.redis, tracked)
         self.in_flight = InFlight()
         self.auth_failures = RateLimiter(settings.auth.failed_per_minute_per_ip,
-                                         "failed authentications")
+                                         "failed authentications", max_keys=tracked)
         self.store: NotificationStore | None = None
         self.storage_health: StorageHealth | None = None
         self.service: NotificationService | None = None
@@ -370,6 +372,7 @@ class NotifyApp:
         if self._http is not None:
             await self._http.close_all_connections()
             self._http = None
+        self.verifier.close()
         await self._close_storage()
 
     async def _wait_for_sockets(self) -> None:
@@ -387,11 +390,5 @@ class NotifyApp:
 def rest_routes(routes: list[tuple]) -> list[tuple[str, list[str]]]:
     """(pattern, methods it answers) for every route served by a BaseHandler: what
     /openapi.json describes."""
-    described = []
-    for pattern, handler, *_ in routes:
-        if not issubclass(handler, BaseHandler):
-            continue
-        methods = [method.lower() for method in ("GET", "POST", "PUT", "DELETE")
-                   if getattr(handler, method.lower()) is not getattr(tornado.web.RequestHandler, method.lower())]
-        described.append((pattern, methods))
-    return described
+    return [(pattern, [method.lower() for method in implemented_methods(handler)])
+            for pattern, handler, *_ in routes if issubclass(handler, BaseHandler)]

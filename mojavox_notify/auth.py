@@ -7,7 +7,6 @@ signed with a public key) are refused by construction. `exp` is always required.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import secrets
 import time
@@ -15,9 +14,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import jwt
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from .errors import AuthenticationError, ForbiddenError
+from .jwks import JwksKeys
+from .logs import CONTROL_CHARACTERS
 from .settings import AuthSettings, Settings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -94,16 +94,13 @@ def mint_token(secret: str, user_id: str, roles: list[str], ttl_seconds: int,
 
 
 class TokenVerifier:
-    """Checks a bearer token and turns it into a `Principal`, or raises `AuthenticationError`."""
+    """Checks a bearer token and turns it into a `Principal`, or raises `AuthenticationError`.
+    The key is a static one (a shared secret, a PEM public key) or comes from `jwks`."""
 
-    def __init__(self, auth: AuthSettings, static_key: str | None,
-                 http_client: AsyncHTTPClient | None = None):
+    def __init__(self, auth: AuthSettings, static_key: str | None, jwks: JwksKeys | None = None):
         self._auth = auth
         self._static_key = static_key
-        self._http = http_client
-        self._jwks: dict[str, jwt.PyJWK] = {}
-        self._jwks_fetched_at = float("-inf")
-        self._key_set = 0  # counts JWKS fetches: a token verified with an earlier set is checked again
+        self._jwks = jwks
         # Verified tokens (a socket reconnecting, a dashboard polling with one token): SHA-256 of
         # the token (not the token itself) → (principal, key set), least recently used first.
         # Only successes are kept.
@@ -116,16 +113,21 @@ class TokenVerifier:
         known = self._verified.get(digest)
         if known is not None:
             principal, key_set = known
-            if key_set == self._key_set and self._keys_fresh() and \
+            if key_set == self._key_set() and self._keys_fresh() and \
                     principal.expires_at + self._auth.leeway_seconds > time.time():
                 self._verified.move_to_end(digest)
                 return principal
             del self._verified[digest]  # expired (decoding says so) or signed with an older key set
         principal = await self._decode(token)
-        self._verified[digest] = (principal, self._key_set)
+        self._verified[digest] = (principal, self._key_set())
         if len(self._verified) > VERIFIED_TOKENS:
             self._verified.popitem(last=False)
         return principal
+
+    def close(self) -> None:
+        """Release the JWKS fetches' HTTP client (the application's stop)."""
+        if self._jwks is not None:
+            self._jwks.close()
 
     async def _decode(self, token: str) -> Principal:
         key = await self._key_for(token)
@@ -134,12 +136,17 @@ class TokenVerifier:
                 token, key, algorithms=[self._auth.algorithm],
                 audience=self._auth.audience, issuer=self._auth.issuer,
                 leeway=self._auth.leeway_seconds,
-                options={"require": ["exp", "sub"], "verify_aud": self._auth.audience is not None},
+                options={"require": ["exp", "sub", *(["aud"] if self._auth.audience else [])],
+                         "verify_aud": self._auth.audience is not None},
             )
         except jwt.ExpiredSignatureError:
             raise AuthenticationError("the token has expired", code="token_expired") from None
         except jwt.PyJWTError as error:
             raise AuthenticationError(f"the token is invalid: {error}", code="token_invalid") from None
+        if not isinstance(claims["exp"], (int, float)) or isinstance(claims["exp"], bool):
+            # PyJWT takes "1796000000" (it checks int(exp)); everything after needs a number.
+            raise AuthenticationError("the token's exp must be a number of seconds since the epoch",
+                                      code="token_invalid")
         longest = self._auth.max_token_lifetime_seconds
         if longest and claims["exp"] - time.time() > longest + self._auth.leeway_seconds:
             raise AuthenticationError(f"the token is valid for longer than the {longest} s this server "
@@ -153,47 +160,17 @@ class TokenVerifier:
             kid = jwt.get_unverified_header(token).get("kid")
         except jwt.PyJWTError:
             raise AuthenticationError("the token is malformed", code="token_invalid") from None
-        key = await self._jwks_key(kid)
+        key = await self._jwks.key(kid)
         if key is None:
             raise AuthenticationError("the token's key id is not in the JWKS", code="token_invalid")
         return key
 
     def _keys_fresh(self) -> bool:
         """A static key always is; a JWKS for `auth.jwks_cache_seconds` after it was fetched."""
-        return self._static_key is not None or \
-            time.monotonic() - self._jwks_fetched_at < self._auth.jwks_cache_seconds
+        return self._jwks is None or self._jwks.fresh()
 
-    async def _jwks_key(self, kid: str | None):
-        if not self._keys_fresh() or kid not in self._jwks and self._may_refetch():
-            await self._fetch_jwks()
-        if kid is None and len(self._jwks) == 1:
-            return next(iter(self._jwks.values()))
-        return self._jwks.get(kid)
-
-    def _may_refetch(self) -> bool:
-        # An unknown kid may mean the issuer rotated keys; refetch, but at most every 10 seconds.
-        return time.monotonic() - self._jwks_fetched_at > 10
-
-    async def _fetch_jwks(self) -> None:
-        client = self._http or AsyncHTTPClient()
-        try:
-            response = await client.fetch(self._auth.jwks_url, request_timeout=5)
-            document = json.loads(response.body)
-            keys = {}
-            for entry in document.get("keys", []):
-                if entry.get("use", "sig") != "sig":
-                    continue
-                try:
-                    keys[entry.get("kid")] = jwt.PyJWK(entry, algorithm=self._auth.algorithm)
-                except jwt.PyJWTError:
-                    continue
-        except (HTTPClientError, OSError, ValueError, AttributeError) as error:
-            log.warning("could not fetch JWKS from %s: %s", self._auth.jwks_url, error)
-            self._jwks_fetched_at = time.monotonic() - self._auth.jwks_cache_seconds + 10
-            return
-        self._jwks = keys
-        self._jwks_fetched_at = time.monotonic()
-        self._key_set += 1
+    def _key_set(self) -> int:
+        return 0 if self._jwks is None else self._jwks.generation
 
 
 def build_verifier(settings: Settings) -> TokenVerifier:
@@ -209,17 +186,22 @@ def build_verifier(settings: Settings) -> TokenVerifier:
             return TokenVerifier(auth, path.read_text(encoding="utf-8"))
         except OSError as error:
             raise SettingsError("auth.public_key_file", f"cannot read {path}: {error.strerror}") from None
-    return TokenVerifier(auth, None)
+    return TokenVerifier(auth, None, JwksKeys(auth.jwks_url, auth.algorithm, auth.jwks_cache_seconds))
 
 
 def _principal(claims: dict) -> Principal:
+    """The user id and roles are written into log lines: a control character in one (a
+    newline) would let a token forge lines, so it is refused."""
     user_id = claims.get("sub")
-    if not isinstance(user_id, str) or not 1 <= len(user_id) <= MAX_USER_ID_LENGTH:
-        raise AuthenticationError("the token's sub must be a user id of 1 to 128 characters",
-                                  code="token_invalid")
+    if not isinstance(user_id, str) or not 1 <= len(user_id) <= MAX_USER_ID_LENGTH \
+            or CONTROL_CHARACTERS.search(user_id):
+        raise AuthenticationError("the token's sub must be a user id of 1 to 128 characters "
+                                  "without control characters", code="token_invalid")
     roles = claims.get("roles", [])
     if isinstance(roles, str):
         roles = roles.split()
-    if not isinstance(roles, list) or not all(isinstance(role, str) for role in roles):
-        raise AuthenticationError("the token's roles must be a list of strings", code="token_invalid")
+    if not isinstance(roles, list) or not all(isinstance(role, str) for role in roles) \
+            or any(CONTROL_CHARACTERS.search(role) for role in roles):
+        raise AuthenticationError("the token's roles must be a list of strings without control "
+                                  "characters", code="token_invalid")
     return Principal(user_id=user_id, roles=frozenset(roles), expires_at=float(claims["exp"]))

@@ -1,5 +1,13 @@
 """One exception type per kind of failure; the handlers map them to status codes and JSON."""
 
+from .redaction import shorten
+
+# How much of a client's input (a field name, a query value, a path) a message repeats: enough
+# to recognize it, never the 60 KB a client may send (each message is logged too).
+ECHO_CHARS = 200
+# A validation message past this (one that quotes a client's value at length) is cut.
+MESSAGE_CHARS = 1000
+
 
 class NotifyError(Exception):
     """Base class: carries an HTTP status and a stable machine-readable code."""
@@ -15,10 +23,15 @@ class NotifyError(Exception):
 
 
 class ValidationError(NotifyError):
+    """`field` names what is wrong (it may be a client's own key: it is shown shortened, as a
+    message that quotes a client's value is)."""
+
     status = 400
     code = "invalid_request"
 
     def __init__(self, field: str, message: str, *, code: str | None = None):
+        field = shorten(field, ECHO_CHARS)
+        message = shorten(message, MESSAGE_CHARS)
         super().__init__(f"{field}: {message}" if field else message, code=code)
         self.field = field
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from typing import Callable, Iterable
 
 from .errors import RateLimitedError
@@ -18,7 +18,7 @@ from .redis_link import REDIS_ERRORS, RedisLink
 
 log = logging.getLogger(__name__)
 
-PRUNE_THRESHOLD = 10_000
+DEFAULT_MAX_KEYS = 100_000
 
 
 def _limited(what: str, key: str, per_minute: int, wait: float) -> RateLimitedError:
@@ -27,15 +27,27 @@ def _limited(what: str, key: str, per_minute: int, wait: float) -> RateLimitedEr
 
 
 class RateLimiter:
-    """In-memory, per process. `per_minute == 0` means unlimited."""
+    """In-memory, per process. `per_minute == 0` means unlimited.
 
-    def __init__(self, per_minute: int, what: str, clock: Callable[[], float] = time.monotonic):
+    At most `max_keys` keys are tracked, whoever sends them (a bound, not only expiry by age:
+    an attacker with many addresses fills any window). Past it the table is cut to three
+    quarters of it: full buckets first (forgetting one loses nothing, an unknown key starts
+    full), then the least recently used; so pruning costs O(1) a take, amortized."""
+
+    def __init__(self, per_minute: int, what: str, clock: Callable[[], float] = time.monotonic,
+                 max_keys: int = DEFAULT_MAX_KEYS):
         self.per_minute = per_minute
         self.what = what
+        self.max_keys = max_keys
         self._rate = per_minute / 60.0
         self._clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}
+        # key → (tokens, when counted), least recently used first
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self.refused = 0  # for metrics
+
+    def __len__(self) -> int:
+        """Keys tracked."""
+        return len(self._buckets)
 
     async def acquire(self, keys: Iterable[str]) -> None:
         """The engine-independent call: take one token per key occurrence, all or none."""
@@ -54,30 +66,32 @@ class RateLimiter:
                 raise _limited(self.what, key, self.per_minute, (count - levels[key]) / self._rate)
         for key, count in wanted.items():
             self._buckets[key] = (levels[key] - count, now)
-        if len(self._buckets) > PRUNE_THRESHOLD:
+            self._buckets.move_to_end(key)
+        if len(self._buckets) > self.max_keys:
             self._prune(now)
 
-    def check(self, key: str) -> None:
-        """Raise RateLimitedError if `key` has no token left, taking none."""
-        if self.per_minute and self._level(key, self._clock()) < 1:
-            self.refused += 1
-            raise RateLimitedError(f"too many {self.what} from {key}; retry in "
-                                   f"{60 / self.per_minute:.1f}s", retry_after=60 / self.per_minute)
-
-    def charge(self, key: str) -> None:
-        """Take one token from `key` without refusing anything (counting failures)."""
-        if self.per_minute:
-            now = self._clock()
-            self._buckets[key] = (max(0.0, self._level(key, now) - 1), now)
+    def give_back(self, key: str) -> None:
+        """Return one token taken from `key` that was not used (a reservation: see the base
+        handler's authentication)."""
+        if not self.per_minute or key not in self._buckets:
+            return
+        now = self._clock()
+        level = self._level(key, now) + 1
+        if level >= self.per_minute:
+            del self._buckets[key]  # full: the same as never seen
+        else:
+            self._buckets[key] = (level, now)
 
     def _level(self, key: str, now: float) -> float:
         tokens, at = self._buckets.get(key, (float(self.per_minute), now))
         return min(float(self.per_minute), tokens + (now - at) * self._rate)
 
     def _prune(self, now: float) -> None:
-        full = [key for key in self._buckets if self._level(key, now) >= self.per_minute]
-        for key in full:
+        keep = self.max_keys * 3 // 4
+        for key in [key for key in self._buckets if self._level(key, now) >= self.per_minute]:
             del self._buckets[key]
+        while len(self._buckets) > keep:
+            self._buckets.popitem(last=False)
 
 
 # KEYS: one bucket per key; ARGV: capacity, tokens per millisecond, then the count per key.
@@ -112,12 +126,13 @@ return {1}
 class RedisRateLimiter:
     """Counted in Redis across every instance; per process while Redis is away."""
 
-    def __init__(self, link: RedisLink, per_minute: int, what: str):
+    def __init__(self, link: RedisLink, per_minute: int, what: str,
+                 max_keys: int = DEFAULT_MAX_KEYS):
         self.per_minute = per_minute
         self.what = what
         self._link = link
         self._script = link.client.register_script(TAKE_SCRIPT)
-        self._local = RateLimiter(per_minute, what)
+        self._local = RateLimiter(per_minute, what, max_keys=max_keys)
         self._refused = 0
 
     @property
@@ -150,8 +165,10 @@ class RedisRateLimiter:
         raise _limited(self.what, names[int(answer[2]) - 1], self.per_minute, wait)
 
 
-def build_rate_limiter(per_minute: int, what: str, link: RedisLink | None):
-    """Counted in Redis when one is configured, in this process otherwise."""
+def build_rate_limiter(per_minute: int, what: str, link: RedisLink | None,
+                       max_keys: int = DEFAULT_MAX_KEYS):
+    """Counted in Redis when one is configured, in this process otherwise (at most `max_keys`
+    keys tracked in this process)."""
     if link is None:
-        return RateLimiter(per_minute, what)
-    return RedisRateLimiter(link, per_minute, what)
+        return RateLimiter(per_minute, what, max_keys=max_keys)
+    return RedisRateLimiter(link, per_minute, what, max_keys)

@@ -8,6 +8,7 @@ future), and openapi.py publishes the same objects in `/openapi.json`. Each prop
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Iterable
 
 import fastjsonschema
@@ -137,11 +138,15 @@ VAPID_KEY = object_schema({"publicKey": {"type": "string"}})
 BROADCASTS = object_schema({"broadcasts": {"type": "array", "items": BROADCAST_PAYLOAD}})
 
 
+RANKED_ERRORS = 50
+
+
 class Checker:
     """One schema, compiled once. Valid input is checked by generated code (fastjsonschema: a
     1,000-user alert's drafts in a few milliseconds); only invalid input pays for jsonschema's
-    full report, from which the first problem is named: an unknown field first, then fields in
-    the schema's order."""
+    report, from which the first problem is named: an unknown field first, then fields in the
+    schema's order. The report is read up to RANKED_ERRORS problems: a body can hold thousands
+    (an unknown channel per key: 7,700 in 64 KB, 0.4 s to list them all on the event loop)."""
 
     def __init__(self, schema: dict[str, Any]):
         self.schema = schema
@@ -157,7 +162,7 @@ class Checker:
             return
         except fastjsonschema.JsonSchemaException:
             pass
-        errors = list(self._full.iter_errors(raw))
+        errors = list(itertools.islice(self._full.iter_errors(raw), RANKED_ERRORS))
         if errors:
             first = min(errors, key=lambda error: _rank(error, self._order))
             raise _as_validation_error(first, raw, self.schema, name)

@@ -101,6 +101,7 @@ class AuthSettings:
     jwks_url: str | None = _check(_url_with_scheme("http", "https"), default=None)
     jwks_cache_seconds: int = _check(_between(0, 86400), default=300)
     audience: str | None = None
+    require_audience: bool = True
     issuer: str | None = None
     leeway_seconds: int = _check(_between(0, 600), default=30)
     token_ttl_seconds: int = _check(_between(60, 30 * 86400), default=3600)
@@ -167,6 +168,7 @@ class PushSettings:
 class RateLimitSettings:
     notifications_per_minute: int = _check(_between(0, 1_000_000), default=120)
     requests_per_minute: int = _check(_between(0, 1_000_000), default=600)
+    max_tracked_keys: int = _check(_between(100, 10_000_000), default=100_000)
 
 
 @dataclass(frozen=True)
@@ -456,6 +458,13 @@ def _check_combinations(settings: Settings) -> None:
         if sum(source is not None for source in sources) != 1:
             raise SettingsError("auth.algorithm", f"{auth.algorithm} needs exactly one of "
                                 "auth.public_key, auth.public_key_file or auth.jwks_url")
+        if auth.audience is None and auth.require_audience:
+            raise SettingsError("auth.audience", f"must be set with {auth.algorithm}: an identity "
+                                "provider signs other applications' tokens too, and without an "
+                                "audience theirs are accepted here, roles and all; set it to the "
+                                "aud your provider puts in this service's tokens, or set "
+                                "auth.require_audience: false if it issues tokens for this "
+                                "service alone")
     push = settings.push
     if (push.vapid_public_key is None) != (push.vapid_private_key is None):
         missing = "push.vapid_private_key" if push.vapid_private_key is None else "push.vapid_public_key"

@@ -223,6 +223,7 @@ def test_check_exits_0_on_good_settings(deployment):
     ("colour: blue\n", "colour"),
     ("auth:\n  secret: short\n", "auth.secret"),
     ("logging:\n  level: LOUD\n", "logging.level"),
+    ("auth:\n  algorithm: RS256\n  jwks_url: https://id.example/jwks\n", "auth.audience"),
 ])
 def test_check_exits_2_with_one_line_naming_a_bad_key(tmp_path, extra, key):
     path = tmp_path / "settings.yaml"

@@ -11,7 +11,11 @@ import urllib.request
 
 import pytest
 
-from .support import Socket, new_user, post_event, token
+from mojavox_notify.app import NotifyApp
+from mojavox_notify.errors import RateLimitedError
+from mojavox_notify.ratelimit import RateLimiter
+
+from .support import HealthWatch, Socket, new_user, post_event, token
 
 BASE = "/api/notifications"
 SERVICE = token("test-service", ["service"])
@@ -85,6 +89,20 @@ async def test_an_event_with_a_lone_surrogate_or_a_huge_amount_is_a_400(start_ap
 
 
 @bounded
+@pytest.mark.parametrize("path, body, field", [
+    (BASE, {"userId": "a", "type": "payment_received", "title": "t", "message": "m",
+            "expiresAt": "9999-12-31T23:59:59-05:00"}, "expiresAt"),
+    ("/api/events", {"type": "payment.received", "occurredAt": "0001-01-01T00:00:00+05:00",
+                     "data": {"userId": "a", "amount": 1, "accountId": "A", "debtorName": "D"}},
+     "occurredAt"),
+])
+async def test_a_time_beyond_the_calendar_in_utc_is_a_400_naming_the_field(start_app, path, body, field):
+    app = await start_app()
+    status, answer = await app.api.post(path, SERVICE, body)
+    assert status == 400 and answer["error"]["message"].startswith(f"{field}:"), answer
+
+
+@bounded
 async def test_a_push_endpoint_with_a_lone_surrogate_is_a_400(start_app):
     app = await start_app()
     raw = b'{"endpoint":"https://push.example.com/\\ud800","keys":{"p256dh":"BKey","auth":"secret"}}'
@@ -116,6 +134,45 @@ async def test_a_hostile_socket_frame_gets_an_error_and_the_socket_stays_open(st
         assert error["code"] in ("invalid_json", "invalid_request", "invalid_message"), error
     await socket.send({"type": "ping"})
     assert (await socket.expect("pong"))["type"] == "pong"
+
+
+# -- no request holds up the others --------------------------------------------------------------
+
+# Distinct keys as short as they come, as many as the body limit takes (7,700).
+SHORT_KEYS = [f"{n:03x}" for n in range(4096)] + [f"{n:04x}" for n in range(4096, 7700)]
+
+
+def compact(value) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+# Each fits the header or body limit, and each held the event loop (every other request and
+# socket) for half a second to three: echoed into the access line, a 60 KB run of "eyJ" made the
+# token redaction quadratic; a long key over a long list made every element's field path a copy
+# of the key (half a gigabyte of them at once); an unknown channel per key made the schema check
+# report every one of them.
+HOSTILE_REQUESTS = {
+    "a 404 path": ("GET", "/" + "eyJ" * 20000, None, None),
+    "a settings key": ("PUT", f"{BASE}/settings", "user", compact({"channels": {"eyJ" * 20000: {"push": True}}})),
+    "a query value": ("GET", f"{BASE}?unreadOnly=" + "eyJ" * 15000, "user", None),
+    "a notification id": ("GET", f"{BASE}/" + "eyJ" * 20000, "user", None),
+    "a key over a long list": ("POST", BASE, "service", compact({"k" * 30000: [1] * 17000})),
+    "thousands of unknown channels": ("PUT", f"{BASE}/settings", "user",
+                                      compact({"channels": {key: 0 for key in SHORT_KEYS}})),
+}
+
+
+@bounded
+@pytest.mark.parametrize("name", sorted(HOSTILE_REQUESTS))
+async def test_a_hostile_request_holds_up_no_other_request(start_app, name):
+    app = await start_app(**{"rate_limits.requests_per_minute": 0})
+    method, path, caller, body = HOSTILE_REQUESTS[name]
+    bearer = {"user": token(new_user()), "service": SERVICE, None: None}[caller]
+    async with HealthWatch(app) as watch:
+        status, answer = await app.api.call(method, path, bearer, raw_body=body)
+    assert status in (400, 404) and error_shape(answer), (status, str(answer)[:300])
+    assert len(answer["error"]["message"]) < 1000, "the client's input is echoed bounded"
+    assert watch.longest < 0.25, f"/healthz waited {watch.longest:.2f} s behind {name}"
 
 
 # -- answers made below the application --------------------------------------------------------
@@ -246,6 +303,32 @@ async def test_failed_authentications_from_one_address_are_slowed_down(start_app
     assert status == 429 and body["error"]["code"] == "rate_limited", body
     socket = await Socket.open(app, token(new_user()))
     assert await socket.closed() == 4029
+
+
+def test_failing_addresses_without_end_leave_at_most_the_cap_in_memory(make_settings):
+    """Expiry alone would not bound it: an attacker with many addresses fills any window."""
+    settings = make_settings()
+    failures = NotifyApp(settings).auth_failures
+    for n in range(200_000):
+        failures.take([f"10.{n >> 16}.{n >> 8 & 255}.{n & 255}"])
+    assert 0 < len(failures) <= settings.rate_limits.max_tracked_keys
+
+
+def test_a_full_limiter_forgets_full_buckets_first_then_the_least_recently_used():
+    now = [0.0]
+    limiter = RateLimiter(60, "failed authentications", clock=lambda: now[0], max_keys=4)
+    limiter.take(["busy"] * 50)  # 10 tokens left, refilled one a second
+    limiter.take(["refilled"])
+    now[0] = 5.0
+    limiter.take(["recent"] * 50)
+    now[0] = 10.0  # "refilled" is full again, "busy" is not
+    limiter.take(["newest"])
+    assert len(limiter) == 4
+    limiter.take(["one-too-many"])  # past the cap: down to three quarters of it
+    assert len(limiter) == 3
+    with pytest.raises(RateLimitedError):
+        limiter.take(["recent"] * 20)  # still counted: 15 left
+    limiter.take(["busy"] * 60)  # forgotten, so full again: the least recently used went
 
 
 @bounded

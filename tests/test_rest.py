@@ -626,6 +626,38 @@ async def test_unsupported_method_is_a_json_405(start_app, method, path):
     assert_error(body, status, 405, "method_not_allowed")
 
 
+@pytest.mark.timeout(60)
+async def test_every_routes_405_names_the_methods_it_answers_in_allow(start_app):
+    """RFC 9110: a 405 carries Allow, for a method tornado does not know (TRACE) and for one it
+    knows that the route does not implement; OPTIONS where CORS preflights are answered."""
+    app = await start_app()
+    status, document = await app.api.get("/openapi.json")
+    assert status == 200
+    caller = token(new_user(), ["service", "admin"])
+    for template, operations in document["paths"].items():
+        path = re.sub(r"\{[^}]+\}", "0123456789abcdef01234567", template)
+        answered = sorted(method.upper() for method in operations)
+        expected = set(answered) | ({"OPTIONS"} if path.startswith("/api/") else set())
+        for method in ["TRACE", *sorted({"GET", "POST", "PUT", "DELETE", "PATCH"} - set(answered))]:
+            status, body = await app.api.call(method, path, caller,
+                                              body={} if method in ("POST", "PUT", "PATCH") else None)
+            assert_error(body, status, 405, "method_not_allowed")
+            allow = app.api.last_headers.get("Allow")
+            assert allow is not None, f"{method} {path}: a 405 without Allow"
+            assert {m.strip() for m in allow.split(",")} == expected, (method, path, allow)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("path, allow", [("/", {"GET", "HEAD"}), ("/sw.js", {"GET", "HEAD"}),
+                                         ("/ws/notifications", {"GET"})])
+async def test_the_page_and_the_socket_name_their_methods_in_a_405(start_app, path, allow):
+    app = await start_app()
+    for method in ("TRACE", "POST"):
+        status, body = await app.api.call(method, path, body={} if method == "POST" else None)
+        assert_error(body, status, 405, "method_not_allowed")
+        assert {m.strip() for m in app.api.last_headers.get("Allow", "").split(",")} == allow
+
+
 @pytest.mark.timeout(30)
 async def test_body_over_the_limit_is_a_json_413(start_app):
     app = await start_app(**{"server.max_body_bytes": 1024})

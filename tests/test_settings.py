@@ -274,6 +274,26 @@ def test_rs256_with_two_key_sources_is_refused(tmp_path):
     assert error.key == "auth.algorithm"
 
 
+@pytest.mark.parametrize("algorithm, source", [("RS256", "public_key: PEM"),
+                                               ("ES256", "public_key_file: idp.pem"),
+                                               ("RS256", "jwks_url: https://id.example/jwks")])
+def test_a_public_key_algorithm_without_an_audience_is_refused(tmp_path, algorithm, source):
+    """An identity provider signs other applications' tokens too: without an audience, theirs
+    would be accepted here (with their roles)."""
+    error = settings_error(write_settings(tmp_path, f"auth:\n  algorithm: {algorithm}\n  {source}\n"))
+    assert error.key == "auth.audience"
+    assert algorithm in str(error) and "auth.require_audience: false" in str(error)
+
+
+def test_an_audience_or_require_audience_false_satisfies_a_public_key_algorithm(tmp_path):
+    path = write_settings(tmp_path, "auth:\n  algorithm: RS256\n  jwks_url: https://id.example/jwks\n"
+                                    "  audience: mojavox-notify\n")
+    assert load_settings(path, environ={}).auth.audience == "mojavox-notify"
+    path = write_settings(tmp_path, "auth:\n  algorithm: ES256\n  public_key: PEM\n"
+                                    "  require_audience: false\n")
+    assert load_settings(path, environ={}).auth.require_audience is False
+
+
 def test_unknown_algorithm_is_refused(tmp_path):
     error = settings_error(write_settings(tmp_path, "auth:\n  algorithm: none\n"))
     assert error.key == "auth.algorithm"
@@ -320,7 +340,8 @@ def test_absolute_paths_are_kept(tmp_path):
 def test_relative_public_key_file_is_read_from_the_settings_file_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     folder = tmp_path / "deploy"
-    path = write_settings(folder, "auth:\n  algorithm: RS256\n  public_key_file: keys/idp.pem\n")
+    path = write_settings(folder, "auth:\n  algorithm: RS256\n  public_key_file: keys/idp.pem\n"
+                                  "  audience: mojavox-notify\n")
     (folder / "keys").mkdir()
     (folder / "keys" / "idp.pem").write_text("-----BEGIN PUBLIC KEY-----\n", encoding="utf-8")
     settings = load_settings(path, environ={})
@@ -329,7 +350,8 @@ def test_relative_public_key_file_is_read_from_the_settings_file_folder(tmp_path
 
 
 def test_unreadable_public_key_file_names_the_key(tmp_path):
-    path = write_settings(tmp_path, "auth:\n  algorithm: RS256\n  public_key_file: missing.pem\n")
+    path = write_settings(tmp_path, "auth:\n  algorithm: RS256\n  public_key_file: missing.pem\n"
+                                    "  audience: mojavox-notify\n")
     settings = load_settings(path, environ={})
     with pytest.raises(SettingsError) as caught:
         build_verifier(settings)

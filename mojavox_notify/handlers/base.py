@@ -13,12 +13,14 @@ import tornado.httputil
 import tornado.web
 
 from ..auth import Principal, TokenVerifier, bearer_token
-from ..errors import (AuthenticationError, ForbiddenError, NotifyError, PayloadTooLargeError,
-                      RateLimitedError, StorageUnavailableError, ValidationError)
+from ..errors import (ECHO_CHARS, AuthenticationError, ForbiddenError, NotifyError,
+                      PayloadTooLargeError, RateLimitedError, StorageUnavailableError,
+                      ValidationError)
 from ..httpserver import answered, new_request, refuse_body
 from ..logs import log_access
 from ..model import INT64_MAX, INT64_MIN, parse_json
 from ..ratelimit import RateLimiter
+from ..redaction import shorten
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,14 @@ class InFlight:
 
 CORS_ALLOWED_HEADERS = "Authorization, Content-Type, Idempotency-Key"
 CORS_EXPOSED_HEADERS = "Retry-After"
-CORS_METHODS = ("GET", "POST", "PUT", "DELETE")
+HANDLER_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH")
+
+
+def implemented_methods(handler_class: type[tornado.web.RequestHandler]) -> list[str]:
+    """The methods a handler class answers itself: tornado's own answer to the others is 405."""
+    return [method for method in HANDLER_METHODS
+            if getattr(handler_class, method.lower()) is not getattr(tornado.web.RequestHandler,
+                                                                     method.lower())]
 
 
 class Cors:
@@ -108,10 +117,7 @@ class CorsHandlerMixin:
         if self.cors is None or self.cors.applies(self.request) is None:
             raise ForbiddenError("this origin may not call the API (server.allowed_origins)",
                                  code="origin_not_allowed")
-        methods = [method for method in CORS_METHODS
-                   if getattr(type(self), method.lower()) is not getattr(tornado.web.RequestHandler,
-                                                                         method.lower())]
-        self.set_header("Access-Control-Allow-Methods", ", ".join(methods))
+        self.set_header("Access-Control-Allow-Methods", ", ".join(implemented_methods(type(self))))
         self.set_header("Access-Control-Allow-Headers", CORS_ALLOWED_HEADERS)
         self.set_header("Access-Control-Max-Age", self.cors.max_age)
         self.set_status(204)
@@ -163,14 +169,18 @@ class BaseHandler(CorsHandlerMixin, tornado.web.RequestHandler):
                 raise self._too_large()  # the client waits for this before sending the body
         if self.public:
             return
-        address = self.request.remote_ip or ""
-        self.auth_failures.check(address)
-        try:
-            self.principal = await self.verifier.verify(self._bearer_token())
-        except AuthenticationError:
-            self.auth_failures.charge(address)
-            raise
+        await self._authenticate()
         await self.request_limiter.acquire([self.principal.user_id])
+
+    async def _authenticate(self) -> None:
+        """Each attempt takes a failure from its address's allowance before the token is
+        verified (429 when none is left) and gives it back when the token is good: charged
+        after verifying, a burst would all pass the check while verifications wait (for a JWKS
+        fetch)."""
+        address = self.request.remote_ip or ""
+        self.auth_failures.take([address])
+        self.principal = await self.verifier.verify(self._bearer_token())
+        self.auth_failures.give_back(address)
 
     def data_received(self, chunk: bytes) -> None:
         # An oversized body is read and discarded, then `json_body` answers 413: answering
@@ -238,10 +248,20 @@ class BaseHandler(CorsHandlerMixin, tornado.web.RequestHandler):
             return True
         if raw.lower() in ("false", "0", "no"):
             return False
-        raise ValidationError(name, f"must be true or false (got {raw!r})")
+        raise ValidationError(name, f"must be true or false (got {shorten(raw, ECHO_CHARS)!r})")
+
+    def allowed_methods(self) -> list[str]:
+        """What a 405's Allow names: the methods this route implements, and OPTIONS where
+        preflights are answered (/api/*)."""
+        methods = implemented_methods(type(self))
+        if self.request.path.startswith("/api/"):
+            methods.append("OPTIONS")
+        return methods
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         error = kwargs.get("exc_info", (None, None, None))[1]
+        if status_code == 405:  # RFC 9110: a 405 says what the route allows
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
         if isinstance(error, NotifyError):
             code, message = error.code, error.message
             if isinstance(error, RateLimitedError):
@@ -277,7 +297,8 @@ class NotFoundHandler(BaseHandler):
     public = True
 
     async def prepare(self) -> None:
-        raise tornado.web.HTTPError(404, "no such endpoint: %s", self.request.path)
+        raise tornado.web.HTTPError(404, "no such endpoint: %s",
+                                    shorten(self.request.path, ECHO_CHARS))
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:

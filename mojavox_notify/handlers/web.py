@@ -8,11 +8,12 @@ Content-Security-Policy that allows only this origin's scripts and sockets.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import tornado.web
 
-from .base import BaseHandler
+from .base import STATUS_CODES, BaseHandler
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
@@ -36,9 +37,13 @@ class PageFileHandler(tornado.web.StaticFileHandler):
 
     def write_error(self, status_code: int, **kwargs) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish('{"error":{"code":"not_found","message":"no such file"}}'
-                    if status_code == 404 else
-                    '{"error":{"code":"http_error","message":"%s"}}' % self._reason)
+        if status_code == 404:
+            self.finish('{"error":{"code":"not_found","message":"no such file"}}')
+            return
+        if status_code == 405:  # RFC 9110: a 405 says what the route allows
+            self.set_header("Allow", "GET, HEAD")
+        self.finish(json.dumps({"error": {"code": STATUS_CODES.get(status_code, "http_error"),
+                                          "message": self._reason}}, separators=(",", ":")))
 
 
 class PageConfigHandler(BaseHandler):

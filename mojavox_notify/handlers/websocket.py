@@ -28,8 +28,8 @@ from tornado.iostream import StreamClosedError
 from ..auth import Principal, TokenVerifier, bearer_token
 from ..broadcasts import MAX_ACTIVE
 from ..broker import Message
-from ..errors import (AuthenticationError, NotFoundError, NotifyError, RateLimitedError,
-                      StorageUnavailableError, ValidationError)
+from ..errors import (ECHO_CHARS, AuthenticationError, NotFoundError, NotifyError,
+                      RateLimitedError, StorageUnavailableError, ValidationError)
 from ..httpserver import JsonAnswersStream
 from ..hub import Hub
 from ..presence import HubPresence
@@ -37,8 +37,10 @@ from ..logs import log_access
 from ..metrics import Metrics
 from ..model import NotificationTypes, iso, parse_json, utcnow
 from ..ratelimit import RateLimiter
+from ..redaction import shorten
 from ..service import NotificationService, page_bounds
 from ..settings import ServerSettings, WebSocketSettings
+from .base import STATUS_CODES
 from .heartbeat import Heartbeat
 
 log = logging.getLogger(__name__)
@@ -384,10 +386,17 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
         """tornado refuses a bad handshake (no Upgrade header, a foreign origin) in plain text;
         answer in the API's error shape instead."""
         if self.ws_connection is None and isinstance(chunk, str) and self.get_status() >= 400:
-            code = {400: "invalid_request", 403: "forbidden"}.get(self.get_status(), "http_error")
+            code = STATUS_CODES.get(self.get_status(), "http_error")
             self.set_header("Content-Type", "application/json; charset=utf-8")
             chunk = json.dumps({"error": {"code": code, "message": chunk}}, separators=(",", ":"))
         return super().finish(chunk)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """tornado's error page (a 405 for POST on the socket's path) is HTML: its reason, in the
+        API's error shape (see `finish`), and a 405's Allow."""
+        if status_code == 405:
+            self.set_header("Allow", "GET")
+        self.finish(self._reason)
 
     async def open(self) -> None:
         token = (self.get_query_argument("token", None)
@@ -395,17 +404,17 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
         if not token:
             self.close(CLOSE_TOKEN_MISSING, "Authentication required")
             return
-        try:
-            self.auth_failures.check(self.remote_ip)
+        try:  # a failure is taken before verifying and given back for a good token (base.py)
+            self.auth_failures.take([self.remote_ip])
         except RateLimitedError:
             self.close(CLOSE_AUTH_THROTTLED, "Too many failed authentications; retry later")
             return
         try:
             self.principal = await self.verifier.verify(token)
         except AuthenticationError:
-            self.auth_failures.charge(self.remote_ip)
             self.close(CLOSE_TOKEN_INVALID, "Invalid token")
             return
+        self.auth_failures.give_back(self.remote_ip)
         if self.principal.expires_at <= time.time():
             # Accepted within the leeway, but a socket needs a token that is still valid.
             self.close(CLOSE_TOKEN_INVALID, "Token expired")
@@ -635,7 +644,8 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
             frame = _parse_frame(raw)
             handler = getattr(self, f"_on_{frame['type']}", None)
             if handler is None:
-                raise ValidationError("type", f"unknown message type {frame['type']!r}; allowed: "
+                raise ValidationError("type", f"unknown message type "
+                                      f"{shorten(frame['type'], ECHO_CHARS)!r}; allowed: "
                                       f"{', '.join(CLIENT_MESSAGES)}", code="unknown_type")
             if frame["type"] != "ping":
                 await self.request_limiter.acquire([self.user_id])
@@ -663,7 +673,8 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
             raise ValidationError("channels", "must be a list of channel names")
         for channel in channels:
             if channel != "all" and channel not in self.types:
-                raise ValidationError("channels", f"unknown channel {channel!r}; allowed: all, "
+                raise ValidationError("channels", f"unknown channel "
+                                      f"{shorten(channel, ECHO_CHARS)!r}; allowed: all, "
                                       f"{', '.join(self.types.names)}", code="unknown_channel")
         return self.types.all if "all" in channels else frozenset(channels)
 
