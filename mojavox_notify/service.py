@@ -17,7 +17,7 @@ from typing import Any, Awaitable, Callable, Iterable
 
 from .broadcasts import MAX_ACTIVE
 from .broker import Broker
-from .errors import NotFoundError, ValidationError
+from .errors import ConflictError, NotFoundError, ValidationError
 from . import schemas
 from .idempotency import Idempotency
 from .metrics import Metrics
@@ -296,7 +296,11 @@ class NotificationService:
         schemas.PUSH_SUBSCRIPTION_CHECK.check(raw)
         subscription = validate_push_subscription(raw)
         await check_endpoint(subscription.endpoint, self._push.allowed_insecure_hosts)
-        await self.store.save_push_subscription(user_id, subscription)
+        if not await self.store.save_push_subscription(user_id, subscription,
+                                                       keep=self._push.max_subscriptions_per_user):
+            raise ConflictError("endpoint: this push subscription is registered to another user; "
+                                "unsubscribe the browser and subscribe again for a new endpoint",
+                                code="push_subscription_taken")
         return subscription
 
     async def remove_push_subscription(self, user_id: str, raw: Any) -> None:

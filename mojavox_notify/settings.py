@@ -159,6 +159,7 @@ class PushSettings:
     default_priorities: tuple[str, ...] = ("high", "critical")
     allowed_insecure_hosts: tuple[str, ...] = ()
     concurrency: int = _check(_between(1, 1000), default=8)
+    max_subscriptions_per_user: int = _check(_between(1, 1000), default=20)
     give_up_after_seconds: float = _check(_between(10, 7 * 86400), default=3600)
 
 

@@ -12,7 +12,7 @@ import pytest
 from mojavox_notify.push import new_vapid_pair, push_payload
 
 from .pushservice import PushServiceStandIn
-from .support import Socket, new_user, token
+from .support import Socket, both_engines, new_user, token
 
 BASE = "/api/notifications"
 bounded = pytest.mark.timeout(60)
@@ -214,3 +214,22 @@ def test_a_notification_without_action_url_has_none_in_its_payload():
                     "title": "Agent offline", "message": "Agent 7 stopped", "actionUrl": None}
     assert json.loads(push_payload(notification, "full", None))["data"] == {
         "id": notification["id"], "type": "agent_alert", "priority": "critical"}
+
+
+# -- limits: one user or one push service cannot hold up everyone else's pushes ------------------
+
+@bounded
+@both_engines
+async def test_a_user_keeps_only_their_newest_subscriptions(start_app, push_service):
+    app = await start_app(**push_service.settings, **{"rate_limits.requests_per_minute": 0})
+    user = new_user()
+    keys = push_service.subscribe()["keys"]
+    endpoints = [f"{push_service.origin}/push/{user}-{number}" for number in range(300)]
+    for endpoint in endpoints:
+        status, body = await app.api.post(f"{BASE}/push-subscription", token(user),
+                                          {"endpoint": endpoint, "keys": keys})
+        assert status == 200, body
+    kept = [subscription["endpoint"]
+            for subscription in await app.store.push_subscriptions_of(user)]
+    assert app.settings.push.max_subscriptions_per_user == 20
+    assert sorted(kept) == sorted(endpoints[-20:])
