@@ -1,8 +1,9 @@
 """The application object: the one place that wires the collaborators together.
 
 Start-up order, top to bottom in `start()`: storage (schema or indexes) and its watchdog →
-broker (Redis when `redis.url` is set) and presence → service and ingest → plugins' startup →
-HTTP/WebSocket listener → event sources and the cleanup job. `stop()` undoes it in reverse.
+broker (Redis when `redis.url` is set) and presence → service and ingest → web push (an HTTP
+client of its own, the sender, the outbox worker) → plugins' startup → HTTP/WebSocket listener →
+event sources and the cleanup job. `stop()` undoes it in reverse.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from .model import Event
 from .plugins import Plugins, build_plugin_manager
 from .openapi import openapi_document
 from .protocol import protocol_document
-from .push import PushSender
+from .push import PushSender, load_vapid_key, push_http_client
 from .push_worker import PushWorker
 from .presence import build_presence
 from .ratelimit import RateLimiter, build_rate_limiter
@@ -73,7 +74,9 @@ class NotifyApp:
         manager = plugin_manager or build_plugin_manager(settings, plugins, discover_plugins)
         self.plugins = Plugins(manager)
         self.verifier = build_verifier(settings)
-        self.push_sender = PushSender(settings.push) if settings.push.vapid_private_key else None
+        # Checked here, so a bad key pair stops start-up (and `check`) before anything opens.
+        self._vapid = load_vapid_key(settings.push) if settings.push.vapid_private_key else None
+        self.push_sender: PushSender | None = None
         self.push_worker: PushWorker | None = None
         self.worker = worker
         self.metrics = Metrics()
@@ -152,7 +155,8 @@ class NotifyApp:
         await self._load_broadcasts()
         await self.presence.start()
         self.heartbeat.start()
-        if self.push_sender is not None:
+        if self._vapid is not None:
+            self.push_sender = PushSender(settings.push, self._vapid, push_http_client(settings.push))
             self.push_worker = PushWorker(self.store, self.push_sender, settings.push)
             self.service.on_push_recorded = self.push_worker.wake
             self.push_worker.start()
@@ -355,6 +359,8 @@ class NotifyApp:
                 log.exception("a plugin's shutdown hook failed")
         if self.push_worker is not None:
             await self.push_worker.stop()
+        if self.push_sender is not None:
+            self.push_sender.close()
         await self.presence.stop()
         await self.broker.stop()
         if self.redis is not None:

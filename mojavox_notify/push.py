@@ -2,8 +2,9 @@
 
 `PushSender.send` encrypts a payload for one browser subscription (aes128gcm with the
 subscription's p256dh key and auth secret), signs a VAPID JWT for the push service's origin,
-and posts it with tornado's async client, so sending never blocks the event loop. What to do
-with the answer (retry, forget the subscription) is the worker's (`push_worker.py`).
+and posts it with an async HTTP client of push's own (`push_http_client`: its own connections,
+so push services that stall never hold up JWKS fetches). What to do with the answer (retry,
+forget the subscription) is the worker's (`push_worker.py`).
 """
 
 from __future__ import annotations
@@ -135,15 +136,25 @@ class PushOutcome:
     detail: str = ""
 
 
+def push_http_client(settings: PushSettings) -> AsyncHTTPClient:
+    """An HTTP client for pushes alone: `push.concurrency` connections at most (more requests
+    wait their turn inside it)."""
+    return AsyncHTTPClient(force_instance=True, max_clients=settings.concurrency)
+
+
 class PushSender:
-    def __init__(self, settings: PushSettings, http: AsyncHTTPClient | None = None):
+    def __init__(self, settings: PushSettings, vapid: py_vapid.Vapid02, http: AsyncHTTPClient):
+        """`vapid` from `load_vapid_key`; `http` from `push_http_client`, closed by `close()`."""
         self._settings = settings
-        self._vapid = load_vapid_key(settings)
-        self._http = http or AsyncHTTPClient()
+        self._vapid = vapid
+        self._http = http
 
     @property
     def public_key(self) -> str:
         return self._settings.vapid_public_key
+
+    def close(self) -> None:
+        self._http.close()
 
     async def send(self, subscription: Mapping[str, Any], payload: str, priority: str) -> PushOutcome:
         endpoint = subscription["endpoint"]

@@ -1,9 +1,11 @@
 """Draining the push outbox: each recorded push reaches every browser of its user, or is given up.
 
 Creation records a push job in storage with the notification (see `NotificationStore.insert_many`);
-this worker claims due jobs with a lease (so several processes never send one twice), sends to
-each of the user's subscriptions that does not have it yet, and then finishes the job or
-reschedules it: after the push service's `Retry-After` on 429/5xx, else with exponential backoff.
+this worker claims due jobs with a lease (so several processes never send one twice) and works on
+up to `push.concurrency` of them at once, claiming more as each one ends, so a slow job never
+holds up the others. A job sends to each of the user's subscriptions that does not have it yet,
+within the shares of `push_slots.py` (per push service, per user), and then finishes or is
+rescheduled: after the push service's `Retry-After` on 429/5xx, else with exponential backoff.
 A 404/410 endpoint is forgotten. A job older than `push.give_up_after_seconds` (or its
 priority's TTL) is given up. Nothing of this runs on a request's path.
 """
@@ -14,21 +16,24 @@ import asyncio
 import logging
 import random
 from collections import Counter
+from urllib.parse import urlparse
 
 from bson import ObjectId
 
 from .errors import NotFoundError, StorageUnavailableError, ValidationError
 from .model import to_payload, utcnow
-from .push import (TTL_SECONDS, EndpointUnresolved, PushOutcome, PushSender, check_endpoint,
-                   push_payload)
+from .push import (SEND_TIMEOUT_SECONDS, TTL_SECONDS, EndpointUnresolved, PushOutcome, PushSender,
+                   check_endpoint, push_payload)
+from .push_slots import Slots, SlotsTaken
 from .settings import PushSettings
 from .store import NotificationStore, PushJob
 
 log = logging.getLogger(__name__)
 
-LEASE_SECONDS = 60.0  # longer than a job's sends can take (each send times out after 10 s)
+SLOT_WAIT_SECONDS = 1.0  # how long a send waits for a share of its push service or its user
+LEASE_SECONDS = 60.0  # longer than an attempt can take: two slot waits, then one send
 POLL_SECONDS = 1.0  # how often rescheduled jobs are looked for when nothing wakes the worker
-STOP_GRACE_SECONDS = 12.0  # a send times out after 10 s
+STOP_GRACE_SECONDS = SEND_TIMEOUT_SECONDS + 2 * SLOT_WAIT_SECONDS
 BACKOFF_BASE_SECONDS = 2.0
 BACKOFF_CAP_SECONDS = 300.0
 
@@ -43,8 +48,11 @@ class PushWorker:
         self._store = store
         self._sender = sender
         self._settings = settings
+        self._hosts = Slots(settings.concurrency_per_host, SLOT_WAIT_SECONDS)
+        self._users = Slots(settings.concurrency_per_user, SLOT_WAIT_SECONDS)
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._running: dict[str, asyncio.Task] = {}  # by job id
         self._stopping = False
         self.stats: Counter = Counter()  # sent, failed, removed, retried, given_up
 
@@ -71,20 +79,37 @@ class PushWorker:
         self._task = None
 
     async def _run(self) -> None:
+        """Keep up to `push.concurrency` jobs going: claim as many as there are free places,
+        then wait until a job ends, new ones are recorded, or the poll interval passes."""
         while not self._stopping:
-            try:
-                jobs = await self._store.claim_pushes(self._settings.concurrency, LEASE_SECONDS)
-            except StorageUnavailableError:
-                jobs = []
-            if jobs:
-                await asyncio.gather(*(self._deliver(job) for job in jobs))
-                continue
             self._wakeup.clear()
+            free = self._settings.concurrency - len(self._running)
+            if free > 0:
+                for job in await self._claim(free):
+                    self._begin(job)
             try:
                 async with asyncio.timeout(POLL_SECONDS):
                     await self._wakeup.wait()
             except TimeoutError:
                 pass
+        await asyncio.gather(*self._running.values(), return_exceptions=True)
+
+    async def _claim(self, limit: int) -> list[PushJob]:
+        """Due jobs, less those still going here (their lease ran out mid-attempt)."""
+        try:
+            jobs = await self._store.claim_pushes(limit, LEASE_SECONDS)
+        except StorageUnavailableError:
+            return []
+        return [job for job in jobs if job.id not in self._running]
+
+    def _begin(self, job: PushJob) -> None:
+        task = asyncio.get_running_loop().create_task(self._deliver(job))
+        self._running[job.id] = task
+        task.add_done_callback(lambda _: self._ended(job.id))
+
+    def _ended(self, job_id: str) -> None:
+        del self._running[job_id]
+        self._wakeup.set()
 
     async def _deliver(self, job: PushJob) -> None:
         try:
@@ -112,7 +137,7 @@ class PushWorker:
         subscriptions = [subscription for subscription in
                          await self._store.push_subscriptions_of(job.user_id)
                          if subscription["endpoint"] not in job.done]
-        outcomes = await asyncio.gather(*(self._send(subscription, payload, job.priority)
+        outcomes = await asyncio.gather(*(self._send(job, subscription, payload)
                                           for subscription in subscriptions))
         done = list(job.done)
         retry_in: float | None = None
@@ -143,16 +168,28 @@ class PushWorker:
         else:
             await self._store.reschedule_push(job.id, retry_in, job.attempts + 1, done)
 
-    async def _send(self, subscription: dict, payload: str, priority: str) -> PushOutcome:
-        """Check the endpoint again right before sending (its host may now resolve elsewhere)."""
+    async def _send(self, job: PushJob, subscription: dict, payload: str) -> PushOutcome:
+        """Check the endpoint again right before sending (its host may now resolve elsewhere),
+        then send within the shares of its push service and of the job's user."""
+        endpoint = subscription["endpoint"]
         try:
-            await check_endpoint(subscription["endpoint"], self._settings.allowed_insecure_hosts,
-                                 must_resolve=True)
+            await check_endpoint(endpoint, self._settings.allowed_insecure_hosts, must_resolve=True)
         except ValidationError as error:
             return PushOutcome("failed", detail=error.message)
         except EndpointUnresolved as error:
             return PushOutcome("retry", detail=f"host {error} does not resolve")
-        return await self._sender.send(subscription, payload, priority)
+        try:
+            async with self._users.hold(job.user_id), self._hosts.hold(_origin(endpoint)):
+                return await self._sender.send(subscription, payload, job.priority)
+        except SlotsTaken as taken:
+            return PushOutcome("retry", detail=f"the sends for {taken} are at their share; put off")
+
+
+def _origin(endpoint: str) -> str:
+    """The push service an endpoint belongs to: scheme, host and port."""
+    parsed = urlparse(endpoint)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    return f"{parsed.scheme}://{parsed.hostname}:{port}"
 
 
 def _host(endpoint: str) -> str:

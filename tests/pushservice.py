@@ -180,6 +180,52 @@ class _PushHandler(tornado.web.RequestHandler):
         self.finish()
 
 
+class SilentPushService:
+    """A push service host that accepts every connection, reads the request and never answers:
+    a dead or hostile one. It counts the connections it holds open."""
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.open = 0
+        self.most_open = 0
+        self.paths: list[str] = []
+        self.port: int | None = None
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._hold, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        """Close every connection held (their senders see them closed) and stop listening."""
+        self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        await self._server.wait_closed()
+
+    async def _hold(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        self.accepted += 1
+        self.open += 1
+        self.most_open = max(self.most_open, self.open)
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            self.paths.append(head.split(b" ", 2)[1].decode())
+            while await reader.read(65536):
+                pass
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.open -= 1
+            self._writers.discard(writer)
+            writer.close()
+
+
 async def _main(port: int) -> None:
     service = PushServiceStandIn()
     await service.start(port)

@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
 from mojavox_notify.push import new_vapid_pair, push_payload
 
-from .pushservice import PushServiceStandIn
+from .pushservice import PushServiceStandIn, SilentPushService
 from .support import Socket, both_engines, new_user, token
 
 BASE = "/api/notifications"
@@ -233,3 +234,41 @@ async def test_a_user_keeps_only_their_newest_subscriptions(start_app, push_serv
             for subscription in await app.store.push_subscriptions_of(user)]
     assert app.settings.push.max_subscriptions_per_user == 20
     assert sorted(kept) == sorted(endpoints[-20:])
+
+
+@bounded
+async def test_a_push_service_that_never_answers_holds_up_no_one_else(start_app, push_service):
+    silent = SilentPushService()
+    await silent.start()
+    try:
+        app = await start_app(**push_service.settings)
+        stalled = new_user("stalled")
+        keys = push_service.subscribe()["keys"]
+        for number in range(app.settings.push.max_subscriptions_per_user):
+            status, body = await app.api.post(f"{BASE}/push-subscription", token(stalled), {
+                "endpoint": f"{silent.origin}/push/{stalled}-{number}", "keys": keys})
+            assert status == 200, body
+        others = [new_user("other") for _ in range(3)]
+        for other in others:
+            for number in range(2):
+                await app.api.post(f"{BASE}/push-subscription", token(other), {
+                    "endpoint": f"{silent.origin}/push/{other}-{number}", "keys": keys})
+        for _ in range(3):
+            await app.api.notify(stalled)
+        for other in others:
+            await app.api.notify(other)
+        host_share = app.settings.push.concurrency_per_host
+        assert await push_service.wait_for(lambda: silent.open >= host_share, 5), "sends are stuck"
+
+        supervisor = new_user("supervisor")
+        subscription = await subscribed(app, push_service, supervisor)
+        started = time.monotonic()
+        await app.api.notify(supervisor, type="call_escalation", priority="critical")
+        assert await push_service.wait_for(lambda: push_service.delivered_to(subscription), 5)
+        assert time.monotonic() - started < 3, "well within a send's 10 s timeout"
+        assert silent.most_open == host_share, "the silent host got its share and no more"
+        # No send to it has timed out yet, so every request it received is still open.
+        stalled_sends = sum(path.startswith(f"/push/{stalled}-") for path in silent.paths)
+        assert stalled_sends <= app.settings.push.concurrency_per_user
+    finally:
+        await silent.stop()
