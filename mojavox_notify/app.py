@@ -19,6 +19,7 @@ import pluggy
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
+from tornado.netutil import DefaultLoopResolver, Resolver
 
 from .auth import build_verifier
 from .broker import Broker, RedisBroker, build_broker
@@ -65,15 +66,17 @@ class StartupError(RuntimeError):
 class NotifyApp:
     def __init__(self, settings: Settings, plugins: Iterable[tuple[str, Any]] = (),
                  discover_plugins: bool = True, plugin_manager: pluggy.PluginManager | None = None,
-                 worker: int | None = None):
+                 worker: int | None = None, resolver: Resolver | None = None):
         """`plugins` adds (name, plugin) pairs; `discover_plugins=False` uses only those, so a
         test can build an app with exactly the plugins it wants. `worker` is this process's
-        index under `serve --workers N` (None: the only process)."""
+        index under `serve --workers N` (None: the only process). `resolver` looks up push
+        endpoints' hosts, both when a browser subscribes and when a push connects."""
         self.settings = settings
         redact_tornado_logs()
         manager = plugin_manager or build_plugin_manager(settings, plugins, discover_plugins)
         self.plugins = Plugins(manager)
         self.verifier = build_verifier(settings)
+        self.resolver = resolver or DefaultLoopResolver()
         # Checked here, so a bad key pair stops start-up (and `check`) before anything opens.
         self._vapid = load_vapid_key(settings.push) if settings.push.vapid_private_key else None
         self.push_sender: PushSender | None = None
@@ -140,7 +143,7 @@ class NotifyApp:
         self.service = NotificationService(
             self.store, self.broker, self.plugins, settings,
             online=self.presence.online_many, limiter=self.notification_limiter,
-            metrics=self.metrics)
+            metrics=self.metrics, resolver=self.resolver)
         self.ingest = EventIngest(self.plugins, self.service, self.store, self.metrics)
 
     async def start(self, sockets: list[socket.socket] | None = None) -> None:
@@ -156,7 +159,8 @@ class NotifyApp:
         await self.presence.start()
         self.heartbeat.start()
         if self._vapid is not None:
-            self.push_sender = PushSender(settings.push, self._vapid, push_http_client(settings.push))
+            self.push_sender = PushSender(settings.push, self._vapid,
+                                          push_http_client(settings.push, self.resolver))
             self.push_worker = PushWorker(self.store, self.push_sender, settings.push)
             self.service.on_push_recorded = self.push_worker.wake
             self.push_worker.start()

@@ -22,8 +22,8 @@ from bson import ObjectId
 
 from .errors import NotFoundError, StorageUnavailableError, ValidationError
 from .model import to_payload, utcnow
-from .push import (SEND_TIMEOUT_SECONDS, TTL_SECONDS, EndpointUnresolved, PushOutcome, PushSender,
-                   check_endpoint, push_payload)
+from .push import SEND_TIMEOUT_SECONDS, TTL_SECONDS, PushOutcome, PushSender, push_payload
+from .push_addresses import check_url
 from .push_slots import Slots, SlotsTaken
 from .settings import PushSettings
 from .store import NotificationStore, PushJob
@@ -169,15 +169,13 @@ class PushWorker:
             await self._store.reschedule_push(job.id, retry_in, job.attempts + 1, done)
 
     async def _send(self, job: PushJob, subscription: dict, payload: str) -> PushOutcome:
-        """Check the endpoint again right before sending (its host may now resolve elsewhere),
-        then send within the shares of its push service and of the job's user."""
+        """Within the shares of the endpoint's push service and of the job's user. (Its
+        addresses are checked as it connects: see push_addresses.PublicResolver.)"""
         endpoint = subscription["endpoint"]
         try:
-            await check_endpoint(endpoint, self._settings.allowed_insecure_hosts, must_resolve=True)
+            check_url(endpoint, self._settings.allowed_insecure_hosts)
         except ValidationError as error:
             return PushOutcome("failed", detail=error.message)
-        except EndpointUnresolved as error:
-            return PushOutcome("retry", detail=f"host {error} does not resolve")
         try:
             async with self._users.hold(job.user_id), self._hosts.hold(_origin(endpoint)):
                 return await self._sender.send(subscription, payload, job.priority)

@@ -3,14 +3,18 @@ push with the subscription's keys: what a supervisor with a closed tab receives,
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import socket
 import subprocess
 import sys
 import time
 
 import pytest
+import tornado.netutil
 
 from mojavox_notify.push import new_vapid_pair, push_payload
+from mojavox_notify.push_addresses import is_public
 
 from .pushservice import PushServiceStandIn, SilentPushService
 from .support import Socket, both_engines, new_user, token
@@ -162,6 +166,11 @@ async def test_a_restart_in_the_middle_of_retrying_still_delivers(start_app, mak
     ("https://10.1.2.3/send/1", []),
     ("https://169.254.169.254/latest/meta-data", []),
     ("https://[::1]/send/1", []),
+    ("https://[64:ff9b::7f00:1]/send/1", []),  # NAT64 of 127.0.0.1
+    ("https://[64:ff9b::a9fe:a9fe]/latest/meta-data", []),  # NAT64 of 169.254.169.254
+    ("https://[::ffff:10.1.2.3]/send/1", []),
+    ("https://[2002:7f00:1::1]/send/1", []),  # 6to4 of 127.0.0.1
+    ("https://[2001:0:a00:1:8000:63bf:f7f7:f7f7]/send/1", []),  # Teredo through 10.0.0.1
     ("ftp://push.example.com/send/1", ["push.example.com"]),
 ])
 async def test_a_subscription_endpoint_must_be_https_on_a_public_host(start_app, endpoint, allowed):
@@ -272,3 +281,63 @@ async def test_a_push_service_that_never_answers_holds_up_no_one_else(start_app,
         assert stalled_sends <= app.settings.push.concurrency_per_user
     finally:
         await silent.stop()
+
+
+# -- where a push may go -------------------------------------------------------------------------
+
+class RebindingResolver(tornado.netutil.Resolver):
+    """A DNS answer that changes under the server's feet: a public address while the
+    subscription is checked, the loopback once `rebind()` is called."""
+
+    def initialize(self) -> None:
+        self.address = "93.184.215.14"
+        self.asked: list[str] = []
+
+    def rebind(self) -> None:
+        self.address = "127.0.0.1"
+
+    async def resolve(self, host, port, family=socket.AF_UNSPEC):
+        self.asked.append(host)
+        return [(socket.AF_INET, (self.address, port))]
+
+
+@bounded
+async def test_an_endpoint_that_resolves_to_a_private_address_at_send_time_is_never_connected_to(
+        start_app, push_service):
+    silent = SilentPushService()
+    await silent.start()
+    try:
+        resolver = RebindingResolver()
+        app = await start_app(resolver=resolver, **push_service.settings)
+        user = new_user()
+        keys = push_service.subscribe()["keys"]
+        endpoint = f"https://push.rebinding.example:{silent.port}/push/{user}"
+        status, body = await app.api.post(f"{BASE}/push-subscription", token(user),
+                                          {"endpoint": endpoint, "keys": keys})
+        assert status == 200, body
+        assert resolver.asked == ["push.rebinding.example"], "checked when subscribing"
+        resolver.rebind()
+        await app.api.notify(user)
+        assert await push_service.wait_for(lambda: app.push_worker.stats["failed"] == 1)
+        assert len(resolver.asked) == 2, "resolved once more, to connect"
+        assert silent.accepted == 0
+    finally:
+        await silent.stop()
+
+
+@pytest.mark.parametrize("address, public", [
+    ("8.8.8.8", True), ("2001:4860:4860::8888", True),
+    ("127.0.0.1", False), ("10.1.2.3", False), ("100.64.0.1", False), ("169.254.169.254", False),
+    ("0.0.0.0", False), ("224.0.0.251", False), ("255.255.255.255", False),
+    ("::1", False), ("::", False), ("fe80::1", False), ("fd00::1", False), ("ff0e::1", False),
+    ("64:ff9b::808:808", True), ("64:ff9b::7f00:1", False), ("64:ff9b::a01:203", False),
+    ("64:ff9b::a9fe:a9fe", False), ("64:ff9b:1::808:808", False),
+    ("::ffff:8.8.8.8", True), ("::ffff:127.0.0.1", False), ("::ffff:192.168.1.1", False),
+    ("::7f00:1", False),
+    ("2002:808:808::1", True), ("2002:7f00:1::1", False), ("2002:a9fe:a9fe::1", False),
+    ("2001:0:4136:e378:8000:63bf:f7f7:f7f7", True),  # Teredo: server 65.54.227.120, client 8.8.8.8
+    ("2001:0:4136:e378:8000:63bf:3fff:fdd2", False),  # client 192.0.2.45 (documentation)
+    ("2001:0:a00:1:8000:63bf:f7f7:f7f7", False),  # server 10.0.0.1
+])
+def test_an_address_is_public_only_when_what_it_reaches_is(address, public):
+    assert is_public(ipaddress.ip_address(address)) is public
