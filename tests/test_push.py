@@ -3,18 +3,29 @@ push with the subscription's keys: what a supervisor with a closed tab receives,
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
+import os
+import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
+import uuid
+from contextlib import asynccontextmanager
 
 import pytest
 import tornado.netutil
 
-from mojavox_notify.push import new_vapid_pair, push_payload
+from mojavox_notify.model import Draft, PushSubscription
+from mojavox_notify.push import (PushSender, load_vapid_key, new_vapid_pair, push_http_client,
+                                 push_payload)
 from mojavox_notify.push_addresses import is_public
+from mojavox_notify.push_worker import PushWorker
+from mojavox_notify.store import build_store, sqlite_path, storage_url
+from mojavox_notify.store.nx27017 import Nx27017Child
 
 from .pushservice import PushServiceStandIn, SilentPushService
 from .support import Socket, both_engines, new_user, token
@@ -281,6 +292,101 @@ async def test_a_push_service_that_never_answers_holds_up_no_one_else(start_app,
         assert stalled_sends <= app.settings.push.concurrency_per_user
     finally:
         await silent.stop()
+
+
+# -- a push service's Retry-After ---------------------------------------------------------------
+
+@bounded
+@pytest.mark.parametrize("retry_after", ["100000000000000000000000",
+                                         "Fri, 31 Dec 9999 23:59:59 GMT"])
+async def test_a_retry_after_past_the_give_up_time_gives_up_that_browser_only(
+        start_app, push_service, retry_after):
+    app = await start_app(**push_service.settings)
+    user = new_user()
+    laptop, phone, tablet = [await subscribed(app, push_service, user) for _ in range(3)]
+    push_service.answer(phone, (429, {"Retry-After": retry_after}))
+    push_service.answer(tablet, (503, {}))
+    await app.api.notify(user)
+    assert await push_service.wait_for(lambda: push_service.delivered_to(tablet), 8), \
+        "the tablet is tried again after its backoff"
+    assert await push_service.wait_for(lambda: app.push_worker.stats["sent"] == 2)
+    assert len(push_service.delivered_to(laptop)) == 1, "the laptop got it once"
+    assert push_service.arrived_at(phone) == 1, "the phone is not asked again"
+    assert app.push_worker.stats["failed"] == 1
+    for _ in range(50):
+        if await app.store.push_backlog() == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert await app.store.push_backlog() == 0
+
+
+@asynccontextmanager
+async def storage_outage(engine: str, settings, nx: Nx27017Child | None):
+    """Storage failing for real while the block runs: the MongoDB engine's nx-27017 killed
+    (and started again after), the embedded engine's file locked by another connection."""
+    if engine == "mongo":
+        os.kill(nx._process.pid, signal.SIGKILL)
+        await nx._process.wait()
+        try:
+            yield
+        finally:
+            await nx.start(port=nx.port)
+        return
+    locker = sqlite3.connect(sqlite_path(settings, storage_url(settings)), isolation_level=None,
+                             timeout=10)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+
+
+@bounded
+@both_engines
+async def test_a_job_whose_reschedule_fails_is_not_sent_again_to_browsers_that_have_it(
+        storage_engine, make_settings, push_service, tmp_path, caplog):
+    nx = None
+    storage = {"storage.operation_timeout_seconds": 0.5, "storage.busy_timeout_seconds": 0.2}
+    if storage_engine == "mongo":
+        nx = Nx27017Child(tmp_path / "nx")
+        storage.update({"storage.url": await nx.start(),
+                        "mongodb.database": f"r{uuid.uuid4().hex[:8]}",
+                        "mongodb.server_selection_timeout_seconds": 0.5})
+    settings = make_settings(**push_service.settings, **storage)
+    store = build_store(settings)
+    await store.open()
+    sender = PushSender(settings.push, load_vapid_key(settings.push),
+                        push_http_client(settings.push))
+    worker = PushWorker(store, sender, settings.push, lease_seconds=2.0)
+    try:
+        user = new_user()
+        laptop, phone = push_service.subscribe(), push_service.subscribe()
+        for browser in (laptop, phone):
+            await store.save_push_subscription(user, PushSubscription(
+                browser["endpoint"], browser["keys"]["p256dh"], browser["keys"]["auth"]), keep=20)
+        answered = push_service.hold(phone)
+        push_service.answer(phone, (500, {}))
+        await store.insert_many([Draft(user_id=user, type="payment_received", title="Payment",
+                                       message="paid", priority="high")], push=[True])
+        worker.start()
+        assert await push_service.wait_for(
+            lambda: push_service.delivered_to(laptop) and push_service.arrived_at(phone) == 1)
+        async with storage_outage(storage_engine, settings, nx):
+            answered.set()
+            assert await push_service.wait_for(lambda: any(
+                record.name == "mojavox_notify.push_worker"
+                and "storage unavailable" in record.getMessage() for record in caplog.records),
+                10), "the reschedule failed"
+        assert await push_service.wait_for(lambda: push_service.delivered_to(phone), 15)
+        assert len(push_service.delivered_to(laptop)) == 1, "the laptop is not sent it again"
+        assert push_service.arrived_at(phone) == 2
+    finally:
+        await worker.stop()
+        sender.close()
+        await store.close()
+        if nx is not None:
+            await nx.stop()
 
 
 # -- where a push may go -------------------------------------------------------------------------
