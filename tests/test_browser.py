@@ -511,6 +511,26 @@ def test_signing_out_turns_push_off_on_the_server_and_in_the_browser(context, se
     assert page.evaluate(ON_DISK, bearer) == [], "no token left on disk"
 
 
+def test_a_browser_left_subscribed_by_someone_else_subscribes_again_for_the_next_user(context, server):
+    context.add_init_script(PUSH_MANAGER_STAND_IN)
+    context.grant_permissions(["notifications"], origin=server.url)
+    first = new_user("first")
+    page = open_center(context, server, first)
+    endpoint = turn_push_on(page)
+    page.close()  # without signing out
+
+    following = new_user("following")
+    page = open_center(context, server, following)
+    expect(page.locator("#push-toggle")).to_be_enabled()
+    expect(page.locator("#push-toggle")).to_have_attribute("data-on", "true")
+    renewed = page.evaluate(BROWSER_ENDPOINT)
+    assert renewed and renewed != endpoint, "a new endpoint of the next user's own"
+    assert page.evaluate(UNSUBSCRIBED) == [endpoint]
+    status, _ = server.call("DELETE", "/api/notifications/push-subscription", token(following),
+                            {"endpoint": renewed})
+    assert status == 200, "registered for the next user"
+
+
 # -- another origin ----------------------------------------------------------------------------------
 
 CALL_EVERY_ENDPOINT = """async ([api, user, service, admin]) => {

@@ -589,9 +589,39 @@ async function setUpPush() {
   }
   view.vapidKey = key;
   const registration = await navigator.serviceWorker.ready;
-  const subscription = await registration.pushManager.getSubscription();
-  renderPush(Boolean(subscription));
+  const existing = await registration.pushManager.getSubscription();
+  let problem = null;
+  if (existing) {
+    // This browser may be registered for someone who used it before and did not sign out.
+    try {
+      await registerPush(registration, existing);
+    } catch (error) {
+      problem = `Push could not be renewed: ${error.message}`;
+    }
+  }
+  renderPush(Boolean(await registration.pushManager.getSubscription()));
+  if (problem) status.textContent = problem;
   button.disabled = false;
+}
+
+/** Register the browser's subscription for the signed-in user. One whose endpoint the server
+ * has for another user is refused (409 push_subscription_taken): the browser then drops it and
+ * subscribes again, which gives it a new endpoint of its own. */
+async function registerPush(registration, subscription) {
+  try {
+    await view.client.savePushSubscription(subscription);
+    return;
+  } catch (error) {
+    if (error.code !== 'push_subscription_taken') throw error;
+  }
+  await subscription.unsubscribe();
+  await view.client.savePushSubscription(await subscribePush(registration));
+}
+
+function subscribePush(registration) {
+  return registration.pushManager.subscribe({
+    userVisibleOnly: true, applicationServerKey: base64UrlToBytes(view.vapidKey),
+  });
 }
 
 /** The server forgets this browser's subscription (it may already have: a 404 is fine) and
@@ -634,10 +664,7 @@ async function togglePush() {
       $('push-status').textContent = 'Notifications are blocked for this site in the browser settings.';
       return;
     }
-    const subscription = await registration.pushManager.subscribe({
-      userVisibleOnly: true, applicationServerKey: base64UrlToBytes(view.vapidKey),
-    });
-    await view.client.savePushSubscription(subscription);
+    await registerPush(registration, await subscribePush(registration));
     renderPush(true);
   } catch (error) {
     $('push-status').textContent = `Push could not be changed: ${error.message}`;
