@@ -1,8 +1,9 @@
 """The application object: the one place that wires the collaborators together.
 
 Start-up order, top to bottom in `start()`: storage (schema or indexes) and its watchdog →
-broker (Redis when `redis.url` is set) and presence → service and ingest → plugins' startup →
-HTTP/WebSocket listener → event sources and the cleanup job. `stop()` undoes it in reverse.
+broker (Redis when `redis.url` is set) and presence → service and ingest → web push (an HTTP
+client of its own, the sender, the outbox worker) → plugins' startup → HTTP/WebSocket listener →
+event sources and the cleanup job. `stop()` undoes it in reverse.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pluggy
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
+from tornado.netutil import DefaultLoopResolver, Resolver
 
 from .auth import build_verifier
 from .broker import Broker, RedisBroker, build_broker
@@ -40,7 +42,7 @@ from .model import Event
 from .plugins import Plugins, build_plugin_manager
 from .openapi import openapi_document
 from .protocol import protocol_document
-from .push import PushSender
+from .push import PushSender, load_vapid_key, push_http_client
 from .push_worker import PushWorker
 from .presence import build_presence
 from .ratelimit import RateLimiter, build_rate_limiter
@@ -66,16 +68,20 @@ class StartupError(RuntimeError):
 class NotifyApp:
     def __init__(self, settings: Settings, plugins: Iterable[tuple[str, Any]] = (),
                  discover_plugins: bool = True, plugin_manager: pluggy.PluginManager | None = None,
-                 worker: int | None = None):
+                 worker: int | None = None, resolver: Resolver | None = None):
         """`plugins` adds (name, plugin) pairs; `discover_plugins=False` uses only those, so a
         test can build an app with exactly the plugins it wants. `worker` is this process's
-        index under `serve --workers N` (None: the only process)."""
+        index under `serve --workers N` (None: the only process). `resolver` looks up push
+        endpoints' hosts, both when a browser subscribes and when a push connects."""
         self.settings = settings
         redact_tornado_logs()
         manager = plugin_manager or build_plugin_manager(settings, plugins, discover_plugins)
         self.plugins = Plugins(manager)
         self.verifier = build_verifier(settings)
-        self.push_sender = PushSender(settings.push) if settings.push.vapid_private_key else None
+        self.resolver = resolver or DefaultLoopResolver()
+        # Checked here, so a bad key pair stops start-up (and `check`) before anything opens.
+        self._vapid = load_vapid_key(settings.push) if settings.push.vapid_private_key else None
+        self.push_sender: PushSender | None = None
         self.push_worker: PushWorker | None = None
         self.worker = worker
         self.metrics = Metrics()
@@ -142,7 +148,7 @@ class NotifyApp:
         self.service = NotificationService(
             self.store, self.broker, self.plugins, settings,
             online=self.presence.online_many, limiter=self.notification_limiter,
-            metrics=self.metrics)
+            metrics=self.metrics, resolver=self.resolver)
         self.ingest = EventIngest(self.plugins, self.service, self.store, self.metrics)
 
     async def start(self, sockets: list[socket.socket] | None = None) -> None:
@@ -158,7 +164,9 @@ class NotifyApp:
         await self._load_broadcasts()
         await self.presence.start()
         self.heartbeat.start()
-        if self.push_sender is not None:
+        if self._vapid is not None:
+            self.push_sender = PushSender(settings.push, self._vapid,
+                                          push_http_client(settings.push, self.resolver))
             self.push_worker = PushWorker(self.store, self.push_sender, settings.push)
             self.service.on_push_recorded = self.push_worker.wake
             self.push_worker.start()
@@ -363,6 +371,8 @@ class NotifyApp:
                 log.exception("a plugin's shutdown hook failed")
         if self.push_worker is not None:
             await self.push_worker.stop()
+        if self.push_sender is not None:
+            self.push_sender.close()
         await self.presence.stop()
         await self.broker.stop()
         if self.redis is not None:

@@ -51,6 +51,13 @@ class NotFoundError(NotifyError):
     code = "not_found"
 
 
+class ConflictError(NotifyError):
+    """The request contradicts what is stored (another user's push endpoint, say)."""
+
+    status = 409
+    code = "conflict"
+
+
 class PayloadTooLargeError(NotifyError):
     status = 413
     code = "payload_too_large"

@@ -62,8 +62,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         {200: lambda types, events: schemas.preferences_schema(types)},
         body=lambda types, events: schemas.preferences_update_schema(types)),
     ("/api/notifications/push-subscription", "post"): Operation(
-        "Register a browser's push subscription", "user", {200: schemas.SUCCESS},
-        body=schemas.PUSH_SUBSCRIPTION),
+        "Register a browser's push subscription (409 push_subscription_taken when its endpoint "
+        "is another user's: unsubscribe the browser and subscribe again)", "user",
+        {200: schemas.SUCCESS}, body=schemas.PUSH_SUBSCRIPTION, extra_errors=(409,)),
     ("/api/notifications/push-subscription", "delete"): Operation(
         "Forget a push subscription", "user", {200: schemas.SUCCESS}, body=schemas.ENDPOINT,
         extra_errors=(404,)),

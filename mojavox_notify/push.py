@@ -1,9 +1,11 @@
-"""Web Push (RFC 8030/8291/8292): what a push says, where it may go, and sending one.
+"""Web Push (RFC 8030/8291/8292): what a push says, and sending one.
 
 `PushSender.send` encrypts a payload for one browser subscription (aes128gcm with the
 subscription's p256dh key and auth secret), signs a VAPID JWT for the push service's origin,
-and posts it with tornado's async client, so sending never blocks the event loop. What to do
-with the answer (retry, forget the subscription) is the worker's (`push_worker.py`).
+and posts it with an async HTTP client of push's own (`push_http_client`: its own connections,
+so push services that stall never hold up JWKS fetches, and a resolver that connects only to
+public addresses, see `push_addresses.py`). Where a push may go is `push_addresses.py`'s; what
+to do with the answer (retry, forget the subscription) is the worker's (`push_worker.py`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import asyncio
 import base64
 import binascii
 import email.utils
-import ipaddress
 import json
 import logging
 import time
@@ -25,8 +26,9 @@ import pywebpush
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.netutil import Resolver
 
-from .errors import ValidationError
+from .push_addresses import AddressRefused, PublicResolver
 from .settings import PushSettings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -92,38 +94,6 @@ def _drop_icon(payload: dict, overflow: int) -> bool:
     return payload.pop("icon", None) is not None
 
 
-async def check_endpoint(endpoint: str, allowed_insecure_hosts: tuple[str, ...],
-                         must_resolve: bool = False) -> None:
-    """Refuse a subscription endpoint the server must not call: not https, or a host that
-    resolves to a loopback, private, link-local or otherwise non-public address (no request
-    forgery through a subscription). Hosts in `push.allowed_insecure_hosts` may be http and
-    local (for tests and a local push service stand-in). The worker checks again right before
-    each send (`must_resolve`), so a host that does not resolve when subscribing is accepted
-    then, and one that later resolves to a private address is still never called."""
-    parsed = urlparse(endpoint)
-    host = (parsed.hostname or "").lower()
-    allowed = host in {name.lower() for name in allowed_insecure_hosts}
-    if parsed.scheme != "https" and not (allowed and parsed.scheme == "http"):
-        raise ValidationError("endpoint", "must be an https URL of the browser's push service")
-    if allowed:
-        return
-    try:
-        addresses = await asyncio.get_running_loop().getaddrinfo(host, parsed.port or 443)
-    except OSError:
-        if must_resolve:
-            raise EndpointUnresolved(host) from None
-        return
-    for *_, address in addresses:
-        ip = ipaddress.ip_address(address[0])
-        if not ip.is_global:
-            raise ValidationError("endpoint", f"host {host} resolves to a non-public address "
-                                              f"({ip}); push services are public hosts")
-
-
-class EndpointUnresolved(OSError):
-    """The endpoint's host does not resolve right now (try again later)."""
-
-
 @dataclass(frozen=True)
 class PushOutcome:
     """One send's result: delivered, gone (forget the subscription), retry (after
@@ -135,15 +105,26 @@ class PushOutcome:
     detail: str = ""
 
 
+def push_http_client(settings: PushSettings, resolver: Resolver | None = None) -> AsyncHTTPClient:
+    """An HTTP client for pushes alone: `push.concurrency` connections at most (more requests
+    wait their turn inside it), resolving through `PublicResolver` over `resolver`."""
+    public = PublicResolver(allowed_insecure_hosts=settings.allowed_insecure_hosts, resolver=resolver)
+    return AsyncHTTPClient(force_instance=True, max_clients=settings.concurrency, resolver=public)
+
+
 class PushSender:
-    def __init__(self, settings: PushSettings, http: AsyncHTTPClient | None = None):
+    def __init__(self, settings: PushSettings, vapid: py_vapid.Vapid02, http: AsyncHTTPClient):
+        """`vapid` from `load_vapid_key`; `http` from `push_http_client`, closed by `close()`."""
         self._settings = settings
-        self._vapid = load_vapid_key(settings)
-        self._http = http or AsyncHTTPClient()
+        self._vapid = vapid
+        self._http = http
 
     @property
     def public_key(self) -> str:
         return self._settings.vapid_public_key
+
+    def close(self) -> None:
+        self._http.close()
 
     async def send(self, subscription: Mapping[str, Any], payload: str, priority: str) -> PushOutcome:
         endpoint = subscription["endpoint"]
@@ -163,6 +144,8 @@ class PushSender:
                               request_timeout=SEND_TIMEOUT_SECONDS, follow_redirects=False)
         try:
             response = await self._http.fetch(request, raise_error=False)
+        except AddressRefused as error:
+            return PushOutcome("failed", detail=str(error))
         except (OSError, HTTPClientError, asyncio.TimeoutError) as error:
             return PushOutcome("retry", detail=f"cannot reach the push service: {error}")
         status = response.code

@@ -16,9 +16,11 @@ import time
 from datetime import timedelta
 from typing import Any, Awaitable, Callable, Iterable
 
+from tornado.netutil import DefaultLoopResolver, Resolver
+
 from .broadcasts import MAX_ACTIVE
 from .broker import Broker
-from .errors import NotFoundError, ValidationError
+from .errors import ConflictError, NotFoundError, ValidationError
 from . import schemas
 from .idempotency import Idempotency, request_key
 from .metrics import Metrics
@@ -28,7 +30,7 @@ from .model import (MAX_OFFSET, MAX_PAGE, ChannelPreference, Draft, PushSubscrip
                     validate_recipient,
                     validate_endpoint, validate_preferences_update, validate_push_subscription)
 from .plugins import Plugins
-from .push import check_endpoint
+from .push_addresses import check_endpoint
 from .ratelimit import RateLimiter
 from .settings import Settings
 from .store import EventClaim, NotificationStore, UserState
@@ -63,10 +65,11 @@ async def _nobody_online(user_ids: set[str]) -> set[str]:
 class NotificationService:
     def __init__(self, store: NotificationStore, broker: Broker, plugins: Plugins, settings: Settings,
                  online: Callable[[set[str]], Awaitable[set[str]]] = _nobody_online,
-                 limiter: Any = None, metrics: Metrics | None = None):
+                 limiter: Any = None, metrics: Metrics | None = None,
+                 resolver: Resolver | None = None):
         """`await online(user_ids)` answers which of them have a live socket anywhere (for push
         decisions); `limiter` counts notifications per recipient (`acquire(keys)`; by default
-        in this process)."""
+        in this process); `resolver` looks up push endpoints' hosts (tornado's by default)."""
         self.store = store
         self.broker = broker
         self.plugins = plugins
@@ -77,6 +80,7 @@ class NotificationService:
         self._defaults = default_preferences(self.types, settings.push.default_priorities)
         self._push = settings.push
         self._retention = settings.retention
+        self._resolver = resolver or DefaultLoopResolver()
         self._online = online
         self._metrics = metrics or Metrics()
         self._idempotency = Idempotency(store)
@@ -298,8 +302,12 @@ class NotificationService:
     async def save_push_subscription(self, user_id: str, raw: Any) -> PushSubscription:
         schemas.PUSH_SUBSCRIPTION_CHECK.check(raw)
         subscription = validate_push_subscription(raw)
-        await check_endpoint(subscription.endpoint, self._push.allowed_insecure_hosts)
-        await self.store.save_push_subscription(user_id, subscription)
+        await check_endpoint(subscription.endpoint, self._push.allowed_insecure_hosts, self._resolver)
+        if not await self.store.save_push_subscription(user_id, subscription,
+                                                       keep=self._push.max_subscriptions_per_user):
+            raise ConflictError("endpoint: this push subscription is registered to another user; "
+                                "unsubscribe the browser and subscribe again for a new endpoint",
+                                code="push_subscription_taken")
         return subscription
 
     async def remove_push_subscription(self, user_id: str, raw: Any) -> None:

@@ -160,7 +160,10 @@ class PushSettings:
     only_when_offline: bool = True
     default_priorities: tuple[str, ...] = ("high", "critical")
     allowed_insecure_hosts: tuple[str, ...] = ()
-    concurrency: int = _check(_between(1, 1000), default=8)
+    concurrency: int = _check(_between(2, 1000), default=32)
+    concurrency_per_host: int = _check(_between(1, 1000), default=8)
+    concurrency_per_user: int = _check(_between(1, 1000), default=4)
+    max_subscriptions_per_user: int = _check(_between(1, 1000), default=20)
     give_up_after_seconds: float = _check(_between(10, 7 * 86400), default=3600)
 
 
@@ -476,6 +479,11 @@ def _check_combinations(settings: Settings) -> None:
                             "allowed: low, medium, high, critical")
     if not push.vapid_subject.startswith(("mailto:", "https://")):
         raise SettingsError("push.vapid_subject", "must start with mailto: or https://")
+    for share in ("concurrency_per_host", "concurrency_per_user"):
+        if getattr(push, share) >= push.concurrency:
+            raise SettingsError(f"push.{share}", f"must be less than push.concurrency "
+                                f"({push.concurrency}), so that one push service or one user "
+                                "never takes every send")
     if settings.plugins.enabled and settings.plugins.disabled:
         overlap = set(settings.plugins.enabled) & set(settings.plugins.disabled)
         if overlap:

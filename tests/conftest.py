@@ -106,14 +106,16 @@ def make_settings(storage_overrides, tmp_path):
 async def start_app(make_settings):
     """`await start_app(**settings_overrides)` → a running NotifyApp on a free loopback port.
 
-    Pass `plugins=[(name, module)]` and `discover_plugins=False` to choose its plugins exactly.
+    Pass `plugins=[(name, module)]` and `discover_plugins=False` to choose its plugins exactly,
+    and `resolver` (a tornado Resolver) to answer its DNS lookups for push endpoints.
     Every app started here is stopped after the test.
     """
     started = []
 
-    async def start(settings=None, plugins=(), discover_plugins=True, **overrides):
+    async def start(settings=None, plugins=(), discover_plugins=True, resolver=None, **overrides):
         settings = settings or make_settings(**overrides)
-        app = NotifyApp(settings, plugins=plugins, discover_plugins=discover_plugins)
+        app = NotifyApp(settings, plugins=plugins, discover_plugins=discover_plugins,
+                        resolver=resolver)
         sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
         try:
             await app.start(sockets=sockets)

@@ -49,6 +49,7 @@ class Browser:
     private_key: ec.EllipticCurvePrivateKey
     auth: bytes
     answers: deque = field(default_factory=deque)  # (status, headers) to give, in order
+    held: asyncio.Event | None = None  # while set up and not set, pushes wait before an answer
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class PushServiceStandIn:
         self.browsers: dict[str, Browser] = {}
         self.deliveries: list[Delivery] = []
         self.refusals: list[str] = []
+        self.arrivals: list[str] = []  # browser names, as each push arrived (before any hold)
         self.port: int | None = None
         self._server: HTTPServer | None = None
         self._arrived = asyncio.Event()
@@ -103,6 +105,17 @@ class PushServiceStandIn:
         """Script the next answers for a subscription's endpoint: (status, headers) each."""
         self.browsers[subscription["endpoint"].rsplit("/", 1)[1]].answers.extend(answers)
 
+    def hold(self, subscription: dict) -> asyncio.Event:
+        """Keep the pushes to this subscription waiting for their answer until the returned
+        event is set (to change the world while a send is in flight)."""
+        browser = self.browsers[subscription["endpoint"].rsplit("/", 1)[1]]
+        browser.held = asyncio.Event()
+        return browser.held
+
+    def arrived_at(self, subscription: dict) -> int:
+        """How many pushes to this subscription arrived, answered or still held."""
+        return self.arrivals.count(subscription["endpoint"].rsplit("/", 1)[1])
+
     def delivered_to(self, subscription: dict) -> list[Delivery]:
         name = subscription["endpoint"].rsplit("/", 1)[1]
         return [d for d in self.deliveries if d.browser == name and d.status in (200, 201)]
@@ -121,10 +134,14 @@ class PushServiceStandIn:
                 pass
         return True
 
-    def receive(self, name: str, headers, body: bytes) -> tuple[int, dict]:
+    async def receive(self, name: str, headers, body: bytes) -> tuple[int, dict]:
         browser = self.browsers.get(name)
         if browser is None:
             return 404, {}
+        self.arrivals.append(name)
+        self._arrived.set()
+        if browser.held is not None:
+            await browser.held.wait()
         problem = self._check_vapid(headers.get("Authorization", ""))
         if problem is None and headers.get("Content-Encoding") != "aes128gcm":
             problem = f"Content-Encoding must be aes128gcm, not {headers.get('Content-Encoding')}"
@@ -172,12 +189,58 @@ class _PushHandler(tornado.web.RequestHandler):
     def initialize(self, service: PushServiceStandIn) -> None:
         self.service = service
 
-    def post(self, name: str) -> None:
-        status, headers = self.service.receive(name, self.request.headers, self.request.body)
+    async def post(self, name: str) -> None:
+        status, headers = await self.service.receive(name, self.request.headers, self.request.body)
         self.set_status(status)
         for header, value in headers.items():
             self.set_header(header, value)
         self.finish()
+
+
+class SilentPushService:
+    """A push service host that accepts every connection, reads the request and never answers:
+    a dead or hostile one. It counts the connections it holds open."""
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.open = 0
+        self.most_open = 0
+        self.paths: list[str] = []
+        self.port: int | None = None
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._hold, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        """Close every connection held (their senders see them closed) and stop listening."""
+        self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        await self._server.wait_closed()
+
+    async def _hold(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        self.accepted += 1
+        self.open += 1
+        self.most_open = max(self.most_open, self.open)
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            self.paths.append(head.split(b" ", 2)[1].decode())
+            while await reader.read(65536):
+                pass
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.open -= 1
+            self._writers.discard(writer)
+            writer.close()
 
 
 async def _main(port: int) -> None:

@@ -124,9 +124,9 @@ def context(browser, request):
     assert uncaught == [], "uncaught errors in the page's scripts"
 
 
-def open_center(context, server, user: str) -> Page:
+def open_center(context, server, user: str, token_value: str | None = None) -> Page:
     page = context.new_page()
-    page.goto(f"{server.url}/#token={token(user)}")
+    page.goto(f"{server.url}/#token={token_value or token(user)}")
     expect(page.locator("#connection")).to_have_attribute("data-state", "open")
     return page
 
@@ -356,8 +356,9 @@ def test_token_field_signs_in_and_a_refused_token_asks_again(context, server):
 
 def test_service_worker_shows_the_push_payload_full_or_minimal(context, server):
     user = new_user("push")
+    bearer = token(user)
     context.grant_permissions(["notifications"], origin=server.url)
-    page = open_center(context, server, user)
+    page = open_center(context, server, user, bearer)
     expect(page.locator("#push-toggle")).to_be_enabled()  # VAPID configured, push supported
     page.evaluate("navigator.serviceWorker.ready.then(() => true)")
     cdp = context.new_cdp_session(page)
@@ -404,15 +405,7 @@ def test_service_worker_shows_the_push_payload_full_or_minimal(context, server):
                              "actionUrl": "/payment-history"},
                     "requireInteraction": False, "renotify": False}
 
-    def worker_has_token(present: bool) -> None:
-        for _ in range(100):  # (wait_for_function does not await an async predicate)
-            if page.evaluate("""async () => Boolean(await (await caches.open('mojavox-notify-sw'))
-                .match('/__mojavox/token'))""") is present:
-                return
-            page.wait_for_timeout(50)
-        raise AssertionError(f"the service worker's token is {'missing' if present else 'still there'}")
-
-    worker_has_token(True)  # the page handed its token over, for minimal payloads
+    assert page.evaluate(ON_DISK, bearer) == [], "the token is never written to disk"
     stored = server.notify(user, type="call_escalation", title="Escalation", priority="critical",
                            message="agent-7 requests supervisor intervention", actionUrl="/live-monitor?call=c-9")
     deliver({"id": stored["id"], "type": "call_escalation", "priority": "critical"})
@@ -427,11 +420,115 @@ def test_service_worker_shows_the_push_payload_full_or_minimal(context, server):
     assert {"title": "Escalation", "tag": f"mojavox-{stored['id']}", "requireInteraction": True} in on_screen
 
     page.evaluate("document.getElementById('sign-out').click()")
-    worker_has_token(False)  # signing out makes the worker forget the token
-    second = server.notify(user, type="call_escalation", title="Escalation 2", priority="critical")
+    expect(page.locator("#signin")).to_be_visible()
+    second = server.notify(user, type="call_escalation", title="Escalation 2", priority="critical",
+                           message="agent-7 requests help with John Smith")
     deliver({"id": second["id"], "type": "call_escalation", "priority": "critical"})
     signed_out = shown_when(3)[2]
-    assert (signed_out["title"], signed_out["body"]) == ("Call escalation", "Open MOJAVOX to see it.")
+    assert signed_out == {"title": "Call escalation", "body": "Critical priority. Open MOJAVOX to see it.",
+                          "tag": f"mojavox-{second['id']}", "icon": None,
+                          "data": {"id": second["id"], "type": "call_escalation", "priority": "critical",
+                                   "actionUrl": "/"},
+                          "requireInteraction": True, "renotify": True}
+    assert page.evaluate(ON_DISK, bearer) == []
+
+
+# -- browser push and signing out ----------------------------------------------------------------
+
+# Where a real browser's push service would be: pushManager.subscribe needs Google's push
+# service, which this machine cannot reach. The stand-in keeps one subscription per origin, as
+# the browser does, across the pages of a context; `unsubscribed` lists what was dropped.
+PUSH_MANAGER_STAND_IN = """(() => {
+  const key = 'push-manager-stand-in';
+  const keys = { p256dh: 'BNcRdreALRFXTkOOUHK1EtK2wtaz5Ry4YfYCA_0QTpQtUbVlUls0VJXg7A8u-Ts1XbjhazAkj7I99e8QcYP7DkM',
+                 auth: 'tBHItJI5svbpez7KI4CCXg' };
+  const stored = () => JSON.parse(localStorage.getItem(key) || 'null');
+  const subscription = (json) => ({
+    endpoint: json.endpoint, expirationTime: null, toJSON: () => json,
+    unsubscribe: async () => {
+      if (stored() && stored().endpoint === json.endpoint) localStorage.removeItem(key);
+      localStorage.setItem(key + '-unsubscribed',
+        JSON.stringify([...JSON.parse(localStorage.getItem(key + '-unsubscribed') || '[]'), json.endpoint]));
+      return true;
+    },
+  });
+  PushManager.prototype.getSubscription = async function () {
+    return stored() && subscription(stored());
+  };
+  PushManager.prototype.subscribe = async function () {
+    if (!stored()) {
+      localStorage.setItem(key, JSON.stringify({
+        endpoint: `https://push.example.com/send/${crypto.randomUUID()}`, expirationTime: null, keys }));
+    }
+    return subscription(stored());
+  };
+})()"""
+BROWSER_ENDPOINT = """async () => {
+  const subscription = await (await navigator.serviceWorker.ready).pushManager.getSubscription();
+  return subscription && subscription.endpoint;
+}"""
+UNSUBSCRIBED = "JSON.parse(localStorage.getItem('push-manager-stand-in-unsubscribed') || '[]')"
+# Everything of the origin on disk that could hold a token: CacheStorage and IndexedDB.
+ON_DISK = """async (token) => {
+  const found = [];
+  for (const name of await caches.keys()) {
+    const cache = await caches.open(name);
+    for (const request of await cache.keys()) {
+      if ((await (await cache.match(request)).text()).includes(token)) found.push(`cache ${name}: ${request.url}`);
+    }
+  }
+  for (const database of await indexedDB.databases()) found.push(`IndexedDB ${database.name}`);
+  return found;
+}"""
+
+
+def turn_push_on(page: Page) -> str:
+    expect(page.locator("#push-toggle")).to_be_enabled()
+    page.locator("#push-toggle").click()
+    expect(page.locator("#push-toggle")).to_have_attribute("data-on", "true")
+    return page.evaluate(BROWSER_ENDPOINT)
+
+
+def test_signing_out_turns_push_off_on_the_server_and_in_the_browser(context, server):
+    context.add_init_script(PUSH_MANAGER_STAND_IN)
+    context.grant_permissions(["notifications"], origin=server.url)
+    agent = new_user("agent")
+    bearer = token(agent)
+    page = open_center(context, server, agent, bearer)
+    endpoint = turn_push_on(page)
+    assert endpoint.startswith("https://push.example.com/send/")
+    taken = server.call("POST", "/api/notifications/push-subscription", token(new_user("next")),
+                        {"endpoint": endpoint, "keys": {"p256dh": "BKey", "auth": "secret"}})
+    assert taken[0] == 409, "the server has this browser subscribed for the agent"
+
+    page.locator("#sign-out").click()
+    expect(page.locator("#signin")).to_be_visible()
+    status, body = server.call("DELETE", "/api/notifications/push-subscription", bearer,
+                               {"endpoint": endpoint})
+    assert status == 404, f"the server still has the browser subscribed for the agent: {body}"
+    assert page.evaluate(BROWSER_ENDPOINT) is None
+    assert page.evaluate(UNSUBSCRIBED) == [endpoint]
+    assert page.evaluate(ON_DISK, bearer) == [], "no token left on disk"
+
+
+def test_a_browser_left_subscribed_by_someone_else_subscribes_again_for_the_next_user(context, server):
+    context.add_init_script(PUSH_MANAGER_STAND_IN)
+    context.grant_permissions(["notifications"], origin=server.url)
+    first = new_user("first")
+    page = open_center(context, server, first)
+    endpoint = turn_push_on(page)
+    page.close()  # without signing out
+
+    following = new_user("following")
+    page = open_center(context, server, following)
+    expect(page.locator("#push-toggle")).to_be_enabled()
+    expect(page.locator("#push-toggle")).to_have_attribute("data-on", "true")
+    renewed = page.evaluate(BROWSER_ENDPOINT)
+    assert renewed and renewed != endpoint, "a new endpoint of the next user's own"
+    assert page.evaluate(UNSUBSCRIBED) == [endpoint]
+    status, _ = server.call("DELETE", "/api/notifications/push-subscription", token(following),
+                            {"endpoint": renewed})
+    assert status == 200, "registered for the next user"
 
 
 # -- another origin ----------------------------------------------------------------------------------

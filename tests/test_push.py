@@ -3,16 +3,32 @@ push with the subscription's keys: what a supervisor with a closed tab receives,
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import json
+import os
+import signal
+import socket
+import sqlite3
 import subprocess
 import sys
+import time
+import uuid
+from contextlib import asynccontextmanager
 
 import pytest
+import tornado.netutil
 
-from mojavox_notify.push import new_vapid_pair, push_payload
+from mojavox_notify.model import Draft, PushSubscription
+from mojavox_notify.push import (PushSender, load_vapid_key, new_vapid_pair, push_http_client,
+                                 push_payload)
+from mojavox_notify.push_addresses import is_public
+from mojavox_notify.push_worker import PushWorker
+from mojavox_notify.store import build_store, sqlite_path, storage_url
+from mojavox_notify.store.nx27017 import Nx27017Child
 
-from .pushservice import PushServiceStandIn
-from .support import Socket, new_user, token
+from .pushservice import PushServiceStandIn, SilentPushService
+from .support import Socket, both_engines, new_user, token
 
 BASE = "/api/notifications"
 bounded = pytest.mark.timeout(60)
@@ -161,6 +177,11 @@ async def test_a_restart_in_the_middle_of_retrying_still_delivers(start_app, mak
     ("https://10.1.2.3/send/1", []),
     ("https://169.254.169.254/latest/meta-data", []),
     ("https://[::1]/send/1", []),
+    ("https://[64:ff9b::7f00:1]/send/1", []),  # NAT64 of 127.0.0.1
+    ("https://[64:ff9b::a9fe:a9fe]/latest/meta-data", []),  # NAT64 of 169.254.169.254
+    ("https://[::ffff:10.1.2.3]/send/1", []),
+    ("https://[2002:7f00:1::1]/send/1", []),  # 6to4 of 127.0.0.1
+    ("https://[2001:0:a00:1:8000:63bf:f7f7:f7f7]/send/1", []),  # Teredo through 10.0.0.1
     ("ftp://push.example.com/send/1", ["push.example.com"]),
 ])
 async def test_a_subscription_endpoint_must_be_https_on_a_public_host(start_app, endpoint, allowed):
@@ -214,3 +235,215 @@ def test_a_notification_without_action_url_has_none_in_its_payload():
                     "title": "Agent offline", "message": "Agent 7 stopped", "actionUrl": None}
     assert json.loads(push_payload(notification, "full", None))["data"] == {
         "id": notification["id"], "type": "agent_alert", "priority": "critical"}
+
+
+# -- limits: one user or one push service cannot hold up everyone else's pushes ------------------
+
+@bounded
+@both_engines
+async def test_a_user_keeps_only_their_newest_subscriptions(start_app, push_service):
+    app = await start_app(**push_service.settings, **{"rate_limits.requests_per_minute": 0})
+    user = new_user()
+    keys = push_service.subscribe()["keys"]
+    endpoints = [f"{push_service.origin}/push/{user}-{number}" for number in range(300)]
+    for endpoint in endpoints:
+        status, body = await app.api.post(f"{BASE}/push-subscription", token(user),
+                                          {"endpoint": endpoint, "keys": keys})
+        assert status == 200, body
+    kept = [subscription["endpoint"]
+            for subscription in await app.store.push_subscriptions_of(user)]
+    assert app.settings.push.max_subscriptions_per_user == 20
+    assert sorted(kept) == sorted(endpoints[-20:])
+
+
+@bounded
+async def test_a_push_service_that_never_answers_holds_up_no_one_else(start_app, push_service):
+    silent = SilentPushService()
+    await silent.start()
+    try:
+        app = await start_app(**push_service.settings)
+        stalled = new_user("stalled")
+        keys = push_service.subscribe()["keys"]
+        for number in range(app.settings.push.max_subscriptions_per_user):
+            status, body = await app.api.post(f"{BASE}/push-subscription", token(stalled), {
+                "endpoint": f"{silent.origin}/push/{stalled}-{number}", "keys": keys})
+            assert status == 200, body
+        others = [new_user("other") for _ in range(3)]
+        for other in others:
+            for number in range(2):
+                await app.api.post(f"{BASE}/push-subscription", token(other), {
+                    "endpoint": f"{silent.origin}/push/{other}-{number}", "keys": keys})
+        for _ in range(3):
+            await app.api.notify(stalled)
+        for other in others:
+            await app.api.notify(other)
+        host_share = app.settings.push.concurrency_per_host
+        assert await push_service.wait_for(lambda: silent.open >= host_share, 5), "sends are stuck"
+
+        supervisor = new_user("supervisor")
+        subscription = await subscribed(app, push_service, supervisor)
+        started = time.monotonic()
+        await app.api.notify(supervisor, type="call_escalation", priority="critical")
+        assert await push_service.wait_for(lambda: push_service.delivered_to(subscription), 5)
+        assert time.monotonic() - started < 3, "well within a send's 10 s timeout"
+        assert silent.most_open == host_share, "the silent host got its share and no more"
+        # No send to it has timed out yet, so every request it received is still open.
+        stalled_sends = sum(path.startswith(f"/push/{stalled}-") for path in silent.paths)
+        assert stalled_sends <= app.settings.push.concurrency_per_user
+    finally:
+        await silent.stop()
+
+
+# -- a push service's Retry-After ---------------------------------------------------------------
+
+@bounded
+@pytest.mark.parametrize("retry_after", ["100000000000000000000000",
+                                         "Fri, 31 Dec 9999 23:59:59 GMT"])
+async def test_a_retry_after_past_the_give_up_time_gives_up_that_browser_only(
+        start_app, push_service, retry_after):
+    app = await start_app(**push_service.settings)
+    user = new_user()
+    laptop, phone, tablet = [await subscribed(app, push_service, user) for _ in range(3)]
+    push_service.answer(phone, (429, {"Retry-After": retry_after}))
+    push_service.answer(tablet, (503, {}))
+    await app.api.notify(user)
+    assert await push_service.wait_for(lambda: push_service.delivered_to(tablet), 8), \
+        "the tablet is tried again after its backoff"
+    assert await push_service.wait_for(lambda: app.push_worker.stats["sent"] == 2)
+    assert len(push_service.delivered_to(laptop)) == 1, "the laptop got it once"
+    assert push_service.arrived_at(phone) == 1, "the phone is not asked again"
+    assert app.push_worker.stats["failed"] == 1
+    for _ in range(50):
+        if await app.store.push_backlog() == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert await app.store.push_backlog() == 0
+
+
+@asynccontextmanager
+async def storage_outage(engine: str, settings, nx: Nx27017Child | None):
+    """Storage failing for real while the block runs: the MongoDB engine's nx-27017 killed
+    (and started again after), the embedded engine's file locked by another connection."""
+    if engine == "mongo":
+        os.kill(nx._process.pid, signal.SIGKILL)
+        await nx._process.wait()
+        try:
+            yield
+        finally:
+            await nx.start(port=nx.port)
+        return
+    locker = sqlite3.connect(sqlite_path(settings, storage_url(settings)), isolation_level=None,
+                             timeout=10)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+
+
+@bounded
+@both_engines
+async def test_a_job_whose_reschedule_fails_is_not_sent_again_to_browsers_that_have_it(
+        storage_engine, make_settings, push_service, tmp_path, caplog):
+    nx = None
+    storage = {"storage.operation_timeout_seconds": 0.5, "storage.busy_timeout_seconds": 0.2}
+    if storage_engine == "mongo":
+        nx = Nx27017Child(tmp_path / "nx")
+        storage.update({"storage.url": await nx.start(),
+                        "mongodb.database": f"r{uuid.uuid4().hex[:8]}",
+                        "mongodb.server_selection_timeout_seconds": 0.5})
+    settings = make_settings(**push_service.settings, **storage)
+    store = build_store(settings)
+    await store.open()
+    sender = PushSender(settings.push, load_vapid_key(settings.push),
+                        push_http_client(settings.push))
+    worker = PushWorker(store, sender, settings.push, lease_seconds=2.0)
+    try:
+        user = new_user()
+        laptop, phone = push_service.subscribe(), push_service.subscribe()
+        for browser in (laptop, phone):
+            await store.save_push_subscription(user, PushSubscription(
+                browser["endpoint"], browser["keys"]["p256dh"], browser["keys"]["auth"]), keep=20)
+        answered = push_service.hold(phone)
+        push_service.answer(phone, (500, {}))
+        await store.insert_many([Draft(user_id=user, type="payment_received", title="Payment",
+                                       message="paid", priority="high")], push=[True])
+        worker.start()
+        assert await push_service.wait_for(
+            lambda: push_service.delivered_to(laptop) and push_service.arrived_at(phone) == 1)
+        async with storage_outage(storage_engine, settings, nx):
+            answered.set()
+            assert await push_service.wait_for(lambda: any(
+                record.name == "mojavox_notify.push_worker"
+                and "storage unavailable" in record.getMessage() for record in caplog.records),
+                10), "the reschedule failed"
+        assert await push_service.wait_for(lambda: push_service.delivered_to(phone), 15)
+        assert len(push_service.delivered_to(laptop)) == 1, "the laptop is not sent it again"
+        assert push_service.arrived_at(phone) == 2
+    finally:
+        await worker.stop()
+        sender.close()
+        await store.close()
+        if nx is not None:
+            await nx.stop()
+
+
+# -- where a push may go -------------------------------------------------------------------------
+
+class RebindingResolver(tornado.netutil.Resolver):
+    """A DNS answer that changes under the server's feet: a public address while the
+    subscription is checked, the loopback once `rebind()` is called."""
+
+    def initialize(self) -> None:
+        self.address = "93.184.215.14"
+        self.asked: list[str] = []
+
+    def rebind(self) -> None:
+        self.address = "127.0.0.1"
+
+    async def resolve(self, host, port, family=socket.AF_UNSPEC):
+        self.asked.append(host)
+        return [(socket.AF_INET, (self.address, port))]
+
+
+@bounded
+async def test_an_endpoint_that_resolves_to_a_private_address_at_send_time_is_never_connected_to(
+        start_app, push_service):
+    silent = SilentPushService()
+    await silent.start()
+    try:
+        resolver = RebindingResolver()
+        app = await start_app(resolver=resolver, **push_service.settings)
+        user = new_user()
+        keys = push_service.subscribe()["keys"]
+        endpoint = f"https://push.rebinding.example:{silent.port}/push/{user}"
+        status, body = await app.api.post(f"{BASE}/push-subscription", token(user),
+                                          {"endpoint": endpoint, "keys": keys})
+        assert status == 200, body
+        assert resolver.asked == ["push.rebinding.example"], "checked when subscribing"
+        resolver.rebind()
+        await app.api.notify(user)
+        assert await push_service.wait_for(lambda: app.push_worker.stats["failed"] == 1)
+        assert len(resolver.asked) == 2, "resolved once more, to connect"
+        assert silent.accepted == 0
+    finally:
+        await silent.stop()
+
+
+@pytest.mark.parametrize("address, public", [
+    ("8.8.8.8", True), ("2001:4860:4860::8888", True),
+    ("127.0.0.1", False), ("10.1.2.3", False), ("100.64.0.1", False), ("169.254.169.254", False),
+    ("0.0.0.0", False), ("224.0.0.251", False), ("255.255.255.255", False),
+    ("::1", False), ("::", False), ("fe80::1", False), ("fd00::1", False), ("ff0e::1", False),
+    ("64:ff9b::808:808", True), ("64:ff9b::7f00:1", False), ("64:ff9b::a01:203", False),
+    ("64:ff9b::a9fe:a9fe", False), ("64:ff9b:1::808:808", False),
+    ("::ffff:8.8.8.8", True), ("::ffff:127.0.0.1", False), ("::ffff:192.168.1.1", False),
+    ("::7f00:1", False),
+    ("2002:808:808::1", True), ("2002:7f00:1::1", False), ("2002:a9fe:a9fe::1", False),
+    ("2001:0:4136:e378:8000:63bf:f7f7:f7f7", True),  # Teredo: server 65.54.227.120, client 8.8.8.8
+    ("2001:0:4136:e378:8000:63bf:3fff:fdd2", False),  # client 192.0.2.45 (documentation)
+    ("2001:0:a00:1:8000:63bf:f7f7:f7f7", False),  # server 10.0.0.1
+])
+def test_an_address_is_public_only_when_what_it_reaches_is(address, public):
+    assert is_public(ipaddress.ip_address(address)) is public

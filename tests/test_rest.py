@@ -11,7 +11,7 @@ import pytest
 
 from mojavox_notify.push import new_vapid_pair
 
-from .support import new_user, token
+from .support import both_engines, new_user, token
 
 BASE = "/api/notifications"
 PAYLOAD_KEYS = {"id", "type", "title", "message", "timestamp", "priority", "read", "data", "actionUrl"}
@@ -538,6 +538,31 @@ async def test_push_subscription_is_saved_and_removed(start_app):
     assert await app.store.push_subscriptions_of(user) == []
     status, body = await app.api.delete(f"{BASE}/push-subscription", token(user), endpoint_only)
     assert_error(body, status, 404, "not_found")
+
+
+@pytest.mark.timeout(30)
+@both_engines
+async def test_another_users_push_endpoint_is_refused_and_stays_with_its_owner(start_app):
+    app = await start_app()
+    owner, other = new_user("owner"), new_user("other")
+    subscription = {**SUBSCRIPTION, "endpoint": f"https://push.example.com/send/{owner}"}
+    status, body = await app.api.post(f"{BASE}/push-subscription", token(owner), subscription)
+    assert status == 200, body
+
+    taken = {**subscription, "keys": {**SUBSCRIPTION["keys"], "auth": "b3RoZXItYXV0aC1zZWNyZXQ"}}
+    status, body = await app.api.post(f"{BASE}/push-subscription", token(other), taken)
+    assert "endpoint" in assert_error(body, status, 409, "push_subscription_taken")["message"]
+    assert await app.store.push_subscriptions_of(other) == []
+    [kept] = await app.store.push_subscriptions_of(owner)
+    assert (kept["endpoint"], kept["keys"]) == (subscription["endpoint"], SUBSCRIPTION["keys"])
+    status, body = await app.api.delete(f"{BASE}/push-subscription", token(other),
+                                        {"endpoint": subscription["endpoint"]})
+    assert_error(body, status, 404, "not_found")
+
+    status, body = await app.api.post(f"{BASE}/push-subscription", token(owner), taken)
+    assert status == 200, "the owner may renew its keys"
+    [renewed] = await app.store.push_subscriptions_of(owner)
+    assert renewed["keys"] == taken["keys"]
 
 
 @pytest.mark.timeout(30)

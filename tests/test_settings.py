@@ -313,6 +313,14 @@ def test_vapid_subject_must_be_mailto_or_https():
     assert error.key == "push.vapid_subject"
 
 
+@pytest.mark.parametrize("share", ["push.concurrency_per_host", "push.concurrency_per_user"])
+def test_a_push_share_must_leave_sends_for_everyone_else(share):
+    shares = {"push.concurrency": 8, "push.concurrency_per_host": 2, "push.concurrency_per_user": 2}
+    error = settings_error(overrides={**shares, share: 8})
+    assert error.key == share and "less than push.concurrency (8)" in str(error)
+    assert load_settings(None, environ={}, overrides={**shares, share: 7})
+
+
 def test_explicit_overrides_are_validated_like_the_file():
     error = settings_error(overrides={"server.port": 0})
     assert error.key == "server.port"

@@ -282,20 +282,40 @@ async def test_preferences_are_read_for_many_users_at_once_and_keep_only_what_wa
 
 
 @bounded
-async def test_push_subscriptions_belong_to_whoever_registered_the_endpoint_last(open_store):
+async def test_a_push_endpoint_stays_with_the_user_who_registered_it(open_store):
     store = await open_store()
     alice, bob = new_user(), new_user()
     endpoint = f"https://push.example.com/{new_user()}"
-    await store.save_push_subscription(alice, PushSubscription(endpoint, "p1", "a1"))
-    await store.save_push_subscription(bob, PushSubscription(endpoint, "p2", "a2"))
-    assert await store.push_subscriptions_of(alice) == []
-    [saved] = await store.push_subscriptions_of(bob)
-    assert saved["endpoint"] == endpoint and saved["keys"] == {"p256dh": "p2", "auth": "a2"}
-    assert saved["user_id"] == bob
-    with pytest.raises(NotFoundError):
-        await store.remove_push_subscription(alice, endpoint)
-    await store.remove_push_subscription(bob, endpoint)
+    assert await store.save_push_subscription(alice, PushSubscription(endpoint, "p1", "a1"), keep=20)
+    assert not await store.save_push_subscription(bob, PushSubscription(endpoint, "p2", "a2"), keep=20)
     assert await store.push_subscriptions_of(bob) == []
+    [saved] = await store.push_subscriptions_of(alice)
+    assert saved["endpoint"] == endpoint and saved["keys"] == {"p256dh": "p1", "auth": "a1"}
+    assert saved["user_id"] == alice
+    assert await store.save_push_subscription(alice, PushSubscription(endpoint, "p3", "a3"), keep=20)
+    [renewed] = await store.push_subscriptions_of(alice)
+    assert renewed["keys"] == {"p256dh": "p3", "auth": "a3"}
+    with pytest.raises(NotFoundError):
+        await store.remove_push_subscription(bob, endpoint)
+    await store.remove_push_subscription(alice, endpoint)
+    assert await store.push_subscriptions_of(alice) == []
+
+
+@bounded
+async def test_a_new_push_subscription_past_the_limit_replaces_the_least_recently_registered(open_store):
+    store = await open_store()
+    user, other = new_user(), new_user()
+    endpoints = [f"https://push.example.com/{user}/{number}" for number in range(5)]
+    for endpoint in endpoints[:3]:
+        assert await store.save_push_subscription(user, PushSubscription(endpoint, "p", "a"), keep=3)
+    await store.save_push_subscription(
+        other, PushSubscription(f"https://push.example.com/{other}", "p", "a"), keep=3)
+    await store.save_push_subscription(user, PushSubscription(endpoints[0], "p", "a"), keep=3)  # again
+    for endpoint in endpoints[3:]:
+        await store.save_push_subscription(user, PushSubscription(endpoint, "p", "a"), keep=3)
+    kept = {subscription["endpoint"] for subscription in await store.push_subscriptions_of(user)}
+    assert kept == {endpoints[0], endpoints[3], endpoints[4]}
+    assert len(await store.push_subscriptions_of(other)) == 1, "another user's are not touched"
 
 
 @bounded

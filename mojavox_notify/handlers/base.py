@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 
 INTEGER = re.compile(r"-?[0-9]{1,19}")
 STATUS_CODES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                405: "method_not_allowed", 413: "payload_too_large", 429: "rate_limited",
-                503: "storage_unavailable"}
+                405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
+                429: "rate_limited", 503: "storage_unavailable"}
 
 
 class InFlight:

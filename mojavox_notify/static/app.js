@@ -54,6 +54,7 @@ function start() {
     if (token) signIn(token);
   });
   $('sign-out').addEventListener('click', signOut);
+  if ('serviceWorker' in navigator) navigator.serviceWorker.addEventListener('message', answerServiceWorker);
   $('mark-all').addEventListener('click', () => act(() => view.client.markAllRead()));
   $('unread-only').addEventListener('change', (event) => {
     view.unreadOnly = event.target.checked;
@@ -150,15 +151,27 @@ async function signIn(token) {
   tellServiceWorker(token);
 }
 
-function signOut() {
-  if (view.client) view.client.close();
+/** Leaves nothing of the user behind on a shared machine: the browser's push subscription is
+ * dropped here and on the server (while the token still allows that), then the token is
+ * forgotten here and in the service worker. */
+async function signOut() {
+  const button = $('sign-out');
+  button.disabled = true;
+  const client = view.client;
+  try {
+    await unsubscribePush(client);
+  } catch (error) {
+    console.warn('MOJAVOX Notify: could not turn browser push off:', error);
+  }
+  if (client) client.close();
   view.client = null;
   sessionStorage.removeItem(TOKEN_KEY);
-  tellServiceWorker(null);
+  await tellServiceWorker(null);
   clearList();
   $('announcements').replaceChildren();
   renderUnread({ count: 0, byPriority: {} });
   showSignIn('');
+  button.disabled = false;
 }
 
 function showBanner(text) {
@@ -532,6 +545,13 @@ function pushSupported() {
   return 'serviceWorker' in navigator && 'PushManager' in window && 'Notification' in window;
 }
 
+/** The service worker asks for the token when it has none in memory (the browser stopped it
+ * while idle): the signed-in page's, or null. */
+function answerServiceWorker(event) {
+  if (!event.data || event.data.type !== 'token-request' || !event.ports[0]) return;
+  event.ports[0].postMessage({ token: view.client ? sessionStorage.getItem(TOKEN_KEY) : null });
+}
+
 async function tellServiceWorker(token) {
   if (!('serviceWorker' in navigator)) return;
   try {
@@ -569,9 +589,55 @@ async function setUpPush() {
   }
   view.vapidKey = key;
   const registration = await navigator.serviceWorker.ready;
-  const subscription = await registration.pushManager.getSubscription();
-  renderPush(Boolean(subscription));
+  const existing = await registration.pushManager.getSubscription();
+  let problem = null;
+  if (existing) {
+    // This browser may be registered for someone who used it before and did not sign out.
+    try {
+      await registerPush(registration, existing);
+    } catch (error) {
+      problem = `Push could not be renewed: ${error.message}`;
+    }
+  }
+  renderPush(Boolean(await registration.pushManager.getSubscription()));
+  if (problem) status.textContent = problem;
   button.disabled = false;
+}
+
+/** Register the browser's subscription for the signed-in user. One whose endpoint the server
+ * has for another user is refused (409 push_subscription_taken): the browser then drops it and
+ * subscribes again, which gives it a new endpoint of its own. */
+async function registerPush(registration, subscription) {
+  try {
+    await view.client.savePushSubscription(subscription);
+    return;
+  } catch (error) {
+    if (error.code !== 'push_subscription_taken') throw error;
+  }
+  await subscription.unsubscribe();
+  await view.client.savePushSubscription(await subscribePush(registration));
+}
+
+function subscribePush(registration) {
+  return registration.pushManager.subscribe({
+    userVisibleOnly: true, applicationServerKey: base64UrlToBytes(view.vapidKey),
+  });
+}
+
+/** The server forgets this browser's subscription (it may already have: a 404 is fine) and
+ * the browser drops it, so that no push of this user reaches whoever uses the browser next. */
+async function unsubscribePush(client) {
+  if (!pushSupported()) return;
+  const registration = await navigator.serviceWorker.getRegistration('/');
+  const subscription = registration ? await registration.pushManager.getSubscription() : null;
+  if (!subscription) return;
+  try {
+    if (client) await client.removePushSubscription(subscription.endpoint);
+  } catch (error) {
+    if (error.status !== 404) console.warn('MOJAVOX Notify: the server keeps this browser subscribed:', error);
+  } finally {
+    await subscription.unsubscribe();
+  }
 }
 
 function renderPush(on) {
@@ -598,10 +664,7 @@ async function togglePush() {
       $('push-status').textContent = 'Notifications are blocked for this site in the browser settings.';
       return;
     }
-    const subscription = await registration.pushManager.subscribe({
-      userVisibleOnly: true, applicationServerKey: base64UrlToBytes(view.vapidKey),
-    });
-    await view.client.savePushSubscription(subscription);
+    await registerPush(registration, await subscribePush(registration));
     renderPush(true);
   } catch (error) {
     $('push-status').textContent = `Push could not be changed: ${error.message}`;

@@ -642,7 +642,12 @@ export class NotifyClient {
     }
   }
 
-  /** @param {PushSubscription|{endpoint: string, keys: {p256dh: string, auth: string}}} subscription */
+  /**
+   * Register this browser for web push. An endpoint registered to another user is refused with
+   * a NotifyApiError of status 409 and code `push_subscription_taken`: unsubscribe the browser's
+   * subscription and subscribe again (a new endpoint), then save that one.
+   * @param {PushSubscription|{endpoint: string, keys: {p256dh: string, auth: string}}} subscription
+   */
   async savePushSubscription(subscription) {
     const json = 'toJSON' in subscription ? subscription.toJSON() : subscription;
     await this.request('POST', '/api/notifications/push-subscription', json);

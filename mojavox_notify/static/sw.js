@@ -3,11 +3,15 @@
 //
 // A push is either full, {title, body, icon?, tag, data: {id, type, priority, actionUrl?}}, or
 // minimal, {id, type, priority} (push.payload: minimal), in which case the notification is read
-// over REST with the token the page last handed over, so no debtor data passes through the
-// push service.
+// over REST with the signed-in page's token, so no debtor data passes through the push service.
+//
+// The token lives in this worker's memory only (never CacheStorage, IndexedDB or anything else
+// on disk): on a shared call-center machine, nothing of a signed-out agent stays behind. The
+// browser stops an idle worker, and the memory with it; then an open page is asked again. With
+// no signed-in page, a minimal push shows only its type and priority.
 
-const STORE = 'mojavox-notify-sw';
-const TOKEN_KEY = '/__mojavox/token';
+const LEGACY_STORE = 'mojavox-notify-sw'; // where earlier versions kept the token: deleted
+const TOKEN_ASK_MS = 1000;
 const TYPE_LABELS = {
   payment_received: 'Payment received',
   call_completed: 'Call completed',
@@ -18,11 +22,18 @@ const TYPE_LABELS = {
   system_alert: 'System alert',
 };
 
+const PRIORITY_LABELS = { critical: 'Critical', high: 'High', medium: 'Medium', low: 'Low' };
+
+/** The signed-in page's token, in memory only; null when signed out. */
+let token = null;
+
 self.addEventListener('install', () => self.skipWaiting());
-self.addEventListener('activate', (event) => event.waitUntil(self.clients.claim()));
+self.addEventListener('activate', (event) => {
+  event.waitUntil(Promise.all([self.clients.claim(), caches.delete(LEGACY_STORE)]));
+});
 
 self.addEventListener('message', (event) => {
-  if (event.data && event.data.type === 'token') event.waitUntil(saveToken(event.data.token));
+  if (event.data && event.data.type === 'token') token = event.data.token || null;
 });
 
 self.addEventListener('push', (event) => {
@@ -35,16 +46,25 @@ self.addEventListener('notificationclick', (event) => {
   event.waitUntil(Promise.all([openPage(data.actionUrl), markRead(data.id)]));
 });
 
-async function saveToken(token) {
-  const cache = await caches.open(STORE);
-  if (token) await cache.put(TOKEN_KEY, new Response(token));
-  else await cache.delete(TOKEN_KEY);
+/** The token in memory, else the one an open signed-in page answers with (null: none). */
+async function currentToken() {
+  if (token) return token;
+  const pages = await self.clients.matchAll({ type: 'window', includeUncontrolled: true });
+  const answers = await Promise.all(pages.map(askForToken));
+  token = answers.find(Boolean) || null;
+  return token;
 }
 
-async function readToken() {
-  const cache = await caches.open(STORE);
-  const stored = await cache.match(TOKEN_KEY);
-  return stored ? stored.text() : null;
+function askForToken(page) {
+  return new Promise((resolve) => {
+    const channel = new MessageChannel();
+    const timer = setTimeout(() => resolve(null), TOKEN_ASK_MS);
+    channel.port1.onmessage = (event) => {
+      clearTimeout(timer);
+      resolve((event.data && event.data.token) || null);
+    };
+    page.postMessage({ type: 'token-request' }, [channel.port2]);
+  });
 }
 
 function parse(data) {
@@ -94,17 +114,23 @@ async function fromMinimalPayload(push) {
       data: { ...reference, actionUrl: notification.actionUrl || undefined },
     };
   }
-  // Signed out, or the server is unreachable: say what kind of thing is waiting, nothing more.
-  const label = TYPE_LABELS[push.type] || 'New notification';
-  return { title: label, body: push.body || 'Open MOJAVOX to see it.', tag, data: reference };
+  // Signed out, or the server is unreachable: say what kind of thing is waiting, nothing more,
+  // and open the dashboard, where whoever signs in sees what it is.
+  const priority = PRIORITY_LABELS[push.priority];
+  return {
+    title: TYPE_LABELS[push.type] || 'New notification',
+    body: `${priority ? `${priority} priority. ` : ''}Open MOJAVOX to see it.`,
+    tag,
+    data: { ...reference, actionUrl: '/' },
+  };
 }
 
 async function fetchNotification(id) {
-  const token = await readToken();
-  if (!token) return null;
+  const bearer = await currentToken();
+  if (!bearer) return null;
   try {
     const response = await fetch(`/api/notifications/${encodeURIComponent(id)}`, {
-      headers: { Authorization: `Bearer ${token}` },
+      headers: { Authorization: `Bearer ${bearer}` },
     });
     return response.ok ? await response.json() : null;
   } catch {
@@ -139,11 +165,11 @@ async function openPage(actionUrl) {
 }
 
 async function markRead(id) {
-  const token = id ? await readToken() : null;
-  if (!token) return;
+  const bearer = id ? await currentToken() : null;
+  if (!bearer) return;
   try {
     await fetch(`/api/notifications/${encodeURIComponent(id)}/read`, {
-      method: 'POST', headers: { Authorization: `Bearer ${token}` },
+      method: 'POST', headers: { Authorization: `Bearer ${bearer}` },
     });
   } catch {
     // Offline: the page shows it unread, and the user can mark it there.

@@ -233,8 +233,11 @@ class NotificationStore(ABC):
     # -- push subscriptions ------------------------------------------------------------------
 
     @abstractmethod
-    async def save_push_subscription(self, user_id: str, subscription: PushSubscription) -> None:
-        """Upsert by endpoint: a browser's subscription belongs to whoever registered it last."""
+    async def save_push_subscription(self, user_id: str, subscription: PushSubscription,
+                                     keep: int) -> bool:
+        """Register an endpoint for its user, or renew its keys; False (and nothing changed)
+        when the endpoint is another user's, so no one takes over someone else's browser.
+        The user then keeps their `keep` most recently registered subscriptions."""
 
     @abstractmethod
     async def remove_push_subscription(self, user_id: str, endpoint: str) -> None:

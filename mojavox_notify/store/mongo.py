@@ -545,14 +545,31 @@ class MongoStore(NotificationStore):
     # -- push subscriptions ------------------------------------------------------------------
 
     @_storage_errors
-    async def save_push_subscription(self, user_id: str, subscription: PushSubscription) -> None:
-        await self.push_subscriptions.update_one(
-            {"endpoint": subscription.endpoint},
-            {"$set": {"user_id": user_id, "keys": {"p256dh": subscription.p256dh,
-                                                   "auth": subscription.auth},
-                      "updated_at": utcnow()},
-             "$setOnInsert": {"created_at": utcnow()}},
-            upsert=True)
+    async def save_push_subscription(self, user_id: str, subscription: PushSubscription,
+                                     keep: int) -> bool:
+        if not await self._save_subscription(user_id, subscription):
+            return False
+        stale = await self.push_subscriptions.find({"user_id": user_id}, {"_id": 1}).sort(
+            "registered", DESCENDING).skip(keep).to_list(length=None)
+        if stale:
+            await self.push_subscriptions.delete_many({"_id": {"$in": [d["_id"] for d in stale]}})
+        return True
+
+    async def _save_subscription(self, user_id: str, subscription: PushSubscription) -> bool:
+        """Renew the owner's, else insert; False when the endpoint is another user's.
+        `registered` (an ObjectId made here, so growing) orders them by their last registration."""
+        now = utcnow()
+        fields = {"keys": {"p256dh": subscription.p256dh, "auth": subscription.auth},
+                  "updated_at": now, "registered": ObjectId()}
+        owned = {"endpoint": subscription.endpoint, "user_id": user_id}
+        if (await self.push_subscriptions.update_one(owned, {"$set": fields})).matched_count:
+            return True
+        try:
+            await self.push_subscriptions.insert_one({**owned, **fields, "created_at": now})
+        except DuplicateKeyError:  # another user's, or the owner's own registration meanwhile
+            renewed = await self.push_subscriptions.update_one(owned, {"$set": fields})
+            return bool(renewed.matched_count)
+        return True
 
     @_storage_errors
     async def remove_push_subscription(self, user_id: str, endpoint: str) -> None:
@@ -598,7 +615,8 @@ class MongoStore(NotificationStore):
 
     @_storage_errors
     async def push_subscriptions_of(self, user_id: str) -> list[dict]:
-        cursor = self.push_subscriptions.find({"user_id": user_id}, {"_id": 0}).sort("created_at", ASCENDING)
+        cursor = self.push_subscriptions.find(
+            {"user_id": user_id}, {"_id": 0, "registered": 0}).sort("created_at", ASCENDING)
         return await cursor.to_list(length=None)
 
     # -- idempotent events -------------------------------------------------------------------

@@ -680,14 +680,31 @@ class SqliteStore(NotificationStore):
 
     # -- push subscriptions ------------------------------------------------------------------
 
-    async def save_push_subscription(self, user_id: str, subscription: PushSubscription) -> None:
-        now = to_ms(utcnow())
-        await self._write(_execute, """
-            INSERT INTO push_subscriptions (endpoint, user_id, p256dh, auth, created_at, updated_at)
-            VALUES (?, ?, ?, ?, ?, ?)
-            ON CONFLICT (endpoint) DO UPDATE SET user_id = excluded.user_id,
-                p256dh = excluded.p256dh, auth = excluded.auth, updated_at = excluded.updated_at
-            """, (subscription.endpoint, user_id, subscription.p256dh, subscription.auth, now, now))
+    async def save_push_subscription(self, user_id: str, subscription: PushSubscription,
+                                     keep: int) -> bool:
+        return await self._write(self._save_subscription, user_id, subscription, keep,
+                                 to_ms(utcnow()))
+
+    @staticmethod
+    def _save_subscription(connection, user_id: str, subscription: PushSubscription, keep: int,
+                           now_ms: int) -> bool:
+        """Insert, or renew for its owner only, as the user's newest row (a renewal replaces the
+        row, so rowids follow the order of registration); then keep the user's `keep` newest."""
+        with transaction(connection):
+            row = connection.execute("SELECT user_id, created_at FROM push_subscriptions "
+                                     "WHERE endpoint = ?", (subscription.endpoint,)).fetchone()
+            if row is not None and row[0] != user_id:
+                return False
+            connection.execute("""
+                INSERT OR REPLACE INTO push_subscriptions
+                    (endpoint, user_id, p256dh, auth, created_at, updated_at)
+                VALUES (?, ?, ?, ?, ?, ?)""", (subscription.endpoint, user_id, subscription.p256dh,
+                                               subscription.auth, row[1] if row else now_ms, now_ms))
+            connection.execute("""
+                DELETE FROM push_subscriptions WHERE user_id = ? AND rowid NOT IN (
+                    SELECT rowid FROM push_subscriptions WHERE user_id = ?
+                    ORDER BY rowid DESC LIMIT ?)""", (user_id, user_id, keep))
+            return True
 
     async def remove_push_subscription(self, user_id: str, endpoint: str) -> None:
         removed = await self._write(_execute, """
