@@ -167,7 +167,8 @@ class NotifyApp:
         if self._vapid is not None:
             self.push_sender = PushSender(settings.push, self._vapid,
                                           push_http_client(settings.push, self.resolver))
-            self.push_worker = PushWorker(self.store, self.push_sender, settings.push)
+            self.push_worker = PushWorker(self.store, self.push_sender, settings.push,
+                                          supervisor=self.supervisor)
             self.service.on_push_recorded = self.push_worker.wake
             self.push_worker.start()
         await self.plugins.call_each("mojavox_startup", app=self)

@@ -30,6 +30,7 @@ from .push_addresses import check_url
 from .push_slots import Slots, SlotsTaken
 from .settings import PushSettings
 from .store import NotificationStore, PushJob
+from .supervision import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,12 @@ def backoff(attempts: int) -> float:
 
 class PushWorker:
     def __init__(self, store: NotificationStore, sender: PushSender, settings: PushSettings,
-                 lease_seconds: float = LEASE_SECONDS):
+                 lease_seconds: float = LEASE_SECONDS, supervisor: Supervisor | None = None):
         """`lease_seconds`: how long a claimed job stays this process's before another may take
-        it (a test that waits for a lease to run out makes it short)."""
+        it (a test that waits for a lease to run out makes it short). The claiming loop runs
+        under `supervisor`: a failure nobody foresaw starts it again."""
         self._store = store
+        self._supervisor = supervisor or Supervisor()
         self._sender = sender
         self._settings = settings
         self._lease_seconds = lease_seconds
@@ -67,7 +70,7 @@ class PushWorker:
         self.stats: Counter = Counter()  # sent, failed, removed, retried, given_up
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._task = self._supervisor.spawn("push_worker", self._run)
 
     def wake(self) -> None:
         """New jobs were recorded: look now rather than at the next poll."""

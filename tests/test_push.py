@@ -447,3 +447,26 @@ async def test_an_endpoint_that_resolves_to_a_private_address_at_send_time_is_ne
 ])
 def test_an_address_is_public_only_when_what_it_reaches_is(address, public):
     assert is_public(ipaddress.ip_address(address)) is public
+
+
+@bounded
+async def test_the_push_worker_survives_an_unforeseen_failure_and_still_delivers(
+        start_app, push_service):
+    app = await start_app(**push_service.settings)
+    user = new_user("supervisor")
+    subscription = await subscribed(app, push_service, user)
+    real_claim = app.store.claim_pushes
+    failed = []
+
+    async def claim_pushes(*args, **kwargs):
+        if not failed:
+            failed.append(1)
+            raise RuntimeError("a bug while claiming (injected)")
+        return await real_claim(*args, **kwargs)
+
+    app.store.claim_pushes = claim_pushes
+    app.push_worker.wake()
+    await push_service.wait_for(lambda: failed)
+    await app.api.notify(user, type="call_escalation", title="Escalation", message="Now")
+    assert await push_service.wait_for(lambda: push_service.delivered_to(subscription))
+    assert app.supervisor.restarts["push_worker"] == 1
