@@ -8,18 +8,19 @@ notification it received, as a tab does after a network blip. Meanwhile `--creat
 notifications a second are created for random users, an alert (`system.alert` to
 `--alert-recipients` random users) every two seconds, and a broadcast a minute.
 
-Faults on a schedule (as fractions of the run): a worker SIGKILLed (15%, 70%); Redis killed
-and started again (30%, 80%); storage stalled longer than the write timeout, by another process
-holding the write lock (45%, 88%); a hostile client from 127.0.0.66 (60%): the audit's requests
-that froze the process (a 60 KB path of `eyJ`, a 60 KB JSON key after authenticating) and bad
-tokens, while /healthz is timed every 20 ms.
+Faults on a schedule (as fractions of the run): the youngest worker SIGKILLed (10%, 75%); Redis
+killed and started again (25%, 65%); storage stalled longer than the write timeout, by another
+process holding the write lock (40%, 80%); a hostile client from 127.0.0.66 (55%, 90%): the
+audit's requests that froze the process (a 60 KB path of `eyJ`, a 60 KB JSON key after
+authenticating) and bad tokens, while /healthz is timed every 20 ms.
 
 At the end every socket is compared, as one logical tab across all its connections, with what
 is stored for its user: notifications it never received (missing) and ones it received twice
 (doubled). RSS and open file descriptors of every process are sampled every 5 s. It prints, per
 minute: creations answered and refused, create→frame p50/p99, doubled and missing (by the
 minute the notification was created), and each process's memory; then each process's RSS
-growth after warm-up (the first 20% of the run, or a restarted worker's first minute).
+growth after warm-up (the first 20% of the run; for a worker started during it, three churn
+periods, the time its tabs take to spread over both workers again) to its last sample.
 Bounded in time; stops by itself.
 
     .venv/bin/python -m bench soak --minutes 10
@@ -61,7 +62,9 @@ TAB_ADDRESSES = [f"127.0.0.{n}" for n in range(2, 10)]
 HOSTILE_ADDRESS = "127.0.0.66"
 SAMPLE_SECONDS = 5.0
 WARM_UP_SHARE = 0.2
-RESTARTED_WARM_UP_SECONDS = 60.0
+# A worker started during the run gets its share of the sockets as tabs churn: after three
+# churn periods about 95% of them have reconnected once, spread over both workers.
+RESTARTED_WARM_UP_CHURNS = 3
 
 
 def free_port() -> int:
@@ -87,6 +90,11 @@ def children_of(pid: int) -> list[int]:
             except (OSError, IndexError, ValueError):
                 pass
     return sorted(found)
+
+
+def started_at(pid: int) -> int:
+    """When a process started, in clock ticks since boot (/proc/PID/stat, field 22)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
 
 
 def memory_of(pid: int) -> tuple[int, int] | None:
@@ -245,6 +253,7 @@ class Tab:
     arrived: dict = field(default_factory=dict)  # id → first arrival (epoch seconds)
     connections: int = 0
     live: "Lean | None" = None
+    failure: str = ""  # why its last connection attempt failed
 
 
 class Lean(asyncio.Protocol):
@@ -281,6 +290,7 @@ class Lean(asyncio.Protocol):
                 self.buffer = buffer
                 return
             if b" 101 " not in buffer[:end].split(b"\r\n", 1)[0]:
+                self.tab.failure = buffer[:end].split(b"\r\n", 1)[0].decode(errors="replace")
                 self.transport.close()
                 return
             self.upgraded = True
@@ -307,6 +317,8 @@ class Lean(asyncio.Protocol):
             elif opcode == 9:
                 self._send(0xA, payload)
             elif opcode == 8:
+                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+                self.tab.failure = f"closed {code} {payload[2:].decode(errors='replace')}"
                 self.transport.close()
                 return
         self.buffer = buffer[position:]
@@ -344,6 +356,12 @@ class Tabs:
     async def connect_all(self) -> None:
         for start in range(0, len(self.tabs), 200):
             await asyncio.gather(*(self._connect(tab) for tab in self.tabs[start:start + 200]))
+        failed = sum(1 for tab in self.tabs if tab.live is None)
+        if failed:
+            raise RuntimeError(f"{failed} tabs could not connect")
+
+    def keep_connected(self) -> None:
+        """From now on every tab churns, and reconnects whenever its connection drops."""
         self._tasks = [asyncio.ensure_future(self._keep(tab)) for tab in self.tabs]
 
     async def _connect(self, tab: Tab) -> bool:
@@ -351,11 +369,13 @@ class Tabs:
         if tab.last_id:
             path += f"&since={tab.last_id}"
         try:
-            _, lean = await asyncio.get_running_loop().create_connection(
-                lambda: Lean(tab, path, self.port), "127.0.0.1", self.port,
-                local_addr=(tab.address, 0))
-            await asyncio.wait_for(lean.connected, 10)
-        except (OSError, ConnectionError, asyncio.TimeoutError):
+            async with asyncio.timeout(10):  # as a browser gives up on a connect
+                _, lean = await asyncio.get_running_loop().create_connection(
+                    lambda: Lean(tab, path, self.port), "127.0.0.1", self.port,
+                    local_addr=(tab.address, 0))
+                await lean.connected
+        except (OSError, ConnectionError, asyncio.TimeoutError) as error:
+            tab.failure = f"{type(error).__name__}: {error}"[:200]
             return False
         tab.live = lean
         tab.connections += 1
@@ -379,7 +399,21 @@ class Tabs:
                     break
 
     def all_live(self) -> bool:
-        return all(tab.live is not None and not tab.live.closed.done() for tab in self.tabs)
+        return not self.not_live()
+
+    def not_live(self) -> list[Tab]:
+        return [tab for tab in self.tabs if tab.live is None or tab.live.closed.done()]
+
+    async def live_again(self, timeout: float = 60.0) -> str:
+        """Wait until every tab is connected; how long it took, or who is not."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.all_live():
+                return f"every tab live again after {time.monotonic() - started:.1f} s"
+            await asyncio.sleep(0.1)
+        behind = self.not_live()
+        reasons = collections.Counter(tab.failure for tab in behind).most_common(3)
+        return f"{len(behind)} tabs not live after {timeout:g} s ({reasons})"
 
     async def stop(self) -> None:
         self.stopping = True
@@ -491,17 +525,17 @@ class Faults:
         print(f"  {line}", flush=True)
 
     async def kill_worker(self) -> None:
+        """SIGKILL the youngest worker: the oldest then holds every socket again, as it did after
+        the first kill, so a later kill sets no new high-water mark of its memory."""
         pids = self.server.worker_pids()
-        victim = random.choice(pids)
+        victim = max(pids, key=started_at)
         os.kill(victim, signal.SIGKILL)
         started = time.monotonic()
         while victim in self.server.worker_pids() or len(self.server.worker_pids()) < len(pids):
             await asyncio.sleep(0.1)
         back = time.monotonic() - started
-        while not self.tabs.all_live():
-            await asyncio.sleep(0.1)
-        self.note(f"SIGKILL worker {victim}: replaced in {back:.1f} s, every tab live again "
-                  f"after {time.monotonic() - started:.1f} s")
+        self.note(f"SIGKILL worker {victim}: replaced in {back:.1f} s, "
+                  f"{await self.tabs.live_again()}")
 
     async def restart_redis(self) -> None:
         self.redis.kill()
@@ -556,9 +590,9 @@ class Faults:
                   f"{max(self.health_latency_ms):.1f} ms")
 
     def schedule(self, seconds: float) -> list[tuple[float, str]]:
-        plan = [(0.15, "kill_worker"), (0.30, "restart_redis"), (0.45, "stall_storage"),
-                (0.60, "hostile"), (0.70, "kill_worker"), (0.80, "restart_redis"),
-                (0.88, "stall_storage")]
+        plan = [(0.10, "kill_worker"), (0.25, "restart_redis"), (0.40, "stall_storage"),
+                (0.55, "hostile"), (0.65, "restart_redis"), (0.75, "kill_worker"),
+                (0.80, "stall_storage"), (0.90, "hostile")]
         return [(share * seconds, name) for share, name in plan]
 
     async def run(self, seconds: float) -> None:
@@ -659,6 +693,7 @@ async def soak(args) -> None:
         print(f"  {len(tabs.tabs)} tabs of {len(users)} users connected in "
               f"{time.monotonic() - connect_started:.1f} s", flush=True)
         await seed(server.port, users, tabs)
+        tabs.keep_connected()
         memory = Memory(server, redis)
         sampling = asyncio.ensure_future(memory.run())
         load = Load(server.port, users, args)
@@ -669,9 +704,7 @@ async def soak(args) -> None:
         await asyncio.sleep(max(0.0, load.started + seconds - time.time()))
         load.stopping = True
         await asyncio.gather(*producing)
-        settle_started = time.monotonic()
-        while not tabs.all_live() and time.monotonic() - settle_started < 60:
-            await asyncio.sleep(0.2)
+        print(f"  end of load: {await tabs.live_again()}", flush=True)
         await asyncio.sleep(5.0)  # the last frames, and any resume, arrive
         ended = time.time()
         memory.stopping = True
@@ -753,17 +786,17 @@ def report(args, load: Load, tabs: Tabs, faults: Faults, memory: Memory,
           f"({tabs.reconnects} reconnect attempts); missing {sum(missing.values())}, doubled "
           f"{sum(doubled.values())}")
     warm_until = load.started + WARM_UP_SHARE * args.minutes * 60
-    print("\n| process | RSS after warm-up MiB | at the end MiB | growth | fds then / at the end |"
-          "\n|---|---|---|---|---|")
+    print("\n| process | RSS after warm-up MiB | at its last sample MiB | growth | fds then / at "
+          "its last sample |\n|---|---|---|---|---|")
     for name in names:
         samples = memory.samples[name]
         first_seen = samples[0][0]
-        since = max(warm_until, first_seen + RESTARTED_WARM_UP_SECONDS) \
+        since = max(warm_until, first_seen + RESTARTED_WARM_UP_CHURNS * args.churn_seconds) \
             if first_seen > load.started else warm_until
         last = samples[-1]
-        if last[0] - since < 60:
+        if last[0] - since < 120:
             print(f"| {name} | - | {last[1] / 1024:.1f} | (ran {last[0] - first_seen:.0f} s: "
-                  f"too short after its warm-up) | - / {last[2]} |")
+                  f"under 2 minutes after its warm-up) | - / {last[2]} |")
             continue
         then = memory.at(name, since)
         print(f"| {name} | {then[0] / 1024:.1f} | {last[1] / 1024:.1f} | "

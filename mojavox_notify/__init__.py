@@ -3,5 +3,5 @@
 from .hookspecs import hookimpl
 from .model import Event, NotificationType
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 __all__ = ["Event", "NotificationType", "hookimpl", "__version__"]

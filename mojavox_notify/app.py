@@ -33,7 +33,7 @@ from .handlers.rest import (BroadcastsHandler, MarkAllReadHandler, MarkReadHandl
                             SettingsHandler, UnreadCountHandler, VapidPublicKeyHandler)
 from .handlers.web import page_routes
 from .handlers.websocket import CLOSE_GOING_AWAY, NotificationSocket, deliver_to_all
-from .httpserver import NotifyHTTPServer, drain_limit
+from .httpserver import NotifyHTTPServer, drain_limit, listen_sockets
 from .hub import Hub
 from .ingest import EventIngest
 from .logs import redact_tornado_logs
@@ -178,7 +178,7 @@ class NotifyApp:
             body_timeout=settings.server.body_timeout_seconds, xheaders=settings.server.xheaders,
             idle_connection_timeout=IDLE_CONNECTION_SECONDS)
         if sockets is None:
-            sockets = tornado.netutil.bind_sockets(settings.server.port, settings.server.host)
+            sockets = listen_sockets(settings.server.port, settings.server.host)
         self._http.add_sockets(sockets)
         self.port = sockets[0].getsockname()[1]
         if settings.metrics.access == "port":

@@ -15,11 +15,11 @@ import urllib.error
 import urllib.request
 from typing import Callable, Sequence
 
-import tornado.netutil
 
 from .app import NotifyApp, StartupError
 from .auth import existing_hs256_secret, mint_token
 from .errors import StorageUnavailableError
+from .httpserver import listen_sockets
 from .logs import configure_logging
 from .plugins import PluginError
 from .push import new_vapid_pair
@@ -228,8 +228,7 @@ async def _serve_until_signalled(settings: Settings, worker: int | None = None,
     try:
         sockets = None
         if worker is not None:
-            sockets = tornado.netutil.bind_sockets(settings.server.port, settings.server.host,
-                                                   reuse_port=True)
+            sockets = listen_sockets(settings.server.port, settings.server.host, reuse_port=True)
         await app.start(sockets=sockets)
     except OSError as error:
         await app.stop()

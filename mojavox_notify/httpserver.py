@@ -11,6 +11,7 @@ import socket
 from typing import Any
 
 import tornado.httpserver
+import tornado.netutil
 from tornado.iostream import IOStream, UnsatisfiableReadError
 
 BARE_BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\n\r\n"
@@ -21,6 +22,12 @@ ANSWERS = {
     431: ("headers_too_large", "the request's headers are larger than this server accepts"),
 }
 DRAIN_BYTES = 16 * 1024 * 1024
+#: Connections the kernel queues for a listening socket before the server accepts them. After a
+#: worker dies, its sockets' tabs all reconnect at once: with tornado's 128, the SYNs past it
+#: were dropped and retried by the clients' kernels after 1, 3, 7, 15, 31 s (measured: tabs
+#: still reconnecting a minute after a worker was killed). The kernel caps it at
+#: net.core.somaxconn.
+LISTEN_BACKLOG = 4096
 
 
 def error_response(status: int, message: str | None = None) -> bytes:
@@ -31,6 +38,11 @@ def error_response(status: int, message: str | None = None) -> bytes:
     head = (f"HTTP/1.1 {status} {REASONS[status]}\r\nContent-Type: application/json; charset=utf-8\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
     return head.encode() + body
+
+
+def listen_sockets(port: int, host: str, reuse_port: bool = False) -> list[socket.socket]:
+    """The server's listening sockets, with a backlog for a reconnect storm."""
+    return tornado.netutil.bind_sockets(port, host, backlog=LISTEN_BACKLOG, reuse_port=reuse_port)
 
 
 def drain_limit(max_body_bytes: int) -> int:

@@ -21,8 +21,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from mojavox_notify.httpserver import LISTEN_BACKLOG
 from mojavox_notify.settings import ENVIRONMENT_OVERRIDES, load_settings
 
+from .servers import ServeProcess
 from .support import new_user, token
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -481,3 +483,17 @@ def test_the_dockerfile_passes_hadolint():
     result = subprocess.run([str(hadolint), str(ROOT / "Dockerfile")], capture_output=True,
                             text=True, timeout=COMMAND_TIMEOUT)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_serve_listens_with_a_backlog_for_a_reconnect_storm(tmp_path):
+    """Past tornado's 128 queued connections the kernel drops SYNs, which clients retry after
+    seconds: after a worker dies, its tabs all reconnect at once."""
+    server = ServeProcess(tmp_path).start()
+    try:
+        listening = subprocess.run(["ss", "-ltnH", f"sport = :{server.port}"],
+                                   capture_output=True, text=True, check=True).stdout.split()
+        backlog = int(listening[2])
+        somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+        assert backlog == min(LISTEN_BACKLOG, somaxconn) and backlog > 128
+    finally:
+        server.stop()
