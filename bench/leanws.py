@@ -29,6 +29,8 @@ class LeanSocket(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._in_handshake = True
+        #: The server's close frame (its code and reason), once one came.
+        self.close_frame: bytes | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -57,6 +59,7 @@ class LeanSocket(asyncio.Protocol):
             elif opcode == PING:
                 self._send(PONG, payload)
             elif opcode == CLOSE:
+                self.close_frame = payload
                 self._send(CLOSE, payload[:2])
                 self.transport.close()
         del buffer[:position]
@@ -68,6 +71,9 @@ class LeanSocket(asyncio.Protocol):
         head = bytes(self._buffer[:end])
         del self._buffer[:end + 4]
         self._in_handshake = False
+        if self.upgraded.done():  # its opener gave up waiting meanwhile
+            self.transport.close()
+            return False
         if not head.startswith(b"HTTP/1.1 101"):
             self.upgraded.set_exception(ConnectionError(head.split(b"\r\n", 1)[0].decode()))
             self.transport.close()
@@ -90,6 +96,13 @@ class LeanSocket(asyncio.Protocol):
             head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, length)
         masked = bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
         self.transport.write(head + mask + masked)
+
+    def close_reason(self) -> str:
+        """The server's close code and reason, or "" when it sent none."""
+        if not self.close_frame or len(self.close_frame) < 2:
+            return ""
+        return f"closed {struct.unpack_from('!H', self.close_frame)[0]} " \
+               f"{self.close_frame[2:].decode(errors='replace')}"
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():

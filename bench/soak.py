@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import collections
 import json
 import os
@@ -52,6 +51,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "bench"))
+
+import leanws  # noqa: E402  (bench/, beside this file)
 from mojavox_notify.auth import mint_token  # noqa: E402
 
 SECRET = "soak-benchmark-secret-of-at-least-32-bytes"
@@ -97,17 +99,19 @@ def started_at(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
 
 
-def memory_of(pid: int) -> tuple[int, int] | None:
-    """(RSS in KiB, open file descriptors) of a live process; None when it is gone."""
+def memory_of(pid: int) -> tuple[int, int, int] | None:
+    """(RSS in KiB, of which anonymous (heap) KiB, open file descriptors) of a live process;
+    None when it is gone."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
         fds = len(os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         return None
-    for line in status.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]), fds
-    return None
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    try:
+        return int(fields["VmRSS"].split()[0]), int(fields["RssAnon"].split()[0]), fds
+    except (KeyError, ValueError):
+        return None
 
 
 class Redis:
@@ -150,7 +154,7 @@ class Redis:
 class Server:
     """`mojavox-notify serve --workers 2`, on Redis, embedded SQLite in `folder`."""
 
-    def __init__(self, folder: Path, redis_url: str, workers: int):
+    def __init__(self, folder: Path, redis_url: str, workers: int, cache_mib: int):
         self.folder = folder
         self.port = free_port()
         self.workers = workers
@@ -162,9 +166,9 @@ class Server:
             "storage": {"url": f"sqlite:///{self.database}",
                         "operation_timeout_seconds": OPERATION_TIMEOUT,
                         "busy_timeout_seconds": BUSY_TIMEOUT,
-                        # Page caches full within the warm-up (4 connections x this per worker),
-                        # so growth after it is what a leak would be, not a cache filling up.
-                        "sqlite_cache_mib": 8},
+                        # Small page caches (4 connections x this per worker), full within the
+                        # warm-up, so growth after it is not a cache filling up.
+                        "sqlite_cache_mib": cache_mib},
             "redis": {"url": redis_url},
             "rate_limits": {"notifications_per_minute": 0, "requests_per_minute": 0},
             "retention": {"cleanup_interval_minutes": 0},
@@ -252,91 +256,29 @@ class Tab:
     received: collections.Counter = field(default_factory=collections.Counter)
     arrived: dict = field(default_factory=dict)  # id → first arrival (epoch seconds)
     connections: int = 0
-    live: "Lean | None" = None
+    live: "leanws.LeanSocket | None" = None
     failure: str = ""  # why its last connection attempt failed
+    phase: str = "new"  # what its keeper is doing, for a report of tabs that are not back
+    connected_at: float = 0.0  # when its current connection went live (monotonic)
+    dropped_at: float = 0.0  # when the server side last closed one of its connections
 
 
-class Lean(asyncio.Protocol):
-    """A WebSocket client that only reads notification ids out of frames (no JSON parse)."""
+def _keeper_ended(tab: Tab, task: asyncio.Task) -> None:
+    """A tab's keeper that failed leaves the tab for good: say why, loudly."""
+    if not task.cancelled() and task.exception() is not None:
+        tab.failure = f"keeper failed: {task.exception()!r}"
+        print(f"  tab of {tab.user}: {tab.failure}", flush=True)
 
-    def __init__(self, tab: Tab, path: str, port: int):
-        self.tab = tab
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.request = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                        "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-                        f"Sec-WebSocket-Key: {key}\r\n\r\n").encode()
-        self.buffer = b""
-        self.upgraded = False
-        self.connected = asyncio.get_running_loop().create_future()
-        self.closed = asyncio.get_running_loop().create_future()
-        self.transport: asyncio.Transport | None = None
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        transport.write(self.request)
-
-    def connection_lost(self, error) -> None:
-        if not self.connected.done():
-            self.connected.set_exception(ConnectionError("closed before connected"))
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-    def data_received(self, data: bytes) -> None:
-        now = time.time()
-        buffer = self.buffer + data
-        if not self.upgraded:
-            end = buffer.find(b"\r\n\r\n")
-            if end < 0:
-                self.buffer = buffer
-                return
-            if b" 101 " not in buffer[:end].split(b"\r\n", 1)[0]:
-                self.tab.failure = buffer[:end].split(b"\r\n", 1)[0].decode(errors="replace")
-                self.transport.close()
-                return
-            self.upgraded = True
-            buffer = buffer[end + 4:]
-        position, size = 0, len(buffer)
-        while size - position >= 2:
-            opcode = buffer[position] & 0x0F
-            length = buffer[position + 1] & 0x7F
-            header = 2
-            if length == 126:
-                if size - position < 4:
-                    break
-                length, header = int.from_bytes(buffer[position + 2:position + 4], "big"), 4
-            elif length == 127:
-                if size - position < 10:
-                    break
-                length, header = int.from_bytes(buffer[position + 2:position + 10], "big"), 10
-            if size - position < header + length:
-                break
-            payload = buffer[position + header:position + header + length]
-            position += header + length
-            if opcode == 1:
-                self._text(payload, now)
-            elif opcode == 9:
-                self._send(0xA, payload)
-            elif opcode == 8:
-                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
-                self.tab.failure = f"closed {code} {payload[2:].decode(errors='replace')}"
-                self.transport.close()
-                return
-        self.buffer = buffer[position:]
-
-    def _text(self, payload: bytes, now: float) -> None:
-        if payload.startswith(NOTIFICATION):
-            notification = payload[len(NOTIFICATION):len(NOTIFICATION) + 24].decode()
-            tab = self.tab
-            tab.received[notification] += 1
-            tab.arrived.setdefault(notification, now)
-            tab.last_id = notification
-        elif payload.startswith(b'{"type":"connected"') and not self.connected.done():
-            self.connected.set_result(None)
-
-    def _send(self, opcode: int, payload: bytes) -> None:
-        mask = os.urandom(4)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.transport.write(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
+def _frame(tab: Tab, payload: bytes, connected: asyncio.Future) -> None:
+    """A text frame of the tab's: a notification's id is all that is read (no JSON parse)."""
+    if payload.startswith(NOTIFICATION):
+        notification = payload[len(NOTIFICATION):len(NOTIFICATION) + 24].decode()
+        tab.received[notification] += 1
+        tab.arrived.setdefault(notification, time.time())
+        tab.last_id = notification
+    elif payload.startswith(b'{"type":"connected"') and not connected.done():
+        connected.set_result(None)
 
 
 class Tabs:
@@ -350,6 +292,7 @@ class Tabs:
                          mint_token(SECRET, user, [], 7 * 86400))
                      for index, user in enumerate(u for u in users for _ in range(per_user))]
         self.stopping = False
+        self.churning = True
         self.reconnects = 0
         self._tasks: list[asyncio.Task] = []
 
@@ -362,39 +305,58 @@ class Tabs:
 
     def keep_connected(self) -> None:
         """From now on every tab churns, and reconnects whenever its connection drops."""
-        self._tasks = [asyncio.ensure_future(self._keep(tab)) for tab in self.tabs]
+        self._tasks = []
+        for tab in self.tabs:
+            task = asyncio.ensure_future(self._keep(tab))
+            task.add_done_callback(lambda done, tab=tab: _keeper_ended(tab, done))
+            self._tasks.append(task)
 
     async def _connect(self, tab: Tab) -> bool:
         path = f"/ws/notifications?token={tab.token}"
         if tab.last_id:
             path += f"&since={tab.last_id}"
+        connected = asyncio.get_running_loop().create_future()
         try:
             async with asyncio.timeout(10):  # as a browser gives up on a connect
-                _, lean = await asyncio.get_running_loop().create_connection(
-                    lambda: Lean(tab, path, self.port), "127.0.0.1", self.port,
-                    local_addr=(tab.address, 0))
-                await lean.connected
+                lean = await leanws.connect("127.0.0.1", self.port, path,
+                                            lambda payload: _frame(tab, payload, connected),
+                                            local_address=tab.address)
+                done, _ = await asyncio.wait([connected, lean.closed],
+                                             return_when=asyncio.FIRST_COMPLETED)
         except (OSError, ConnectionError, asyncio.TimeoutError) as error:
             tab.failure = f"{type(error).__name__}: {error}"[:200]
             return False
+        if connected not in done:
+            tab.failure = lean.close_reason() or "closed before connected"
+            return False
         tab.live = lean
         tab.connections += 1
+        tab.connected_at = time.monotonic()
         return True
 
     async def _keep(self, tab: Tab) -> None:
         while not self.stopping:
             lean = tab.live
             churn = random.expovariate(1 / self.churn_seconds)
+            tab.phase = "live"
             done, _ = await asyncio.wait([lean.closed], timeout=churn)
             if self.stopping:
                 return
+            if not done and not self.churning:
+                continue
             if not done:  # churn: the tab's network blipped
+                tab.phase = "closing"
                 lean.transport.close()
                 await lean.closed
+            else:
+                tab.dropped_at = time.monotonic()
+                tab.failure = lean.close_reason() or tab.failure
             tab.live = None
             while not self.stopping:
+                tab.phase = "pausing"
                 await asyncio.sleep(random.uniform(0.1, 1.0))
                 self.reconnects += 1
+                tab.phase = "connecting"
                 if await self._connect(tab):
                     break
 
@@ -404,15 +366,30 @@ class Tabs:
     def not_live(self) -> list[Tab]:
         return [tab for tab in self.tabs if tab.live is None or tab.live.closed.done()]
 
-    async def live_again(self, timeout: float = 60.0) -> str:
-        """Wait until every tab is connected; how long it took, or who is not."""
+    async def back_after(self, fault_at: float, timeout: float = 60.0) -> str:
+        """Wait until every tab the server dropped since `fault_at` is live again (others
+        churn meanwhile as ever); how many there were and how long they took."""
+        await asyncio.sleep(1.0)  # the drops reach every tab
+        dropped = [tab for tab in self.tabs if tab.dropped_at >= fault_at]
+        while time.monotonic() - fault_at < timeout:
+            behind = [tab for tab in dropped if tab.connected_at <= tab.dropped_at]
+            if not behind:
+                return (f"{len(dropped)} tabs dropped, every one live again "
+                        f"{time.monotonic() - fault_at:.1f} s after")
+            await asyncio.sleep(0.1)
+        reasons = collections.Counter((tab.phase, tab.failure) for tab in behind).most_common(3)
+        return f"{len(behind)} of {len(dropped)} dropped tabs not back after {timeout:g} s ({reasons})"
+
+    async def all_live_after_churn(self, timeout: float = 60.0) -> str:
+        """Stop churning, then wait until every tab is live."""
+        self.churning = False
         started = time.monotonic()
         while time.monotonic() - started < timeout:
             if self.all_live():
-                return f"every tab live again after {time.monotonic() - started:.1f} s"
+                return f"every tab live {time.monotonic() - started:.1f} s after churning stopped"
             await asyncio.sleep(0.1)
         behind = self.not_live()
-        reasons = collections.Counter(tab.failure for tab in behind).most_common(3)
+        reasons = collections.Counter((tab.phase, tab.failure) for tab in behind).most_common(3)
         return f"{len(behind)} tabs not live after {timeout:g} s ({reasons})"
 
     async def stop(self) -> None:
@@ -516,7 +493,6 @@ class Faults:
         self.port = port
         self.log: list[str] = []
         self.started = time.time()
-        self.health_latency_ms: list[float] = []
 
     def note(self, text: str) -> None:
         elapsed = time.time() - self.started
@@ -534,8 +510,8 @@ class Faults:
         while victim in self.server.worker_pids() or len(self.server.worker_pids()) < len(pids):
             await asyncio.sleep(0.1)
         back = time.monotonic() - started
-        self.note(f"SIGKILL worker {victim}: replaced in {back:.1f} s, "
-                  f"{await self.tabs.live_again()}")
+        self.note(f"SIGKILL worker {victim}: replaced in {back:.1f} s; "
+                  f"{await self.tabs.back_after(started)}")
 
     async def restart_redis(self) -> None:
         self.redis.kill()
@@ -559,15 +535,10 @@ class Faults:
                   f"lock (writes give up after {OPERATION_TIMEOUT + BUSY_TIMEOUT:g} s)")
 
     async def hostile(self) -> None:
+        """The audit's requests and bad tokens from another address, while /healthz is timed
+        every 20 ms; and /healthz timed as long again just before, under the same load, to
+        tell what the hostile requests add from what a busy 2-core machine costs anyway."""
         user_token = mint_token(SECRET, "soak-hostile", [], 3600)
-        probing = True
-
-        async def probe() -> None:
-            while probing:
-                started = time.perf_counter()
-                await healthy(self.port)
-                self.health_latency_ms.append((time.perf_counter() - started) * 1000)
-                await asyncio.sleep(0.02)
 
         async def attack() -> None:
             for _ in range(10):
@@ -580,14 +551,29 @@ class Faults:
                                        token=f"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.bad{index}",
                                        local=HOSTILE_ADDRESS))
 
-        probing_task = asyncio.ensure_future(probe())
-        await attack()
-        probing = False
-        await probing_task
-        self.note(f"hostile client: 10 x (60 KB eyJ path, 60 KB JSON key), 100 bad tokens; "
-                  f"/healthz meanwhile ({len(self.health_latency_ms)} probes) p50 "
-                  f"{percentile(self.health_latency_ms, 0.5):.1f} ms, max "
-                  f"{max(self.health_latency_ms):.1f} ms")
+        started = time.monotonic()
+        during = await self._probe_health_while(attack())
+        seconds = time.monotonic() - started
+        before_seconds = max(1.0, seconds)
+        before = await self._probe_health_while(asyncio.sleep(before_seconds))
+        self.note(f"hostile client: 10 x (60 KB eyJ path, 60 KB JSON key), 100 bad tokens in "
+                  f"{seconds:.1f} s; /healthz meanwhile p50 {percentile(during, 0.5):.1f} ms, "
+                  f"p99 {percentile(during, 0.99):.1f}, max {max(during):.1f} ms "
+                  f"({len(during)} probes); without it, for {before_seconds:.1f} s after: p50 "
+                  f"{percentile(before, 0.5):.1f}, p99 {percentile(before, 0.99):.1f}, max "
+                  f"{max(before):.1f} ms ({len(before)} probes)")
+
+    async def _probe_health_while(self, work) -> list[float]:
+        """/healthz latencies (ms), one probe every 20 ms, until `work` is done."""
+        latencies: list[float] = []
+        task = asyncio.ensure_future(work)
+        while not task.done():
+            started = time.perf_counter()
+            await healthy(self.port)
+            latencies.append((time.perf_counter() - started) * 1000)
+            await asyncio.sleep(0.02)
+        await task
+        return latencies
 
     def schedule(self, seconds: float) -> list[tuple[float, str]]:
         plan = [(0.10, "kill_worker"), (0.25, "restart_redis"), (0.40, "stall_storage"),
@@ -618,7 +604,7 @@ class Memory:
     def __init__(self, server: Server, redis: Redis):
         self.server = server
         self.redis = redis
-        self.samples: dict[str, list[tuple[float, int, int]]] = collections.defaultdict(list)
+        self.samples: dict[str, list[tuple[float, int, int, int]]] = collections.defaultdict(list)
         self.stopping = False
 
     def processes(self) -> dict[str, int]:
@@ -682,7 +668,7 @@ async def soak(args) -> None:
     folder = Path(tempfile.mkdtemp(prefix="mojavox-soak-"))
     redis = Redis(folder)
     redis.start()
-    server = Server(folder, redis.url, args.workers)
+    server = Server(folder, redis.url, args.workers, args.sqlite_cache_mib)
     server.start()
     try:
         await server.ready()
@@ -704,7 +690,7 @@ async def soak(args) -> None:
         await asyncio.sleep(max(0.0, load.started + seconds - time.time()))
         load.stopping = True
         await asyncio.gather(*producing)
-        print(f"  end of load: {await tabs.live_again()}", flush=True)
+        print(f"  end of load: {await tabs.all_live_after_churn()}", flush=True)
         await asyncio.sleep(5.0)  # the last frames, and any resume, arrive
         ended = time.time()
         memory.stopping = True
@@ -773,7 +759,7 @@ def report(args, load: Load, tabs: Tabs, faults: Faults, memory: Memory,
         refused = {status: count for (at, status), count in load.answers.items()
                    if at == minute and status != "ok"}
         moment = load.started + (minute + 1) * 60
-        rss = ", ".join(f"{name.split()[0]} {found[0] / 1024:.0f} ({found[1]})" for name in names
+        rss = ", ".join(f"{name.split()[0]} {found[0] / 1024:.0f} ({found[2]})" for name in names
                         if (found := memory.at(name, moment)) and _alive_at(memory, name, moment))
         print(f"| {minute + 1} | {load.answers[(minute, 'ok')]} | "
               f"{', '.join(f'{s}: {c}' for s, c in sorted(refused.items())) or '-'} | "
@@ -796,11 +782,12 @@ def report(args, load: Load, tabs: Tabs, faults: Faults, memory: Memory,
         last = samples[-1]
         if last[0] - since < 120:
             print(f"| {name} | - | {last[1] / 1024:.1f} | (ran {last[0] - first_seen:.0f} s: "
-                  f"under 2 minutes after its warm-up) | - / {last[2]} |")
+                  f"under 2 minutes after its warm-up) | - / {last[3]} |")
             continue
         then = memory.at(name, since)
-        print(f"| {name} | {then[0] / 1024:.1f} | {last[1] / 1024:.1f} | "
-              f"{(last[1] - then[0]) / then[0] * 100:+.1f}% | {then[1]} / {last[2]} |")
+        print(f"| {name} | {then[0] / 1024:.1f} (heap {then[1] / 1024:.1f}) | "
+              f"{last[1] / 1024:.1f} (heap {last[2] / 1024:.1f}) | "
+              f"{(last[1] - then[0]) / then[0] * 100:+.1f}% | {then[2]} / {last[3]} |")
 
 
 def _alive_at(memory: Memory, name: str, moment: float) -> bool:
@@ -820,6 +807,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="a socket reconnects with since about this often")
     parser.add_argument("--creates", type=float, default=50, help="notifications created a second")
     parser.add_argument("--alert-recipients", type=int, default=50)
+    parser.add_argument("--sqlite-cache-mib", type=int, default=2,
+                        help="storage.sqlite_cache_mib of the server (default 64 in a deployment)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the folder (log, storage) and write missing.json")
     args = parser.parse_args(argv)

@@ -14,6 +14,7 @@ import logging
 import time
 from typing import Iterable
 
+from .coalesce import Coalescer
 from .hub import Connection, Hub
 from .redis_link import REDIS_ERRORS, RedisLink
 from .supervision import Supervisor
@@ -58,6 +59,11 @@ class RedisPresence(HubPresence):
                  supervisor: Supervisor | None = None):
         super().__init__(hub)
         self._supervisor = supervisor or Supervisor()
+        # A socket's connect asks for its user's sockets elsewhere; the asks of a reconnect
+        # storm (a worker died: a thousand tabs at once) go to Redis together, one pipeline a
+        # round trip, instead of a pooled connection each (which ran out, and a pool that ran
+        # out counted as Redis being away: every socket resynced).
+        self._lookups = Coalescer(self._others, REFRESH_BATCH)
         self._link = link
         self._origin = origin
         self._ttl_ms = int(link.settings.presence_ttl_seconds * 1000)
@@ -199,11 +205,10 @@ class RedisPresence(HubPresence):
         if not self._link.available:
             return 0
         try:
-            [others] = await self._others([user_id])
+            return await self._lookups(user_id)
         except REDIS_ERRORS as error:
             self._link.down(error)
             return 0
-        return others
 
     async def _others(self, user_ids: list[str]) -> list[int]:
         """For each user, the unexpired sockets other processes registered."""

@@ -19,6 +19,8 @@ import redis.asyncio
 import tornado.httpclient
 
 from mojavox_notify.broker import RedisBroker, decode, encode
+from mojavox_notify.hub import Hub
+from mojavox_notify.presence import RedisPresence
 from mojavox_notify.redis_link import MAX_CONNECTIONS, RedisLink
 from mojavox_notify.settings import RedisSettings
 
@@ -148,6 +150,34 @@ async def test_publishes_past_the_connection_pool_reach_the_other_process_in_ord
         await asyncio.sleep(0.2)
         assert heard == messages
         assert publisher.link.available and publisher.healthy
+
+
+@bounded
+async def test_a_reconnect_storm_asks_redis_for_sockets_elsewhere_in_a_few_pipelines(
+        redis_overrides):
+    """A worker died and its tabs all reconnect to this one at once: each connect asks how many
+    sockets its user has elsewhere. Asked together, they take a few round trips and nothing is
+    marked down (one pooled connection each ran the pool out, which counted as Redis away)."""
+    link = RedisLink(RedisSettings(url=redis_overrides["redis.url"],
+                                   key_prefix=redis_overrides["redis.key_prefix"],
+                                   timeout_seconds=0.2))
+    link.up()
+    presence = RedisPresence(Hub(), link, origin="storm")
+    real_pipeline = link.client.pipeline
+    pipelines = []
+
+    def counted(*args, **kwargs):
+        pipelines.append(1)
+        return real_pipeline(*args, **kwargs)
+
+    link.client.pipeline = counted
+    try:
+        answers = await asyncio.gather(*(presence.elsewhere(f"user-{index}")
+                                         for index in range(20 * MAX_CONNECTIONS)))
+    finally:
+        await link.close()
+    assert answers == [0] * (20 * MAX_CONNECTIONS)
+    assert len(pipelines) <= 5 and link.available
 
 
 @bounded
