@@ -27,7 +27,8 @@ from mojavox_notify.app import NotifyApp
 from mojavox_notify.settings import load_settings
 
 from .redisserver import RedisServer
-from .support import TEST_SECRET, Api
+from .support.api import Api
+from .support.tokens import TEST_SECRET
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGINS_DIR = ROOT / "plugins"

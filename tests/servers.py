@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from .support import TEST_SECRET, token
+from .support.tokens import TEST_SECRET, token
 
 ROOT = Path(__file__).resolve().parent.parent
 

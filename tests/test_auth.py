@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from mojavox_notify.auth import build_verifier
 from mojavox_notify.errors import AuthenticationError
 
-from .support import TEST_SECRET, Socket, new_user, token
+from .support.sockets import Socket
+from .support.tokens import TEST_SECRET, new_user, token
 
 LIST = "/api/notifications"
 

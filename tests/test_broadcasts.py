@@ -12,7 +12,9 @@ from mojavox_notify.broadcasts import MAX_ACTIVE, BroadcastBoard
 from mojavox_notify.handlers import websocket
 from mojavox_notify.model import iso
 
-from .support import SERVICE, Socket, both_engines, new_user, token
+from .support.engines import both_engines
+from .support.sockets import Socket
+from .support.tokens import SERVICE, new_user, token
 from .test_websocket import raw_websocket, wait_until
 
 bounded = pytest.mark.timeout(60)

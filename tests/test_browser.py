@@ -20,7 +20,7 @@ import pytest
 from mojavox_notify.push import new_vapid_pair
 
 from .servers import ROOT, ServeProcess, free_port
-from .support import new_user, token
+from .support.tokens import new_user, token
 
 from playwright.sync_api import Page, expect, sync_playwright
 

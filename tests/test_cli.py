@@ -25,7 +25,7 @@ from mojavox_notify.httpserver import LISTEN_BACKLOG
 from mojavox_notify.settings import ENVIRONMENT_OVERRIDES, load_settings
 
 from .servers import ServeProcess
-from .support import new_user, token
+from .support.tokens import new_user, token
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGINS_DIR = ROOT / "plugins"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from .support import new_user, token
+from .support.tokens import new_user, token
 
 DASHBOARD = "https://dashboard.mojavox.ai"
 

@@ -18,7 +18,9 @@ from mojavox_notify.errors import StorageUnavailableError
 from mojavox_notify.model import PRIORITIES, Draft
 from mojavox_notify.store import NotificationStore, build_store
 
-from .support import Socket, both_engines, new_user, token
+from .support.engines import both_engines
+from .support.sockets import Socket
+from .support.tokens import new_user, token
 
 bounded = pytest.mark.timeout(60)
 mongo_only = pytest.mark.parametrize("storage_engine", ["mongo"], indirect=True)

@@ -13,7 +13,10 @@ import pytest
 from mojavox_notify import Event, NotificationType, hookimpl
 from mojavox_notify.errors import ValidationError
 
-from .support import SERVICE, Socket, both_engines, new_user, notifications_of, post_event, token
+from .support.api import notifications_of, post_event
+from .support.engines import both_engines
+from .support.sockets import Socket
+from .support.tokens import SERVICE, new_user, token
 
 
 def payment(user: str, amount: float = 2450) -> dict:

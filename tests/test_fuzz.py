@@ -22,7 +22,10 @@ from hypothesis import strategies as st
 from mojavox_notify.settings import load_settings
 
 from .conftest import PLUGINS_DIR
-from .support import ENGINES, TEST_SECRET, LiveApp, check_server_frame, token
+from .support.apps import LiveApp
+from .support.engines import ENGINES
+from .support.sockets import check_server_frame
+from .support.tokens import TEST_SECRET, token
 
 FUZZ = settings(deadline=None, suppress_health_check=list(HealthCheck), database=None)
 SERVICE = token("fuzz-service", ["service"], ttl=3600)

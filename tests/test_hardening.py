@@ -15,7 +15,10 @@ from mojavox_notify.app import NotifyApp
 from mojavox_notify.errors import RateLimitedError
 from mojavox_notify.ratelimit import RateLimiter
 
-from .support import HealthWatch, Socket, new_user, post_event, token
+from .support.api import post_event
+from .support.healthwatch import HealthWatch
+from .support.sockets import Socket
+from .support.tokens import new_user, token
 
 BASE = "/api/notifications"
 SERVICE = token("test-service", ["service"])

@@ -21,7 +21,8 @@ from pymongo.errors import NetworkTimeout
 
 from mojavox_notify.store import sqlite as sqlite_engine
 
-from .support import SERVICE, new_user, notifications_of, post_event, token
+from .support.api import notifications_of, post_event
+from .support.tokens import SERVICE, new_user, token
 
 bounded = pytest.mark.timeout(60)
 STALL_SECONDS = 2.0

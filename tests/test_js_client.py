@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 from .servers import ROOT, ServeProcess
-from .support import TEST_SECRET
+from .support.tokens import TEST_SECRET
 
 CLIENT_DIR = ROOT / "clients" / "js"
 MINIMUM_NODE = (20, 10)

@@ -17,7 +17,8 @@ from mojavox_notify.redaction import REDACTED, redact, shorten
 from mojavox_notify.settings import LoggingSettings
 
 from .conftest import CredentialWatch
-from .support import Socket, new_user, token
+from .support.sockets import Socket
+from .support.tokens import new_user, token
 
 bounded = pytest.mark.timeout(30)
 

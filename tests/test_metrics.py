@@ -9,7 +9,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mojavox_notify.metrics import LATENCY_BUCKETS, LoopCounter, LoopHistogram
 
-from .support import Socket, new_user, post_event, token
+from .support.api import post_event
+from .support.sockets import Socket
+from .support.tokens import new_user, token
 
 bounded = pytest.mark.timeout(30)
 ADMIN = token("ops", ["admin"])

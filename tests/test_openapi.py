@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from mojavox_notify.openapi import OPERATIONS, route_path
 from mojavox_notify.settings import load_settings
 
-from .support import TEST_SECRET, LiveApp, token
+from .support.apps import LiveApp
+from .support.tokens import TEST_SECRET, token
 
 CALLER = token("schemathesis", ["service", "admin"], ttl=3600)
 

@@ -10,7 +10,7 @@ import pytest
 from mojavox_notify.handlers.web import STATIC_DIR
 
 from .servers import ROOT, ServeProcess
-from .support import TEST_SECRET
+from .support.tokens import TEST_SECRET
 
 
 async def test_the_page_is_served_at_the_root_with_a_strict_content_security_policy(start_app):

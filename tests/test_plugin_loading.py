@@ -20,7 +20,9 @@ from mojavox_notify.plugins import ENTRY_POINT_GROUP, PluginError
 from mojavox_notify.settings import load_settings
 
 from .conftest import PLUGINS_DIR
-from .support import TEST_SECRET, Socket, new_user, notifications_of, post_event, token
+from .support.api import notifications_of, post_event
+from .support.sockets import Socket
+from .support.tokens import TEST_SECRET, new_user, token
 
 ROOT = Path(__file__).resolve().parent.parent
 GUIDE = ROOT / "docs" / "plugins.md"

@@ -28,7 +28,9 @@ from mojavox_notify.store import build_store, sqlite_path, storage_url
 from mojavox_notify.store.nx27017 import Nx27017Child
 
 from .pushservice import PushServiceStandIn, SilentPushService
-from .support import Socket, both_engines, new_user, token
+from .support.engines import both_engines
+from .support.sockets import Socket
+from .support.tokens import new_user, token
 
 BASE = "/api/notifications"
 bounded = pytest.mark.timeout(60)

@@ -9,7 +9,9 @@ import pytest
 
 from mojavox_notify.errors import StorageUnavailableError
 
-from .support import Socket, both_engines, new_user, token
+from .support.engines import both_engines
+from .support.sockets import Socket
+from .support.tokens import new_user, token
 
 bounded = pytest.mark.timeout(90)
 pytestmark = both_engines

@@ -11,7 +11,8 @@ import pytest
 
 from mojavox_notify.push import new_vapid_pair
 
-from .support import both_engines, new_user, token
+from .support.engines import both_engines
+from .support.tokens import new_user, token
 
 BASE = "/api/notifications"
 PAYLOAD_KEYS = {"id", "type", "title", "message", "timestamp", "priority", "read", "data", "actionUrl"}

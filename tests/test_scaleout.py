@@ -24,7 +24,9 @@ from mojavox_notify.presence import RedisPresence
 from mojavox_notify.redis_link import MAX_CONNECTIONS, RedisLink
 from mojavox_notify.settings import RedisSettings
 
-from .support import Socket, both_engines, new_user, token
+from .support.engines import both_engines
+from .support.sockets import Socket
+from .support.tokens import new_user, token
 from .test_cli import Deployment, clean_environment, wait_for
 from .test_push import push_service, subscribed  # noqa: F401 (fixture)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from .support import new_user, notifications_of, post_event, token
+from .support.api import notifications_of, post_event
+from .support.tokens import new_user, token
 
 SHIPPED_EVENT_TYPES = ["agent.alert", "call.completed", "call.escalation", "call.high_value",
                        "campaign.milestone", "payment.received", "system.alert"]

@@ -26,7 +26,9 @@ from mojavox_notify.store.mongo import MongoStore
 from mojavox_notify.store.nx27017 import Nx27017Child
 from mojavox_notify.store.sqlite import CHECKPOINT_DELAY_SECONDS, SCHEMA_VERSION
 
-from .support import both_engines, new_user, notifications_of, post_event, token
+from .support.api import notifications_of, post_event
+from .support.engines import both_engines
+from .support.tokens import new_user, token
 
 BASE = "/api/notifications"
 bounded = pytest.mark.timeout(60)

@@ -18,7 +18,8 @@ import pytest
 
 from mojavox_notify.store.nx27017 import Nx27017Child
 
-from .support import Socket, new_user, token
+from .support.sockets import Socket
+from .support.tokens import new_user, token
 
 BASE = "/api/notifications"
 bounded = pytest.mark.timeout(90)

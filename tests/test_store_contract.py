@@ -19,7 +19,8 @@ from mojavox_notify.model import PRIORITIES, ChannelPreference, Draft, PushSubsc
 from mojavox_notify.store import (ClaimLostError, EventClaim, NotificationStore, UserState,
                                   build_store)
 
-from .support import both_engines, new_user
+from .support.engines import both_engines
+from .support.tokens import new_user
 
 pytestmark = both_engines
 bounded = pytest.mark.timeout(60)

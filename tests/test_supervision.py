@@ -15,7 +15,7 @@ import pytest
 from mojavox_notify.errors import StorageUnavailableError
 from mojavox_notify.supervision import Supervisor
 
-from .support import token
+from .support.tokens import token
 
 bounded = pytest.mark.timeout(60)
 

@@ -12,7 +12,9 @@ import pytest
 import tornado.httpclient
 import tornado.websocket
 
-from .support import Socket, new_user, post_event, token
+from .support.api import post_event
+from .support.sockets import Socket
+from .support.tokens import new_user, token
 
 bounded = pytest.mark.timeout(60)
 

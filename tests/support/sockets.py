@@ -1,0 +1,104 @@
+"""A dashboard socket client that checks every frame it receives against its published schema."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import jsonschema
+import tornado.httpclient
+import tornado.websocket
+
+from mojavox_notify.protocol import SERVER_FRAMES
+
+
+FRAME_VALIDATORS = {name: jsonschema.Draft202012Validator(schema)
+                    for name, schema in SERVER_FRAMES.items()}
+
+
+def check_server_frame(frame: Any) -> None:
+    assert isinstance(frame, dict) and frame.get("type") in FRAME_VALIDATORS, frame
+    errors = sorted(FRAME_VALIDATORS[frame["type"]].iter_errors(frame), key=lambda e: e.path)
+    assert not errors, f"frame does not match its schema: {errors[0].message} in {frame}"
+
+
+class Socket:
+    """A dashboard socket: `receive()` returns the next frame, `expect(type)` the next of a type."""
+
+    def __init__(self, connection: tornado.websocket.WebSocketClientConnection):
+        self.connection = connection
+        self.frames: list[dict] = []
+
+    @classmethod
+    async def open(cls, app, token_value: str | None = None, since: str | None = None,
+                   headers: dict | None = None, **options: Any) -> "Socket":
+        query = []
+        if token_value is not None:
+            query.append(f"token={token_value}")
+        if since is not None:
+            query.append(f"since={since}")
+        url = f"ws://127.0.0.1:{app.port}{app.settings.server.ws_path}"
+        if query:
+            url += "?" + "&".join(query)
+        request = tornado.httpclient.HTTPRequest(url, headers=headers or {})
+        connection = await tornado.websocket.websocket_connect(request, **options)
+        return cls(connection)
+
+    async def send(self, frame: Any) -> None:
+        text = frame if isinstance(frame, (str, bytes)) else json.dumps(frame)
+        await self.connection.write_message(text, binary=isinstance(text, bytes))
+
+    async def receive(self, timeout: float = 5.0) -> dict | None:
+        """The next frame, or None when the server closed the socket. Every frame must match
+        its published schema (mojavox_notify/protocol.py)."""
+        text = await asyncio.wait_for(self.connection.read_message(), timeout)
+        if text is None:
+            return None
+        frame = json.loads(text)
+        check_server_frame(frame)
+        self.frames.append(frame)
+        return frame
+
+    async def expect(self, message_type: str, timeout: float = 5.0) -> dict:
+        """Skip other frames until one of `message_type` arrives."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            remaining = deadline - asyncio.get_running_loop().time()
+            frame = await self.receive(max(remaining, 0.01))
+            if frame is None:
+                raise AssertionError(f"socket closed ({self.close_code}) while waiting for {message_type}")
+            if frame["type"] == message_type:
+                return frame
+
+    async def quiet(self, seconds: float = 0.3) -> list[dict]:
+        """Every frame that arrives within `seconds` (to show that nothing else comes)."""
+        received = []
+        try:
+            while True:
+                frame = await self.receive(seconds)
+                if frame is None:
+                    return received
+                received.append(frame)
+        except asyncio.TimeoutError:
+            return received
+
+    async def closed(self, timeout: float = 5.0) -> int | None:
+        """Wait until the server closes the socket; its close code."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise AssertionError("the socket was not closed")
+            try:
+                if await self.receive(remaining) is None:
+                    return self.close_code
+            except asyncio.TimeoutError:
+                continue
+
+    @property
+    def close_code(self) -> int | None:
+        return self.connection.close_code
+
+    def close(self) -> None:
+        self.connection.close()
