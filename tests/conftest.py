@@ -26,8 +26,8 @@ import tornado.netutil
 from mojavox_notify.app import NotifyApp
 from mojavox_notify.settings import load_settings
 
-from .redisserver import RedisServer
 from .support.api import Api
+from .support.redis import RedisServer
 from .support.tokens import TEST_SECRET
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from mojavox_notify.httpserver import LISTEN_BACKLOG
 from mojavox_notify.settings import ENVIRONMENT_OVERRIDES, load_settings
 
-from .servers import ServeProcess
+from .support.servers import ServeProcess
 from .support.tokens import new_user, token
 
 ROOT = Path(__file__).resolve().parent.parent

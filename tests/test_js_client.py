@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from .servers import ROOT, ServeProcess
+from .support.servers import ROOT, ServeProcess
 from .support.tokens import TEST_SECRET
 
 CLIENT_DIR = ROOT / "clients" / "js"

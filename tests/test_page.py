@@ -9,7 +9,7 @@ import pytest
 
 from mojavox_notify.handlers.web import STATIC_DIR
 
-from .servers import ROOT, ServeProcess
+from .support.servers import ROOT, ServeProcess
 from .support.tokens import TEST_SECRET
 
 

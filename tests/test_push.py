@@ -27,8 +27,8 @@ from mojavox_notify.push_worker import PushWorker
 from mojavox_notify.store import build_store, sqlite_path, storage_url
 from mojavox_notify.store.nx27017 import Nx27017Child
 
-from .pushservice import PushServiceStandIn, SilentPushService
 from .support.engines import both_engines
+from .support.pushservice import PushServiceStandIn, SilentPushService
 from .support.sockets import Socket
 from .support.tokens import new_user, token
 

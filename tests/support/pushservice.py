@@ -8,7 +8,7 @@ what the test scripted (201 by default; 410, 429 with Retry-After, 500 ...).
 
 Tests use `PushServiceStandIn` directly. By hand (see the README's push section):
 
-    .venv/bin/python -m tests.pushservice --port 8090
+    .venv/bin/python -m tests.support.pushservice --port 8090
 
 prints a subscription to register with `POST /api/notifications/push-subscription` and then
 every push it decrypts.

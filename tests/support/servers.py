@@ -18,9 +18,9 @@ from typing import Any
 
 import yaml
 
-from .support.tokens import TEST_SECRET, token
+from .tokens import TEST_SECRET, token
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
