@@ -12,12 +12,10 @@ import asyncio
 import logging
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import pymongo
 import pytest
@@ -27,24 +25,17 @@ from mojavox_notify.app import NotifyApp
 from mojavox_notify.settings import load_settings
 
 from .support.api import Api
+from .support.paths import PLUGINS_DIR
+from .support.ports import free_port
 from .support.redis import RedisServer
 from .support.tokens import TEST_SECRET
-
-ROOT = Path(__file__).resolve().parent.parent
-PLUGINS_DIR = ROOT / "plugins"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
 def mongo_url(tmp_path_factory):
     """A real nx-27017 server (MongoDB's wire protocol) shared by the whole session."""
     folder = tmp_path_factory.mktemp("storage")
-    port = _free_port()
+    port = free_port()
     log = open(folder / "nx-27017.log", "wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "mojavox_notify.store.nx27017", str(os.getpid()),

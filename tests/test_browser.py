@@ -19,7 +19,9 @@ import pytest
 
 from mojavox_notify.push import new_vapid_pair
 
-from .support.servers import ROOT, ServeProcess, free_port
+from .support.paths import ROOT
+from .support.ports import free_port
+from .support.servers import ServeProcess
 from .support.tokens import new_user, token
 
 from playwright.sync_api import Page, expect, sync_playwright

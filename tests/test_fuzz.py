@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 
 from mojavox_notify.settings import load_settings
 
-from .conftest import PLUGINS_DIR
 from .support.apps import LiveApp
 from .support.engines import ENGINES
+from .support.paths import PLUGINS_DIR
 from .support.sockets import check_server_frame
 from .support.tokens import TEST_SECRET, token
 

@@ -12,7 +12,8 @@ import subprocess
 
 import pytest
 
-from .support.servers import ROOT, ServeProcess
+from .support.paths import ROOT
+from .support.servers import ServeProcess
 from .support.tokens import TEST_SECRET
 
 CLIENT_DIR = ROOT / "clients" / "js"

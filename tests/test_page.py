@@ -9,7 +9,8 @@ import pytest
 
 from mojavox_notify.handlers.web import STATIC_DIR
 
-from .support.servers import ROOT, ServeProcess
+from .support.paths import ROOT
+from .support.servers import ServeProcess
 from .support.tokens import TEST_SECRET
 
 

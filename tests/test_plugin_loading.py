@@ -19,8 +19,8 @@ from mojavox_notify.app import NotifyApp
 from mojavox_notify.plugins import ENTRY_POINT_GROUP, PluginError
 from mojavox_notify.settings import load_settings
 
-from .conftest import PLUGINS_DIR
 from .support.api import notifications_of, post_event
+from .support.paths import PLUGINS_DIR
 from .support.sockets import Socket
 from .support.tokens import TEST_SECRET, new_user, token
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 
 from mojavox_notify.store.nx27017 import Nx27017Child
 
+from .support.ports import free_port
 from .support.sockets import Socket
 from .support.tokens import new_user, token
 
@@ -163,12 +163,6 @@ async def test_serve_exits_3_when_storage_stays_lost_past_the_configured_time(mo
     finally:
         if server.poll() is None:
             server.kill()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 async def served(log_path: Path) -> bool:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,15 +17,9 @@ from typing import Any
 
 import yaml
 
+from .paths import PLUGINS_DIR
+from .ports import free_port
 from .tokens import TEST_SECRET, token
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class ServeProcess:
@@ -39,7 +32,7 @@ class ServeProcess:
             "data_dir": str(folder / "data"),
             "server": {"host": "127.0.0.1", "port": self.port},
             "auth": {"secret": secret} if secret else {},
-            "plugins": {"directory": str(ROOT / "plugins")},
+            "plugins": {"directory": str(PLUGINS_DIR)},
             "retention": {"cleanup_interval_minutes": 0},
             "logging": {"level": "WARNING"},
         }
