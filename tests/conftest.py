@@ -10,23 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import re
-import subprocess
-import sys
-import time
 import uuid
 
-import pymongo
 import pytest
-import tornado.netutil
 
 from mojavox_notify.app import NotifyApp
 from mojavox_notify.settings import load_settings
 
-from .support.api import Api
+from .support.apps import start_on_loopback
+from .support.logwatch import CredentialWatch
+from .support.nx27017 import Nx27017Server
 from .support.paths import PLUGINS_DIR
-from .support.ports import free_port
 from .support.redis import RedisServer
 from .support.tokens import TEST_SECRET
 
@@ -34,30 +28,10 @@ from .support.tokens import TEST_SECRET
 @pytest.fixture(scope="session")
 def mongo_url(tmp_path_factory):
     """A real nx-27017 server (MongoDB's wire protocol) shared by the whole session."""
-    folder = tmp_path_factory.mktemp("storage")
-    port = free_port()
-    log = open(folder / "nx-27017.log", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mojavox_notify.store.nx27017", str(os.getpid()),
-         "--data-dir", str(folder / "mongo"), "--host", "127.0.0.1", "-p", str(port),
-         "--log-file", os.devnull, "--pid-file", str(folder / "nx.pid")],
-        stdout=log, stderr=log)
-    url = f"mongodb://127.0.0.1:{port}/?directConnection=true"
-    client = pymongo.MongoClient(url, serverSelectionTimeoutMS=200)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            client.admin.command("ping")
-            break
-        except pymongo.errors.PyMongoError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"nx-27017 did not start; see {folder / 'nx-27017.log'}")
-            time.sleep(0.1)
-    client.close()
-    yield url
-    process.terminate()
-    process.wait(timeout=10)
-    log.close()
+    server = Nx27017Server(tmp_path_factory.mktemp("storage"))
+    server.start()
+    yield server.url
+    server.stop()
 
 
 @pytest.fixture
@@ -108,16 +82,7 @@ async def start_app(make_settings):
         settings = settings or make_settings(**overrides)
         app = NotifyApp(settings, plugins=plugins, discover_plugins=discover_plugins,
                         resolver=resolver)
-        sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
-        try:
-            await app.start(sockets=sockets)
-        except BaseException:
-            for listening in sockets:
-                listening.close()
-            await app.stop()
-            raise
-        started.append(app)
-        app.api = Api(f"http://127.0.0.1:{app.port}")
+        started.append(await start_on_loopback(app))
         return app
 
     yield start
@@ -135,25 +100,9 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
-class CredentialWatch(logging.Handler):
-    """Sees every log record (INFO and up) of the session, formatted as a log file would hold
-    it, and remembers any that carries something shaped like a JWT."""
-
-    JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.eyJ[A-Za-z0-9_-]*\.")
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.setFormatter(logging.Formatter("%(name)s: %(message)s"))
-        self.leaks: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        text = self.format(record)
-        if self.JWT.search(text):
-            self.leaks.append(text[:500])
-
-
 @pytest.fixture(scope="session")
 def credential_watch():
+    """One CredentialWatch on the root logger for the whole session (INFO and up reach it)."""
     watch = CredentialWatch()
     root = logging.getLogger()
     level = root.level

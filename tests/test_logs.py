@@ -16,7 +16,7 @@ from mojavox_notify.logs import (MAX_LINE_CHARS, JsonFormatter, RedactCredential
 from mojavox_notify.redaction import REDACTED, redact, shorten
 from mojavox_notify.settings import LoggingSettings
 
-from .conftest import CredentialWatch
+from .support.logwatch import CredentialWatch
 from .support.sockets import Socket
 from .support.tokens import new_user, token
 

@@ -1,4 +1,5 @@
-"""Running a NotifyApp in the test process: `LiveApp` keeps one on a loop of its own thread."""
+"""Running a NotifyApp in the test process: `start_on_loopback` on the test's own loop (the
+`start_app` fixture), `LiveApp` on a loop of its own thread."""
 
 from __future__ import annotations
 
@@ -12,7 +13,23 @@ import tornado.netutil
 
 from mojavox_notify.app import NotifyApp
 
+from .api import Api
 from .tokens import new_user, token
+
+
+async def start_on_loopback(app: NotifyApp) -> NotifyApp:
+    """Start `app` on a free 127.0.0.1 port and give it `app.api`, a REST client for it. A start
+    that fails closes the listening sockets and stops whatever had started."""
+    sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
+    try:
+        await app.start(sockets=sockets)
+    except BaseException:
+        for listening in sockets:
+            listening.close()
+        await app.stop()
+        raise
+    app.api = Api(f"http://127.0.0.1:{app.port}")
+    return app
 
 
 class LiveApp:
