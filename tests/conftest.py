@@ -15,12 +15,14 @@ import uuid
 import pytest
 
 from mojavox_notify.app import NotifyApp
+from mojavox_notify.push import new_vapid_pair
 from mojavox_notify.settings import load_settings
 
 from .support.apps import start_on_loopback
 from .support.logwatch import CredentialWatch
 from .support.nx27017 import Nx27017Server
 from .support.paths import PLUGINS_DIR
+from .support.pushservice import PushServiceStandIn
 from .support.redis import RedisServer
 from .support.tokens import TEST_SECRET
 
@@ -143,3 +145,16 @@ def own_redis(tmp_path):
 def redis_overrides(redis_server) -> dict:
     """Settings that put a test's apps on the shared Redis, under a key prefix of their own."""
     return {"redis.url": redis_server.url, "redis.key_prefix": f"test-{uuid.uuid4().hex[:12]}"}
+
+
+@pytest.fixture
+async def push_service():
+    """A started stand-in; `push_service.settings` are the app settings that push to it."""
+    public, private = new_vapid_pair()
+    service = PushServiceStandIn(vapid_public_key=public)
+    await service.start()
+    service.settings = {"push.vapid_public_key": public, "push.vapid_private_key": private,
+                        "push.allowed_insecure_hosts": ["127.0.0.1"],
+                        "rate_limits.notifications_per_minute": 0}
+    yield service
+    await service.stop()

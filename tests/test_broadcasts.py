@@ -13,9 +13,9 @@ from mojavox_notify.handlers import websocket
 from mojavox_notify.model import iso
 
 from .support.engines import both_engines
-from .support.sockets import Socket
+from .support.sockets import Socket, raw_websocket
 from .support.tokens import SERVICE, new_user, token
-from .test_websocket import raw_websocket, wait_until
+from .support.waiting import wait_until
 
 bounded = pytest.mark.timeout(60)
 SERVICE_TOKEN = token(SERVICE, ["service"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import json
-import os
 import re
 import signal
 import socket
@@ -22,40 +21,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from mojavox_notify.httpserver import LISTEN_BACKLOG
-from mojavox_notify.settings import ENVIRONMENT_OVERRIDES, load_settings
+from mojavox_notify.settings import load_settings
 
-from .support.servers import ServeProcess
+from .support.paths import ROOT
+from .support.ports import free_port
+from .support.servers import (COMMAND_TIMEOUT, STOP_TIMEOUT, Deployment, ServeProcess,
+                              clean_environment)
 from .support.tokens import new_user, token
-
-ROOT = Path(__file__).resolve().parent.parent
-PLUGINS_DIR = ROOT / "plugins"
-COMMAND_TIMEOUT = 30
-START_TIMEOUT = 20
-STOP_TIMEOUT = 15
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def clean_environment(**extra: str) -> dict[str, str]:
-    """This process's environment without any MOJAVOX override, plus `extra`."""
-    environment = {name: value for name, value in os.environ.items()
-                   if name not in ENVIRONMENT_OVERRIDES and name != "DATABASE_URL"}
-    environment.update(extra)
-    return environment
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-    return True
-
 
 def http(method: str, url: str, token: str | None = None, body=None) -> tuple[int, object]:
     headers = {"Content-Type": "application/json"}
@@ -68,64 +40,6 @@ def http(method: str, url: str, token: str | None = None, body=None) -> tuple[in
             return response.status, json.loads(response.read() or b"null")
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read() or b"null")
-
-
-class Deployment:
-    """A scratch folder with a settings.yaml (free port, data under the folder, repo plugins)."""
-
-    def __init__(self, folder: Path, extra_settings: str = ""):
-        self.folder = folder
-        self.port = free_port()
-        self.settings_path = folder / "settings.yaml"
-        self.settings_path.write_text(
-            "data_dir: ./data\n"
-            f"server:\n  host: 127.0.0.1\n  port: {self.port}\n"
-            f"plugins:\n  directory: {PLUGINS_DIR}\n"
-            "retention:\n  cleanup_interval_minutes: 0\n" + extra_settings,
-            encoding="utf-8")
-        self.servers: list[subprocess.Popen] = []
-
-    @property
-    def data_dir(self) -> Path:
-        return self.folder / "data"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def run(self, *args: str, timeout: float = COMMAND_TIMEOUT, **environment: str):
-        return subprocess.run([sys.executable, "-m", "mojavox_notify", *args], cwd=self.folder,
-                              env=clean_environment(**environment), capture_output=True, text=True,
-                              timeout=timeout)
-
-    def token(self, user: str, roles: tuple[str, ...] = ()) -> str:
-        """A token signed with the development secret the server created in the data folder."""
-        secret = (self.data_dir / "jwt-secret").read_text(encoding="utf-8").strip()
-        return token(user, roles, secret=secret)
-
-    def serve(self, *args: str) -> tuple[subprocess.Popen, Path]:
-        """Start `serve` and wait for its ready line; returns the process and its log file."""
-        log_path = self.folder / f"serve-{len(self.servers)}.log"
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "mojavox_notify", "serve", "--settings", "settings.yaml", *args],
-                cwd=self.folder, env=clean_environment(), stdout=log, stderr=subprocess.STDOUT)
-        self.servers.append(process)
-        ready = wait_for(lambda: process.poll() is not None or "serving on" in log_path.read_text(),
-                         START_TIMEOUT)
-        assert ready and process.poll() is None, f"serve did not start:\n{log_path.read_text()}"
-        return process, log_path
-
-    def stop_all(self) -> None:
-        """Stop every server this deployment started."""
-        for process in self.servers:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=STOP_TIMEOUT)
 
 
 @pytest.fixture

@@ -28,32 +28,12 @@ from mojavox_notify.store import build_store, sqlite_path, storage_url
 from mojavox_notify.store.nx27017 import Nx27017Child
 
 from .support.engines import both_engines
-from .support.pushservice import PushServiceStandIn, SilentPushService
+from .support.pushservice import SilentPushService, subscribed
 from .support.sockets import Socket
 from .support.tokens import new_user, token
 
 BASE = "/api/notifications"
 bounded = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-async def push_service():
-    """A started stand-in; `push_service.settings` are the app settings that push to it."""
-    public, private = new_vapid_pair()
-    service = PushServiceStandIn(vapid_public_key=public)
-    await service.start()
-    service.settings = {"push.vapid_public_key": public, "push.vapid_private_key": private,
-                        "push.allowed_insecure_hosts": ["127.0.0.1"],
-                        "rate_limits.notifications_per_minute": 0}
-    yield service
-    await service.stop()
-
-
-async def subscribed(app, push_service, user: str) -> dict:
-    subscription = push_service.subscribe()
-    status, body = await app.api.post(f"{BASE}/push-subscription", token(user), subscription)
-    assert status == 200, body
-    return subscription
 
 
 @bounded

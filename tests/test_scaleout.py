@@ -25,10 +25,11 @@ from mojavox_notify.redis_link import MAX_CONNECTIONS, RedisLink
 from mojavox_notify.settings import RedisSettings
 
 from .support.engines import both_engines
+from .support.pushservice import subscribed
+from .support.servers import Deployment, clean_environment
 from .support.sockets import Socket
 from .support.tokens import new_user, token
-from .test_cli import Deployment, clean_environment, wait_for
-from .test_push import push_service, subscribed  # noqa: F401 (fixture)
+from .support.waiting import wait_for
 
 bounded = pytest.mark.timeout(90)
 UNLIMITED = {"rate_limits.notifications_per_minute": 0, "rate_limits.requests_per_minute": 0}
@@ -389,7 +390,7 @@ async def _equals(awaitable, expected) -> bool:
 
 @bounded
 async def test_no_push_while_the_user_has_a_socket_on_another_instance(start_app, redis_overrides,
-                                                                       push_service):  # noqa: F811
+                                                                       push_service):
     first = await start_app(**redis_overrides, **push_service.settings)
     second = await start_app(**redis_overrides, **push_service.settings)
     user = new_user()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import socket
 import struct
 
 import pytest
@@ -13,8 +12,9 @@ import tornado.httpclient
 import tornado.websocket
 
 from .support.api import post_event
-from .support.sockets import Socket
+from .support.sockets import Socket, raw_websocket
 from .support.tokens import new_user, token
+from .support.waiting import wait_until
 
 bounded = pytest.mark.timeout(60)
 
@@ -350,28 +350,6 @@ async def test_refresh_with_invalid_token_is_an_error_and_keeps_the_socket(start
 
 
 # -- keepalive, slow consumers, shutdown -----------------------------------------------------------
-
-async def raw_websocket(app, user) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A client that completes the handshake and then never reads or answers pings."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", app.port, limit=1024)
-    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    writer.write((f"GET {app.settings.server.ws_path}?token={token(user)} HTTP/1.1\r\n"
-                  f"Host: 127.0.0.1:{app.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
-                 .encode())
-    await writer.drain()
-    status = await reader.readline()
-    assert b"101" in status
-    return reader, writer
-
-
-async def wait_until(condition, timeout: float) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
-
 
 @bounded
 async def test_dead_client_is_dropped_by_keepalive(start_app):

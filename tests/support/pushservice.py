@@ -36,6 +36,8 @@ from tornado.httpserver import HTTPServer
 
 from mojavox_notify.push import b64url
 
+from .tokens import token
+
 
 def unb64url(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
@@ -241,6 +243,15 @@ class SilentPushService:
             self.open -= 1
             self._writers.discard(writer)
             writer.close()
+
+
+async def subscribed(app, push_service: PushServiceStandIn, user: str) -> dict:
+    """A new browser subscription of `push_service`, registered for `user` with the app."""
+    subscription = push_service.subscribe()
+    status, body = await app.api.post("/api/notifications/push-subscription", token(user),
+                                      subscription)
+    assert status == 200, body
+    return subscription
 
 
 async def _main(port: int) -> None:

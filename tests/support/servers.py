@@ -1,6 +1,7 @@
-"""A real `mojavox-notify serve` process for tests that drive it from outside (node, Chromium):
-started from a settings file of the test's own, and killable and restartable on the same port
-and the same storage."""
+"""Real `mojavox-notify` processes for tests that drive the server from outside (node, Chromium,
+the CLI): `ServeProcess` is one `serve` from a settings file of the test's own, killable and
+restartable on the same port and storage; `Deployment` is a scratch folder in which a test runs
+CLI commands and `serve` as an operator would, with the development secret the server makes."""
 
 from __future__ import annotations
 
@@ -17,9 +18,16 @@ from typing import Any
 
 import yaml
 
+from mojavox_notify.settings import ENVIRONMENT_OVERRIDES
+
 from .paths import PLUGINS_DIR
 from .ports import free_port
 from .tokens import TEST_SECRET, token
+from .waiting import wait_for
+
+COMMAND_TIMEOUT = 30
+START_TIMEOUT = 20
+STOP_TIMEOUT = 15
 
 
 class ServeProcess:
@@ -108,3 +116,69 @@ class ServeProcess:
         status, body = self.call("POST", "/api/notifications", token("test-service", ["service"]), draft)
         assert status == 201, body
         return body
+
+
+def clean_environment(**extra: str) -> dict[str, str]:
+    """This process's environment without any MOJAVOX override, plus `extra`."""
+    environment = {name: value for name, value in os.environ.items()
+                   if name not in ENVIRONMENT_OVERRIDES and name != "DATABASE_URL"}
+    environment.update(extra)
+    return environment
+
+
+class Deployment:
+    """A scratch folder with a settings.yaml (free port, data under the folder, repo plugins)."""
+
+    def __init__(self, folder: Path, extra_settings: str = ""):
+        self.folder = folder
+        self.port = free_port()
+        self.settings_path = folder / "settings.yaml"
+        self.settings_path.write_text(
+            "data_dir: ./data\n"
+            f"server:\n  host: 127.0.0.1\n  port: {self.port}\n"
+            f"plugins:\n  directory: {PLUGINS_DIR}\n"
+            "retention:\n  cleanup_interval_minutes: 0\n" + extra_settings,
+            encoding="utf-8")
+        self.servers: list[subprocess.Popen] = []
+
+    @property
+    def data_dir(self) -> Path:
+        return self.folder / "data"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def run(self, *args: str, timeout: float = COMMAND_TIMEOUT, **environment: str):
+        return subprocess.run([sys.executable, "-m", "mojavox_notify", *args], cwd=self.folder,
+                              env=clean_environment(**environment), capture_output=True, text=True,
+                              timeout=timeout)
+
+    def token(self, user: str, roles: tuple[str, ...] = ()) -> str:
+        """A token signed with the development secret the server created in the data folder."""
+        secret = (self.data_dir / "jwt-secret").read_text(encoding="utf-8").strip()
+        return token(user, roles, secret=secret)
+
+    def serve(self, *args: str) -> tuple[subprocess.Popen, Path]:
+        """Start `serve` and wait for its ready line; returns the process and its log file."""
+        log_path = self.folder / f"serve-{len(self.servers)}.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "mojavox_notify", "serve", "--settings", "settings.yaml", *args],
+                cwd=self.folder, env=clean_environment(), stdout=log, stderr=subprocess.STDOUT)
+        self.servers.append(process)
+        ready = wait_for(lambda: process.poll() is not None or "serving on" in log_path.read_text(),
+                         START_TIMEOUT)
+        assert ready and process.poll() is None, f"serve did not start:\n{log_path.read_text()}"
+        return process, log_path
+
+    def stop_all(self) -> None:
+        """Stop every server this deployment started."""
+        for process in self.servers:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=STOP_TIMEOUT)

@@ -1,9 +1,11 @@
-"""A dashboard socket client that checks every frame it receives against its published schema."""
+"""Dashboard socket clients: `Socket` checks every frame it receives against its published schema;
+`raw_websocket` completes the handshake and then never reads (a dead or slow client)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from typing import Any
 
 import jsonschema
@@ -11,6 +13,8 @@ import tornado.httpclient
 import tornado.websocket
 
 from mojavox_notify.protocol import SERVER_FRAMES
+
+from .tokens import token
 
 
 FRAME_VALIDATORS = {name: jsonschema.Draft202012Validator(schema)
@@ -102,3 +106,17 @@ class Socket:
 
     def close(self) -> None:
         self.connection.close()
+
+
+async def raw_websocket(app, user) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A client that completes the handshake and then never reads or answers pings."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.port, limit=1024)
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    writer.write((f"GET {app.settings.server.ws_path}?token={token(user)} HTTP/1.1\r\n"
+                  f"Host: 127.0.0.1:{app.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+                 .encode())
+    await writer.drain()
+    status = await reader.readline()
+    assert b"101" in status
+    return reader, writer
