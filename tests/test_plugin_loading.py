@@ -4,6 +4,7 @@ start-up message of a broken plugin, GET /api/plugins, and the plugin guide's ow
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 import shutil
 import sys
@@ -510,7 +511,15 @@ async def test_guide_example_tests_pass_against_the_guide_plugin(start_app, tmp_
         await guide_test(start_app)
 
 
-def test_guide_python_blocks_compile_and_every_hook_has_a_section():
+def guide_section(hook: str) -> str:
+    """The prose of the guide's `### <hook>` section (its code blocks left out, so a signature in
+    an example does not count as documenting an argument), up to the next heading."""
+    prose = re.sub(r"^```.*?^```\n?", "", GUIDE.read_text(encoding="utf-8"), flags=re.M | re.S)
+    section = prose.split(f"\n### {hook}\n", 1)[1]
+    return re.split(r"^#{1,3} ", section, maxsplit=1, flags=re.M)[0]
+
+
+def test_guide_python_blocks_compile_and_every_hook_and_argument_is_documented():
     for block in guide_blocks("python"):
         compile(block, "docs/plugins.md", "exec")
     text = GUIDE.read_text(encoding="utf-8")
@@ -518,6 +527,10 @@ def test_guide_python_blocks_compile_and_every_hook_has_a_section():
     assert len(hooks) == 7
     for hook in hooks:
         assert f"\n### {hook}\n" in text, f"docs/plugins.md has no section for {hook}"
+        section = guide_section(hook)
+        for argument in inspect.signature(getattr(hookspecs, hook)).parameters:
+            assert f"`{argument}`" in section, \
+                f"docs/plugins.md: the {hook} section does not name its argument `{argument}`"
 
 
 def test_guide_packaging_snippets_use_the_entry_point_group():
