@@ -37,13 +37,16 @@ def mojavox_event_types():
 
 @hookspec(firstresult=True)
 def mojavox_event_to_drafts(event):
-    """Called for each domain event, until one plugin answers.
+    """Called for each domain event, on one plugin only: the one that declared `event.type` in
+    its `mojavox_event_types` (an event of a type nobody declared is refused before any plugin
+    is asked).
 
     `event` is an `Event(type, data, id, occurred_at)`. Return None for event types that are not
-    yours. For your own types, validate `event.data` (raise
-    `mojavox_notify.errors.ValidationError(field, message)` for a bad payload; it becomes a 400
-    naming the field) and return a list of notification drafts: dicts with `userId`, `type`,
-    `title`, `message` and optionally `priority`, `data`, `actionUrl`, `expiresAt`. May be async.
+    yours anyway, so the plugin stays correct on its own. For your own types, validate
+    `event.data` (raise `mojavox_notify.errors.ValidationError(field, message)` for a bad
+    payload; it becomes a 400 naming the field) and return a list of notification drafts: dicts
+    with `userId`, `type`, `title`, `message` and optionally `priority`, `data`, `actionUrl`,
+    `expiresAt`. None for a type you declared is an error (500). May be async.
     """
 
 
