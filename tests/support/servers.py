@@ -31,6 +31,9 @@ STOP_TIMEOUT = 15
 
 
 class ServeProcess:
+    """One `serve` on a free port that accepts tokens signed with TEST_SECRET (unless told
+    otherwise): `start()`, `kill()` and `stop()` it, `call()` its REST API."""
+
     def __init__(self, folder: Path, secret: str | None = TEST_SECRET, **settings: Any):
         """`secret=None` leaves auth to the development secret in the data folder."""
         self.folder = folder
