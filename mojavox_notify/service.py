@@ -20,6 +20,8 @@ from tornado.netutil import DefaultLoopResolver, Resolver
 
 from .broadcasts import MAX_ACTIVE
 from .broker import Broker
+from .broker.messages import (AllRead, BroadcastPosted, Message, NotificationCreated,
+                              NotificationDeleted, NotificationRead)
 from .errors import ConflictError, NotFoundError, ValidationError
 from . import schemas
 from .idempotency import Idempotency, request_key
@@ -162,12 +164,12 @@ class NotificationService:
         push = await self._pushed([(drafts[position], choices[position]) for position in positions])
         stored = await self.store.insert_many(wanted, claim=claim, push=push)
         created: list[dict | None] = [None] * len(drafts)
-        messages = []
+        messages, at = [], time.time()
         for position, record in zip(positions, stored):
             payload = created[position] = to_payload(record.document)
-            messages.append({"kind": "notification", "user_id": record.document["user_id"],
-                             "seq": record.document["seq"], "notification": payload,
-                             "unread": record.state.unread_payload()})
+            messages.append(NotificationCreated(
+                record.document["user_id"], record.document["seq"], payload,
+                record.state.unread_payload(), at))
         kinds = collections.Counter((draft.type, draft.priority) for draft in wanted)
         for (type_name, priority), count in kinds.items():
             self._metrics.notifications_created.labels(type_name, priority).inc(count)
@@ -182,15 +184,12 @@ class NotificationService:
                 await self._observe(created[position], record.document["user_id"])
         return created
 
-    async def _publish(self, message: dict[str, Any]) -> None:
+    async def _publish(self, message: Message) -> None:
         await self._publish_many([message])
 
-    async def _publish_many(self, messages: list[dict[str, Any]]) -> None:
-        """To every instance's hub, in one broker round trip; `at` lets receivers measure the
-        broker's lag."""
-        at = time.time()
-        for message in messages:
-            message["at"] = at
+    async def _publish_many(self, messages: list[Message]) -> None:
+        """To every instance's hub, in one broker round trip (each message carries the time it
+        was published, `at`, so receivers measure the broker's lag)."""
         await self.broker.publish_many(messages)
         self._metrics.broker_published.inc(len(messages))
 
@@ -270,21 +269,18 @@ class NotificationService:
         wait for `notification_read` as its acknowledgement."""
         oid = notification_id(raw_id)
         _, state = await self.store.mark_read(user_id, oid)
-        await self._publish_change(user_id, "read", state, notification_id=str(oid))
+        await self._publish(NotificationRead(user_id, str(oid), state.unread_payload(), time.time()))
 
     async def mark_all_read(self, user_id: str) -> int:
         changed, state = await self.store.mark_all_read(user_id)
-        await self._publish_change(user_id, "read_all", state)
+        await self._publish(AllRead(user_id, state.unread_payload(), time.time()))
         return changed
 
     async def delete(self, user_id: str, raw_id: Any) -> None:
         oid = notification_id(raw_id)
         state = await self.store.delete(user_id, oid)
-        await self._publish_change(user_id, "deleted", state, notification_id=str(oid))
-
-    async def _publish_change(self, user_id: str, kind: str, state: UserState, **fields) -> None:
-        await self._publish({"kind": kind, "user_id": user_id, **fields,
-                             "unread": state.unread_payload()})
+        await self._publish(NotificationDeleted(user_id, str(oid), state.unread_payload(),
+                                                time.time()))
 
     # -- preferences and push subscriptions ------------------------------------------------------
 
@@ -324,7 +320,7 @@ class NotificationService:
         document = to_broadcast_document(draft, utcnow())
         await self.store.insert_broadcast(document)
         payload = to_broadcast_payload(document)
-        await self._publish({"kind": "broadcast", "user_id": "", "broadcast": payload})
+        await self._publish(BroadcastPosted(payload, time.time()))
         self._metrics.broadcasts_created.inc()
         return payload
 
