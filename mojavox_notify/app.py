@@ -12,7 +12,6 @@ import asyncio
 import logging
 import os
 import socket
-import time
 from typing import Any, Iterable
 
 import pluggy
@@ -43,9 +42,9 @@ from .ingest import EventIngest
 from .logs import redact_tornado_logs
 from .metrics import Metrics, counter, gauge
 from .model import Event
+from .wire.frames import protocol_document
 from .plugins import Plugins, build_plugin_manager
 from .openapi import openapi_document
-from .protocol import protocol_document
 from .push import PushSender, load_vapid_key, push_http_client
 from .push_worker import PushWorker
 from .presence import build_presence

@@ -18,7 +18,7 @@ import tornado.netutil
 import tornado.websocket
 
 from mojavox_notify.app import NotifyApp
-from mojavox_notify.protocol import SERVER_FRAMES
+from mojavox_notify.wire.frames import SERVER_FRAMES
 
 
 TEST_SECRET = "test-secret-for-mojavox-notify-0123456789"

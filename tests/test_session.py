@@ -180,3 +180,4 @@ async def test_shutdown_closes_after_what_is_queued(stack):
     assert await session.start(None)
     stack.hub.shutdown_all(1001, "server shutting down")
     assert outbox.closing == (1001, "server shutting down")
+

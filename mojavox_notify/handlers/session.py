@@ -24,22 +24,21 @@ from ..broker.messages import AllRead, NotificationCreated, NotificationDeleted,
 from ..errors import (ECHO_CHARS, AuthenticationError, NotFoundError, NotifyError,
                       StorageUnavailableError, ValidationError)
 from ..hub import Hub
-from ..model import NotificationTypes, iso, parse_json, utcnow
+from ..model import NotificationTypes, iso, utcnow
 from ..presence import HubPresence
 from ..ratelimit import InboundLimit, RateLimiter
 from ..redaction import shorten
-from ..service import NotificationService, page_bounds
+from ..service import NotificationService
 from ..settings import WebSocketSettings
 from .closes import (CLOSE_POLICY_VIOLATION, CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRED,
                      CLOSE_TOKEN_INVALID, CLOSE_TOO_MANY_SOCKETS, CLOSE_TRY_AGAIN_LATER,
                      CLOSE_INTERNAL_ERROR)
+from ..wire.frames import check_client_frame
 from .transport import Outbox, broadcast_frame
 
 log = logging.getLogger(__name__)
 
 LATEST_EPOCH = datetime(9999, 12, 31, tzinfo=timezone.utc).timestamp()
-CLIENT_MESSAGES = ("subscribe", "unsubscribe", "mark_read", "mark_all_read", "get_history",
-                   "ping", "resume", "refresh_token")
 
 
 class FrameSink(Protocol):
@@ -295,15 +294,10 @@ class SocketSession:
         if admission != "accept":
             return
         try:
-            frame = _parse_frame(raw)
-            handler = getattr(self, f"_on_{frame['type']}", None)
-            if handler is None:
-                raise ValidationError("type", f"unknown message type "
-                                      f"{shorten(frame['type'], ECHO_CHARS)!r}; allowed: "
-                                      f"{', '.join(CLIENT_MESSAGES)}", code="unknown_type")
+            frame = check_client_frame(raw)
             if frame["type"] != "ping":
                 await self.context.request_limiter.acquire([self.user_id])
-            await handler(frame)
+            await getattr(self, f"_on_{frame['type']}")(frame)
         except NotifyError as error:
             self._send_error(error.code, error.message)
         except Exception:
@@ -323,9 +317,7 @@ class SocketSession:
 
     def _channels(self, frame: dict) -> frozenset[str]:
         types = self.context.types
-        channels = frame.get("channels")
-        if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
-            raise ValidationError("channels", "must be a list of channel names")
+        channels = frame["channels"]
         for channel in channels:
             if channel != "all" and channel not in types:
                 raise ValidationError("channels", f"unknown channel "
@@ -338,27 +330,18 @@ class SocketSession:
         self._send("subscribed", channels=effective)
 
     async def _on_mark_read(self, frame: dict) -> None:
-        notification_id = frame.get("notificationId")
-        if not isinstance(notification_id, str):
-            raise ValidationError("notificationId", "must be a notification id string")
-        await self.service.mark_read(self.user_id, notification_id)
+        await self.service.mark_read(self.user_id, frame["notificationId"])
 
     async def _on_mark_all_read(self, frame: dict) -> None:
         await self.service.mark_all_read(self.user_id)
 
     async def _on_get_history(self, frame: dict) -> None:
-        limit, offset = page_bounds(frame.get("limit", 50), frame.get("offset", 0))
-        unread_only = frame.get("unreadOnly", False)
-        if not isinstance(unread_only, bool):
-            raise ValidationError("unreadOnly", "must be true or false")
-        page = await self.service.list(self.user_id, limit, offset, unread_only)
+        page = await self.service.list(self.user_id, frame.get("limit", 50), frame.get("offset", 0),
+                                       frame.get("unreadOnly", False))
         self._send("history", **page)
 
     async def _on_resume(self, frame: dict) -> None:
-        since = frame.get("since")
-        if not isinstance(since, str):
-            raise ValidationError("since", "must be the id of the last notification you received")
-        await self._send_backlog(await self._seq_of_since(since))
+        await self._send_backlog(await self._seq_of_since(frame["since"]))
 
     async def _seq_of_since(self, since: str) -> int:
         try:
@@ -368,10 +351,7 @@ class SocketSession:
                                 code="since_not_found") from None
 
     async def _on_refresh_token(self, frame: dict) -> None:
-        token = frame.get("token")
-        if not isinstance(token, str) or not token:
-            raise ValidationError("token", "must be a JWT string")
-        principal = await self.context.verifier.verify(token)
+        principal = await self.context.verifier.verify(frame["token"])
         if principal.expires_at <= time.time():
             raise AuthenticationError("the new token has already expired", code="token_expired")
         if principal.user_id != self.user_id:
@@ -431,18 +411,6 @@ class SocketSession:
             self._token_timer.cancel()
         self.detach()
         self.outbox.cancel()
-
-
-def _parse_frame(raw: str | bytes) -> dict:
-    try:
-        frame = parse_json(raw, "message")
-    except ValidationError as error:
-        raise ValidationError("", error.message, code="invalid_json") from None
-    if not isinstance(frame, dict):
-        raise ValidationError("", "the message must be a JSON object", code="invalid_message")
-    if not isinstance(frame.get("type"), str):
-        raise ValidationError("type", "must be a string naming the message", code="invalid_message")
-    return frame
 
 
 def iso_epoch(seconds: float) -> str:

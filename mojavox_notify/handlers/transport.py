@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Protocol
 import orjson
 from tornado.iostream import IOStream, StreamClosedError
 
-from ..broadcasts import MAX_ACTIVE
+from ..wire.broadcast import MAX_ACTIVE
 from ..httpserver import JsonAnswersStream
 
 log = logging.getLogger(__name__)
