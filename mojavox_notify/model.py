@@ -18,10 +18,9 @@ from urllib.parse import urlparse
 
 import nh3
 import orjson
-from bson import ObjectId
 
 from .errors import NotFoundError, ValidationError
-from .ids import new_object_id
+from .ids import ObjectId, new_object_id
 
 PRIORITIES = ("low", "medium", "high", "critical")
 MAX_USER_ID = 128

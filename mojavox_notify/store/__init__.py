@@ -23,9 +23,8 @@ from pathlib import Path
 from datetime import datetime
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from bson import ObjectId
-
 from ..errors import StorageUnavailableError
+from ..ids import ObjectId
 from ..model import PRIORITIES, ChannelPreference, Draft, PushSubscription
 from ..settings import Settings
 

@@ -34,12 +34,12 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Sequence
 
 import pymongo
-from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument, UpdateOne
 from pymongo.errors import CollectionInvalid, DuplicateKeyError, OperationFailure, PyMongoError
 
 from ..coalesce import Coalescer
 from ..errors import NotFoundError, StorageUnavailableError
+from ..ids import ObjectId
 from ..model import NEVER, PRIORITIES, ChannelPreference, Draft, PushSubscription, to_document, utcnow
 from ..settings import MongoSettings
 from . import (ClaimLostError, Created, EventClaim, Insertion, NotificationStore, PushJob,

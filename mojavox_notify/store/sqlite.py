@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import orjson
-from bson import ObjectId
 
 from ..coalesce import Coalescer
 from ..errors import NotFoundError, StorageUnavailableError
+from ..ids import ObjectId
 from ..model import NEVER, PRIORITIES, ChannelPreference, Draft, PushSubscription, to_document, utcnow
 from ..settings import StorageSettings
 from . import (ClaimLostError, Created, EventClaim, Insertion, NotificationStore, PushJob, UserState,
