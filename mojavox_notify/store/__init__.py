@@ -1,6 +1,6 @@
 """Storage: one interface, two engines, chosen by URL.
 
-- `embedded` (the default) or `sqlite:///path`: SQLite in this process (`store/sqlite.py`),
+- `embedded` (the default) or `sqlite:///path`: SQLite in this process (`store/sqlite/`),
   WAL mode, real indexes; several processes on one host may share the file.
 - `mongodb://…`: MongoDB through PyMongo's async API (`store/mongo.py`), for several hosts.
 
