@@ -2,7 +2,7 @@
 
 - `embedded` (the default) or `sqlite:///path`: SQLite in this process (`store/sqlite/`),
   WAL mode, real indexes; several processes on one host may share the file.
-- `mongodb://…`: MongoDB through PyMongo's async API (`store/mongo.py`), for several hosts.
+- `mongodb://…`: MongoDB through PyMongo's async API (`store/mongo/`), for several hosts.
 
 Callers (the service, ingest, the CLI) only see `NotificationStore`, get documents (plain dicts
 shaped as `model.to_document` makes them) and `UserState`s back, and every backend failure as
