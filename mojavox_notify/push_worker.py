@@ -21,9 +21,8 @@ from collections import Counter
 from typing import Sequence
 from urllib.parse import urlparse
 
-from bson import ObjectId
-
 from .errors import NotFoundError, StorageUnavailableError, ValidationError
+from .ids import ObjectId
 from .model import utcnow
 from .wire.notification import to_payload
 from .push import SEND_TIMEOUT_SECONDS, TTL_SECONDS, PushOutcome, PushSender, push_payload
