@@ -8,7 +8,7 @@ APT_INSTALL := $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SU
 # The JavaScript client's tests need a WebSocket in node (20.10 and newer).
 NODE_MINIMUM := 20.10
 
-.PHONY: run test install system-packages clean
+.PHONY: run test install lock system-packages clean
 
 run: $(STAMP)
 	$(BIN)/mojavox-notify serve --settings settings.yaml
@@ -18,10 +18,18 @@ test: $(STAMP) system-packages
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Versions from requirements.lock, so a fresh machine runs what the suite last passed with.
+$(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[test]'
 	touch $(STAMP)
+
+# requirements.lock anew from pyproject.toml, in a throwaway venv (newest versions its ranges allow).
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet -e '.[test]'
+	{ sed -n '1,3p' requirements.lock; .lock-venv/bin/pip freeze --exclude-editable; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock && rm -rf .lock-venv
 
 # The tests use a real redis-server, Debian's chromium (driven by Playwright, which never
 # downloads a browser) and node for the JavaScript client: installed from the distribution

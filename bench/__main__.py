@@ -22,9 +22,12 @@ Redis, churning sockets, steady load, workers killed, Redis restarted, storage s
 client; missing and doubled notifications and memory per minute.
 
 Bounded in count and time; stops by itself. `--quick` shrinks everything for a smoke run.
+`--baseline REF` also runs MOJAVOX Notify as of a git ref (`mojavox@REF`, its package extracted
+with `git archive` and run from the same venv) in the same run, and prints our ratios to it.
 
     .venv/bin/python -m bench ALL
     .venv/bin/python -m bench latency --sockets 5000 --rates 100,300,1000 --seconds 20
+    .venv/bin/python -m bench ALL --quick --baseline main
 """
 
 from __future__ import annotations
@@ -204,7 +207,7 @@ async def alert_loop(target: Target, everyone: list[str], per_second: float,
 
 def fanout(target: Target, peers: Peers, connected: dict) -> dict:
     everyone = users(connected["opened"] + connected["failed"])
-    batch = MOJAVOX_ALERT_USERS if target.kind == "mojavox" else len(everyone)
+    batch = MOJAVOX_ALERT_USERS if target.family == "mojavox" else len(everyone)
     alert = timed_delivery(peers, connected["opened"], [
         target.alert_request(everyone[i:i + batch]) for i in range(0, len(everyone), batch)])
     broadcast = timed_delivery(peers, connected["opened"], [target.broadcast_request(everyone)])
@@ -311,11 +314,16 @@ def main() -> None:
     parser.add_argument("--fanout-users", type=int, default=10000)
     parser.add_argument("--servers", default=",".join(KINDS))
     parser.add_argument("--quick", action="store_true", help="200 sockets, 5 s per rate")
+    parser.add_argument("--baseline", metavar="REF",
+                        help="also run MOJAVOX Notify as of this git ref (mojavox@REF), with ratios")
     args = parser.parse_args()
     if args.quick:
         args.sockets, args.seconds, args.fanout_users = 200, 5, 1000
         args.sustained_rates = "1000,2000"
     kinds = args.servers.split(",")
+    baseline = f"mojavox@{args.baseline}" if args.baseline else None
+    if baseline:
+        kinds.insert(kinds.index("mojavox") + 1 if "mojavox" in kinds else 0, baseline)
     rates = [float(rate) for rate in args.rates.split(",")]
     print(f"# python -m bench {args.scenario} · {date.today()} · {platform.python_version()} · "
           f"{os.cpu_count()} cores · clients in {WORKERS} processes", flush=True)
@@ -331,6 +339,10 @@ def main() -> None:
             print(f"\nmemory per socket vs raw Tornado: "
                   f"{ratio(results['mojavox']['kb_per_socket'], results['tornado']['kb_per_socket'])}; "
                   f"connect rate: {ratio(results['mojavox']['connects_per_s'], results['tornado']['connects_per_s'])}")
+        if baseline in results and "mojavox" in results:
+            print(f"\nvs {baseline}: memory per socket "
+                  f"{ratio(results['mojavox']['kb_per_socket'], results[baseline]['kb_per_socket'])}, "
+                  f"connect rate {ratio(results['mojavox']['connects_per_s'], results[baseline]['connects_per_s'])}")
 
     if args.scenario in ("ALL", "latency"):
         results = {kind: with_target(kind, args.sockets, latency(rates, args.seconds)) for kind in kinds}
@@ -340,6 +352,11 @@ def main() -> None:
             for row in rows:
                 print(f"| {kind} | {row['rate']:g} | {row['sent']} | {row['failed']} | {row['lost']} | "
                       f"{row['p50_ms']:.1f} | {row['p99_ms']:.1f} |")
+        if baseline in results and "mojavox" in results:
+            print(f"\nvs {baseline} (p50, p99 at each rate): " + ", ".join(
+                f"{ours['rate']:g}/s {ratio(ours['p50_ms'], theirs['p50_ms'])} "
+                f"{ratio(ours['p99_ms'], theirs['p99_ms'])}"
+                for ours, theirs in zip(results["mojavox"], results[baseline])))
 
     if args.scenario in ("ALL", "sustained"):
         sustained_rates = [float(rate) for rate in args.sustained_rates.split(",")]
@@ -372,6 +389,10 @@ def main() -> None:
             print(f"| {kind} | {row['users']} | {row['received']} | {row['requests']} | "
                   f"{row['seconds']:.3f} | {row['broadcast_received']} | "
                   f"{row['broadcast_seconds']:.3f} | {row['fan_out_ms']:.0f} |")
+        if baseline in results and "mojavox" in results:
+            ours, theirs = results["mojavox"], results[baseline]
+            print(f"\nvs {baseline}: alert {ratio(ours['seconds'], theirs['seconds'])}, "
+                  f"broadcast {ratio(ours['broadcast_seconds'], theirs['broadcast_seconds'])}")
     if args.scenario in ("ALL", "storm") and "mojavox" in kinds:
         row = with_target("mojavox", args.sockets, storm)
         print(f"\n## storm: {args.sockets} sockets, the server SIGKILLed {STORM_KILL_AFTER:g} s into "

@@ -24,6 +24,11 @@ STORM_CONCURRENCY = 256
 STORM_TRIES = 200
 
 
+def family(kind: str) -> str:
+    """`mojavox@<ref>` (a baseline's source) speaks as `mojavox` does."""
+    return kind.split("@", 1)[0]
+
+
 def socket_url(kind: str, port: int, user: str) -> str:
     if kind == "mojavox":
         return f"ws://127.0.0.1:{port}/ws/notifications?token={token(user)}"
@@ -154,6 +159,7 @@ class Peers:
     """`processes` workers sharing `users` (one socket each)."""
 
     def __init__(self, kind: str, port: int, users: list[str], processes: int):
+        kind = family(kind)
         self.pipes, self.processes = [], []
         context = multiprocessing.get_context("spawn")
         for index in range(processes):

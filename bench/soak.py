@@ -766,7 +766,7 @@ def report(args, load: Load, tabs: Tabs, faults: Faults, memory: Memory,
               f"{frames[minute]} | {percentile(latencies[minute], 0.5):.1f} | "
               f"{percentile(latencies[minute], 0.99):.1f} | {doubled[minute]} | {missing[minute]} | "
               f"{rss} |")
-    print(f"\nfaults:\n" + "\n".join(f"- {line}" for line in faults.log))
+    print("\nfaults:\n" + "\n".join(f"- {line}" for line in faults.log))
     print(f"\n{sum(len(n) for n in stored.values())} notifications stored; {len(tabs.tabs)} tabs "
           f"made {sum(t.connections for t in tabs.tabs)} connections "
           f"({tabs.reconnects} reconnect attempts); missing {sum(missing.values())}, doubled "

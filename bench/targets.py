@@ -37,11 +37,27 @@ def token(user: str, roles: tuple[str, ...] = ()) -> str:
                       SECRET, algorithm="HS256")
 
 
+_sources: dict[str, Path] = {}
+
+
+def baseline_source(ref: str) -> Path:
+    """The `mojavox_notify` package as it was at a git ref, extracted once into a temporary
+    folder, to run beside the working tree's in one benchmark run (the same venv serves both)."""
+    if ref not in _sources:
+        folder = Path(tempfile.mkdtemp(prefix=f"bench-source-{ref[:12]}-"))
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "mojavox_notify"],
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+        _sources[ref] = folder
+    return _sources[ref]
+
+
 class Target:
     """One server under test, started in its own process."""
 
     def __init__(self, kind: str):
         self.kind = kind
+        self.family = kind.split("@", 1)[0]  # mojavox@<ref>: the server of an earlier commit
         self.port = free_port()
         self.metrics_port = free_port()
         self.folder = tempfile.mkdtemp(prefix=f"bench-{kind}-")
@@ -50,8 +66,10 @@ class Target:
 
     def start(self) -> None:
         environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        if self.kind == "mojavox":
+        if self.family == "mojavox":
             command = [sys.executable, "-m", "mojavox_notify", "serve"]
+            if "@" in self.kind:
+                environment["PYTHONPATH"] = str(baseline_source(self.kind.split("@", 1)[1]))
             environment.update({
                 "MOJAVOX_SERVER__PORT": str(self.port), "MOJAVOX_SERVER__HOST": "0.0.0.0",
                 "MOJAVOX_DATA_DIR": self.folder, "JWT_SECRET": SECRET,
@@ -100,7 +118,7 @@ class Target:
 
     def metric(self, name: str) -> float | None:
         """A figure of MOJAVOX Notify's /metrics (e.g. a histogram's `_sum`); None elsewhere."""
-        if self.kind != "mojavox":
+        if self.family != "mojavox":
             return None
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as answer:
             for line in answer.read().decode().splitlines():
@@ -113,7 +131,7 @@ class Target:
     def create_request(self, user: str, sent: float) -> tuple[str, bytes, dict]:
         """(url, body, headers) that makes one notification for `user` carrying `sent`."""
         base = f"http://127.0.0.1:{self.port}"
-        if self.kind == "mojavox":
+        if self.family == "mojavox":
             body = {"userId": user, "type": "payment_received", "title": "Payment Received",
                     "message": "Debtor paid $1,250.00 on account #AC-1", "data": {"sent": sent}}
             return (f"{base}/api/notifications", json.dumps(body).encode(),
@@ -126,7 +144,7 @@ class Target:
         """One alert to `users` (at most 1,000 for mojavox's system.alert); `sent`, when given,
         travels in every notification (mojavox: in its message, "bench <sent>")."""
         base = f"http://127.0.0.1:{self.port}"
-        if self.kind == "mojavox":
+        if self.family == "mojavox":
             message = "Maintenance at 22:00" if sent is None else f"bench {sent:.6f}"
             body = {"type": "system.alert", "data": {"userIds": users, "severity": "warning",
                                                       "message": message}}
@@ -141,7 +159,7 @@ class Target:
     def broadcast_request(self, users: list[str]) -> tuple[str, bytes, dict]:
         """One frame to every socket: MOJAVOX Notify's broadcast (stored once, for every
         socket whatever its user); the others have only their alert request for it."""
-        if self.kind != "mojavox":
+        if self.family != "mojavox":
             return self.alert_request(users)
         body = {"title": "Maintenance", "message": "The dialer restarts at 22:00 UTC",
                 "priority": "high", "ttlSeconds": 600}

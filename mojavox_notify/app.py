@@ -12,7 +12,6 @@ import asyncio
 import logging
 import os
 import socket
-import time
 from typing import Any, Iterable
 
 import pluggy
@@ -23,6 +22,7 @@ from tornado.netutil import DefaultLoopResolver, Resolver
 
 from .auth import build_verifier
 from .broker import Broker, RedisBroker, build_broker
+from .broker.messages import BroadcastPosted, Message
 from .handlers.admin import DocumentHandler, HealthHandler, MetricsHandler, PluginsHandler
 from .handlers.base import (BaseHandler, Cors, InFlight, NotFoundHandler, implemented_methods,
                             log_request)
@@ -32,16 +32,19 @@ from .handlers.rest import (BroadcastsHandler, MarkAllReadHandler, MarkReadHandl
                             NotificationHandler, NotificationsHandler, PushSubscriptionHandler,
                             SettingsHandler, UnreadCountHandler, VapidPublicKeyHandler)
 from .handlers.web import page_routes
-from .handlers.websocket import CLOSE_GOING_AWAY, NotificationSocket, deliver_to_all
+from .handlers.closes import CLOSE_GOING_AWAY
+from .handlers.session import SessionContext
+from .handlers.transport import deliver_to_all
+from .handlers.websocket import NotificationSocket
 from .httpserver import NotifyHTTPServer, drain_limit, listen_sockets
 from .hub import Hub
 from .ingest import EventIngest
 from .logs import redact_tornado_logs
 from .metrics import Metrics, counter, gauge
 from .model import Event
+from .wire.frames import protocol_document
 from .plugins import Plugins, build_plugin_manager
 from .openapi import openapi_document
-from .protocol import protocol_document
 from .push import PushSender, load_vapid_key, push_http_client
 from .push_worker import PushWorker
 from .presence import build_presence
@@ -88,6 +91,8 @@ class NotifyApp:
         self.metrics.read_state(self._state_metrics)
         self.supervisor = Supervisor()
         self.hub = Hub(deliver_to_all)
+        self.hub.on_fan_out = self.metrics.broadcast_fan_out.observe
+        self.hub.on_resync_all = self._resynced_all
         self.heartbeat = Heartbeat(settings.websocket.ping_interval_seconds,
                                    settings.websocket.ping_timeout_seconds)
         # Redis, when configured, carries fan-out, rate limits and presence across instances.
@@ -189,18 +194,14 @@ class NotifyApp:
         if settings.retention.cleanup_interval_minutes and not self.worker:
             self._tasks.append(asyncio.get_running_loop().create_task(self._cleanup_loop()))
 
-    def _received(self, message: dict) -> None:
+    def _received(self, message: Message) -> None:
         self.metrics.received(message)
-        if message.get("kind") == "broadcast":
-            started = time.perf_counter()
-            self.hub.dispatch(message)
-            self.metrics.broadcast_fan_out.observe(time.perf_counter() - started)
-            return
         self.hub.dispatch(message)
-        if message.get("kind") == "resync" and message.get("users") is None:
-            # The broker was away: broadcasts published meanwhile reached storage, not us.
-            self._tasks = [task for task in self._tasks if not task.done()]
-            self._tasks.append(asyncio.get_running_loop().create_task(self._load_broadcasts()))
+
+    def _resynced_all(self) -> None:
+        """The broker was away: broadcasts published meanwhile reached storage, not us."""
+        self._tasks = [task for task in self._tasks if not task.done()]
+        self._tasks.append(asyncio.get_running_loop().create_task(self._load_broadcasts()))
 
     async def _load_broadcasts(self) -> None:
         """The active broadcasts from storage onto the hub's board; new ones go to the sockets."""
@@ -210,7 +211,7 @@ class NotifyApp:
             log.warning("could not load the active broadcasts: %s", error.message)
             return
         for payload in reversed(payloads):
-            self.hub.dispatch({"kind": "broadcast", "user_id": "", "broadcast": payload})
+            self.hub.dispatch(BroadcastPosted(payload))
 
     def _handler_args(self) -> dict[str, Any]:
         """What every BaseHandler is initialized with (base.BaseHandler.initialize)."""
@@ -286,11 +287,15 @@ class NotifyApp:
                 sorted(self.plugins.event_types))}))
         routes += [
             (settings.server.ws_path, NotificationSocket, {
-                "service": self.service, "hub": self.hub, "verifier": self.verifier,
-                "types": self.plugins.types, "server": settings.server,
-                "websocket": settings.websocket, "request_limiter": self.request_limiter,
+                "context": SessionContext(
+                    service=self.service, hub=self.hub, presence=self.presence,
+                    types=self.plugins.types, verifier=self.verifier,
+                    request_limiter=self.request_limiter, settings=settings.websocket,
+                    max_sockets_per_ip=settings.server.max_sockets_per_ip),
+                "verifier": self.verifier, "websocket": settings.websocket,
+                "allowed_origins": settings.server.allowed_origins,
                 "auth_failures": self.auth_failures, "metrics": self.metrics,
-                "presence": self.presence, "heartbeat": self.heartbeat}),
+                "heartbeat": self.heartbeat}),
         ]
         if settings.web.page:
             routes += page_routes(common, settings.server.ws_path, settings.web.action_base_url)

@@ -13,8 +13,8 @@ import time
 from datetime import datetime
 from typing import Any, Callable
 
-#: The newest this many active broadcasts are shown to a connecting socket.
-MAX_ACTIVE = 20
+from .wire.broadcast import MAX_ACTIVE
+
 
 
 class BroadcastBoard:

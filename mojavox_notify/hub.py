@@ -1,40 +1,55 @@
 """This process's live sockets, by user: constant-time routing of broker messages to them.
 
-The hub never touches storage and never blocks: a connection's `deliver` only queues.
+The hub never touches storage and never blocks: what it calls on a connection only queues.
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
-from typing import Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 from .broadcasts import BroadcastBoard
-from .broker import Message
+from .broker.messages import (AllRead, BroadcastPosted, Message, NotificationCreated,
+                              NotificationDeleted, NotificationRead, Resync)
 
 
 class Connection(Protocol):
+    """What the hub needs of a socket; every call only queues and must not block."""
+
     user_id: str
     remote_ip: str
 
-    def deliver(self, message: Message) -> None:
-        """Queue a broker message for this socket; must not block."""
+    def notify(self, message: NotificationCreated) -> None:
+        """A new notification of this socket's user."""
+
+    def notification_read(self, message: NotificationRead) -> None: ...
+
+    def all_read(self, message: AllRead) -> None: ...
+
+    def notification_deleted(self, message: NotificationDeleted) -> None: ...
+
+    def broadcast(self, payload: dict[str, Any]) -> None:
+        """An announcement for every socket."""
+
+    def resync(self) -> None:
+        """Live messages may have been missed: fill the gap from storage."""
 
     def shutdown(self, code: int, reason: str) -> None:
         """Send what is queued, then close with a WebSocket close code."""
 
-    def resync(self) -> None:
-        """Live messages may have been missed: fill the gap from storage (must not block)."""
 
-
-def deliver_each(connections: list[Connection], message: Message) -> None:
+def broadcast_each(connections: list[Connection], payload: dict[str, Any]) -> None:
     for connection in connections:
-        connection.deliver(message)
+        connection.broadcast(payload)
 
 
 class Hub:
-    def __init__(self,
-                 deliver_to_all: Callable[[list[Connection], Message], None] = deliver_each) -> None:
-        """`deliver_to_all(connections, message)` hands a broadcast to every connection (the
+    """The one place that tells the broker's message kinds apart."""
+
+    def __init__(self, deliver_to_all: Callable[[list[Connection], dict[str, Any]], None]
+                 = broadcast_each) -> None:
+        """`deliver_to_all(connections, payload)` hands a broadcast to every connection (the
         socket layer may do it in bulk)."""
         self._deliver_to_all = deliver_to_all
         # A list per user, not a set: most users have one socket (a list of one is 72 bytes, a
@@ -46,6 +61,10 @@ class Hub:
         self.observers: list = []
         #: The broadcasts still active: a connecting socket is shown them after `connected`.
         self.broadcasts = BroadcastBoard()
+        #: Told how long each broadcast's fan-out took (seconds), e.g. for /metrics.
+        self.on_fan_out: Callable[[float], None] = lambda seconds: None
+        #: Told when every socket resyncs: broadcasts published meanwhile may be in storage only.
+        self.on_resync_all: Callable[[], None] = lambda: None
 
     def attach(self, connection: Connection) -> None:
         connections = self._by_user.setdefault(connection.user_id, [])
@@ -70,26 +89,40 @@ class Hub:
             observer.left(connection)
 
     def dispatch(self, message: Message) -> None:
-        """Hand `message` to every socket of its user on this process (a copy of the set, since
-        delivering may close and detach a socket). A `resync` message makes the sockets of its
-        `users` (None: all) fill what they missed from storage. A `broadcast` goes to every
-        socket, once: only when it is new on the board."""
-        kind = message.get("kind")
-        if kind == "resync":
-            self.resync(message.get("users"))
-            return
-        if kind == "broadcast":
-            if self.broadcasts.remember(message["broadcast"]):
-                self._deliver_to_all(list(self.connections()), message)
-            return
-        for connection in tuple(self._by_user.get(message.get("user_id"), ())):
-            connection.deliver(message)
+        """Hand `message` to the sockets it is for on this process (a copy of the list, since
+        delivering may close and detach a socket). A broadcast goes to every socket, once: only
+        when it is new on the board."""
+        match message:
+            case NotificationCreated():
+                for connection in self._of(message.user_id):
+                    connection.notify(message)
+            case NotificationRead():
+                for connection in self._of(message.user_id):
+                    connection.notification_read(message)
+            case AllRead():
+                for connection in self._of(message.user_id):
+                    connection.all_read(message)
+            case NotificationDeleted():
+                for connection in self._of(message.user_id):
+                    connection.notification_deleted(message)
+            case BroadcastPosted():
+                if self.broadcasts.remember(message.broadcast):
+                    started = time.perf_counter()
+                    self._deliver_to_all(list(self.connections()), message.broadcast)
+                    self.on_fan_out(time.perf_counter() - started)
+            case Resync():
+                self.resync(message.users)
+                if message.users is None:
+                    self.on_resync_all()
+
+    def _of(self, user_id: str) -> tuple[Connection, ...]:
+        return tuple(self._by_user.get(user_id, ()))
 
     def resync(self, users: list[str] | None = None) -> None:
         if users is None:
             targets = list(self.connections())
         else:
-            targets = [c for user in users for c in tuple(self._by_user.get(user, ()))]
+            targets = [c for user in users for c in self._of(user)]
         for connection in targets:
             connection.resync()
 

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import schemas
 from .errors import NotifyError, ValidationError
 from .idempotency import Idempotency, event_key
 from .metrics import Metrics
-from .model import Event, validate_event
+from .model import Event
 from .plugins import Plugins
 from .service import NotificationService
 from .store import EventClaim, NotificationStore
+from .wire.event import EventCheck, check_event_rules
 
 
 class EventIngest:
@@ -25,12 +25,11 @@ class EventIngest:
         self.service = service
         self.idempotency = Idempotency(store)
         self._metrics = metrics or Metrics()
-        self._event_check = schemas.Checker(schemas.event_schema(plugins.event_types))
+        self._event_check = EventCheck(plugins.event_types)
 
     def parse(self, raw: Any) -> Event:
         try:
-            self._event_check.check(raw)
-            return validate_event(raw, self.plugins.event_types)
+            return self._event_check.check(raw)
         except ValidationError:
             self._metrics.events.labels(self._known(raw.get("type") if isinstance(raw, dict) else None),
                                         "refused").inc()
@@ -55,8 +54,8 @@ class EventIngest:
 
     async def _ingest(self, event: Event) -> tuple[list[str], bool]:
         if event.type not in self.plugins.event_types:
-            validate_event({"type": event.type, "data": event.data},  # raises naming the known types
-                           self.plugins.event_types)
+            check_event_rules({"type": event.type, "data": event.data},  # raises naming the known
+                              self.plugins.event_types)                  # types
         if event.id is None:
             return await self._handle(event), False
         return await self.idempotency.once(

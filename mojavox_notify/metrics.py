@@ -65,11 +65,11 @@ class Metrics:
     def observe_storage(self, operation: str, seconds: float) -> None:
         self.storage_operation.labels(operation).observe(seconds)
 
-    def received(self, message: dict) -> None:
+    def received(self, message) -> None:
         """A broker message reached this process: count it, and its lag when it carries the
         time it was published (`at`, epoch seconds)."""
         self.broker_received.inc()
-        published_at = message.get("at")
+        published_at = getattr(message, "at", None)
         if isinstance(published_at, (int, float)):
             self.broker_lag.observe(max(0.0, time.time() - published_at))
 

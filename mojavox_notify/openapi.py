@@ -1,6 +1,6 @@
 """`/openapi.json`: the REST API as OpenAPI 3.1, built from the running app.
 
-Bodies and answers are the schemas the handlers validate with (schemas.py, protocol.py), with
+Bodies and answers are the schemas the handlers validate with (each shape's module in wire/), with
 the app's registered notification and event types filled in; the operations below say which
 schema goes where. A test checks that every route the app serves is described here and nothing
 else, and schemathesis runs the described API against a live server.
@@ -12,9 +12,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import __version__, schemas
-from .model import MAX_OFFSET, MAX_PAGE
-from .protocol import BROADCAST_PAYLOAD, NOTIFICATION, OBJECT_ID
+from . import __version__
+from .wire import broadcast, event, notification, preferences, push_subscription
+from .wire.broadcast import BROADCAST_PAYLOAD
+from .wire.notification import MAX_OFFSET, MAX_PAGE, NOTIFICATION
+from .wire.schema import ERROR, OBJECT_ID, SUCCESS
 
 
 @dataclass(frozen=True)
@@ -45,53 +47,53 @@ HEALTH = {"type": "object", "required": ["status", "storage", "broker", "connect
 
 OPERATIONS: dict[tuple[str, str], Operation] = {
     ("/api/notifications", "get"): Operation(
-        "The caller's notifications, newest first", "user", {200: schemas.PAGE},
+        "The caller's notifications, newest first", "user", {200: notification.PAGE},
         query=("limit", "offset", "unreadOnly")),
     ("/api/notifications", "post"): Operation(
         "Create one notification (202 when its recipient turned the type off)", "service",
-        {201: NOTIFICATION, 202: schemas.MUTED},
-        body=lambda types, events: schemas.draft_schema(types), headers=("Idempotency-Key",),
+        {201: NOTIFICATION, 202: notification.MUTED},
+        body=lambda types, events: notification.draft_schema(types), headers=("Idempotency-Key",),
         extra_errors=(404,)),
     ("/api/notifications/read-all", "post"): Operation(
-        "Mark every notification of the caller read", "user", {200: schemas.SUCCESS}),
+        "Mark every notification of the caller read", "user", {200: SUCCESS}),
     ("/api/notifications/settings", "get"): Operation(
         "The caller's channel settings for every type", "user",
-        {200: lambda types, events: schemas.preferences_schema(types)}),
+        {200: lambda types, events: preferences.preferences_schema(types)}),
     ("/api/notifications/settings", "put"): Operation(
         "Change some channel settings; answers all of them", "user",
-        {200: lambda types, events: schemas.preferences_schema(types)},
-        body=lambda types, events: schemas.preferences_update_schema(types)),
+        {200: lambda types, events: preferences.preferences_schema(types)},
+        body=lambda types, events: preferences.preferences_update_schema(types)),
     ("/api/notifications/push-subscription", "post"): Operation(
         "Register a browser's push subscription (409 push_subscription_taken when its endpoint "
         "is another user's: unsubscribe the browser and subscribe again)", "user",
-        {200: schemas.SUCCESS}, body=schemas.PUSH_SUBSCRIPTION, extra_errors=(409,)),
+        {200: SUCCESS}, body=push_subscription.PUSH_SUBSCRIPTION, extra_errors=(409,)),
     ("/api/notifications/push-subscription", "delete"): Operation(
-        "Forget a push subscription", "user", {200: schemas.SUCCESS}, body=schemas.ENDPOINT,
+        "Forget a push subscription", "user", {200: SUCCESS}, body=push_subscription.ENDPOINT,
         extra_errors=(404,)),
     ("/api/notifications/unread-count", "get"): Operation(
-        "The caller's unread counts", "user", {200: schemas.UNREAD_COUNT}),
+        "The caller's unread counts", "user", {200: notification.UNREAD_COUNT}),
     ("/api/notifications/vapid-public-key", "get"): Operation(
         "The VAPID public key for pushManager.subscribe (404 without web push)", "anyone",
-        {200: schemas.VAPID_KEY, 404: schemas.ERROR}),
+        {200: push_subscription.VAPID_KEY, 404: ERROR}),
     ("/api/notifications/{id}/read", "post"): Operation(
-        "Mark one of the caller's notifications read", "user", {200: schemas.SUCCESS},
+        "Mark one of the caller's notifications read", "user", {200: SUCCESS},
         extra_errors=(404,)),
     ("/api/notifications/{id}", "get"): Operation(
         "One of the caller's notifications (the service worker reads it for a minimal push)",
         "user", {200: NOTIFICATION}, extra_errors=(404,)),
     ("/api/notifications/{id}", "delete"): Operation(
-        "Delete one of the caller's notifications", "user", {200: schemas.SUCCESS},
+        "Delete one of the caller's notifications", "user", {200: SUCCESS},
         extra_errors=(404,)),
     ("/api/broadcasts", "get"): Operation(
         "The broadcasts still active, newest first (at most 20)", "user",
-        {200: schemas.BROADCASTS}),
+        {200: broadcast.BROADCASTS}),
     ("/api/broadcasts", "post"): Operation(
         "Announce to every dashboard user: stored once, sent to every socket now and to "
         "sockets that connect while it lasts", "service", {201: BROADCAST_PAYLOAD},
-        body=schemas.BROADCAST),
+        body=broadcast.BROADCAST),
     ("/api/events", "post"): Operation(
         "Post one domain event; a repeated id returns the first answer", "service",
-        {202: schemas.EVENT_ANSWER}, body=lambda types, events: schemas.event_schema(events)),
+        {202: event.EVENT_ANSWER}, body=lambda types, events: event.event_schema(events)),
     ("/api/plugins", "get"): Operation(
         "The loaded plugins, their hooks and types", "admin", {200: {"type": "object"}}),
     ("/healthz", "get"): Operation(
@@ -131,7 +133,7 @@ def openapi_document(routes: list[tuple[str, list[str]]], type_names: list[str],
         "paths": paths,
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                                       "bearerFormat": "JWT"}},
-                       "schemas": {"Error": schemas.ERROR, "Notification": NOTIFICATION}},
+                       "schemas": {"Error": ERROR, "Notification": NOTIFICATION}},
     }
     if server_url:
         document["servers"] = [{"url": server_url}]
@@ -161,7 +163,7 @@ def _operation(operation: Operation, path: str, resolve: Callable[[Any], Any]) -
                         {"schema": _public(resolve(schema))}}}
     for status in (*ERRORS_BY_CALLER[operation.who], *operation.extra_errors):
         described["responses"].setdefault(str(status), {
-            "description": "error", "content": {"application/json": {"schema": schemas.ERROR}}})
+            "description": "error", "content": {"application/json": {"schema": ERROR}}})
     return described
 
 

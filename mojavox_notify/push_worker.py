@@ -21,10 +21,10 @@ from collections import Counter
 from typing import Sequence
 from urllib.parse import urlparse
 
-from bson import ObjectId
-
 from .errors import NotFoundError, StorageUnavailableError, ValidationError
-from .model import to_payload, utcnow
+from .ids import ObjectId
+from .model import utcnow
+from .wire.notification import to_payload
 from .push import SEND_TIMEOUT_SECONDS, TTL_SECONDS, PushOutcome, PushSender, push_payload
 from .push_addresses import check_url
 from .push_slots import Slots, SlotsTaken

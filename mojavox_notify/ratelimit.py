@@ -4,6 +4,8 @@ Two engines behind one interface, `await limiter.acquire(keys)`: `RateLimiter` c
 process; `RedisRateLimiter` counts in Redis (one Lua script, all keys at once), so several
 instances together allow the setting, not N times it. While Redis does not answer, the Redis
 engine counts in this process instead of failing or waiting on requests.
+
+`InboundLimit` is the socket's flood control: frames of one client, of every kind, per second.
 """
 
 from __future__ import annotations
@@ -172,3 +174,42 @@ def build_rate_limiter(per_minute: int, what: str, link: RedisLink | None,
     if link is None:
         return RateLimiter(per_minute, what, max_keys=max_keys)
     return RedisRateLimiter(link, per_minute, what, max_keys)
+
+
+class InboundLimit:
+    """Frames from one client, of every kind (pings and invalid frames too). Past
+    `per_second` (a burst of twice that is allowed) a frame is refused unanswered but for one
+    `rate_limited` error a second; past `close_above` frames within one second the client is
+    flooding and is closed (1008). Either figure 0: no limit of that kind."""
+
+    __slots__ = ("_per_second", "_burst", "_tokens", "_at", "_close_above", "_window",
+                 "_in_window", "_told_at")
+
+    def __init__(self, per_second: float, close_above: float):
+        self._per_second = per_second
+        self._burst = 2 * per_second
+        self._tokens = self._burst
+        self._close_above = close_above
+        self._at = self._window = time.monotonic()
+        self._in_window = 0
+        self._told_at = float("-inf")
+
+    def admit(self) -> str:
+        """"accept", "refuse" (tell the client), "ignore" (refused, already told) or "close"."""
+        now = time.monotonic()
+        if now - self._window >= 1:
+            self._window, self._in_window = now, 0
+        self._in_window += 1
+        if self._close_above and self._in_window > self._close_above:
+            return "close"
+        if not self._per_second:
+            return "accept"
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._per_second)
+        self._at = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return "accept"
+        if now - self._told_at >= 1:
+            self._told_at = now
+            return "refuse"
+        return "ignore"

@@ -18,44 +18,27 @@ from typing import Any, Awaitable, Callable, Iterable
 
 from tornado.netutil import DefaultLoopResolver, Resolver
 
-from .broadcasts import MAX_ACTIVE
 from .broker import Broker
+from .broker.messages import (AllRead, BroadcastPosted, Message, NotificationCreated,
+                              NotificationDeleted, NotificationRead)
 from .errors import ConflictError, NotFoundError, ValidationError
-from . import schemas
 from .idempotency import Idempotency, request_key
 from .metrics import Metrics
-from .model import (MAX_OFFSET, MAX_PAGE, ChannelPreference, Draft, PushSubscription, default_preferences,
-                    notification_id, preferences_payload, to_broadcast_document,
-                    to_broadcast_payload, to_payload, utcnow, validate_broadcast, validate_draft,
-                    validate_recipient,
-                    validate_endpoint, validate_preferences_update, validate_push_subscription)
+from .model import (ChannelPreference, Draft, PushSubscription, default_preferences,
+                    to_broadcast_document, utcnow)
 from .plugins import Plugins
 from .push_addresses import check_endpoint
 from .ratelimit import RateLimiter
 from .settings import Settings
 from .store import EventClaim, NotificationStore, UserState
+from .wire.broadcast import MAX_ACTIVE, check_broadcast, to_broadcast_payload
+from .wire.notification import DraftCheck, notification_id, page_bounds, to_payload
+from .wire.preferences import PreferencesCheck, preferences_payload
+from .wire.push_subscription import check_endpoint_body, check_push_subscription
 
 log = logging.getLogger(__name__)
 
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")
-
-
-def page_bounds(limit: Any, offset: Any) -> tuple[int, int]:
-    """Validated paging for REST and the socket: limit 1..100, offset ≥ 0."""
-    for name, value in (("limit", limit), ("offset", offset)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValidationError(name, "must be an integer")
-    if not 1 <= limit <= MAX_PAGE:
-        raise ValidationError("limit", f"must be between 1 and {MAX_PAGE}")
-    if not 0 <= offset <= MAX_OFFSET:
-        raise ValidationError("offset", f"must be between 0 and {MAX_OFFSET}")
-    return limit, offset
-
-
-def _same_but_recipient(raw: Any, previous: dict) -> bool:
-    """Whether `raw` holds the same fields as `previous`, each but `userId` the same object."""
-    return (type(raw) is dict and raw.keys() == previous.keys() and "userId" in raw
-            and all(value is previous[name] for name, value in raw.items() if name != "userId"))
 
 
 async def _nobody_online(user_ids: set[str]) -> set[str]:
@@ -84,31 +67,16 @@ class NotificationService:
         self._online = online
         self._metrics = metrics or Metrics()
         self._idempotency = Idempotency(store)
-        self._draft_check = schemas.Checker(schemas.draft_schema(self.types.names))
-        self._recipient_check = schemas.Checker(schemas.USER_ID)
-        self._preferences_check = schemas.Checker(schemas.preferences_update_schema(self.types.names))
+        self._drafts = DraftCheck(self.types, settings.server.action_url_hosts)
+        self._preferences = PreferencesCheck(self.types)
         #: Called when a creation recorded push jobs (the push worker wakes up).
         self.on_push_recorded: Callable[[], None] | None = None
 
     # -- creation ------------------------------------------------------------------------------
 
     def validate(self, raw_drafts: Iterable[Any]) -> list[Draft]:
-        """The draft schema first (the one /openapi.json publishes), then what it cannot say.
-
-        A draft that differs from the one before it only in `userId` (its other fields the very
-        same objects: a system alert's drafts share them) gets only its recipient checked: its
-        other fields were checked a moment ago. A 1,000-user alert's validation took 8 ms."""
-        drafts: list[Draft] = []
-        previous: Any = None
-        for raw in raw_drafts:
-            if drafts and _same_but_recipient(raw, previous):
-                self._recipient_check.check(raw["userId"], "userId")
-                drafts.append(drafts[-1].to(validate_recipient(raw["userId"])))
-            else:
-                self._draft_check.check(raw)
-                drafts.append(validate_draft(raw, self.types, self._action_url_hosts))
-            previous = raw
-        return drafts
+        """Drafts checked and sanitized (wire.notification.DraftCheck), or a ValidationError."""
+        return self._drafts.check_many(raw_drafts)
 
     async def create(self, raw_draft: Any) -> dict[str, Any] | None:
         """Create one notification; None when the recipient turned its type off."""
@@ -162,12 +130,12 @@ class NotificationService:
         push = await self._pushed([(drafts[position], choices[position]) for position in positions])
         stored = await self.store.insert_many(wanted, claim=claim, push=push)
         created: list[dict | None] = [None] * len(drafts)
-        messages = []
+        messages, at = [], time.time()
         for position, record in zip(positions, stored):
             payload = created[position] = to_payload(record.document)
-            messages.append({"kind": "notification", "user_id": record.document["user_id"],
-                             "seq": record.document["seq"], "notification": payload,
-                             "unread": record.state.unread_payload()})
+            messages.append(NotificationCreated(
+                record.document["user_id"], record.document["seq"], payload,
+                record.state.unread_payload(), at))
         kinds = collections.Counter((draft.type, draft.priority) for draft in wanted)
         for (type_name, priority), count in kinds.items():
             self._metrics.notifications_created.labels(type_name, priority).inc(count)
@@ -182,15 +150,12 @@ class NotificationService:
                 await self._observe(created[position], record.document["user_id"])
         return created
 
-    async def _publish(self, message: dict[str, Any]) -> None:
+    async def _publish(self, message: Message) -> None:
         await self._publish_many([message])
 
-    async def _publish_many(self, messages: list[dict[str, Any]]) -> None:
-        """To every instance's hub, in one broker round trip; `at` lets receivers measure the
-        broker's lag."""
-        at = time.time()
-        for message in messages:
-            message["at"] = at
+    async def _publish_many(self, messages: list[Message]) -> None:
+        """To every instance's hub, in one broker round trip (each message carries the time it
+        was published, `at`, so receivers measure the broker's lag)."""
         await self.broker.publish_many(messages)
         self._metrics.broker_published.inc(len(messages))
 
@@ -270,21 +235,18 @@ class NotificationService:
         wait for `notification_read` as its acknowledgement."""
         oid = notification_id(raw_id)
         _, state = await self.store.mark_read(user_id, oid)
-        await self._publish_change(user_id, "read", state, notification_id=str(oid))
+        await self._publish(NotificationRead(user_id, str(oid), state.unread_payload(), time.time()))
 
     async def mark_all_read(self, user_id: str) -> int:
         changed, state = await self.store.mark_all_read(user_id)
-        await self._publish_change(user_id, "read_all", state)
+        await self._publish(AllRead(user_id, state.unread_payload(), time.time()))
         return changed
 
     async def delete(self, user_id: str, raw_id: Any) -> None:
         oid = notification_id(raw_id)
         state = await self.store.delete(user_id, oid)
-        await self._publish_change(user_id, "deleted", state, notification_id=str(oid))
-
-    async def _publish_change(self, user_id: str, kind: str, state: UserState, **fields) -> None:
-        await self._publish({"kind": kind, "user_id": user_id, **fields,
-                             "unread": state.unread_payload()})
+        await self._publish(NotificationDeleted(user_id, str(oid), state.unread_payload(),
+                                                time.time()))
 
     # -- preferences and push subscriptions ------------------------------------------------------
 
@@ -294,14 +256,12 @@ class NotificationService:
                                     for name, default in self._defaults.items()})
 
     async def update_preferences(self, user_id: str, raw: Any) -> dict[str, Any]:
-        self._preferences_check.check(raw)
-        changes = validate_preferences_update(raw, self.types)
+        changes = self._preferences.check(raw)
         await self.store.update_preferences(user_id, changes)
         return await self.preferences(user_id)
 
     async def save_push_subscription(self, user_id: str, raw: Any) -> PushSubscription:
-        schemas.PUSH_SUBSCRIPTION_CHECK.check(raw)
-        subscription = validate_push_subscription(raw)
+        subscription = check_push_subscription(raw)
         await check_endpoint(subscription.endpoint, self._push.allowed_insecure_hosts, self._resolver)
         if not await self.store.save_push_subscription(user_id, subscription,
                                                        keep=self._push.max_subscriptions_per_user):
@@ -311,25 +271,23 @@ class NotificationService:
         return subscription
 
     async def remove_push_subscription(self, user_id: str, raw: Any) -> None:
-        schemas.ENDPOINT_CHECK.check(raw)
-        await self.store.remove_push_subscription(user_id, validate_endpoint(raw))
+        await self.store.remove_push_subscription(user_id, check_endpoint_body(raw))
 
     # -- broadcasts ------------------------------------------------------------------------------
 
     async def broadcast(self, raw: Any) -> dict[str, Any]:
         """Store an announcement for every dashboard user, then publish it to every instance's
         sockets; its payload."""
-        schemas.BROADCAST_CHECK.check(raw)
-        draft = validate_broadcast(raw, self._action_url_hosts)
+        draft = check_broadcast(raw, self._action_url_hosts)
         document = to_broadcast_document(draft, utcnow())
         await self.store.insert_broadcast(document)
         payload = to_broadcast_payload(document)
-        await self._publish({"kind": "broadcast", "user_id": "", "broadcast": payload})
+        await self._publish(BroadcastPosted(payload, time.time()))
         self._metrics.broadcasts_created.inc()
         return payload
 
     async def active_broadcasts(self) -> list[dict[str, Any]]:
-        """The newest broadcasts not yet expired (at most broadcasts.MAX_ACTIVE), newest first."""
+        """The newest broadcasts not yet expired (at most wire.broadcast.MAX_ACTIVE), newest first."""
         return [to_broadcast_payload(document)
                 for document in await self.store.active_broadcasts(MAX_ACTIVE)]
 

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from mojavox_notify.broadcasts import MAX_ACTIVE, BroadcastBoard
-from mojavox_notify.handlers import websocket
+from mojavox_notify.handlers import transport
 from mojavox_notify.model import iso
 
 from .support.engines import both_engines
@@ -197,7 +197,7 @@ async def test_cleanup_deletes_expired_broadcasts(start_app):
 @bounded
 async def test_broadcasts_sent_by_two_threads_reach_each_socket_once_and_in_order(start_app,
                                                                                   monkeypatch):
-    monkeypatch.setattr(websocket, "PARALLEL_SENDS_FROM", 2)
+    monkeypatch.setattr(transport, "PARALLEL_SENDS_FROM", 2)
     app = await start_app()
     sockets = [await live_socket(app, new_user()) for _ in range(30)]
     sent = [await app.service.broadcast({"title": f"#{index}", "message": "m"})
@@ -211,7 +211,7 @@ async def test_broadcasts_sent_by_two_threads_reach_each_socket_once_and_in_orde
 @bounded
 async def test_a_client_that_stops_reading_broadcasts_is_closed_and_the_others_keep_them(
         start_app, monkeypatch, caplog):
-    monkeypatch.setattr(websocket, "PARALLEL_SENDS_FROM", 2)
+    monkeypatch.setattr(transport, "PARALLEL_SENDS_FROM", 2)
     app = await start_app(**{"websocket.max_queued_messages": 50,
                              "websocket.max_buffered_bytes": 200_000})
     slow = new_user()

@@ -19,7 +19,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import NetworkTimeout
 
-from mojavox_notify.store import sqlite as sqlite_engine
+from mojavox_notify.store.sqlite import insertion as sqlite_engine
 
 from .support.api import notifications_of, post_event
 from .support.tokens import SERVICE, new_user, token

@@ -6,7 +6,8 @@ from __future__ import annotations
 import jsonschema
 import pytest
 
-from mojavox_notify.protocol import CLIENT_FRAMES, protocol_document
+from mojavox_notify.handlers.session import SocketSession
+from mojavox_notify.wire.frames import CLIENT_FRAMES, protocol_document
 
 bounded = pytest.mark.timeout(30)
 
@@ -36,3 +37,8 @@ def test_the_readmes_client_frames_match_the_client_schemas(frame):
 def test_a_malformed_client_frame_does_not_match():
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"type": "get_history", "limit": 500}, CLIENT_FRAMES["get_history"])
+
+
+def test_every_client_frame_of_the_protocol_has_a_command_and_no_command_is_unpublished():
+    commands = {name[len("_on_"):] for name in dir(SocketSession) if name.startswith("_on_")}
+    assert commands == set(CLIENT_FRAMES)

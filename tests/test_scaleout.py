@@ -18,7 +18,9 @@ import pytest
 import redis.asyncio
 import tornado.httpclient
 
-from mojavox_notify.broker import RedisBroker, decode, encode
+from mojavox_notify.broker import RedisBroker
+from mojavox_notify.broker.messages import (AllRead, NotificationCreated, NotificationRead, Resync,
+                                            decode, encode)
 from mojavox_notify.hub import Hub
 from mojavox_notify.presence import RedisPresence
 from mojavox_notify.redis_link import MAX_CONNECTIONS, RedisLink
@@ -108,12 +110,12 @@ async def assert_every_socket_got_exactly_its_users_notifications(app, readers: 
 # -- the wire format ----------------------------------------------------------------------------
 
 def test_broker_batches_are_positional_and_round_trip():
-    created = {"kind": "notification", "user_id": "alice", "seq": 7,
-               "notification": {"id": "n1", "data": {"big": 2 ** 70}}, "unread": {"count": 1}}
-    read = {"kind": "read", "user_id": "bob", "unread": {"count": 0}, "notification_id": "n2"}
+    created = NotificationCreated(user_id="alice", seq=7, notification={
+        "id": "n1", "data": {"big": 2 ** 70}}, unread={"count": 1})
+    read = NotificationRead(user_id="bob", unread={"count": 0}, notification_id="n2")
     data = encode("origin1", [created, read])
     assert data.startswith(b"origin1|")
-    assert b'"kind"' not in data and b'"user_id"' not in data
+    assert b'"kind"' not in data and b'"user_id"' not in data and b'"alice"' in data
     assert decode(data) == ("origin1", [created, read])
     for malformed in (b'{"not": "ours"}', b'o|{"not": "ours"}', b"o|[2, []]"):
         with pytest.raises(ValueError):
@@ -125,7 +127,7 @@ async def publisher_and_listener(publishing: RedisSettings, listening: RedisSett
     """Two started Redis brokers, as two processes' would be: (the publisher, what the other
     one's receiver heard since both were subscribed)."""
     publisher, listener = RedisBroker(RedisLink(publishing)), RedisBroker(RedisLink(listening))
-    heard: list[dict] = []
+    heard: list = []
     await publisher.start(lambda message: None)
     await listener.start(heard.append)
     heard.clear()  # the start's own resync
@@ -145,7 +147,7 @@ async def test_publishes_past_the_connection_pool_reach_the_other_process_in_ord
     settings = RedisSettings(url=redis_overrides["redis.url"],
                              key_prefix=redis_overrides["redis.key_prefix"])
     count = 4 * MAX_CONNECTIONS
-    messages = [{"kind": "read_all", "user_id": f"user-{index % 7}", "seq": index}
+    messages = [AllRead(user_id=f"user-{index % 7}", unread={"count": index})
                 for index in range(count)]
     async with publisher_and_listener(settings, settings) as (publisher, heard):
         await asyncio.gather(*(publisher.publish(message) for message in messages))
@@ -196,12 +198,12 @@ async def test_a_publish_redis_refuses_is_announced_to_the_others_as_a_resync(re
         async with publisher_and_listener(as_user, RedisSettings(url=url, key_prefix=prefix)) \
                 as (publisher, heard):
             await admin.execute_command("ACL", "SETUSER", user, "-publish")
-            await publisher.publish({"kind": "read_all", "user_id": "alice"})
+            await publisher.publish(AllRead(user_id="alice", unread={"count": 0}))
             assert not publisher.healthy
             await asyncio.sleep(0.3)  # it retries meanwhile, refused again
             await admin.execute_command("ACL", "SETUSER", user, "+publish")
             assert await eventually(lambda: any(
-                message["kind"] == "resync" and "alice" in (message["users"] or ["alice"])
+                isinstance(message, Resync) and "alice" in (message.users or ["alice"])
                 for message in heard), 10), heard
             assert publisher.healthy
     finally:

@@ -372,6 +372,24 @@ async def test_an_nx27017_data_folder_is_refused_until_imported_then_served(star
     assert len(again.stderr.strip().splitlines()) == 1
 
 
+def test_import_nx27017_without_the_importer_extra_says_which_extra_to_install(tmp_path):
+    legacy = tmp_path / "data" / "mongo"
+    legacy.mkdir(parents=True)
+    (legacy / "notifications.db").write_bytes(b"")  # a folder the earlier default left
+    settings_file = tmp_path / "settings.yaml"
+    settings_file.write_text(f"data_dir: {tmp_path / 'data'}\n", encoding="utf-8")
+    # The command as it runs where nx-27017 was never installed: the package cannot be imported.
+    without_nx27017 = ("import sys; sys.modules['nx_27017'] = None; "
+                       "from mojavox_notify.cli import main; sys.exit(main())")
+    result = subprocess.run(
+        [sys.executable, "-c", without_nx27017, "import-nx27017", "--settings", str(settings_file)],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "pip install 'mojavox-notify[importer]'" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (legacy / IMPORTED_MARKER).exists()
+
+
 def thread_trips(store, *runners: str) -> list[str]:
     """The names of the functions `store` sends to its storage threads through `runners`
     (`_write`, `_read`) from now on, in order."""

@@ -292,7 +292,7 @@ async def test_a_live_socket_keeps_nothing_of_its_handshake_but_the_path(start_a
     app = await start_app()
     user = new_user()
     socket = await connect(app, user)
-    [handler] = list(app.hub.connections())
+    [handler] = app.heartbeat.sockets()
     assert handler.request.uri == handler.request.path == "/ws/notifications"
     assert not handler.request.query_arguments and not handler.request.arguments
     assert not handler.request.headers, "the token and the other headers are not kept"

@@ -18,7 +18,7 @@ from ..errors import (ECHO_CHARS, AuthenticationError, ForbiddenError, NotifyErr
                       ValidationError)
 from ..httpserver import answered, new_request, refuse_body
 from ..logs import log_access
-from ..model import INT64_MAX, INT64_MIN, parse_json
+from ..wire.input import INT64_MAX, INT64_MIN, parse_json
 from ..ratelimit import RateLimiter
 from ..redaction import shorten
 

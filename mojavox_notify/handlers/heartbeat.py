@@ -64,6 +64,10 @@ class Heartbeat:
     def __len__(self) -> int:
         return sum(len(slot) for slot in self._slots.values())
 
+    def sockets(self) -> list[Pinged]:
+        """Every live socket it keeps alive (the handlers themselves, not their sessions)."""
+        return [socket for slot in self._slots.values() for socket in slot]
+
     def _put(self, socket: Pinged, tick: int) -> None:
         socket.heartbeat_slot = tick
         slot = self._slots.get(tick)

@@ -1,8 +1,8 @@
 """Storage: one interface, two engines, chosen by URL.
 
-- `embedded` (the default) or `sqlite:///path`: SQLite in this process (`store/sqlite.py`),
+- `embedded` (the default) or `sqlite:///path`: SQLite in this process (`store/sqlite/`),
   WAL mode, real indexes; several processes on one host may share the file.
-- `mongodb://…`: MongoDB through PyMongo's async API (`store/mongo.py`), for several hosts.
+- `mongodb://…`: MongoDB through PyMongo's async API (`store/mongo/`), for several hosts.
 
 Callers (the service, ingest, the CLI) only see `NotificationStore`, get documents (plain dicts
 shaped as `model.to_document` makes them) and `UserState`s back, and every backend failure as
@@ -23,9 +23,8 @@ from pathlib import Path
 from datetime import datetime
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from bson import ObjectId
-
 from ..errors import StorageUnavailableError
+from ..ids import ObjectId
 from ..model import PRIORITIES, ChannelPreference, Draft, PushSubscription
 from ..settings import Settings
 

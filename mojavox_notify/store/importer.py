@@ -3,7 +3,8 @@ the SQLite engine, once: `mojavox-notify import-nx27017`.
 
 The old folder is read through the MongoDB engine with nx-27017 started as a child, copied with
 its ids and sequence numbers, and then marked as imported (its files are left in place), so the
-server starts on the SQLite file from then on.
+server starts on the SQLite file from then on. nx-27017 comes with the `importer` extra; without
+it the command says so (nx27017.py).
 """
 
 from __future__ import annotations

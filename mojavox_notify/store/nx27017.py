@@ -2,7 +2,8 @@
 
 It was the embedded storage before the SQLite engine. It stays for two jobs: the wire-level
 test server of the MongoDB engine, and reading a data folder it wrote so that
-`mojavox-notify import-nx27017` can copy it into the SQLite engine.
+`mojavox-notify import-nx27017` can copy it into the SQLite engine. The server never runs it,
+so it is not a dependency of the package: the `importer` extra installs it (and `test` does).
 
 Run as `python -m mojavox_notify.store.nx27017 PARENT_PID NX_ARGS...` this module is the child
 itself: it quiets nx-27017's per-command logging and exits when its parent dies, so a SIGKILLed
@@ -12,6 +13,7 @@ parent never leaves an orphan holding the data files.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import os
 import socket
@@ -27,6 +29,8 @@ log = logging.getLogger(__name__)
 
 # An orphaned child notices its parent is gone within half a second (`_exit_when_orphaned`).
 PREVIOUS_CHILD_EXIT_SECONDS = 5.0
+#: The extra that installs the nx-27017 package.
+EXTRA = "importer"
 
 
 class Nx27017Error(RuntimeError):
@@ -63,6 +67,10 @@ class Nx27017Child:
     async def start(self, port: int | None = None) -> str:
         """Start the child (on `port`, or a free one) and wait until it answers a ping;
         returns its URL."""
+        if importlib.util.find_spec("nx_27017") is None:
+            raise Nx27017Error("nx-27017, which reads the earlier embedded storage, is not "
+                               f"installed; it comes with the {EXTRA} extra: "
+                               f"pip install 'mojavox-notify[{EXTRA}]'")
         files = self.data_dir / "mongo"
         files.mkdir(parents=True, exist_ok=True)
         await self._clear_pid_file(files)

@@ -12,7 +12,7 @@ import jsonschema
 import tornado.httpclient
 import tornado.websocket
 
-from mojavox_notify.protocol import SERVER_FRAMES
+from mojavox_notify.wire.frames import SERVER_FRAMES
 
 from .tokens import token
 
@@ -55,7 +55,7 @@ class Socket:
 
     async def receive(self, timeout: float = 5.0) -> dict | None:
         """The next frame, or None when the server closed the socket. Every frame must match
-        its published schema (mojavox_notify/protocol.py)."""
+        its published schema (mojavox_notify/wire/frames.py)."""
         text = await asyncio.wait_for(self.connection.read_message(), timeout)
         if text is None:
             return None

@@ -2,64 +2,26 @@
 server sends and per frame type a client may send.
 
 Served at `GET /protocol.json` for client authors and code generators; the test suite validates
-every frame the server sends in any test against `SERVER_FRAMES`, so this document cannot drift
-from what the server does. Bounds come from the same constants the server checks with.
+every frame the server sends in any test against `SERVER_FRAMES`, and the session validates every
+client frame against `CLIENT_FRAMES` (`check_client_frame`), so this document cannot drift from
+what the server does.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .model import MAX_ACTION_URL, MAX_MESSAGE, MAX_TITLE, PRIORITIES
-
-OBJECT_ID = {"type": "string", "pattern": "^[0-9a-f]{24}$"}
-TIMESTAMP = {"type": "string", "format": "date-time",
-             "pattern": r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$"}
-COUNT = {"type": "integer", "minimum": 0}
-
-
-def object_schema(required: dict[str, Any], optional: dict[str, Any] | None = None,
-            description: str = "") -> dict[str, Any]:
-    properties = {**required, **(optional or {})}
-    schema = {"type": "object", "properties": properties, "required": sorted(required),
-              "additionalProperties": False}
-    if description:
-        schema["description"] = description
-    return schema
-
+from ..errors import ECHO_CHARS, ValidationError
+from ..redaction import shorten
+from .broadcast import BROADCAST_PAYLOAD
+from .input import parse_json
+from .notification import MAX_OFFSET, MAX_PAGE, NOTIFICATION, UNREAD
+from .schema import COUNT, OBJECT_ID, TIMESTAMP, Checker, object_schema
 
 def _frame(frame_type: str, description: str, required: dict[str, Any] | None = None,
            optional: dict[str, Any] | None = None) -> dict[str, Any]:
     return object_schema({"type": {"const": frame_type}, **(required or {})}, optional, description)
 
-
-NOTIFICATION = object_schema({
-    "id": OBJECT_ID,
-    "type": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,63}$"},
-    "title": {"type": "string", "minLength": 1, "maxLength": MAX_TITLE},
-    "message": {"type": "string", "minLength": 1, "maxLength": MAX_MESSAGE},
-    "timestamp": TIMESTAMP,
-    "priority": {"enum": list(PRIORITIES)},
-    "read": {"type": "boolean"},
-    "data": {"type": "object"},
-    "actionUrl": {"type": ["string", "null"], "maxLength": MAX_ACTION_URL},
-}, description="A notification, as REST and the socket deliver it")
-
-BROADCAST_PAYLOAD = object_schema({
-    "id": OBJECT_ID,
-    "title": {"type": "string", "minLength": 1, "maxLength": MAX_TITLE},
-    "message": {"type": "string", "minLength": 1, "maxLength": MAX_MESSAGE},
-    "priority": {"enum": list(PRIORITIES)},
-    "timestamp": TIMESTAMP,
-    "expiresAt": TIMESTAMP,
-    "data": {"type": "object"},
-    "actionUrl": {"type": ["string", "null"], "maxLength": MAX_ACTION_URL},
-}, description="An announcement to every dashboard user, shown until expiresAt")
-
-UNREAD = {
-    "count": COUNT,
-    "byPriority": object_schema({priority: COUNT for priority in PRIORITIES}),
-}
 
 SERVER_FRAMES: dict[str, dict[str, Any]] = {
     "connected": _frame("connected", "First frame of every socket",
@@ -97,23 +59,63 @@ SERVER_FRAMES: dict[str, dict[str, Any]] = {
                      "message": {"type": "string"}}),
 }
 
+
+def _client_frame(frame_type: str, description: str, required: dict[str, Any] | None = None,
+                  optional: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A client may add fields a frame does not name: they are ignored, so a newer client still
+    talks to an older server."""
+    schema = _frame(frame_type, description, required, optional)
+    del schema["additionalProperties"]
+    return schema
+
+
+CHANNELS = {"type": "array", "items": {"type": "string", "x-error": "must be a channel name"},
+            "x-error": "must be a list of channel names"}
+
 CLIENT_FRAMES: dict[str, dict[str, Any]] = {
-    "subscribe": _frame("subscribe", "Add channels (types, or 'all')",
-                        {"channels": {"type": "array", "items": {"type": "string"}}}),
-    "unsubscribe": _frame("unsubscribe", "Remove channels",
-                          {"channels": {"type": "array", "items": {"type": "string"}}}),
-    "mark_read": _frame("mark_read", "Mark one notification read", {"notificationId": OBJECT_ID}),
-    "mark_all_read": _frame("mark_all_read", "Mark every notification read"),
-    "get_history": _frame("get_history", "A page of history", optional={
-        "limit": {"type": "integer", "minimum": 1, "maximum": 100, "default": 50},
-        "offset": {"type": "integer", "minimum": 0, "maximum": 2 ** 31 - 1, "default": 0},
-        "unreadOnly": {"type": "boolean", "default": False}}),
-    "resume": _frame("resume", "Replay what was missed after a notification",
-                     {"since": OBJECT_ID}),
-    "refresh_token": _frame("refresh_token", "Extend the socket with a new token of the same user",
-                            {"token": {"type": "string", "minLength": 1}}),
-    "ping": _frame("ping", "Answered with pong"),
+    "subscribe": _client_frame("subscribe", "Add channels (types, or 'all')", {"channels": CHANNELS}),
+    "unsubscribe": _client_frame("unsubscribe", "Remove channels", {"channels": CHANNELS}),
+    "mark_read": _client_frame("mark_read", "Mark one notification read", {"notificationId": {
+        "type": "string", "description": "Its id: any other string is answered not_found",
+        "x-error": "must be a notification id string"}}),
+    "mark_all_read": _client_frame("mark_all_read", "Mark every notification read"),
+    "get_history": _client_frame("get_history", "A page of history", optional={
+        "limit": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 50,
+                  "x-error": f"must be an integer between 1 and {MAX_PAGE}"},
+        "offset": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0,
+                   "x-error": f"must be an integer between 0 and {MAX_OFFSET}"},
+        "unreadOnly": {"type": "boolean", "default": False, "x-error": "must be true or false"}}),
+    "resume": _client_frame("resume", "Replay what was missed after a notification", {"since": {
+        "type": "string", "description": "The id of the last notification received",
+        "x-error": "must be the id of the last notification you received"}}),
+    "refresh_token": _client_frame(
+        "refresh_token", "Extend the socket with a new token of the same user",
+        {"token": {"type": "string", "minLength": 1, "x-error": "must be a JWT string"}}),
+    "ping": _client_frame("ping", "Answered with pong"),
 }
+CLIENT_MESSAGES = tuple(CLIENT_FRAMES)
+_CLIENT_CHECKS = {name: Checker(schema) for name, schema in CLIENT_FRAMES.items()}
+
+
+def check_client_frame(raw: str | bytes) -> dict[str, Any]:
+    """A client's frame parsed and checked against its type's schema, or a ValidationError:
+    `invalid_json`, `invalid_message` (not an object naming its type), `unknown_type`, or
+    `invalid_request` naming the field."""
+    try:
+        frame = parse_json(raw, "message")
+    except ValidationError as error:
+        raise ValidationError("", error.message, code="invalid_json") from None
+    if not isinstance(frame, dict):
+        raise ValidationError("", "the message must be a JSON object", code="invalid_message")
+    frame_type = frame.get("type")
+    if not isinstance(frame_type, str):
+        raise ValidationError("type", "must be a string naming the message", code="invalid_message")
+    check = _CLIENT_CHECKS.get(frame_type)
+    if check is None:
+        raise ValidationError("type", f"unknown message type {shorten(frame_type, ECHO_CHARS)!r}; "
+                              f"allowed: {', '.join(CLIENT_MESSAGES)}", code="unknown_type")
+    check.check(frame, "message")
+    return frame
 
 
 def protocol_document() -> dict[str, Any]:

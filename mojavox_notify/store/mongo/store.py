@@ -1,24 +1,5 @@
-"""The MongoDB engine, through PyMongo's async API: for several hosts and a replica set.
-
-Each user has a counter document in `user_state` (`_id` = user id) with the newest `seq`, the
-number stored (`total`), the unread counts per priority (`unread_low` … `unread_critical`) and
-`expiry_due`, the earliest expiry among their notifications in epoch milliseconds, so no hot
-path counts documents. The fields are flat integers.
-
-Every change that touches a notification and its user's counters is one multi-document
-transaction, so the counters cannot drift: a write that fails or times out halfway leaves
-both as they were, and a late commit carries both. MongoDB runs transactions on a replica set
-or a sharded cluster (a single-member replica set is enough); `open()` says so plainly when the
-server cannot. A claim (idempotency.py) is completed in the transaction that stores its
-notifications. This process runs its transactions one at a time, and insertions queued meanwhile
-share the next one (coalesce.py): transactions on one user's counters conflict anyway (MongoDB
-aborts all but one and the driver retries them), so taking turns costs no concurrency that
-would have succeeded, and it keeps nx-27017, the wire-level test server, correct (it cannot run
-two transactions of one client at once).
-
-Only plain driver features that real MongoDB has are used; the tests run this engine over the
-wire against nx-27017. Every document is written with all of its fields (a notification that
-never expires has a far-future `expires_at`), so queries are plain equality and range matches.
+"""`MongoStore`, the storage interface on MongoDB: each operation one driver call or one
+transaction, in this process's turn (transactions.py).
 """
 
 from __future__ import annotations
@@ -28,72 +9,32 @@ import functools
 import logging
 import os
 import socket
-import weakref
 from collections import Counter, defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Iterable, Sequence
 
-import pymongo
-from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument, UpdateOne
-from pymongo.errors import CollectionInvalid, DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from ..coalesce import Coalescer
-from ..errors import NotFoundError, StorageUnavailableError
-from ..model import NEVER, PRIORITIES, ChannelPreference, Draft, PushSubscription, to_document, utcnow
-from ..settings import MongoSettings
-from . import (ClaimLostError, Created, EventClaim, Insertion, NotificationStore, PushJob,
-               UserState, push_flags)
+from ...coalesce import Coalescer
+from ...errors import NotFoundError
+from ...ids import ObjectId
+from ...model import NEVER, PRIORITIES, ChannelPreference, Draft, PushSubscription, utcnow
+from ...settings import MongoSettings
+from .. import (ClaimLostError, Created, EventClaim, Insertion, NotificationStore, PushJob,
+                UserState, push_flags)
+from .documents import EPOCH, NEVER_MS, _state, to_ms
+from .insertion import store_batch
+from .schema import (SCHEMA_VERSION, _adopt_earlier_claims, _check_transactions,
+                     _create_collections, _drop_retired_indexes, _rebuild_states)
+from .transactions import _storage_errors, _unhurried, in_turn
 
 log = logging.getLogger(__name__)
 
 CLEANUP_CHUNK = 5000
-SCHEMA_VERSION = 3  # 2: per-user counter documents in user_state; 3: owned, namespaced claims
 #: Drafts (of every insertion queued meanwhile) stored in one transaction at most.
 BATCH_DRAFTS = 2000
-COLLECTIONS = ("notifications", "user_state", "channel_settings", "push_subscriptions", "events",
-               "push_outbox", "meta", "broadcasts")
-#: What a server that cannot run transactions (a standalone mongod) answers.
-ILLEGAL_OPERATION = 20
 PROCESS = f"{socket.gethostname()}:{os.getpid()}"  # this process's heartbeat document
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
-
-def to_ms(moment: datetime) -> int:
-    return (moment - EPOCH) // timedelta(milliseconds=1)
-
-
-NEVER_MS = to_ms(NEVER)
-
-
-def _storage_errors(method):
-    """Any driver failure (a timeout included) becomes a 503 `storage_unavailable` for the
-    caller and is reported to the storage watchdog."""
-    @functools.wraps(method)
-    async def translated(self, *args, **kwargs):
-        try:
-            return await method(self, *args, **kwargs)
-        except PyMongoError as error:
-            failure = StorageUnavailableError(f"MongoDB failed: {error}")
-            self._report_failure(failure)
-            raise failure from error
-    return translated
-
-
-def _unhurried(method):
-    """Start-up and background work: no operation timeout (they may touch many documents)."""
-    @functools.wraps(method)
-    async def without_timeout(self, *args, **kwargs):
-        with pymongo.timeout(None):
-            return await method(self, *args, **kwargs)
-    return without_timeout
-
-
-def _state(document: dict | None) -> UserState:
-    if document is None:
-        return UserState()
-    return UserState(seq=document.get("seq", 0), total=document.get("total", 0),
-                     unread={p: document.get(f"unread_{p}", 0) for p in PRIORITIES})
 
 
 def redacted(url: str) -> str:
@@ -158,31 +99,9 @@ class MongoStore(NotificationStore):
     @_unhurried
     async def open(self) -> None:
         """Create every collection and index (safe from several instances at once), check that
-        the server runs transactions, and bring data of earlier schemas up to date, once.
-        Collections are created here, not by a first write: a transaction cannot create one on
-        every server."""
-        existing = set(await self._db.list_collection_names())
-        for collection in COLLECTIONS:
-            if collection not in existing:
-                try:
-                    await self._db.create_collection(collection)
-                except CollectionInvalid:  # another instance created it meanwhile
-                    pass
-        await self.notifications.create_index(
-            [("user_id", ASCENDING), ("seq", ASCENDING)], name="user_seq", unique=True)
-        await self.notifications.create_index(
-            [("user_id", ASCENDING), ("seq", ASCENDING)], name="user_unread",
-            partialFilterExpression={"read": False})
-        await self.notifications.create_index(
-            [("user_id", ASCENDING), ("expires_at", ASCENDING)], name="user_expiry")
-        await self.notifications.create_index("expires_at", name="expiry")
-        await self.notifications.create_index("created_at", name="created")
-        await self.push_subscriptions.create_index("endpoint", name="endpoint", unique=True)
-        await self.push_subscriptions.create_index("user_id", name="user")
-        await self.push_outbox.create_index("due_at", name="due")
-        await self.broadcasts.create_index("expires_at", name="expiry")
-        await self.events.create_index("created_at", name="created")
-        await self._check_transactions()
+        the server runs transactions, and bring data of earlier schemas up to date, once."""
+        await _create_collections(self._db, self)
+        await _check_transactions(self, self._transaction)
         meta = await self.meta.find_one({"_id": "schema"})
         version = (meta or {}).get("version", 0)
         if version < 2:
@@ -190,88 +109,23 @@ class MongoStore(NotificationStore):
             if users:
                 log.info("built the counter documents of %d users from stored notifications", users)
         if version < 3:
-            await self._adopt_earlier_claims()
-        # A TTL index would delete behind the counters' back: cleanup deletes and counts instead.
-        # "event" found a claim's notifications; a claim now holds their ids itself.
-        for retired in ("expiry_ttl", "user_recent", "event"):
-            try:
-                await self.notifications.drop_index(retired)
-            except OperationFailure:
-                pass
+            await _adopt_earlier_claims(self)
+        await _drop_retired_indexes(self)
         if version < SCHEMA_VERSION:
             await self.meta.update_one({"_id": "schema"}, {"$set": {"version": SCHEMA_VERSION}},
                                        upsert=True)
 
-    async def _check_transactions(self) -> None:
-        async def touch(session) -> None:
-            await self.meta.update_one({"_id": "transactions"}, {"$set": {"checked_at": utcnow()}},
-                                       upsert=True, session=session)
-        try:
-            await self._transaction(touch, bounded=False)
-        except OperationFailure as error:
-            if error.code != ILLEGAL_OPERATION and "transaction" not in str(error).lower():
-                raise
-            raise StorageUnavailableError(
-                "this MongoDB server cannot run transactions (a standalone mongod), which keep "
-                "the unread counters exact; run it as a replica set, a single member is enough "
-                "(mongod --replSet rs0, then rs.initiate() once)") from None
-
-    async def _adopt_earlier_claims(self) -> None:
-        """Claims of schema 2: a pending one whose notifications were stored counts as done with
-        them, and keys get namespaces (`event:<id>` beside `request:<caller>:<key>`, so an event
-        id can never pre-claim another caller's key)."""
-        async for record in self.events.find({}):
-            key = record["_id"]
-            if record.get("state") == "pending":
-                stored = await self.notifications.find({"event_id": key}, {"_id": 1}).sort(
-                    "_id", ASCENDING).to_list(length=None)
-                if stored:
-                    record.update(state="done", notifications=[str(d["_id"]) for d in stored],
-                                  completed_at=record.get("created_at"))
-                    await self.events.replace_one({"_id": key}, record)
-            if isinstance(key, str) and not key.startswith(("request:", "event:")):
-                try:
-                    await self.events.insert_one({**record, "_id": f"event:{key}"})
-                except DuplicateKeyError:
-                    pass
-                await self.events.delete_one({"_id": key})
-
     async def _transaction(self, work, bounded: bool = True) -> Any:
-        """`await work(session)` in one transaction, in this process's turn (see the module
-        docstring); within `operation_timeout` as a whole unless `bounded` is False."""
-        timeout = self._operation_timeout if bounded else None
-        turn = _turn_of(asyncio.get_running_loop())
-        try:
-            async with asyncio.timeout(timeout):
-                await turn.acquire()
-        except TimeoutError:
-            raise self._unavailable(f"MongoDB: no turn to write within {timeout:g} s") from None
-        try:
-            with pymongo.timeout(timeout):
-                async with self._client.start_session() as session:
-                    return await session.with_transaction(work)
-        finally:
-            turn.release()
+        """`await work(session)` in one transaction, in this process's turn (transactions.py);
+        within `operation_timeout` as a whole unless `bounded` is False."""
+        return await in_turn(self._client, work, self._operation_timeout if bounded else None,
+                             self._unavailable)
 
     @_storage_errors
     @_unhurried
     async def rebuild_states(self) -> int:
         """Recompute every user's counter document from the stored notifications."""
-        states: dict[str, dict] = {}
-        cursor = self.notifications.find(
-            {}, {"user_id": 1, "seq": 1, "read": 1, "priority": 1, "expires_at": 1, "_id": 0})
-        async for document in cursor:
-            state = states.setdefault(document["user_id"], {
-                "seq": 0, "total": 0, **{f"unread_{p}": 0 for p in PRIORITIES},
-                "expiry_due": NEVER_MS})
-            state["seq"] = max(state["seq"], document["seq"])
-            state["total"] += 1
-            if not document["read"]:
-                state[f"unread_{document['priority']}"] += 1
-            state["expiry_due"] = min(state["expiry_due"], to_ms(document["expires_at"]))
-        for user_id, state in states.items():
-            await self.states.replace_one({"_id": user_id}, state, upsert=True)
-        return len(states)
+        return await _rebuild_states(self)
 
     # -- notifications -------------------------------------------------------------------------
 
@@ -295,86 +149,7 @@ class MongoStore(NotificationStore):
         return created
 
     async def _insert_batch(self, insertions: list[Insertion]) -> list:
-        """One transaction for the batch: claims checked, notifications inserted with the next
-        sequence numbers of their users, counters set, push jobs recorded, claims completed.
-        One list of records per insertion (an abandoned one: empty), or a ClaimLostError."""
-        async def work(session) -> list:
-            held = await self._held_claims([i.claim for i in insertions if not i.abandoned
-                                            and i.claim is not None], session)
-            outcomes: list = []
-            live = []
-            for insertion in insertions:
-                if insertion.abandoned:
-                    outcomes.append([])
-                elif insertion.claim is not None and insertion.claim.key not in held:
-                    outcomes.append(ClaimLostError(f"the claim on {insertion.claim.key} was given up"))
-                else:
-                    outcomes.append(None)
-                    live.append(insertion)
-            created = iter(await self._insert_live(live, utcnow(), session))
-            return [[next(created) for _ in insertion.drafts] if outcome is None else outcome
-                    for insertion, outcome in zip(insertions, outcomes)]
-        return await self._transaction(work)
-
-    async def _held_claims(self, claims: list[EventClaim], session) -> set[str]:
-        """The keys among `claims` still pending and their owner's."""
-        if not claims:
-            return set()
-        owners = {claim.key: claim.owner for claim in claims}
-        found = await self.events.find({"_id": {"$in": list(owners)}, "state": "pending"},
-                                       {"owner": 1}, session=session).to_list(length=None)
-        return {record["_id"] for record in found if record.get("owner") == owners[record["_id"]]}
-
-    async def _insert_live(self, insertions: list[Insertion], created_at: datetime,
-                           session) -> list[Created]:
-        drafts = [(draft, wanted, insertion.claim) for insertion in insertions
-                  for draft, wanted in zip(insertion.drafts, insertion.push)]
-        if not drafts:
-            return []
-        users = list({draft.user_id for draft, _, _ in drafts})
-        counters = {document["_id"]: _state(document) async for document in self.states.find(
-            {"_id": {"$in": users}}, session=session)}
-        wanted = list({draft.user_id for draft, flag, _ in drafts if flag})
-        subscribed = {document["user_id"] for document in await self.push_subscriptions.find(
-            {"user_id": {"$in": wanted}}, {"user_id": 1}, session=session).to_list(length=None)
-        } if wanted else set()
-        expiry: dict[str, int] = {}
-        created = []
-        for draft, flag, claim in drafts:
-            before = counters.get(draft.user_id) or UserState()
-            unread = {**before.unread, draft.priority: before.unread.get(draft.priority, 0) + 1}
-            state = counters[draft.user_id] = UserState(before.seq + 1, before.total + 1, unread)
-            document = to_document(draft, created_at, state.seq,
-                                   claim.key if claim is not None else None)
-            if draft.expires_at is not None:
-                expiry[draft.user_id] = min(expiry.get(draft.user_id, NEVER_MS),
-                                            to_ms(draft.expires_at))
-            created.append(Created(document, state, pushed=flag and draft.user_id in subscribed))
-        # The counters first: a concurrent transaction on one of them conflicts here, which
-        # the driver retries, rather than on the (user, seq) index below, which it would not.
-        await self.states.bulk_write([UpdateOne({"_id": user_id}, {
-            "$set": {"seq": state.seq, "total": state.total,
-                     **{f"unread_{p}": state.unread.get(p, 0) for p in PRIORITIES}},
-            "$min": {"expiry_due": expiry.get(user_id, NEVER_MS)}}, upsert=True)
-            for user_id, state in counters.items()], session=session)
-        await self.notifications.insert_many([record.document for record in created],
-                                             session=session)
-        jobs = [{"user_id": record.document["user_id"],
-                 "notification_id": str(record.document["_id"]),
-                 "priority": record.document["priority"], "created_at": to_ms(created_at),
-                 "due_at": to_ms(created_at), "attempts": 0, "done": [], "leased_until": 0}
-                for record in created if record.pushed]
-        if jobs:
-            await self.push_outbox.insert_many(jobs, session=session)
-        for insertion in insertions:
-            if insertion.claim is None:
-                continue
-            ids = [str(record.document["_id"]) for record in created
-                   if record.document.get("event_id") == insertion.claim.key]
-            await self.events.update_one({"_id": insertion.claim.key}, {"$set": {
-                "state": "done", "notifications": ids, "completed_at": created_at}},
-                session=session)
-        return created
+        return await self._transaction(functools.partial(store_batch, self, insertions))
 
     @_storage_errors
     async def state(self, user_id: str) -> UserState:
@@ -633,7 +408,6 @@ class MongoStore(NotificationStore):
                 record = await self.events.find_one({"_id": key})
             if record is not None:
                 return record
-            # The earlier claim was released between our insert and read: claim again.
 
     @_storage_errors
     async def take_over_event(self, key: str, stale_owner: str | None, owner: str) -> bool:
@@ -670,17 +444,6 @@ class MongoStore(NotificationStore):
         """Every stored document, by collection (the old embedded data, read once at import)."""
         return {name: await self._db[name].find({}).to_list(length=None)
                 for name in ("notifications", "channel_settings", "push_subscriptions", "events")}
-
-
-_turns: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]" = weakref.WeakKeyDictionary()
-
-
-def _turn_of(loop: asyncio.AbstractEventLoop) -> asyncio.Lock:
-    """This process's turn to run a transaction (one per event loop, shared by every store)."""
-    turn = _turns.get(loop)
-    if turn is None:
-        turn = _turns[loop] = asyncio.Lock()
-    return turn
 
 
 def _visible(user_id: str) -> dict[str, Any]:

@@ -1,0 +1,96 @@
+"""Rows and documents: the file keeps times as epoch milliseconds and `data` as JSON text;
+callers get documents of the shape `model.to_document` makes. Each conversion is here once, with
+the column order it reads or writes.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import orjson
+
+from ...ids import ObjectId
+from ...model import NEVER, PRIORITIES
+from .. import UserState
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+NEVER_MS = (NEVER - EPOCH) // timedelta(milliseconds=1)
+
+UNREAD_COLUMNS = ", ".join(f"unread_{priority}" for priority in PRIORITIES)
+STATE_COLUMNS = f"seq, total, {UNREAD_COLUMNS}"
+# The order of the columns in every row read or written by the conversions below.
+NOTIFICATION_COLUMNS = ("id, user_id, seq, type, title, message, priority, data, action_url, "
+                        "read, read_at, created_at, expires_at, event_id")
+BROADCAST_COLUMNS = "id, title, message, priority, data, action_url, created_at, expires_at"
+EVENT_COLUMNS = "id, type, state, owner, notifications, created_at"
+
+
+@functools.lru_cache(maxsize=1024)
+def to_ms(moment: datetime | None) -> int | None:
+    """Memoized: the rows of one batch share their creation time (and most never expire)."""
+    if moment is None:
+        return None
+    return (moment - EPOCH) // timedelta(milliseconds=1)
+
+
+def from_ms(value: int | None) -> datetime | None:
+    if value is None:
+        return None
+    return EPOCH + timedelta(milliseconds=value)
+
+
+def _state(row: tuple) -> UserState:
+    """A `UserState` from `seq, total, unread_*` columns."""
+    return UserState(seq=row[0], total=row[1], unread=dict(zip(PRIORITIES, row[2:2 + len(PRIORITIES)])))
+
+
+def _document(row: tuple) -> dict[str, Any]:
+    (id_, user_id, seq, type_, title, message, priority, data, action_url, read, read_at,
+     created_at, expires_at, event_id) = row
+    document = {
+        "_id": ObjectId(id_), "user_id": user_id, "seq": seq, "type": type_, "title": title,
+        "message": message, "priority": priority, "data": json.loads(data),
+        "action_url": action_url, "read": bool(read), "read_at": from_ms(read_at),
+        "created_at": from_ms(created_at), "expires_at": from_ms(expires_at),
+    }
+    if event_id is not None:
+        document["event_id"] = event_id
+    return document
+
+
+def _row(document: dict[str, Any]) -> tuple:
+    return (str(document["_id"]), document["user_id"], document["seq"], document["type"],
+            document["title"], document["message"], document["priority"],
+            _json(document["data"]),
+            document["action_url"], int(document["read"]), to_ms(document["read_at"]),
+            to_ms(document["created_at"]), to_ms(document["expires_at"]), document.get("event_id"))
+
+
+def _broadcast_row(document: dict[str, Any]) -> tuple:
+    return (str(document["_id"]), document["title"], document["message"], document["priority"],
+            _json(document["data"]), document["action_url"], to_ms(document["created_at"]),
+            to_ms(document["expires_at"]))
+
+
+def _broadcast_document(row: tuple) -> dict[str, Any]:
+    id_, title, message, priority, data, action_url, created_at, expires_at = row
+    return {"_id": ObjectId(id_), "title": title, "message": message, "priority": priority,
+            "data": json.loads(data), "action_url": action_url,
+            "created_at": from_ms(created_at), "expires_at": from_ms(expires_at)}
+
+
+def _event(row: tuple) -> dict[str, Any]:
+    key, fingerprint, state, owner, notifications, created_at = row
+    return {"_id": key, "type": fingerprint, "state": state, "owner": owner,
+            "notifications": json.loads(notifications), "created_at": from_ms(created_at)}
+
+
+def _json(value: Any) -> str:
+    """Compact JSON for a stored `data` object (the standard library for what orjson refuses)."""
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)

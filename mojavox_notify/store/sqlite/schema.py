@@ -1,0 +1,174 @@
+"""The embedded engine's tables and indexes, and files of earlier schemas brought up to date
+once, at start-up (`PRAGMA user_version` holds the schema a file has).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+
+from ...model import PRIORITIES
+from .execution import transaction
+from .rows import NEVER_MS, NOTIFICATION_COLUMNS
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 3
+
+# Stored by user and sequence number (the table is its own (user_id, seq) index): a user's
+# page, backlog and unread ones are neighbours, and a new notification changes one page of the
+# table where schema 1 also changed a (user, seq) index and an unread index, two pages at
+# random places each (a 1,000-user alert at a million stored: 45 → 30 ms).
+CREATE_NOTIFICATIONS = """
+CREATE TABLE IF NOT EXISTS notifications (
+    id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    title TEXT NOT NULL,
+    message TEXT NOT NULL,
+    priority TEXT NOT NULL,
+    data TEXT NOT NULL,
+    action_url TEXT,
+    read INTEGER NOT NULL,
+    read_at INTEGER,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    event_id TEXT,
+    PRIMARY KEY (user_id, seq)
+) WITHOUT ROWID"""
+
+SCHEMA = f"""
+{CREATE_NOTIFICATIONS};
+CREATE UNIQUE INDEX IF NOT EXISTS notifications_id ON notifications (id);
+CREATE INDEX IF NOT EXISTS notifications_expiring ON notifications (expires_at)
+    WHERE expires_at < {NEVER_MS};
+CREATE INDEX IF NOT EXISTS notifications_user_expiring ON notifications (user_id, expires_at)
+    WHERE expires_at < {NEVER_MS};
+CREATE INDEX IF NOT EXISTS notifications_created ON notifications (created_at);
+
+CREATE TABLE IF NOT EXISTS user_state (
+    user_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    total INTEGER NOT NULL,
+    {", ".join(f"unread_{priority} INTEGER NOT NULL" for priority in PRIORITIES)},
+    expiry_due INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS channel_settings (
+    user_id TEXT PRIMARY KEY,
+    channels TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS push_subscriptions (
+    endpoint TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    p256dh TEXT NOT NULL,
+    auth TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS push_subscriptions_user ON push_subscriptions (user_id);
+
+CREATE TABLE IF NOT EXISTS push_outbox (
+    id INTEGER PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    notification_id TEXT NOT NULL,
+    priority TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    due_at INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    done TEXT NOT NULL,
+    leased_until INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS push_outbox_due ON push_outbox (due_at);
+
+CREATE TABLE IF NOT EXISTS heartbeat (
+    process TEXT PRIMARY KEY,
+    at INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT PRIMARY KEY,
+    type TEXT NOT NULL,
+    state TEXT NOT NULL,
+    notifications TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    completed_at INTEGER,
+    owner TEXT
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS events_created ON events (created_at);
+
+CREATE TABLE IF NOT EXISTS broadcasts (
+    id TEXT PRIMARY KEY,
+    title TEXT NOT NULL,
+    message TEXT NOT NULL,
+    priority TEXT NOT NULL,
+    data TEXT NOT NULL,
+    action_url TEXT,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS broadcasts_expiring ON broadcasts (expires_at);
+"""
+
+
+def _create_schema(connection: sqlite3.Connection) -> None:
+    """Create the tables, or bring a file of an earlier schema up to date, in one transaction
+    (processes starting together on one file: the first does it, the others find it done)."""
+    mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if mode.lower() != "wal":
+        raise sqlite3.OperationalError(f"cannot switch {mode} journal to WAL")
+    with transaction(connection):
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(f"the file was written by a newer version (schema {version})")
+        if version == 1:
+            _cluster_notifications(connection)
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                connection.execute(statement)
+        if version in (1, 2):
+            _owned_claims(connection)
+        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    if version == 1:  # the rebuilt table went through the log: copy it back, truncate the log
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+
+
+def _owned_claims(connection: sqlite3.Connection) -> None:
+    """Schema 2 → 3: claims have owners, and their keys namespaces."""
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(events)")}
+    if "owner" not in columns:
+        connection.execute("ALTER TABLE events ADD COLUMN owner TEXT")
+    _adopt_earlier_claims(connection)
+    connection.execute("DROP INDEX IF EXISTS notifications_event")
+
+
+def _adopt_earlier_claims(connection: sqlite3.Connection) -> None:
+    """Claims an earlier release wrote, brought to this one's rules: a pending claim whose
+    notifications were stored counts as done with them (a claim is now completed in the
+    transaction that stores them), and keys get namespaces (`event:<id>` beside
+    `request:<caller>:<key>`, so an event id can never pre-claim another caller's key)."""
+    stored = connection.execute("""
+        SELECT event_id, json_group_array(id) FROM notifications
+        WHERE event_id IN (SELECT id FROM events WHERE state = 'pending') GROUP BY event_id""").fetchall()
+    connection.executemany("""
+        UPDATE events SET state = 'done', completed_at = created_at, notifications = ?
+        WHERE id = ?""", [(ids, key) for key, ids in stored])
+    connection.execute("""
+        UPDATE OR IGNORE events SET id = 'event:' || id
+        WHERE id NOT LIKE 'request:%' AND id NOT LIKE 'event:%'""")
+
+
+def _cluster_notifications(connection: sqlite3.Connection) -> None:
+    """Schema 1 → 2: the notifications table rebuilt in (user_id, seq) order, once."""
+    count = connection.execute("SELECT count(*) FROM notifications").fetchone()[0]
+    log.warning("storing %d notifications by user (storage schema 2), once; this takes about "
+                "a minute per million", count)
+    connection.execute("ALTER TABLE notifications RENAME TO notifications_schema1")
+    connection.execute(CREATE_NOTIFICATIONS)
+    connection.execute(f"""
+        INSERT INTO notifications ({NOTIFICATION_COLUMNS})
+        SELECT {NOTIFICATION_COLUMNS} FROM notifications_schema1 ORDER BY user_id, seq""")
+    connection.execute("DROP TABLE notifications_schema1")  # and its indexes
