@@ -1,5 +1,5 @@
 # MOJAVOX Notify: the server from the package, as an unprivileged user.
-# Build: docker build -t mojavox-notify .   Run: see compose.yaml and the README's "Container".
+# Build: docker build -t mojavox-notify .   Run: see compose.yaml and docs/index.md (Installing).
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md LICENSE ./

@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT))
 
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
-from tests.servers import ServeProcess  # noqa: E402
+from tests.support.servers import ServeProcess  # noqa: E402
 from tests.support import token  # noqa: E402
 from tests.test_browser import CHROMIUM_ARGS, browser_binary  # noqa: E402
 

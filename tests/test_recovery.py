@@ -182,7 +182,8 @@ async def test_two_instances_writing_for_one_user_keep_a_gap_free_sequence(start
 
 @bounded
 async def test_protocol_walkthrough_from_the_readme(start_app):
-    """The README's example session: filter, receive, read in one tab, miss three, recover."""
+    """The socket protocol page's example session (docs/socket-protocol.md): filter, receive,
+    read in one tab, miss three, recover."""
     app = await start_app()
     user = new_user("supervisor")
     tab_one = await Socket.open(app, token(user))

@@ -6,7 +6,7 @@ ahead), the `TTL` and `Content-Encoding: aes128gcm` headers, and decrypts the bo
 with the subscription's own private key and auth secret, as the browser would. Then it answers
 what the test scripted (201 by default; 410, 429 with Retry-After, 500 ...).
 
-Tests use `PushServiceStandIn` directly. By hand (see the README's push section):
+Tests use `PushServiceStandIn` directly. By hand (see docs/web-push.md):
 
     .venv/bin/python -m tests.support.pushservice --port 8090
 
