@@ -84,6 +84,14 @@ class Insertion:
     abandoned: bool = False
 
 
+class TopicFullError(Exception):
+    """Adding these members would pass the topic's limit; nothing was changed."""
+
+    def __init__(self, size: int, limit: int):
+        super().__init__(f"the topic has {size} members; at most {limit}")
+        self.size, self.limit = size, limit
+
+
 class ClaimLostError(Exception):
     """The claim a write was made under is no longer its owner's (released after a timeout, or
     taken over as stale): nothing was stored. The owner waits for the key's record instead."""
@@ -206,15 +214,46 @@ class NotificationStore(ABC):
 
     @abstractmethod
     async def insert_broadcast(self, document: dict[str, Any]) -> None:
-        """Store a broadcast (`model.to_broadcast_document`'s shape)."""
+        """Store a broadcast (`model.to_broadcast_document`'s shape, with its `audience`: a
+        tenant's name, or `tenants.EVERYONE`)."""
 
     @abstractmethod
-    async def active_broadcasts(self, limit: int) -> list[dict[str, Any]]:
-        """The newest `limit` broadcasts not yet expired, newest first."""
+    async def active_broadcasts(self, limit: int, tenant: str | None = None) -> list[dict[str, Any]]:
+        """Broadcasts not yet expired, newest first: of `tenant`, the newest `limit` whose
+        audience is that tenant or everyone; with no tenant, the newest `limit` of each audience
+        (what a process's board holds). A broadcast stored before audiences existed is the
+        default tenant's."""
 
     @abstractmethod
     async def delete_expired_broadcasts(self) -> int:
         """Delete the broadcasts past their expiry; how many."""
+
+    # -- topics --------------------------------------------------------------------------------
+    # A topic is a tenant-qualified key (`tenants.key`), its members user keys.
+
+    @abstractmethod
+    async def update_topic(self, topic: str, add: list[str], remove: list[str],
+                           max_members: int) -> int:
+        """Add the members of `add` that are not members yet, then remove those of `remove`, in
+        one transaction; the member count after. When the count would pass `max_members`
+        nothing changes and `TopicFullError` is raised."""
+
+    @abstractmethod
+    async def topic_members(self, topic: str, limit: int, after: str | None = None) -> list[str]:
+        """Members in ascending order, the first `limit` after `after` (a member key)."""
+
+    @abstractmethod
+    async def topic_size(self, topic: str) -> int:
+        """How many members (0 for a topic that does not exist)."""
+
+    @abstractmethod
+    async def delete_topic(self, topic: str) -> bool:
+        """Remove every member; whether the topic had any."""
+
+    @abstractmethod
+    async def topics_of(self, member: str) -> list[str]:
+        """The topics that have `member` (all in its tenant: members are added with their
+        topic's tenant), in ascending order."""
 
     # -- channel preferences -----------------------------------------------------------------
 
