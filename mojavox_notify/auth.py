@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import jwt
 
+from . import tenants
 from .errors import AuthenticationError, ForbiddenError
 from .jwks import JwksKeys
 from .logs import CONTROL_CHARACTERS
@@ -30,11 +31,25 @@ VERIFIED_TOKENS = 10_000
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: the token's `sub`, its roles, and when the token expires (epoch seconds)."""
+    """Who is calling: the token's `sub`, its roles, when the token expires (epoch seconds), and
+    its `tenant` claim (None: the default tenant; for a service, a platform service)."""
 
     user_id: str
     roles: frozenset[str]
     expires_at: float
+    tenant: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The caller as a user: its key inside its tenant (tenants.key)."""
+        return tenants.key(self.tenant or tenants.DEFAULT, self.user_id)
+
+    @property
+    def reach(self) -> tenants.Reach:
+        """Where it may act: its tenant, or any tenant for a service token without one."""
+        if self.tenant is None:
+            return tenants.PLATFORM if "service" in self.roles else tenants.Reach()
+        return tenants.Reach(self.tenant)
 
     def require(self, role: str) -> None:
         if role not in self.roles:
@@ -82,10 +97,13 @@ def existing_hs256_secret(settings: Settings) -> str:
 
 
 def mint_token(secret: str, user_id: str, roles: list[str], ttl_seconds: int,
-               audience: str | None = None, issuer: str | None = None) -> str:
+               audience: str | None = None, issuer: str | None = None,
+               tenant: str | None = None) -> str:
     """Sign an HS256 token for development, tests and the CLI."""
     now = int(time.time())
     claims = {"sub": user_id, "roles": list(roles), "iat": now, "exp": now + int(ttl_seconds)}
+    if tenant:
+        claims["tenant"] = tenant
     if audience:
         claims["aud"] = audience
     if issuer:
@@ -204,4 +222,8 @@ def _principal(claims: dict) -> Principal:
             or any(CONTROL_CHARACTERS.search(role) for role in roles):
         raise AuthenticationError("the token's roles must be a list of strings without control "
                                   "characters", code="token_invalid")
-    return Principal(user_id=user_id, roles=frozenset(roles), expires_at=float(claims["exp"]))
+    tenant = claims.get("tenant")
+    if tenant is not None and not tenants.valid_tenant(tenant):
+        raise AuthenticationError(f"the token's tenant {tenants.TENANT_RULE}", code="token_invalid")
+    return Principal(user_id=user_id, roles=frozenset(roles), expires_at=float(claims["exp"]),
+                     tenant=None if tenant == tenants.DEFAULT else tenant)

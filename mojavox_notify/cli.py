@@ -16,6 +16,7 @@ import urllib.request
 from typing import Callable, Sequence
 
 
+from . import tenants
 from .app import NotifyApp, StartupError
 from .auth import existing_hs256_secret, mint_token
 from .errors import StorageUnavailableError
@@ -92,8 +93,12 @@ def _parser() -> argparse.ArgumentParser:
                      "(auth.secret / JWT_SECRET,\nor the development secret it created in "
                      "data_dir). RS256/ES256 tokens come from your identity provider.",
                      "mojavox-notify token --user alice\n"
-                     "  mojavox-notify token --user billing-service --roles service --ttl 86400")
+                     "  mojavox-notify token --user billing-service --roles service --ttl 86400\n"
+                     "  mojavox-notify token --user alice --tenant north-collections")
     token.add_argument("--user", required=True, help="the user id (sub claim)")
+    token.add_argument("--tenant", type=_tenant, default=None,
+                       help="the tenant claim (default: none, the default tenant; a service "
+                            "token without one is a platform service)")
     token.add_argument("--roles", default="", help="comma-separated roles, e.g. service,admin")
     token.add_argument("--ttl", type=_positive_int, default=None,
                        help="lifetime in seconds (default: auth.token_ttl_seconds)")
@@ -281,6 +286,12 @@ def _tune_garbage_collection() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
+def _tenant(value: str) -> str:
+    if not tenants.valid_tenant(value):
+        raise argparse.ArgumentTypeError(tenants.TENANT_RULE)
+    return value
+
+
 def _token(args) -> int:
     settings = _load(args)
     if settings.auth.algorithm != "HS256":
@@ -293,7 +304,7 @@ def _token(args) -> int:
         raise SettingsError("auth.max_token_lifetime_seconds", f"is {longest}: the server would "
                             f"refuse a token valid for {ttl} s; ask for a shorter --ttl")
     print(mint_token(existing_hs256_secret(settings), args.user, roles, ttl,
-                     settings.auth.audience, settings.auth.issuer), flush=True)
+                     settings.auth.audience, settings.auth.issuer, args.tenant), flush=True)
     return 0
 
 
