@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Protocol
 
+from .. import tenants
 from ..auth import Principal, TokenVerifier
 from ..broker.messages import AllRead, NotificationCreated, NotificationDeleted, NotificationRead
 from ..errors import (ECHO_CHARS, AuthenticationError, NotFoundError, NotifyError,
@@ -76,7 +77,8 @@ class SocketSession:
         self.service = context.service
         self.settings = context.settings
         self.principal = principal
-        self.user_id = principal.user_id
+        self.user_id = principal.key  # the hub's, storage's and presence's key of this user
+        self.tenant = principal.tenant or tenants.DEFAULT
         self.remote_ip = remote_ip
         self.client_id = client_id
         self.outbox = outbox
@@ -122,7 +124,8 @@ class SocketSession:
                      if self.settings.max_sockets_per_user else 0)
         refusal = self._over_socket_limits(elsewhere)
         if refusal:
-            log.warning("socket of %s from %s refused: %s", self.user_id, self.remote_ip, refusal)
+            log.warning("socket of %s from %s refused: %s", tenants.shown(self.user_id),
+                        self.remote_ip, refusal)
             self.close(CLOSE_TOO_MANY_SOCKETS, refusal)
             return False
         # Attached before the counters are read, so no storage read has to close a gap: what
@@ -136,9 +139,9 @@ class SocketSession:
         self.live_from = self.last_seq = state.seq
         self._schedule_token_timers()
         self._send("connected", clientId=self.client_id, timestamp=iso(utcnow()),
-                   unreadCount=state.unread_payload())
+                   unreadCount=state.unread_payload(), tenant=self.tenant)
         # Every broadcast that came early is on the board already: shown once, from there.
-        for payload in self.context.hub.broadcasts.active():
+        for payload in self.context.hub.broadcasts.active(self.tenant):
             self.outbox.put_encoded(broadcast_frame(payload))
         early, self._early = self._early, None
         for handle, message in early:
@@ -284,7 +287,8 @@ class SocketSession:
         """A frame from the client: flood control first, then its command."""
         admission = self.inbound.admit()
         if admission == "close":
-            log.warning("closing socket %s of %s: flooding", self.client_id, self.user_id)
+            log.warning("closing socket %s of %s: flooding", self.client_id,
+                        tenants.shown(self.user_id))
             self.detach()
             self.close(CLOSE_POLICY_VIOLATION, "Too many messages")
             return
@@ -354,7 +358,7 @@ class SocketSession:
         principal = await self.context.verifier.verify(frame["token"])
         if principal.expires_at <= time.time():
             raise AuthenticationError("the new token has already expired", code="token_expired")
-        if principal.user_id != self.user_id:
+        if principal.key != self.user_id:  # another user, or the same id in another tenant
             log.warning("socket %s: refresh with a token of another user; closing", self.client_id)
             self.close(CLOSE_TOKEN_INVALID, "Token is for another user")
             return

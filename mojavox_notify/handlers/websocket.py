@@ -15,6 +15,7 @@ from typing import Any
 
 import tornado.websocket
 
+from .. import tenants
 from ..auth import TokenVerifier, bearer_token
 from ..errors import AuthenticationError, RateLimitedError
 from ..logs import log_access
@@ -144,7 +145,7 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
     def on_close(self) -> None:
         session = self.session
         log_access("WS", self.request.path, 101, time.monotonic() - self._opened_at,
-                   session.user_id if session else None,
+                   tenants.shown(session.user_id) if session else None,
                    session.client_id if session else self.remote_ip,
                    ("closed", f"{self.close_code} {self.close_reason or ''}".strip())
                    if self.close_code not in (None, 1000, 1001) else None)
