@@ -70,6 +70,11 @@ class SessionContext:
 class SocketSession:
     """The hub's `Connection` for one socket."""
 
+    # Slots: one per live socket, tens of thousands of them per process.
+    __slots__ = ("context", "service", "settings", "principal", "user_id", "remote_ip",
+                 "client_id", "outbox", "_close", "inbound", "channels", "last_seq", "live_from",
+                 "_catching_up", "_held", "_early", "_resync_pending", "_token_timer", "_attached")
+
     def __init__(self, context: SessionContext, principal: Principal, remote_ip: str,
                  client_id: str, outbox: FrameSink, close: Callable[[int, str], None]):
         self.context = context
