@@ -7,7 +7,8 @@ The same mechanism serves `?since=` recovery, and live messages that arrive mean
 their turn. It also answers the client's commands and keeps time on the token.
 
 It speaks to its socket through two things it is given: an outbox (`put`, `put_encoded`,
-`close_after_flush`, `cancel`: see `transport.Outbox`) and `close(code, reason)`.
+`close_after_flush`, `cancel`: see `transport.Outbox`) and a peer that closes it
+(`close(code, reason)`).
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ class FrameSink(Protocol):
     def cancel(self) -> None: ...
 
 
+class Closer(Protocol):
+    def close(self, code: int, reason: str) -> None: ...
+
+
 @dataclass(frozen=True)
 class SessionContext:
     """The collaborators every session of a process shares."""
@@ -71,8 +76,13 @@ class SessionContext:
 class SocketSession:
     """The hub's `Connection` for one socket."""
 
+    # Slots: one per live socket, tens of thousands of them per process.
+    __slots__ = ("context", "service", "settings", "principal", "user_id", "remote_ip",
+                 "client_id", "outbox", "_peer", "inbound", "channels", "last_seq", "live_from",
+                 "_catching_up", "_held", "_early", "_resync_pending", "_token_timer", "_attached")
+
     def __init__(self, context: SessionContext, principal: Principal, remote_ip: str,
-                 client_id: str, outbox: FrameSink, close: Callable[[int, str], None]):
+                 client_id: str, outbox: FrameSink, peer: Closer):
         self.context = context
         self.service = context.service
         self.settings = context.settings
@@ -82,7 +92,7 @@ class SocketSession:
         self.remote_ip = remote_ip
         self.client_id = client_id
         self.outbox = outbox
-        self._close = close
+        self._peer = peer
         self.inbound = InboundLimit(self.settings.messages_per_second,
                                     self.settings.close_above_messages_per_second)
         self.channels = context.types.all  # shared until this socket changes its subscriptions
@@ -392,7 +402,7 @@ class SocketSession:
         self._send("error", code=code, message=message)
 
     def close(self, code: int, reason: str) -> None:
-        self._close(code, reason)
+        self._peer.close(code, reason)
 
     def shutdown(self, code: int, reason: str) -> None:
         """Close after what is queued is sent (used at server shutdown)."""

@@ -98,11 +98,10 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
         since = self.get_query_argument("since", None)
         self._forget_handshake()
         client_id = f"{principal.user_id}-{int(time.time() * 1000)}-{next(_client_numbers)}"
-        outbox = Outbox(self.ws_connection.stream, self.metrics.frames_sent,
-                        self._slow_consumer, self.close, f"{client_id} of {principal.user_id}",
+        outbox = Outbox(self.ws_connection.stream, self.metrics.frames_sent, self,
                         self.ws_settings.max_queued_messages, self.ws_settings.max_buffered_bytes)
-        self.session = SocketSession(self.context, principal, self.remote_ip, client_id,
-                                     outbox, self.close)
+        self.session = SocketSession(self.context, principal, self.remote_ip, client_id, outbox,
+                                     self)
         if await self.session.start(since):
             self.heartbeat.add(self)
 
@@ -133,7 +132,9 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
 
     # -- closing --------------------------------------------------------------------------------
 
-    def _slow_consumer(self) -> None:
+    def slow_consumer(self, frames: int, size: int) -> None:  # the outbox's Peer
+        log.warning("closing socket %s of %s: slow consumer (%d frames, %d bytes queued)",
+                    self.session.client_id, self.session.user_id, frames, size)
         self.session.drop_slow_consumer()
 
     def close(self, code: int | None = None, reason: str | None = None) -> None:
