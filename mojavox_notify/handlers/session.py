@@ -77,7 +77,7 @@ class SocketSession:
     """The hub's `Connection` for one socket."""
 
     # Slots: one per live socket, tens of thousands of them per process.
-    __slots__ = ("context", "service", "settings", "principal", "user_id", "remote_ip",
+    __slots__ = ("context", "service", "settings", "principal", "user_id", "tenant", "remote_ip",
                  "client_id", "outbox", "_peer", "inbound", "channels", "last_seq", "live_from",
                  "_catching_up", "_held", "_early", "_resync_pending", "_token_timer", "_attached")
 
