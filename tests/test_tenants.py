@@ -90,10 +90,10 @@ async def test_same_user_id_in_two_tenants_two_inboxes_never_crossing(start_app)
 async def test_settings_push_and_presence_are_per_tenant(start_app, push_service):
     app = await start_app(**push_service.settings)
     north, south = user_token("alice", "north"), user_token("alice", "south")
-    status, _ = await app.api.put("/api/notifications/preferences", north,
+    status, _ = await app.api.put("/api/notifications/settings", north,
                                   {"channels": {"payment_received": {"enabled": False}}})
     assert status == 200
-    status, south_settings = await app.api.get("/api/notifications/preferences", south)
+    status, south_settings = await app.api.get("/api/notifications/settings", south)
     assert south_settings["channels"]["payment_received"]["enabled"] is True
     status, muted = await create(app, "alice", "north", "Muted in north")
     assert status == 202 and muted["muted"] is True
@@ -120,7 +120,9 @@ async def test_settings_push_and_presence_are_per_tenant(start_app, push_service
 @bounded
 async def test_a_tenant_service_acts_inside_its_tenant_only(start_app):
     app = await start_app()
-    status, error = await create(app, "alice", "south", "Reaching across", via="north", tenant="south")
+    across = {"userId": "alice", "tenant": "south", "type": "payment_received",
+              "title": "Reaching across", "message": "m"}
+    status, error = await app.api.post("/api/notifications", service_token("north"), across)
     assert status == 403 and error["error"]["code"] == "tenant_forbidden"
     status, error = await app.api.post("/api/events", service_token("north"), {
         "type": "payment.received", "tenant": "south",
@@ -129,7 +131,8 @@ async def test_a_tenant_service_acts_inside_its_tenant_only(start_app):
     status, error = await app.api.post("/api/broadcasts", service_token("north"),
                                        {"title": "t", "message": "m", "tenant": "*"})
     assert status == 403 and error["error"]["code"] == "tenant_forbidden"
-    status, _ = await create(app, "alice", "north", "Its own tenant, named", via="north", tenant="north")
+    status, _ = await app.api.post("/api/notifications", service_token("north"),
+                                   {**across, "tenant": "north"})
     assert status == 201
     status, error = await app.api.post("/api/notifications", service_token(), {
         "userId": "alice", "tenant": "not a tenant!", "type": "payment_received", "title": "t",

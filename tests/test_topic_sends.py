@@ -45,7 +45,7 @@ async def test_one_notification_per_member_filtered_by_each_members_settings(sta
     app = await start_app()
     team = [new_user("supervisor") for _ in range(4)]
     await members(app, "north-supervisors", team)
-    status, _ = await app.api.put("/api/notifications/preferences", token(team[0]),
+    status, _ = await app.api.put("/api/notifications/settings", token(team[0]),
                                   {"channels": {"system_alert": {"enabled": False}}})
     assert status == 200
     sockets = [await connected(app, user) for user in team]
