@@ -600,3 +600,25 @@ def test_a_page_on_an_origin_not_listed_cannot_read_the_api(context, server, oth
         } catch (error) { return error.name + ': ' + error.message; }
     }""", [server.url, token(new_user())])
     assert outcome == "TypeError: Failed to fetch"
+
+
+def test_the_page_names_the_call_center_of_a_tenant_token_and_shows_its_broadcasts_only(context, server):
+    user = new_user("collector")
+    north = open_center(context, server, user, token(user, tenant="north"))
+    expect(north.locator("#tenant")).to_have_text("north")
+    expect(north.locator("#tenant")).to_be_visible()
+    plain = open_center(context, server, user)
+    expect(plain.locator("#tenant")).to_be_hidden()
+    sent = {}
+    for tenant in ("south", "north"):
+        status, sent[tenant] = server.call("POST", "/api/broadcasts", token(f"{tenant}-ops", ["service"], tenant=tenant), {
+            "title": f"{tenant.title()} dialer restarts", "message": "At 22:00 UTC", "ttlSeconds": 20})
+        assert status == 201, sent[tenant]
+
+    def shown(page, tenant):
+        return page.locator(f'#announcements li[data-id="{sent[tenant]["id"]}"]')
+
+    expect(shown(north, "north").locator(".title")).to_have_text("North dialer restarts")
+    expect(shown(north, "south")).to_have_count(0)
+    expect(shown(plain, "north")).to_have_count(0)
+    expect(shown(plain, "south")).to_have_count(0)

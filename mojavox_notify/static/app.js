@@ -113,8 +113,11 @@ async function signIn(token) {
   view.client = client;
   let firstConnection = true;
   client.on('state', renderConnection);
-  client.on('connected', () => {
+  client.on('connected', ({ tenant }) => {
     $('banner').hidden = true;
+    // Shown beside the title when the token names a call center (not the default tenant).
+    $('tenant').textContent = tenant;
+    $('tenant').hidden = !tenant || tenant === 'default';
     if (firstConnection) {
       // After the socket is live, so nothing created in between is missed: a notification is
       // either delivered live or already in the first page (shown once either way).

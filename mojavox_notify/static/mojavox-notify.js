@@ -55,7 +55,8 @@
  * @property {{notificationId: string|null, all: boolean}} read read in any tab of the user
  * @property {{notificationId: string}} deleted
  * @property {StateChange} state
- * @property {{clientId: string, resumed: boolean}} connected
+ * @property {{clientId: string, resumed: boolean, tenant: string}} connected `tenant`: the
+ *   user's tenant (the token's `tenant` claim, or `default`)
  * @property {{count: number, hasMore: boolean, lastId: string|null}} resumed
  * @property {{reason: string}} resync reload the list from `history`
  * @property {{expiresAt: string}} token_refreshed
@@ -157,6 +158,8 @@ export class NotifyClient {
     this.unread = null;
     /** @type {string|null} */
     this.clientId = null;
+    /** @type {string|null} The user's tenant, from `connected` (`default` without a claim). */
+    this.tenant = null;
     this._channels = options.channels ? [...options.channels] : null;
     this._listeners = new Map();
     this._socket = null;
@@ -398,9 +401,10 @@ export class NotifyClient {
     const resumed = Boolean(this.lastId);
     this._attempt = 0;
     this.clientId = frame.clientId;
+    this.tenant = frame.tenant || 'default';
     if (frame.unreadCount) this.unread = frame.unreadCount;
     this._setState('open');
-    this._emit('connected', { clientId: frame.clientId, resumed });
+    this._emit('connected', { clientId: frame.clientId, resumed, tenant: this.tenant });
     if (frame.unreadCount) this._emit('unread_count', this.unread);
     if (this._channels) {
       const ignore = { resolve() {}, reject() {} };
