@@ -31,9 +31,12 @@ class Topics:
         check_topic_key(key)
         update = check_topic_update(raw_body)
         tenant = reach.tenant_named(update.tenant)
+        topic = tenants.key(tenant, key)
+        if not update.add and not update.remove:
+            return {"topic": key, "members": await self._store.topic_size(topic)}
         try:
             count = await self._store.update_topic(
-                tenants.key(tenant, key), [tenants.key(tenant, user) for user in update.add],
+                topic, [tenants.key(tenant, user) for user in update.add],
                 [tenants.key(tenant, user) for user in update.remove], MAX_MEMBERS)
         except TopicFullError as full:
             raise ConflictError(f"add: a topic has at most {full.limit} members (this one has "
