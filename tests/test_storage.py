@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import json
 import os
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -16,6 +18,7 @@ import sys
 import pytest
 from bson import ObjectId
 
+from mojavox_notify import tenants
 from mojavox_notify.app import NotifyApp, StartupError
 from mojavox_notify.errors import StorageUnavailableError
 from mojavox_notify.model import Draft, utcnow
@@ -28,7 +31,8 @@ from mojavox_notify.store.sqlite import CHECKPOINT_DELAY_SECONDS, SCHEMA_VERSION
 
 from .support.api import notifications_of, post_event
 from .support.engines import both_engines
-from .support.tokens import new_user, token
+from .support.paths import ROOT
+from .support.tokens import SERVICE, new_user, token
 
 BASE = "/api/notifications"
 bounded = pytest.mark.timeout(60)
@@ -285,6 +289,133 @@ async def test_a_schema_1_embedded_file_is_rebuilt_by_user_once_and_keeps_everyt
         assert "notifications_user_seq" not in indexes and "notifications_user_unread" not in indexes
         with pytest.raises(sqlite3.OperationalError):  # WITHOUT ROWID: stored by (user_id, seq)
             connection.execute("SELECT rowid FROM notifications").fetchall()
+
+
+# The last commit before tenants and topics (issue 23): SQLite schema 3, MongoDB schema 3.
+PREVIOUS_RELEASE = "ab6e1d61f4321e58c8d6fe6349f67567acb598ba"
+
+# Run with the previous release's package on the path: stores notifications (one read), a
+# channel setting and a broadcast through that release's own store, and prints what it stored.
+WRITE_WITH_THE_PREVIOUS_RELEASE = """
+import asyncio, json, sys
+import mojavox_notify.store.sqlite
+from mojavox_notify.model import BroadcastDraft, Draft, to_broadcast_document, utcnow
+from mojavox_notify.settings import load_settings
+from mojavox_notify.store import build_store
+
+async def main(overrides, users):
+    store = build_store(load_settings(None, environ={}, overrides=overrides))
+    await store.open()
+    try:
+        created = await store.insert_many([
+            Draft(user_id=user, type="payment_received", title=f"old {index}", message="paid",
+                  priority=priority)
+            for index, priority in enumerate(("high", "low", "critical")) for user in users])
+        await store.mark_read(users[0], created[0].document["_id"])
+        await store.update_preferences(users[0], {"call_completed": {"enabled": False}})
+        broadcast = to_broadcast_document(BroadcastDraft(
+            title="Dialer restart", message="22:00 UTC", priority="high", ttl_seconds=3600), utcnow())
+        await store.insert_broadcast(broadcast)
+    finally:
+        await store.close()
+    print(json.dumps({
+        "schema": mojavox_notify.store.sqlite.SCHEMA_VERSION, "broadcast": str(broadcast["_id"]),
+        "ids": {user: [str(c.document["_id"]) for c in created if c.document["user_id"] == user]
+                for user in users}}))
+
+asyncio.run(main(json.loads(sys.argv[1]), sys.argv[2:]))
+"""
+
+
+def previous_release_package(folder) -> str:
+    """The previous release's `mojavox_notify`, extracted from this repository's history into
+    `folder`; the folder to put on PYTHONPATH."""
+    if shutil.which("git") is None:
+        pytest.skip("needs git and this repository's history")
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", PREVIOUS_RELEASE, "mojavox_notify"],
+                             capture_output=True, timeout=60)
+    if archive.returncode != 0:
+        pytest.skip(f"needs the repository's history: {archive.stderr.decode().strip()}")
+    folder.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True, timeout=60)
+    return str(folder)
+
+
+@both_engines
+@pytest.mark.timeout(120)
+async def test_data_of_the_previous_release_reads_as_before_as_the_default_tenants(
+        start_app, make_settings, storage_overrides, tmp_path):
+    package = previous_release_package(tmp_path / "previous")
+    alice, bob = new_user(), new_user()
+    overrides = {"data_dir": str(tmp_path / "data"), **storage_overrides}
+    written = await asyncio.get_running_loop().run_in_executor(None, lambda: subprocess.run(
+        [sys.executable, "-c", WRITE_WITH_THE_PREVIOUS_RELEASE, json.dumps(overrides), alice, bob],
+        capture_output=True, text=True, timeout=90, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": package}))
+    assert written.returncode == 0, written.stderr
+    stored = json.loads(written.stdout)
+    assert stored["schema"] == 3, "written by the previous release"
+
+    app = await start_app(settings=make_settings())
+    status, page = await app.api.get(BASE, token(alice))
+    assert status == 200
+    assert [n["id"] for n in page["notifications"]] == stored["ids"][alice][::-1]
+    assert [n["read"] for n in page["notifications"]] == [False, False, True]
+    assert (page["total"], page["unreadCount"]) == (3, 2)
+    status, counts = await app.api.get(f"{BASE}/unread-count", token(bob))
+    assert counts == {"count": 3, "byPriority": {"low": 1, "medium": 0, "high": 1, "critical": 1}}
+    status, preferences = await app.api.get(f"{BASE}/settings", token(alice))
+    assert preferences["channels"]["call_completed"]["enabled"] is False
+    newer = await app.api.notify(alice, title="After the upgrade")
+    assert (await app.store.get(alice, ObjectId(newer["id"])))["seq"] == 4
+
+    status, answer = await app.api.get("/api/broadcasts", token(alice))
+    assert [b["id"] for b in answer["broadcasts"]] == [stored["broadcast"]]
+    [broadcast] = await app.store.active_broadcasts(10, tenants.DEFAULT)
+    assert (str(broadcast["_id"]), broadcast["audience"]) == (stored["broadcast"], tenants.DEFAULT)
+    assert await app.store.active_broadcasts(10, "acme") == []
+    assert await app.store.update_topic("north", [alice, bob], [], 10) == 2
+
+
+def downgrade_to_schema_3(database) -> None:
+    """Keep broadcasts as schema 3 did, without an audience, and no topic memberships."""
+    with sqlite3.connect(database, isolation_level=None) as connection:
+        connection.executescript("""
+            BEGIN;
+            DROP TABLE topic_members;
+            DROP INDEX broadcasts_audience;
+            ALTER TABLE broadcasts DROP COLUMN audience;
+            PRAGMA user_version = 3;
+            COMMIT;""")
+
+
+@bounded
+async def test_a_schema_3_file_keeps_its_rows_and_its_broadcasts_are_the_default_tenants(
+        start_app, make_settings):
+    settings = make_settings(**{"storage.url": "embedded"})
+    first = await start_app(settings=settings)
+    user = new_user()
+    created = [await first.api.notify(user, title=f"{index}") for index in range(3)]
+    await first.api.post(f"{BASE}/{created[0]['id']}/read", token(user))
+    status, broadcast = await first.api.post("/api/broadcasts", token(SERVICE, ["service"]),
+                                             {"title": "Maintenance", "message": "22:00 UTC"})
+    assert status == 201
+    status, before = await first.api.get(BASE, token(user))
+    await first.stop()
+    database = settings.data_path / "notify.db"
+    downgrade_to_schema_3(database)
+
+    second = await start_app(settings=settings)
+    status, after = await second.api.get(BASE, token(user))
+    assert after == before and (after["total"], after["unreadCount"]) == (3, 2)
+    status, answer = await second.api.get("/api/broadcasts", token(user))
+    assert answer["broadcasts"] == [broadcast]
+    assert [b["audience"] for b in await second.store.active_broadcasts(10)] == [tenants.DEFAULT]
+    assert await second.store.update_topic(tenants.key("acme", "north"), [user], [], 10) == 1
+    with sqlite3.connect(database) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        columns = [row[1] for row in connection.execute("PRAGMA table_info(broadcasts)")]
+        assert columns[-1] == "audience"
 
 
 @bounded

@@ -14,10 +14,12 @@ from datetime import timedelta
 import pytest
 from bson import ObjectId
 
+from mojavox_notify import tenants
 from mojavox_notify.errors import NotFoundError
 from mojavox_notify.model import PRIORITIES, ChannelPreference, Draft, PushSubscription, utcnow
-from mojavox_notify.store import (ClaimLostError, EventClaim, NotificationStore, UserState,
-                                  build_store)
+from mojavox_notify.store import (ClaimLostError, EventClaim, NotificationStore, TopicFullError,
+                                  UserState, build_store)
+from mojavox_notify.store.mongo import MongoStore
 
 from .support.engines import both_engines
 from .support.tokens import new_user
@@ -400,12 +402,17 @@ async def test_concurrent_insertions_each_get_their_own_records_in_one_gap_free_
         assert await store.state(user) == await recount(store, user)
 
 
-def broadcast_document(title: str, seconds: float, created_ago: float = 0.0) -> dict:
+def broadcast_document(title: str, seconds: float, created_ago: float = 0.0,
+                       audience: str | None = tenants.DEFAULT) -> dict:
+    """`audience` None: a document as stored before audiences existed (no such field)."""
     created_at = utcnow() - timedelta(seconds=created_ago)
-    return {"_id": ObjectId(), "title": title, "message": f"{title} message", "priority": "high",
-            "data": {"window": [22, 23], "note": "ñ"}, "action_url": "/status",
-            "created_at": created_at.replace(microsecond=created_at.microsecond // 1000 * 1000),
-            "expires_at": created_at + timedelta(seconds=seconds)}
+    document = {"_id": ObjectId(), "title": title, "message": f"{title} message", "priority": "high",
+                "data": {"window": [22, 23], "note": "ñ"}, "action_url": "/status",
+                "created_at": created_at.replace(microsecond=created_at.microsecond // 1000 * 1000),
+                "expires_at": created_at + timedelta(seconds=seconds)}
+    if audience is not None:
+        document["audience"] = audience
+    return document
 
 
 async def test_broadcasts_read_back_newest_first_until_they_expire_and_cleanup_removes_those(
@@ -426,3 +433,174 @@ async def test_broadcasts_read_back_newest_first_until_they_expire_and_cleanup_r
     assert await store.delete_expired_broadcasts() == 1
     assert await store.delete_expired_broadcasts() == 0
     assert [document["title"] for document in await store.active_broadcasts(10)] == ["newer", "older"]
+
+
+def titles(documents: list[dict]) -> list[str]:
+    return [document["title"] for document in documents]
+
+
+@bounded
+async def test_a_tenant_reads_its_own_and_everyones_broadcasts_and_no_other_tenants(open_store):
+    store = await open_store()
+    acme, globex = new_user("acme"), new_user("globex")
+    for document in (broadcast_document("acme old", 3600, 5, acme),
+                     broadcast_document("globex", 3600, 4, globex),
+                     broadcast_document("everyone", 3600, 3, tenants.EVERYONE),
+                     broadcast_document("default", 3600, 2, tenants.DEFAULT),
+                     broadcast_document("acme expired", 1, 1.5, acme),
+                     broadcast_document("acme new", 3600, 1, acme)):
+        await store.insert_broadcast(document)
+
+    acme_sees = await store.active_broadcasts(10, acme)
+    assert titles(acme_sees) == ["acme new", "everyone", "acme old"]
+    assert [document["audience"] for document in acme_sees] == [acme, tenants.EVERYONE, acme]
+    assert titles(await store.active_broadcasts(10, globex)) == ["everyone", "globex"]
+    assert titles(await store.active_broadcasts(10, tenants.DEFAULT)) == ["default", "everyone"]
+    assert titles(await store.active_broadcasts(10, new_user("tenant"))) == ["everyone"]
+    assert titles(await store.active_broadcasts(2, acme)) == ["acme new", "everyone"], \
+        "the limit counts everyone's too"
+
+
+@bounded
+async def test_with_no_tenant_the_newest_of_each_audience_are_read_newest_first(open_store):
+    store = await open_store()
+    acme, globex = new_user("acme"), new_user("globex")
+    for index, audience in enumerate([acme, acme, acme, globex, tenants.EVERYONE, globex, acme]):
+        await store.insert_broadcast(broadcast_document(f"{index}", 3600, 10 - index, audience))
+    await store.insert_broadcast(broadcast_document("expired", 1, 3, globex))
+
+    board = await store.active_broadcasts(2)
+    assert titles(board) == ["6", "5", "4", "3", "2"], "two of acme's, two of globex's, everyone's"
+    assert titles(await store.active_broadcasts(1)) == ["6", "5", "4"]
+    assert [document["audience"] for document in board] == [acme, globex, tenants.EVERYONE,
+                                                            globex, acme]
+
+
+@bounded
+async def test_a_broadcast_stored_without_an_audience_is_the_default_tenants(open_store):
+    store = await open_store()
+    tenant = new_user("acme")
+    old = broadcast_document("before audiences", 3600, 3, audience=None)
+    await store.insert_broadcast(old)
+    if isinstance(store, MongoStore):  # as the previous release left it: no field at all
+        assert "audience" not in await store.broadcasts.find_one({"_id": old["_id"]})
+    await store.insert_broadcast(broadcast_document("tenant's", 3600, 2, tenant))
+
+    [read] = await store.active_broadcasts(10, tenants.DEFAULT)
+    assert read == {**old, "audience": tenants.DEFAULT, "expires_at": read["expires_at"]}
+    assert titles(await store.active_broadcasts(10, tenant)) == ["tenant's"]
+    assert titles(await store.active_broadcasts(10)) == ["tenant's", "before audiences"]
+
+    await store.insert_broadcast(broadcast_document("default's, newer", 3600, 1))
+    newest = await store.active_broadcasts(1)
+    assert titles(newest) == ["default's, newer", "tenant's"], \
+        "one audience with the default's stored since"
+    assert {document["audience"] for document in newest} == {tenants.DEFAULT, tenant}
+
+
+def topic_key(tenant: str = "acme") -> str:
+    return tenants.key(tenant, new_user("topic"))
+
+
+def members_of(tenant: str, count: int) -> list[str]:
+    """`count` user keys of `tenant`, in ascending order."""
+    return sorted(tenants.key(tenant, new_user()) for _ in range(count))
+
+
+@bounded
+async def test_topic_members_are_added_once_removed_and_counted(open_store):
+    store = await open_store()
+    topic, other = topic_key(), topic_key()
+    members = members_of("acme", 6)
+    assert await store.update_topic(topic, members[:4], [], max_members=100) == 4
+    assert await store.update_topic(topic, members[2:] + members[2:3], [], max_members=100) == 6, \
+        "members already in (and one named twice) count once"
+    assert await store.update_topic(topic, members, [], max_members=100) == 6
+    assert await store.update_topic(other, members[:2], [], max_members=100) == 2
+    stranger = tenants.key("acme", new_user())
+    assert await store.update_topic(topic, [], [members[0], members[5], stranger], 100) == 4
+    assert await store.topic_size(topic) == 4
+    assert await store.topic_members(topic, 10) == members[1:5]
+    assert await store.topic_members(other, 10) == members[:2], "another topic is left alone"
+    assert await store.update_topic(topic, [members[0]], [members[0]], 100) == 4, \
+        "added, then removed"
+    assert await store.topic_members(topic, 10) == members[1:5]
+    assert await store.topic_size(topic_key()) == 0
+    assert await store.topic_members(topic_key(), 10) == []
+
+
+@bounded
+async def test_topic_members_page_in_ascending_order_after_a_member(open_store):
+    store = await open_store()
+    topic = topic_key()
+    members = members_of("acme", 250)
+    shuffled = random.Random(3).sample(members, len(members))
+    assert await store.update_topic(topic, shuffled[:200], [], 1000) == 200
+    assert await store.update_topic(topic, shuffled[200:], [], 1000) == 250
+    await store.update_topic(topic_key(), members_of("acme", 5), [], 1000)  # a neighbour
+
+    pages, after = [], None
+    while page := await store.topic_members(topic, 100, after):
+        pages.append(page)
+        after = page[-1]
+    assert [len(page) for page in pages] == [100, 100, 50]
+    assert [member for page in pages for member in page] == members
+    assert await store.topic_members(topic, 3, members[10]) == members[11:14]
+    assert await store.topic_members(topic, 3, tenants.key("acme", "")) == members[:3], \
+        "after any key, not only a member's"
+    assert await store.topic_members(topic, 10, members[-1]) == []
+
+
+@bounded
+async def test_topics_of_a_member_and_deleting_a_topic(open_store):
+    store = await open_store()
+    first, second, third = sorted(topic_key() for _ in range(3))
+    member, neighbour = members_of("acme", 2)
+    for topic in (second, first):
+        await store.update_topic(topic, [member, neighbour], [], 100)
+    await store.update_topic(third, [neighbour], [], 100)
+    assert await store.topics_of(member) == [first, second]
+    assert await store.topics_of(neighbour) == [first, second, third]
+    assert await store.topics_of(tenants.key("acme", new_user())) == []
+
+    assert await store.delete_topic(first) is True
+    assert await store.delete_topic(first) is False
+    assert await store.delete_topic(topic_key()) is False
+    assert await store.topic_size(first) == 0 and await store.topic_members(first, 10) == []
+    assert await store.topics_of(member) == [second]
+    assert await store.topic_members(second, 10) == [member, neighbour]
+    assert await store.update_topic(first, [member], [], 100) == 1, "a deleted topic starts anew"
+
+
+@bounded
+async def test_an_update_past_the_topics_limit_is_refused_whole(open_store):
+    store = await open_store()
+    topic = topic_key()
+    members = members_of("acme", 8)
+    assert await store.update_topic(topic, members[:4], [], max_members=5) == 4
+    with pytest.raises(TopicFullError) as refused:
+        await store.update_topic(topic, members[4:7], [members[0]], max_members=5)
+    assert (refused.value.size, refused.value.limit) == (6, 5)
+    assert await store.topic_members(topic, 10) == members[:4], "nothing added or removed"
+    assert await store.topic_size(topic) == 4
+    assert await store.topics_of(members[4]) == []
+
+    assert await store.update_topic(topic, members[4:6], [members[0]], max_members=5) == 5
+    assert await store.update_topic(topic, members[1:6], [], max_members=5) == 5, \
+        "members already in add nothing"
+    with pytest.raises(TopicFullError):
+        await store.update_topic(topic, [members[7]], [], max_members=5)
+    assert await store.topic_members(topic, 10) == members[1:6]
+
+
+@bounded
+async def test_a_topic_past_a_lowered_limit_may_shrink_but_not_grow(open_store):
+    store = await open_store()
+    topic = topic_key()
+    members = members_of("acme", 6)
+    await store.update_topic(topic, members[:5], [], max_members=10)
+    assert await store.update_topic(topic, [members[5]], members[:2], max_members=3) == 4
+    with pytest.raises(TopicFullError) as refused:
+        await store.update_topic(topic, members[:2], [members[5]], max_members=3)
+    assert (refused.value.size, refused.value.limit) == (5, 3)
+    assert await store.topic_members(topic, 10) == members[2:]

@@ -221,8 +221,8 @@ class NotificationStore(ABC):
     async def active_broadcasts(self, limit: int, tenant: str | None = None) -> list[dict[str, Any]]:
         """Broadcasts not yet expired, newest first: of `tenant`, the newest `limit` whose
         audience is that tenant or everyone; with no tenant, the newest `limit` of each audience
-        (what a process's board holds). A broadcast stored before audiences existed is the
-        default tenant's."""
+        (what a process's board holds). Each carries its `audience`; a broadcast stored before
+        audiences existed is the default tenant's, and reads so."""
 
     @abstractmethod
     async def delete_expired_broadcasts(self) -> int:
@@ -236,7 +236,8 @@ class NotificationStore(ABC):
                            max_members: int) -> int:
         """Add the members of `add` that are not members yet, then remove those of `remove`, in
         one transaction; the member count after. When the count would pass `max_members`
-        nothing changes and `TopicFullError` is raised."""
+        nothing changes and `TopicFullError` is raised (unless the call shrinks the topic: one
+        already past a limit since lowered may still lose members)."""
 
     @abstractmethod
     async def topic_members(self, topic: str, limit: int, after: str | None = None) -> list[str]:

@@ -17,7 +17,8 @@ EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 class Collections(Protocol):
     """The engine's collections, as `MongoStore` holds them (`states` is `user_state`,
-    `preferences` is `channel_settings`); what insertion.py and schema.py are given."""
+    `preferences` is `channel_settings`, `memberships` is `topic_members`); what insertion.py
+    and schema.py are given."""
 
     notifications: AsyncCollection
     states: AsyncCollection
@@ -27,6 +28,7 @@ class Collections(Protocol):
     push_outbox: AsyncCollection
     meta: AsyncCollection
     broadcasts: AsyncCollection
+    memberships: AsyncCollection
 
 
 def to_ms(moment: datetime) -> int:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Awaitable, Callable
 
-from pymongo import ASCENDING
+from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import CollectionInvalid, DuplicateKeyError, OperationFailure
 
@@ -15,9 +15,11 @@ from ...errors import StorageUnavailableError
 from ...model import PRIORITIES, utcnow
 from .documents import NEVER_MS, Collections, to_ms
 
-SCHEMA_VERSION = 3  # 2: per-user counter documents in user_state; 3: owned, namespaced claims
+# 2: per-user counter documents in user_state; 3: owned, namespaced claims; 4: topic_members,
+# broadcast audiences (nothing rewritten: a broadcast without one is the default tenant's).
+SCHEMA_VERSION = 4
 COLLECTIONS = ("notifications", "user_state", "channel_settings", "push_subscriptions", "events",
-               "push_outbox", "meta", "broadcasts")
+               "push_outbox", "meta", "broadcasts", "topic_members")
 #: What a server that cannot run transactions (a standalone mongod) answers.
 ILLEGAL_OPERATION = 20
 # A TTL index would delete behind the counters' back: cleanup deletes and counts instead.
@@ -48,6 +50,17 @@ async def _create_collections(db: AsyncDatabase, collections: Collections) -> No
     await collections.push_subscriptions.create_index("user_id", name="user")
     await collections.push_outbox.create_index("due_at", name="due")
     await collections.broadcasts.create_index("expires_at", name="expiry")
+    await collections.broadcasts.create_index(
+        [("audience", ASCENDING), ("created_at", DESCENDING)], name="audience_newest")
+    # One document per membership, {topic, member}. The unique index keeps a member in a topic
+    # once and is what a topic's page (member > after, in order) and count run on, ranges of
+    # it. The pair as `_id` would have needed this index anyway (the `_id` index cannot serve a
+    # match on `_id.t` alone), or range matches on whole embedded documents, whose order
+    # depends on their fields' order. The other finds a member's topics.
+    await collections.memberships.create_index(
+        [("topic", ASCENDING), ("member", ASCENDING)], name="topic_member", unique=True)
+    await collections.memberships.create_index(
+        [("member", ASCENDING), ("topic", ASCENDING)], name="member_topic")
     await collections.events.create_index("created_at", name="created")
 
 

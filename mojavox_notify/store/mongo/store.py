@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from datetime import datetime, timedelta
 from typing import Any, Iterable, Sequence
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument, UpdateOne
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from ...coalesce import Coalescer
@@ -21,8 +21,9 @@ from ...errors import NotFoundError
 from ...ids import ObjectId
 from ...model import NEVER, PRIORITIES, ChannelPreference, Draft, PushSubscription, utcnow
 from ...settings import MongoSettings
+from ...tenants import DEFAULT, EVERYONE
 from .. import (ClaimLostError, Created, EventClaim, Insertion, NotificationStore, PushJob,
-                UserState, push_flags)
+                TopicFullError, UserState, push_flags)
 from .documents import EPOCH, NEVER_MS, _state, to_ms
 from .insertion import store_batch
 from .schema import (SCHEMA_VERSION, _adopt_earlier_claims, _check_transactions,
@@ -66,6 +67,7 @@ class MongoStore(NotificationStore):
         self.push_outbox = self._db["push_outbox"]
         self.meta = self._db["meta"]
         self.broadcasts = self._db["broadcasts"]
+        self.memberships = self._db["topic_members"]
 
     @classmethod
     def connect(cls, url: str, settings: MongoSettings,
@@ -288,8 +290,27 @@ class MongoStore(NotificationStore):
         await self.broadcasts.insert_one(dict(document))
 
     @_storage_errors
-    async def active_broadcasts(self, limit: int) -> list[dict[str, Any]]:
-        cursor = self.broadcasts.find({"expires_at": {"$gt": utcnow()}}).sort(
+    async def active_broadcasts(self, limit: int, tenant: str | None = None) -> list[dict[str, Any]]:
+        """With no tenant, one query per audience among the unexpired broadcasts."""
+        now = utcnow()
+        if tenant is not None:
+            found = await self._newest_broadcasts([tenant, EVERYONE], now, limit)
+        else:
+            audiences = set(await self.broadcasts.distinct("audience", {"expires_at": {"$gt": now}}))
+            found = []
+            for audience in (audiences - {None}) | {DEFAULT}:
+                found += await self._newest_broadcasts([audience], now, limit)
+            found.sort(key=lambda document: (document["created_at"], document["_id"]), reverse=True)
+        for document in found:
+            if document.get("audience") is None:
+                document["audience"] = DEFAULT
+        return found
+
+    async def _newest_broadcasts(self, audiences: list[str], now: datetime,
+                                 limit: int) -> list[dict[str, Any]]:
+        if DEFAULT in audiences:
+            audiences = [*audiences, None]  # stored before audiences existed: the default's
+        cursor = self.broadcasts.find({"audience": {"$in": audiences}, "expires_at": {"$gt": now}}).sort(
             [("created_at", DESCENDING), ("_id", DESCENDING)]).limit(limit)
         return await cursor.to_list(length=None)
 
@@ -298,6 +319,58 @@ class MongoStore(NotificationStore):
     async def delete_expired_broadcasts(self) -> int:
         result = await self.broadcasts.delete_many({"expires_at": {"$lte": utcnow()}})
         return result.deleted_count
+
+    # -- topics: one document {topic, member} per membership (schema.py says why) -----------
+
+    @_storage_errors
+    async def update_topic(self, topic: str, add: list[str], remove: list[str],
+                           max_members: int) -> int:
+        return await self._transaction(functools.partial(
+            self._update_members, topic, add, remove, max_members))
+
+    async def _update_members(self, topic: str, add: list[str], remove: list[str],
+                              max_members: int, session) -> int:
+        """Members added (upserts: those already in are left as they are), then removed, then
+        counted; TopicFullError, which aborts the transaction, when that grew the topic past
+        `max_members` (one already past it, the limit since lowered, may still lose members)."""
+        added = removed = 0
+        if add:
+            result = await self.memberships.bulk_write([
+                UpdateOne({"topic": topic, "member": member},
+                          {"$setOnInsert": {"topic": topic, "member": member}}, upsert=True)
+                for member in dict.fromkeys(add)], session=session)
+            added = result.upserted_count
+        if remove:
+            result = await self.memberships.delete_many(
+                {"topic": topic, "member": {"$in": list(dict.fromkeys(remove))}}, session=session)
+            removed = result.deleted_count
+        size = await self.memberships.count_documents({"topic": topic}, session=session)
+        if size > max_members and added > removed:
+            raise TopicFullError(size, max_members)
+        return size
+
+    @_storage_errors
+    async def topic_members(self, topic: str, limit: int, after: str | None = None) -> list[str]:
+        query: dict[str, Any] = {"topic": topic}
+        if after is not None:
+            query["member"] = {"$gt": after}
+        cursor = self.memberships.find(query, {"member": 1, "_id": 0}).sort(
+            "member", ASCENDING).limit(limit)
+        return [document["member"] async for document in cursor]
+
+    @_storage_errors
+    async def topic_size(self, topic: str) -> int:
+        return await self.memberships.count_documents({"topic": topic})
+
+    @_storage_errors
+    async def delete_topic(self, topic: str) -> bool:
+        return (await self.memberships.delete_many({"topic": topic})).deleted_count > 0
+
+    @_storage_errors
+    async def topics_of(self, member: str) -> list[str]:
+        cursor = self.memberships.find({"member": member}, {"topic": 1, "_id": 0}).sort(
+            "topic", ASCENDING)
+        return [document["topic"] async for document in cursor]
 
     # -- channel preferences -----------------------------------------------------------------
 

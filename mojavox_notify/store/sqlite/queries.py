@@ -14,9 +14,11 @@ import orjson
 
 from ...errors import NotFoundError
 from ...model import PRIORITIES, ChannelPreference, PushSubscription
-from .. import EventClaim, UserState
+from ...tenants import EVERYONE
+from .. import EventClaim, TopicFullError, UserState
 from .execution import transaction
-from .rows import EVENT_COLUMNS, NEVER_MS, NOTIFICATION_COLUMNS, STATE_COLUMNS, _event, _state
+from .rows import (BROADCAST_COLUMNS, EVENT_COLUMNS, NEVER_MS, NOTIFICATION_COLUMNS, STATE_COLUMNS,
+                   _event, _state)
 
 CLEANUP_CHUNK = 5000
 IN_CHUNK = 500  # ids per `IN (...)`, well under SQLite's variable limit
@@ -34,6 +36,40 @@ def _page(connection, user_id, limit, offset, unread_only, now_ms) -> list[tuple
         SELECT {NOTIFICATION_COLUMNS} FROM notifications
         WHERE user_id = ? {unread} AND expires_at > ? ORDER BY seq DESC LIMIT ? OFFSET ?""",
         (user_id, now_ms, limit, offset)).fetchall()
+
+
+def _active_broadcasts(connection, now_ms: int, limit: int, tenant: str | None) -> list[tuple]:
+    """Unexpired broadcasts, newest first: the newest `limit` a tenant sees (its own and
+    everyone's), or with no tenant the newest `limit` of each audience."""
+    if tenant is not None:
+        return connection.execute(f"""
+            SELECT {BROADCAST_COLUMNS} FROM broadcasts
+            WHERE audience IN (?, ?) AND expires_at > ?
+            ORDER BY created_at DESC, id DESC LIMIT ?""", (tenant, EVERYONE, now_ms, limit)).fetchall()
+    return connection.execute(f"""
+        SELECT {BROADCAST_COLUMNS} FROM (
+            SELECT {BROADCAST_COLUMNS}, row_number() OVER (
+                PARTITION BY audience ORDER BY created_at DESC, id DESC) AS newest
+            FROM broadcasts WHERE expires_at > ?)
+        WHERE newest <= ? ORDER BY created_at DESC, id DESC""", (now_ms, limit)).fetchall()
+
+
+def _topic_members(connection, topic: str, limit: int, after: str | None) -> list[str]:
+    """A range of the primary key: as fast at the end of a 100,000-member topic as at its start."""
+    if after is None:
+        rows = connection.execute("""
+            SELECT member FROM topic_members WHERE topic = ? ORDER BY member LIMIT ?""",
+            (topic, limit))
+    else:
+        rows = connection.execute("""
+            SELECT member FROM topic_members WHERE topic = ? AND member > ?
+            ORDER BY member LIMIT ?""", (topic, after, limit))
+    return [member for (member,) in rows]
+
+
+def _topic_size(connection, topic: str) -> int:
+    return connection.execute("SELECT count(*) FROM topic_members WHERE topic = ?",
+                              (topic,)).fetchone()[0]
 
 
 def _state_rows(connection, user_ids: set[str]) -> dict[str, tuple]:
@@ -190,6 +226,24 @@ def _delete_expired_chunk(connection, now_ms: int, cutoff_ms: int) -> int:
             _change_state(connection, user_id, total, unread[user_id],
                           expiry_due=_next_expiry(connection, user_id))
         return len(deleted)
+
+
+def _update_topic(connection, topic: str, add: list[str], remove: list[str],
+                  max_members: int) -> int:
+    """Members added (those already in ignored), then removed, then counted; rolled back with
+    TopicFullError when that grew the topic past `max_members` (one already past it, the limit
+    since lowered, may still lose members)."""
+    with transaction(connection):
+        added = connection.executemany("""
+            INSERT INTO topic_members (topic, member) VALUES (?, ?) ON CONFLICT DO NOTHING""",
+            [(topic, member) for member in add]).rowcount
+        removed = connection.executemany("""
+            DELETE FROM topic_members WHERE topic = ? AND member = ?""",
+            [(topic, member) for member in remove]).rowcount
+        size = _topic_size(connection, topic)
+        if size > max_members and added > removed:
+            raise TopicFullError(size, max_members)
+        return size
 
 
 def _update_preferences(connection, user_id: str, changes: dict[str, dict[str, bool]], now_ms: int) -> None:

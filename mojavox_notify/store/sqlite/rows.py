@@ -14,6 +14,7 @@ import orjson
 
 from ...ids import ObjectId
 from ...model import NEVER, PRIORITIES
+from ...tenants import DEFAULT
 from .. import UserState
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -24,7 +25,8 @@ STATE_COLUMNS = f"seq, total, {UNREAD_COLUMNS}"
 # The order of the columns in every row read or written by the conversions below.
 NOTIFICATION_COLUMNS = ("id, user_id, seq, type, title, message, priority, data, action_url, "
                         "read, read_at, created_at, expires_at, event_id")
-BROADCAST_COLUMNS = "id, title, message, priority, data, action_url, created_at, expires_at"
+BROADCAST_COLUMNS = ("id, title, message, priority, data, action_url, created_at, expires_at, "
+                     "audience")
 EVENT_COLUMNS = "id, type, state, owner, notifications, created_at"
 
 
@@ -70,16 +72,18 @@ def _row(document: dict[str, Any]) -> tuple:
 
 
 def _broadcast_row(document: dict[str, Any]) -> tuple:
+    """A document without an audience is the default tenant's, as on MongoDB."""
     return (str(document["_id"]), document["title"], document["message"], document["priority"],
             _json(document["data"]), document["action_url"], to_ms(document["created_at"]),
-            to_ms(document["expires_at"]))
+            to_ms(document["expires_at"]), document.get("audience", DEFAULT))
 
 
 def _broadcast_document(row: tuple) -> dict[str, Any]:
-    id_, title, message, priority, data, action_url, created_at, expires_at = row
+    id_, title, message, priority, data, action_url, created_at, expires_at, audience = row
     return {"_id": ObjectId(id_), "title": title, "message": message, "priority": priority,
             "data": json.loads(data), "action_url": action_url,
-            "created_at": from_ms(created_at), "expires_at": from_ms(expires_at)}
+            "created_at": from_ms(created_at), "expires_at": from_ms(expires_at),
+            "audience": audience}
 
 
 def _event(row: tuple) -> dict[str, Any]:

@@ -8,12 +8,13 @@ import logging
 import sqlite3
 
 from ...model import PRIORITIES
+from ...tenants import DEFAULT
 from .execution import transaction
 from .rows import NEVER_MS, NOTIFICATION_COLUMNS
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Stored by user and sequence number (the table is its own (user_id, seq) index): a user's
 # page, backlog and unread ones are neighbours, and a new notification changes one page of the
@@ -37,6 +38,9 @@ CREATE TABLE IF NOT EXISTS notifications (
     event_id TEXT,
     PRIMARY KEY (user_id, seq)
 ) WITHOUT ROWID"""
+
+# A broadcast stored before audiences existed (schema 3) is the default tenant's.
+BROADCAST_AUDIENCE = f"audience TEXT NOT NULL DEFAULT '{DEFAULT}'"
 
 SCHEMA = f"""
 {CREATE_NOTIFICATIONS};
@@ -108,9 +112,20 @@ CREATE TABLE IF NOT EXISTS broadcasts (
     data TEXT NOT NULL,
     action_url TEXT,
     created_at INTEGER NOT NULL,
-    expires_at INTEGER NOT NULL
+    expires_at INTEGER NOT NULL,
+    {BROADCAST_AUDIENCE}
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS broadcasts_expiring ON broadcasts (expires_at);
+CREATE INDEX IF NOT EXISTS broadcasts_audience ON broadcasts (audience, created_at);
+
+-- A topic's members are neighbours in the table itself (a page or a count is a range of its
+-- primary key, as fast at 100,000 members as at ten), and the index finds a member's topics.
+CREATE TABLE IF NOT EXISTS topic_members (
+    topic TEXT NOT NULL,
+    member TEXT NOT NULL,
+    PRIMARY KEY (topic, member)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS topic_members_member ON topic_members (member, topic);
 """
 
 
@@ -126,6 +141,8 @@ def _create_schema(connection: sqlite3.Connection) -> None:
             raise sqlite3.DatabaseError(f"the file was written by a newer version (schema {version})")
         if version == 1:
             _cluster_notifications(connection)
+        if version in (1, 2, 3):
+            _broadcast_audiences(connection)
         for statement in SCHEMA.split(";"):
             if statement.strip():
                 connection.execute(statement)
@@ -134,6 +151,15 @@ def _create_schema(connection: sqlite3.Connection) -> None:
         connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     if version == 1:  # the rebuilt table went through the log: copy it back, truncate the log
         connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+
+
+def _broadcast_audiences(connection: sqlite3.Connection) -> None:
+    """Schema 3 → 4: broadcasts have an audience, the default tenant for those stored before
+    (a column with a default: no row is rewritten). Before the schema's statements, which
+    index the column; `topic_members` is new, so they create it."""
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(broadcasts)")}
+    if columns and "audience" not in columns:
+        connection.execute(f"ALTER TABLE broadcasts ADD COLUMN {BROADCAST_AUDIENCE}")
 
 
 def _owned_claims(connection: sqlite3.Connection) -> None:

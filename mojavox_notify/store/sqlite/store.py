@@ -24,10 +24,11 @@ from .. import (ClaimLostError, Created, EventClaim, Insertion, NotificationStor
 from .execution import KEPT_WRITING, TURN_TAKEN, Execution, WriteTurn
 from .importing import _import, _rebuild_states
 from .insertion import _insert_many
-from .queries import (CLEANUP_CHUNK, _channel_settings, _claim_event, _claim_pushes, _delete,
-                      _delete_expired_chunk, _execute, _mark_all_read, _mark_read, _page,
-                      _preferences, _save_subscription, _select, _state_rows, _sweep_user,
-                      _update_preferences)
+from .queries import (CLEANUP_CHUNK, _active_broadcasts, _channel_settings, _claim_event,
+                      _claim_pushes, _delete, _delete_expired_chunk, _execute, _mark_all_read,
+                      _mark_read, _page, _preferences, _save_subscription, _select, _state_rows,
+                      _sweep_user, _topic_members, _topic_size, _update_preferences,
+                      _update_topic)
 from .rows import (BROADCAST_COLUMNS, EVENT_COLUMNS, NOTIFICATION_COLUMNS, _broadcast_document,
                    _broadcast_row, _document, _event, _state, from_ms, to_ms)
 from .schema import _create_schema
@@ -224,17 +225,36 @@ class SqliteStore(NotificationStore):
 
     async def insert_broadcast(self, document: dict[str, Any]) -> None:
         await self._write(_execute, f"INSERT INTO broadcasts ({BROADCAST_COLUMNS}) "
-                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", _broadcast_row(document))
+                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", _broadcast_row(document))
 
-    async def active_broadcasts(self, limit: int) -> list[dict[str, Any]]:
-        rows = await self._read(_select, f"""
-            SELECT {BROADCAST_COLUMNS} FROM broadcasts WHERE expires_at > ?
-            ORDER BY created_at DESC, id DESC LIMIT ?""", (to_ms(utcnow()), limit))
+    async def active_broadcasts(self, limit: int, tenant: str | None = None) -> list[dict[str, Any]]:
+        rows = await self._read(_active_broadcasts, to_ms(utcnow()), limit, tenant)
         return [_broadcast_document(row) for row in rows]
 
     async def delete_expired_broadcasts(self) -> int:
         return await self._background(_execute, "DELETE FROM broadcasts WHERE expires_at <= ?",
                                       (to_ms(utcnow()),))
+
+    # -- topics --------------------------------------------------------------------------------
+
+    async def update_topic(self, topic: str, add: list[str], remove: list[str],
+                           max_members: int) -> int:
+        return await self._write(_update_topic, topic, add, remove, max_members)
+
+    async def topic_members(self, topic: str, limit: int, after: str | None = None) -> list[str]:
+        return await self._read(_topic_members, topic, limit, after)
+
+    async def topic_size(self, topic: str) -> int:
+        return await self._read(_topic_size, topic)
+
+    async def delete_topic(self, topic: str) -> bool:
+        return bool(await self._write(_execute, "DELETE FROM topic_members WHERE topic = ?",
+                                      (topic,)))
+
+    async def topics_of(self, member: str) -> list[str]:
+        rows = await self._read(_select, """
+            SELECT topic FROM topic_members WHERE member = ? ORDER BY topic""", (member,))
+        return [topic for (topic,) in rows]
 
     # -- channel preferences -----------------------------------------------------------------
 
