@@ -89,7 +89,7 @@ class NotifyApp:
         self.push_sender: PushSender | None = None
         self.push_worker: PushWorker | None = None
         self.worker = worker
-        self.metrics = Metrics()
+        self.metrics = Metrics(tenant_label=settings.metrics.tenant_label)
         self.metrics.read_state(self._state_metrics)
         self.supervisor = Supervisor()
         self.hub = Hub(deliver_to_all)
@@ -210,12 +210,12 @@ class NotifyApp:
     async def _load_broadcasts(self) -> None:
         """The active broadcasts from storage onto the hub's board; new ones go to the sockets."""
         try:
-            payloads = await self.service.active_broadcasts()
+            active = await self.service.every_active_broadcast()
         except StorageUnavailableError as error:
             log.warning("could not load the active broadcasts: %s", error.message)
             return
-        for payload in reversed(payloads):
-            self.hub.dispatch(BroadcastPosted(payload))
+        for audience, payload in reversed(active):
+            self.hub.dispatch(BroadcastPosted(payload, audience=audience))
 
     def _handler_args(self) -> dict[str, Any]:
         """What every BaseHandler is initialized with (base.BaseHandler.initialize)."""

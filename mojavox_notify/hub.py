@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from typing import Any, Callable, Iterator, Protocol
 
+from . import tenants
 from .broadcasts import BroadcastBoard
 from .broker.messages import (AllRead, BroadcastPosted, Message, NotificationCreated,
                               NotificationDeleted, NotificationRead, Resync)
@@ -17,7 +18,8 @@ from .broker.messages import (AllRead, BroadcastPosted, Message, NotificationCre
 class Connection(Protocol):
     """What the hub needs of a socket; every call only queues and must not block."""
 
-    user_id: str
+    user_id: str  # a user key (tenants.key)
+    tenant: str
     remote_ip: str
 
     def notify(self, message: NotificationCreated) -> None:
@@ -106,9 +108,9 @@ class Hub:
                 for connection in self._of(message.user_id):
                     connection.notification_deleted(message)
             case BroadcastPosted():
-                if self.broadcasts.remember(message.broadcast):
+                if self.broadcasts.remember(message.broadcast, message.audience):
                     started = time.perf_counter()
-                    self._deliver_to_all(list(self.connections()), message.broadcast)
+                    self._deliver_to_all(self._audience(message.audience), message.broadcast)
                     self.on_fan_out(time.perf_counter() - started)
             case Resync():
                 self.resync(message.users)
@@ -117,6 +119,11 @@ class Hub:
 
     def _of(self, user_id: str) -> tuple[Connection, ...]:
         return tuple(self._by_user.get(user_id, ()))
+
+    def _audience(self, audience: str) -> list[Connection]:
+        if audience == tenants.EVERYONE:
+            return list(self.connections())
+        return [connection for connection in self.connections() if connection.tenant == audience]
 
     def resync(self, users: list[str] | None = None) -> None:
         if users is None:

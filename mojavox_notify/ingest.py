@@ -9,12 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import NotifyError, ValidationError
+from . import tenants
 from .idempotency import Idempotency, event_key
 from .metrics import Metrics
 from .model import Event
 from .plugins import Plugins
 from .service import NotificationService
 from .store import EventClaim, NotificationStore
+from .tenants import Reach
 from .wire.event import EventCheck, check_event_rules
 
 
@@ -27,9 +29,9 @@ class EventIngest:
         self._metrics = metrics or Metrics()
         self._event_check = EventCheck(plugins.event_types)
 
-    def parse(self, raw: Any) -> Event:
+    def parse(self, raw: Any, reach: Reach = Reach()) -> Event:
         try:
-            return self._event_check.check(raw)
+            return self._event_check.check(raw, reach)
         except ValidationError:
             self._metrics.events.labels(self._known(raw.get("type") if isinstance(raw, dict) else None),
                                         "refused").inc()
@@ -59,7 +61,8 @@ class EventIngest:
         if event.id is None:
             return await self._handle(event), False
         return await self.idempotency.once(
-            event_key(event.id), event.type, lambda claim: self._handle(event, claim),
+            event_key(tenants.key(event.tenant, event.id)), event.type,
+            lambda claim: self._handle(event, claim),
             lambda earlier: ValidationError("id", f"was already used for a {earlier} event",
                                             code="event_id_conflict"))
 
@@ -70,6 +73,7 @@ class EventIngest:
                               f"{event.type} but returned no drafts for it")
         if not isinstance(raw_drafts, list):
             raw_drafts = [raw_drafts]
-        drafts = self.service.validate(raw_drafts)
+        # The plugin's drafts stay inside the event's tenant.
+        drafts = await self.service.expand(self.service.validate(raw_drafts, Reach(event.tenant)))
         created = await self.service.create_many(drafts, claim=claim)
         return [payload["id"] for payload in created if payload is not None]

@@ -25,12 +25,16 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, tenant_label: bool = False) -> None:
+        """`tenant_label` (metrics.tenant_label): notifications created are counted by tenant
+        too, one series per tenant and type and priority: for deployments with few tenants."""
         self.registry = CollectorRegistry()
         registry = self.registry
+        self.tenant_label = tenant_label
         self.notifications_created = Counter(
-            "mojavox_notifications_created", "Notifications stored, by type and priority",
-            ["type", "priority"], registry=registry)
+            "mojavox_notifications_created", "Notifications stored, by type and priority"
+            + (" and tenant" if tenant_label else ""),
+            ["type", "priority", *(["tenant"] if tenant_label else [])], registry=registry)
         self.broadcasts_created = Counter(
             "mojavox_broadcasts_created", "Broadcasts stored and published", registry=registry)
         self.broadcast_fan_out = Histogram(

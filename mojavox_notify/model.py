@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
+from . import tenants
 from .ids import new_object_id
 
 PRIORITIES = ("low", "medium", "high", "critical")
@@ -89,7 +90,8 @@ def _settings_of(notification_type: NotificationType) -> tuple[str, str, str]:
 
 @dataclass(slots=True)  # not frozen: made per notification, and frozen ones cost 3× to make
 class Draft:
-    """A validated, sanitized request to notify one user."""
+    """A validated, sanitized request to notify one user (`user_id`: a user key, tenants.key),
+    or every member of a `topic` (a topic key; `user_id` is then empty until it is expanded)."""
 
     user_id: str
     type: str
@@ -99,6 +101,7 @@ class Draft:
     data: dict[str, Any] = field(default_factory=dict)
     action_url: str | None = None
     expires_at: datetime | None = None
+    topic: str | None = None
 
     def to(self, user_id: str) -> "Draft":
         """The same notification for another (validated) recipient."""
@@ -117,6 +120,7 @@ class BroadcastDraft:
     ttl_seconds: int
     data: dict[str, Any] = field(default_factory=dict)
     action_url: str | None = None
+    audience: str = tenants.DEFAULT  # or tenants.EVERYONE
 
 
 @dataclass(frozen=True)
@@ -158,6 +162,7 @@ class Event:
     data: dict[str, Any]
     id: str | None = None
     occurred_at: datetime | None = None
+    tenant: str = tenants.DEFAULT  # whose users its notifications are for
 
 
 def utcnow() -> datetime:
@@ -213,4 +218,5 @@ def to_broadcast_document(draft: BroadcastDraft, created_at: datetime) -> dict:
         "action_url": draft.action_url,
         "created_at": created_at,
         "expires_at": created_at + timedelta(seconds=draft.ttl_seconds),
+        "audience": draft.audience,
     }

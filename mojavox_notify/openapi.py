@@ -63,7 +63,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         query=("limit", "offset", "unreadOnly")),
     ("/api/notifications", "post"): Operation(
         "Create one notification (202 when its recipient turned the type off)", "service",
-        {201: NOTIFICATION, 202: notification.MUTED},
+        {201: NOTIFICATION, 202: notification.MUTED_OR_SENT_TO_TOPIC},
         body=lambda types, events: notification.draft_schema(types), headers=("Idempotency-Key",),
         extra_errors=(404,)),
     ("/api/notifications/read-all", "post"): Operation(

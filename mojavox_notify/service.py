@@ -30,7 +30,9 @@ from .plugins import Plugins
 from .push_addresses import check_endpoint
 from .ratelimit import RateLimiter
 from .settings import Settings
-from .store import EventClaim, NotificationStore, UserState
+from . import tenants
+from .store import MAX_TOPIC_MEMBERS, EventClaim, NotificationStore, UserState
+from .tenants import Reach
 from .wire.broadcast import MAX_ACTIVE, check_broadcast, to_broadcast_payload
 from .wire.notification import DraftCheck, notification_id, page_bounds, to_payload
 from .wire.preferences import PreferencesCheck, preferences_payload
@@ -39,6 +41,11 @@ from .wire.push_subscription import check_endpoint_body, check_push_subscription
 log = logging.getLogger(__name__)
 
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")
+
+
+def _topic_answer(topic: str, created: list[dict | None]) -> dict[str, Any]:
+    made = sum(payload is not None for payload in created)
+    return {"topic": tenants.name_of(topic), "created": made, "muted": len(created) - made}
 
 
 async def _nobody_online(user_ids: set[str]) -> set[str]:
@@ -74,33 +81,58 @@ class NotificationService:
 
     # -- creation ------------------------------------------------------------------------------
 
-    def validate(self, raw_drafts: Iterable[Any]) -> list[Draft]:
-        """Drafts checked and sanitized (wire.notification.DraftCheck), or a ValidationError."""
-        return self._drafts.check_many(raw_drafts)
+    def validate(self, raw_drafts: Iterable[Any], reach: Reach = Reach()) -> list[Draft]:
+        """Drafts checked and sanitized inside the caller's `reach` (wire.notification's
+        DraftCheck), or a ValidationError (a ForbiddenError for a tenant it may not address)."""
+        return self._drafts.check_many(raw_drafts, reach)
 
-    async def create(self, raw_draft: Any) -> dict[str, Any] | None:
-        """Create one notification; None when the recipient turned its type off."""
-        return (await self.create_many(self.validate([raw_draft])))[0]
+    async def expand(self, drafts: list[Draft]) -> list[Draft]:
+        """Each topic draft as one draft per member of its topic (none for an empty or unknown
+        topic); the others as they are."""
+        if all(draft.topic is None for draft in drafts):
+            return drafts
+        expanded: list[Draft] = []
+        for draft in drafts:
+            if draft.topic is None:
+                expanded.append(draft)
+            else:
+                members = await self.store.topic_members(draft.topic, MAX_TOPIC_MEMBERS)
+                expanded.extend(draft.to(member) for member in members)
+        return expanded
 
-    async def create_once(self, raw_draft: Any, caller: str,
-                          key: str) -> tuple[dict[str, Any] | None, bool]:
+    async def create(self, raw_draft: Any, reach: Reach = Reach()) -> dict[str, Any] | None:
+        """Create one notification; None when the recipient turned its type off. A draft to a
+        topic answers `{"topic", "created", "muted"}` instead."""
+        [draft] = self.validate([raw_draft], reach)
+        created = await self.create_many(await self.expand([draft]))
+        if draft.topic is None:
+            return created[0]
+        return _topic_answer(draft.topic, created)
+
+    async def create_once(self, raw_draft: Any, caller: str, key: str,
+                          reach: Reach = Reach()) -> tuple[dict[str, Any] | None, bool]:
         """`create`, at most once per caller and `Idempotency-Key`: a client retrying after a
         timeout gets the first notification back (the second value says it is a replay) and
         nothing new is stored. The key reused with another body is refused."""
         if not IDEMPOTENCY_KEY.fullmatch(key):
             raise ValidationError("Idempotency-Key", "must be 1 to 128 printable ASCII characters")
-        [draft] = self.validate([raw_draft])
+        [draft] = self.validate([raw_draft], reach)
         body = json.dumps(raw_draft, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         fingerprint = "POST /api/notifications " + hashlib.sha256(body.encode()).hexdigest()[:32]
+        first: list[dict | None] = []
 
         async def create(claim: EventClaim) -> list[str]:
-            created = await self.create_many([draft], claim=claim)
-            return [payload["id"] for payload in created if payload is not None]
+            first[:] = await self.create_many(await self.expand([draft]), claim=claim)
+            return [payload["id"] for payload in first if payload is not None]
 
         ids, replayed = await self._idempotency.once(
             request_key(caller, key), fingerprint, create,
             lambda _: ValidationError("Idempotency-Key", "was already used with another body",
                                       code="idempotency_key_conflict"))
+        if draft.topic is not None:
+            # A replay knows what was created, not how many members had muted it then.
+            return ({"topic": tenants.name_of(draft.topic), "created": len(ids), "muted": None}
+                    if replayed else _topic_answer(draft.topic, first)), replayed
         if not ids:
             return None, replayed
         try:
@@ -136,9 +168,12 @@ class NotificationService:
             messages.append(NotificationCreated(
                 record.document["user_id"], record.document["seq"], payload,
                 record.state.unread_payload(), at))
-        kinds = collections.Counter((draft.type, draft.priority) for draft in wanted)
-        for (type_name, priority), count in kinds.items():
-            self._metrics.notifications_created.labels(type_name, priority).inc(count)
+        by_tenant = self._metrics.tenant_label
+        kinds = collections.Counter(
+            (draft.type, draft.priority, *((tenants.tenant_of(draft.user_id),) if by_tenant else ()))
+            for draft in wanted)
+        for labels, count in kinds.items():
+            self._metrics.notifications_created.labels(*labels).inc(count)
         if messages:
             await self._publish_many(messages)
         if stored:
@@ -275,20 +310,27 @@ class NotificationService:
 
     # -- broadcasts ------------------------------------------------------------------------------
 
-    async def broadcast(self, raw: Any) -> dict[str, Any]:
-        """Store an announcement for every dashboard user, then publish it to every instance's
-        sockets; its payload."""
-        draft = check_broadcast(raw, self._action_url_hosts)
+    async def broadcast(self, raw: Any, reach: Reach = Reach()) -> dict[str, Any]:
+        """Store an announcement for every dashboard user of a tenant (or of every tenant:
+        `"tenant": "*"` from a platform service), then publish it to every instance's sockets;
+        its payload."""
+        draft = check_broadcast(raw, self._action_url_hosts, reach)
         document = to_broadcast_document(draft, utcnow())
         await self.store.insert_broadcast(document)
         payload = to_broadcast_payload(document)
-        await self._publish(BroadcastPosted(payload, time.time()))
+        await self._publish(BroadcastPosted(payload, time.time(), draft.audience))
         self._metrics.broadcasts_created.inc()
         return payload
 
-    async def active_broadcasts(self) -> list[dict[str, Any]]:
-        """The newest broadcasts not yet expired (at most wire.broadcast.MAX_ACTIVE), newest first."""
+    async def active_broadcasts(self, tenant: str = tenants.DEFAULT) -> list[dict[str, Any]]:
+        """What `tenant`'s users are shown: the newest broadcasts not yet expired, for it or for
+        everyone (at most wire.broadcast.MAX_ACTIVE), newest first."""
         return [to_broadcast_payload(document)
+                for document in await self.store.active_broadcasts(MAX_ACTIVE, tenant)]
+
+    async def every_active_broadcast(self) -> list[tuple[str, dict[str, Any]]]:
+        """(audience, payload) of every audience's active broadcasts, for a process's board."""
+        return [(document.get("audience") or tenants.DEFAULT, to_broadcast_payload(document))
                 for document in await self.store.active_broadcasts(MAX_ACTIVE)]
 
     async def cleanup(self) -> int:

@@ -194,6 +194,7 @@ class MetricsSettings:
     access: str = _check(_one_of("admin", "port", "off"), default="admin")
     host: str = "127.0.0.1"
     port: int = _check(_between(0, 65535), default=9464)  # 0: any free port
+    tenant_label: bool = False
 
 
 @dataclass(frozen=True)

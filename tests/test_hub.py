@@ -14,7 +14,7 @@ class Recorder:
     """A connection that writes down what the hub called on it."""
 
     def __init__(self, user_id: str, remote_ip: str = "127.0.0.1", hub: Hub | None = None):
-        self.user_id, self.remote_ip = user_id, remote_ip
+        self.user_id, self.remote_ip, self.tenant = user_id, remote_ip, "default"
         self.calls: list[tuple[str, object]] = []
         self._detach_from = hub  # detaches itself on its first notification, as a closing socket
 

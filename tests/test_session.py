@@ -45,6 +45,16 @@ class ListOutbox:
         return [frame for frame in self.frames if frame["type"] in types]
 
 
+class Closes:
+    """The session's peer: the closes it asked for."""
+
+    def __init__(self):
+        self.closes: list[tuple[int, str]] = []
+
+    def close(self, code, reason):
+        self.closes.append((code, reason))
+
+
 @pytest.fixture
 async def stack(make_settings):
     """A service, hub and in-process broker as the app wires them, with no HTTP server."""
@@ -63,10 +73,10 @@ def _session(app, user_id="alice"):
                              types=app.plugins.types, verifier=app.verifier,
                              request_limiter=RateLimiter(0, "requests"),
                              settings=app.settings.websocket, max_sockets_per_ip=0)
-    outbox, closed = ListOutbox(), []
+    outbox, peer = ListOutbox(), Closes()
     principal = Principal(user_id, frozenset({"user"}), time.time() + 3600)
-    session = SocketSession(context, principal, "127.0.0.1", f"{user_id}-1", outbox,
-                            lambda code, reason: closed.append((code, reason)))
+    session = SocketSession(context, principal, "127.0.0.1", f"{user_id}-1", outbox, peer)
+    closed = peer.closes
     return session, outbox, closed
 
 

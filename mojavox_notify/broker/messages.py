@@ -17,6 +17,8 @@ from typing import Any, ClassVar, Union
 
 import orjson
 
+from .. import tenants
+
 #: Bumped when a kind's fields change other than by one added at the end: a process of another
 #: wire version ignores the batch (and says so) instead of misreading it.
 WIRE_VERSION = 2
@@ -78,11 +80,13 @@ class NotificationDeleted:
 
 @dataclass(frozen=True, slots=True)
 class BroadcastPosted:
-    """An announcement for every socket (its payload, as the socket's `broadcast` frame shows it)."""
+    """An announcement for every socket of its `audience`, a tenant or `tenants.EVERYONE` (its
+    payload, as the socket's `broadcast` frame shows it)."""
 
     KIND: ClassVar[str] = "broadcast"
     broadcast: dict[str, Any]
     at: float | None = None
+    audience: str = tenants.DEFAULT
 
     @property
     def recipient(self) -> str | None:

@@ -7,6 +7,7 @@ from typing import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from ..errors import ForbiddenError
 from ..metrics import Metrics
 from ..plugins import Plugins
 from .base import BaseHandler
@@ -43,6 +44,9 @@ class MetricsHandler(BaseHandler):
     async def get(self) -> None:
         if self.needs_admin:
             self.principal.require("admin")
+            if self.principal.tenant is not None:
+                raise ForbiddenError("/metrics covers every tenant: it needs an admin token "
+                                     "without a tenant claim", code="tenant_forbidden")
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.set_header("Cache-Control", "no-store")
         self.finish(self.metrics.exposition())

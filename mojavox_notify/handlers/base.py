@@ -12,6 +12,7 @@ from typing import Any
 import tornado.httputil
 import tornado.web
 
+from .. import tenants
 from ..auth import Principal, TokenVerifier, bearer_token
 from ..errors import (ECHO_CHARS, AuthenticationError, ForbiddenError, NotifyError,
                       PayloadTooLargeError, RateLimitedError, StorageUnavailableError,
@@ -170,7 +171,7 @@ class BaseHandler(CorsHandlerMixin, tornado.web.RequestHandler):
         if self.public:
             return
         await self._authenticate()
-        await self.request_limiter.acquire([self.principal.user_id])
+        await self.request_limiter.acquire([self.principal.key])
 
     async def _authenticate(self) -> None:
         """Each attempt takes a failure from its address's allowance before the token is
@@ -309,5 +310,5 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
         return
     principal = getattr(handler, "principal", None)
     log_access(handler.request.method or "-", handler.request.path, status,
-               handler.request.request_time(), principal.user_id if principal else None,
+               handler.request.request_time(), tenants.shown(principal.key) if principal else None,
                handler.request.remote_ip, getattr(handler, "answered_error", None))

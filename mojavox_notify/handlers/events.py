@@ -11,6 +11,6 @@ class EventsHandler(BaseHandler):
 
     async def post(self) -> None:
         self.principal.require("service")
-        event = self.ingest.parse(self.json_body())
+        event = self.ingest.parse(self.json_body(), self.principal.reach)
         ids = await self.ingest.ingest(event)
         self.send_json({"notifications": ids}, status=202)

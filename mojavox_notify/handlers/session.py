@@ -7,7 +7,8 @@ The same mechanism serves `?since=` recovery, and live messages that arrive mean
 their turn. It also answers the client's commands and keeps time on the token.
 
 It speaks to its socket through two things it is given: an outbox (`put`, `put_encoded`,
-`close_after_flush`, `cancel`: see `transport.Outbox`) and `close(code, reason)`.
+`close_after_flush`, `cancel`: see `transport.Outbox`) and a peer that closes it
+(`close(code, reason)`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Protocol
 
+from .. import tenants
 from ..auth import Principal, TokenVerifier
 from ..broker.messages import AllRead, NotificationCreated, NotificationDeleted, NotificationRead
 from ..errors import (ECHO_CHARS, AuthenticationError, NotFoundError, NotifyError,
@@ -53,6 +55,10 @@ class FrameSink(Protocol):
     def cancel(self) -> None: ...
 
 
+class Closer(Protocol):
+    def close(self, code: int, reason: str) -> None: ...
+
+
 @dataclass(frozen=True)
 class SessionContext:
     """The collaborators every session of a process shares."""
@@ -70,17 +76,23 @@ class SessionContext:
 class SocketSession:
     """The hub's `Connection` for one socket."""
 
+    # Slots: one per live socket, tens of thousands of them per process.
+    __slots__ = ("context", "service", "settings", "principal", "user_id", "tenant", "remote_ip",
+                 "client_id", "outbox", "_peer", "inbound", "channels", "last_seq", "live_from",
+                 "_catching_up", "_held", "_early", "_resync_pending", "_token_timer", "_attached")
+
     def __init__(self, context: SessionContext, principal: Principal, remote_ip: str,
-                 client_id: str, outbox: FrameSink, close: Callable[[int, str], None]):
+                 client_id: str, outbox: FrameSink, peer: Closer):
         self.context = context
         self.service = context.service
         self.settings = context.settings
         self.principal = principal
-        self.user_id = principal.user_id
+        self.user_id = principal.key  # the hub's, storage's and presence's key of this user
+        self.tenant = principal.tenant or tenants.DEFAULT
         self.remote_ip = remote_ip
         self.client_id = client_id
         self.outbox = outbox
-        self._close = close
+        self._peer = peer
         self.inbound = InboundLimit(self.settings.messages_per_second,
                                     self.settings.close_above_messages_per_second)
         self.channels = context.types.all  # shared until this socket changes its subscriptions
@@ -122,7 +134,8 @@ class SocketSession:
                      if self.settings.max_sockets_per_user else 0)
         refusal = self._over_socket_limits(elsewhere)
         if refusal:
-            log.warning("socket of %s from %s refused: %s", self.user_id, self.remote_ip, refusal)
+            log.warning("socket of %s from %s refused: %s", tenants.shown(self.user_id),
+                        self.remote_ip, refusal)
             self.close(CLOSE_TOO_MANY_SOCKETS, refusal)
             return False
         # Attached before the counters are read, so no storage read has to close a gap: what
@@ -136,9 +149,9 @@ class SocketSession:
         self.live_from = self.last_seq = state.seq
         self._schedule_token_timers()
         self._send("connected", clientId=self.client_id, timestamp=iso(utcnow()),
-                   unreadCount=state.unread_payload())
+                   unreadCount=state.unread_payload(), tenant=self.tenant)
         # Every broadcast that came early is on the board already: shown once, from there.
-        for payload in self.context.hub.broadcasts.active():
+        for payload in self.context.hub.broadcasts.active(self.tenant):
             self.outbox.put_encoded(broadcast_frame(payload))
         early, self._early = self._early, None
         for handle, message in early:
@@ -284,7 +297,8 @@ class SocketSession:
         """A frame from the client: flood control first, then its command."""
         admission = self.inbound.admit()
         if admission == "close":
-            log.warning("closing socket %s of %s: flooding", self.client_id, self.user_id)
+            log.warning("closing socket %s of %s: flooding", self.client_id,
+                        tenants.shown(self.user_id))
             self.detach()
             self.close(CLOSE_POLICY_VIOLATION, "Too many messages")
             return
@@ -354,7 +368,7 @@ class SocketSession:
         principal = await self.context.verifier.verify(frame["token"])
         if principal.expires_at <= time.time():
             raise AuthenticationError("the new token has already expired", code="token_expired")
-        if principal.user_id != self.user_id:
+        if principal.key != self.user_id:  # another user, or the same id in another tenant
             log.warning("socket %s: refresh with a token of another user; closing", self.client_id)
             self.close(CLOSE_TOKEN_INVALID, "Token is for another user")
             return
@@ -388,7 +402,7 @@ class SocketSession:
         self._send("error", code=code, message=message)
 
     def close(self, code: int, reason: str) -> None:
-        self._close(code, reason)
+        self._peer.close(code, reason)
 
     def shutdown(self, code: int, reason: str) -> None:
         """Close after what is queued is sent (used at server shutdown)."""

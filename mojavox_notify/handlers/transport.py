@@ -1,8 +1,8 @@
 """Frames to dashboard sockets, written as WebSocket frames straight to each connection's stream.
 
 It knows streams, bytes and the event loop's turns, and nothing of sessions or users: an
-`Outbox` is given its stream, the counter of frames sent, and what to call when its client
-stops reading and when it is time to close.
+`Outbox` is given its stream, the counter of frames sent, and a `Peer`: what it tells when its
+client stops reading and when it is time to close.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import socket
 import struct
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Iterable, Protocol
 
 import orjson
 from tornado.iostream import IOStream, StreamClosedError
@@ -30,26 +30,34 @@ class Counter(Protocol):
     def inc(self, amount: float = 1) -> None: ...
 
 
+class Peer(Protocol):
+    """What an outbox needs of its connection (the tornado handler; a test's stand-in)."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Close the connection with a WebSocket close code."""
+
+    def slow_consumer(self, frames: int, size: int) -> None:
+        """Its client stopped reading: `frames` frames of `size` bytes wait (now dropped)."""
+
+
 class Outbox:
     """Frames to one socket.
 
     Frames put during one turn of the event loop leave in one write (an alert's `notification`
     and `unread_count`: one system call), with no task per frame (tornado's `write_message`
     makes one) and nothing per socket while idle. Behind a write the kernel has not taken in
-    full, frames wait here, bounded: a client that stops reading is dropped (`on_overflow`)
+    full, frames wait here, bounded: a client that stops reading is dropped (its peer is told)
     instead of growing this process's memory."""
 
-    __slots__ = ("_stream", "_frames_sent", "_on_overflow", "_close", "name", "_pending",
-                 "_pending_bytes", "_max_messages", "_max_bytes", "_blocked", "_scheduled",
-                 "_dropped", "closing_code", "_closing_reason")
+    __slots__ = ("_stream", "_frames_sent", "_peer", "_pending", "_pending_bytes",
+                 "_max_messages", "_max_bytes", "_blocked", "_scheduled", "_dropped",
+                 "closing_code", "_closing_reason")
 
-    def __init__(self, stream: IOStream, frames_sent: Counter, on_overflow: Callable[[], None],
-                 close: Callable[[int, str], None], name: str, max_messages: int, max_bytes: int):
+    def __init__(self, stream: IOStream, frames_sent: Counter, peer: Peer, max_messages: int,
+                 max_bytes: int):
         self._stream = stream
         self._frames_sent = frames_sent
-        self._on_overflow = on_overflow
-        self._close = close
-        self.name = name  # for the logs
+        self._peer = peer
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._max_messages = max_messages
@@ -72,10 +80,9 @@ class Outbox:
         self._pending_bytes += len(data)
         if self._blocked:
             if len(self._pending) > self._max_messages or self._pending_bytes > self._max_bytes:
-                log.warning("closing socket %s: slow consumer (%d frames, %d bytes queued)",
-                            self.name, len(self._pending), self._pending_bytes)
+                frames, size = len(self._pending), self._pending_bytes
                 self._drop()
-                self._on_overflow()
+                self._peer.slow_consumer(frames, size)
             return
         if not self._scheduled:
             self._scheduled = True
@@ -109,7 +116,7 @@ class Outbox:
         if self._pending:
             self._write()
         if not self._blocked and self.closing_code is not None:
-            self._close(self.closing_code, self._closing_reason)
+            self._peer.close(self.closing_code, self._closing_reason)
 
     def _write(self) -> None:
         data, count = b"".join(self._pending), len(self._pending)

@@ -15,6 +15,7 @@ from typing import Any
 
 import tornado.websocket
 
+from .. import tenants
 from ..auth import TokenVerifier, bearer_token
 from ..errors import AuthenticationError, RateLimitedError
 from ..logs import log_access
@@ -97,11 +98,10 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
         since = self.get_query_argument("since", None)
         self._forget_handshake()
         client_id = f"{principal.user_id}-{int(time.time() * 1000)}-{next(_client_numbers)}"
-        outbox = Outbox(self.ws_connection.stream, self.metrics.frames_sent,
-                        self._slow_consumer, self.close, f"{client_id} of {principal.user_id}",
+        outbox = Outbox(self.ws_connection.stream, self.metrics.frames_sent, self,
                         self.ws_settings.max_queued_messages, self.ws_settings.max_buffered_bytes)
-        self.session = SocketSession(self.context, principal, self.remote_ip, client_id,
-                                     outbox, self.close)
+        self.session = SocketSession(self.context, principal, self.remote_ip, client_id, outbox,
+                                     self)
         if await self.session.start(since):
             self.heartbeat.add(self)
 
@@ -132,7 +132,9 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
 
     # -- closing --------------------------------------------------------------------------------
 
-    def _slow_consumer(self) -> None:
+    def slow_consumer(self, frames: int, size: int) -> None:  # the outbox's Peer
+        log.warning("closing socket %s of %s: slow consumer (%d frames, %d bytes queued)",
+                    self.session.client_id, self.session.user_id, frames, size)
         self.session.drop_slow_consumer()
 
     def close(self, code: int | None = None, reason: str | None = None) -> None:
@@ -144,7 +146,7 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
     def on_close(self) -> None:
         session = self.session
         log_access("WS", self.request.path, 101, time.monotonic() - self._opened_at,
-                   session.user_id if session else None,
+                   tenants.shown(session.user_id) if session else None,
                    session.client_id if session else self.remote_ip,
                    ("closed", f"{self.close_code} {self.close_reason or ''}".strip())
                    if self.close_code not in (None, 1000, 1001) else None)

@@ -84,6 +84,10 @@ class Insertion:
     abandoned: bool = False
 
 
+#: Members one topic may have (wire.topic's checks keep to it; the engines refuse past it).
+MAX_TOPIC_MEMBERS = 100_000
+
+
 class TopicFullError(Exception):
     """Adding these members would pass the topic's limit; nothing was changed."""
 

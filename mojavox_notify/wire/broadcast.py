@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping
 
 from ..model import PRIORITIES, BroadcastDraft, iso
+from ..tenants import TENANT_RULE, Reach
 from .input import MAX_ACTION_URL, MAX_MESSAGE, MAX_TITLE, action_url, json_data, plain_text
 from .schema import OBJECT_ID, TIMESTAMP, Checker, one_of, text_schema, object_schema
 
@@ -35,8 +36,13 @@ BROADCAST_PAYLOAD = object_schema({
 
 BROADCAST = {
     "type": "object", "additionalProperties": False, "required": ["title", "message"],
-    "description": "An announcement to every connected dashboard user, shown while it lasts",
+    "description": "An announcement to every connected dashboard user of a tenant, shown while "
+                   "it lasts. `tenant`: the audience a platform service chooses (a tenant, or "
+                   "\"*\" for every tenant; default: the default tenant); a tenant service's "
+                   "broadcast is its own tenant's.",
     "properties": {
+        "tenant": {"type": "string", "pattern": "^([A-Za-z0-9][A-Za-z0-9._-]{0,63}|\\*)$",
+                   "x-error": f"{TENANT_RULE}, or * for every tenant"},
         "title": text_schema(MAX_TITLE),
         "message": text_schema(MAX_MESSAGE),
         "priority": one_of(PRIORITIES, " (default: high)"),
@@ -53,11 +59,13 @@ BROADCAST = {
 _BROADCAST_CHECK = Checker(BROADCAST)
 
 
-def check_broadcast(raw: Any, action_url_hosts: Iterable[str] = ()) -> BroadcastDraft:
+def check_broadcast(raw: Any, action_url_hosts: Iterable[str] = (),
+                    reach: Reach = Reach()) -> BroadcastDraft:
     """A `POST /api/broadcasts` body through `BROADCAST`, then sanitized: what the schema cannot
     say (markup removed, `data` as stored, a safe `actionUrl`), with the defaults filled in;
     errors name the field."""
     _BROADCAST_CHECK.check(raw)
+    audience = reach.tenant_named(raw.get("tenant"), everyone=True)
     return BroadcastDraft(
         title=plain_text(raw.get("title"), "title", MAX_TITLE),
         message=plain_text(raw.get("message"), "message", MAX_MESSAGE),
@@ -65,6 +73,7 @@ def check_broadcast(raw: Any, action_url_hosts: Iterable[str] = ()) -> Broadcast
         ttl_seconds=raw.get("ttlSeconds", DEFAULT_BROADCAST_TTL),
         data=json_data(raw.get("data")),
         action_url=action_url(raw.get("actionUrl"), tuple(action_url_hosts)),
+        audience=audience,
     )
 
 

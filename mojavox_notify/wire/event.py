@@ -1,16 +1,19 @@
-"""A domain event from a MOJAVOX service (`POST /api/events`): `{type, id?, data, occurredAt?}`."""
+"""A domain event from a MOJAVOX service (`POST /api/events`): `{type, id?, data, occurredAt?,
+tenant?}`."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Iterable, Mapping
 
 from ..errors import ValidationError
 from ..model import Event
+from ..tenants import Reach
 from .input import parse_time
-from .schema import OBJECT_ID, TIME, Checker, object_schema
+from .schema import OBJECT_ID, TENANT, TIME, Checker, object_schema
 
 MAX_EVENT_ID = 128
-EVENT_FIELDS = {"type", "id", "data", "occurredAt"}
+EVENT_FIELDS = {"type", "id", "data", "occurredAt", "tenant"}
 
 
 def event_schema(event_types: Iterable[str]) -> dict[str, Any]:
@@ -25,6 +28,8 @@ def event_schema(event_types: Iterable[str]) -> dict[str, Any]:
                    "x-error": f"must be a string of 1 to {MAX_EVENT_ID} characters"},
             "data": {"type": "object", "x-error": "must be a JSON object"},
             "occurredAt": {**TIME, "type": ["string", "null"]},
+            "tenant": {**TENANT, "description": "A platform service's choice of tenant (default: "
+                       "the default tenant); a tenant service may name only its own"},
         },
     }
 
@@ -36,9 +41,11 @@ class EventCheck:
         self._known = sorted(event_types)
         self._schema = Checker(event_schema(self._known))
 
-    def check(self, raw: Any) -> Event:
+    def check(self, raw: Any, reach: Reach = Reach()) -> Event:
+        """An event inside the caller's `reach` (its `tenant`, when it may name one)."""
         self._schema.check(raw)
-        return check_event_rules(raw, self._known)
+        event = check_event_rules(raw, self._known)
+        return dataclasses.replace(event, tenant=reach.tenant_named(raw.get("tenant")))
 
 
 def check_event_rules(raw: Any, known_types: Iterable[str]) -> Event:

@@ -26,7 +26,9 @@ def _frame(frame_type: str, description: str, required: dict[str, Any] | None = 
 SERVER_FRAMES: dict[str, dict[str, Any]] = {
     "connected": _frame("connected", "First frame of every socket",
                         {"clientId": {"type": "string"}, "timestamp": TIMESTAMP,
-                         "unreadCount": object_schema(UNREAD)}),
+                         "unreadCount": object_schema(UNREAD),
+                         "tenant": {"type": "string", "description": "The user's tenant (the "
+                                    "token's tenant claim, or the default tenant)"}}),
     "notification": _frame("notification", "A new notification on a subscribed channel",
                            {"payload": NOTIFICATION}),
     "broadcast": _frame("broadcast", "An announcement to every connected user, on every "

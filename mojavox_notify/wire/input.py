@@ -30,6 +30,7 @@ MAX_ACTION_URL = 2048
 # Whitespace (Unicode included), control characters and backslashes: never in an actionUrl.
 UNSAFE_IN_URL = re.compile(r"[\s\x00-\x1f\\]")
 MAX_JSON_DEPTH = 32
+CONTROL_IN_ID = re.compile(r"[\x00-\x1f\x7f]")
 INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 
 
@@ -112,11 +113,12 @@ def _printable(path: str) -> str:
     return path.encode("utf-8", "backslashreplace").decode().replace("\x00", "\\x00")
 
 
-def check_recipient(value: Any) -> str:
-    """A draft's `userId`."""
-    if not isinstance(value, str) or not 1 <= len(value) <= MAX_USER_ID or value != value.strip():
-        raise ValidationError("userId", f"must be a user id of 1 to {MAX_USER_ID} characters "
-                                        "without surrounding spaces")
+def check_recipient(value: Any, field: str = "userId") -> str:
+    """A draft's `userId` (no control characters: tenants.SEPARATOR is one)."""
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_USER_ID or value != value.strip() \
+            or CONTROL_IN_ID.search(value):
+        raise ValidationError(field, f"must be a user id of 1 to {MAX_USER_ID} characters "
+                                     "without surrounding spaces or control characters")
     return value
 
 

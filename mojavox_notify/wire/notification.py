@@ -7,16 +7,19 @@ The draft's schema (also in /openapi.json) is checked first, then what it cannot
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any, Iterable, Mapping
 
+from .. import tenants
 from ..errors import NotFoundError, ValidationError
 from ..ids import ObjectId
 from ..model import PRIORITIES, Draft, NotificationTypes, iso, utcnow
+from ..tenants import Reach
 from .input import (MAX_ACTION_URL, MAX_MESSAGE, MAX_TITLE, action_url, check_recipient,
                     json_data, parse_time, plain_text)
-from .schema import (COUNT, OBJECT_ID, TIME, TIMESTAMP, USER_ID, Checker, object_schema, one_of,
-                     text_schema)
+from .schema import (COUNT, OBJECT_ID, TENANT, TIME, TIMESTAMP, USER_ID, Checker, object_schema,
+                     one_of, text_schema)
 
 NOTIFICATION = object_schema({
     "id": OBJECT_ID,
@@ -36,16 +39,27 @@ UNREAD = {
 }
 
 
-DRAFT_FIELDS = {"userId", "type", "title", "message", "priority", "data", "actionUrl", "expiresAt"}
+DRAFT_FIELDS = {"userId", "topic", "tenant", "type", "title", "message", "priority", "data",
+                "actionUrl", "expiresAt"}
+TOPIC_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+TOPIC_RULE = "must be a topic key of 1 to 128 characters: letters, digits, '.', '_', ':' or " \
+             "'-', starting with a letter or digit"
+TOPIC = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$", "x-error": TOPIC_RULE}
+ONE_RECIPIENT = "a draft names one recipient: userId, or topic (every member of it)"
 
 
 def draft_schema(type_names: Iterable[str]) -> dict[str, Any]:
     """A notification to create (`POST /api/notifications`, and what plugins return)."""
     return {
         "type": "object", "additionalProperties": False,
-        "required": ["userId", "type", "title", "message"],
+        "required": ["type", "title", "message"],
+        "description": f"A notification to create: {ONE_RECIPIENT}. `tenant`: a platform "
+                       "service's choice of tenant (default: the default tenant); a tenant "
+                       "service may name only its own.",
         "properties": {
             "userId": USER_ID,
+            "topic": TOPIC,
+            "tenant": TENANT,
             "type": one_of(type_names),
             "title": text_schema(MAX_TITLE),
             "message": text_schema(MAX_MESSAGE),
@@ -73,32 +87,44 @@ class DraftCheck:
         self._schema = Checker(draft_schema(types.names))
         self._recipient = Checker(USER_ID)
 
-    def check(self, raw: Any) -> Draft:
+    def check(self, raw: Any, reach: Reach = Reach()) -> Draft:
+        """One draft, inside `reach` (the caller's: a tenant service's drafts stay in its
+        tenant)."""
         self._schema.check(raw)
-        return _sanitized(raw, self._types, self._hosts)
+        return _sanitized(raw, self._types, self._hosts, reach)
 
-    def check_many(self, raws: Iterable[Any]) -> list[Draft]:
+    def check_many(self, raws: Iterable[Any], reach: Reach = Reach()) -> list[Draft]:
         drafts: list[Draft] = []
         previous: Any = None
         for raw in raws:
             if drafts and _same_but_recipient(raw, previous):
                 self._recipient.check(raw["userId"], "userId")
-                drafts.append(drafts[-1].to(check_recipient(raw["userId"])))
+                tenant = tenants.tenant_of(drafts[-1].user_id)
+                drafts.append(drafts[-1].to(tenants.key(tenant, check_recipient(raw["userId"]))))
             else:
-                drafts.append(self.check(raw))
+                drafts.append(self.check(raw, reach))
             previous = raw
         return drafts
 
 
 def _sanitized(raw: Any, types: NotificationTypes, action_url_hosts: tuple[str, ...],
-               now: datetime | None = None) -> Draft:
+               reach: Reach, now: datetime | None = None) -> Draft:
     """What the schema cannot say about a draft (it may come from a plugin, unchecked by it)."""
     if not isinstance(raw, Mapping):
         raise ValidationError("body", "must be a JSON object")
     if not DRAFT_FIELDS.issuperset(raw):
         unknown = sorted(set(raw) - DRAFT_FIELDS)
         raise ValidationError(unknown[0], f"unknown field; allowed: {', '.join(sorted(DRAFT_FIELDS))}")
-    user_id = check_recipient(raw.get("userId"))
+    tenant = reach.tenant_named(raw.get("tenant"))
+    user_id, topic = raw.get("userId"), raw.get("topic")
+    if (user_id is None) == (topic is None):
+        raise ValidationError("userId", ONE_RECIPIENT)
+    if topic is not None:
+        if not isinstance(topic, str) or not TOPIC_KEY.fullmatch(topic):
+            raise ValidationError("topic", TOPIC_RULE)
+        user_id, topic = "", tenants.key(tenant, topic)
+    else:
+        user_id = tenants.key(tenant, check_recipient(user_id))
     type_name = raw.get("type")
     if type_name not in types:
         raise ValidationError("type", f"must be one of {', '.join(types.names)}")
@@ -116,6 +142,7 @@ def _sanitized(raw: Any, types: NotificationTypes, action_url_hosts: tuple[str, 
         data=json_data(raw.get("data")),
         action_url=action_url(raw.get("actionUrl"), action_url_hosts),
         expires_at=_expires_at(raw.get("expiresAt"), now),
+        topic=topic,
     )
 
 
@@ -177,3 +204,9 @@ PAGE = object_schema({"notifications": {"type": "array", "items": NOTIFICATION},
                     {"unreadCount": {"type": "integer", "minimum": 0}})
 UNREAD_COUNT = object_schema(UNREAD)
 MUTED = object_schema({"notification": {"type": "null"}, "muted": {"const": True}})
+SENT_TO_TOPIC = object_schema(
+    {"topic": {"type": "string"}, "created": COUNT,
+     "muted": {"type": ["integer", "null"], "minimum": 0,
+               "description": "members who had turned the type off (null on a replay)"}},
+    description="A draft to a topic: one notification created per member who has not muted it")
+MUTED_OR_SENT_TO_TOPIC = {"oneOf": [MUTED, SENT_TO_TOPIC]}

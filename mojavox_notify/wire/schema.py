@@ -14,6 +14,7 @@ import fastjsonschema
 import jsonschema
 
 from ..errors import ValidationError
+from ..tenants import TENANT_RULE
 from .input import MAX_USER_ID
 
 OBJECT_ID = {"type": "string", "pattern": "^[0-9a-f]{24}$"}
@@ -32,8 +33,13 @@ def object_schema(required: dict[str, Any], optional: dict[str, Any] | None = No
     return schema
 
 
-USER_ID = {"type": "string", "minLength": 1, "maxLength": MAX_USER_ID, "pattern": r"^\S(.*\S)?$",
-           "x-error": f"must be a user id of 1 to {MAX_USER_ID} characters without surrounding spaces"}
+# No control characters: a user id is written into log lines, and tenants.SEPARATOR is one.
+USER_ID = {"type": "string", "minLength": 1, "maxLength": MAX_USER_ID,
+           "pattern": r"^[^\s\x00-\x1f\x7f]([^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f])?$",
+           "x-error": f"must be a user id of 1 to {MAX_USER_ID} characters without surrounding "
+                      "spaces or control characters"}
+TENANT = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+          "x-error": TENANT_RULE}
 TIME = {"type": "string", "format": "date-time",
         "x-error": "must be an ISO 8601 time such as 2026-01-27T20:30:00Z"}
 
