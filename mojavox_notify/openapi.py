@@ -16,7 +16,7 @@ from . import __version__
 from .wire import broadcast, event, notification, preferences, push_subscription, topic
 from .wire.broadcast import BROADCAST_PAYLOAD
 from .wire.notification import MAX_OFFSET, MAX_PAGE, NOTIFICATION
-from .wire.schema import ERROR, OBJECT_ID, SUCCESS
+from .wire.schema import ERROR, OBJECT_ID, SUCCESS, TENANT
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ QUERY = {
 }
 # The parameters in paths: `/api/notifications/{id}`, `/api/topics/{key}`.
 PATH_PARAMETERS = {"id": OBJECT_ID, "key": topic.TOPIC_KEY}
-TENANT_QUERY = Query("tenant", topic.TENANT_NAME)
+TENANT_QUERY = Query("tenant", TENANT)
 HEADERS = {
     "Idempotency-Key": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,128}$",
                         "description": "A retry with the same key returns the first answer"},

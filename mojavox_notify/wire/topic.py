@@ -1,9 +1,9 @@
 """A topic: a named set of users inside a tenant, as services manage it over REST.
 
 `check_topic_key` is the key rule (a path segment, and a draft's `topic`); `check_topic_update`
-takes a `PUT /api/topics/{key}/members` body through `TOPIC_UPDATE` and the rule the schema
-cannot say (no control character in a user id: with one, an id could spell another tenant's
-user key); `check_member` does the same for one user id of a query (`after`, `userId`). The
+takes a `PUT /api/topics/{key}/members` body through `TOPIC_UPDATE`, then each user id through
+the rule a draft's `userId` keeps (no control character: with one, an id could spell another
+tenant's user key); `check_member` checks one user id of a query (`after`, `userId`). The
 answers' schemas are `TOPIC_UPDATED`, `TOPIC_MEMBERS` and `TOPICS`.
 """
 
@@ -14,10 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ValidationError
-from ..logs import CONTROL_CHARACTERS
-from ..tenants import TENANT_RULE
-from .input import MAX_USER_ID
-from .schema import COUNT, USER_ID, Checker, object_schema
+from .input import check_recipient
+from .schema import COUNT, TENANT, USER_ID, Checker, object_schema
 
 MAX_TOPIC_KEY = 128
 TOPIC_KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
@@ -29,14 +27,9 @@ MAX_CHANGES = 1000
 MAX_MEMBERS_PAGE = 1000
 DEFAULT_MEMBERS_PAGE = 100
 
-MEMBER_RULE = (f"must be a user id of 1 to {MAX_USER_ID} characters without surrounding spaces "
-               "or control characters")
-
 TOPIC_KEY = {"type": "string", "minLength": 1, "maxLength": MAX_TOPIC_KEY,
              "pattern": f"^{TOPIC_KEY_PATTERN.pattern}$", "x-error": TOPIC_KEY_RULE}
-MEMBER = {**USER_ID, "x-error": MEMBER_RULE}
-TENANT_NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
-               "x-error": TENANT_RULE}
+MEMBER = USER_ID
 
 
 def _members(verb: str) -> dict[str, Any]:
@@ -47,7 +40,7 @@ def _members(verb: str) -> dict[str, Any]:
 TOPIC_UPDATE = object_schema({}, {
     "add": _members("add"),
     "remove": _members("remove"),
-    "tenant": {**TENANT_NAME, "type": ["string", "null"]},
+    "tenant": TENANT,
 }, description="Members to add, then members to remove (an id in both ends up not a member); "
                "a platform service may name the tenant")
 
@@ -84,11 +77,8 @@ def check_topic_key(value: Any, name: str = "key") -> str:
 
 
 def check_member(value: Any, name: str) -> str:
-    """One user id as a topic holds it (the rule of `MEMBER`, and no control character)."""
-    if not isinstance(value, str) or not 1 <= len(value) <= MAX_USER_ID or value != value.strip() \
-            or CONTROL_CHARACTERS.search(value):
-        raise ValidationError(name, MEMBER_RULE)
-    return value
+    """One user id as a topic holds it: as a draft's `userId`."""
+    return check_recipient(value, name)
 
 
 def check_topic_update(raw: Any) -> TopicUpdate:
