@@ -34,6 +34,7 @@ from .handlers.rest import (BroadcastsHandler, MarkAllReadHandler, MarkReadHandl
 from .handlers.web import page_routes
 from .handlers.closes import CLOSE_GOING_AWAY
 from .handlers.session import SessionContext
+from .handlers.topics import TopicKeyHandler, TopicMembersHandler, TopicsHandler
 from .handlers.transport import deliver_to_all
 from .handlers.websocket import NotificationSocket
 from .httpserver import NotifyHTTPServer, drain_limit, listen_sockets
@@ -57,6 +58,7 @@ from .health import StorageHealth
 from .store import NotificationStore, build_store
 from .store.importer import legacy_folder
 from .supervision import Supervisor
+from .topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +114,7 @@ class NotifyApp:
         self.store: NotificationStore | None = None
         self.storage_health: StorageHealth | None = None
         self.service: NotificationService | None = None
+        self.topics: Topics | None = None
         self.ingest: EventIngest | None = None
         self.port: int | None = None
         self.metrics_port: int | None = None
@@ -155,6 +158,7 @@ class NotifyApp:
             online=self.presence.online_many, limiter=self.notification_limiter,
             metrics=self.metrics, resolver=self.resolver)
         self.ingest = EventIngest(self.plugins, self.service, self.store, self.metrics)
+        self.topics = Topics(self.store)
 
     async def start(self, sockets: list[socket.socket] | None = None) -> None:
         """Open storage, start the broker and plugins, listen (on `sockets` if given)."""
@@ -262,6 +266,7 @@ class NotifyApp:
         settings = self.settings
         common = self._handler_args()
         service = {**common, "service": self.service}
+        topics = {**common, "topics": self.topics}
         routes = [
             (r"/api/notifications", NotificationsHandler, service),
             (r"/api/notifications/read-all", MarkAllReadHandler, service),
@@ -273,6 +278,9 @@ class NotifyApp:
             (r"/api/notifications/([^/]+)/read", MarkReadHandler, service),
             (r"/api/notifications/([^/]+)", NotificationHandler, service),
             (r"/api/broadcasts", BroadcastsHandler, service),
+            (r"/api/topics", TopicsHandler, topics),
+            (r"/api/topics/(?P<key>[^/]+)/members", TopicMembersHandler, topics),
+            (r"/api/topics/(?P<key>[^/]+)", TopicKeyHandler, topics),
             (r"/api/events", EventsHandler, {**common, "ingest": self.ingest}),
             (r"/api/plugins", PluginsHandler, {**common, "plugins": self.plugins}),
             *([(r"/metrics", MetricsHandler, {**common, "metrics": self.metrics})]

@@ -13,10 +13,19 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import __version__
-from .wire import broadcast, event, notification, preferences, push_subscription
+from .wire import broadcast, event, notification, preferences, push_subscription, topic
 from .wire.broadcast import BROADCAST_PAYLOAD
 from .wire.notification import MAX_OFFSET, MAX_PAGE, NOTIFICATION
-from .wire.schema import ERROR, OBJECT_ID, SUCCESS
+from .wire.schema import ERROR, OBJECT_ID, SUCCESS, TENANT
+
+
+@dataclass(frozen=True)
+class Query:
+    """A query parameter of one operation's own (the shared ones are named in QUERY)."""
+
+    name: str
+    schema: dict[str, Any]
+    required: bool = False
 
 
 @dataclass(frozen=True)
@@ -25,7 +34,7 @@ class Operation:
     who: str  # "anyone", "user", "service", "admin"
     answers: dict[int, Any]  # status → schema (or a callable of the app's type lists)
     body: Any = None
-    query: tuple[str, ...] = ()
+    query: tuple[str | Query, ...] = ()
     headers: tuple[str, ...] = ()
     media_type: str = "application/json"
     extra_errors: tuple[int, ...] = field(default=())
@@ -36,6 +45,9 @@ QUERY = {
     "offset": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0},
     "unreadOnly": {"type": "boolean", "default": False},
 }
+# The parameters in paths: `/api/notifications/{id}`, `/api/topics/{key}`.
+PATH_PARAMETERS = {"id": OBJECT_ID, "key": topic.TOPIC_KEY}
+TENANT_QUERY = Query("tenant", TENANT)
 HEADERS = {
     "Idempotency-Key": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,128}$",
                         "description": "A retry with the same key returns the first answer"},
@@ -94,6 +106,20 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("/api/events", "post"): Operation(
         "Post one domain event; a repeated id returns the first answer", "service",
         {202: event.EVENT_ANSWER}, body=lambda types, events: event.event_schema(events)),
+    ("/api/topics", "get"): Operation(
+        "The keys of the topics a user is a member of", "service", {200: topic.TOPICS},
+        query=(Query("userId", topic.MEMBER, required=True), TENANT_QUERY)),
+    ("/api/topics/{key}/members", "put"): Operation(
+        f"Add and remove members (at most {topic.MAX_CHANGES} of each per call); answers the "
+        "count after (409 topic_full when the topic would pass its limit: nothing changed)",
+        "service", {200: topic.TOPIC_UPDATED}, body=topic.TOPIC_UPDATE, extra_errors=(409,)),
+    ("/api/topics/{key}/members", "get"): Operation(
+        "A page of a topic's members in ascending order; `next` is the `after` of the next page "
+        "(an unknown topic has none)", "service", {200: topic.TOPIC_MEMBERS},
+        query=(Query("limit", topic.MEMBERS_LIMIT), Query("after", topic.MEMBER), TENANT_QUERY)),
+    ("/api/topics/{key}", "delete"): Operation(
+        "Remove every member of a topic (an unknown one too)", "service", {200: SUCCESS},
+        query=(TENANT_QUERY,)),
     ("/api/plugins", "get"): Operation(
         "The loaded plugins, their hooks and types", "admin", {200: {"type": "object"}}),
     ("/healthz", "get"): Operation(
@@ -111,7 +137,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
 
 
 def route_path(pattern: str) -> str:
-    """`/api/notifications/([^/]+)/read` → `/api/notifications/{id}/read`."""
+    """`/api/notifications/([^/]+)/read` → `/api/notifications/{id}/read`,
+    `/api/topics/(?P<key>[^/]+)` → `/api/topics/{key}`."""
+    pattern = re.sub(r"\(\?P<(\w+)>\[\^/\]\+\)", r"{\1}", pattern)
     return re.sub(r"\(\[\^/\]\+\)", "{id}", pattern).rstrip("$")
 
 
@@ -145,12 +173,13 @@ def _operation(operation: Operation, path: str, resolve: Callable[[Any], Any]) -
     if operation.who != "anyone":
         described["security"] = [{"bearer": []}]
         described["description"] = f"Needs a token{'' if operation.who == 'user' else f' with the {operation.who} role'}."
-    parameters = [{"name": name, "in": "query", "required": False, "schema": QUERY[name]}
-                  for name in operation.query]
+    queries = [item if isinstance(item, Query) else Query(item, QUERY[item]) for item in operation.query]
+    parameters = [{"name": query.name, "in": "query", "required": query.required,
+                   "schema": _public(query.schema)} for query in queries]
     parameters += [{"name": name, "in": "header", "required": False, "schema": HEADERS[name]}
                    for name in operation.headers]
-    if "{id}" in path:
-        parameters.append({"name": "id", "in": "path", "required": True, "schema": OBJECT_ID})
+    parameters += [{"name": name, "in": "path", "required": True, "schema": _public(PATH_PARAMETERS[name])}
+                   for name in re.findall(r"\{(\w+)\}", path)]
     if parameters:
         described["parameters"] = parameters
     if operation.body is not None:

@@ -8,6 +8,7 @@ or /protocol.json), the rules a schema cannot say, and the conversion to and fro
 | channel settings | `preferences.py` | `PreferencesCheck` | `preferences_payload` |
 | push subscription | `push_subscription.py` | `check_push_subscription`, `check_endpoint_body` | |
 | domain event | `event.py` | `EventCheck` | |
+| topic key and membership update | `topic.py` | `check_topic_key`, `check_topic_update` | |
 | socket frames | `frames.py` | `check_client_frame` | `SERVER_FRAMES` (the session's `_send`) |
 
 `schema.py` holds the building blocks and the `Checker`; `input.py` the rules shared by shapes
