@@ -225,5 +225,7 @@ def _principal(claims: dict) -> Principal:
     tenant = claims.get("tenant")
     if tenant is not None and not tenants.valid_tenant(tenant):
         raise AuthenticationError(f"the token's tenant {tenants.TENANT_RULE}", code="token_invalid")
+    # A claim naming the default tenant is kept: such a service is the default tenant's, not a
+    # platform service (only a token without the claim is).
     return Principal(user_id=user_id, roles=frozenset(roles), expires_at=float(claims["exp"]),
-                     tenant=None if tenant == tenants.DEFAULT else tenant)
+                     tenant=tenant)

@@ -17,8 +17,6 @@ from .wire.topic import MAX_MEMBERS_PAGE, check_member, check_topic_key, check_t
 
 #: The most members a topic may have (the store's figure; a test lowers it here).
 MAX_MEMBERS = MAX_TOPIC_MEMBERS
-# Members read per storage call when a whole topic is read (members_of).
-READ_BATCH = 5000
 
 
 class Topics:
@@ -73,14 +71,3 @@ class Topics:
         tenant = reach.tenant_named(tenant)
         topics = await self._store.topics_of(tenants.key(tenant, user_id))
         return {"topics": [tenants.name_of(topic) for topic in topics]}
-
-    async def members_of(self, tenant: str, key: str) -> list[str]:
-        """Every member's user KEY (tenants.key), for fanning a draft out to the topic; [] for
-        an unknown topic. `key` is checked (as a draft's `topic`)."""
-        topic = tenants.key(tenant, check_topic_key(key, "topic"))
-        members: list[str] = []
-        while True:
-            batch = await self._store.topic_members(topic, READ_BATCH, members[-1] if members else None)
-            members += batch
-            if len(batch) < READ_BATCH:
-                return members

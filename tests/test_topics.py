@@ -7,7 +7,7 @@ from urllib.parse import quote, urlencode
 
 import pytest
 
-from mojavox_notify import tenants, topics
+from mojavox_notify import topics
 
 from .support.engines import both_engines
 from .support.tokens import new_user, token
@@ -309,20 +309,3 @@ async def test_two_tenants_keep_one_topic_key_and_the_same_user_ids_apart(start_
     assert await all_members(app, "supervisors", caller=north) == []
     assert await all_members(app, "supervisors", caller=south) == ["carol", "dave"]
     assert await all_members(app, "supervisors") == ["zed"]
-
-
-# -- for the fan-out ------------------------------------------------------------------------------
-
-async def test_members_of_reads_every_member_key_of_a_tenants_topic(start_app, monkeypatch):
-    monkeypatch.setattr(topics, "READ_BATCH", 7)
-    app = await start_app()
-    users = sorted(f"u{number:03d}" for number in range(50))
-    await change(app, "floor", add=users, caller=service_of("a"))
-    await change(app, "floor", add=["outsider"])
-
-    assert await app.topics.members_of("a", "floor") == [tenants.key("a", user) for user in users]
-    assert await app.topics.members_of(tenants.DEFAULT, "floor") == ["outsider"]
-    assert await app.topics.members_of("b", "floor") == []
-    await change(app, "seven", add=users[:7])
-    assert await app.topics.members_of(tenants.DEFAULT, "seven") == users[:7], \
-        "a topic of exactly one batch"

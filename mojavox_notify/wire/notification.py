@@ -7,7 +7,6 @@ The draft's schema (also in /openapi.json) is checked first, then what it cannot
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Any, Iterable, Mapping
 
@@ -20,6 +19,7 @@ from .input import (MAX_ACTION_URL, MAX_MESSAGE, MAX_TITLE, action_url, check_re
                     json_data, parse_time, plain_text)
 from .schema import (COUNT, OBJECT_ID, TENANT, TIME, TIMESTAMP, USER_ID, Checker, object_schema,
                      one_of, text_schema)
+from .topic import TOPIC_KEY, TOPIC_KEY_PATTERN, TOPIC_KEY_RULE
 
 NOTIFICATION = object_schema({
     "id": OBJECT_ID,
@@ -41,10 +41,6 @@ UNREAD = {
 
 DRAFT_FIELDS = {"userId", "topic", "tenant", "type", "title", "message", "priority", "data",
                 "actionUrl", "expiresAt"}
-TOPIC_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-TOPIC_RULE = "must be a topic key of 1 to 128 characters: letters, digits, '.', '_', ':' or " \
-             "'-', starting with a letter or digit"
-TOPIC = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$", "x-error": TOPIC_RULE}
 ONE_RECIPIENT = "a draft names one recipient: userId, or topic (every member of it)"
 
 
@@ -58,7 +54,7 @@ def draft_schema(type_names: Iterable[str]) -> dict[str, Any]:
                        "service may name only its own.",
         "properties": {
             "userId": USER_ID,
-            "topic": TOPIC,
+            "topic": TOPIC_KEY,
             "tenant": TENANT,
             "type": one_of(type_names),
             "title": text_schema(MAX_TITLE),
@@ -120,8 +116,8 @@ def _sanitized(raw: Any, types: NotificationTypes, action_url_hosts: tuple[str, 
     if (user_id is None) == (topic is None):
         raise ValidationError("userId", ONE_RECIPIENT)
     if topic is not None:
-        if not isinstance(topic, str) or not TOPIC_KEY.fullmatch(topic):
-            raise ValidationError("topic", TOPIC_RULE)
+        if not isinstance(topic, str) or not TOPIC_KEY_PATTERN.fullmatch(topic):
+            raise ValidationError("topic", TOPIC_KEY_RULE)
         user_id, topic = "", tenants.key(tenant, topic)
     else:
         user_id = tenants.key(tenant, check_recipient(user_id))
