@@ -97,8 +97,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "Delete one of the caller's notifications", "user", {200: SUCCESS},
         extra_errors=(404,)),
     ("/api/broadcasts", "get"): Operation(
-        "The broadcasts still active, newest first (at most 20)", "user",
-        {200: broadcast.BROADCASTS}),
+        "The broadcasts still active for the caller's tenant, newest first (at most 20); a "
+        "platform service may name the tenant", "user",
+        {200: broadcast.BROADCASTS}, query=(TENANT_QUERY,), extra_errors=(403,)),
     ("/api/broadcasts", "post"): Operation(
         "Announce to every dashboard user: stored once, sent to every socket now and to "
         "sockets that connect while it lasts", "service", {201: BROADCAST_PAYLOAD},

@@ -134,6 +134,9 @@ async def test_a_tenant_service_acts_inside_its_tenant_only(start_app):
     status, _ = await app.api.post("/api/notifications", service_token("north"),
                                    {**across, "tenant": "north"})
     assert status == 201
+    default_service = token("svc-default", ["service"], tenant="default")
+    status, error = await app.api.post("/api/notifications", default_service, across)
+    assert status == 403 and error["error"]["code"] == "tenant_forbidden"  # not a platform one
     status, error = await app.api.post("/api/notifications", service_token(), {
         "userId": "alice", "tenant": "not a tenant!", "type": "payment_received", "title": "t",
         "message": "m"})
