@@ -429,7 +429,8 @@ async def test_plugin_list_shows_each_plugin_with_its_hooks_types_and_event_type
         "call.high_value": "a debtor with a high balance is on a call",
         "campaign.milestone": "a campaign reached a percentage of its target",
         "payment.received": "a debtor paid on an account",
-        "system.alert": "a system warning or error for a list of users",
+        "system.alert": "a system warning or error for a list of users (userIds), or for "
+                        "every member of a topic (topic)",
     }
     all_types = sorted(t for plugin in body["plugins"] for t in plugin["notificationTypes"])
     assert all_types == ["agent_alert", "call_completed", "call_escalation", "campaign_milestone",
