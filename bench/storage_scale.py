@@ -50,7 +50,8 @@ import tornado.httpclient
 import tornado.websocket
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# A baseline's fill runs this file with that package (fill_with) instead of the working tree's.
+sys.path.insert(0, os.environ.get("MOJAVOX_BENCH_SOURCE", str(ROOT)))
 
 import leanws  # noqa: E402  (bench/, beside this file)
 from mojavox_notify.auth import mint_token  # noqa: E402
@@ -106,7 +107,8 @@ def fill_with(source: Path, folder: Path, count: int, users: int) -> float:
     """`fill` by the package in `source` (a baseline's), in a subprocess; its seconds."""
     result = subprocess.run(
         [sys.executable, __file__, "--fill-only", str(folder), "--sizes", str(count),
-         "--users", str(users)], env={**os.environ, "PYTHONPATH": str(source)},
+         "--users", str(users)],
+        env={**os.environ, "MOJAVOX_BENCH_SOURCE": str(source)},
         capture_output=True, text=True, timeout=3600, check=True)
     return float(result.stdout.strip().splitlines()[-1])
 
