@@ -234,6 +234,16 @@ class AlertRecipient:
         await asyncio.wait_for(self.connected, 30)
 
 
+async def last_arrival(recipients: list[AlertRecipient], message: str, what: str) -> float:
+    """When the last recipient had `message` (perf_counter); every one of them must get it."""
+    deadline = time.monotonic() + PHASE_TIMEOUT
+    while not all(message in recipient.arrived for recipient in recipients):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: not every recipient got it within {PHASE_TIMEOUT:g} s")
+        await asyncio.sleep(0.002)
+    return max(recipient.arrived[message] for recipient in recipients)
+
+
 async def alert_rates(server: Server, users: int, runs: int) -> list[float]:
     """Each run: one `system.alert` to 1,000 connected users, from the POST until the last of
     them has its frame; every one of them must get it."""
@@ -254,13 +264,8 @@ async def alert_rates(server: Server, users: int, runs: int) -> list[float]:
         await client.fetch(f"{server.url}/api/events", method="POST", body=body,
                            headers={"Authorization": f"Bearer {service}",
                                     "Content-Type": "application/json"}, request_timeout=PHASE_TIMEOUT)
-        deadline = time.monotonic() + PHASE_TIMEOUT
-        while not all(message in recipient.arrived for recipient in recipients):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"run {run}: not every recipient got the alert within {PHASE_TIMEOUT:g} s")
-            await asyncio.sleep(0.002)
-        last = max(recipient.arrived[message] for recipient in recipients)
-        rates.append(ALERT_USERS / (last - started))
+        rates.append(ALERT_USERS / (await last_arrival(recipients, message, f"alert run {run}")
+                                    - started))
     for recipient in recipients:
         recipient.socket.close()
     await asyncio.sleep(2)  # let the server tear the sockets down before the next phase
@@ -286,13 +291,8 @@ async def topic_rates(server: Server, members: int, runs: int) -> list[float]:
             headers={"Authorization": f"Bearer {service}", "Content-Type": "application/json"},
             request_timeout=PHASE_TIMEOUT)
         assert json.loads(response.body)["created"] == members, response.body
-        deadline = time.monotonic() + PHASE_TIMEOUT
-        while not all(message in recipient.arrived for recipient in recipients):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"topic run {run}: not every member got it within {PHASE_TIMEOUT:g} s")
-            await asyncio.sleep(0.005)
-        last = max(recipient.arrived[message] for recipient in recipients)
-        rates.append(members / (last - started))
+        rates.append(members / (await last_arrival(recipients, message, f"topic run {run}")
+                                - started))
     for recipient in recipients:
         recipient.socket.close()
     await asyncio.sleep(2)

@@ -24,8 +24,28 @@ from .. import tenants
 WIRE_VERSION = 2
 
 
+class _ForUser:
+    """A message for the sockets of its `user_id`."""
+
+    __slots__ = ()
+
+    @property
+    def recipient(self) -> str | None:
+        return self.user_id  # type: ignore[attr-defined]
+
+
+class _ForEveryone:
+    """A message for every socket (of its audience)."""
+
+    __slots__ = ()
+
+    @property
+    def recipient(self) -> str | None:
+        return None
+
+
 @dataclass(frozen=True, slots=True)
-class NotificationCreated:
+class NotificationCreated(_ForUser):
     """A notification was stored for `user_id` as its `seq`-th; `unread` are the counts after it."""
 
     KIND: ClassVar[str] = "notification"
@@ -35,51 +55,35 @@ class NotificationCreated:
     unread: dict[str, Any]
     at: float | None = None  # when it was published (epoch seconds): the receivers' broker lag
 
-    @property
-    def recipient(self) -> str | None:
-        return self.user_id
-
 
 @dataclass(frozen=True, slots=True)
-class NotificationRead:
+class NotificationRead(_ForUser):
     KIND: ClassVar[str] = "read"
     user_id: str
     notification_id: str
     unread: dict[str, Any]
     at: float | None = None
 
-    @property
-    def recipient(self) -> str | None:
-        return self.user_id
-
 
 @dataclass(frozen=True, slots=True)
-class AllRead:
+class AllRead(_ForUser):
     KIND: ClassVar[str] = "read_all"
     user_id: str
     unread: dict[str, Any]
     at: float | None = None
 
-    @property
-    def recipient(self) -> str | None:
-        return self.user_id
-
 
 @dataclass(frozen=True, slots=True)
-class NotificationDeleted:
+class NotificationDeleted(_ForUser):
     KIND: ClassVar[str] = "deleted"
     user_id: str
     notification_id: str
     unread: dict[str, Any]
     at: float | None = None
 
-    @property
-    def recipient(self) -> str | None:
-        return self.user_id
-
 
 @dataclass(frozen=True, slots=True)
-class BroadcastPosted:
+class BroadcastPosted(_ForEveryone):
     """An announcement for every socket of its `audience`, a tenant or `tenants.EVERYONE` (its
     payload, as the socket's `broadcast` frame shows it)."""
 
@@ -88,22 +92,14 @@ class BroadcastPosted:
     at: float | None = None
     audience: str = tenants.DEFAULT
 
-    @property
-    def recipient(self) -> str | None:
-        return None
-
 
 @dataclass(frozen=True, slots=True)
-class Resync:
+class Resync(_ForEveryone):
     """Live messages may have been missed (the broker was away): the sockets of `users` (None:
     every socket, and the process's broadcasts) fill their gap from storage."""
 
     KIND: ClassVar[str] = "resync"
     users: list[str] | None = None
-
-    @property
-    def recipient(self) -> str | None:
-        return None
 
 
 Message = Union[NotificationCreated, NotificationRead, AllRead, NotificationDeleted,
