@@ -7,6 +7,7 @@ socket receives can also be read back, and recovery never sees what was not stor
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import hashlib
 import json
@@ -41,6 +42,8 @@ from .wire.push_subscription import check_endpoint_body, check_push_subscription
 log = logging.getLogger(__name__)
 
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")
+#: A topic send without an Idempotency-Key is stored and published this many at a time.
+TOPIC_CHUNK = 2000
 
 
 def _topic_answer(topic: str, created: list[dict | None]) -> dict[str, Any]:
@@ -104,10 +107,23 @@ class NotificationService:
         """Create one notification; None when the recipient turned its type off. A draft to a
         topic answers `{"topic", "created", "muted"}` instead."""
         [draft] = self.validate([raw_draft], reach)
-        created = await self.create_many(await self.expand([draft]))
         if draft.topic is None:
-            return created[0]
-        return _topic_answer(draft.topic, created)
+            return (await self.create_many([draft]))[0]
+        return _topic_answer(draft.topic, await self._create_in_chunks(await self.expand([draft])))
+
+    async def _create_in_chunks(self, drafts: list[Draft]) -> list[dict | None]:
+        """A topic's drafts without an Idempotency-Key, TOPIC_CHUNK at a time, all queued at
+        once: while one chunk's notifications go out to their sockets, the next is written
+        (the store serves queued insertions one transaction each). A failure midway leaves the
+        chunks before it created, as a retry without a key would anyway; with a key a topic
+        send is one transaction (create_once)."""
+        chunks = [drafts[start:start + TOPIC_CHUNK] for start in range(0, len(drafts), TOPIC_CHUNK)]
+        results = await asyncio.gather(*(self.create_many(chunk) for chunk in chunks),
+                                       return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return [payload for chunk in results for payload in chunk]
 
     async def create_once(self, raw_draft: Any, caller: str, key: str,
                           reach: Reach = Reach()) -> tuple[dict[str, Any] | None, bool]:

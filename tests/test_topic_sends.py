@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from mojavox_notify import tenants
+from mojavox_notify import service as service_module, tenants
 from mojavox_notify.store import MAX_TOPIC_MEMBERS
 from tests.support.engines import both_engines
 from tests.support.sockets import Socket
@@ -136,4 +136,21 @@ async def test_a_topic_send_reaches_each_member_once_across_two_instances(start_
         ids = await notifications(socket, 1.0)
         status, page = await first.api.get("/api/notifications?limit=100", token(team[index % 6]))
         assert sorted(ids) == sorted(n["id"] for n in page["notifications"]) and len(ids) == 3
+        socket.close()
+
+
+@both_engines
+@bounded
+async def test_a_topic_send_without_a_key_goes_in_chunks_each_member_once(start_app, monkeypatch):
+    monkeypatch.setattr(service_module, "TOPIC_CHUNK", 2)
+    app = await start_app()
+    team = [new_user("agent") for _ in range(5)]
+    await members(app, "night-shift", team)
+    sockets = [await connected(app, user) for user in team]
+    status, answer = await app.api.post("/api/notifications", SERVICE, draft("night-shift"))
+    assert answer == {"topic": "night-shift", "created": 5, "muted": 0}
+    for user, socket in zip(team, sockets):
+        ids = await notifications(socket)
+        status, page = await app.api.get("/api/notifications", token(user))
+        assert len(ids) == 1 and ids == [n["id"] for n in page["notifications"]]
         socket.close()
