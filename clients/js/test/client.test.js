@@ -34,6 +34,21 @@ describe('backoffDelay', () => {
   });
 });
 
+describe('tenants', () => {
+  test('connected names the user\'s tenant, kept as client.tenant', async () => {
+    const user = newUser();
+    const north = new NotifyClient({ url: URL_BASE, token: token(user, { tenant: 'north' }) });
+    const plain = clientFor(user);
+    clients.push(north);
+    const seen = next(north, 'connected', { timeoutMs: 5000 });
+    await north.connect();
+    assert.equal((await seen).tenant, 'north');
+    assert.equal(north.tenant, 'north');
+    await plain.connect();
+    assert.equal(plain.tenant, 'default');
+  });
+});
+
 describe('live notifications', () => {
   test('connects, then receives notifications and unread counts by priority', async () => {
     const user = newUser();

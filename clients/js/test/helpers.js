@@ -18,11 +18,11 @@ if (typeof globalThis.WebSocket !== 'function') {
 
 const base64url = (value) => Buffer.from(value).toString('base64url');
 
-/** An HS256 JWT for `user`, valid for `ttlSeconds`. */
-export function token(user, { roles = [], ttlSeconds = 3600 } = {}) {
+/** An HS256 JWT for `user`, valid for `ttlSeconds`, of `tenant` when given. */
+export function token(user, { roles = [], ttlSeconds = 3600, tenant = undefined } = {}) {
   const now = Math.floor(Date.now() / 1000);
   const header = base64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' }));
-  const claims = base64url(JSON.stringify({ sub: user, roles, iat: now, exp: now + ttlSeconds }));
+  const claims = base64url(JSON.stringify({ sub: user, roles, iat: now, exp: now + ttlSeconds, tenant }));
   const signature = createHmac('sha256', SECRET).update(`${header}.${claims}`).digest('base64url');
   return `${header}.${claims}.${signature}`;
 }
