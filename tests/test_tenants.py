@@ -204,3 +204,17 @@ async def test_a_token_with_a_malformed_tenant_is_refused(start_app):
     assert status == 401
     socket = await Socket.open(app, token("alice", tenant="x" * 65))
     assert await socket.closed() == 4002
+
+
+@bounded
+async def test_notifications_created_are_counted_by_tenant_only_when_asked(start_app):
+    plain = await start_app()
+    labelled = await start_app(**{"metrics.tenant_label": True})
+    for app in (plain, labelled):
+        status, _ = await create(app, "alice", "north", "Counted")
+        assert status == 201
+    _, plain_metrics = await plain.api.get("/metrics", token("ops", ["admin"]))
+    _, labelled_metrics = await labelled.api.get("/metrics", token("ops", ["admin"]))
+    assert 'tenant="north"' not in plain_metrics
+    assert ('mojavox_notifications_created_total{priority="high",tenant="north",'
+            'type="payment_received"} 1.0') in labelled_metrics
