@@ -79,7 +79,8 @@ class SocketSession:
     # Slots: one per live socket, tens of thousands of them per process.
     __slots__ = ("context", "service", "settings", "principal", "user_id", "tenant", "remote_ip",
                  "client_id", "outbox", "_peer", "inbound", "channels", "last_seq", "live_from",
-                 "_catching_up", "_held", "_early", "_resync_pending", "_token_timer", "_attached")
+                 "_catching_up", "_held", "_early", "_resync_pending", "_token_timer", "_attached",
+                 "_ended")
 
     def __init__(self, context: SessionContext, principal: Principal, remote_ip: str,
                  client_id: str, outbox: FrameSink, peer: Closer):
@@ -104,6 +105,7 @@ class SocketSession:
         self._resync_pending = False
         self._token_timer: asyncio.TimerHandle | None = None
         self._attached = False
+        self._ended = False  # the socket closed: nothing may be set up for it any more
 
     # -- going live -----------------------------------------------------------------------------
 
@@ -132,6 +134,8 @@ class SocketSession:
         # The user's sockets on other instances count towards the per-user cap (through Redis).
         elsewhere = (await self.context.presence.elsewhere(self.user_id)
                      if self.settings.max_sockets_per_user else 0)
+        if self._ended:  # closed meanwhile: attaching now would route to it for good
+            return False
         refusal = self._over_socket_limits(elsewhere)
         if refusal:
             log.warning("socket of %s from %s refused: %s", tenants.shown(self.user_id),
@@ -146,6 +150,8 @@ class SocketSession:
         self.context.hub.attach(self)
         self._attached = True
         state = await self.service.connection_state(self.user_id)
+        if self._ended:  # closed meanwhile (end() detached it): no token timer to keep it alive
+            return False
         self.live_from = self.last_seq = state.seq
         self._schedule_token_timers()
         self._send("connected", clientId=self.client_id, timestamp=iso(utcnow()),
@@ -420,7 +426,8 @@ class SocketSession:
             self._attached = False
 
     def end(self) -> None:
-        """The socket closed: nothing more for it."""
+        """The socket closed: nothing more for it, also from a start still under way."""
+        self._ended = True
         if self._token_timer is not None:
             self._token_timer.cancel()
         self.detach()

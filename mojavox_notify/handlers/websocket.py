@@ -102,8 +102,8 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
                         self.ws_settings.max_queued_messages, self.ws_settings.max_buffered_bytes)
         self.session = SocketSession(self.context, principal, self.remote_ip, client_id, outbox,
                                      self)
-        if await self.session.start(since):
-            self.heartbeat.add(self)
+        if await self.session.start(since) and self.ws_connection is not None:
+            self.heartbeat.add(self)  # (not for a socket that closed while its session started)
 
     def _forget_handshake(self) -> None:
         """The socket is live: its request's headers and parsed query, and the headers of the
