@@ -512,3 +512,28 @@ async def test_an_alert_to_many_sockets_reaches_each_once_in_order_across_flushe
         tab.connection.close()
 
     await asyncio.gather(*(nothing_more(tab) for tabs in sockets.values() for tab in tabs))
+
+
+@bounded
+async def test_a_closed_socket_is_freed_without_waiting_for_the_cycle_collector(start_app):
+    """Found by the soak: the handler and its session referred to each other, so every closed
+    socket (its request, headers, session and outbox) waited for a full cycle collection,
+    which the server's tuned collector makes rare: a churning worker held thousands."""
+    import gc
+
+    from mojavox_notify.handlers.websocket import NotificationSocket
+
+    app = await start_app()
+    gc.collect()
+    gc.disable()
+    try:
+        user = new_user()
+        for _ in range(10):
+            socket = await connect(app, user)
+            socket.close()
+            await socket.closed()
+        await asyncio.sleep(0.3)  # the server's on_close for the last one
+        left = [o for o in gc.get_objects() if isinstance(o, NotificationSocket) and o.ws_connection is None]
+        assert left == [], f"{len(left)} closed sockets wait for the cycle collector"
+    finally:
+        gc.enable()

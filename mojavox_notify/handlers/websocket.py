@@ -153,3 +153,7 @@ class NotificationSocket(tornado.websocket.WebSocketHandler):
         self.heartbeat.remove(self)
         if session is not None:
             session.end()
+            # The handler and its session refer to each other: without this the closed socket
+            # (request, headers, outbox) waits for a full cycle collection, which the tuned
+            # collector (cli.py) makes rare: a churning worker held thousands.
+            self.session = None
