@@ -54,6 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, os.environ.get("MOJAVOX_BENCH_SOURCE", str(ROOT)))
 
 import leanws  # noqa: E402  (bench/, beside this file)
+from targets import baseline_source  # noqa: E402  (bench/targets.py: python -m bench's too)
 from mojavox_notify.auth import mint_token  # noqa: E402
 from mojavox_notify.model import PRIORITIES, Draft  # noqa: E402
 from mojavox_notify.settings import load_settings  # noqa: E402
@@ -111,15 +112,6 @@ def fill_with(source: Path, folder: Path, count: int, users: int) -> float:
         env={**os.environ, "MOJAVOX_BENCH_SOURCE": str(source)},
         capture_output=True, text=True, timeout=3600, check=True)
     return float(result.stdout.strip().splitlines()[-1])
-
-
-def baseline_source(ref: str) -> Path:
-    """The `mojavox_notify` package as of `ref`, extracted into a temporary folder."""
-    folder = Path(tempfile.mkdtemp(prefix="mojavox-scale-source-"))
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "mojavox_notify"],
-                             capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
-    return folder
 
 
 class Server:

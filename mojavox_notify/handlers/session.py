@@ -216,24 +216,24 @@ class SocketSession:
         asyncio.get_running_loop().create_task(self._catch_up())
 
     def notification_read(self, message: NotificationRead) -> None:
-        if self._early is not None:
-            self._early.append((self.notification_read, message))
-            return
-        self._send("notification_read", notificationId=message.notification_id)
-        self._send("unread_count", **message.unread)
+        self._changed(self.notification_read, message,
+                      {"type": "notification_read", "notificationId": message.notification_id})
 
     def all_read(self, message: AllRead) -> None:
-        if self._early is not None:
-            self._early.append((self.all_read, message))
-            return
-        self._send("notification_read", notificationId=None, all=True)
-        self._send("unread_count", **message.unread)
+        self._changed(self.all_read, message,
+                      {"type": "notification_read", "notificationId": None, "all": True})
 
     def notification_deleted(self, message: NotificationDeleted) -> None:
+        self._changed(self.notification_deleted, message,
+                      {"type": "notification_deleted", "notificationId": message.notification_id})
+
+    def _changed(self, handle: Callable[[Any], None], message: Any, frame: dict[str, Any]) -> None:
+        """A read or a deletion elsewhere: its frame, then the counts after it (held, like every
+        message, until `connected` has gone)."""
         if self._early is not None:
-            self._early.append((self.notification_deleted, message))
+            self._early.append((handle, message))
             return
-        self._send("notification_deleted", notificationId=message.notification_id)
+        self.outbox.put(frame)
         self._send("unread_count", **message.unread)
 
     def broadcast(self, payload: dict[str, Any]) -> None:
