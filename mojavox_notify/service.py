@@ -59,10 +59,12 @@ class NotificationService:
     def __init__(self, store: NotificationStore, broker: Broker, plugins: Plugins, settings: Settings,
                  online: Callable[[set[str]], Awaitable[set[str]]] = _nobody_online,
                  limiter: Any = None, metrics: Metrics | None = None,
-                 resolver: Resolver | None = None):
+                 resolver: Resolver | None = None, escalations: Any = None):
         """`await online(user_ids)` answers which of them have a live socket anywhere (for push
         decisions); `limiter` counts notifications per recipient (`acquire(keys)`; by default
-        in this process); `resolver` looks up push endpoints' hosts (tornado's by default)."""
+        in this process); `resolver` looks up push endpoints' hosts (tornado's by default);
+        `escalations` (escalations.service) opens the escalation of a draft whose type has a
+        policy, before it is stored."""
         self.store = store
         self.broker = broker
         self.plugins = plugins
@@ -79,6 +81,7 @@ class NotificationService:
         self._idempotency = Idempotency(store)
         self._drafts = DraftCheck(self.types, settings.server.action_url_hosts)
         self._preferences = PreferencesCheck(self.types)
+        self._escalations = escalations
         #: Called when a creation recorded push jobs (the push worker wakes up).
         self.on_push_recorded: Callable[[], None] | None = None
 
@@ -176,6 +179,9 @@ class NotificationService:
         wanted = [drafts[position] for position in positions]
         await self.limiter.acquire(draft.user_id for draft in wanted if draft.priority != "critical")
         push = await self._pushed([(drafts[position], choices[position]) for position in positions])
+        escalating = self._escalations is not None and any(
+            self._escalations.escalates(draft.type) for draft in wanted)
+        opened = await self._escalations.attach(wanted) if escalating else []
         stored = await self.store.insert_many(wanted, claim=claim, push=push)
         created: list[dict | None] = [None] * len(drafts)
         messages, at = [], time.time()
@@ -196,6 +202,11 @@ class NotificationService:
             self._metrics.create_to_publish.observe(time.perf_counter() - started)
         if self.on_push_recorded is not None and any(record.pushed for record in stored):
             self.on_push_recorded()
+        if escalating:
+            try:
+                await self._escalations.recorded(opened, [record.document for record in stored])
+            except Exception:  # the timeline's lines must not fail a creation that is stored
+                log.exception("could not record the escalation timeline of a creation")
         if self.plugins.listens("mojavox_notification_created"):
             for position, record in zip(positions, stored):
                 await self._observe(created[position], record.document["user_id"])
@@ -361,4 +372,9 @@ class NotificationService:
         if forgotten:
             log.info("cleanup forgot %d event ids and Idempotency-Keys older than %d hours",
                      forgotten, self._retention.idempotency_hours)
+        finished = await self.store.delete_finished_escalations(
+            int((utcnow() - timedelta(days=self._retention.days)).timestamp() * 1000))
+        if finished:
+            log.info("cleanup forgot %d escalations finished more than %d days ago",
+                     finished, self._retention.days)
         return await self.store.delete_expired(self._retention.days)

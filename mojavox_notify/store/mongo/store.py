@@ -25,6 +25,7 @@ from ...tenants import DEFAULT, EVERYONE
 from .. import (ClaimLostError, Created, EventClaim, Insertion, NotificationStore, PushJob,
                 TopicFullError, UserState, push_flags)
 from .documents import EPOCH, NEVER_MS, _state, to_ms
+from . import escalations
 from .insertion import store_batch
 from .schema import (SCHEMA_VERSION, _adopt_earlier_claims, _check_transactions,
                      _create_collections, _drop_retired_indexes, _rebuild_states)
@@ -68,6 +69,8 @@ class MongoStore(NotificationStore):
         self.meta = self._db["meta"]
         self.broadcasts = self._db["broadcasts"]
         self.memberships = self._db["topic_members"]
+        self.escalation_records = self._db["escalations"]
+        self.escalation_lines = self._db["escalation_events"]
 
     @classmethod
     def connect(cls, url: str, settings: MongoSettings,
@@ -371,6 +374,53 @@ class MongoStore(NotificationStore):
         cursor = self.memberships.find({"member": member}, {"topic": 1, "_id": 0}).sort(
             "topic", ASCENDING)
         return [document["topic"] async for document in cursor]
+
+    # -- escalations (escalations.py) -----------------------------------------------------------
+
+    @_storage_errors
+    async def open_escalation(self, document: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        return await escalations.open_escalation(self, document)
+
+    @_storage_errors
+    async def escalation(self, escalation_id: str) -> dict[str, Any] | None:
+        return await escalations.escalation(self, {"_id": escalation_id})
+
+    @_storage_errors
+    async def unresolved_escalation(self, key: str) -> dict[str, Any] | None:
+        return await escalations.escalation(self, {"live_key": key})
+
+    @_storage_errors
+    async def change_escalations(self, changes: Sequence[tuple[dict[str, Any], int, dict[str, Any]]]
+                                 ) -> list[bool]:
+        return await escalations.change_escalations(self, changes, self._transaction) if changes else []
+
+    @_storage_errors
+    async def due_escalations(self, now_ms: int, limit: int) -> list[dict[str, Any]]:
+        return await escalations.due_escalations(self, now_ms, limit)
+
+    @_storage_errors
+    async def escalation_recipients(self, escalation_ids: Sequence[str]
+                                    ) -> dict[str, list[dict[str, Any]]]:
+        return await escalations.recipients(self, list(dict.fromkeys(escalation_ids)))
+
+    @_storage_errors
+    async def escalations_of(self, user_id: str, states: Sequence[str],
+                             limit: int) -> list[dict[str, Any]]:
+        return await escalations.escalations_of(self, user_id, states, limit)
+
+    @_storage_errors
+    async def add_escalation_events(self, events: Sequence[dict[str, Any]]) -> None:
+        if events:
+            await escalations.add_events(self, events)
+
+    @_storage_errors
+    async def escalation_events(self, escalation_id: str) -> list[dict[str, Any]]:
+        return await escalations.events(self, escalation_id)
+
+    @_storage_errors
+    @_unhurried
+    async def delete_finished_escalations(self, before_ms: int) -> int:
+        return await escalations.delete_finished(self, before_ms)
 
     # -- channel preferences -----------------------------------------------------------------
 

@@ -26,7 +26,7 @@ SAVE_STATES = (f"INSERT INTO user_state (user_id, {STATE_COLUMNS}, expiry_due) V
 STATE_WIDTH = 4 + len(PRIORITIES)
 
 INSERT_NOTIFICATIONS = f"INSERT INTO notifications ({NOTIFICATION_COLUMNS}) VALUES {{rows}}"
-NOTIFICATION_WIDTH = 14
+NOTIFICATION_WIDTH = 16
 
 INSERT_PUSH_JOBS = """
 INSERT INTO push_outbox (user_id, notification_id, priority, created_at, due_at, attempts, done,

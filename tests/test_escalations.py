@@ -1,0 +1,276 @@
+"""Critical escalations on both engines, with real sockets: the chain of timed steps, the claim
+(one acknowledgement for everyone, the second refused), resolution when the call ends, who may
+see one, and its timeline in order."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from mojavox_notify import tenants
+from mojavox_notify.store import MAX_TOPIC_MEMBERS
+from tests.support.api import post_event
+from tests.support.engines import both_engines
+from tests.support.sockets import Socket
+from tests.support.tokens import new_user, token
+
+bounded = pytest.mark.timeout(60)
+SERVICE = token("call-service", ["service"])
+STEP_SECONDS = 1.0
+
+
+def policy(*steps, claim: bool = True, repeat: int = 0, **extra) -> dict:
+    return {"escalations": {"call_escalation": {
+        "claim": claim, "repeat": repeat,
+        "steps": [{"after_seconds": after, "to": to} for after, to in steps], **extra}},
+        "escalation_timers.poll_interval_seconds": 0.05}
+
+
+async def supervisors(app, topic: str, users: list[str]) -> None:
+    await app.store.update_topic(tenants.key(tenants.DEFAULT, topic),
+                                 [tenants.key(tenants.DEFAULT, user) for user in users], [],
+                                 MAX_TOPIC_MEMBERS)
+
+
+async def connected(app, user: str) -> Socket:
+    socket = await Socket.open(app, token(user))
+    await socket.expect("connected")
+    return socket
+
+
+async def escalate(app, supervisor: str, call_id: str) -> str:
+    """A `call.escalation` for `supervisor`; the id of their notification."""
+    status, body = await post_event(app, "call.escalation", {
+        "supervisorId": supervisor, "agentId": "agent-7", "callId": call_id,
+        "debtorName": "John Smith"})
+    assert status == 202, body
+    [notification_id] = body["notifications"]
+    return notification_id
+
+
+async def frames_of(socket: Socket, frame_type: str, seconds: float) -> list[dict]:
+    return [frame for frame in await socket.quiet(seconds) if frame["type"] == frame_type]
+
+
+@both_engines
+@bounded
+async def test_an_unacknowledged_escalation_reaches_step_two_after_its_wait_and_not_before(start_app):
+    first, backup, manager = new_user("supervisor"), new_user("supervisor"), new_user("manager")
+    app = await start_app(**policy((STEP_SECONDS, {"topic": "backup"}),
+                                   (2 * STEP_SECONDS, {"users": [manager]})))
+    await supervisors(app, "backup", [backup])
+    sockets = {user: await connected(app, user) for user in (first, backup, manager)}
+    created = time.monotonic()
+    notification_id = await escalate(app, first, "call-1")
+    frame = await sockets[first].expect("notification")
+    escalation = frame["payload"]["escalation"]
+    assert escalation["state"] == "open" and escalation["step"] == 0
+    assert escalation["key"] == "call:call-1" and frame["payload"]["id"] == notification_id
+
+    assert await frames_of(sockets[backup], "notification", 0.6 * STEP_SECONDS) == []
+    step_one = await sockets[backup].expect("notification", timeout=3)
+    assert time.monotonic() - created >= STEP_SECONDS
+    assert step_one["payload"]["escalation"]["id"] == escalation["id"]
+    assert step_one["payload"]["escalation"]["step"] == 1
+    assert step_one["payload"]["title"] == frame["payload"]["title"]
+    assert await frames_of(sockets[manager], "notification", 0.3 * STEP_SECONDS) == []
+    step_two = await sockets[manager].expect("notification", timeout=3)
+    assert time.monotonic() - created >= 2 * STEP_SECONDS
+    assert step_two["payload"]["escalation"]["step"] == 2
+    # The first recipient heard of each step on its own socket.
+    steps = [f["payload"]["step"] for f in await frames_of(sockets[first], "escalation", 0.3)]
+    assert steps[-1] == 2
+
+
+@both_engines
+@bounded
+async def test_one_acknowledgement_shows_on_every_recipients_sockets_and_stops_the_chain(start_app):
+    bob, carol, manager = new_user("bob"), new_user("carol"), new_user("manager")
+    app = await start_app(**policy((STEP_SECONDS, {"users": [manager]})))
+    await supervisors(app, "floor", [bob, carol])
+    bob_socket, carol_socket, carol_tab = (await connected(app, bob), await connected(app, carol),
+                                           await connected(app, carol))
+    manager_socket = await connected(app, manager)
+    status, body = await app.api.post("/api/notifications", SERVICE, {
+        "topic": "floor", "type": "call_escalation", "title": "Call Escalation Required",
+        "message": "agent-7 requests supervisor intervention", "escalationKey": "call:call-2"})
+    assert status == 202 and body["created"] == 2, body
+    bob_notification = (await bob_socket.expect("notification"))["payload"]
+    carol_notification = (await carol_socket.expect("notification"))["payload"]
+    assert bob_notification["escalation"]["id"] == carol_notification["escalation"]["id"]
+
+    status, answer = await app.api.post(f"/api/notifications/{bob_notification['id']}/ack",
+                                        token(bob))
+    assert status == 200, answer
+    assert answer["escalation"]["state"] == "acknowledged"
+    assert answer["escalation"]["acknowledgedBy"] == bob
+    for socket in (bob_socket, carol_socket, carol_tab):
+        change = await socket.expect("escalation")
+        assert change["payload"]["acknowledgedBy"] == bob
+        assert change["payload"]["state"] == "acknowledged"
+
+    status, refused = await app.api.post(f"/api/notifications/{carol_notification['id']}/ack",
+                                         token(carol))
+    assert status == 409 and refused["error"]["code"] == "already_acknowledged", refused
+    assert bob in refused["error"]["message"]
+    assert refused["escalation"]["acknowledgedBy"] == bob
+    # Bob again: still his, answered as it is.
+    status, again = await app.api.post(f"/api/notifications/{bob_notification['id']}/ack",
+                                       token(bob))
+    assert status == 200 and again["escalation"]["acknowledgedBy"] == bob
+
+    # No step after an acknowledgement: the manager is never told.
+    assert await frames_of(manager_socket, "notification", STEP_SECONDS + 1.0) == []
+    status, stored = await app.api.get(f"/api/notifications/{carol_notification['id']}",
+                                       token(carol))
+    assert stored["escalation"]["acknowledgedBy"] == bob  # what a page reload shows
+
+
+@both_engines
+@bounded
+async def test_the_socket_ack_is_answered_on_every_socket_and_refusals_come_as_errors(start_app):
+    bob, carol = new_user("bob"), new_user("carol")
+    app = await start_app(**policy((30, {"users": [new_user()]})))
+    await supervisors(app, "floor", [bob, carol])
+    bob_socket, carol_socket = await connected(app, bob), await connected(app, carol)
+    await app.api.post("/api/notifications", SERVICE, {
+        "topic": "floor", "type": "call_escalation", "title": "Escalation", "message": "now",
+        "escalationKey": "call:call-3"})
+    bob_id = (await bob_socket.expect("notification"))["payload"]["id"]
+    carol_id = (await carol_socket.expect("notification"))["payload"]["id"]
+    await carol_socket.send({"type": "ack", "notificationId": carol_id})
+    assert (await carol_socket.expect("escalation"))["payload"]["acknowledgedBy"] == carol
+    assert (await bob_socket.expect("escalation"))["payload"]["acknowledgedBy"] == carol
+    await bob_socket.send({"type": "ack", "notificationId": bob_id})
+    error = await bob_socket.expect("error")
+    assert error["code"] == "already_acknowledged" and carol in error["message"]
+    await bob_socket.send({"type": "ack", "notificationId": carol_id})  # not his: not found
+    assert (await bob_socket.expect("error"))["code"] == "not_found"
+
+
+@both_engines
+@bounded
+async def test_call_ended_before_the_wait_resolves_it_and_nothing_fires(start_app):
+    first, backup = new_user("supervisor"), new_user("backup")
+    app = await start_app(**policy((STEP_SECONDS, {"users": [backup]})))
+    first_socket, backup_socket = await connected(app, first), await connected(app, backup)
+    notification_id = await escalate(app, first, "call-4")
+    await first_socket.expect("notification")
+    status, body = await post_event(app, "call.ended", {"callId": "call-4",
+                                                        "outcome": "debtor hung up"})
+    assert status == 202 and body["notifications"] == [], body
+    change = (await first_socket.expect("escalation"))["payload"]
+    assert change["state"] == "resolved" and change["resolution"] == "call ended: debtor hung up"
+    assert change["resolvedAt"] is not None
+    assert await frames_of(backup_socket, "notification", STEP_SECONDS + 1.0) == []
+
+    status, refused = await app.api.post(f"/api/notifications/{notification_id}/ack",
+                                         token(first))
+    assert status == 409 and refused["error"]["code"] == "escalation_resolved", refused
+    # A call that ended without an escalation is no error, and a new one for the same call
+    # after the first was resolved is an escalation of its own.
+    status, _ = await post_event(app, "call.ended", {"callId": "call-without-escalation"})
+    assert status == 202
+    second_id = await escalate(app, first, "call-4")
+    second = (await first_socket.expect("notification"))["payload"]
+    assert second["id"] == second_id and second["escalation"]["state"] == "open"
+    assert second["escalation"]["id"] != change["id"]
+
+
+@both_engines
+@bounded
+async def test_resolve_by_key_is_for_services_in_their_tenant(start_app):
+    supervisor = new_user("supervisor")
+    app = await start_app(**policy((30, {"users": [new_user()]})))
+    await escalate(app, supervisor, "call-5")
+    status, refused = await app.api.post("/api/escalations/resolve", token(supervisor),
+                                         {"key": "call:call-5"})
+    assert status == 403, refused
+    status, missing = await app.api.post("/api/escalations/resolve", SERVICE,
+                                         {"key": "call:no-such-call"})
+    assert status == 404 and missing["error"]["code"] == "escalation_not_found"
+    other_tenant = token("acme-dialer", ["service"], tenant="acme")
+    status, missing = await app.api.post("/api/escalations/resolve", other_tenant,
+                                         {"key": "call:call-5"})
+    assert status == 404  # acme has no such call: its key is another tenant's
+    status, body = await app.api.post("/api/escalations/resolve", SERVICE,
+                                      {"key": "call:call-5", "resolution": "agent recovered"})
+    assert status == 200 and body["escalation"]["state"] == "resolved", body
+    assert body["escalation"]["resolution"] == "agent recovered"
+
+
+@both_engines
+@bounded
+async def test_only_recipients_services_and_admins_read_an_escalation(start_app):
+    supervisor, stranger = new_user("supervisor"), new_user("stranger")
+    app = await start_app(**policy((30, {"users": [new_user()]})))
+    notification_id = await escalate(app, supervisor, "call-6")
+    status, mine = await app.api.get(f"/api/notifications/{notification_id}", token(supervisor))
+    escalation_id = mine["escalation"]["id"]
+
+    status, _ = await app.api.get(f"/api/escalations/{escalation_id}", token(stranger))
+    assert status == 404
+    status, _ = await app.api.post(f"/api/notifications/{notification_id}/ack", token(stranger))
+    assert status == 404
+    status, _ = await app.api.get("/api/escalations/not-an-id", token(supervisor))
+    assert status == 404
+    for reader in (token(supervisor), SERVICE, token("ops", ["admin"])):
+        status, detail = await app.api.get(f"/api/escalations/{escalation_id}", reader)
+        assert status == 200, detail
+        assert detail["escalation"]["id"] == escalation_id
+        assert [r["userId"] for r in detail["recipients"]] == [supervisor]
+    status, _ = await app.api.get(f"/api/escalations/{escalation_id}",
+                                  token("acme-ops", ["admin"], tenant="acme"))
+    assert status == 404  # another tenant's admin
+    status, listed = await app.api.get("/api/escalations?state=open", token(supervisor))
+    assert [e["id"] for e in listed["escalations"]] == [escalation_id]
+    status, listed = await app.api.get("/api/escalations", token(stranger))
+    assert listed == {"escalations": []}
+
+
+@both_engines
+@bounded
+async def test_the_timeline_lists_what_happened_in_order(start_app):
+    first, backup = new_user("supervisor"), new_user("backup")
+    app = await start_app(**policy((STEP_SECONDS, {"users": [backup]})))
+    first_socket = await connected(app, first)
+    notification_id = await escalate(app, first, "call-7")
+    await first_socket.expect("notification")
+    await first_socket.send({"type": "seen", "notificationIds": [notification_id]})
+    backup_socket = await connected(app, backup)
+    backup_notification = (await backup_socket.expect("notification", timeout=4))["payload"]
+    status, seen = await app.api.post("/api/notifications/seen", token(backup),
+                                      {"ids": [backup_notification["id"]]})
+    assert status == 200 and seen == {"seen": 1}
+    await app.api.post(f"/api/notifications/{backup_notification['id']}/read", token(backup))
+    status, _ = await app.api.post(f"/api/notifications/{backup_notification['id']}/ack",
+                                   token(backup))
+    assert status == 200
+    await post_event(app, "call.ended", {"callId": "call-7"})
+    await asyncio.sleep(0.5)  # the journal writes the sockets' lines in batches
+
+    escalation_id = backup_notification["escalation"]["id"]
+    status, detail = await app.api.get(f"/api/escalations/{escalation_id}", token(first))
+    lines = [(line["event"], line.get("userId"), line.get("step"), line.get("channel"))
+             for line in detail["timeline"]]
+    assert lines == [
+        ("created", None, 0, None),
+        ("notified", first, 0, "stored"),
+        ("notified", first, 0, "socket"),
+        ("delivered", first, 0, None),
+        ("seen", first, 0, None),
+        ("escalated", None, 1, None),
+        ("notified", backup, 1, "stored"),
+        ("notified", backup, 1, "socket"),
+        ("delivered", backup, 1, None),
+        ("seen", backup, 1, None),
+        ("read", backup, 1, None),
+        ("acknowledged", backup, 1, None),
+        ("resolved", None, 1, None),
+    ], lines
+    times = [line["at"] for line in detail["timeline"]]
+    assert times == sorted(times)
+    assert detail["escalation"]["state"] == "resolved"
+    assert {r["userId"]: r["step"] for r in detail["recipients"]} == {first: 0, backup: 1}
