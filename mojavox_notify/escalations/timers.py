@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .. import tenants
+from ..errors import StorageUnavailableError
 from ..model import Draft
 from ..plugins import Plugins
 from ..settings import EscalationTimerSettings
@@ -57,7 +58,13 @@ class EscalationTimers:
         """Fire what is due, then wait for the next poll or the next due time known here (a
         supervised task: a failure is logged and the task restarted)."""
         while True:
-            fired = await self.fire_due()
+            try:
+                fired = await self.fire_due()
+            except StorageUnavailableError as error:
+                # What was stored stays due (a send begun keeps its lease): the next round, or
+                # another process, takes it on.
+                log.warning("escalation timers: storage failed (%s); trying again", error.message)
+                fired = 0
             if fired >= self._batch:
                 continue  # more are due right now
             now = now_ms()

@@ -117,8 +117,9 @@ async def events(collections: Collections, escalation_id: str) -> list[dict]:
 
 
 async def delete_finished(collections: Collections, before_ms: int) -> int:
-    ids = await collections.escalation_records.distinct(
-        "_id", {"state": {"$in": ["resolved", "unanswered"]}, "updated_at": {"$lt": before_ms}})
+    ids = [document["_id"] for document in await collections.escalation_records.find(
+        {"state": {"$in": ["resolved", "unanswered"]}, "updated_at": {"$lt": before_ms}},
+        {"_id": 1}).to_list(length=None)]
     if ids:
         await collections.escalation_lines.delete_many({"escalation_id": {"$in": ids}})
         await collections.escalation_records.delete_many({"_id": {"$in": ids}})
