@@ -226,7 +226,7 @@ class EscalationTargetSettings:
 
 @dataclass(frozen=True)
 class EscalationStepSettings:
-    after_seconds: float = _check(_between(1, 86400), default=30)
+    after_seconds: float = _check(_between(0.1, 86400), default=30)
     to: EscalationTargetSettings = field(default_factory=EscalationTargetSettings)
 
 
@@ -237,7 +237,7 @@ class EscalationPolicySettings:
     claim: bool = True
     steps: tuple[EscalationStepSettings, ...] = ()
     repeat: int = _check(_between(0, 5), default=0)
-    unanswered_after_seconds: float | None = _check(_between(1, 86400), default=None)
+    unanswered_after_seconds: float | None = _check(_between(0.1, 86400), default=None)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from mojavox_notify import tenants
+from mojavox_notify import hookimpl, tenants
 from mojavox_notify.store import MAX_TOPIC_MEMBERS
 from tests.support.api import post_event
 from tests.support.engines import both_engines
@@ -274,3 +274,117 @@ async def test_the_timeline_lists_what_happened_in_order(start_app):
     assert times == sorted(times)
     assert detail["escalation"]["state"] == "resolved"
     assert {r["userId"]: r["step"] for r in detail["recipients"]} == {first: 0, backup: 1}
+
+
+@both_engines
+@bounded
+async def test_the_last_step_passing_unanswered_makes_it_unanswered_and_a_late_ack_still_takes_it(
+        start_app):
+    first, backup = new_user("supervisor"), new_user("backup")
+    app = await start_app(**policy((0.5 * STEP_SECONDS, {"users": [backup]}),
+                                   unanswered_after_seconds=0.5 * STEP_SECONDS))
+    first_socket = await connected(app, first)
+    notification_id = await escalate(app, first, "call-8")
+    await first_socket.expect("notification")
+    states = []
+    deadline = time.monotonic() + 5
+    while "unanswered" not in states and time.monotonic() < deadline:
+        states += [f["payload"]["state"] for f in await frames_of(first_socket, "escalation", 0.2)]
+    assert states[-1] == "unanswered", states
+    status, listed = await app.api.get("/api/escalations?state=unanswered", token(first))
+    assert [e["state"] for e in listed["escalations"]] == ["unanswered"]
+    status, late = await app.api.post(f"/api/notifications/{notification_id}/ack", token(first))
+    assert status == 200 and late["escalation"]["state"] == "acknowledged"
+    status, text = await app.api.get("/metrics", token("ops", ["admin"]))
+    assert 'mojavox_escalations_total{outcome="unanswered",type="call_escalation"} 1.0' in text
+    assert 'mojavox_escalation_acknowledgement_seconds_count{step="1",type="call_escalation"} 1.0' in text
+
+
+@both_engines
+@bounded
+async def test_a_repeat_runs_the_steps_again_and_tells_their_targets_again(start_app):
+    first, backup = new_user("supervisor"), new_user("backup")
+    app = await start_app(**policy((0.4 * STEP_SECONDS, {"users": [backup]}), repeat=1,
+                                   unanswered_after_seconds=5))
+    backup_socket = await connected(app, backup)
+    await escalate(app, first, "call-9")
+    rounds = [await backup_socket.expect("notification", timeout=3) for _ in range(2)]
+    assert [r["payload"]["escalation"]["step"] for r in rounds] == [1, 1]
+    assert rounds[0]["payload"]["id"] != rounds[1]["payload"]["id"]
+    assert await frames_of(backup_socket, "notification", 1.0) == []  # one repeat only
+
+
+class OnDutyRoster:
+    """A deployment's own roster: who is on duty now, asked when a step fires; and a listener
+    that tells the call service who took the call."""
+
+    def __init__(self, on_duty: list[str]):
+        self.on_duty = on_duty
+        self.asked: list[tuple[dict, dict]] = []
+        self.changes: list[dict] = []
+
+    @hookimpl
+    def mojavox_escalation_targets(self, notification, step):
+        self.asked.append((notification, step))
+        return self.on_duty
+
+    @hookimpl
+    async def mojavox_escalation_changed(self, escalation):
+        self.changes.append(escalation)
+
+    @hookimpl
+    def mojavox_escalation_policies(self):
+        return {"call_escalation": {"steps": [{"after_seconds": 0.5}]}}
+
+
+@both_engines
+@bounded
+async def test_a_plugin_names_the_policy_and_the_on_duty_targets_and_hears_every_change(start_app):
+    first, on_duty = new_user("supervisor"), new_user("on-duty")
+    roster = OnDutyRoster([on_duty])
+    app = await start_app(plugins=[("roster", roster)],
+                          **{"escalation_timers.poll_interval_seconds": 0.05})
+    duty_socket = await connected(app, on_duty)
+    await escalate(app, first, "call-10")
+    told = (await duty_socket.expect("notification", timeout=3))["payload"]
+    assert told["escalation"]["step"] == 1
+    [(notification, step)] = roster.asked
+    assert notification["type"] == "call_escalation" and notification["tenant"] == tenants.DEFAULT
+    assert notification["data"]["callId"] == "call-10"
+    assert step == {"number": 1, "round": 0, "afterSeconds": 0.5, "topic": None, "users": []}
+    status, _ = await app.api.post(f"/api/notifications/{told['id']}/ack", token(on_duty))
+    assert status == 200
+    await duty_socket.expect("escalation")
+    assert [(c["step"], c["state"], c["acknowledgedBy"]) for c in roster.changes] == [
+        (1, "open", None), (1, "acknowledged", on_duty)]
+
+
+@both_engines
+@bounded
+async def test_an_acknowledgement_stored_while_a_step_is_being_taken_on_wins_and_no_step_goes(
+        start_app):
+    """The race, forced: a timer reads the due escalation, then the acknowledgement is stored
+    before the timer's change: the step's compare-and-set fails and nobody new is told."""
+    first, backup = new_user("supervisor"), new_user("backup")
+    app = await start_app(**policy((0.5 * STEP_SECONDS, {"users": [backup]})))
+    notification_id = await escalate(app, first, "call-11")
+    store, read_due = app.store, app.store.due_escalations
+    acknowledged = asyncio.Event()
+
+    async def due_then_acknowledged(now_ms, limit):
+        due = await read_due(now_ms, limit)
+        if due and not acknowledged.is_set():
+            status, _ = await app.api.post(f"/api/notifications/{notification_id}/ack",
+                                           token(first))
+            assert status == 200
+            acknowledged.set()
+        return due
+
+    store.due_escalations = due_then_acknowledged
+    await asyncio.wait_for(acknowledged.wait(), 3)  # the timers read it, then it was taken
+    await asyncio.sleep(0.3)
+    assert await app.escalation_timers.fire_due() == 0  # nothing is due any more
+    status, page = await app.api.get("/api/notifications", token(backup))
+    assert page["notifications"] == []
+    status, mine = await app.api.get(f"/api/notifications/{notification_id}", token(first))
+    assert mine["escalation"]["state"] == "acknowledged" and mine["escalation"]["step"] == 0

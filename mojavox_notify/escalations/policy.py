@@ -154,8 +154,8 @@ def _checked(type_name: str, policy: Policy, types: NotificationTypes, source: s
     previous = 0.0
     for index, step in enumerate(policy.steps):
         where = f"{source}.steps.{index}"
-        if not 0 < step.after_seconds <= 86400:
-            raise PolicyError(f"{where}.after_seconds: must be between 1 and 86400")
+        if not 0.1 <= step.after_seconds <= 86400:
+            raise PolicyError(f"{where}.after_seconds: must be between 0.1 and 86400")
         if step.after_seconds <= previous:
             raise PolicyError(f"{where}.after_seconds: must be later than the step before "
                               f"({previous:g} s): every wait counts from the creation")
