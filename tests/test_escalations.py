@@ -10,6 +10,8 @@ import time
 import pytest
 
 from mojavox_notify import hookimpl, tenants
+from mojavox_notify.app import NotifyApp, StartupError
+from mojavox_notify.settings import SettingsError
 from mojavox_notify.store import MAX_TOPIC_MEMBERS
 from tests.support.api import post_event
 from tests.support.engines import both_engines
@@ -388,3 +390,17 @@ async def test_an_acknowledgement_stored_while_a_step_is_being_taken_on_wins_and
     assert page["notifications"] == []
     status, mine = await app.api.get(f"/api/notifications/{notification_id}", token(first))
     assert mine["escalation"]["state"] == "acknowledged" and mine["escalation"]["step"] == 0
+
+
+@pytest.mark.parametrize("escalations, named", [
+    ({"payment_recieved": {"steps": [{"after_seconds": 30}]}}, "payment_recieved is not a notification type"),
+    ({"call_escalation": {"steps": [{"after_seconds": 90}, {"after_seconds": 30}]}},
+     "escalations.call_escalation.steps.1.after_seconds: must be later than the step before"),
+    ({"call_escalation": {"steps": [{"after_seconds": 30, "to": {"topic": "a b"}}]}},
+     "escalations.call_escalation.steps.0.to.topic"),
+    ({"call_escalation": {"repeat": 9}}, "escalations.call_escalation.repeat: must be between 0 and 5"),
+])
+def test_a_policy_that_cannot_run_stops_start_up_naming_it(make_settings, escalations, named):
+    with pytest.raises((StartupError, SettingsError)) as refused:
+        NotifyApp(make_settings(escalations=escalations))
+    assert named in str(refused.value)
