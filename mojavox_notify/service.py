@@ -24,6 +24,7 @@ from .broker.messages import (AllRead, BroadcastPosted, Message, NotificationCre
                               NotificationDeleted, NotificationRead)
 from .errors import ConflictError, NotFoundError, ValidationError
 from .idempotency import Idempotency, request_key
+from .ids import new_object_id
 from .metrics import Metrics
 from .model import (ChannelPreference, Draft, PushSubscription, default_preferences,
                     to_broadcast_document, utcnow)
@@ -94,16 +95,21 @@ class NotificationService:
 
     async def expand(self, drafts: list[Draft]) -> list[Draft]:
         """Each topic draft as one draft per member of its topic (none for an empty or unknown
-        topic); the others as they are."""
+        topic); the others as they are. The members' drafts of an escalating type share one
+        escalation: a topic draft without an `escalationKey` gets one of its own."""
         if all(draft.topic is None for draft in drafts):
             return drafts
         expanded: list[Draft] = []
         for draft in drafts:
             if draft.topic is None:
                 expanded.append(draft)
-            else:
-                members = await self.store.topic_members(draft.topic, MAX_TOPIC_MEMBERS)
-                expanded.extend(draft.to(member) for member in members)
+                continue
+            if (draft.escalation_key is None and self._escalations is not None
+                    and self._escalations.escalates(draft.type)):
+                draft.escalation_key = tenants.key(tenants.tenant_of(draft.topic),
+                                                   f"escalation:{new_object_id()}")
+            members = await self.store.topic_members(draft.topic, MAX_TOPIC_MEMBERS)
+            expanded.extend(draft.to(member) for member in members)
         return expanded
 
     async def create(self, raw_draft: Any, reach: Reach = Reach()) -> dict[str, Any] | None:

@@ -404,3 +404,19 @@ def test_a_policy_that_cannot_run_stops_start_up_naming_it(make_settings, escala
     with pytest.raises((StartupError, SettingsError)) as refused:
         NotifyApp(make_settings(escalations=escalations))
     assert named in str(refused.value)
+
+
+@both_engines
+@bounded
+async def test_a_topic_send_without_a_key_is_one_escalation_for_every_member(start_app):
+    team = [new_user("supervisor") for _ in range(3)]
+    app = await start_app(**policy((30, {"users": [new_user()]})))
+    await supervisors(app, "floor", team)
+    sockets = [await connected(app, user) for user in team]
+    status, body = await app.api.post("/api/notifications", SERVICE, {
+        "topic": "floor", "type": "call_escalation", "title": "Escalation", "message": "now"})
+    assert status == 202 and body["created"] == 3, body
+    escalations = [(await socket.expect("notification"))["payload"]["escalation"]
+                   for socket in sockets]
+    assert len({e["id"] for e in escalations}) == 1
+    assert escalations[0]["key"].startswith("escalation:")

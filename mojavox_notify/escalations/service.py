@@ -172,14 +172,18 @@ class EscalationService:
         if document is None:
             return None
 
+        closed: list[bool] = []
+
         def close(current: dict[str, Any]) -> dict[str, Any] | None:
             if current["state"] == "resolved":
-                return None
+                return None  # resolved meanwhile, by another caller
+            closed.append(True)
             return record.resolved(current, resolution, now_ms())
 
         document = await self.change(document["_id"], close,
                                      event=lambda d: {"event": "resolved", "step": d["step"]})
-        self.metrics.escalations.labels(document["type"], "resolved").inc()
+        if closed:
+            self.metrics.escalations.labels(document["type"], "resolved").inc()
         return to_escalation_payload(document)
 
     # -- seen ----------------------------------------------------------------------------------
