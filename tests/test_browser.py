@@ -626,8 +626,13 @@ def test_the_page_names_the_call_center_of_a_tenant_token_and_shows_its_broadcas
 
 # -- escalations: pinned, taken, resolved; the desktop notification ------------------------------
 
-ESCALATION_POLICY = {"call_escalation": {
-    "claim": True, "repeat": 0, "steps": [{"after_seconds": 600, "to": {"users": ["nobody"]}}]}}
+ESCALATION_POLICY = {
+    "call_escalation": {"claim": True, "repeat": 0,
+                        "steps": [{"after_seconds": 600, "to": {"users": ["nobody"]}}]},
+    # One that nobody answers within the test: its one step comes after 1 s.
+    "agent_alert": {"claim": True, "repeat": 0,
+                    "steps": [{"after_seconds": 1, "to": {"users": ["nobody"]}}]},
+}
 HIDDEN_TAB = """() => {
   Object.defineProperty(document, 'hidden', { configurable: true, get: () => true });
   Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => 'hidden' });
@@ -747,6 +752,20 @@ def test_escalations_resolved_before_the_page_opened_are_not_pinned_and_text_sta
     expect(card.locator(".title")).to_have_text("Help with a < b & c > d")
     expect(card.locator(".message")).to_have_text(body["message"])
     expect(items(page)).to_have_count(2)  # both are in the list as notifications
+
+
+def test_an_escalation_nobody_takes_shows_unanswered_and_can_still_be_taken(context, escalating):
+    user = new_user("sup")
+    page = open_center(context, escalating, user)
+    status, body = escalating.call("POST", "/api/notifications", SERVICE, {
+        "userId": user, "type": "agent_alert", "title": "Agent alert", "message": "agent-7 is stuck"})
+    assert status == 201, body
+    card = page.locator("#escalations li.escalation")
+    expect(card.locator(".state")).to_have_text(re.compile(r"^Waiting \d+ s$"))
+    expect(card).to_have_attribute("data-state", "unanswered", timeout=8000)
+    expect(card.locator(".state")).to_have_text(re.compile(r"^Unanswered: nobody took it \(\d+ s\)$"))
+    card.locator("button.take").click()
+    expect(card.locator(".state")).to_have_text("Taken by you")
 
 
 def test_a_critical_notification_while_the_page_is_hidden_shows_on_the_desktop_without_push(
