@@ -710,31 +710,55 @@ def test_an_escalation_is_pinned_taken_on_one_page_seen_as_taken_on_the_other_an
     assert [line["userId"] for line in detail["timeline"] if line["event"] == "acknowledged"] == [bob]
 
 
-def test_a_take_it_refused_because_someone_was_quicker_shows_who(context, escalating):
+def deaf_page(context, server: ServeProcess, user: str) -> tuple[Page, list]:
+    """A page whose socket never hears `escalation` frames; the list of its routed sockets
+    (close one to make the page reconnect)."""
+    page = context.new_page()
+    sockets = []
+
+    def route(socket) -> None:
+        server_side = socket.connect_to_server()
+        server_side.on_message(lambda message: None if json.loads(message).get("type") == "escalation"
+                               else socket.send(message))
+        socket.on_message(server_side.send)
+        sockets.append(socket)
+
+    page.route_web_socket(re.compile(r"/ws/notifications"), route)
+    page.goto(f"{server.url}/#token={token(user)}")
+    expect(page.locator("#connection")).to_have_attribute("data-state", "open")
+    return page, sockets
+
+
+def taken_unheard(context, server: ServeProcess) -> tuple[Page, str, list]:
+    """Carol's page shows an escalation that Bob has just taken, unheard by her socket."""
     bob, carol = new_user("bob"), new_user("carol")
-    carol_page = context.new_page()
-
-    def deaf_to_escalation_frames(socket) -> None:
-        # Carol's socket never hears that Bob took it: only the refusal of her click can say so.
-        server = socket.connect_to_server()
-        server.on_message(lambda message: None if json.loads(message).get("type") == "escalation"
-                          else socket.send(message))
-        socket.on_message(server.send)
-
-    carol_page.route_web_socket(re.compile(r"/ws/notifications"), deaf_to_escalation_frames)
-    carol_page.goto(f"{escalating.url}/#token={token(carol)}")
-    expect(carol_page.locator("#connection")).to_have_attribute("data-state", "open")
-    escalate(escalating, [bob, carol], new_user("call"))
-    card = carol_page.locator("#escalations li.escalation")
+    page, sockets = deaf_page(context, server, carol)
+    escalate(server, [bob, carol], new_user("call"))
+    card = page.locator("#escalations li.escalation")
     expect(card).to_have_count(1)
-    status, body = escalating.call(
-        "POST", f"/api/notifications/{newest_notification(escalating, bob)['id']}/ack", token(bob))
+    status, body = server.call(
+        "POST", f"/api/notifications/{newest_notification(server, bob)['id']}/ack", token(bob))
     assert status == 200, body
     expect(card.locator(".state")).to_have_text(re.compile(r"^Waiting \d+ s$"))
+    return page, bob, sockets
+
+
+def test_a_take_it_refused_because_someone_was_quicker_shows_who(context, escalating):
+    page, bob, _ = taken_unheard(context, escalating)
+    card = page.locator("#escalations li.escalation")
     card.locator("button.take").click()
     expect(card.locator(".state")).to_have_text(re.compile(rf"^Taken by {bob} after \d+ s$"))
     expect(card.locator("button.take")).to_be_hidden()
-    expect(carol_page.locator("#banner")).to_be_hidden()  # a refusal with an answer is no failure
+    expect(page.locator("#banner")).to_be_hidden()  # a refusal with an answer is no failure
+
+
+def test_after_a_reconnection_the_page_shows_the_changes_it_missed(context, escalating):
+    page, bob, sockets = taken_unheard(context, escalating)
+    sockets[-1].close()
+    expect(page.locator("#connection")).to_have_attribute("data-state", "reconnecting")
+    expect(page.locator("#connection")).to_have_attribute("data-state", "open")
+    expect(page.locator("#escalations li.escalation .state")).to_have_text(
+        re.compile(rf"^Taken by {bob} after \d+ s$"))
 
 
 def test_escalations_resolved_before_the_page_opened_are_not_pinned_and_text_stays_text(context, escalating):
@@ -817,7 +841,9 @@ def test_a_notification_while_hidden_without_permission_shows_nothing(context, e
 def test_the_service_worker_closes_the_escalation_when_the_resolving_push_arrives(context, escalating):
     user = new_user("sup")
     context.grant_permissions(["notifications"], origin=escalating.url)
-    page = open_center(context, escalating, user)
+    # Deaf to escalation frames: an open page would close the notification itself on hearing
+    # of the resolution; here only the push can.
+    page, _ = deaf_page(context, escalating, user)
     page.evaluate("navigator.serviceWorker.ready.then(() => true)")
     cdp = context.new_cdp_session(page)
     versions = []

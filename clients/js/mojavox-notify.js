@@ -72,8 +72,9 @@
  * @property {{notificationId: string|null, all: boolean}} read read in any tab of the user
  * @property {{notificationId: string}} deleted
  * @property {Escalation} escalation one of the user's escalations changed (taken by someone,
- *   escalated a step, resolved, unanswered), on every socket whatever its channels; after a
- *   (re)connection, the user's newest escalations as they are now
+ *   escalated a step, resolved, unanswered), on every socket whatever its channels; after the
+ *   server resynced the socket, the user's newest escalations as they are now (a reconnection
+ *   replays missed notifications, not changes: read `escalations()` after one)
  * @property {StateChange} state
  * @property {{clientId: string, resumed: boolean, tenant: string}} connected `tenant`: the
  *   user's tenant (the token's `tenant` claim, or `default`)

@@ -140,6 +140,8 @@ async function signIn(token) {
       loadMore();
       loadSettings();
       setUpPush();
+    } else {
+      refreshEscalations(client);
     }
   });
   client.on('notification', (payload) => {
@@ -468,7 +470,21 @@ function placeEscalation(entry) {
   box.insertBefore(entry.element, before || null);
 }
 
-/** An `escalation` frame, or the answer to "Take it". */
+/** After a reconnection: the changes missed while the socket was down (a reconnection replays
+ * notifications, not changes), unresolved and resolved alike, newest first. */
+async function refreshEscalations(client) {
+  try {
+    const lists = await Promise.all([client.escalations({ state: 'unresolved' }), client.escalations({ state: 'resolved' })]);
+    if (client !== view.client) return;
+    for (const escalation of lists.flat()) {
+      if (view.escalations.has(escalation.id)) changedEscalation(escalation);
+    }
+  } catch (error) {
+    console.warn('MOJAVOX Notify: could not refresh the escalations:', error);
+  }
+}
+
+/** An `escalation` frame, the answer to "Take it", or what a reconnection read. */
 function changedEscalation(escalation) {
   const entry = view.escalations.get(escalation.id);
   if (entry && !isLater(escalation, entry.escalation)) return;
