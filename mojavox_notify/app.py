@@ -28,6 +28,7 @@ from .handlers.base import (BaseHandler, Cors, InFlight, NotFoundHandler, implem
                             log_request)
 from .escalations.journal import Journal
 from .escalations.policy import PolicyError, build_policies
+from .escalations.pushes import EscalationPushes
 from .escalations.service import EscalationService
 from .escalations.timers import EscalationTimers
 from .handlers.escalations import (AcknowledgeHandler, EscalationHandler, EscalationsHandler,
@@ -175,6 +176,8 @@ class NotifyApp:
             self.store, self.broker, self.plugins, settings,
             online=self.presence.online_many, limiter=self.notification_limiter,
             metrics=self.metrics, resolver=self.resolver, escalations=self.escalations)
+        if self._vapid is not None:
+            self.escalations.pushes = EscalationPushes(self.store, self.service.push_wanted)
         self.escalation_timers = EscalationTimers(self.store, self.escalations, self.service,
                                                   self.plugins, settings.escalation_timers)
         self.ingest = EventIngest(self.plugins, self.service, self.store, self.metrics,
@@ -200,6 +203,8 @@ class NotifyApp:
             self.push_worker = PushWorker(self.store, self.push_sender, settings.push,
                                           supervisor=self.supervisor)
             self.service.on_push_recorded = self.push_worker.wake
+            if self.escalations.pushes is not None:
+                self.escalations.pushes.wake = self.push_worker.wake
             self.push_worker.start()
         await self.plugins.call_each("mojavox_startup", app=self)
         # Every process watches the stored due steps (each fires once: timers.py) and writes

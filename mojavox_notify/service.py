@@ -15,7 +15,7 @@ import logging
 import re
 import time
 from datetime import timedelta
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable, Sequence
 
 from tornado.netutil import DefaultLoopResolver, Resolver
 
@@ -231,6 +231,20 @@ class NotificationService:
         chosen = preferences.get(draft.type)
         default = self._defaults[draft.type]
         return default if chosen is None else chosen.over(default)
+
+    async def push_wanted(self, recipients: Sequence[tuple[str, str]]) -> list[bool]:
+        """Whether each `(user_id, type)` gets pushes of that type at all: push configured,
+        and the user's setting (else the type's default) says push. Presence is not asked: a
+        push that replaces one already on a desktop goes whether a tab is open or not."""
+        if not self._push.vapid_private_key:
+            return [False] * len(recipients)
+        preferences = await self.store.preferences_of_many({user_id for user_id, _ in recipients})
+        wanted = []
+        for user_id, type_name in recipients:
+            chosen = preferences.get(user_id, {}).get(type_name)
+            default = self._defaults[type_name]
+            wanted.append((default if chosen is None else chosen.over(default)).push)
+        return wanted
 
     async def _pushed(self, chosen: list[tuple[Draft, ChannelPreference]]) -> list[bool]:
         """Push when push is configured and the user wants this type pushed; with

@@ -322,6 +322,29 @@ async def test_a_new_push_subscription_past_the_limit_replaces_the_least_recentl
 
 
 @bounded
+async def test_pushes_are_queued_for_stored_notifications_of_subscribed_users_only(open_store):
+    store = await open_store()
+    subscribed, unsubscribed = new_user("subscribed"), new_user("unsubscribed")
+    await store.save_push_subscription(
+        subscribed, PushSubscription(f"https://push.example.com/{subscribed}", "p", "a"), keep=3)
+    first = await store.insert(draft(subscribed, priority="critical"))
+    second = await store.insert(draft(unsubscribed, priority="critical"))
+    assert await store.queue_pushes([]) == 0
+    queued = await store.queue_pushes([
+        (subscribed, str(first.document["_id"]), "critical"),
+        (unsubscribed, str(second.document["_id"]), "critical")])
+    assert queued == 1
+    jobs = [job for job in await store.claim_pushes(1000, 0.5)
+            if job.user_id in (subscribed, unsubscribed)]
+    [job] = jobs
+    assert (job.user_id, job.notification_id, job.priority) == (
+        subscribed, str(first.document["_id"]), "critical")
+    assert (job.attempts, job.done) == (0, ())
+    assert abs((utcnow() - job.created_at).total_seconds()) < 5, "due now, aged from now"
+    await store.finish_push(job.id)
+
+
+@bounded
 async def test_an_event_id_is_claimed_once_completed_and_released_only_by_its_owner(open_store):
     store = await open_store()
     key = new_user("event")

@@ -26,6 +26,7 @@ from ..wire.notification import notification_id
 from . import record
 from .journal import Journal
 from .policy import Policy
+from .pushes import EscalationPushes
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,9 @@ class EscalationService:
         self._online = online
         #: Told the due time (epoch ms) of each escalation opened here (the timers wake early).
         self.on_scheduled: Callable[[int], None] = lambda due_at: None
+        #: When push is configured: the pushes that replace an escalation's notification on
+        #: the desktop once it is taken or resolved (pushes.py).
+        self.pushes: EscalationPushes | None = None
 
     def escalates(self, type_name: str) -> bool:
         return type_name in self.policies
@@ -299,6 +303,11 @@ class EscalationService:
             users = sorted({r["user_id"] for r in recipients.get(document["_id"], ())})
             messages.append(EscalationChanged(to_escalation_payload(document), users, at))
         await self.broker.publish_many(messages)
+        if self.pushes is not None:
+            try:
+                await self.pushes.changed(documents, recipients)
+            except Exception:  # the change is stored and told; only the desktop lags behind
+                log.exception("could not queue the pushes of an escalation change")
         if self.plugins.listens("mojavox_escalation_changed"):
             for message in messages:
                 try:

@@ -359,6 +359,12 @@ class NotificationStore(ABC):
         them meanwhile (a job whose lease ran out, its process gone, is due again)."""
 
     @abstractmethod
+    async def queue_pushes(self, jobs: Sequence[tuple[str, str, str]]) -> int:
+        """A push job, due now, for each `(user_id, notification_id, priority)` of a stored
+        notification whose user has a push subscription (a notification that changed after
+        it was pushed, such as an escalation someone took). How many were recorded."""
+
+    @abstractmethod
     async def reschedule_push(self, job_id: str, delay_seconds: float, attempts: int,
                               done: Sequence[str]) -> None:
         """Try the job again after `delay_seconds`, remembering the endpoints that have it."""

@@ -497,6 +497,22 @@ class MongoStore(NotificationStore):
         return jobs
 
     @_storage_errors
+    async def queue_pushes(self, jobs: Sequence[tuple[str, str, str]]) -> int:
+        users = list({user_id for user_id, _, _ in jobs})
+        if not users:
+            return 0
+        subscribed = {document["user_id"] for document in await self.push_subscriptions.find(
+            {"user_id": {"$in": users}}, {"user_id": 1}).to_list(length=None)}
+        now = to_ms(utcnow())
+        documents = [{"user_id": user_id, "notification_id": notification_id,
+                      "priority": priority, "created_at": now, "due_at": now, "attempts": 0,
+                      "done": [], "leased_until": 0}
+                     for user_id, notification_id, priority in jobs if user_id in subscribed]
+        if documents:
+            await self.push_outbox.insert_many(documents)
+        return len(documents)
+
+    @_storage_errors
     async def reschedule_push(self, job_id: str, delay_seconds: float, attempts: int,
                               done: Sequence[str]) -> None:
         await self.push_outbox.update_one({"_id": ObjectId(job_id)}, {"$set": {

@@ -99,6 +99,16 @@ def _insert_live(connection, insertions: list[Insertion], created_at) -> list[Cr
     return created
 
 
+def _queue_pushes(connection, jobs: list[tuple[str, str, str]], now_ms: int) -> int:
+    """Push jobs for stored notifications, of the users among them with a subscription."""
+    with transaction(connection):
+        subscribed = _subscribed(connection, {user_id for user_id, _, _ in jobs})
+        rows = [(user_id, notification_id, priority, now_ms, now_ms, 0, "[]", 0)
+                for user_id, notification_id, priority in jobs if user_id in subscribed]
+        _insert_rows(connection, INSERT_PUSH_JOBS, PUSH_JOB_WIDTH, rows)
+    return len(rows)
+
+
 def _insert_rows(connection, statement: str, width: int, rows: list[tuple]) -> None:
     """Rows inserted by multi-row statements: one step each (one GIL hand-off, see
     coalesce.py) for up to ROWS_PER_STATEMENT rows, where `executemany` takes one per row."""

@@ -24,7 +24,7 @@ from .. import (ClaimLostError, Created, EventClaim, Insertion, NotificationStor
 from . import escalations
 from .execution import KEPT_WRITING, TURN_TAKEN, Execution, WriteTurn
 from .importing import _import, _rebuild_states
-from .insertion import _insert_many
+from .insertion import _insert_many, _queue_pushes
 from .queries import (CLEANUP_CHUNK, _active_broadcasts, _channel_settings, _claim_event,
                       _claim_pushes, _delete, _delete_expired_chunk, _execute, _mark_all_read,
                       _mark_read, _page, _preferences, _save_subscription, _select, _state_rows,
@@ -340,6 +340,11 @@ class SqliteStore(NotificationStore):
         return [PushJob(str(id_), user_id, notification_id, priority, from_ms(created_at),
                         attempts, tuple(json.loads(done)))
                 for id_, user_id, notification_id, priority, created_at, attempts, done in rows]
+
+    async def queue_pushes(self, jobs: Sequence[tuple[str, str, str]]) -> int:
+        if not jobs:
+            return 0
+        return await self._write(_queue_pushes, list(jobs), to_ms(utcnow()))
 
     async def reschedule_push(self, job_id: str, delay_seconds: float, attempts: int,
                               done: Sequence[str]) -> None:
