@@ -227,7 +227,9 @@ async def test_only_recipients_services_and_admins_read_an_escalation(start_app)
                                   token("acme-ops", ["admin"], tenant="acme"))
     assert status == 404  # another tenant's admin
     status, listed = await app.api.get("/api/escalations?state=open", token(supervisor))
-    assert [e["id"] for e in listed["escalations"]] == [escalation_id]
+    assert [(e["id"], e["notificationId"]) for e in listed["escalations"]] == [
+        (escalation_id, notification_id)]
+    assert listed["escalations"][0]["createdAt"] <= mine["timestamp"]  # opened, then stored
     status, listed = await app.api.get("/api/escalations", token(stranger))
     assert listed == {"escalations": []}
 

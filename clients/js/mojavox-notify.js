@@ -29,6 +29,10 @@
  * @property {string|null} acknowledgedAt ISO 8601
  * @property {string|null} resolvedAt ISO 8601
  * @property {string|null} resolution why it was resolved, e.g. "call ended"
+ * @property {string} createdAt ISO 8601: when it was opened (its waiting time counts from here)
+ *
+ * @typedef {Escalation & {notificationId: string}} ListedEscalation one of `escalations()`:
+ *   with the caller's newest notification of it, to `ack` with
  *
  * @typedef {Escalation['state']|'unresolved'} EscalationFilter `unresolved`: every state but
  *   resolved
@@ -673,9 +677,10 @@ export class NotifyClient {
   }
 
   /**
-   * The escalations the user received, newest first: the open ones by default.
+   * The escalations the user received, newest first: the open ones by default; each with
+   * `notificationId`, the user's newest notification of it (what `ack` takes).
    * @param {{state?: EscalationFilter}} [options]
-   * @returns {Promise<Escalation[]>}
+   * @returns {Promise<ListedEscalation[]>}
    */
   async escalations({ state = 'open' } = {}) {
     const query = new URLSearchParams({ state });

@@ -251,15 +251,23 @@ class EscalationService:
 
     async def of_user(self, user_id: str, state: Any = "open") -> list[dict[str, Any]]:
         """The escalations in `state` (open by default; `unresolved` for every one not resolved
-        yet) that the user received, newest first."""
+        yet) that the user received, newest first, each with the user's newest notification
+        of it (`notificationId`, what they acknowledge with)."""
         if state == "unresolved":
             states: Sequence[str] = UNRESOLVED
         elif state in STATES:
             states = (state,)
         else:
             raise ValidationError("state", f"must be one of {', '.join(STATES)}, unresolved")
-        return [to_escalation_payload(document)
-                for document in await self.store.escalations_of(user_id, states, MAX_LISTED)]
+        documents = await self.store.escalations_of(user_id, states, MAX_LISTED)
+        recipients = await self.store.escalation_recipients([d["_id"] for d in documents])
+        listed = []
+        for document in documents:
+            mine = [r["notification_id"] for r in recipients[document["_id"]]
+                    if r["user_id"] == user_id]
+            if mine:  # (deleted between the two reads: not theirs any more)
+                listed.append({**to_escalation_payload(document), "notificationId": mine[-1]})
+        return listed
 
     async def latest_of(self, user_id: str) -> list[dict[str, Any]]:
         """The user's newest escalations in every state (a socket that may have missed changes

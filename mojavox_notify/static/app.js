@@ -550,9 +550,9 @@ function duration(ms) {
 }
 
 /** What the card says, from the escalation as it is now. The waiting time counts from when
- * this user was told (the notification's timestamp). */
+ * the escalation was opened (`createdAt`; the notification's timestamp from an older server). */
 function escalationText(escalation, notification) {
-  const told = Date.parse(notification.timestamp);
+  const told = Date.parse(escalation.createdAt || notification.timestamp);
   switch (escalation.state) {
     case 'acknowledged': {
       if (escalation.acknowledgedBy === view.user) return 'Taken by you';

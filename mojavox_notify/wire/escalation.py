@@ -45,8 +45,10 @@ ESCALATION = object_schema({
     "acknowledgedAt": NULLABLE_TIME,
     "resolvedAt": NULLABLE_TIME,
     "resolution": NULLABLE_TEXT,
+    "createdAt": TIMESTAMP,
 }, description="An escalation: what every one of its notifications carries and the socket's "
-               "escalation frame holds, as it is now")
+               "escalation frame holds, as it is now (`createdAt`: when it was opened, what its "
+               "waiting time counts from)")
 
 TIMELINE_ENTRY = object_schema(
     {"at": TIMESTAMP, "event": {"enum": list(TIMELINE_EVENTS)}},
@@ -62,7 +64,12 @@ ESCALATION_DETAIL = object_schema({
     "recipients": {"type": "array", "items": RECIPIENT},
     "timeline": {"type": "array", "items": TIMELINE_ENTRY},
 }, description="An escalation with who received it and what happened, in order")
-ESCALATION_LIST = object_schema({"escalations": {"type": "array", "items": ESCALATION}})
+LISTED_ESCALATION = {**ESCALATION, "properties": {
+    **ESCALATION["properties"],
+    "notificationId": {**OBJECT_ID, "description": "the caller's newest notification of it, "
+                                                   "to acknowledge with"}},
+    "required": sorted([*ESCALATION["required"], "notificationId"])}
+ESCALATION_LIST = object_schema({"escalations": {"type": "array", "items": LISTED_ESCALATION}})
 SEEN_ANSWER = object_schema({"seen": {"type": "integer", "minimum": 0,
                                       "description": "how many of them are escalations' (the "
                                                      "others are not recorded)"}})
@@ -127,6 +134,7 @@ def to_escalation_payload(document: Mapping[str, Any]) -> dict[str, Any]:
         "acknowledgedAt": ms_iso(document.get("acknowledged_at")),
         "resolvedAt": ms_iso(document.get("resolved_at")),
         "resolution": document.get("resolution"),
+        "createdAt": ms_iso(document["created_at"]),
     }
 
 
