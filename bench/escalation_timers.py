@@ -484,7 +484,7 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--concurrency", type=int, default=32, help="creations in flight")
     parser.add_argument("--wave-seconds", type=float, default=0.8,
                         help="no creation of a wave starts later than this after its first")
-    parser.add_argument("--wait", type=float, default=180.0,
+    parser.add_argument("--wait", type=float, default=240.0,
                         help="seconds from the start of the run to the common due time")
     parser.add_argument("--idle-seconds", type=float, default=10.0,
                         help="seconds of the idle create-latency measurement")
