@@ -21,6 +21,10 @@ Scenarios (each starts every server fresh, clients in worker processes from 127.
 Redis, churning sockets, steady load, workers killed, Redis restarted, storage stalled, a hostile
 client; missing and doubled notifications and memory per minute.
 
+`python -m bench escalation-timers` (bench/escalation_timers.py, `--help` there): 10,000 open
+escalations whose steps come due within one second; each step's lateness, and create latency
+while they fire against idle.
+
 Bounded in count and time; stops by itself. `--quick` shrinks everything for a smoke run.
 `--baseline REF` also runs MOJAVOX Notify as of a git ref (`mojavox@REF`, its package extracted
 with `git archive` and run from the same venv) in the same run, and prints our ratios to it.
@@ -51,6 +55,11 @@ if __name__ == "__main__" and sys.argv[1:2] == ["soak"]:  # it needs none of the
     import soak  # noqa: E402
 
     soak.main(sys.argv[2:])
+    sys.exit(0)
+if __name__ == "__main__" and sys.argv[1:2] == ["escalation-timers"]:
+    import escalation_timers  # noqa: E402
+
+    escalation_timers.main(sys.argv[2:])
     sys.exit(0)
 
 from peers import Peers  # noqa: E402

@@ -188,14 +188,21 @@ class EscalationTimers:
 
     async def _finish(self, documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Each send marked finished; one changed meanwhile (acknowledged, resolved) is read
-        again and finished over its new version."""
+        again and finished over its new version.
+
+        The first attempt leaves the notifications' `shown` alone: finishing a send changes
+        nothing clients see, and a compare-and-set that succeeds over the version the step
+        stored means nothing else changed it since, so its notifications, old and new, already
+        show it. A document read again did change (say, acknowledged while the step's
+        notifications were being stored, with the step's `shown`): those get the current one."""
         now = now_ms()
         pending = list(documents)
         finished: list[dict[str, Any]] = []
-        for _ in range(MAX_ATTEMPTS):
+        for attempt in range(MAX_ATTEMPTS):
             changes = [(d, record.send_finished(d, now)) for d in pending]
             stored = await self.store.change_escalations(
-                [(changed, d["version"], to_escalation_payload(changed)) for d, changed in changes])
+                [(changed, d["version"], None if attempt == 0 else to_escalation_payload(changed))
+                 for d, changed in changes])
             retry = []
             for (document, changed), ok in zip(changes, stored):
                 if ok:

@@ -280,11 +280,12 @@ class NotificationStore(ABC):
         """The escalation of `key` that is not resolved yet, or None."""
 
     @abstractmethod
-    async def change_escalations(self, changes: Sequence[tuple[dict[str, Any], int, dict[str, Any]]]
+    async def change_escalations(self, changes: Sequence[tuple[dict[str, Any], int, dict[str, Any] | None]]
                                  ) -> list[bool]:
         """Each (document, expected version, shown): the stored document replaced by this one
         only if its version is still the expected one (compare-and-set; the document carries
-        its new version), and its notifications' `escalation.shown` set to `shown`, all in one
+        its new version), and its notifications' `escalation.shown` set to `shown` (None: what
+        clients see did not change, the notifications are left as they are), all in one
         transaction. Which of them were stored."""
 
     @abstractmethod

@@ -54,7 +54,7 @@ async def change_escalations(collections: Collections,
             result = await collections.escalation_records.replace_one(
                 {"_id": document["_id"], "version": expected}, _stored_form(document),
                 session=session)
-            if result.matched_count:
+            if result.matched_count and shown is not None:
                 await collections.notifications.update_many(
                     {"escalation.id": document["_id"]}, {"$set": {"escalation.shown": shown}},
                     session=session)

@@ -45,7 +45,8 @@ def _one(connection: sqlite3.Connection, where: str, value: str) -> dict | None:
 
 def _change(connection: sqlite3.Connection,
             changes: Sequence[tuple[dict[str, Any], int, dict[str, Any]]]) -> list[bool]:
-    """Compare-and-set on `version`, and the new `shown` on the escalation's notifications."""
+    """Compare-and-set on `version`, and the new `shown` (unless None) on the escalation's
+    notifications."""
     stored = []
     with transaction(connection):
         for document, expected, shown in changes:
@@ -54,7 +55,7 @@ def _change(connection: sqlite3.Connection,
                                        created_at = ?, updated_at = ?, body = ?
                 WHERE id = ? AND version = ?""",
                 (*_columns(document), document["_id"], expected)).rowcount
-            if changed:
+            if changed and shown is not None:
                 connection.execute("""
                     UPDATE notifications SET escalation = json_set(escalation, '$.shown', json(?))
                     WHERE escalation_id = ?""", (_json(shown), document["_id"]))
@@ -74,15 +75,14 @@ def _recipients(connection: sqlite3.Connection, escalation_ids: list[str]) -> di
     for start in range(0, len(escalation_ids), IN_CHUNK):
         chunk = escalation_ids[start:start + IN_CHUNK]
         rows = connection.execute(f"""
-            SELECT escalation_id, user_id, id, escalation, created_at, read, read_at
+            SELECT escalation_id, user_id, id, coalesce(json_extract(escalation, '$.step'), 0),
+                   coalesce(json_extract(escalation, '$.round'), 0), created_at, read, read_at
             FROM notifications WHERE escalation_id IN ({", ".join("?" * len(chunk))})
             ORDER BY created_at, id""", chunk).fetchall()
-        for escalation_id, user_id, notification_id, escalation, created_at, read, read_at in rows:
-            told = json.loads(escalation)
+        for escalation_id, user_id, notification_id, step, round_, created_at, read, read_at in rows:
             recipients[escalation_id].append({
-                "user_id": user_id, "notification_id": notification_id,
-                "step": told.get("step", 0), "round": told.get("round", 0),
-                "created_at": created_at, "read": bool(read), "read_at": read_at})
+                "user_id": user_id, "notification_id": notification_id, "step": step,
+                "round": round_, "created_at": created_at, "read": bool(read), "read_at": read_at})
     return recipients
 
 
