@@ -422,3 +422,32 @@ async def test_a_topic_send_without_a_key_is_one_escalation_for_every_member(sta
                    for socket in sockets]
     assert len({e["id"] for e in escalations}) == 1
     assert escalations[0]["key"].startswith("escalation:")
+
+
+@both_engines
+@bounded
+async def test_an_acknowledgement_during_a_steps_send_keeps_and_nothing_more_fires(start_app):
+    first, backup, manager = new_user("supervisor"), new_user("backup"), new_user("manager")
+    app = await start_app(**policy((0.5, {"users": [backup]}), (1.0, {"users": [manager]})))
+    notification_id = await escalate(app, first, "call-12")
+    create_many = app.service.create_many
+    acknowledged = asyncio.Event()
+
+    async def step_sent_then_acknowledged(drafts, **kwargs):
+        created = await create_many(drafts, **kwargs)
+        if any(d.escalation and d.escalation["step"] == 1 for d in drafts):
+            status, _ = await app.api.post(f"/api/notifications/{notification_id}/ack",
+                                           token(first))
+            assert status == 200
+            acknowledged.set()
+        return created
+
+    app.service.create_many = step_sent_then_acknowledged
+    await asyncio.wait_for(acknowledged.wait(), 4)
+    await asyncio.sleep(1.5)  # past step 2's time
+    status, page = await app.api.get("/api/notifications", token(backup))
+    assert len(page["notifications"]) == 1  # step 1 went: it started before the answer
+    status, page = await app.api.get("/api/notifications", token(manager))
+    assert page["notifications"] == []  # step 2 never did
+    status, mine = await app.api.get(f"/api/notifications/{notification_id}", token(first))
+    assert mine["escalation"]["state"] == "acknowledged" and mine["escalation"]["step"] == 1

@@ -733,3 +733,29 @@ async def test_due_escalations_come_earliest_first_and_finished_ones_are_forgott
     assert await store.escalation(closed["_id"]) is None
     assert await store.escalation_events(closed["_id"]) == []
     assert await store.escalation(opened[1]["_id"]) is not None
+
+
+@bounded
+async def test_a_finished_send_clears_its_marker_and_keeps_a_change_made_meanwhile(open_store):
+    from mojavox_notify.escalations import record
+    from mojavox_notify.escalations.policy import Action
+    store = await open_store()
+    opened = []
+    for index in range(2):
+        document, _ = await store.open_escalation(
+            _escalation(tenants.key(tenants.DEFAULT, f"call:send-{index}")))
+        started = record.step_started(document, Action(0, 1), 2_000_000, 15_000)
+        assert await store.change_escalations(
+            [(started, document["version"], record.shown(started))]) == [True]
+        opened.append(started)
+    taken = record.acknowledged(opened[1], "bob", 2_000_100)  # while its step was being sent
+    assert await store.change_escalations([(taken, opened[1]["version"], record.shown(taken))]) == [True]
+    await store.finish_escalation_sends(
+        [(d["_id"], d["sending"], 2_100_000) for d in opened]
+        + [(opened[0]["_id"], {**opened[0]["sending"], "until": 1}, 9_999_999)])  # not its send
+    still_open, acknowledged = [await store.escalation(d["_id"]) for d in opened]
+    assert still_open["sending"] is None and still_open["due_at"] == 2_100_000
+    assert still_open["version"] == opened[0]["version"]
+    assert acknowledged["state"] == "acknowledged" and acknowledged["acknowledged_by"] == "bob"
+    assert acknowledged["sending"] is None and acknowledged["due_at"] is None
+    assert [d["_id"] for d in await store.due_escalations(2_200_000, 10)] == [still_open["_id"]]

@@ -300,11 +300,14 @@ class EscalationService:
                 return changed
         raise EscalationConflict(f"escalation {escalation_id} kept changing under this process")
 
-    async def published(self, documents: Sequence[dict[str, Any]]) -> None:
-        """Tell every recipient's sockets and the `mojavox_escalation_changed` hook."""
+    async def published(self, documents: Sequence[dict[str, Any]],
+                        recipients: dict[str, list[dict[str, Any]]] | None = None) -> None:
+        """Tell every recipient's sockets and the `mojavox_escalation_changed` hook (`recipients`
+        by escalation id when the caller has read them already)."""
         if not documents:
             return
-        recipients = await self.store.escalation_recipients([d["_id"] for d in documents])
+        if recipients is None:
+            recipients = await self.store.escalation_recipients([d["_id"] for d in documents])
         at = time.time()
         messages = []
         for document in documents:

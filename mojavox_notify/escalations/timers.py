@@ -27,9 +27,12 @@ from ..wire.escalation import to_escalation_payload
 from ..wire.input import check_recipient
 from . import record
 from .policy import Step, step_targets
-from .service import MAX_ATTEMPTS, EscalationService, now_ms
+from .service import EscalationService, now_ms
 
 log = logging.getLogger(__name__)
+
+#: Rounds whose steps' notifications are being created at once (run()).
+MAX_SENDING = 2
 
 
 class EscalationTimers:
@@ -46,6 +49,7 @@ class EscalationTimers:
         self._batch = settings.batch
         self._wake = asyncio.Event()
         self._next_wake: int | None = None
+        self._sending: set[asyncio.Task] = set()
         escalations.on_scheduled = self.wake_at
 
     def wake_at(self, due_ms: int) -> None:
@@ -56,10 +60,12 @@ class EscalationTimers:
 
     async def run(self) -> None:
         """Fire what is due, then wait for the next poll or the next due time known here (a
-        supervised task: a failure is logged and the task restarted)."""
+        supervised task: a failure is logged and the task restarted). The steps' sends of one
+        round go on while the next round is taken on (at most MAX_SENDING rounds at once), so
+        the storage's thread and the event loop work at the same time."""
         while True:
             try:
-                fired = await self.fire_due()
+                fired = await self.fire_due(wait=False)
             except StorageUnavailableError as error:
                 # What was stored stays due (a send begun keeps its lease): the next round, or
                 # another process, takes it on.
@@ -79,32 +85,78 @@ class EscalationTimers:
             except TimeoutError:
                 pass
 
-    async def fire_due(self) -> int:
-        """One batch of due escalations taken on; how many this process won."""
+    async def fire_due(self, wait: bool = True) -> int:
+        """One batch of due escalations taken on; how many this process won. With `wait`
+        False, the steps' sends may still be under way when it returns.
+
+        One compare-and-set per escalation takes it on (a step started, the chain ended, or a
+        stalled send relet); the changes are published to the recipients known then (read once:
+        they are also whom a step skips), the steps' notifications created in one creation,
+        and the sends marked finished without another compare-and-set (finishing changes
+        nothing a client sees)."""
         now = now_ms()
         due = await self.store.due_escalations(now, self._batch)
         if not due:
             return 0
         changes = [(document, self._transition(document, now)) for document in due]
+        # A step or the chain's end changes what clients see; a relet or a settle does not,
+        # and leaves the notifications as they are.
+        shown = {changed["_id"]: to_escalation_payload(changed) for document, changed in changes
+                 if changed["state"] != document["state"] or changed["step"] != document["step"]
+                 or changed.get("sending") is not None and document.get("sending") is None}
         stored = await self.store.change_escalations(
-            [(changed, document["version"], to_escalation_payload(changed))
+            [(changed, document["version"], shown.get(changed["_id"]))
              for document, changed in changes])
         won = [(document, changed) for (document, changed), ok in zip(changes, stored) if ok]
-        lateness = self.escalations.metrics.escalation_lateness
+        if not won:
+            return 0
+        metrics = self.escalations.metrics
+        started = []
         for document, changed in won:
             if changed.get("sending") is not None and document.get("sending") is None:
-                lateness.observe(max(0, now - document["due_at"]) / 1000)
-        sends = [changed for _, changed in won if changed.get("sending") is not None]
+                started.append(changed)
+                metrics.escalation_lateness.observe(max(0, now - document["due_at"]) / 1000)
         ended = [changed for document, changed in won
                  if changed["state"] == "unanswered" and document["state"] != "unanswered"]
+        sends = [changed for _, changed in won if changed.get("sending") is not None]
+        told = [*started, *ended]
+        recipients = await self.store.escalation_recipients([d["_id"] for d in [*told, *sends]])
+        await self.store.add_escalation_events(
+            [{"escalation_id": d["_id"], "at": d["updated_at"], "event": "escalated",
+              "step": d["step"]} for d in started]
+            + [{"escalation_id": d["_id"], "at": d["updated_at"], "event": "unanswered",
+                "step": d["step"]} for d in ended])
+        for document in started:
+            metrics.escalations.labels(document["type"], "escalated").inc()
+        for document in ended:
+            metrics.escalations.labels(document["type"], "unanswered").inc()
+        await self.escalations.published(told, recipients)
         if sends:
-            await self._send(sends)
-        if ended:
-            await self._unanswered(ended)
+            sending = self._send(sends, recipients, shown)
+            if wait:
+                await sending
+            else:
+                await self._in_background(sending)
         for _, changed in won:
             if changed["due_at"] is not None and changed.get("sending") is None:
                 self.wake_at(changed["due_at"])
         return len(won)
+
+    async def _in_background(self, sending: Any) -> None:
+        """Run a round's sends as a task, once fewer than MAX_SENDING are under way. A send
+        that fails is left to its lease (the escalation is due again when it ends)."""
+        while len(self._sending) >= MAX_SENDING:
+            await asyncio.wait(self._sending, return_when=asyncio.FIRST_COMPLETED)
+        task = asyncio.get_running_loop().create_task(sending)
+        self._sending.add(task)
+        task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task) -> None:
+        self._sending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            error = task.exception()
+            log.warning("escalation steps not all sent (%s); their leases will retry them",
+                        getattr(error, "message", error))
 
     def _transition(self, document: dict[str, Any], now: int) -> dict[str, Any]:
         if document.get("sending") is not None:
@@ -118,12 +170,13 @@ class EscalationTimers:
 
     # -- a step's send -------------------------------------------------------------------------
 
-    async def _send(self, documents: list[dict[str, Any]]) -> None:
-        """Every step's notifications in one creation, the sends finished, the timeline told."""
-        recipients = await self.store.escalation_recipients([d["_id"] for d in documents])
+    async def _send(self, documents: list[dict[str, Any]],
+                    recipients: dict[str, list[dict[str, Any]]],
+                    shown: dict[str, dict[str, Any]]) -> None:
+        """Every step's notifications in one creation, to the targets not told yet (in the
+        step's round), then the sends finished."""
         members: dict[str, list[str]] = {}
         drafts: list[Draft] = []
-        notified: dict[str, int] = {}
         for document in documents:
             if document["state"] == "resolved":
                 continue  # the call ended while the step was under way: tell nobody new
@@ -132,19 +185,19 @@ class EscalationTimers:
             told = {r["user_id"] for r in recipients[document["_id"]]
                     if sending["round"] == 0 or r["round"] == sending["round"]}
             targets = await self._targets(document, step, sending["step"], members)
-            part = record.notification_part(document, sending["step"], sending["round"])
-            new = [user for user in targets if user not in told]
-            notified[document["_id"]] = len(new)
-            drafts.extend(_draft(document, user, part) for user in new)
+            part = record.notification_part(document, sending["step"], sending["round"],
+                                            shown.get(document["_id"]))
+            drafts.extend(_draft(document, user, part) for user in targets if user not in told)
         if drafts:
             await self.notifications.create_many(drafts)
-        await self.store.add_escalation_events([  # when each step fired
-            {"escalation_id": d["_id"], "at": d["updated_at"], "event": "escalated",
-             "step": d["step"]} for d in documents if d["state"] != "resolved"])
-        finished = await self._finish(documents)
-        for document in finished:
-            self.escalations.metrics.escalations.labels(document["type"], "escalated").inc()
-        await self.escalations.published(finished)
+        now = now_ms()
+        finished = [(document, record.send_finished(document, now)) for document in documents]
+        await self.store.finish_escalation_sends(
+            [(changed["_id"], document["sending"], changed["due_at"])
+             for document, changed in finished])
+        for _, changed in finished:
+            if changed["due_at"] is not None:
+                self.wake_at(changed["due_at"])
 
     async def _targets(self, document: dict[str, Any], step: Step, number: int,
                        members: dict[str, list[str]]) -> list[str]:
@@ -185,48 +238,6 @@ class EscalationTimers:
                 except Exception:
                     log.warning("mojavox_escalation_targets returned %r, not a user id", user)
         return users
-
-    async def _finish(self, documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Each send marked finished; one changed meanwhile (acknowledged, resolved) is read
-        again and finished over its new version.
-
-        The first attempt leaves the notifications' `shown` alone: finishing a send changes
-        nothing clients see, and a compare-and-set that succeeds over the version the step
-        stored means nothing else changed it since, so its notifications, old and new, already
-        show it. A document read again did change (say, acknowledged while the step's
-        notifications were being stored, with the step's `shown`): those get the current one."""
-        now = now_ms()
-        pending = list(documents)
-        finished: list[dict[str, Any]] = []
-        for attempt in range(MAX_ATTEMPTS):
-            changes = [(d, record.send_finished(d, now)) for d in pending]
-            stored = await self.store.change_escalations(
-                [(changed, d["version"], None if attempt == 0 else to_escalation_payload(changed))
-                 for d, changed in changes])
-            retry = []
-            for (document, changed), ok in zip(changes, stored):
-                if ok:
-                    finished.append(changed)
-                    if changed["due_at"] is not None:
-                        self.wake_at(changed["due_at"])
-                    continue
-                current = await self.store.escalation(document["_id"])
-                if current is not None and current.get("sending") == document["sending"]:
-                    retry.append(current)
-            if not retry:
-                return finished
-            pending = retry
-        log.warning("%d escalation sends kept changing; their leases will finish them",
-                    len(pending))
-        return finished
-
-    async def _unanswered(self, documents: list[dict[str, Any]]) -> None:
-        await self.store.add_escalation_events([
-            {"escalation_id": d["_id"], "at": d["updated_at"], "event": "unanswered",
-             "step": d["step"]} for d in documents])
-        for document in documents:
-            self.escalations.metrics.escalations.labels(document["type"], "unanswered").inc()
-        await self.escalations.published(documents)
 
 
 def _draft(document: dict[str, Any], user_id: str, part: dict[str, Any]) -> Draft:

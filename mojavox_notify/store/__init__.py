@@ -289,6 +289,15 @@ class NotificationStore(ABC):
         transaction. Which of them were stored."""
 
     @abstractmethod
+    async def finish_escalation_sends(self, finishes: Sequence[tuple[str, dict[str, Any], int | None]]
+                                      ) -> None:
+        """Each (escalation id, its `sending` marker, the due time of its next action): where
+        that send is still the one marked, it is over: `sending` cleared and `due_at` set to
+        the given time while the escalation is open (cleared otherwise). Not a
+        compare-and-set on the version, and no version change: finishing changes nothing a
+        client sees, and a change stored meanwhile (an acknowledgement) is kept."""
+
+    @abstractmethod
     async def due_escalations(self, now_ms: int, limit: int) -> list[dict[str, Any]]:
         """Up to `limit` escalations whose `due_at` has come, earliest first."""
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Sequence
 
-from pymongo import ASCENDING, DESCENDING, InsertOne
+from pymongo import ASCENDING, DESCENDING, InsertOne, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from .documents import Collections, to_ms
@@ -61,6 +61,22 @@ async def change_escalations(collections: Collections,
             stored.append(bool(result.matched_count))
         return stored
     return await transaction(work)
+
+
+async def finish_sends(collections: Collections,
+                       finishes: Sequence[tuple[str, dict[str, Any], int | None]]) -> None:
+    """Two updates per send, one of which matches: the next action due while it is open,
+    nothing due otherwise."""
+    operations = []
+    for escalation_id, sending, due_at in finishes:
+        marked = {"_id": escalation_id, "sending.round": sending["round"],
+                  "sending.step": sending["step"], "sending.until": sending["until"]}
+        operations.append(UpdateOne({**marked, "state": "open"},
+                                    {"$set": {"sending": None, "due_at": due_at}}))
+        operations.append(UpdateOne({**marked, "state": {"$ne": "open"}},
+                                    {"$set": {"sending": None, "due_at": None}}))
+    if operations:
+        await collections.escalation_records.bulk_write(operations, ordered=False)
 
 
 async def due_escalations(collections: Collections, now_ms: int, limit: int) -> list[dict]:

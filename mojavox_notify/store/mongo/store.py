@@ -395,6 +395,11 @@ class MongoStore(NotificationStore):
         return await escalations.change_escalations(self, changes, self._transaction) if changes else []
 
     @_storage_errors
+    async def finish_escalation_sends(self, finishes: Sequence[tuple[str, dict[str, Any], int | None]]
+                                      ) -> None:
+        await escalations.finish_sends(self, finishes)
+
+    @_storage_errors
     async def due_escalations(self, now_ms: int, limit: int) -> list[dict[str, Any]]:
         return await escalations.due_escalations(self, now_ms, limit)
 

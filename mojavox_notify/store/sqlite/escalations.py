@@ -5,8 +5,9 @@ that carry its id. Functions take the connection first, as queries.py's do.
 
 from __future__ import annotations
 
-import json
 import sqlite3
+
+import orjson
 from typing import Any, Sequence
 
 from .execution import transaction
@@ -35,12 +36,12 @@ def _open(connection: sqlite3.Connection, document: dict[str, Any]) -> tuple[dic
             return document, True
         row = connection.execute("SELECT body FROM escalations WHERE live_key = ?",
                                  (document["live_key"],)).fetchone()
-    return json.loads(row[0]), False
+    return orjson.loads(row[0]), False
 
 
 def _one(connection: sqlite3.Connection, where: str, value: str) -> dict | None:
     row = connection.execute(f"SELECT body FROM escalations WHERE {where} = ?", (value,)).fetchone()
-    return json.loads(row[0]) if row else None
+    return orjson.loads(row[0]) if row else None
 
 
 def _change(connection: sqlite3.Connection,
@@ -63,11 +64,28 @@ def _change(connection: sqlite3.Connection,
     return stored
 
 
+def _finish_sends(connection: sqlite3.Connection,
+                  finishes: Sequence[tuple[str, dict[str, Any], int | None]]) -> None:
+    """The body's `sending` and `due_at` set in SQL (json_set), the row's state deciding
+    whether its next action is still due."""
+    with transaction(connection):
+        connection.executemany("""
+            UPDATE escalations SET
+                due_at = CASE WHEN state = 'open' THEN ?1 END,
+                body = json_set(body, '$.sending', json('null'),
+                                '$.due_at', CASE WHEN state = 'open' THEN ?1 END)
+            WHERE id = ?2 AND json_extract(body, '$.sending.round') = ?3
+              AND json_extract(body, '$.sending.step') = ?4
+              AND json_extract(body, '$.sending.until') = ?5""",
+            [(due_at, escalation_id, sending["round"], sending["step"], sending["until"])
+             for escalation_id, sending, due_at in finishes])
+
+
 def _due(connection: sqlite3.Connection, now_ms: int, limit: int) -> list[dict]:
     rows = connection.execute("""
         SELECT body FROM escalations WHERE due_at IS NOT NULL AND due_at <= ?
         ORDER BY due_at LIMIT ?""", (now_ms, limit)).fetchall()
-    return [json.loads(body) for (body,) in rows]
+    return [orjson.loads(body) for (body,) in rows]
 
 
 def _recipients(connection: sqlite3.Connection, escalation_ids: list[str]) -> dict[str, list]:
@@ -95,7 +113,7 @@ def _of_user(connection: sqlite3.Connection, user_id: str, states: Sequence[str]
                      WHERE user_id = ? AND escalation_id IS NOT NULL)
           AND state IN ({marks})
         ORDER BY created_at DESC, id DESC LIMIT ?""", (user_id, *states, limit)).fetchall()
-    return [json.loads(body) for (body,) in rows]
+    return [orjson.loads(body) for (body,) in rows]
 
 
 def _add_events(connection: sqlite3.Connection, events: Sequence[dict[str, Any]]) -> None:

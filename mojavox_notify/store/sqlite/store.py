@@ -272,6 +272,11 @@ class SqliteStore(NotificationStore):
                                  ) -> list[bool]:
         return await self._write(escalations._change, changes) if changes else []
 
+    async def finish_escalation_sends(self, finishes: Sequence[tuple[str, dict[str, Any], int | None]]
+                                      ) -> None:
+        if finishes:
+            await self._write(escalations._finish_sends, finishes)
+
     async def due_escalations(self, now_ms: int, limit: int) -> list[dict[str, Any]]:
         return await self._read(escalations._due, now_ms, limit)
 
