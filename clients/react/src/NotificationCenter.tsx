@@ -118,7 +118,7 @@ export function NotificationCenter(props: NotificationCenterProps) {
       <button type="button" className={classes.bell} aria-expanded={open} aria-controls={panelId}
         aria-label={`Notifications, ${unreadCount} unread${counts ? ` (${counts})` : ''}`}
         onClick={() => setOpen(!open)}>
-        <span aria-hidden="true">🔔</span>
+        <BellIcon />
         {unreadCount > 0 && (
           <span className={classes.badge} data-priority={top ?? undefined} title={counts}>
             {unreadCount > 99 ? '99+' : unreadCount}
@@ -163,6 +163,16 @@ export function NotificationCenter(props: NotificationCenterProps) {
         </section>
       )}
     </div>
+  );
+}
+
+function BellIcon() {
+  return (
+    <svg aria-hidden="true" width="22" height="22" viewBox="0 0 24 24" fill="none" stroke="currentColor"
+      strokeWidth="2" strokeLinecap="round" strokeLinejoin="round">
+      <path d="M18 8a6 6 0 0 0-12 0c0 7-3 9-3 9h18s-3-2-3-9" />
+      <path d="M13.73 21a2 2 0 0 1-3.46 0" />
+    </svg>
   );
 }
 
