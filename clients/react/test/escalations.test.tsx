@@ -1,5 +1,5 @@
 // useEscalations against a server with an escalation policy for call_escalation (issue 24's
-// endpoints). tests/test_react_client.py starts that server, and sets MOJAVOX_ESCALATIONS_URL,
+// endpoints): the supervisor named in the event first, after 1 s FLOOR_MANAGER too. tests/test_react_client.py starts that server, and sets MOJAVOX_ESCALATIONS_URL,
 // only when the server package has escalations; without it (or without the client's `ack`)
 // these tests are skipped, and say so.
 
@@ -12,6 +12,7 @@ import { NotificationProvider, NotifyClient, useEscalations, useNotifications } 
 import { newUser, token } from './server.js';
 
 const SERVER = process.env.MOJAVOX_ESCALATIONS_URL;
+const FLOOR_MANAGER = 'react-floor-manager'; // step 1's target in tests/test_react_client.py
 const READY = Boolean(SERVER) && typeof (NotifyClient.prototype as { ack?: unknown }).ack === 'function';
 
 afterEach(() => cleanup());
@@ -56,10 +57,26 @@ describe.runIf(READY)('useEscalations (needs the server\'s escalations and the c
     expect(first.result.current.escalations).toEqual([]);
     await waitFor(() => expect(second.result.current.escalations).toEqual([]));
     await waitFor(() => expect(second.result.current.list.notifications[0]!.escalation?.state).toBe('acknowledged'));
+    await waitFor(() => expect(first.result.current.list.notifications[0]!.escalation?.acknowledgedBy).toBe(supervisor));
+  });
 
-    // The other tab did not hear in time and tries too: 409, named in `error`.
-    await act(async () => { expect(await second.result.current.ack(open.notificationId!)).toBeNull(); });
-    expect(second.result.current.error).toMatchObject({ status: 409, code: 'already_acknowledged', action: 'ack' });
+  test('the next step\'s recipient sees it, and is refused with 409 once someone took it', async () => {
+    const supervisor = newUser('supervisor');
+    const floor = tabOf(FLOOR_MANAGER);
+    await waitFor(() => expect(floor.result.current.list.connectionState).toBe('open'));
+    const callId = await escalate(supervisor);
+    const mine = () => floor.result.current.escalations.find((e) => e.key === `call:${callId}`);
+    await waitFor(() => expect(mine()).toBeDefined(), { timeout: 5000 }); // step 1, after 1 s
+    const open = mine()!;
+    expect(open.step).toBe(1);
+    expect(open.notificationId).toBeDefined();
+
+    const boss = tabOf(supervisor);
+    await waitFor(() => expect(boss.result.current.escalations.map((e) => e.id)).toContain(open.id));
+    await act(async () => { await boss.result.current.ack(open.id); });
+    await waitFor(() => expect(mine()).toBeUndefined());
+    await act(async () => { expect(await floor.result.current.ack(open.notificationId!)).toBeNull(); });
+    expect(floor.result.current.error).toMatchObject({ status: 409, code: 'already_acknowledged', action: 'ack' });
   });
 
   test('open escalations are loaded on connect', async () => {
