@@ -92,7 +92,7 @@ def test_react_package_against_a_running_server(server, escalation_server):
     counts = re.search(r"Tests\s+(?:(\d+) passed)?(?:\s*\|\s*)?(?:(\d+) skipped)?", output)
     assert counts, output
     passed, skipped = int(counts.group(1) or 0), int(counts.group(2) or 0)
-    assert passed >= 17, output
+    assert passed + skipped >= 19 and passed >= 16, output
     if skipped:
         assert escalation_server is None or not client_has_ack(), \
             "the server and the client have escalations, yet tests were skipped:\n" + output
