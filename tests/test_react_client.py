@@ -19,6 +19,7 @@ import pytest
 from mojavox_notify.settings import Settings
 
 from .support import npm
+from .support.paths import ROOT
 from .support.servers import ServeProcess
 from .support.tokens import TEST_SECRET
 
@@ -78,6 +79,11 @@ def test_package_builds_to_esm_with_declarations_of_a_stated_size():
     print("built package size (KiB):", sizes)
     for key, limit in SIZE_LIMITS.items():
         assert sizes[key] <= limit, f"{key} is {sizes[key]} KiB, over {limit}: {sizes}"
+    for document in (REACT_DIR / "README.md", ROOT / "docs" / "react.md"):
+        stated = re.search(r"\*\*(\d+(?:\.\d+)?) KiB\s+gzipped\*\*", document.read_text(encoding="utf-8"))
+        assert stated, f"{document} states no gzipped size"
+        assert abs(float(stated.group(1)) - sizes["jsGzipKiB"]) <= 0.5, (
+            f"{document} states {stated.group(1)} KiB gzipped; the build is {sizes}")
 
 
 def test_react_package_against_a_running_server(server, escalation_server):
