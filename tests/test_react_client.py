@@ -61,8 +61,7 @@ def escalation_server(tmp_path_factory):
 
 
 def test_package_and_its_tests_compile_under_strict():
-    result = npm.run([npm.tool("tsc"), "--noEmit", "-p", "tsconfig.json"], cwd=REACT_DIR)
-    assert result.returncode == 0, result.stdout + result.stderr
+    """src/ and test/ in one program (the build compiles src/ alone again)."""
     result = npm.run([npm.tool("tsc"), "--noEmit", "-p", "test/tsconfig.json"], cwd=REACT_DIR)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -98,7 +97,7 @@ def test_react_package_against_a_running_server(server, escalation_server):
     counts = re.search(r"Tests\s+(?:(\d+) passed)?(?:\s*\|\s*)?(?:(\d+) skipped)?", output)
     assert counts, output
     passed, skipped = int(counts.group(1) or 0), int(counts.group(2) or 0)
-    assert passed + skipped >= 19 and passed >= 16, output
+    assert passed + skipped >= 20 and passed >= 17, output
     if skipped:
         assert escalation_server is None or not client_has_ack(), \
             "the server and the client have escalations, yet tests were skipped:\n" + output

@@ -50,6 +50,20 @@ describe('the socket', () => {
     await untilSockets(0);
   });
 
+  test('a hidden tab keeps its socket open (a background supervisor tab still hears escalations)', async () => {
+    const { result } = notificationsOf(newUser('hidden'));
+    await waitFor(() => expect(result.current.connectionState).toBe('open'));
+    Object.defineProperty(document, 'visibilityState', { value: 'hidden', configurable: true });
+    try {
+      document.dispatchEvent(new Event('visibilitychange'));
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      expect(result.current.connectionState).toBe('open');
+      expect(await openSockets()).toBe(1);
+    } finally {
+      Object.defineProperty(document, 'visibilityState', { value: 'visible', configurable: true });
+    }
+  });
+
   test('disconnect() closes it and connect() opens it again', async () => {
     const { result } = notificationsOf(newUser('toggle'));
     await waitFor(() => expect(result.current.connectionState).toBe('open'));
