@@ -104,6 +104,7 @@ export class NotifyStore {
   private releaseTimer: ReturnType<typeof setTimeout> | null = null;
   private expiryTimer: ReturnType<typeof setTimeout> | null = null;
   private dismissed = new Set<string>();
+  private reportedSeen = new Set<string>();
   private options: NotifyStoreOptions;
 
   constructor(options: NotifyStoreOptions) {
@@ -164,7 +165,8 @@ export class NotifyStore {
     for (const off of this.offs.splice(0)) off();
     this.client?.close();
     this.client = null;
-    this.set({ connectionState: 'closed' });
+    // A later retain (a remount of the same provider) makes a new client: it loads the first page again.
+    this.set({ connectionState: 'closed', loaded: false });
   }
 
   /** The NotifyClient (made on first use; only ever called from effects and event handlers). */
@@ -340,8 +342,13 @@ export class NotifyStore {
   /** Tell the server these escalation notifications were on screen (read state is unchanged). */
   markSeen = (ids: string[]): void => {
     const client = this.client;
-    if (!client || !ids.length || typeof client.markSeen !== 'function') return;
-    Promise.resolve(client.markSeen(ids)).catch(() => {});
+    if (!client || typeof client.markSeen !== 'function') return; // a client from before escalations
+    const fresh = ids.filter((id) => !this.reportedSeen.has(id));
+    if (!fresh.length) return;
+    for (const id of fresh) this.reportedSeen.add(id);
+    Promise.resolve(client.markSeen(fresh)).catch(() => {
+      for (const id of fresh) this.reportedSeen.delete(id);
+    });
   };
 
   clearError = (): void => this.set({ error: null });
@@ -381,10 +388,14 @@ export class NotifyStore {
       const known = state.escalations.find((e) => e.id === escalation.id);
       const holder = notificationId ?? known?.notificationId
         ?? state.notifications.find((n) => n.escalation?.id === escalation.id)?.id;
-      const others = state.escalations.filter((e) => e.id !== escalation.id);
       const open: OpenEscalation = holder ? { ...escalation, notificationId: holder } : { ...escalation };
+      let escalations = state.escalations.filter((e) => e.id !== escalation.id);
+      if (escalation.state === 'open') {
+        // A change keeps its place; a new one comes first (newest first).
+        escalations = known ? state.escalations.map((e) => e.id === escalation.id ? open : e) : [open, ...escalations];
+      }
       return {
-        escalations: escalation.state === 'open' ? [open, ...others] : others,
+        escalations,
         notifications: state.notifications.some((n) => n.escalation?.id === escalation.id)
           ? state.notifications.map((n) => n.escalation?.id === escalation.id ? { ...n, escalation } : n)
           : state.notifications,
@@ -415,8 +426,7 @@ export class NotifyStore {
     const { notifications, escalations } = this.state;
     const notificationId = notifications.some((n) => n.id === id) ? id
       : escalations.find((e) => e.id === id)?.notificationId
-        ?? notifications.find((n) => n.escalation?.id === id)?.id
-        ?? (escalations.find((e) => e.id === id) as { notificationId?: string } | undefined)?.notificationId;
+        ?? notifications.find((n) => n.escalation?.id === id)?.id;
     if (!notificationId) {
       this.fail({ code: 'not_found', message: `no notification of escalation ${id} here`, action: 'ack' });
       return null;
