@@ -18,7 +18,6 @@ from playwright.sync_api import expect, sync_playwright
 
 from .support import npm
 from .support.paths import ROOT
-from .support.ports import free_port
 from .support.servers import ServeProcess
 from .support.tokens import new_user, token
 from .support.waiting import wait_for
@@ -36,13 +35,14 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 
 
 class StaticSite:
-    """dist/ served as a CDN would, on an origin of its own."""
+    """A folder served as a CDN would, on an origin of its own. It is bound at once (port 0: no
+    other server of the test can take it) and reads the folder per request, so it can be
+    started before the build fills the folder."""
 
-    def __init__(self, folder: Path, port: int):
-        self.port = port
-        self.origin = f"http://127.0.0.1:{self.port}"
+    def __init__(self, folder: Path):
         handler = functools.partial(_Quiet, directory=str(folder))
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.origin = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
@@ -51,14 +51,16 @@ class StaticSite:
 
 
 @pytest.fixture(scope="module")
-def site_port():
-    return free_port()
+def site():
+    static = StaticSite(EXAMPLE / "dist")
+    yield static
+    static.close()
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, site_port):
+def server(tmp_path_factory, site):
     process = ServeProcess(tmp_path_factory.mktemp("react-example-serve"), **{
-        "server.allowed_origins": [f"http://127.0.0.1:{site_port}"]}).start()
+        "server.allowed_origins": [site.origin]}).start()
     yield process
     process.stop()
 
@@ -85,8 +87,7 @@ def test_example_typechecks():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_built_example_in_chromium_shows_live_notifications_badge_and_marks_read(server, built_example, site_port, request):
-    static = StaticSite(built_example, site_port)  # the origin the server allows
+def test_built_example_in_chromium_shows_live_notifications_badge_and_marks_read(server, built_example, site, request):
     user = new_user("react-example")
     older = server.notify(user, title="Campaign 50%", type="campaign_milestone", priority="medium")
     uncaught: list[str] = []
@@ -95,7 +96,7 @@ def test_built_example_in_chromium_shows_live_notifications_badge_and_marks_read
         page = browser.new_page(viewport={"width": 1100, "height": 800})
         page.on("pageerror", lambda error: uncaught.append(str(error)))
         try:
-            page.goto(f"{static.origin}/#token={token(user)}")
+            page.goto(f"{site.origin}/#token={token(user)}")
             expect(page.get_by_test_id("connection")).to_have_text("open", timeout=10_000)
             assert "token" not in page.url, "the token is taken out of the address bar"
             bell = page.locator(".mvx-nc__bell")
@@ -133,5 +134,4 @@ def test_built_example_in_chromium_shows_live_notifications_badge_and_marks_read
             raise
         finally:
             browser.close()
-            static.close()
     assert uncaught == [], uncaught
