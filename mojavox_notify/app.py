@@ -26,6 +26,13 @@ from .broker.messages import BroadcastPosted, Message
 from .handlers.admin import DocumentHandler, HealthHandler, MetricsHandler, PluginsHandler
 from .handlers.base import (BaseHandler, Cors, InFlight, NotFoundHandler, implemented_methods,
                             log_request)
+from .escalations.journal import Journal
+from .escalations.policy import PolicyError, build_policies
+from .escalations.pushes import EscalationPushes
+from .escalations.service import EscalationService
+from .escalations.timers import EscalationTimers
+from .handlers.escalations import (AcknowledgeHandler, EscalationHandler, EscalationsHandler,
+                                   ResolveHandler, SeenHandler)
 from .handlers.events import EventsHandler
 from .handlers.heartbeat import Heartbeat
 from .handlers.rest import (BroadcastsHandler, MarkAllReadHandler, MarkReadHandler,
@@ -82,6 +89,11 @@ class NotifyApp:
         redact_tornado_logs()
         manager = plugin_manager or build_plugin_manager(settings, plugins, discover_plugins)
         self.plugins = Plugins(manager)
+        try:
+            self.policies = build_policies(
+                settings.escalations, manager.hook.mojavox_escalation_policies(), self.plugins.types)
+        except PolicyError as error:
+            raise StartupError(str(error)) from None
         self.verifier = build_verifier(settings)
         self.resolver = resolver or DefaultLoopResolver()
         # Checked here, so a bad key pair stops start-up (and `check`) before anything opens.
@@ -114,6 +126,9 @@ class NotifyApp:
         self.store: NotificationStore | None = None
         self.storage_health: StorageHealth | None = None
         self.service: NotificationService | None = None
+        self.escalations: EscalationService | None = None
+        self.escalation_timers: EscalationTimers | None = None
+        self.journal: Journal | None = None
         self.topics: Topics | None = None
         self.ingest: EventIngest | None = None
         self.port: int | None = None
@@ -153,11 +168,20 @@ class NotifyApp:
             await self._close_storage()
             raise StartupError(f"storage {description} is not usable: {error.message} "
                                "(storage.url)") from None
+        self.journal = Journal(self.store)
+        self.escalations = EscalationService(
+            self.store, self.broker, self.plugins, self.policies, self.journal, self.metrics,
+            online=self.presence.online_many)
         self.service = NotificationService(
             self.store, self.broker, self.plugins, settings,
             online=self.presence.online_many, limiter=self.notification_limiter,
-            metrics=self.metrics, resolver=self.resolver)
-        self.ingest = EventIngest(self.plugins, self.service, self.store, self.metrics)
+            metrics=self.metrics, resolver=self.resolver, escalations=self.escalations)
+        if self._vapid is not None:
+            self.escalations.pushes = EscalationPushes(self.store, self.service.push_wanted)
+        self.escalation_timers = EscalationTimers(self.store, self.escalations, self.service,
+                                                  self.plugins, settings.escalation_timers)
+        self.ingest = EventIngest(self.plugins, self.service, self.store, self.metrics,
+                                  escalations=self.escalations)
         self.topics = Topics(self.store)
 
     async def start(self, sockets: list[socket.socket] | None = None) -> None:
@@ -179,8 +203,14 @@ class NotifyApp:
             self.push_worker = PushWorker(self.store, self.push_sender, settings.push,
                                           supervisor=self.supervisor)
             self.service.on_push_recorded = self.push_worker.wake
+            if self.escalations.pushes is not None:
+                self.escalations.pushes.wake = self.push_worker.wake
             self.push_worker.start()
         await self.plugins.call_each("mojavox_startup", app=self)
+        # Every process watches the stored due steps (each fires once: timers.py) and writes
+        # its sockets' timeline lines.
+        self._tasks.append(self.supervisor.spawn("escalation_timers", self.escalation_timers.run))
+        self._tasks.append(self.supervisor.spawn("escalation_journal", self.journal.run))
 
         self._http = NotifyHTTPServer(
             self.web_application(), max_body_size=drain_limit(settings.server.max_body_bytes),
@@ -267,16 +297,22 @@ class NotifyApp:
         common = self._handler_args()
         service = {**common, "service": self.service}
         topics = {**common, "topics": self.topics}
+        escalations = {**common, "escalations": self.escalations}
         routes = [
             (r"/api/notifications", NotificationsHandler, service),
             (r"/api/notifications/read-all", MarkAllReadHandler, service),
+            (r"/api/notifications/seen", SeenHandler, escalations),
             (r"/api/notifications/settings", SettingsHandler, service),
             (r"/api/notifications/push-subscription", PushSubscriptionHandler, service),
             (r"/api/notifications/unread-count", UnreadCountHandler, service),
             (r"/api/notifications/vapid-public-key", VapidPublicKeyHandler,
              {**common, "vapid_public_key": settings.push.vapid_public_key}),
             (r"/api/notifications/([^/]+)/read", MarkReadHandler, service),
+            (r"/api/notifications/([^/]+)/ack", AcknowledgeHandler, escalations),
             (r"/api/notifications/([^/]+)", NotificationHandler, service),
+            (r"/api/escalations", EscalationsHandler, escalations),
+            (r"/api/escalations/resolve", ResolveHandler, escalations),
+            (r"/api/escalations/([^/]+)", EscalationHandler, escalations),
             (r"/api/broadcasts", BroadcastsHandler, service),
             (r"/api/topics", TopicsHandler, topics),
             (r"/api/topics/(?P<key>[^/]+)/members", TopicMembersHandler, topics),
@@ -296,7 +332,8 @@ class NotifyApp:
         routes += [
             (settings.server.ws_path, NotificationSocket, {
                 "context": SessionContext(
-                    service=self.service, hub=self.hub, presence=self.presence,
+                    service=self.service, escalations=self.escalations, hub=self.hub,
+                    presence=self.presence,
                     types=self.plugins.types, verifier=self.verifier,
                     request_limiter=self.request_limiter, settings=settings.websocket,
                     max_sockets_per_ip=settings.server.max_sockets_per_ip),
@@ -378,6 +415,11 @@ class NotifyApp:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self.journal is not None:
+            try:
+                await self.journal.flush()
+            except StorageUnavailableError as error:
+                log.warning("escalation timeline lines not written at shutdown: %s", error.message)
         if self.service is not None:
             try:
                 await self.plugins.call_each("mojavox_shutdown", app=self)

@@ -52,10 +52,16 @@ class NotFoundError(NotifyError):
 
 
 class ConflictError(NotifyError):
-    """The request contradicts what is stored (another user's push endpoint, say)."""
+    """The request contradicts what is stored (another user's push endpoint, say); `escalation`
+    is what an escalation's conflict answers with besides (who took it)."""
 
     status = 409
     code = "conflict"
+
+    def __init__(self, message: str, *, code: str | None = None,
+                 escalation: dict | None = None):
+        super().__init__(message, code=code)
+        self.escalation = escalation
 
 
 class PayloadTooLargeError(NotifyError):

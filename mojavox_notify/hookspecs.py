@@ -46,7 +46,10 @@ def mojavox_event_to_drafts(event):
     `event.data` (raise `mojavox_notify.errors.ValidationError(field, message)` for a bad
     payload; it becomes a 400 naming the field) and return a list of notification drafts: dicts
     with `userId`, `type`, `title`, `message` and optionally `priority`, `data`, `actionUrl`,
-    `expiresAt`. None for a type you declared is an error (500). May be async.
+    `expiresAt`, `escalationKey` (the matter an escalating type's notification is about, e.g.
+    `call:<callId>`). The list may also hold `ResolveEscalation(key, resolution)` items, which
+    resolve the unresolved escalation of that key (an event that only ends a matter returns
+    just those). None for a type you declared is an error (500). May be async.
     """
 
 
@@ -77,4 +80,38 @@ def mojavox_notification_created(notification, user_id):
 
     `notification` is the payload clients receive; `user_id` its recipient. Return nothing; an
     exception here is logged and does not undo the notification. May be async.
+    """
+
+
+@hookspec
+def mojavox_escalation_policies():
+    """Called once while the application is built.
+
+    Return a dict of escalation policies by notification type, each in the shape of the
+    settings' `escalations.<type>` (`{"claim": True, "steps": [{"after_seconds": 30, "to":
+    {"topic": "supervisors"}}], "repeat": 0}`). The settings' policy for a type wins over a
+    plugin's.
+    """
+
+
+@hookspec
+def mojavox_escalation_targets(notification, step):
+    """Called when a step of an escalation fires, for every step of every policy.
+
+    `notification` is the escalated notification as clients see it (without a recipient, with
+    `tenant` and its `escalation`); `step` is `{number, round, afterSeconds, topic, users}`.
+    Return a list of user ids of that tenant to tell besides the step's own targets (e.g. who
+    is on duty now, from your roster), or None. Those told already are skipped. May be async;
+    a failure is logged and the step goes to its own targets.
+    """
+
+
+@hookspec
+def mojavox_escalation_changed(escalation):
+    """Called after every change of an escalation is stored and published: acknowledged,
+    escalated, resolved, unanswered.
+
+    `escalation` is its payload as clients see it (`{id, key, state, step, acknowledgedBy,
+    ...}`), e.g. to tell the call service who took the call. Return nothing; a failure is
+    logged. May be async.
     """

@@ -11,8 +11,8 @@ from typing import Any, Callable, Iterator, Protocol
 
 from . import tenants
 from .broadcasts import BroadcastBoard
-from .broker.messages import (AllRead, BroadcastPosted, Message, NotificationCreated,
-                              NotificationDeleted, NotificationRead, Resync)
+from .broker.messages import (AllRead, BroadcastPosted, EscalationChanged, Message,
+                              NotificationCreated, NotificationDeleted, NotificationRead, Resync)
 
 
 class Connection(Protocol):
@@ -33,6 +33,9 @@ class Connection(Protocol):
 
     def broadcast(self, payload: dict[str, Any]) -> None:
         """An announcement for every socket."""
+
+    def escalation(self, payload: dict[str, Any]) -> None:
+        """An escalation this socket's user receives changed (its payload as it is now)."""
 
     def resync(self) -> None:
         """Live messages may have been missed: fill the gap from storage."""
@@ -112,6 +115,10 @@ class Hub:
                     started = time.perf_counter()
                     self._deliver_to_all(self._audience(message.audience), message.broadcast)
                     self.on_fan_out(time.perf_counter() - started)
+            case EscalationChanged():
+                for user_id in message.recipients:
+                    for connection in self._of(user_id):
+                        connection.escalation(message.escalation)
             case Resync():
                 self.resync(message.users)
                 if message.users is None:

@@ -10,6 +10,8 @@ from typing import Any
 
 from .errors import NotifyError, ValidationError
 from . import tenants
+from .escalations import ResolveEscalation
+from .escalations.service import EscalationService
 from .idempotency import Idempotency, event_key
 from .metrics import Metrics
 from .model import Event
@@ -22,9 +24,10 @@ from .wire.event import EventCheck, check_event_rules
 
 class EventIngest:
     def __init__(self, plugins: Plugins, service: NotificationService, store: NotificationStore,
-                 metrics: Metrics | None = None):
+                 metrics: Metrics | None = None, escalations: EscalationService | None = None):
         self.plugins = plugins
         self.service = service
+        self.escalations = escalations
         self.idempotency = Idempotency(store)
         self._metrics = metrics or Metrics()
         self._event_check = EventCheck(plugins.event_types)
@@ -73,7 +76,13 @@ class EventIngest:
                               f"{event.type} but returned no drafts for it")
         if not isinstance(raw_drafts, list):
             raw_drafts = [raw_drafts]
+        resolutions = [item for item in raw_drafts if isinstance(item, ResolveEscalation)]
+        raw_drafts = [item for item in raw_drafts if not isinstance(item, ResolveEscalation)]
         # The plugin's drafts stay inside the event's tenant.
         drafts = await self.service.expand(self.service.validate(raw_drafts, Reach(event.tenant)))
-        created = await self.service.create_many(drafts, claim=claim)
+        created = await self.service.create_many(drafts, claim=claim) if drafts else []
+        for resolution in resolutions:
+            if self.escalations is not None:
+                await self.escalations.resolve(tenants.key(event.tenant, resolution.key),
+                                               resolution.resolution)
         return [payload["id"] for payload in created if payload is not None]

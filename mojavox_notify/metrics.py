@@ -19,6 +19,8 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, Hist
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+# Seconds from an escalation's creation to its first acknowledgement: a floor counts in seconds.
+ACKNOWLEDGEMENT_BUCKETS = (1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1800)
 # Seconds: from a tenth of a millisecond (an in-process hop) to five seconds (a slow storage).
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                    0.5, 1.0, 2.5, 5.0)
@@ -65,6 +67,17 @@ class Metrics:
             "mojavox_events", "Domain events posted, by type and outcome "
             "(created, repeat, none_created, refused, failed)", ["type", "outcome"],
             registry=registry)
+        self.escalation_acknowledgement = Histogram(
+            "mojavox_escalation_acknowledgement_seconds",
+            "From an escalation's creation to its first acknowledgement, by type and by the "
+            "step it had reached (0: the first recipients took it)", ["type", "step"],
+            buckets=ACKNOWLEDGEMENT_BUCKETS, registry=registry)
+        self.escalations = Counter(
+            "mojavox_escalations", "Escalations by type and outcome (opened, escalated, "
+            "acknowledged, unanswered, resolved)", ["type", "outcome"], registry=registry)
+        self.escalation_lateness = Histogram(
+            "mojavox_escalation_step_lateness_seconds",
+            "From a step's due time to its firing", buckets=LATENCY_BUCKETS, registry=registry)
 
     def observe_storage(self, operation: str, seconds: float) -> None:
         self.storage_operation.labels(operation).observe(seconds)

@@ -91,7 +91,10 @@ def _settings_of(notification_type: NotificationType) -> tuple[str, str, str]:
 @dataclass(slots=True)  # not frozen: made per notification, and frozen ones cost 3× to make
 class Draft:
     """A validated, sanitized request to notify one user (`user_id`: a user key, tenants.key),
-    or every member of a `topic` (a topic key; `user_id` is then empty until it is expanded)."""
+    or every member of a `topic` (a topic key; `user_id` is then empty until it is expanded).
+    `escalation_key` names the business matter a draft of an escalating type is about
+    (`call:<callId>`); `escalation` is set once the draft belongs to an escalation
+    (`{id, step, round, shown}`, stored with the notification)."""
 
     user_id: str
     type: str
@@ -102,11 +105,14 @@ class Draft:
     action_url: str | None = None
     expires_at: datetime | None = None
     topic: str | None = None
+    escalation_key: str | None = None
+    escalation: dict[str, Any] | None = None
 
     def to(self, user_id: str) -> "Draft":
         """The same notification for another (validated) recipient."""
         return Draft(user_id, self.type, self.title, self.message, self.priority, self.data,
-                     self.action_url, self.expires_at)
+                     self.action_url, self.expires_at, escalation_key=self.escalation_key,
+                     escalation=self.escalation)
 
 
 @dataclass(slots=True)
@@ -204,6 +210,8 @@ def to_document(draft: Draft, created_at: datetime, seq: int, event_id: str | No
     }
     if event_id is not None:
         document["event_id"] = event_id
+    if draft.escalation is not None:
+        document["escalation"] = draft.escalation
     return document
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import __version__
-from .wire import broadcast, event, notification, preferences, push_subscription, topic
+from .wire import broadcast, escalation, event, notification, preferences, push_subscription, topic
 from .wire.broadcast import BROADCAST_PAYLOAD
 from .wire.notification import MAX_OFFSET, MAX_PAGE, NOTIFICATION
 from .wire.schema import ERROR, OBJECT_ID, SUCCESS, TENANT
@@ -96,6 +96,25 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("/api/notifications/{id}", "delete"): Operation(
         "Delete one of the caller's notifications", "user", {200: SUCCESS},
         extra_errors=(404,)),
+    ("/api/notifications/{id}/ack", "post"): Operation(
+        "Acknowledge (take) the escalation of one of the caller's notifications (409 "
+        "already_acknowledged naming who took it, or escalation_resolved; 404 for anyone who is "
+        "not a recipient)", "user", {200: escalation.ESCALATION_ANSWER}, extra_errors=(404, 409)),
+    ("/api/notifications/seen", "post"): Operation(
+        "Report notifications on screen: recorded in their escalations' timelines, read state "
+        "unchanged", "user", {200: escalation.SEEN_ANSWER}, body=escalation.SEEN),
+    ("/api/escalations", "get"): Operation(
+        "The escalations the caller received in one state (open by default; unresolved for "
+        "all but the resolved ones), newest first (at most 100)", "user",
+        {200: escalation.ESCALATION_LIST},
+        query=(Query("state", {"enum": [*escalation.STATES, "unresolved"], "default": "open"}),)),
+    ("/api/escalations/resolve", "post"): Operation(
+        "Resolve the unresolved escalation of a key (its pending steps stop; every recipient "
+        "is told)", "service", {200: escalation.ESCALATION_ANSWER}, body=escalation.RESOLVE,
+        extra_errors=(404,)),
+    ("/api/escalations/{id}", "get"): Operation(
+        "One escalation with its recipients and timeline (recipients; services and admins of "
+        "its tenant)", "user", {200: escalation.ESCALATION_DETAIL}, extra_errors=(404,)),
     ("/api/broadcasts", "get"): Operation(
         "The broadcasts still active for the caller's tenant, newest first (at most 20); a "
         "platform service may name the tenant", "user",

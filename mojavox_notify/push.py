@@ -16,6 +16,7 @@ import binascii
 import email.utils
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -39,22 +40,56 @@ TTL_SECONDS = {"low": 86400, "medium": 86400, "high": 4 * 3600, "critical": 3600
 URGENCY = {"low": "low", "medium": "normal", "high": "high", "critical": "high"}
 VAPID_LIFETIME_SECONDS = 12 * 3600  # RFC 8292: at most 24 hours
 SEND_TIMEOUT_SECONDS = 10
+#: RFC 8030 5.4: a Topic is at most 32 characters of the URL-safe base64 alphabet.
+TOPIC = re.compile(r"[A-Za-z0-9_-]{1,32}")
+#: An escalation in these states needs nobody any more: its push replaces the one on screen.
+SETTLED = ("acknowledged", "resolved")
+
+
+def push_topic(notification: Mapping[str, Any]) -> str | None:
+    """The Web Push `Topic` of a notification's pushes: its escalation's id (24 hex digits),
+    so that a newer push of the escalation (taken, resolved) replaces one the push service
+    still holds for an offline browser. None for other notifications."""
+    escalation = notification.get("escalation")
+    if escalation is None or not TOPIC.fullmatch(str(escalation["id"])):
+        return None
+    return str(escalation["id"])
+
+
+def settled_title(escalation: Mapping[str, Any]) -> str:
+    """What replaces an escalation's notification once someone has it."""
+    if escalation["state"] == "resolved":
+        return f"Resolved: {escalation['resolution']}" if escalation.get("resolution") else "Resolved"
+    return f"Taken by {escalation['acknowledgedBy']}" if escalation.get("acknowledgedBy") else "Taken"
 
 
 def push_payload(notification: Mapping[str, Any], mode: str, icon: str | None) -> str:
     """The JSON a service worker receives: the seed's `{title, body, icon, tag, data}`, or with
     `minimal` only `{id, type, priority}` so no debtor data passes through a third-party push
     service. At most 3 KB: the body is shortened first, then a long `actionUrl` is left out
-    (the service worker can fetch it by id), then the icon, and the title last."""
+    (the service worker can fetch it by id), then the icon, and the title last.
+
+    A notification of an escalation carries `escalation: {id, state}` beside its id (in `data`
+    when full) and is tagged `escalation-<id>`; once the escalation is taken or resolved, the
+    full payload says so instead ("Taken by bob", "Resolved: call ended", the notification's
+    title as the body): the service worker closes what that tag shows and puts this quietly in
+    its place."""
     reference = {"id": notification["id"], "type": notification["type"],
                  "priority": notification["priority"]}
+    escalation = notification.get("escalation")
+    if escalation is not None:
+        reference["escalation"] = {"id": escalation["id"], "state": escalation["state"]}
     if mode == "minimal":
         return _compact(reference)
     payload = {"title": notification["title"], "body": notification["message"],
                "tag": f"mojavox-{notification['id']}", "data": dict(reference)}
+    if escalation is not None:
+        payload["tag"] = f"escalation-{escalation['id']}"
+        if escalation["state"] in SETTLED:
+            payload["title"], payload["body"] = settled_title(escalation), notification["title"]
     if icon:
         payload["icon"] = icon
-    if notification.get("actionUrl"):
+    if notification.get("actionUrl") and (escalation is None or escalation["state"] not in SETTLED):
         payload["data"]["actionUrl"] = notification["actionUrl"]
     text = _compact(payload)
     for shorten in (_shorten_body, _drop_action_url, _drop_icon, _shorten_title):
@@ -126,7 +161,9 @@ class PushSender:
     def close(self) -> None:
         self._http.close()
 
-    async def send(self, subscription: Mapping[str, Any], payload: str, priority: str) -> PushOutcome:
+    async def send(self, subscription: Mapping[str, Any], payload: str, priority: str,
+                   topic: str | None = None) -> PushOutcome:
+        """`topic` (see `push_topic`) goes out as the `Topic` header when it is a valid one."""
         endpoint = subscription["endpoint"]
         try:
             body = pywebpush.WebPusher({"endpoint": endpoint, "keys": subscription["keys"]}).encode(
@@ -140,6 +177,8 @@ class PushSender:
         headers = {**self._vapid.sign(claims), "Content-Encoding": "aes128gcm",
                    "Content-Type": "application/octet-stream",
                    "TTL": str(TTL_SECONDS[priority]), "Urgency": URGENCY[priority]}
+        if topic is not None and TOPIC.fullmatch(topic):
+            headers["Topic"] = topic
         request = HTTPRequest(endpoint, method="POST", headers=headers, body=body,
                               request_timeout=SEND_TIMEOUT_SECONDS, follow_redirects=False)
         try:

@@ -10,6 +10,10 @@ retry that would come after the job is given up (`push.give_up_after_seconds`, o
 TTL if shorter) is not scheduled: that endpoint is given up at once. A 404/410 endpoint is
 forgotten. When storage cannot save what a job sent, this process remembers it, so the job's
 next attempt sends only to the rest. Nothing of this runs on a request's path.
+
+A notification of an escalation is pushed with its escalation's id as the `Topic` (a newer push
+of it replaces one still waiting at the push service), and the first push service to accept it
+puts `notified` on the `push` channel in the escalation's timeline (once per notification).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections import Counter
 from typing import Sequence
 from urllib.parse import urlparse
@@ -25,7 +30,8 @@ from .errors import NotFoundError, StorageUnavailableError, ValidationError
 from .ids import ObjectId
 from .model import utcnow
 from .wire.notification import to_payload
-from .push import SEND_TIMEOUT_SECONDS, TTL_SECONDS, PushOutcome, PushSender, push_payload
+from .push import (SEND_TIMEOUT_SECONDS, SETTLED, TTL_SECONDS, PushOutcome, PushSender,
+                   push_payload, push_topic)
 from .push_addresses import check_url
 from .push_slots import Slots, SlotsTaken
 from .settings import PushSettings
@@ -143,17 +149,21 @@ class PushWorker:
             await self._finish(job)
             return
         try:
-            notification = to_payload(await self._store.get(job.user_id, ObjectId(job.notification_id)))
+            stored = await self._store.get(job.user_id, ObjectId(job.notification_id))
         except NotFoundError:  # deleted or expired meanwhile: nothing to push
             await self._finish(job)
             return
+        notification = to_payload(stored)
         payload = push_payload(notification, self._settings.payload, self._settings.icon)
+        topic = push_topic(notification)
         done = list(dict.fromkeys([*job.done, *self._unsaved.get(job.id, ())]))
         subscriptions = [subscription for subscription in
                          await self._store.push_subscriptions_of(job.user_id)
                          if subscription["endpoint"] not in done]
-        outcomes = await asyncio.gather(*(self._send(job, subscription, payload)
+        outcomes = await asyncio.gather(*(self._send(job, subscription, payload, topic)
                                           for subscription in subscriptions))
+        if any(outcome.kind == "delivered" for outcome in outcomes):
+            await self._notified(job, stored)
         left = limit - (utcnow() - job.created_at).total_seconds()
         retry_in, gone = self._settle(job, left, subscriptions, outcomes, done)
         try:
@@ -220,7 +230,23 @@ class PushWorker:
         while len(self._unsaved) > UNSAVED_JOBS_KEPT:
             del self._unsaved[next(iter(self._unsaved))]
 
-    async def _send(self, job: PushJob, subscription: dict, payload: str) -> PushOutcome:
+    async def _notified(self, job: PushJob, stored: dict) -> None:
+        """The escalation's timeline: this user was told by push (not for the push that says
+        someone has it). A storage failure here loses the line, not the push."""
+        part = stored.get("escalation")
+        if part is None or part["shown"]["state"] in SETTLED:
+            return
+        try:
+            await self._store.add_escalation_events([{
+                "escalation_id": part["id"], "at": int(time.time() * 1000), "event": "notified",
+                "user_id": job.user_id, "step": part["step"], "channel": "push",
+                "once": f"push:{job.notification_id}"}])
+        except StorageUnavailableError as error:
+            log.warning("push of %s: its escalation's timeline line is lost (%s)",
+                        job.notification_id, error.message)
+
+    async def _send(self, job: PushJob, subscription: dict, payload: str,
+                    topic: str | None = None) -> PushOutcome:
         """Within the shares of the endpoint's push service and of the job's user. (Its
         addresses are checked as it connects: see push_addresses.PublicResolver.)"""
         endpoint = subscription["endpoint"]
@@ -230,7 +256,7 @@ class PushWorker:
             return PushOutcome("failed", detail=error.message)
         try:
             async with self._users.hold(job.user_id), self._hosts.hold(_origin(endpoint)):
-                return await self._sender.send(subscription, payload, job.priority)
+                return await self._sender.send(subscription, payload, job.priority, topic)
         except SlotsTaken as taken:
             return PushOutcome("retry", detail=f"the sends for {taken} are at their share; put off")
 

@@ -15,7 +15,7 @@ import logging
 import re
 import time
 from datetime import timedelta
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable, Sequence
 
 from tornado.netutil import DefaultLoopResolver, Resolver
 
@@ -24,6 +24,7 @@ from .broker.messages import (AllRead, BroadcastPosted, Message, NotificationCre
                               NotificationDeleted, NotificationRead)
 from .errors import ConflictError, NotFoundError, ValidationError
 from .idempotency import Idempotency, request_key
+from .ids import new_object_id
 from .metrics import Metrics
 from .model import (ChannelPreference, Draft, PushSubscription, default_preferences,
                     to_broadcast_document, utcnow)
@@ -59,10 +60,12 @@ class NotificationService:
     def __init__(self, store: NotificationStore, broker: Broker, plugins: Plugins, settings: Settings,
                  online: Callable[[set[str]], Awaitable[set[str]]] = _nobody_online,
                  limiter: Any = None, metrics: Metrics | None = None,
-                 resolver: Resolver | None = None):
+                 resolver: Resolver | None = None, escalations: Any = None):
         """`await online(user_ids)` answers which of them have a live socket anywhere (for push
         decisions); `limiter` counts notifications per recipient (`acquire(keys)`; by default
-        in this process); `resolver` looks up push endpoints' hosts (tornado's by default)."""
+        in this process); `resolver` looks up push endpoints' hosts (tornado's by default);
+        `escalations` (escalations.service) opens the escalation of a draft whose type has a
+        policy, before it is stored."""
         self.store = store
         self.broker = broker
         self.plugins = plugins
@@ -79,6 +82,7 @@ class NotificationService:
         self._idempotency = Idempotency(store)
         self._drafts = DraftCheck(self.types, settings.server.action_url_hosts)
         self._preferences = PreferencesCheck(self.types)
+        self._escalations = escalations
         #: Called when a creation recorded push jobs (the push worker wakes up).
         self.on_push_recorded: Callable[[], None] | None = None
 
@@ -91,16 +95,21 @@ class NotificationService:
 
     async def expand(self, drafts: list[Draft]) -> list[Draft]:
         """Each topic draft as one draft per member of its topic (none for an empty or unknown
-        topic); the others as they are."""
+        topic); the others as they are. The members' drafts of an escalating type share one
+        escalation: a topic draft without an `escalationKey` gets one of its own."""
         if all(draft.topic is None for draft in drafts):
             return drafts
         expanded: list[Draft] = []
         for draft in drafts:
             if draft.topic is None:
                 expanded.append(draft)
-            else:
-                members = await self.store.topic_members(draft.topic, MAX_TOPIC_MEMBERS)
-                expanded.extend(draft.to(member) for member in members)
+                continue
+            if (draft.escalation_key is None and self._escalations is not None
+                    and self._escalations.escalates(draft.type)):
+                draft.escalation_key = tenants.key(tenants.tenant_of(draft.topic),
+                                                   f"escalation:{new_object_id()}")
+            members = await self.store.topic_members(draft.topic, MAX_TOPIC_MEMBERS)
+            expanded.extend(draft.to(member) for member in members)
         return expanded
 
     async def create(self, raw_draft: Any, reach: Reach = Reach()) -> dict[str, Any] | None:
@@ -176,6 +185,9 @@ class NotificationService:
         wanted = [drafts[position] for position in positions]
         await self.limiter.acquire(draft.user_id for draft in wanted if draft.priority != "critical")
         push = await self._pushed([(drafts[position], choices[position]) for position in positions])
+        escalating = self._escalations is not None and any(
+            self._escalations.escalates(draft.type) for draft in wanted)
+        opened = await self._escalations.attach(wanted) if escalating else []
         stored = await self.store.insert_many(wanted, claim=claim, push=push)
         created: list[dict | None] = [None] * len(drafts)
         messages, at = [], time.time()
@@ -196,6 +208,11 @@ class NotificationService:
             self._metrics.create_to_publish.observe(time.perf_counter() - started)
         if self.on_push_recorded is not None and any(record.pushed for record in stored):
             self.on_push_recorded()
+        if escalating:
+            try:
+                await self._escalations.recorded(opened, [record.document for record in stored])
+            except Exception:  # the timeline's lines must not fail a creation that is stored
+                log.exception("could not record the escalation timeline of a creation")
         if self.plugins.listens("mojavox_notification_created"):
             for position, record in zip(positions, stored):
                 await self._observe(created[position], record.document["user_id"])
@@ -214,6 +231,20 @@ class NotificationService:
         chosen = preferences.get(draft.type)
         default = self._defaults[draft.type]
         return default if chosen is None else chosen.over(default)
+
+    async def push_wanted(self, recipients: Sequence[tuple[str, str]]) -> list[bool]:
+        """Whether each `(user_id, type)` gets pushes of that type at all: push configured,
+        and the user's setting (else the type's default) says push. Presence is not asked: a
+        push that replaces one already on a desktop goes whether a tab is open or not."""
+        if not self._push.vapid_private_key:
+            return [False] * len(recipients)
+        preferences = await self.store.preferences_of_many({user_id for user_id, _ in recipients})
+        wanted = []
+        for user_id, type_name in recipients:
+            chosen = preferences.get(user_id, {}).get(type_name)
+            default = self._defaults[type_name]
+            wanted.append((default if chosen is None else chosen.over(default)).push)
+        return wanted
 
     async def _pushed(self, chosen: list[tuple[Draft, ChannelPreference]]) -> list[bool]:
         """Push when push is configured and the user wants this type pushed; with
@@ -361,4 +392,9 @@ class NotificationService:
         if forgotten:
             log.info("cleanup forgot %d event ids and Idempotency-Keys older than %d hours",
                      forgotten, self._retention.idempotency_hours)
+        finished = await self.store.delete_finished_escalations(
+            int((utcnow() - timedelta(days=self._retention.days)).timestamp() * 1000))
+        if finished:
+            log.info("cleanup forgot %d escalations finished more than %d days ago",
+                     finished, self._retention.days)
         return await self.store.delete_expired(self._retention.days)

@@ -215,6 +215,41 @@ class WebSettings:
 
 
 @dataclass(frozen=True)
+class EscalationTargetSettings:
+    """Who a step tells: a topic's members and named users, of the escalation's tenant (and
+    whoever the `mojavox_escalation_targets` hook adds)."""
+
+    topic: str | None = _check(lambda value: None if value.strip() else "must name a topic",
+                               default=None)
+    users: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class EscalationStepSettings:
+    after_seconds: float = _check(_between(0.1, 86400), default=30)
+    to: EscalationTargetSettings = field(default_factory=EscalationTargetSettings)
+
+
+@dataclass(frozen=True)
+class EscalationPolicySettings:
+    """`escalations.<type>`: what happens to an unacknowledged notification of that type."""
+
+    claim: bool = True
+    steps: tuple[EscalationStepSettings, ...] = ()
+    repeat: int = _check(_between(0, 5), default=0)
+    unanswered_after_seconds: float | None = _check(_between(0.1, 86400), default=None)
+
+
+@dataclass(frozen=True)
+class EscalationTimerSettings:
+    """How every process watches the stored due steps (escalations/timers.py)."""
+
+    poll_interval_seconds: float = _check(_between(0.05, 10), default=0.25)
+    lease_seconds: float = _check(_between(2, 600), default=15)
+    batch: int = _check(_between(1, 10_000), default=500)
+
+
+@dataclass(frozen=True)
 class Settings:
     data_dir: str = "./data"
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -230,6 +265,10 @@ class Settings:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     web: WebSettings = field(default_factory=WebSettings)
+    escalation_timers: EscalationTimerSettings = field(default_factory=EscalationTimerSettings)
+    # By notification type; not settable from the environment (a mapping of mappings).
+    escalations: Mapping[str, EscalationPolicySettings] = field(
+        default_factory=dict, metadata={"mapping": EscalationPolicySettings})
     base_dir: str = field(default=".", metadata={"internal": True})
 
     def resolve_path(self, path: str) -> Path:
@@ -324,7 +363,7 @@ def _all_keys(cls, prefix: str = "") -> list[str]:
     keys = []
     hints = typing.get_type_hints(cls)
     for spec in dataclasses.fields(cls):
-        if spec.metadata.get("internal"):
+        if spec.metadata.get("internal") or spec.metadata.get("mapping"):
             continue
         if dataclasses.is_dataclass(hints[spec.name]):
             keys.extend(_all_keys(hints[spec.name], f"{prefix}{spec.name}."))
@@ -401,6 +440,13 @@ def _build(cls, raw: Any, prefix: str):
         if dataclasses.is_dataclass(hint):
             values[name] = _build(hint, value, key + ".")
             continue
+        if spec.metadata.get("mapping"):
+            values[name] = _build_mapping(spec.metadata["mapping"], value, key)
+            continue
+        element = _dataclass_elements(hint)
+        if element is not None:
+            values[name] = _build_list(element, value, key)
+            continue
         value = _coerce(key, hint, value)
         check = spec.metadata.get("check")
         problem = check(value) if check and value is not None else None
@@ -408,6 +454,32 @@ def _build(cls, raw: Any, prefix: str):
             raise SettingsError(key, f"{problem} (got {value!r})")
         values[name] = value
     return cls(**values)
+
+
+def _build_mapping(cls, raw: Any, key: str) -> dict[str, Any]:
+    """`{name: section}`: each section built as `cls` under `key.name.`."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise SettingsError(key, "must be a mapping of notification types to policies")
+    return {str(name): _build(cls, value, f"{key}.{name}.") for name, value in raw.items()}
+
+
+def _dataclass_elements(hint: Any) -> type | None:
+    """The element class of a `tuple[SomeSettings, ...]` field, else None."""
+    if typing.get_origin(hint) is tuple:
+        arguments = typing.get_args(hint)
+        if arguments and dataclasses.is_dataclass(arguments[0]):
+            return arguments[0]
+    return None
+
+
+def _build_list(cls, raw: Any, key: str) -> tuple:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise SettingsError(key, "must be a list")
+    return tuple(_build(cls, value, f"{key}.{index}.") for index, value in enumerate(raw))
 
 
 BOOLEAN_WORDS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}

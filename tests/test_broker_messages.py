@@ -10,7 +10,7 @@ import pytest
 
 from mojavox_notify.broker import InProcessBroker
 from mojavox_notify.broker.messages import (KINDS, WIRE_VERSION, AllRead, BroadcastPosted,
-                                            NotificationCreated, NotificationDeleted,
+                                            EscalationChanged, NotificationCreated, NotificationDeleted,
                                             NotificationRead, NotOurs, Resync, decode, encode)
 from mojavox_notify.broker.pubsub import MAX_BATCH, PubSubBroker
 
@@ -20,6 +20,8 @@ EVERY_KIND = [
     AllRead("bob", {"count": 0}),
     NotificationDeleted("bob", "n2", {"count": 0}, 3.0),
     BroadcastPosted({"id": "b1", "title": "Dialer restarts at 22:00"}, 4.0),
+    EscalationChanged({"id": "e1", "state": "acknowledged", "acknowledgedBy": "bob"},
+                      ["alice", "bob"], 5.0),
     Resync(users=["alice"]),
     Resync(users=None),
 ]
@@ -154,6 +156,15 @@ async def test_while_away_the_others_miss_nothing_for_good():
     await first.back()
     assert heard_second == [Resync(users=["alice", "bob"])]
     assert heard_first[-1] == Resync(users=None)  # its own sockets may have missed the others'
+
+
+async def test_an_escalation_change_missed_while_away_resyncs_its_recipients():
+    bus, (first, second), (_, heard_second) = await _processes()
+    bus.away = True
+    await first.publish(EscalationChanged({"id": "e1", "state": "resolved"}, ["alice", "carol"]))
+    bus.away = False
+    await first.back()
+    assert heard_second == [Resync(users=["alice", "carol"])]
 
 
 async def test_a_broadcast_missed_while_away_resyncs_everyone():

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from mojavox_notify.push import new_vapid_pair
+from mojavox_notify.push import new_vapid_pair, push_payload
 
 from .support.paths import ROOT
 from .support.ports import free_port
@@ -622,3 +622,277 @@ def test_the_page_names_the_call_center_of_a_tenant_token_and_shows_its_broadcas
     expect(shown(north, "south")).to_have_count(0)
     expect(shown(plain, "north")).to_have_count(0)
     expect(shown(plain, "south")).to_have_count(0)
+
+
+# -- escalations: pinned, taken, resolved; the desktop notification ------------------------------
+
+ESCALATION_POLICY = {
+    "call_escalation": {"claim": True, "repeat": 0,
+                        "steps": [{"after_seconds": 600, "to": {"users": ["nobody"]}}]},
+    # One that nobody answers within the test: its one step comes after 1 s.
+    "agent_alert": {"claim": True, "repeat": 0,
+                    "steps": [{"after_seconds": 1, "to": {"users": ["nobody"]}}]},
+}
+HIDDEN_TAB = """() => {
+  Object.defineProperty(document, 'hidden', { configurable: true, get: () => true });
+  Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => 'hidden' });
+  document.dispatchEvent(new Event('visibilitychange'));
+}"""
+ON_SCREEN = """async (tag) => (await (await navigator.serviceWorker.ready).getNotifications({ tag }))
+    .map(n => ({ title: n.title, body: n.body, tag: n.tag, silent: n.silent,
+                 requireInteraction: n.requireInteraction }))"""
+
+
+@pytest.fixture(scope="module")
+def escalating(tmp_path_factory):
+    """A server whose call_escalation escalates (its one step far off), with push configured."""
+    process = ServeProcess(tmp_path_factory.mktemp("escalating"), **{
+        "escalations": ESCALATION_POLICY, "escalation_timers.poll_interval_seconds": 0.2,
+        "push.vapid_public_key": VAPID_PUBLIC, "push.vapid_private_key": VAPID_PRIVATE,
+    }).start()
+    yield process
+    process.stop()
+
+
+def escalate(server: ServeProcess, users: list[str], call_id: str) -> None:
+    topic = f"floor-{call_id}"
+    status, body = server.call("PUT", f"/api/topics/{topic}/members", SERVICE, {"add": users})
+    assert status == 200, body
+    status, body = server.call("POST", "/api/notifications", SERVICE, {
+        "topic": topic, "type": "call_escalation", "title": "Call Escalation Required",
+        "message": "agent-7 requests supervisor intervention on call with John Smith",
+        "actionUrl": f"/live-monitor?call={call_id}", "escalationKey": f"call:{call_id}"})
+    assert status == 202 and body["created"] == len(users), body
+
+
+def end_call(server: ServeProcess, call_id: str) -> None:
+    status, body = server.call("POST", "/api/events", SERVICE,
+                               {"type": "call.ended", "data": {"callId": call_id}})
+    assert status == 202, body
+
+
+def newest_notification(server: ServeProcess, user: str) -> dict:
+    status, body = server.call("GET", "/api/notifications?limit=1", token(user))
+    return body["notifications"][0]
+
+
+def test_an_escalation_is_pinned_taken_on_one_page_seen_as_taken_on_the_other_and_resolved(
+        context, escalating):
+    bob, carol = new_user("bob"), new_user("carol")
+    bob_page, carol_page = open_center(context, escalating, bob), open_center(context, escalating, carol)
+    call_id = new_user("call")
+    escalate(escalating, [bob, carol], call_id)
+    bob_card, carol_card = (page.locator("#escalations li.escalation") for page in (bob_page, carol_page))
+    for card in (bob_card, carol_card):
+        expect(card).to_have_count(1)
+        expect(card).to_have_attribute("data-state", "open")
+        expect(card.locator(".title")).to_have_text("Call Escalation Required")
+        expect(card.locator(".state")).to_have_text(re.compile(r"^Waiting \d+ s$"))
+        expect(card.locator("button.take")).to_be_visible()
+    expect(carol_card.locator(".state")).not_to_have_text("Waiting 0 s", timeout=3000)  # it ticks
+
+    bob_card.locator("button.take").click()
+    expect(bob_card.locator(".state")).to_have_text("Taken by you")
+    expect(carol_card.locator(".state")).to_have_text(re.compile(rf"^Taken by {bob} after \d+ s$"))
+    expect(carol_card.locator("button.take")).to_be_hidden()
+    expect(carol_card).to_have_attribute("data-state", "acknowledged")
+
+    end_call(escalating, call_id)
+    for card in (bob_card, carol_card):
+        expect(card.locator(".state")).to_have_text("Resolved: call ended")
+        expect(card).to_have_attribute("data-state", "resolved")
+
+    # Both pages were visible with the card on screen: each user's `seen` is in the timeline.
+    escalation_id = bob_card.get_attribute("data-escalation-id")
+    status, detail = escalating.call("GET", f"/api/escalations/{escalation_id}", token(bob))
+    assert status == 200, detail
+    assert sorted(line["userId"] for line in detail["timeline"] if line["event"] == "seen") == sorted([bob, carol])
+    assert [line["userId"] for line in detail["timeline"] if line["event"] == "acknowledged"] == [bob]
+
+
+def deaf_page(context, server: ServeProcess, user: str) -> tuple[Page, list]:
+    """A page whose socket never hears `escalation` frames; the list of its routed sockets
+    (close one to make the page reconnect)."""
+    page = context.new_page()
+    sockets = []
+
+    def route(socket) -> None:
+        server_side = socket.connect_to_server()
+        server_side.on_message(lambda message: None if json.loads(message).get("type") == "escalation"
+                               else socket.send(message))
+        socket.on_message(server_side.send)
+        sockets.append(socket)
+
+    page.route_web_socket(re.compile(r"/ws/notifications"), route)
+    page.goto(f"{server.url}/#token={token(user)}")
+    expect(page.locator("#connection")).to_have_attribute("data-state", "open")
+    return page, sockets
+
+
+def taken_unheard(context, server: ServeProcess) -> tuple[Page, str, list]:
+    """Carol's page shows an escalation that Bob has just taken, unheard by her socket."""
+    bob, carol = new_user("bob"), new_user("carol")
+    page, sockets = deaf_page(context, server, carol)
+    escalate(server, [bob, carol], new_user("call"))
+    card = page.locator("#escalations li.escalation")
+    expect(card).to_have_count(1)
+    status, body = server.call(
+        "POST", f"/api/notifications/{newest_notification(server, bob)['id']}/ack", token(bob))
+    assert status == 200, body
+    expect(card.locator(".state")).to_have_text(re.compile(r"^Waiting \d+ s$"))
+    return page, bob, sockets
+
+
+def test_a_take_it_refused_because_someone_was_quicker_shows_who(context, escalating):
+    page, bob, _ = taken_unheard(context, escalating)
+    card = page.locator("#escalations li.escalation")
+    card.locator("button.take").click()
+    expect(card.locator(".state")).to_have_text(re.compile(rf"^Taken by {bob} after \d+ s$"))
+    expect(card.locator("button.take")).to_be_hidden()
+    expect(page.locator("#banner")).to_be_hidden()  # a refusal with an answer is no failure
+
+
+def test_after_a_reconnection_the_page_shows_the_changes_it_missed(context, escalating):
+    page, bob, sockets = taken_unheard(context, escalating)
+    sockets[-1].close()
+    expect(page.locator("#connection")).to_have_attribute("data-state", "reconnecting")
+    expect(page.locator("#connection")).to_have_attribute("data-state", "open")
+    expect(page.locator("#escalations li.escalation .state")).to_have_text(
+        re.compile(rf"^Taken by {bob} after \d+ s$"))
+
+
+def test_escalations_resolved_before_the_page_opened_are_not_pinned_and_text_stays_text(context, escalating):
+    user = new_user("sup")
+    done, waiting = new_user("call"), new_user("call")
+    escalate(escalating, [user], done)
+    end_call(escalating, done)
+    status, body = escalating.call("POST", "/api/notifications", SERVICE, {
+        "userId": user, "type": "call_escalation", "title": "Help with a < b & c > d",
+        "message": "agent-7 & co. <needs> you", "escalationKey": f"call:{waiting}"})
+    assert status == 201, body
+    page = open_center(context, escalating, user)
+    card = page.locator("#escalations li.escalation")
+    expect(card).to_have_count(1)
+    expect(card.locator(".title")).to_have_text("Help with a < b & c > d")
+    expect(card.locator(".message")).to_have_text(body["message"])
+    expect(items(page)).to_have_count(2)  # both are in the list as notifications
+
+
+def test_an_escalation_nobody_takes_shows_unanswered_and_can_still_be_taken(context, escalating):
+    user = new_user("sup")
+    page = open_center(context, escalating, user)
+    status, body = escalating.call("POST", "/api/notifications", SERVICE, {
+        "userId": user, "type": "agent_alert", "title": "Agent alert", "message": "agent-7 is stuck"})
+    assert status == 201, body
+    card = page.locator("#escalations li.escalation")
+    expect(card.locator(".state")).to_have_text(re.compile(r"^Waiting \d+ s$"))
+    expect(card).to_have_attribute("data-state", "unanswered", timeout=8000)
+    expect(card.locator(".state")).to_have_text(re.compile(r"^Unanswered: nobody took it \(\d+ s\)$"))
+    card.locator("button.take").click()
+    expect(card.locator(".state")).to_have_text("Taken by you")
+
+
+def test_a_critical_notification_while_the_page_is_hidden_shows_on_the_desktop_without_push(
+        context, escalating):
+    user = new_user("sup")
+    context.grant_permissions(["notifications"], origin=escalating.url)
+    page = open_center(context, escalating, user)
+    page.evaluate("navigator.serviceWorker.ready.then(() => true)")
+    expect(page.locator("#push-toggle")).to_have_text("Turn on browser push")  # push is off
+    page.evaluate(HIDDEN_TAB)
+    call_id = new_user("call")
+    escalate(escalating, [user], call_id)
+    expect(page.locator("#escalations li.escalation")).to_have_count(1)
+    escalation_id = page.locator("#escalations li.escalation").get_attribute("data-escalation-id")
+    tag = f"escalation-{escalation_id}"
+    shown = []
+    for _ in range(100):
+        shown = page.evaluate(ON_SCREEN, tag)
+        if shown:
+            break
+        page.wait_for_timeout(50)
+    assert shown == [{"title": "Call Escalation Required", "tag": tag, "silent": False,
+                      "body": "agent-7 requests supervisor intervention on call with John Smith",
+                      "requireInteraction": True}]
+    # Resolved while the tab is still hidden: this page takes it off the desktop.
+    end_call(escalating, call_id)
+    expect(page.locator("#escalations li.escalation .state")).to_have_text("Resolved: call ended")
+    for _ in range(100):
+        if not page.evaluate(ON_SCREEN, tag):
+            break
+        page.wait_for_timeout(50)
+    assert page.evaluate(ON_SCREEN, tag) == []
+    # Hidden, nothing of it was reported seen.
+    status, detail = escalating.call("GET", f"/api/escalations/{escalation_id}", token(user))
+    assert [line for line in detail["timeline"] if line["event"] == "seen"] == []
+
+
+def test_a_notification_while_hidden_without_permission_shows_nothing(context, escalating):
+    user = new_user("sup")
+    page = open_center(context, escalating, user)
+    page.evaluate("navigator.serviceWorker.ready.then(() => true)")
+    page.evaluate(HIDDEN_TAB)
+    escalate(escalating, [user], new_user("call"))
+    expect(page.locator("#escalations li.escalation")).to_have_count(1)
+    page.wait_for_timeout(300)
+    assert page.evaluate(ON_SCREEN, None) == []
+
+
+def test_the_service_worker_closes_the_escalation_when_the_resolving_push_arrives(context, escalating):
+    user = new_user("sup")
+    context.grant_permissions(["notifications"], origin=escalating.url)
+    # Deaf to escalation frames: an open page would close the notification itself on hearing
+    # of the resolution; here only the push can.
+    page, _ = deaf_page(context, escalating, user)
+    page.evaluate("navigator.serviceWorker.ready.then(() => true)")
+    cdp = context.new_cdp_session(page)
+    versions = []
+    cdp.on("ServiceWorker.workerVersionUpdated", lambda event: versions.extend(event["versions"]))
+    cdp.send("ServiceWorker.enable")
+    for _ in range(100):
+        activated = [v for v in versions if v["status"] == "activated" and v["runningStatus"] == "running"]
+        if activated and context.service_workers:
+            break
+        page.wait_for_timeout(50)
+    assert activated and context.service_workers, versions
+    worker = context.service_workers[0]
+    worker.evaluate("""() => {
+        self.closedForTest = [];
+        const close = Notification.prototype.close;
+        Notification.prototype.close = function () { self.closedForTest.push(this.tag); return close.call(this); };
+    }""")
+
+    def deliver(notification: dict) -> None:
+        # What the push worker would send for it now (the same function), as the browser gets it.
+        cdp.send("ServiceWorker.deliverPushMessage", {
+            "origin": escalating.url + "/", "registrationId": activated[-1]["registrationId"],
+            "data": push_payload(notification, "full", None)})
+
+    call_id = new_user("call")
+    escalate(escalating, [user], call_id)
+    notification = newest_notification(escalating, user)
+    tag = f"escalation-{notification['escalation']['id']}"
+    deliver(notification)
+    for _ in range(100):
+        if page.evaluate(ON_SCREEN, tag):
+            break
+        page.wait_for_timeout(50)
+    assert [n["title"] for n in page.evaluate(ON_SCREEN, tag)] == ["Call Escalation Required"]
+
+    end_call(escalating, call_id)
+    resolved = newest_notification(escalating, user)
+    assert resolved["escalation"]["state"] == "resolved"
+    deliver(resolved)
+    for _ in range(100):
+        if worker.evaluate("self.closedForTest").count(tag):
+            break
+        page.wait_for_timeout(50)
+    assert tag in worker.evaluate("self.closedForTest")
+    on_screen = []
+    for _ in range(100):
+        on_screen = page.evaluate(ON_SCREEN, tag)
+        if [n["title"] for n in on_screen] == ["Resolved: call ended"]:
+            break
+        page.wait_for_timeout(50)
+    assert on_screen == [{"title": "Resolved: call ended", "body": "Call Escalation Required", "tag": tag,
+                          "silent": True, "requireInteraction": False}]

@@ -5,6 +5,7 @@ and the README stays a front page whose links lead somewhere."""
 from __future__ import annotations
 
 import dataclasses
+import typing
 import os
 import re
 import shutil
@@ -79,10 +80,31 @@ def yaml_value(value) -> str:
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
+def _defaults_of(cls, prefix: str) -> dict[str, str]:
+    """Every key of a settings class by its dotted name, a list of sections as `name[]`."""
+    keys = {}
+    hints = typing.get_type_hints(cls)
+    for key in dataclasses.fields(cls):
+        hint = hints[key.name]
+        element = typing.get_args(hint)[0] if typing.get_origin(hint) is tuple else None
+        if dataclasses.is_dataclass(hint):
+            keys.update(_defaults_of(hint, f"{prefix}{key.name}."))
+        elif element is not None and dataclasses.is_dataclass(element):
+            keys.update(_defaults_of(element, f"{prefix}{key.name}[]."))
+        else:
+            default = (key.default if key.default is not dataclasses.MISSING
+                       else key.default_factory())
+            keys[f"{prefix}{key.name}"] = yaml_value(default)
+    return keys
+
+
 def setting_defaults() -> dict[str, str]:
     keys = {}
     for section in dataclasses.fields(Settings):
         if section.metadata.get("internal"):
+            continue
+        if section.metadata.get("mapping"):  # escalations.<type>.…, one per notification type
+            keys.update(_defaults_of(section.metadata["mapping"], f"{section.name}.<type>."))
             continue
         if section.default_factory is dataclasses.MISSING:
             keys[section.name] = yaml_value(section.default)
@@ -97,7 +119,7 @@ def setting_defaults() -> dict[str, str]:
 def test_every_setting_is_on_the_settings_page_with_its_default():
     """datasette's docs test, for settings: a new key fails the suite until it is documented."""
     text = (DOCS / "settings.md").read_text(encoding="utf-8")
-    rows = dict(re.findall(r"^\| `([a-z_.]+)` \| `([^`]*)` \|", text, re.MULTILINE))
+    rows = dict(re.findall(r"^\| `([a-z_.<>\[\]]+)` \| `([^`]*)` \|", text, re.MULTILINE))
     defaults = setting_defaults()
     assert "server.port" in defaults and len(defaults) > 50
     missing = sorted(set(defaults) - set(rows))

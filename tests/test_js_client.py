@@ -18,6 +18,10 @@ from .support.tokens import TEST_SECRET
 
 CLIENT_DIR = ROOT / "clients" / "js"
 MINIMUM_NODE = (20, 10)
+# clients/js/test/escalations.test.js relies on it: one step, soon, to someone else.
+ESCALATION_POLICY = {"call_escalation": {
+    "claim": True, "repeat": 0,
+    "steps": [{"after_seconds": 1, "to": {"users": ["js-floor-manager"]}}]}}
 
 
 def node_binary() -> str:
@@ -35,7 +39,10 @@ def node_binary() -> str:
 
 @pytest.fixture
 def server(tmp_path):
-    process = ServeProcess(tmp_path, **{"websocket.max_sockets_per_user": 3}).start()
+    process = ServeProcess(tmp_path, **{
+        "websocket.max_sockets_per_user": 3,
+        "escalations": ESCALATION_POLICY,
+        "escalation_timers.poll_interval_seconds": 0.1}).start()
     yield process
     process.stop()
 

@@ -415,7 +415,7 @@ async def test_plugin_list_shows_each_plugin_with_its_hooks_types_and_event_type
     assert listed["call_service"] == {
         "name": "call_service", "hooks": drafting,
         "notificationTypes": ["call_completed", "call_escalation", "high_value_call"],
-        "eventTypes": ["call.completed", "call.escalation", "call.high_value"]}
+        "eventTypes": ["call.completed", "call.ended", "call.escalation", "call.high_value"]}
     assert listed["payment_service"] == {
         "name": "payment_service", "hooks": drafting,
         "notificationTypes": ["payment_received"], "eventTypes": ["payment.received"]}
@@ -427,6 +427,7 @@ async def test_plugin_list_shows_each_plugin_with_its_hooks_types_and_event_type
         "call.completed": "an AI agent finished a call",
         "call.escalation": "an AI agent asks a supervisor to step in",
         "call.high_value": "a debtor with a high balance is on a call",
+        "call.ended": "a call ended: its escalation, if any, is resolved",
         "campaign.milestone": "a campaign reached a percentage of its target",
         "payment.received": "a debtor paid on an account",
         "system.alert": "a system warning or error for a list of users (userIds), or for "
@@ -525,7 +526,7 @@ def test_guide_python_blocks_compile_and_every_hook_and_argument_is_documented()
         compile(block, "docs/plugins.md", "exec")
     text = GUIDE.read_text(encoding="utf-8")
     hooks = [name for name in dir(hookspecs) if name.startswith("mojavox_")]
-    assert len(hooks) == 7
+    assert len(hooks) == 10
     for hook in hooks:
         assert f"\n### {hook}\n" in text, f"docs/plugins.md has no section for {hook}"
         section = guide_section(hook)

@@ -452,3 +452,130 @@ async def test_the_push_worker_survives_an_unforeseen_failure_and_still_delivers
     await app.api.notify(user, type="call_escalation", title="Escalation", message="Now")
     assert await push_service.wait_for(lambda: push_service.delivered_to(subscription))
     assert app.supervisor.restarts["push_worker"] == 1
+
+
+# -- escalations: the Topic header and the push that replaces the one on screen ------------------
+
+def escalation_policy() -> dict:
+    """call_escalation escalates, with a step far enough away that it never fires here."""
+    return {"escalations": {"call_escalation": {
+        "claim": True, "repeat": 0, "steps": [{"after_seconds": 600, "to": {"users": ["nobody"]}}]}}}
+
+
+async def escalation_for(app, users: list[str], call_id: str) -> dict[str, dict]:
+    """One escalation of key call:<call_id> for `users`: their notifications, by user."""
+    service = token("push-test-service", ["service"])
+    topic = f"floor-{call_id}"
+    status, body = await app.api.put(f"/api/topics/{topic}/members", service, {"add": users})
+    assert status == 200, body
+    status, body = await app.api.post(BASE, service, {
+        "topic": topic, "type": "call_escalation", "title": "Call Escalation Required",
+        "message": "agent-7 requests supervisor intervention on call with John Smith",
+        "actionUrl": f"/live-monitor?call={call_id}", "escalationKey": f"call:{call_id}"})
+    assert status == 202 and body["created"] == len(users), body
+    notifications = {}
+    for user in users:
+        status, page = await app.api.get(f"{BASE}?limit=1", token(user))
+        notifications[user] = page["notifications"][0]
+    return notifications
+
+
+def payloads(push_service, subscription) -> list[dict]:
+    return [json.loads(d.payload) for d in push_service.delivered_to(subscription)]
+
+
+@bounded
+async def test_an_escalation_is_pushed_with_its_id_as_topic_and_tag_and_the_push_is_in_its_timeline(
+        start_app, push_service):
+    app = await start_app(**push_service.settings, **escalation_policy())
+    supervisor = new_user("supervisor")
+    subscription = await subscribed(app, push_service, supervisor)
+    notification = (await escalation_for(app, [supervisor], uuid.uuid4().hex[:8]))[supervisor]
+    escalation_id = notification["escalation"]["id"]
+    assert await push_service.wait_for(lambda: push_service.delivered_to(subscription))
+    [delivery] = push_service.delivered_to(subscription)
+    assert delivery.topic == escalation_id and len(escalation_id) == 24
+    assert json.loads(delivery.payload) == {
+        "title": "Call Escalation Required",
+        "body": "agent-7 requests supervisor intervention on call with John Smith",
+        "tag": f"escalation-{escalation_id}",
+        "data": {"id": notification["id"], "type": "call_escalation", "priority": "critical",
+                 "actionUrl": notification["actionUrl"],
+                 "escalation": {"id": escalation_id, "state": "open"}}}
+    assert push_service.refusals == []
+
+    async def push_lines() -> list[dict]:
+        status, detail = await app.api.get(f"/api/escalations/{escalation_id}", token(supervisor))
+        return [line for line in detail["timeline"] if line.get("channel") == "push"]
+
+    for _ in range(50):
+        if await push_lines():
+            break
+        await asyncio.sleep(0.05)
+    assert [(line["event"], line["userId"], line["step"]) for line in await push_lines()] == [
+        ("notified", supervisor, 0)]
+
+
+@bounded
+async def test_a_payment_push_has_no_topic(start_app, push_service):
+    app = await start_app(**push_service.settings)
+    user = new_user()
+    subscription = await subscribed(app, push_service, user)
+    await app.api.notify(user)
+    assert await push_service.wait_for(lambda: push_service.delivered_to(subscription))
+    assert push_service.delivered_to(subscription)[0].topic is None
+
+
+@bounded
+async def test_taking_and_resolving_an_escalation_push_every_recipient_what_replaces_it(
+        start_app, push_service):
+    app = await start_app(**push_service.settings, **escalation_policy())
+    bob, carol, muted = new_user("bob"), new_user("carol"), new_user("muted")
+    browsers = {user: await subscribed(app, push_service, user) for user in (bob, carol, muted)}
+    await app.api.put(f"{BASE}/settings", token(muted), {"channels": {"call_escalation": {"push": False}}})
+    call_id = uuid.uuid4().hex[:8]
+    notifications = await escalation_for(app, [bob, carol, muted], call_id)
+    escalation_id = notifications[bob]["escalation"]["id"]
+    assert await push_service.wait_for(lambda: all(
+        push_service.delivered_to(browsers[user]) for user in (bob, carol)))
+
+    status, _ = await app.api.post(f"{BASE}/{notifications[bob]['id']}/ack", token(bob))
+    assert status == 200
+    assert await push_service.wait_for(lambda: all(
+        len(push_service.delivered_to(browsers[user])) == 2 for user in (bob, carol)))
+    taken = payloads(push_service, browsers[carol])[1]
+    assert taken == {
+        "title": f"Taken by {bob}", "body": "Call Escalation Required",
+        "tag": f"escalation-{escalation_id}",
+        "data": {"id": notifications[carol]["id"], "type": "call_escalation", "priority": "critical",
+                 "escalation": {"id": escalation_id, "state": "acknowledged"}}}
+
+    status, _ = await app.api.post("/api/events", token("call-service", ["service"]),
+                                   {"type": "call.ended", "data": {"callId": call_id}})
+    assert status == 202
+    assert await push_service.wait_for(lambda: all(
+        len(push_service.delivered_to(browsers[user])) == 3 for user in (bob, carol)))
+    for user in (bob, carol):
+        resolved = payloads(push_service, browsers[user])[2]
+        assert resolved["tag"] == f"escalation-{escalation_id}"
+        assert resolved["title"] == "Resolved: call ended", resolved
+        assert resolved["data"]["escalation"] == {"id": escalation_id, "state": "resolved"}
+        assert "actionUrl" not in resolved["data"]
+        assert {d.topic for d in push_service.delivered_to(browsers[user])} == {escalation_id}
+    assert push_service.delivered_to(browsers[muted]) == [], "push turned off: none of these either"
+    assert not await push_service.wait_for(lambda: len(push_service.deliveries) > 6, 0.5)
+    assert push_service.refusals == []
+    # The timeline's push lines are the first pushes only, not the ones that say it is over.
+    status, detail = await app.api.get(f"/api/escalations/{escalation_id}", token(bob))
+    assert sorted(line["userId"] for line in detail["timeline"] if line.get("channel") == "push") == \
+        sorted([bob, carol])
+
+
+def test_a_settled_escalation_payload_is_minimal_too_when_asked():
+    notification = {"id": "a" * 24, "type": "call_escalation", "priority": "critical",
+                    "title": "Call Escalation Required", "message": "John Smith", "actionUrl": None,
+                    "escalation": {"id": "b" * 24, "state": "resolved", "resolution": "call ended",
+                                   "acknowledgedBy": None}}
+    assert json.loads(push_payload(notification, "minimal", None)) == {
+        "id": "a" * 24, "type": "call_escalation", "priority": "critical",
+        "escalation": {"id": "b" * 24, "state": "resolved"}}

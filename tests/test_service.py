@@ -76,7 +76,7 @@ async def test_a_broadcast_is_stored_once_and_published_for_every_socket(publish
     payload = await service.broadcast({"title": "Dialer restarts at 22:00",
                                        "message": "Calls pause for five minutes", "ttlSeconds": 60})
     assert heard == [BroadcastPosted(payload, heard[0].at)]
-    assert heard[0].recipient is None
+    assert heard[0].addressees is None
     assert await service.active_broadcasts() == [payload]
 
 

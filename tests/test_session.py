@@ -69,7 +69,8 @@ async def stack(make_settings):
 
 
 def _session(app, user_id="alice"):
-    context = SessionContext(service=app.service, hub=app.hub, presence=HubPresence(app.hub),
+    context = SessionContext(service=app.service, escalations=app.escalations, hub=app.hub,
+                             presence=HubPresence(app.hub),
                              types=app.plugins.types, verifier=app.verifier,
                              request_limiter=RateLimiter(0, "requests"),
                              settings=app.settings.websocket, max_sockets_per_ip=0)

@@ -8,7 +8,7 @@ import pytest
 from .support.api import notifications_of, post_event
 from .support.tokens import new_user, token
 
-SHIPPED_EVENT_TYPES = ["agent.alert", "call.completed", "call.escalation", "call.high_value",
+SHIPPED_EVENT_TYPES = ["agent.alert", "call.completed", "call.ended", "call.escalation", "call.high_value",
                        "campaign.milestone", "payment.received", "system.alert"]
 
 

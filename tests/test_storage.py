@@ -377,8 +377,24 @@ async def test_data_of_the_previous_release_reads_as_before_as_the_default_tenan
     assert await app.store.update_topic("north", [alice, bob], [], 10) == 2
 
 
+def downgrade_to_schema_4(database, version: int = 4) -> None:
+    """Notifications as schema 4 kept them, without escalation columns, and no escalations."""
+    with sqlite3.connect(database, isolation_level=None) as connection:
+        connection.executescript(f"""
+            BEGIN;
+            DROP TABLE escalations;
+            DROP TABLE escalation_events;
+            DROP INDEX notifications_escalation;
+            DROP INDEX notifications_user_escalation;
+            ALTER TABLE notifications DROP COLUMN escalation;
+            ALTER TABLE notifications DROP COLUMN escalation_id;
+            PRAGMA user_version = {version};
+            COMMIT;""")
+
+
 def downgrade_to_schema_3(database) -> None:
     """Keep broadcasts as schema 3 did, without an audience, and no topic memberships."""
+    downgrade_to_schema_4(database, version=3)
     with sqlite3.connect(database, isolation_level=None) as connection:
         connection.executescript("""
             BEGIN;
@@ -413,9 +429,32 @@ async def test_a_schema_3_file_keeps_its_rows_and_its_broadcasts_are_the_default
     assert [b["audience"] for b in await second.store.active_broadcasts(10)] == [tenants.DEFAULT]
     assert await second.store.update_topic(tenants.key("acme", "north"), [user], [], 10) == 1
     with sqlite3.connect(database) as connection:
-        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         columns = [row[1] for row in connection.execute("PRAGMA table_info(broadcasts)")]
         assert columns[-1] == "audience"
+
+
+@bounded
+async def test_a_schema_4_file_keeps_its_notifications_and_takes_escalations(start_app,
+                                                                            make_settings):
+    policy = {"call_escalation": {"steps": [{"after_seconds": 60, "to": {"users": ["x"]}}]}}
+    settings = make_settings(**{"storage.url": "embedded"}, escalations=policy)
+    first = await start_app(settings=settings)
+    user = new_user()
+    created = [await first.api.notify(user, title=f"{index}") for index in range(2)]
+    status, before = await first.api.get(BASE, token(user))
+    await first.stop()
+    database = settings.data_path / "notify.db"
+    downgrade_to_schema_4(database)
+
+    second = await start_app(settings=settings)
+    status, after = await second.api.get(BASE, token(user))
+    assert after == before and [n["id"] for n in after["notifications"]] == [
+        c["id"] for c in reversed(created)]
+    escalated = await second.api.notify(user, type="call_escalation", escalationKey="call:1")
+    assert escalated["escalation"]["state"] == "open"
+    with sqlite3.connect(database) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == 5
 
 
 @bounded

@@ -322,6 +322,29 @@ async def test_a_new_push_subscription_past_the_limit_replaces_the_least_recentl
 
 
 @bounded
+async def test_pushes_are_queued_for_stored_notifications_of_subscribed_users_only(open_store):
+    store = await open_store()
+    subscribed, unsubscribed = new_user("subscribed"), new_user("unsubscribed")
+    await store.save_push_subscription(
+        subscribed, PushSubscription(f"https://push.example.com/{subscribed}", "p", "a"), keep=3)
+    first = await store.insert(draft(subscribed, priority="critical"))
+    second = await store.insert(draft(unsubscribed, priority="critical"))
+    assert await store.queue_pushes([]) == 0
+    queued = await store.queue_pushes([
+        (subscribed, str(first.document["_id"]), "critical"),
+        (unsubscribed, str(second.document["_id"]), "critical")])
+    assert queued == 1
+    jobs = [job for job in await store.claim_pushes(1000, 0.5)
+            if job.user_id in (subscribed, unsubscribed)]
+    [job] = jobs
+    assert (job.user_id, job.notification_id, job.priority) == (
+        subscribed, str(first.document["_id"]), "critical")
+    assert (job.attempts, job.done) == (0, ())
+    assert abs((utcnow() - job.created_at).total_seconds()) < 5, "due now, aged from now"
+    await store.finish_push(job.id)
+
+
+@bounded
 async def test_an_event_id_is_claimed_once_completed_and_released_only_by_its_owner(open_store):
     store = await open_store()
     key = new_user("event")
@@ -604,3 +627,109 @@ async def test_a_topic_past_a_lowered_limit_may_shrink_but_not_grow(open_store):
         await store.update_topic(topic, members[:2], [members[5]], max_members=3)
     assert (refused.value.size, refused.value.limit) == (5, 3)
     assert await store.topic_members(topic, 10) == members[2:]
+
+
+# -- escalations ---------------------------------------------------------------------------------
+
+def _escalation(key: str, **fields) -> dict:
+    from mojavox_notify.escalations import record
+    from mojavox_notify.escalations.policy import Policy, Step
+    document = record.new_escalation(draft(new_user(), "critical", type="call_escalation"), key,
+                                     Policy(steps=(Step(30, users=("manager",)),)), 1_000_000)
+    return {**document, **fields}
+
+
+@bounded
+async def test_one_unresolved_escalation_per_key_and_a_new_one_once_it_is_resolved(open_store):
+    from mojavox_notify.escalations import record
+    store = await open_store()
+    key = tenants.key(tenants.DEFAULT, "call:contract-1")
+    first, opened = await store.open_escalation(_escalation(key))
+    assert opened
+    again, opened = await store.open_escalation(_escalation(key))
+    assert not opened and again["_id"] == first["_id"] and again == first
+    assert await store.unresolved_escalation(key) == first
+    closed = record.resolved(first, "call ended", 2_000_000)
+    assert await store.change_escalations([(closed, first["version"], record.shown(closed))]) == [True]
+    assert await store.unresolved_escalation(key) is None
+    assert await store.escalation(first["_id"]) == closed
+    second, opened = await store.open_escalation(_escalation(key))
+    assert opened and second["_id"] != first["_id"]
+
+
+@bounded
+async def test_an_escalation_changes_only_over_the_version_it_was_read_at(open_store):
+    from mojavox_notify.escalations import record
+    store = await open_store()
+    document, _ = await store.open_escalation(_escalation(tenants.key(tenants.DEFAULT, "call:c-2")))
+    taken = record.acknowledged(document, "bob", 1_500_000)
+    resolved = record.resolved(document, "call ended", 1_500_001)
+    outcomes = await store.change_escalations([
+        (taken, document["version"], record.shown(taken)),
+        (resolved, document["version"], record.shown(resolved))])
+    assert outcomes == [True, False]
+    stored = await store.escalation(document["_id"])
+    assert stored["state"] == "acknowledged" and stored["version"] == document["version"] + 1
+    # Two processes at once: one of them wins.
+    later = [record.resolved(stored, f"by {who}", 1_600_000) for who in ("one", "two")]
+    results = await asyncio.gather(*(store.change_escalations(
+        [(change, stored["version"], record.shown(change))]) for change in later))
+    assert sorted(outcome for [outcome] in results) == [False, True]
+
+
+@bounded
+async def test_escalation_notifications_are_its_recipients_and_carry_its_state(open_store):
+    from mojavox_notify.escalations import record
+    store = await open_store()
+    document, _ = await store.open_escalation(_escalation(tenants.key(tenants.DEFAULT, "call:c-3")))
+    users = [new_user("supervisor") for _ in range(2)]
+    created = await store.insert_many([
+        draft(user, "critical", type="call_escalation",
+              escalation=record.notification_part(document, step, 0))
+        for user, step in zip(users, (0, 1))])
+    recipients = (await store.escalation_recipients([document["_id"], "6b0f00000000000000000000"]))
+    assert [(r["user_id"], r["step"]) for r in recipients[document["_id"]]] == list(zip(users, (0, 1)))
+    assert recipients["6b0f00000000000000000000"] == []
+    taken = record.acknowledged(document, users[1], 1_700_000)
+    assert await store.change_escalations([(taken, document["version"], record.shown(taken))]) == [True]
+    for user, stored in zip(users, created):
+        reread = await store.get(user, stored.document["_id"])
+        assert reread["escalation"]["shown"]["acknowledgedBy"] == users[1]
+        assert reread["escalation"]["step"] == stored.document["escalation"]["step"]
+    assert [e["_id"] for e in await store.escalations_of(users[0], ["acknowledged"], 10)] == [document["_id"]]
+    assert await store.escalations_of(users[0], ["open"], 10) == []
+
+
+@bounded
+async def test_escalation_events_keep_their_order_and_a_once_key_once(open_store):
+    store = await open_store()
+    escalation_id = "6b0f00000000000000000001"
+    lines = [{"escalation_id": escalation_id, "at": 10, "event": "created", "step": 0},
+             {"escalation_id": escalation_id, "at": 20, "event": "delivered", "user_id": "u",
+              "step": 0, "once": "delivered:n1"}]
+    await store.add_escalation_events(lines)
+    await store.add_escalation_events([{**lines[1], "at": 30}, {
+        "escalation_id": escalation_id, "at": 40, "event": "acknowledged", "user_id": "u",
+        "step": 0}])
+    assert [(e["event"], e["at"]) for e in await store.escalation_events(escalation_id)] == [
+        ("created", 10), ("delivered", 20), ("acknowledged", 40)]
+
+
+@bounded
+async def test_due_escalations_come_earliest_first_and_finished_ones_are_forgotten(open_store):
+    from mojavox_notify.escalations import record
+    store = await open_store()
+    due_at = [5_000, 3_000, 9_000]
+    opened = [(await store.open_escalation(_escalation(
+        tenants.key(tenants.DEFAULT, f"call:due-{index}"), due_at=at)))[0]
+        for index, at in enumerate(due_at)]
+    assert [d["due_at"] for d in await store.due_escalations(6_000, 10)] == [3_000, 5_000]
+    assert len(await store.due_escalations(6_000, 1)) == 1
+    closed = record.resolved(opened[0], None, 100)
+    await store.change_escalations([(closed, opened[0]["version"], record.shown(closed))])
+    await store.add_escalation_events([{"escalation_id": closed["_id"], "at": 100,
+                                        "event": "resolved", "step": 0}])
+    assert await store.delete_finished_escalations(200) == 1
+    assert await store.escalation(closed["_id"]) is None
+    assert await store.escalation_events(closed["_id"]) == []
+    assert await store.escalation(opened[1]["_id"]) is not None

@@ -4,8 +4,8 @@ A message is published only after the change it reports is stored. Each class's 
 order, are its wire form: `[kind, field, ...]`, without the trailing empty ones, so no key
 names travel. A field added later goes last, with a default, and older messages still decode.
 
-`recipient` is the user whose sockets a message is for; None means every socket (a broadcast).
-The hub is the one place that tells the kinds apart.
+`recipients` are the users whose sockets a message is for; None means every socket (a
+broadcast). The hub is the one place that tells the kinds apart.
 """
 
 from __future__ import annotations
@@ -30,8 +30,18 @@ class _ForUser:
     __slots__ = ()
 
     @property
-    def recipient(self) -> str | None:
-        return self.user_id  # type: ignore[attr-defined]
+    def addressees(self) -> tuple[str, ...] | None:
+        return (self.user_id,)  # type: ignore[attr-defined]
+
+
+class _ForUsers:
+    """A message for the sockets of each of its `recipients`."""
+
+    __slots__ = ()
+
+    @property
+    def addressees(self) -> tuple[str, ...] | None:
+        return tuple(self.recipients)  # type: ignore[attr-defined]
 
 
 class _ForEveryone:
@@ -40,7 +50,7 @@ class _ForEveryone:
     __slots__ = ()
 
     @property
-    def recipient(self) -> str | None:
+    def addressees(self) -> tuple[str, ...] | None:
         return None
 
 
@@ -94,6 +104,17 @@ class BroadcastPosted(_ForEveryone):
 
 
 @dataclass(frozen=True, slots=True)
+class EscalationChanged(_ForUsers):
+    """An escalation changed (acknowledged, escalated, resolved, unanswered): for the sockets
+    of every one of its `recipients` (user keys), its `escalation` payload as it is now."""
+
+    KIND: ClassVar[str] = "escalation"
+    escalation: dict[str, Any]
+    recipients: list[str]
+    at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Resync(_ForEveryone):
     """Live messages may have been missed (the broker was away): the sockets of `users` (None:
     every socket, and the process's broadcasts) fill their gap from storage."""
@@ -103,11 +124,12 @@ class Resync(_ForEveryone):
 
 
 Message = Union[NotificationCreated, NotificationRead, AllRead, NotificationDeleted,
-                BroadcastPosted, Resync]
+                BroadcastPosted, EscalationChanged, Resync]
 UserChange = Union[NotificationRead, AllRead, NotificationDeleted]
 
 KINDS: dict[str, type] = {kind.KIND: kind for kind in (
-    NotificationCreated, NotificationRead, AllRead, NotificationDeleted, BroadcastPosted, Resync)}
+    NotificationCreated, NotificationRead, AllRead, NotificationDeleted, BroadcastPosted,
+    EscalationChanged, Resync)}
 _FIELDS: dict[type, tuple[str, ...]] = {
     kind: tuple(field.name for field in dataclasses.fields(kind)) for kind in KINDS.values()}
 

@@ -93,10 +93,10 @@ class PubSubBroker(Broker):
         if self._missed is None:
             return
         for message in messages:
-            if message.recipient is None:
+            if message.addressees is None:
                 self._missed = None
                 return
-            self._missed.add(message.recipient)
+            self._missed.update(message.addressees)
         if len(self._missed) > MAX_REMEMBERED_USERS:
             self._missed = None
 

@@ -1,8 +1,9 @@
-"""Call service: completed calls, escalations to a supervisor, and high-value debtors on a call."""
+"""Call service: completed calls, escalations to a supervisor, high-value debtors on a call,
+and the end of a call, which resolves its escalation (`call:<callId>`)."""
 
 from urllib.parse import quote
 
-from mojavox_notify import NotificationType, hookimpl
+from mojavox_notify import NotificationType, ResolveEscalation, hookimpl
 from mojavox_notify.eventdata import MAX_AMOUNT, EventData, format_duration, format_money
 
 
@@ -21,6 +22,7 @@ def mojavox_event_types():
         "call.completed": "an AI agent finished a call",
         "call.escalation": "an AI agent asks a supervisor to step in",
         "call.high_value": "a debtor with a high balance is on a call",
+        "call.ended": "a call ended: its escalation, if any, is resolved",
     }
 
 
@@ -70,7 +72,14 @@ def _escalation(data):
         "message": f"{agent_id} requests supervisor intervention on call with {debtor}",
         "priority": "critical", "data": details,
         "actionUrl": f"/live-monitor?call={quote(call_id, safe='')}",
+        "escalationKey": f"call:{call_id}",
     }]
+
+
+def _ended(data):
+    call_id = data.text("callId")
+    outcome = data.text("outcome", optional=True, max_length=200)
+    return [ResolveEscalation(f"call:{call_id}", f"call ended: {outcome}" if outcome else "call ended")]
 
 
 def _high_value(data):
@@ -89,4 +98,4 @@ def _high_value(data):
 
 
 HANDLERS = {"call.completed": _completed, "call.escalation": _escalation,
-            "call.high_value": _high_value}
+            "call.high_value": _high_value, "call.ended": _ended}

@@ -14,7 +14,7 @@ import tornado.web
 
 from .. import tenants
 from ..auth import Principal, TokenVerifier, bearer_token
-from ..errors import (ECHO_CHARS, AuthenticationError, ForbiddenError, NotifyError,
+from ..errors import (ECHO_CHARS, AuthenticationError, ConflictError, ForbiddenError, NotifyError,
                       PayloadTooLargeError, RateLimitedError, StorageUnavailableError,
                       ValidationError)
 from ..httpserver import answered, new_request, refuse_body
@@ -274,7 +274,10 @@ class BaseHandler(CorsHandlerMixin, tornado.web.RequestHandler):
             code, message = "internal_error", "the server failed to handle the request"
         self.answered_error = (code, message)
         self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish(json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":")))
+        body: dict[str, Any] = {"error": {"code": code, "message": message}}
+        if isinstance(error, ConflictError) and error.escalation is not None:
+            body["escalation"] = error.escalation
+        self.finish(json.dumps(body, separators=(",", ":")))
 
     def log_exception(self, typ, value, tb) -> None:
         """An answered error is in the request's access line (`log_request`); only a failure of

@@ -23,6 +23,7 @@ from typing import Any, Callable, Protocol
 from .. import tenants
 from ..auth import Principal, TokenVerifier
 from ..broker.messages import AllRead, NotificationCreated, NotificationDeleted, NotificationRead
+from ..escalations.service import EscalationService
 from ..errors import (ECHO_CHARS, AuthenticationError, NotFoundError, NotifyError,
                       StorageUnavailableError, ValidationError)
 from ..hub import Hub
@@ -64,6 +65,7 @@ class SessionContext:
     """The collaborators every session of a process shares."""
 
     service: NotificationService
+    escalations: EscalationService
     hub: Hub
     presence: HubPresence
     types: NotificationTypes
@@ -236,6 +238,14 @@ class SocketSession:
         self.outbox.put(frame)
         self._send("unread_count", **message.unread)
 
+    def escalation(self, payload: dict[str, Any]) -> None:
+        """One of the user's escalations changed: on every socket whatever its channels (held,
+        like a read, until `connected` has gone)."""
+        if self._early is not None:
+            self._early.append((self.escalation, payload))
+            return
+        self._send("escalation", payload=payload)
+
     def broadcast(self, payload: dict[str, Any]) -> None:
         """Before `connected` it is left to the board, which shows it right after."""
         if self._early is None:
@@ -249,6 +259,8 @@ class SocketSession:
         self.last_seq = seq
         if payload["type"] in self.channels:
             self._send("notification", payload=payload)
+            if "escalation" in payload:  # the timeline's `delivered`
+                self.context.escalations.delivered(self.user_id, payload)
 
     def resync(self) -> None:
         """Live messages may have been missed (the broker lost Redis for a while): fill from
@@ -277,6 +289,9 @@ class SocketSession:
             if passed_on or resync:
                 self._send("unread_count", **await self.service.unread(self.user_id))
             if resync:
+                # Escalations may have changed meanwhile too: their states as they are now.
+                for payload in await self.context.escalations.latest_of(self.user_id):
+                    self._send("escalation", payload=payload)
                 self._send("resynced", count=passed_on)
             self._release_held()
         except StorageUnavailableError as error:
@@ -351,6 +366,17 @@ class SocketSession:
 
     async def _on_mark_read(self, frame: dict) -> None:
         await self.service.mark_read(self.user_id, frame["notificationId"])
+
+    async def _on_ack(self, frame: dict) -> None:
+        """Answered by the `escalation` frame every recipient's sockets get; when it changed
+        nothing (this user had taken it already) this socket gets the frame alone."""
+        payload, changed = await self.context.escalations.acknowledge(self.user_id,
+                                                                      frame["notificationId"])
+        if not changed:
+            self._send("escalation", payload=payload)
+
+    async def _on_seen(self, frame: dict) -> None:
+        await self.context.escalations.seen_ids(self.user_id, frame["notificationIds"])
 
     async def _on_mark_all_read(self, frame: dict) -> None:
         await self.service.mark_all_read(self.user_id)

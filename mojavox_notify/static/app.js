@@ -8,6 +8,11 @@ const TOKEN_KEY = 'mojavox.notify.token';
 const PRIORITIES = ['critical', 'high', 'medium', 'low'];
 const TOAST_PRIORITIES = new Set(['high', 'critical']);
 const HIGH_TOAST_MS = 8000;
+/** How long a resolved escalation stays pinned (its outcome shown) before it leaves. */
+const RESOLVED_PINNED_MS = 60000;
+/** An escalation never goes back: a late answer must not undo a newer change. */
+const ESCALATION_ORDER = { open: 0, unanswered: 1, acknowledged: 2, resolved: 3 };
+const SETTLED = new Set(['acknowledged', 'resolved']);
 const MAX_TOASTS = 5;
 const TYPE_LABELS = {
   payment_received: 'Payment received',
@@ -33,6 +38,13 @@ const view = {
   unreadOnly: false,
   settings: null,
   pushRegistration: null,
+  /** The signed-in user's id (the token's `sub`), to say "Taken by you". */
+  user: null,
+  /** @type {Map<string, {escalation: object, notification: object|null, element: HTMLElement|null}>}
+   * by escalation id: the newest state heard, and the pinned card once a notification of it is known. */
+  escalations: new Map(),
+  /** Notification ids already reported `seen` by this page. */
+  seen: new Set(),
 };
 
 // -- start-up and sign-in ------------------------------------------------------------------------
@@ -97,10 +109,12 @@ async function signIn(token) {
   if (view.client) view.client.close();
   view.client = null;
   view.live = false;
+  view.user = subjectOf(token);
   sessionStorage.setItem(TOKEN_KEY, token);
   $('signin').hidden = true;
   $('center').hidden = false;
   clearList();
+  clearEscalations();
   $('announcements').replaceChildren(); // the new client shows the active ones again
   let wsPath;
   try {
@@ -126,6 +140,8 @@ async function signIn(token) {
       loadMore();
       loadSettings();
       setUpPush();
+    } else {
+      refreshEscalations(client);
     }
   });
   client.on('notification', (payload) => {
@@ -133,6 +149,7 @@ async function signIn(token) {
     upsert(payload);
     if (TOAST_PRIORITIES.has(payload.priority) && !payload.read) alertOf(payload);
   });
+  client.on('escalation', changedEscalation);
   client.on('broadcast', showAnnouncement);
   client.on('unread_count', renderUnread);
   client.on('read', ({ notificationId, all }) => markedRead(all ? null : notificationId));
@@ -171,6 +188,7 @@ async function signOut() {
   sessionStorage.removeItem(TOKEN_KEY);
   await tellServiceWorker(null);
   clearList();
+  clearEscalations();
   $('announcements').replaceChildren();
   renderUnread({ count: 0, byPriority: {} });
   showSignIn('');
@@ -286,6 +304,7 @@ function isNewer(a, b) {
 }
 
 function upsert(payload) {
+  if (payload.escalation) pinEscalation(payload);
   const known = view.items.get(payload.id);
   if (known) {
     if (payload.read && !known.payload.read) setRead(known, true);
@@ -386,6 +405,219 @@ function actionLink(actionUrl, notificationId) {
   return link;
 }
 
+// -- escalations: pinned above the list until someone takes them -----------------------------------
+
+/** The token's `sub` (not verified here: the server does that), or null. */
+function subjectOf(token) {
+  try {
+    const claims = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    return JSON.parse(atob(claims)).sub || null;
+  } catch {
+    return null;
+  }
+}
+
+function clearEscalations() {
+  view.escalations.clear();
+  view.seen.clear();
+  $('escalations').replaceChildren();
+}
+
+/** Whether `next` is newer than `known` (states only move forward, steps only up). */
+function isLater(next, known) {
+  if (!known) return true;
+  const order = ESCALATION_ORDER[next.state] - ESCALATION_ORDER[known.state];
+  return order > 0 || (order === 0 && next.step >= known.step);
+}
+
+/** A notification of an escalation (live or from history): its card, unless it was resolved
+ * before this page heard of it. */
+function pinEscalation(payload) {
+  const id = payload.escalation.id;
+  let entry = view.escalations.get(id);
+  if (!entry) {
+    entry = { escalation: payload.escalation, notification: null, element: null };
+    view.escalations.set(id, entry);
+  } else if (isLater(payload.escalation, entry.escalation)) {
+    entry.escalation = payload.escalation;
+  }
+  // The newest notification of it is the one to take it by (a later step's, for instance).
+  if (!entry.notification || isNewer(payload, entry.notification)) entry.notification = payload;
+  if (!entry.element) {
+    if (!pinnable(entry.escalation)) return;
+    entry.element = renderEscalation(entry);
+    placeEscalation(entry);
+    watchSeen(entry);
+  }
+  renderEscalationState(entry);
+  reportSeen();
+}
+
+/** Pinned when it arrives: waiting for someone, or taken by this user. Once pinned, a card
+ * shows every change until it is resolved (then for a minute) or dismissed. */
+function pinnable(escalation) {
+  return escalation.state === 'open' || escalation.state === 'unanswered'
+    || (escalation.state === 'acknowledged' && escalation.acknowledgedBy === view.user);
+}
+
+/** Newest first, as the list. */
+function placeEscalation(entry) {
+  const box = $('escalations');
+  const before = [...box.children].find((card) => {
+    const other = view.escalations.get(card.dataset.escalationId);
+    return other && other.notification && isNewer(entry.notification, other.notification);
+  });
+  box.insertBefore(entry.element, before || null);
+}
+
+/** After a reconnection: the changes missed while the socket was down (a reconnection replays
+ * notifications, not changes), unresolved and resolved alike, newest first. */
+async function refreshEscalations(client) {
+  try {
+    const lists = await Promise.all([client.escalations({ state: 'unresolved' }), client.escalations({ state: 'resolved' })]);
+    if (client !== view.client) return;
+    for (const escalation of lists.flat()) {
+      if (view.escalations.has(escalation.id)) changedEscalation(escalation);
+    }
+  } catch (error) {
+    console.warn('MOJAVOX Notify: could not refresh the escalations:', error);
+  }
+}
+
+/** An `escalation` frame, the answer to "Take it", or what a reconnection read. */
+function changedEscalation(escalation) {
+  const entry = view.escalations.get(escalation.id);
+  if (entry && !isLater(escalation, entry.escalation)) return;
+  if (!entry) {
+    // Heard before any notification of it (or of one this page does not list): kept, so the
+    // card shows this state if its notification arrives.
+    view.escalations.set(escalation.id, { escalation, notification: null, element: null });
+    return;
+  }
+  entry.escalation = escalation;
+  if (entry.notification) entry.notification.escalation = escalation;
+  if (SETTLED.has(escalation.state)) {
+    closeSystemNotifications(escalation.id);
+    if (entry.notification) dismissToast(entry.notification.id);
+  }
+  if (entry.element) renderEscalationState(entry);
+}
+
+function renderEscalation(entry) {
+  const { notification } = entry;
+  const card = element('li', 'escalation');
+  card.dataset.escalationId = entry.escalation.id;
+  card.dataset.notificationId = notification.id;
+  const text = element('div', 'escalation-text');
+  text.append(element('strong', 'title', notification.title), element('span', 'message', notification.message),
+    element('span', 'state'));
+  const actions = element('div', 'escalation-actions');
+  const take = element('button', 'take', 'Take it');
+  take.type = 'button';
+  take.addEventListener('click', () => takeEscalation(entry, take));
+  actions.append(take);
+  const link = actionLink(notification.actionUrl, notification.id);
+  if (link) actions.append(link);
+  const dismiss = element('button', 'dismiss link', 'Dismiss');
+  dismiss.type = 'button';
+  dismiss.addEventListener('click', () => unpin(entry));
+  actions.append(dismiss);
+  card.append(text, actions);
+  return card;
+}
+
+async function takeEscalation(entry, button) {
+  button.disabled = true;
+  try {
+    changedEscalation(await view.client.ack(entry.notification.id));
+  } catch (error) {
+    // Someone else was quicker, or the call ended: the answer says how it is now.
+    if (error.escalation) changedEscalation(error.escalation);
+    else showBanner(`That did not work: ${error.message}`);
+  } finally {
+    button.disabled = false;
+    renderEscalationState(entry);
+  }
+}
+
+/** "12 s", "3 min 5 s", "1 h 2 min". */
+function duration(ms) {
+  const seconds = Math.max(0, Math.round(ms / 1000));
+  if (seconds < 60) return `${seconds} s`;
+  const minutes = Math.floor(seconds / 60);
+  if (minutes < 60) return `${minutes} min ${seconds % 60} s`;
+  return `${Math.floor(minutes / 60)} h ${minutes % 60} min`;
+}
+
+/** What the card says, from the escalation as it is now. The waiting time counts from when
+ * the escalation was opened (`createdAt`; the notification's timestamp from an older server). */
+function escalationText(escalation, notification) {
+  const told = Date.parse(escalation.createdAt || notification.timestamp);
+  switch (escalation.state) {
+    case 'acknowledged': {
+      if (escalation.acknowledgedBy === view.user) return 'Taken by you';
+      const after = escalation.acknowledgedAt ? ` after ${duration(Date.parse(escalation.acknowledgedAt) - told)}` : '';
+      return `Taken by ${escalation.acknowledgedBy}${after}`;
+    }
+    case 'resolved': return escalation.resolution ? `Resolved: ${escalation.resolution}` : 'Resolved';
+    case 'unanswered': return `Unanswered: nobody took it (${duration(Date.now() - told)})`;
+    default: return `Waiting ${duration(Date.now() - told)}`;
+  }
+}
+
+function renderEscalationState(entry) {
+  const { escalation, notification, element: card } = entry;
+  if (!card || !notification) return;
+  card.dataset.state = escalation.state;
+  card.dataset.notificationId = notification.id;
+  card.dataset.mine = String(escalation.state === 'acknowledged' && escalation.acknowledgedBy === view.user);
+  card.querySelector('.state').textContent = escalationText(escalation, notification);
+  card.querySelector('.take').hidden = SETTLED.has(escalation.state);
+  if (escalation.state === 'resolved' && !entry.leaving) {
+    entry.leaving = setTimeout(() => unpin(entry), RESOLVED_PINNED_MS);
+  }
+}
+
+function unpin(entry) {
+  clearTimeout(entry.leaving);
+  if (entry.element) entry.element.remove();
+  entry.element = null;
+  if (entry.visibility) entry.visibility.disconnect();
+}
+
+setInterval(() => {
+  for (const entry of view.escalations.values()) {
+    if (entry.element && !SETTLED.has(entry.escalation.state)) renderEscalationState(entry);
+  }
+}, 1000);
+
+// -- seen: what is on screen while the tab is visible ----------------------------------------------
+
+/** Each card's notification is reported `seen` once, the first time the card is on screen
+ * while the tab is visible (the escalation's timeline records when the user could see it). */
+function watchSeen(entry) {
+  entry.visibility = new IntersectionObserver((entries) => {
+    entry.onScreen = entries.some((seen) => seen.isIntersecting);
+    reportSeen();
+  });
+  entry.visibility.observe(entry.element);
+}
+
+function reportSeen() {
+  if (document.visibilityState !== 'visible' || !view.client) return;
+  const ids = [];
+  for (const entry of view.escalations.values()) {
+    const id = entry.notification && entry.notification.id;
+    if (entry.element && entry.onScreen && id && !view.seen.has(id)) {
+      view.seen.add(id);
+      ids.push(id);
+    }
+  }
+  if (ids.length) view.client.markSeen(ids).catch(() => ids.forEach((id) => view.seen.delete(id)));
+}
+
+document.addEventListener('visibilitychange', reportSeen);
+
 // -- announcements (broadcasts to every user) ------------------------------------------------------
 
 /** Shown above the list until it expires or is dismissed; the client passes each one once. */
@@ -453,10 +685,49 @@ function removeItem(notificationId) {
 // -- toasts for high and critical ------------------------------------------------------------------
 
 function alertOf(payload) {
+  if (payload.escalation && SETTLED.has(payload.escalation.state)) return; // someone has it
   showToast(payload);
-  if (document.hidden && 'Notification' in window && Notification.permission === 'granted') {
-    // The same tag as a push of this notification: one replaces the other, never both.
-    new Notification(payload.title, { body: payload.message, tag: `mojavox-${payload.id}` });
+  if (document.hidden) showSystemNotification(payload);
+}
+
+/** The tag of a notification on screen, the same as a push of it carries: one replaces the
+ * other, never both (an escalation's, across its steps, is the escalation's). */
+function systemTag(payload) {
+  return payload.escalation ? `escalation-${payload.escalation.id}` : `mojavox-${payload.id}`;
+}
+
+/** While the tab is hidden, a high or critical notification also shows on the desktop,
+ * through the service worker (push or not), when the user has allowed notifications. */
+async function showSystemNotification(payload) {
+  if (!('Notification' in window) || Notification.permission !== 'granted') return;
+  const critical = payload.priority === 'critical';
+  const options = {
+    body: payload.message,
+    tag: systemTag(payload),
+    icon: '/icon.svg',
+    data: { id: payload.id, type: payload.type, priority: payload.priority,
+      actionUrl: payload.actionUrl || undefined },
+    requireInteraction: critical,
+    renotify: critical,
+  };
+  try {
+    const registration = 'serviceWorker' in navigator ? await navigator.serviceWorker.getRegistration('/') : null;
+    if (registration && registration.active) await registration.showNotification(payload.title, options);
+    else new Notification(payload.title, options);
+  } catch (error) {
+    console.warn('MOJAVOX Notify: could not show a system notification:', error);
+  }
+}
+
+/** Take an escalation's notification off the desktop once someone has it (this tab says so). */
+async function closeSystemNotifications(escalationId) {
+  if (!('serviceWorker' in navigator)) return;
+  try {
+    const registration = await navigator.serviceWorker.getRegistration('/');
+    if (!registration) return;
+    for (const shown of await registration.getNotifications({ tag: `escalation-${escalationId}` })) shown.close();
+  } catch {
+    // Nothing on screen, or the browser keeps no list: nothing to close.
   }
 }
 

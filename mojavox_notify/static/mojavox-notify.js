@@ -15,6 +15,27 @@
  * @property {boolean} read
  * @property {Record<string, unknown>} data
  * @property {string|null} actionUrl
+ * @property {Escalation} [escalation] only on a notification of a type with an escalation
+ *   policy: the escalation as it is now (every notification of one escalation shares its id)
+ *
+ * @typedef {'open'|'acknowledged'|'resolved'|'unanswered'} EscalationState
+ *
+ * @typedef {object} Escalation a critical matter that someone must take (see `ack`)
+ * @property {string} id shared by every notification of the escalation, across steps and users
+ * @property {string} key the business key, `call:<callId>` for calls
+ * @property {EscalationState} state
+ * @property {number} step the last step of its policy that ran (0: the first recipients only)
+ * @property {string|null} acknowledgedBy who took it
+ * @property {string|null} acknowledgedAt ISO 8601
+ * @property {string|null} resolvedAt ISO 8601
+ * @property {string|null} resolution why it was resolved, e.g. "call ended"
+ * @property {string} createdAt ISO 8601: when it was opened (its waiting time counts from here)
+ *
+ * @typedef {Escalation & {notificationId: string}} ListedEscalation one of `escalations()`:
+ *   with the caller's newest notification of it, to `ack` with
+ *
+ * @typedef {Escalation['state']|'unresolved'} EscalationFilter `unresolved`: every state but
+ *   resolved
  *
  * @typedef {object} Broadcast an announcement to every user, shown until `expiresAt`
  * @property {string} id
@@ -54,6 +75,10 @@
  * @property {UnreadCount} unread_count after every change, and on connect
  * @property {{notificationId: string|null, all: boolean}} read read in any tab of the user
  * @property {{notificationId: string}} deleted
+ * @property {Escalation} escalation one of the user's escalations changed (taken by someone,
+ *   escalated a step, resolved, unanswered), on every socket whatever its channels; after the
+ *   server resynced the socket, the user's newest escalations as they are now (a reconnection
+ *   replays missed notifications, not changes: read `escalations()` after one)
  * @property {StateChange} state
  * @property {{clientId: string, resumed: boolean, tenant: string}} connected `tenant`: the
  *   user's tenant (the token's `tenant` claim, or `default`)
@@ -105,20 +130,27 @@ const AUTH_THROTTLE_MS = 60000;
 const CLOSE_NO_ANSWER = 4000;
 const SEEN_IDS_KEPT = 1000;
 
-/** An error answer of the REST API: `status` and the server's `code`. */
+/** Ids per `seen` message at most (the server's limit). */
+const SEEN_BATCH = 100;
+
+/** An error answer of the REST API: `status` and the server's `code`; for a refused `ack`
+ * (409 `already_acknowledged` or `escalation_resolved`), `escalation` as it is now. */
 export class NotifyApiError extends Error {
   /**
    * @param {number} status
    * @param {string} code
    * @param {string} message
    * @param {number|null} [retryAfter] seconds, for 429
+   * @param {Escalation|null} [escalation] what a refused `ack` answered with
    */
-  constructor(status, code, message, retryAfter = null) {
+  constructor(status, code, message, retryAfter = null, escalation = null) {
     super(message);
     this.name = 'NotifyApiError';
     this.status = status;
     this.code = code;
     this.retryAfter = retryAfter;
+    /** @type {Escalation|null} */
+    this.escalation = escalation;
   }
 }
 
@@ -384,6 +416,7 @@ export class NotifyClient {
         return this._emit('read', { notificationId: frame.notificationId, all: Boolean(frame.all) });
       case 'notification_deleted':
         return this._emit('deleted', { notificationId: frame.notificationId });
+      case 'escalation': return frame.payload ? this._emit('escalation', frame.payload) : undefined;
       case 'resumed':
         if (frame.lastId) this.lastId = frame.lastId;
         return this._emit('resumed', { count: frame.count, hasMore: frame.hasMore, lastId: frame.lastId });
@@ -565,7 +598,8 @@ export class NotifyClient {
       const error = (value && value.error) || {};
       const retryAfter = response.headers.get('Retry-After');
       throw new NotifyApiError(response.status, error.code || 'http_error',
-        error.message || `HTTP ${response.status}`, retryAfter === null ? null : Number(retryAfter));
+        error.message || `HTTP ${response.status}`, retryAfter === null ? null : Number(retryAfter),
+        (value && value.escalation) || null);
     }
     return value;
   }
@@ -607,6 +641,50 @@ export class NotifyClient {
   /** @param {string} id */
   async deleteNotification(id) {
     await this.request('DELETE', `/api/notifications/${encodeURIComponent(id)}`);
+  }
+
+  // -- escalations ---------------------------------------------------------------------------
+
+  /**
+   * Take the escalation of one of the user's notifications. Resolves with the escalation as
+   * it is now (every recipient's sockets hear `escalation`). Rejects with a NotifyApiError:
+   * 409 `already_acknowledged` (someone else took it; the message names who, and
+   * `error.escalation.acknowledgedBy` says it too) or `escalation_resolved`, 404 when the
+   * notification is not the user's or belongs to no escalation.
+   * @param {string} notificationId
+   * @returns {Promise<Escalation>}
+   */
+  async ack(notificationId) {
+    const answer = await this.request('POST', `/api/notifications/${encodeURIComponent(notificationId)}/ack`);
+    return answer.escalation;
+  }
+
+  /**
+   * Report notifications the user has on screen (recorded in their escalations' timelines as
+   * `seen`; read state does not change; ids of other notifications are ignored). Over the
+   * socket when it is open, else over REST.
+   * @param {string[]} notificationIds
+   * @returns {Promise<void>}
+   */
+  async markSeen(notificationIds) {
+    const ids = [...new Set(notificationIds)];
+    for (let start = 0; start < ids.length; start += SEEN_BATCH) {
+      const batch = ids.slice(start, start + SEEN_BATCH);
+      if (!this._send({ type: 'seen', notificationIds: batch })) {
+        await this.request('POST', '/api/notifications/seen', { ids: batch });
+      }
+    }
+  }
+
+  /**
+   * The escalations the user received, newest first: the open ones by default; each with
+   * `notificationId`, the user's newest notification of it (what `ack` takes).
+   * @param {{state?: EscalationFilter}} [options]
+   * @returns {Promise<ListedEscalation[]>}
+   */
+  async escalations({ state = 'open' } = {}) {
+    const query = new URLSearchParams({ state });
+    return (await this.request('GET', `/api/escalations?${query}`)).escalations;
   }
 
   /** The announcements still active, newest first. @returns {Promise<Broadcast[]>} */

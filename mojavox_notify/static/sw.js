@@ -9,6 +9,13 @@
 // on disk): on a shared call-center machine, nothing of a signed-out agent stays behind. The
 // browser stops an idle worker, and the memory with it; then an open page is asked again. With
 // no signed-in page, a minimal push shows only its type and priority.
+//
+// A push of an escalation's notification carries `escalation: {id, state, ...}` (in `data` when
+// full) and the tag `escalation-<id>`, so each escalation is one notification on screen, across
+// its steps. When someone took it or it was resolved (state `acknowledged` or `resolved`), the
+// worker closes the notifications with that tag and shows a quiet one in their place ("Taken by
+// bob", "Resolved: call ended"): a push must show something (Chrome's userVisibleOnly), and
+// that text is what a supervisor glancing at the desktop needs to know.
 
 const LEGACY_STORE = 'mojavox-notify-sw'; // where earlier versions kept the token: deleted
 const TOKEN_ASK_MS = 1000;
@@ -23,6 +30,8 @@ const TYPE_LABELS = {
 };
 
 const PRIORITY_LABELS = { critical: 'Critical', high: 'High', medium: 'Medium', low: 'Low' };
+/** An escalation in these states needs nobody any more. */
+const SETTLED = new Set(['acknowledged', 'resolved']);
 
 /** The signed-in page's token, in memory only; null when signed out. */
 let token = null;
@@ -78,6 +87,8 @@ function parse(data) {
 
 async function showPush(data) {
   const push = parse(data);
+  const escalation = push.title ? (push.data || {}).escalation : push.escalation;
+  if (escalation && SETTLED.has(escalation.state)) return settle(push, escalation);
   const shown = push.title ? fromFullPayload(push) : await fromMinimalPayload(push);
   const critical = shown.data.priority === 'critical';
   return self.registration.showNotification(shown.title, {
@@ -102,9 +113,44 @@ function fromFullPayload(push) {
   };
 }
 
+function tagOf(push) {
+  if (push.escalation && push.escalation.id) return `escalation-${push.escalation.id}`;
+  return push.id ? `mojavox-${push.id}` : undefined;
+}
+
+/** Someone took the escalation or it was resolved: its notifications leave the screen, and a
+ * quiet one (no sound, no vibration, not pinned) says how it ended. */
+async function settle(push, escalation) {
+  const tag = `escalation-${escalation.id}`;
+  for (const shown of await self.registration.getNotifications({ tag })) shown.close();
+  let title;
+  let body;
+  if (push.title) {
+    title = String(push.title);
+    body = push.body === undefined ? '' : String(push.body);
+  } else {
+    // Minimal: the notification (read with the page's token) says who took it and why it ended.
+    const notification = push.id ? await fetchNotification(push.id) : null;
+    title = settledTitle((notification && notification.escalation) || escalation);
+    body = notification ? notification.title : TYPE_LABELS[push.type] || '';
+  }
+  const data = push.title ? push.data : { id: push.id, type: push.type, priority: push.priority };
+  return self.registration.showNotification(title, {
+    body, tag, icon: push.icon, silent: true, requireInteraction: false, renotify: false,
+    data: { id: data.id, type: data.type, priority: data.priority, actionUrl: '/' },
+  });
+}
+
+function settledTitle(escalation) {
+  if (escalation.state === 'resolved') {
+    return escalation.resolution ? `Resolved: ${escalation.resolution}` : 'Resolved';
+  }
+  return escalation.acknowledgedBy ? `Taken by ${escalation.acknowledgedBy}` : 'Taken';
+}
+
 async function fromMinimalPayload(push) {
   const reference = { id: push.id, type: push.type, priority: push.priority };
-  const tag = push.id ? `mojavox-${push.id}` : undefined;
+  const tag = tagOf(push);
   const notification = push.id ? await fetchNotification(push.id) : null;
   if (notification) {
     return {

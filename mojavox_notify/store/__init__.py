@@ -260,6 +260,63 @@ class NotificationStore(ABC):
         """The topics that have `member` (all in its tenant: members are added with their
         topic's tenant), in ascending order."""
 
+    # -- escalations ---------------------------------------------------------------------------
+    # An escalation is a JSON-shaped document (escalations/record.py makes them; times in epoch
+    # milliseconds) with at least `_id`, `key` (tenant-qualified), `state`, `version` and
+    # `due_at` (None when nothing is due), and `live_key` while it is unresolved. Its
+    # notifications carry `escalation: {id, step, round, shown}`, `shown` being what clients see.
+
+    @abstractmethod
+    async def open_escalation(self, document: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Store a new escalation, unless one with its `live_key` is unresolved: then (that one,
+        False). Two processes opening one key at once get one escalation."""
+
+    @abstractmethod
+    async def escalation(self, escalation_id: str) -> dict[str, Any] | None:
+        """The escalation, or None."""
+
+    @abstractmethod
+    async def unresolved_escalation(self, key: str) -> dict[str, Any] | None:
+        """The escalation of `key` that is not resolved yet, or None."""
+
+    @abstractmethod
+    async def change_escalations(self, changes: Sequence[tuple[dict[str, Any], int, dict[str, Any]]]
+                                 ) -> list[bool]:
+        """Each (document, expected version, shown): the stored document replaced by this one
+        only if its version is still the expected one (compare-and-set; the document carries
+        its new version), and its notifications' `escalation.shown` set to `shown`, all in one
+        transaction. Which of them were stored."""
+
+    @abstractmethod
+    async def due_escalations(self, now_ms: int, limit: int) -> list[dict[str, Any]]:
+        """Up to `limit` escalations whose `due_at` has come, earliest first."""
+
+    @abstractmethod
+    async def escalation_recipients(self, escalation_ids: Sequence[str]
+                                    ) -> dict[str, list[dict[str, Any]]]:
+        """Each escalation's notifications as `{user_id, notification_id, step, round,
+        created_at, read, read_at}` (times in epoch ms), oldest first (a recipient who deleted
+        theirs is not one any more); every id asked for is a key."""
+
+    @abstractmethod
+    async def escalations_of(self, user_id: str, states: Sequence[str],
+                             limit: int) -> list[dict[str, Any]]:
+        """The escalations in one of `states` that `user_id` has a notification of, newest first."""
+
+    @abstractmethod
+    async def add_escalation_events(self, events: Sequence[dict[str, Any]]) -> None:
+        """Append `{escalation_id, at, event, user_id?, step?, channel?, once?}` records; one
+        whose `once` is already stored is left out."""
+
+    @abstractmethod
+    async def escalation_events(self, escalation_id: str) -> list[dict[str, Any]]:
+        """Its events in the order they happened."""
+
+    @abstractmethod
+    async def delete_finished_escalations(self, before_ms: int) -> int:
+        """Forget resolved and unanswered escalations (and their events) last changed before
+        `before_ms`; how many."""
+
     # -- channel preferences -----------------------------------------------------------------
 
     @abstractmethod
@@ -300,6 +357,12 @@ class NotificationStore(ABC):
     async def claim_pushes(self, limit: int, lease_seconds: float) -> list[PushJob]:
         """Up to `limit` due jobs, leased for `lease_seconds` so that no other process takes
         them meanwhile (a job whose lease ran out, its process gone, is due again)."""
+
+    @abstractmethod
+    async def queue_pushes(self, jobs: Sequence[tuple[str, str, str]]) -> int:
+        """A push job, due now, for each `(user_id, notification_id, priority)` of a stored
+        notification whose user has a push subscription (a notification that changed after
+        it was pushed, such as an escalation someone took). How many were recorded."""
 
     @abstractmethod
     async def reschedule_push(self, job_id: str, delay_seconds: float, attempts: int,

@@ -14,6 +14,7 @@ from typing import Any
 from ..errors import ECHO_CHARS, ValidationError
 from ..redaction import shorten
 from .broadcast import BROADCAST_PAYLOAD
+from .escalation import ESCALATION, NOTIFICATION_IDS
 from .input import parse_json
 from .notification import MAX_OFFSET, MAX_PAGE, NOTIFICATION, UNREAD
 from .schema import COUNT, OBJECT_ID, TIMESTAMP, Checker, object_schema
@@ -34,6 +35,10 @@ SERVER_FRAMES: dict[str, dict[str, Any]] = {
     "broadcast": _frame("broadcast", "An announcement to every connected user, on every "
                         "socket whatever its channels: as it is published, and the ones still "
                         "active right after connected", {"payload": BROADCAST_PAYLOAD}),
+    "escalation": _frame("escalation", "An escalation the user receives changed (acknowledged "
+                         "by someone, escalated a step, resolved, unanswered), on every socket "
+                         "whatever its channels; also the answer to ack when it changed nothing",
+                         {"payload": ESCALATION}),
     "unread_count": _frame("unread_count", "The user's unread counts, after every change", UNREAD),
     "notification_read": _frame(
         "notification_read", "A notification (or all: notificationId null, all true) was read",
@@ -81,6 +86,14 @@ CLIENT_FRAMES: dict[str, dict[str, Any]] = {
         "type": "string", "description": "Its id: any other string is answered not_found",
         "x-error": "must be a notification id string"}}),
     "mark_all_read": _client_frame("mark_all_read", "Mark every notification read"),
+    "ack": _client_frame("ack", "Acknowledge (take) the escalation of one of your notifications: "
+                         "every recipient's sockets get its escalation frame; refused with "
+                         "already_acknowledged, escalation_resolved or not_found", {
+                             "notificationId": {"type": "string",
+                                                "x-error": "must be a notification id string"}}),
+    "seen": _client_frame("seen", "Notifications now on screen (recorded in their escalations' "
+                          "timelines; read state does not change)",
+                          {"notificationIds": NOTIFICATION_IDS}),
     "get_history": _client_frame("get_history", "A page of history", optional={
         "limit": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 50,
                   "x-error": f"must be an integer between 1 and {MAX_PAGE}"},

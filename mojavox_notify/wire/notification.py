@@ -19,6 +19,7 @@ from .input import (MAX_ACTION_URL, MAX_MESSAGE, MAX_TITLE, action_url, check_re
                     json_data, parse_time, plain_text)
 from .schema import (COUNT, OBJECT_ID, TENANT, TIME, TIMESTAMP, USER_ID, Checker, object_schema,
                      one_of, text_schema)
+from .escalation import ESCALATION, ESCALATION_KEY, check_key
 from .topic import TOPIC_KEY, TOPIC_KEY_PATTERN, TOPIC_KEY_RULE
 
 NOTIFICATION = object_schema({
@@ -31,7 +32,8 @@ NOTIFICATION = object_schema({
     "read": {"type": "boolean"},
     "data": {"type": "object"},
     "actionUrl": {"type": ["string", "null"], "maxLength": MAX_ACTION_URL},
-}, description="A notification, as REST and the socket deliver it")
+}, {"escalation": ESCALATION}, description="A notification, as REST and the socket deliver it "
+   "(`escalation` on the notifications of a type with an escalation policy)")
 
 UNREAD = {
     "count": COUNT,
@@ -40,7 +42,7 @@ UNREAD = {
 
 
 DRAFT_FIELDS = {"userId", "topic", "tenant", "type", "title", "message", "priority", "data",
-                "actionUrl", "expiresAt"}
+                "actionUrl", "expiresAt", "escalationKey"}
 ONE_RECIPIENT = "a draft names one recipient: userId, or topic (every member of it)"
 
 
@@ -64,6 +66,7 @@ def draft_schema(type_names: Iterable[str]) -> dict[str, Any]:
             "actionUrl": {"type": ["string", "null"], "minLength": 1, "maxLength": MAX_ACTION_URL,
                           "x-error": f"must be a string of 1 to {MAX_ACTION_URL} characters"},
             "expiresAt": {**TIME, "type": ["string", "null"]},
+            "escalationKey": {**ESCALATION_KEY, "type": ["string", "null"]},
         },
     }
 
@@ -139,7 +142,13 @@ def _sanitized(raw: Any, types: NotificationTypes, action_url_hosts: tuple[str, 
         action_url=action_url(raw.get("actionUrl"), action_url_hosts),
         expires_at=_expires_at(raw.get("expiresAt"), now),
         topic=topic,
+        escalation_key=_escalation_key(raw.get("escalationKey"), tenant),
     )
+
+
+def _escalation_key(value: Any, tenant: str) -> str | None:
+    """Keys are per tenant, as everything else a tenant names."""
+    return None if value is None else tenants.key(tenant, check_key(value))
 
 
 def _expires_at(value: Any, now: datetime | None) -> datetime | None:
@@ -152,8 +161,9 @@ def _expires_at(value: Any, now: datetime | None) -> datetime | None:
 
 
 def to_payload(document: Mapping[str, Any]) -> dict[str, Any]:
-    """The notification as clients see it (DESIGN.md's payload)."""
-    return {
+    """The notification as clients see it (DESIGN.md's payload), with its escalation as it
+    is now when it has one."""
+    payload = {
         "id": str(document["_id"]),
         "type": document["type"],
         "title": document["title"],
@@ -164,6 +174,10 @@ def to_payload(document: Mapping[str, Any]) -> dict[str, Any]:
         "data": document.get("data") or {},
         "actionUrl": document.get("action_url"),
     }
+    escalation = document.get("escalation")
+    if escalation is not None:
+        payload["escalation"] = escalation["shown"]
+    return payload
 
 
 def notification_id(value: Any) -> ObjectId:

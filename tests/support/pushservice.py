@@ -21,6 +21,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import secrets
 import time
 from collections import deque
@@ -37,6 +38,9 @@ from tornado.httpserver import HTTPServer
 from mojavox_notify.push import b64url
 
 from .tokens import token
+
+
+TOPIC = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
 
 def unb64url(text: str) -> bytes:
@@ -63,6 +67,7 @@ class Delivery:
     ttl: int
     urgency: str | None
     status: int  # what the stand-in answered
+    topic: str | None = None  # the Topic header (RFC 8030 5.4), checked when given
 
 
 class PushServiceStandIn:
@@ -149,6 +154,9 @@ class PushServiceStandIn:
             problem = f"Content-Encoding must be aes128gcm, not {headers.get('Content-Encoding')}"
         if problem is None and not (headers.get("TTL") or "").isdigit():
             problem = "the TTL header is required"
+        topic = headers.get("Topic")
+        if problem is None and topic is not None and not TOPIC.fullmatch(topic):
+            problem = f"Topic must be 1 to 32 URL-safe base64 characters, not {topic!r}"
         if problem is not None:
             self.refusals.append(problem)
             return 401 if "VAPID" in problem else 400, {}
@@ -160,7 +168,7 @@ class PushServiceStandIn:
             return 400, {}
         status, answer_headers = browser.answers.popleft() if browser.answers else (201, {})
         self.deliveries.append(Delivery(name, payload, int(headers["TTL"]), headers.get("Urgency"),
-                                        status))
+                                        status, topic))
         self._arrived.set()
         return status, answer_headers
 
@@ -265,7 +273,7 @@ async def _main(port: int) -> None:
     while True:
         await asyncio.sleep(0.2)
         for delivery in service.deliveries[seen:]:
-            print(f"push (TTL {delivery.ttl}, Urgency {delivery.urgency}): "
+            print(f"push (TTL {delivery.ttl}, Urgency {delivery.urgency}, Topic {delivery.topic}): "
                   f"{delivery.payload.decode()}", flush=True)
         seen = len(service.deliveries)
         for refusal in service.refusals:

@@ -29,6 +29,8 @@ class Collections(Protocol):
     meta: AsyncCollection
     broadcasts: AsyncCollection
     memberships: AsyncCollection
+    escalation_records: AsyncCollection  # escalations
+    escalation_lines: AsyncCollection  # escalation_events
 
 
 def to_ms(moment: datetime) -> int:

@@ -16,10 +16,11 @@ from ...model import PRIORITIES, utcnow
 from .documents import NEVER_MS, Collections, to_ms
 
 # 2: per-user counter documents in user_state; 3: owned, namespaced claims; 4: topic_members,
-# broadcast audiences (nothing rewritten: a broadcast without one is the default tenant's).
-SCHEMA_VERSION = 4
+# broadcast audiences (nothing rewritten: a broadcast without one is the default tenant's);
+# 5: escalations (new collections and indexes only).
+SCHEMA_VERSION = 5
 COLLECTIONS = ("notifications", "user_state", "channel_settings", "push_subscriptions", "events",
-               "push_outbox", "meta", "broadcasts", "topic_members")
+               "push_outbox", "meta", "broadcasts", "topic_members", "escalations", "escalation_events")
 #: What a server that cannot run transactions (a standalone mongod) answers.
 ILLEGAL_OPERATION = 20
 # A TTL index would delete behind the counters' back: cleanup deletes and counts instead.
@@ -62,6 +63,18 @@ async def _create_collections(db: AsyncDatabase, collections: Collections) -> No
     await collections.memberships.create_index(
         [("member", ASCENDING), ("topic", ASCENDING)], name="member_topic")
     await collections.events.create_index("created_at", name="created")
+    # An escalation's notifications, and those of a user's escalations (sparse: only they have
+    # one). One unresolved escalation per key: `live_key` is removed when it is resolved.
+    await collections.notifications.create_index("escalation.id", name="escalation", sparse=True)
+    await collections.notifications.create_index(
+        [("user_id", ASCENDING), ("escalation.id", ASCENDING)], name="user_escalation", sparse=True)
+    await collections.escalation_records.create_index("live_key", name="live_key", unique=True,
+                                               sparse=True)
+    await collections.escalation_records.create_index("due_at", name="due")
+    await collections.escalation_records.create_index("updated_at", name="updated")
+    await collections.escalation_lines.create_index(
+        [("escalation_id", ASCENDING), ("at", ASCENDING)], name="escalation_at")
+    await collections.escalation_lines.create_index("once", name="once", unique=True, sparse=True)
 
 
 async def _drop_retired_indexes(collections: Collections) -> None:

@@ -25,6 +25,7 @@ from ...tenants import DEFAULT, EVERYONE
 from .. import (ClaimLostError, Created, EventClaim, Insertion, NotificationStore, PushJob,
                 TopicFullError, UserState, push_flags)
 from .documents import EPOCH, NEVER_MS, _state, to_ms
+from . import escalations
 from .insertion import store_batch
 from .schema import (SCHEMA_VERSION, _adopt_earlier_claims, _check_transactions,
                      _create_collections, _drop_retired_indexes, _rebuild_states)
@@ -68,6 +69,8 @@ class MongoStore(NotificationStore):
         self.meta = self._db["meta"]
         self.broadcasts = self._db["broadcasts"]
         self.memberships = self._db["topic_members"]
+        self.escalation_records = self._db["escalations"]
+        self.escalation_lines = self._db["escalation_events"]
 
     @classmethod
     def connect(cls, url: str, settings: MongoSettings,
@@ -372,6 +375,53 @@ class MongoStore(NotificationStore):
             "topic", ASCENDING)
         return [document["topic"] async for document in cursor]
 
+    # -- escalations (escalations.py) -----------------------------------------------------------
+
+    @_storage_errors
+    async def open_escalation(self, document: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        return await escalations.open_escalation(self, document)
+
+    @_storage_errors
+    async def escalation(self, escalation_id: str) -> dict[str, Any] | None:
+        return await escalations.escalation(self, {"_id": escalation_id})
+
+    @_storage_errors
+    async def unresolved_escalation(self, key: str) -> dict[str, Any] | None:
+        return await escalations.escalation(self, {"live_key": key})
+
+    @_storage_errors
+    async def change_escalations(self, changes: Sequence[tuple[dict[str, Any], int, dict[str, Any]]]
+                                 ) -> list[bool]:
+        return await escalations.change_escalations(self, changes, self._transaction) if changes else []
+
+    @_storage_errors
+    async def due_escalations(self, now_ms: int, limit: int) -> list[dict[str, Any]]:
+        return await escalations.due_escalations(self, now_ms, limit)
+
+    @_storage_errors
+    async def escalation_recipients(self, escalation_ids: Sequence[str]
+                                    ) -> dict[str, list[dict[str, Any]]]:
+        return await escalations.recipients(self, list(dict.fromkeys(escalation_ids)))
+
+    @_storage_errors
+    async def escalations_of(self, user_id: str, states: Sequence[str],
+                             limit: int) -> list[dict[str, Any]]:
+        return await escalations.escalations_of(self, user_id, states, limit)
+
+    @_storage_errors
+    async def add_escalation_events(self, events: Sequence[dict[str, Any]]) -> None:
+        if events:
+            await escalations.add_events(self, events)
+
+    @_storage_errors
+    async def escalation_events(self, escalation_id: str) -> list[dict[str, Any]]:
+        return await escalations.events(self, escalation_id)
+
+    @_storage_errors
+    @_unhurried
+    async def delete_finished_escalations(self, before_ms: int) -> int:
+        return await escalations.delete_finished(self, before_ms)
+
     # -- channel preferences -----------------------------------------------------------------
 
     @_storage_errors
@@ -445,6 +495,22 @@ class MongoStore(NotificationStore):
                                 EPOCH + timedelta(milliseconds=document["created_at"]),
                                 document["attempts"], tuple(document["done"])))
         return jobs
+
+    @_storage_errors
+    async def queue_pushes(self, jobs: Sequence[tuple[str, str, str]]) -> int:
+        users = list({user_id for user_id, _, _ in jobs})
+        if not users:
+            return 0
+        subscribed = {document["user_id"] for document in await self.push_subscriptions.find(
+            {"user_id": {"$in": users}}, {"user_id": 1}).to_list(length=None)}
+        now = to_ms(utcnow())
+        documents = [{"user_id": user_id, "notification_id": notification_id,
+                      "priority": priority, "created_at": now, "due_at": now, "attempts": 0,
+                      "done": [], "leased_until": 0}
+                     for user_id, notification_id, priority in jobs if user_id in subscribed]
+        if documents:
+            await self.push_outbox.insert_many(documents)
+        return len(documents)
 
     @_storage_errors
     async def reschedule_push(self, job_id: str, delay_seconds: float, attempts: int,

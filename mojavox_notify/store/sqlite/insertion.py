@@ -26,7 +26,7 @@ SAVE_STATES = (f"INSERT INTO user_state (user_id, {STATE_COLUMNS}, expiry_due) V
 STATE_WIDTH = 4 + len(PRIORITIES)
 
 INSERT_NOTIFICATIONS = f"INSERT INTO notifications ({NOTIFICATION_COLUMNS}) VALUES {{rows}}"
-NOTIFICATION_WIDTH = 14
+NOTIFICATION_WIDTH = 16
 
 INSERT_PUSH_JOBS = """
 INSERT INTO push_outbox (user_id, notification_id, priority, created_at, due_at, attempts, done,
@@ -97,6 +97,16 @@ def _insert_live(connection, insertions: list[Insertion], created_at) -> list[Cr
                 WHERE id = ?""", (json.dumps([str(record.document["_id"]) for record in stored]),
                                   to_ms(created_at), insertion.claim.key))
     return created
+
+
+def _queue_pushes(connection, jobs: list[tuple[str, str, str]], now_ms: int) -> int:
+    """Push jobs for stored notifications, of the users among them with a subscription."""
+    with transaction(connection):
+        subscribed = _subscribed(connection, {user_id for user_id, _, _ in jobs})
+        rows = [(user_id, notification_id, priority, now_ms, now_ms, 0, "[]", 0)
+                for user_id, notification_id, priority in jobs if user_id in subscribed]
+        _insert_rows(connection, INSERT_PUSH_JOBS, PUSH_JOB_WIDTH, rows)
+    return len(rows)
 
 
 def _insert_rows(connection, statement: str, width: int, rows: list[tuple]) -> None:

@@ -24,7 +24,7 @@ UNREAD_COLUMNS = ", ".join(f"unread_{priority}" for priority in PRIORITIES)
 STATE_COLUMNS = f"seq, total, {UNREAD_COLUMNS}"
 # The order of the columns in every row read or written by the conversions below.
 NOTIFICATION_COLUMNS = ("id, user_id, seq, type, title, message, priority, data, action_url, "
-                        "read, read_at, created_at, expires_at, event_id")
+                        "read, read_at, created_at, expires_at, event_id, escalation_id, escalation")
 BROADCAST_COLUMNS = ("id, title, message, priority, data, action_url, created_at, expires_at, "
                      "audience")
 EVENT_COLUMNS = "id, type, state, owner, notifications, created_at"
@@ -51,7 +51,7 @@ def _state(row: tuple) -> UserState:
 
 def _document(row: tuple) -> dict[str, Any]:
     (id_, user_id, seq, type_, title, message, priority, data, action_url, read, read_at,
-     created_at, expires_at, event_id) = row
+     created_at, expires_at, event_id, escalation_id, escalation) = row
     document = {
         "_id": ObjectId(id_), "user_id": user_id, "seq": seq, "type": type_, "title": title,
         "message": message, "priority": priority, "data": json.loads(data),
@@ -60,6 +60,8 @@ def _document(row: tuple) -> dict[str, Any]:
     }
     if event_id is not None:
         document["event_id"] = event_id
+    if escalation_id is not None:
+        document["escalation"] = {"id": escalation_id, **json.loads(escalation)}
     return document
 
 
@@ -68,7 +70,16 @@ def _row(document: dict[str, Any]) -> tuple:
             document["title"], document["message"], document["priority"],
             _json(document["data"]),
             document["action_url"], int(document["read"]), to_ms(document["read_at"]),
-            to_ms(document["created_at"]), to_ms(document["expires_at"]), document.get("event_id"))
+            to_ms(document["created_at"]), to_ms(document["expires_at"]), document.get("event_id"),
+            *_escalation_columns(document.get("escalation")))
+
+
+def _escalation_columns(escalation: dict[str, Any] | None) -> tuple[str | None, str | None]:
+    """A notification's escalation as its two columns: the id (indexed) and the rest as JSON."""
+    if escalation is None:
+        return None, None
+    rest = {name: value for name, value in escalation.items() if name != "id"}
+    return escalation["id"], _json(rest)
 
 
 def _broadcast_row(document: dict[str, Any]) -> tuple:

@@ -10,11 +10,14 @@ import sqlite3
 from ...model import PRIORITIES
 from ...tenants import DEFAULT
 from .execution import transaction
-from .rows import NEVER_MS, NOTIFICATION_COLUMNS
+from .rows import NEVER_MS
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
+# The notification columns files of schema 1 to 4 have (5 adds the escalation's two).
+EARLIER_NOTIFICATION_COLUMNS = ("id, user_id, seq, type, title, message, priority, data, "
+                                "action_url, read, read_at, created_at, expires_at, event_id")
 
 # Stored by user and sequence number (the table is its own (user_id, seq) index): a user's
 # page, backlog and unread ones are neighbours, and a new notification changes one page of the
@@ -36,6 +39,8 @@ CREATE TABLE IF NOT EXISTS notifications (
     created_at INTEGER NOT NULL,
     expires_at INTEGER NOT NULL,
     event_id TEXT,
+    escalation_id TEXT,
+    escalation TEXT,
     PRIMARY KEY (user_id, seq)
 ) WITHOUT ROWID"""
 
@@ -50,6 +55,12 @@ CREATE INDEX IF NOT EXISTS notifications_expiring ON notifications (expires_at)
 CREATE INDEX IF NOT EXISTS notifications_user_expiring ON notifications (user_id, expires_at)
     WHERE expires_at < {NEVER_MS};
 CREATE INDEX IF NOT EXISTS notifications_created ON notifications (created_at);
+-- An escalation's notifications (its recipients), and the escalations a user receives. Only
+-- escalations' notifications are in these indexes, so other insertions do not write them.
+CREATE INDEX IF NOT EXISTS notifications_escalation ON notifications (escalation_id, user_id)
+    WHERE escalation_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS notifications_user_escalation ON notifications (user_id, escalation_id)
+    WHERE escalation_id IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS user_state (
     user_id TEXT PRIMARY KEY,
@@ -126,6 +137,38 @@ CREATE TABLE IF NOT EXISTS topic_members (
     PRIMARY KEY (topic, member)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS topic_members_member ON topic_members (member, topic);
+
+-- An escalation is a JSON document (`body`) with the fields it is found by beside it: its key
+-- while it is unresolved (unique: one unresolved escalation per key), when its next step or
+-- lease is due, and its version, which every change compares and sets.
+CREATE TABLE IF NOT EXISTS escalations (
+    id TEXT PRIMARY KEY,
+    live_key TEXT,
+    state TEXT NOT NULL,
+    due_at INTEGER,
+    version INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    body TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS escalations_live_key ON escalations (live_key)
+    WHERE live_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS escalations_due ON escalations (due_at) WHERE due_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS escalations_updated ON escalations (updated_at);
+
+-- What happened to an escalation, in order. `once` (when set) keeps an event that may be
+-- reported by several processes or tabs (seen, delivered) to one row.
+CREATE TABLE IF NOT EXISTS escalation_events (
+    position INTEGER PRIMARY KEY,
+    escalation_id TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    user_id TEXT,
+    step INTEGER,
+    channel TEXT,
+    once TEXT UNIQUE
+);
+CREATE INDEX IF NOT EXISTS escalation_events_of ON escalation_events (escalation_id, at);
 """
 
 
@@ -143,6 +186,8 @@ def _create_schema(connection: sqlite3.Connection) -> None:
             _cluster_notifications(connection)
         if version in (1, 2, 3):
             _broadcast_audiences(connection)
+        if version in (2, 3, 4):
+            _escalation_columns(connection)
         for statement in SCHEMA.split(";"):
             if statement.strip():
                 connection.execute(statement)
@@ -160,6 +205,15 @@ def _broadcast_audiences(connection: sqlite3.Connection) -> None:
     columns = {row[1] for row in connection.execute("PRAGMA table_info(broadcasts)")}
     if columns and "audience" not in columns:
         connection.execute(f"ALTER TABLE broadcasts ADD COLUMN {BROADCAST_AUDIENCE}")
+
+
+def _escalation_columns(connection: sqlite3.Connection) -> None:
+    """Schema 4 → 5: a notification may belong to an escalation (columns with no default: no
+    row is rewritten). Before the schema's statements, which index them."""
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(notifications)")}
+    for column in ("escalation_id", "escalation"):
+        if columns and column not in columns:
+            connection.execute(f"ALTER TABLE notifications ADD COLUMN {column} TEXT")
 
 
 def _owned_claims(connection: sqlite3.Connection) -> None:
@@ -195,6 +249,6 @@ def _cluster_notifications(connection: sqlite3.Connection) -> None:
     connection.execute("ALTER TABLE notifications RENAME TO notifications_schema1")
     connection.execute(CREATE_NOTIFICATIONS)
     connection.execute(f"""
-        INSERT INTO notifications ({NOTIFICATION_COLUMNS})
-        SELECT {NOTIFICATION_COLUMNS} FROM notifications_schema1 ORDER BY user_id, seq""")
+        INSERT INTO notifications ({EARLIER_NOTIFICATION_COLUMNS})
+        SELECT {EARLIER_NOTIFICATION_COLUMNS} FROM notifications_schema1 ORDER BY user_id, seq""")
     connection.execute("DROP TABLE notifications_schema1")  # and its indexes

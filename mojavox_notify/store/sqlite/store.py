@@ -21,9 +21,10 @@ from ...model import ChannelPreference, Draft, PushSubscription, utcnow
 from ...settings import StorageSettings
 from .. import (ClaimLostError, Created, EventClaim, Insertion, NotificationStore, PushJob, UserState,
                push_flags)
+from . import escalations
 from .execution import KEPT_WRITING, TURN_TAKEN, Execution, WriteTurn
 from .importing import _import, _rebuild_states
-from .insertion import _insert_many
+from .insertion import _insert_many, _queue_pushes
 from .queries import (CLEANUP_CHUNK, _active_broadcasts, _channel_settings, _claim_event,
                       _claim_pushes, _delete, _delete_expired_chunk, _execute, _mark_all_read,
                       _mark_read, _page, _preferences, _save_subscription, _select, _state_rows,
@@ -256,6 +257,42 @@ class SqliteStore(NotificationStore):
             SELECT topic FROM topic_members WHERE member = ? ORDER BY topic""", (member,))
         return [topic for (topic,) in rows]
 
+    # -- escalations ---------------------------------------------------------------------------
+
+    async def open_escalation(self, document: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        return await self._write(escalations._open, document)
+
+    async def escalation(self, escalation_id: str) -> dict[str, Any] | None:
+        return await self._read(escalations._one, "id", escalation_id)
+
+    async def unresolved_escalation(self, key: str) -> dict[str, Any] | None:
+        return await self._read(escalations._one, "live_key", key)
+
+    async def change_escalations(self, changes: Sequence[tuple[dict[str, Any], int, dict[str, Any]]]
+                                 ) -> list[bool]:
+        return await self._write(escalations._change, changes) if changes else []
+
+    async def due_escalations(self, now_ms: int, limit: int) -> list[dict[str, Any]]:
+        return await self._read(escalations._due, now_ms, limit)
+
+    async def escalation_recipients(self, escalation_ids: Sequence[str]
+                                    ) -> dict[str, list[dict[str, Any]]]:
+        return await self._read(escalations._recipients, list(dict.fromkeys(escalation_ids)))
+
+    async def escalations_of(self, user_id: str, states: Sequence[str],
+                             limit: int) -> list[dict[str, Any]]:
+        return await self._read(escalations._of_user, user_id, states, limit)
+
+    async def add_escalation_events(self, events: Sequence[dict[str, Any]]) -> None:
+        if events:
+            await self._write(escalations._add_events, events)
+
+    async def escalation_events(self, escalation_id: str) -> list[dict[str, Any]]:
+        return await self._read(escalations._events, escalation_id)
+
+    async def delete_finished_escalations(self, before_ms: int) -> int:
+        return await self._background(escalations._delete_finished, before_ms)
+
     # -- channel preferences -----------------------------------------------------------------
 
     async def preferences_of_many(self, user_ids: Iterable[str]) -> dict[str, dict[str, ChannelPreference]]:
@@ -303,6 +340,11 @@ class SqliteStore(NotificationStore):
         return [PushJob(str(id_), user_id, notification_id, priority, from_ms(created_at),
                         attempts, tuple(json.loads(done)))
                 for id_, user_id, notification_id, priority, created_at, attempts, done in rows]
+
+    async def queue_pushes(self, jobs: Sequence[tuple[str, str, str]]) -> int:
+        if not jobs:
+            return 0
+        return await self._write(_queue_pushes, list(jobs), to_ms(utcnow()))
 
     async def reschedule_push(self, job_id: str, delay_seconds: float, attempts: int,
                               done: Sequence[str]) -> None:

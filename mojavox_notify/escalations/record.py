@@ -1,0 +1,125 @@
+"""The stored escalation and its state machine, as pure functions: each change is a new
+document with the next `version`, which the store sets only over the version it was made from
+(compare-and-set), so of two processes changing one escalation at once exactly one wins and
+the other reads it again.
+
+    open ──ack──▶ acknowledged ──resolve──▶ resolved
+      │                                       ▲
+      └─last step passed──▶ unanswered ──ack─┘ (resolve from any unresolved state)
+
+`due` is the next action of its policy and `due_at` when this process or any other must look
+at it: the action's time, or while a step is being sent, the end of that send's lease (a
+process killed mid-send leaves it due again, and the next one finishes the send).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any, Mapping
+
+from .. import tenants
+from ..ids import new_object_id
+from ..model import Draft
+from ..wire.escalation import to_escalation_payload
+from .policy import Action, Policy
+
+
+def new_escalation(draft: Draft, key: str | None, policy: Policy, now_ms: int) -> dict[str, Any]:
+    """The document of an escalation a draft opens; its key is the draft's, or its own id."""
+    escalation_id = str(new_object_id())
+    key = key or tenants.key(tenants.tenant_of(draft.user_id), f"escalation:{escalation_id}")
+    first = policy.first()
+    document = {
+        "_id": escalation_id, "key": key, "live_key": key, "type": draft.type,
+        "state": "open", "step": 0, "round": 0, "claim": policy.claim,
+        "policy": policy.to_document(),
+        "template": {"title": draft.title, "message": draft.message, "priority": draft.priority,
+                     "data": draft.data, "action_url": draft.action_url,
+                     "expires_at": None if draft.expires_at is None
+                     else int(draft.expires_at.timestamp() * 1000)},
+        "acknowledged_by": None, "acknowledged_at": None, "acknowledgers": [],
+        "resolved_at": None, "resolution": None,
+        "created_at": now_ms, "updated_at": now_ms, "version": 1,
+        "sending": None, "due": None, "due_at": None,
+    }
+    return _schedule(document, first)
+
+
+def policy_of(document: Mapping[str, Any]) -> Policy:
+    return Policy.from_document(document["policy"])
+
+
+def shown(document: Mapping[str, Any]) -> dict[str, Any]:
+    return to_escalation_payload(document)
+
+
+def notification_part(document: Mapping[str, Any], step: int, round_: int) -> dict[str, Any]:
+    """What a notification of this escalation stores: which step told its user, and the
+    escalation as clients see it (kept current by every change)."""
+    return {"id": document["_id"], "step": step, "round": round_, "shown": shown(document)}
+
+
+def _next(document: Mapping[str, Any], now_ms: int, **changes: Any) -> dict[str, Any]:
+    return {**document, **changes, "version": document["version"] + 1, "updated_at": now_ms}
+
+
+def _schedule(document: dict[str, Any], action: Action | None) -> dict[str, Any]:
+    """`due`/`due_at` set to `action` (or cleared), unless a send is under way: its lease
+    stays the due time until it is finished."""
+    document["due"] = None if action is None else asdict(action)
+    if document.get("sending") is None:
+        document["due_at"] = (None if action is None
+                              else document["created_at"] + policy_of(document).offset_ms(action))
+    return document
+
+
+def due_action(document: Mapping[str, Any]) -> Action | None:
+    due = document.get("due")
+    return None if due is None else Action(**due)
+
+
+def acknowledged(document: Mapping[str, Any], user_id: str, now_ms: int) -> dict[str, Any]:
+    """The first acknowledgement: no further step (and no unanswered mark) will come."""
+    changed = _next(document, now_ms, state="acknowledged", acknowledged_by=user_id,
+                    acknowledged_at=now_ms, acknowledgers=[*document["acknowledgers"], user_id])
+    return _schedule(changed, None)
+
+
+def also_acknowledged(document: Mapping[str, Any], user_id: str, now_ms: int) -> dict[str, Any]:
+    """A later acknowledgement of an escalation that does not claim: recorded beside the first."""
+    return _next(document, now_ms, acknowledgers=[*document["acknowledgers"], user_id])
+
+
+def resolved(document: Mapping[str, Any], resolution: str | None, now_ms: int) -> dict[str, Any]:
+    changed = _next(document, now_ms, state="resolved", resolved_at=now_ms,
+                    resolution=resolution, live_key=None)
+    return _schedule(changed, None)
+
+
+def unanswered(document: Mapping[str, Any], now_ms: int) -> dict[str, Any]:
+    return _schedule(_next(document, now_ms, state="unanswered"), None)
+
+
+def step_started(document: Mapping[str, Any], action: Action, now_ms: int,
+                 lease_ms: int) -> dict[str, Any]:
+    """Step `action` fires: it is the escalation's step now, its send holds a lease until
+    `now + lease`, and the following action is scheduled behind it."""
+    changed = _next(document, now_ms, step=action.step, round=action.round,
+                    sending={"round": action.round, "step": action.step,
+                             "until": now_ms + lease_ms},
+                    due_at=now_ms + lease_ms)
+    return _schedule(changed, policy_of(document).after(action))
+
+
+def send_relet(document: Mapping[str, Any], now_ms: int, lease_ms: int) -> dict[str, Any]:
+    """A send whose lease ran out (its process died) taken on by this one."""
+    sending = {**document["sending"], "until": now_ms + lease_ms}
+    return _next(document, now_ms, sending=sending, due_at=now_ms + lease_ms)
+
+
+def send_finished(document: Mapping[str, Any], now_ms: int) -> dict[str, Any]:
+    """The step's notifications are stored: what is due next is due at its own time (nothing,
+    once acknowledged or resolved meanwhile)."""
+    changed = _next(document, now_ms, sending=None)
+    action = due_action(changed) if changed["state"] == "open" else None
+    return _schedule(changed, action)

@@ -1,0 +1,138 @@
+"""The MongoDB engine's escalations: one document each in `escalations` (its `live_key` only
+while unresolved, under a sparse unique index), its timeline in `escalation_events`, its
+recipients the notifications carrying `escalation.id`. `MongoStore` delegates here.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Awaitable, Callable, Sequence
+
+from pymongo import ASCENDING, DESCENDING, InsertOne
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+from .documents import Collections, to_ms
+
+DUPLICATE_KEY = 11000
+
+
+def _stored_form(document: dict[str, Any]) -> dict[str, Any]:
+    """Without the fields that are absent rather than empty (a sparse index skips only those)."""
+    return {name: value for name, value in document.items()
+            if not (name == "live_key" and value is None)}
+
+
+def _caller_form(document: dict[str, Any] | None) -> dict[str, Any] | None:
+    if document is not None:
+        document.setdefault("live_key", None)
+    return document
+
+
+async def open_escalation(collections: Collections, document: dict[str, Any]) -> tuple[dict, bool]:
+    """Inserted unless its key has an unresolved escalation; the unique index decides, and an
+    escalation resolved between the refusal and the look-up lets the next attempt insert."""
+    while True:
+        try:
+            await collections.escalation_records.insert_one(_stored_form(document))
+            return document, True
+        except DuplicateKeyError:
+            existing = await collections.escalation_records.find_one({"live_key": document["live_key"]})
+            if existing is not None:
+                return _caller_form(existing), False
+
+
+async def escalation(collections: Collections, query: dict[str, Any]) -> dict | None:
+    return _caller_form(await collections.escalation_records.find_one(query))
+
+
+async def change_escalations(collections: Collections,
+                             changes: Sequence[tuple[dict[str, Any], int, dict[str, Any]]],
+                             transaction: Callable[..., Awaitable[Any]]) -> list[bool]:
+    async def work(session) -> list[bool]:
+        stored = []
+        for document, expected, shown in changes:
+            result = await collections.escalation_records.replace_one(
+                {"_id": document["_id"], "version": expected}, _stored_form(document),
+                session=session)
+            if result.matched_count:
+                await collections.notifications.update_many(
+                    {"escalation.id": document["_id"]}, {"$set": {"escalation.shown": shown}},
+                    session=session)
+            stored.append(bool(result.matched_count))
+        return stored
+    return await transaction(work)
+
+
+async def due_escalations(collections: Collections, now_ms: int, limit: int) -> list[dict]:
+    found = await collections.escalation_records.find({"due_at": {"$lte": now_ms}}).sort(
+        "due_at", ASCENDING).limit(limit).to_list(length=None)
+    return [_caller_form(document) for document in found]
+
+
+async def recipients(collections: Collections, escalation_ids: list[str]) -> dict[str, list]:
+    found = await collections.notifications.find(
+        {"escalation.id": {"$in": escalation_ids}},
+        {"user_id": 1, "escalation": 1, "created_at": 1, "read": 1, "read_at": 1}).sort(
+        [("created_at", ASCENDING), ("_id", ASCENDING)]).to_list(length=None)
+    recipients: dict[str, list] = {escalation_id: [] for escalation_id in escalation_ids}
+    for document in found:
+        told = document["escalation"]
+        recipients[told["id"]].append({
+            "user_id": document["user_id"], "notification_id": str(document["_id"]),
+            "step": told.get("step", 0), "round": told.get("round", 0),
+            "created_at": _ms(document["created_at"]), "read": document["read"],
+            "read_at": _ms(document.get("read_at"))})
+    return recipients
+
+
+async def escalations_of(collections: Collections, user_id: str, states: Sequence[str],
+                         limit: int) -> list[dict]:
+    ids = await collections.notifications.distinct(
+        "escalation.id", {"user_id": user_id, "escalation.id": {"$exists": True}})
+    if not ids:
+        return []
+    found = await collections.escalation_records.find(
+        {"_id": {"$in": ids}, "state": {"$in": list(states)}}).sort(
+        [("created_at", DESCENDING), ("_id", DESCENDING)]).limit(limit).to_list(length=None)
+    return [_caller_form(document) for document in found]
+
+
+async def add_events(collections: Collections, events: Sequence[dict[str, Any]]) -> None:
+    """Unordered, so an event already stored under its `once` skips only itself."""
+    operations = [InsertOne({name: value for name, value in event.items() if value is not None})
+                  for event in events]
+    try:
+        await collections.escalation_lines.bulk_write(operations, ordered=False)
+    except BulkWriteError as error:
+        if any(failure.get("code") != DUPLICATE_KEY for failure in error.details["writeErrors"]):
+            raise
+
+
+async def events(collections: Collections, escalation_id: str) -> list[dict]:
+    found = await collections.escalation_lines.find({"escalation_id": escalation_id}).sort(
+        [("at", ASCENDING), ("_id", ASCENDING)]).to_list(length=None)
+    return [{name: document.get(name) for name in
+             ("escalation_id", "at", "event", "user_id", "step", "channel", "once")}
+            for document in found]
+
+
+async def delete_finished(collections: Collections, before_ms: int) -> int:
+    ids = [document["_id"] for document in await collections.escalation_records.find(
+        {"state": {"$in": ["resolved", "unanswered"]}, "updated_at": {"$lt": before_ms}},
+        {"_id": 1}).to_list(length=None)]
+    if ids:
+        await collections.escalation_lines.delete_many({"escalation_id": {"$in": ids}})
+        await collections.escalation_records.delete_many({"_id": {"$in": ids}})
+    return len(ids)
+
+
+def _ms(moment) -> int | None:
+    """Epoch ms of a stored time; a time set by an update may come back from nx-27017 (the
+    test server) as its ISO text."""
+    if moment is None:
+        return None
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return to_ms(moment)
