@@ -97,6 +97,7 @@ def test_react_package_against_a_running_server(server, escalation_server):
     counts = re.search(r"Tests\s+(?:(\d+) passed)?(?:\s*\|\s*)?(?:(\d+) skipped)?", output)
     assert counts, output
     passed, skipped = int(counts.group(1) or 0), int(counts.group(2) or 0)
+    print(f"vitest: {passed} passed, {skipped} skipped")
     assert passed + skipped >= 20 and passed >= 17, output
     if skipped:
         assert escalation_server is None or not client_has_ack(), \

@@ -1,7 +1,8 @@
 // Type declarations of mojavox-notify.js, kept by hand beside it. tests/test_js_types.py checks
 // them against the module in `make test`: every export, public method and property, option and
-// event of the JavaScript must be declared here and every declaration must exist there, and
-// test/types/usage.ts must compile with `tsc --noEmit --strict`.
+// event of the JavaScript must be declared here and every declaration must exist there
+// (test/types/drift.mjs); their types must fit those of the module's JSDoc
+// (test/types/compat.ts); and test/types/usage.ts must compile with `tsc --noEmit --strict`.
 
 export type Priority = 'low' | 'medium' | 'high' | 'critical';
 
@@ -10,19 +11,29 @@ export type Priority = 'low' | 'medium' | 'high' | 'critical';
 export type EscalationState = 'open' | 'acknowledged' | 'resolved' | 'unanswered';
 
 /** An escalation (a `call_escalation` that must be taken by someone): every notification of one
- * escalation, across steps and recipients, shares its `id`. */
+ * escalation, across steps and recipients, shares its `id`. Times are ISO 8601. */
 export interface Escalation {
   id: string;
   /** A business key, `call:<callId>` for calls. */
   key: string;
   state: EscalationState;
-  /** The step reached, 0 before the first escalation step fired. */
+  /** The last step of its policy that ran (0: the first recipients only). */
   step: number;
+  /** Who took it. */
   acknowledgedBy: string | null;
   acknowledgedAt: string | null;
   resolvedAt: string | null;
+  /** Why it was resolved, e.g. "call ended". */
   resolution: string | null;
+  /** When it was opened (its waiting time counts from here). */
+  createdAt: string;
 }
+
+/** One of `escalations()`: with the caller's newest notification of it, to `ack` with. */
+export type ListedEscalation = Escalation & { notificationId: string };
+
+/** What `escalations()` lists: one state, or `unresolved` (every state but resolved). */
+export type EscalationFilter = EscalationState | 'unresolved';
 
 /** A notification as the server sends it (`timestamp` is ISO 8601 with milliseconds, UTC). */
 export interface Notification {
@@ -107,7 +118,9 @@ export interface ClientEvents {
   token_refreshed: { expiresAt: string };
   subscribed: { channels: string[] };
   pong: { timestamp: string };
-  /** An escalation the user receives changed (acknowledged, escalated, resolved, unanswered). */
+  /** One of the user's escalations changed (taken, escalated a step, resolved, unanswered), on
+   * every socket whatever its channels. A reconnection replays notifications, not these
+   * changes: read `escalations()` after one. */
   escalation: Escalation;
   /** A server `error` frame, or `token_unavailable`, `token_expiring`, `anchor_failed`. */
   error: { code: string; message: string };
@@ -115,8 +128,8 @@ export interface ClientEvents {
 
 export type ClientEvent = keyof ClientEvents;
 
-/** A `WebSocket`-compatible constructor (the browser's, Node's, or a test's). */
-export type WebSocketConstructor = new (url: string | URL, protocols?: string | string[]) => WebSocket;
+/** The `WebSocket` constructor to use (the browser's, Node's, or a subclass). */
+export type WebSocketConstructor = typeof WebSocket;
 
 export interface ClientOptions {
   /** The server's base URL, e.g. "https://notify.mojavox.ai" (the socket URL is derived). */
@@ -155,14 +168,17 @@ export interface PushSubscriptionData {
   keys: { p256dh: string; auth: string };
 }
 
-/** An error answer of the REST API: `status` and the server's `code`. */
+/** An error answer of the REST API: `status` and the server's `code`; for a refused `ack`
+ * (409 `already_acknowledged` or `escalation_resolved`), `escalation` as it is now. */
 export class NotifyApiError extends Error {
-  constructor(status: number, code: string, message: string, retryAfter?: number | null);
-  readonly name: 'NotifyApiError';
+  constructor(status: number, code: string, message: string, retryAfter?: number | null,
+    escalation?: Escalation | null);
   status: number;
   code: string;
   /** Seconds, for 429. */
   retryAfter: number | null;
+  /** What a refused `ack` answered with (who took it), else null. */
+  escalation: Escalation | null;
 }
 
 /** The delay before reconnection attempt `attempt` (1, 2, ...): exponential, capped, jittered
@@ -227,13 +243,16 @@ export class NotifyClient {
   savePushSubscription(subscription: PushSubscription | PushSubscriptionData): Promise<void>;
   removePushSubscription(endpoint: string): Promise<void>;
 
-  /** Acknowledge (take) the escalation of this notification: every recipient hears `escalation`.
-   * Rejects with 409 `already_acknowledged` / `escalation_resolved`, 404 for a non-recipient. */
-  ack(notificationId: string): Promise<{ escalation: Escalation }>;
-  /** Report these notifications as seen on screen (recorded for escalations; read state is unchanged). */
+  /** Take the escalation of one of the user's notifications; resolves with it as it is now
+   * (every recipient's sockets hear `escalation`). Rejects with a NotifyApiError: 409
+   * `already_acknowledged` (`error.escalation.acknowledgedBy` says who) or `escalation_resolved`,
+   * 404 when the notification is not the user's or belongs to no escalation. */
+  ack(notificationId: string): Promise<Escalation>;
+  /** Report notifications the user has on screen (their escalations' timelines record `seen`;
+   * read state is unchanged). Over the socket when it is open, else over REST. */
   markSeen(notificationIds: string[]): Promise<void>;
-  /** The escalations the user receives, newest first (`state: 'open'` for the open ones). */
-  escalations(options?: { state?: EscalationState }): Promise<{ escalations: Escalation[] }>;
+  /** The escalations the user received, newest first: the open ones by default. */
+  escalations(options?: { state?: EscalationFilter }): Promise<ListedEscalation[]>;
 }
 
 export default NotifyClient;

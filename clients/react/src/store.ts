@@ -403,14 +403,19 @@ export class NotifyStore {
     });
   }
 
+  /** The open escalations as the server has them now: on every connection, since a
+   * reconnection replays notifications but not the escalations' changes. */
   private async loadEscalations(): Promise<void> {
     const client = this.getClient();
     if (typeof client.escalations !== 'function') return; // a client from before escalations
     try {
-      const answer: unknown = await client.escalations({ state: 'open' });
-      // `{escalations: [...]}` as the REST endpoint answers it (a bare list is taken too).
-      const list = (Array.isArray(answer) ? answer : (answer as { escalations?: Escalation[] }).escalations) ?? [];
-      for (const escalation of [...list].reverse()) this.receiveEscalation(escalation);
+      const listed = await client.escalations({ state: 'open' });
+      this.set((state) => ({
+        escalations: listed.filter((e) => e.state === 'open').map((e) => ({
+          ...e, notificationId: e.notificationId ?? state.escalations.find((known) => known.id === e.id)?.notificationId,
+        })),
+      }));
+      for (const escalation of listed) this.receiveEscalation(escalation, escalation.notificationId);
     } catch (error) {
       if (error instanceof NotifyApiError && error.status === 404) return; // a server from before escalations
       this.fail(asError(error, 'escalations'));
@@ -432,10 +437,12 @@ export class NotifyStore {
       return null;
     }
     try {
-      const { escalation } = await this.getClient().ack(notificationId);
+      const escalation = await this.getClient().ack(notificationId);
       this.receiveEscalation(escalation, notificationId);
       return escalation;
     } catch (error) {
+      // A refusal (409) carries the escalation as it is now: who took it shows at once.
+      if (error instanceof NotifyApiError && error.escalation) this.receiveEscalation(error.escalation, notificationId);
       this.fail(asError(error, 'ack', notificationId));
       return null;
     }

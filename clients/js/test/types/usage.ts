@@ -5,7 +5,7 @@
 import NotifyClientDefault, {
   NotifyApiError, NotifyClient, backoffDelay,
   type Broadcast, type ChannelSettings, type ClientOptions, type ConnectionState, type Escalation,
-  type EscalationState, type HistoryPage, type Notification, type Priority, type UnreadCount,
+  type EscalationFilter, type EscalationState, type HistoryPage, type ListedEscalation, type Notification, type Priority, type UnreadCount,
 } from '../../mojavox-notify.js';
 
 const options: ClientOptions = {
@@ -97,10 +97,15 @@ async function everyMethod(): Promise<void> {
   await client.savePushSubscription({ endpoint: 'https://push.example/1', keys: { p256dh: 'p', auth: 'a' } });
   await client.removePushSubscription('https://push.example/1');
   const health = await client.request<{ status: string }>('GET', '/healthz');
-  const { escalation }: { escalation: Escalation } = await client.ack(one.id);
+  const escalation: Escalation = await client.ack(one.id);
+  const opened: Date = new Date(escalation.createdAt);
   await client.markSeen([one.id]);
-  const open: Escalation[] = (await client.escalations({ state: 'open' })).escalations;
+  const filter: EscalationFilter = 'unresolved';
+  const open: ListedEscalation[] = await client.escalations({ state: 'open' });
+  const toAck: string | undefined = open[0]?.notificationId;
+  await client.escalations({ state: filter });
   await client.escalations();
+  void [opened, toAck];
   void [broadcasts, count, settings, stored, key, health.status, escalation, open];
   for (const off of offs) off();
   client.close();
@@ -114,7 +119,8 @@ async function errors(): Promise<void> {
       const status: number = error.status;
       const code: string = error.code;
       const retryAfter: number | null = error.retryAfter;
-      void [status, code, retryAfter, error.message];
+      const takenBy: string | null | undefined = error.escalation?.acknowledgedBy;
+      void [status, code, retryAfter, takenBy, error.message];
     }
   }
   const made = new NotifyApiError(404, 'not_found', 'no such notification');
