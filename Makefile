@@ -5,15 +5,16 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq
-# The JavaScript client's tests need a WebSocket in node (20.10 and newer).
-NODE_MINIMUM := 20.10
+# The JavaScript client's tests need a WebSocket in node (20.10 and newer); the React package's
+# tools (Vite 8, Vitest 4) need 20.19.
+NODE_MINIMUM := 20.19
 
-.PHONY: run test install lock system-packages clean
+.PHONY: run test install lock system-packages node-packages clean
 
 run: $(STAMP)
 	$(BIN)/mojavox-notify serve --settings settings.yaml
 
-test: $(STAMP) system-packages
+test: $(STAMP) system-packages node-packages
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 install: $(STAMP)
@@ -41,8 +42,19 @@ system-packages:
 		echo "installing chromium"; $(APT_INSTALL) chromium; }
 	@command -v node >/dev/null 2>&1 || { \
 		echo "installing nodejs"; $(APT_INSTALL) nodejs; }
+	@command -v npm >/dev/null 2>&1 || { \
+		echo "installing npm"; $(APT_INSTALL) npm; }
 	@node -e 'const [a, b] = process.versions.node.split(".").map(Number); const [x, y] = "$(NODE_MINIMUM)".split(".").map(Number); process.exit(a > x || (a === x && b >= y) ? 0 : 1)' || { \
-		echo "node $$(node --version) is too old: the JavaScript client's tests need node >= $(NODE_MINIMUM) (https://nodejs.org or NodeSource's packages)" >&2; exit 1; }
+		echo "node $$(node --version) is too old: the JavaScript client's and React package's tests need node >= $(NODE_MINIMUM) (https://nodejs.org or NodeSource's packages)" >&2; exit 1; }
+
+# The browser clients' npm workspace (clients/js types, clients/react, its example): exactly
+# clients/package-lock.json, again only when the lock file changed.
+NODE_STAMP := clients/node_modules/.package-lock.json
+node-packages: $(NODE_STAMP)
+
+$(NODE_STAMP): clients/package-lock.json | system-packages
+	npm ci --prefix clients --no-audit --no-fund
+	touch $(NODE_STAMP)
 
 clean:
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) *.egg-info clients/node_modules clients/react/dist clients/react/example/dist
