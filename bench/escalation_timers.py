@@ -98,8 +98,9 @@ class Server:
     """`mojavox-notify serve` on `folder`, with the policy's one step `wait` seconds after an
     escalation opens. Started again (same folder, port and store) for each wave."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, batch: int = 500):
         self.folder = folder
+        self.batch = batch
         self.port = free_port()
         self.metrics_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -116,6 +117,7 @@ class Server:
             "rate_limits:\n  notifications_per_minute: 0\n  requests_per_minute: 0\n"
             "retention:\n  cleanup_interval_minutes: 0\n"
             f"metrics:\n  access: port\n  port: {self.metrics_port}\n"
+            f"escalation_timers:\n  batch: {self.batch}\n"
             "logging:\n  level: WARNING\n"
             "escalations:\n  call_escalation:\n    claim: true\n"
             "    unanswered_after_seconds: 3600\n"  # no second wave of `unanswered` in the run
@@ -340,7 +342,7 @@ def histogram_within(metrics: str, name: str, bound: str) -> tuple[float, float]
 # -- the run ---------------------------------------------------------------------------------------
 
 async def run(args, folder: Path) -> dict:
-    server = Server(folder)
+    server = Server(folder, args.batch)
     sockets = Sockets()
     connector = aiohttp.TCPConnector(limit=0)
     started = time.time()
@@ -429,7 +431,7 @@ def report(args, result: dict) -> None:
     print(f"opened in {len(waves)} waves (restarts; each within {args.wave_seconds:g} s: "
           f"{min(w['seconds'] for w in waves):.2f}-{max(w['seconds'] for w in waves):.2f} s, "
           f"{min(w['opened'] for w in waves)}-{max(w['opened'] for w in waves)} each), "
-          f"{args.concurrency} in flight; "
+          f"{args.concurrency} in flight; escalation_timers.batch {args.batch}; "
           f"due times span {1000 * (max(dues) - first_due):.0f} ms; "
           f"{args.tenants} centers, a step tells the center's {MANAGER}, "
           f"{result['live']} of them with a live socket\n")
@@ -489,6 +491,8 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--idle-seconds", type=float, default=10.0,
                         help="seconds of the idle create-latency measurement")
     parser.add_argument("--probe-rate", type=float, default=50.0, help="plain creates a second")
+    parser.add_argument("--batch", type=int, default=500,
+                        help="escalation_timers.batch: due escalations taken on in one round")
     parser.add_argument("--keep", action="store_true", help="keep the server's folder")
     return parser.parse_args(argv)
 
