@@ -45,7 +45,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -63,6 +62,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import leanws  # noqa: E402  (bench/, beside this file)
 from mojavox_notify.auth import mint_token  # noqa: E402
+from soak import free_port, percentile  # noqa: E402  (the soak's helpers)
 
 SECRET = "escalation-benchmark-secret-of-at-least-32-bytes"
 MANAGER = "floor-manager"
@@ -72,16 +72,6 @@ P99_RATIO_TARGET = 1.2
 PHASE_TIMEOUT = 120.0
 MAX_LATE_STARTS = 5
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
 
 
 def token(user: str, roles: tuple[str, ...] = (), tenant: str | None = None) -> str:

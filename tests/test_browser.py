@@ -356,12 +356,9 @@ def test_token_field_signs_in_and_a_refused_token_asks_again(context, server):
     expect(page.locator("#list-end")).to_have_text("No notifications yet.")
 
 
-def test_service_worker_shows_the_push_payload_full_or_minimal(context, server):
-    user = new_user("push")
-    bearer = token(user)
-    context.grant_permissions(["notifications"], origin=server.url)
-    page = open_center(context, server, user, bearer)
-    expect(page.locator("#push-toggle")).to_be_enabled()  # VAPID configured, push supported
+def running_service_worker(context, page):
+    """Wait until the page's service worker is activated and running: its DevTools session (to
+    deliver pushes to it) and its activated versions."""
     page.evaluate("navigator.serviceWorker.ready.then(() => true)")
     cdp = context.new_cdp_session(page)
     versions = []
@@ -373,6 +370,15 @@ def test_service_worker_shows_the_push_payload_full_or_minimal(context, server):
             break
         page.wait_for_timeout(50)
     assert activated and context.service_workers, versions
+    return cdp, activated
+
+def test_service_worker_shows_the_push_payload_full_or_minimal(context, server):
+    user = new_user("push")
+    bearer = token(user)
+    context.grant_permissions(["notifications"], origin=server.url)
+    page = open_center(context, server, user, bearer)
+    expect(page.locator("#push-toggle")).to_be_enabled()  # VAPID configured, push supported
+    cdp, activated = running_service_worker(context, page)
     registration_id = activated[-1]["registrationId"]
     # What the worker asks the browser to show, recorded on its way to the real API: headless
     # chromium may take a notification off screen at once unless it requires interaction.
@@ -844,17 +850,7 @@ def test_the_service_worker_closes_the_escalation_when_the_resolving_push_arrive
     # Deaf to escalation frames: an open page would close the notification itself on hearing
     # of the resolution; here only the push can.
     page, _ = deaf_page(context, escalating, user)
-    page.evaluate("navigator.serviceWorker.ready.then(() => true)")
-    cdp = context.new_cdp_session(page)
-    versions = []
-    cdp.on("ServiceWorker.workerVersionUpdated", lambda event: versions.extend(event["versions"]))
-    cdp.send("ServiceWorker.enable")
-    for _ in range(100):
-        activated = [v for v in versions if v["status"] == "activated" and v["runningStatus"] == "running"]
-        if activated and context.service_workers:
-            break
-        page.wait_for_timeout(50)
-    assert activated and context.service_workers, versions
+    cdp, activated = running_service_worker(context, page)
     worker = context.service_workers[0]
     worker.evaluate("""() => {
         self.closedForTest = [];

@@ -451,3 +451,36 @@ async def test_an_acknowledgement_during_a_steps_send_keeps_and_nothing_more_fir
     assert page["notifications"] == []  # step 2 never did
     status, mine = await app.api.get(f"/api/notifications/{notification_id}", token(first))
     assert mine["escalation"]["state"] == "acknowledged" and mine["escalation"]["step"] == 1
+
+
+@both_engines
+@bounded
+async def test_a_send_cut_short_by_storage_is_finished_once_after_its_lease(start_app):
+    from mojavox_notify.errors import StorageUnavailableError
+    first, backup = new_user("supervisor"), new_user("backup")
+    app = await start_app(**policy((0.3, {"users": [backup]})),
+                          **{"escalation_timers.lease_seconds": 2})
+    create_many = app.service.create_many
+    failed = asyncio.Event()
+
+    async def fails_once_for_the_step(drafts, **kwargs):
+        if not failed.is_set() and any(d.escalation and d.escalation["step"] == 1 for d in drafts):
+            failed.set()
+            raise StorageUnavailableError("the disk stalled")
+        return await create_many(drafts, **kwargs)
+
+    app.service.create_many = fails_once_for_the_step
+    await escalate(app, first, "call-13")
+    await asyncio.wait_for(failed.wait(), 3)
+    status, page = await app.api.get("/api/notifications", token(backup))
+    assert page["notifications"] == []
+    deadline = time.monotonic() + 6
+    while time.monotonic() < deadline and not page["notifications"]:
+        await asyncio.sleep(0.2)
+        status, page = await app.api.get("/api/notifications", token(backup))
+    [told] = page["notifications"]  # the lease ended, the next round finished the send
+    await asyncio.sleep(2.5)  # and not again after another lease
+    status, page = await app.api.get("/api/notifications", token(backup))
+    assert [n["id"] for n in page["notifications"]] == [told["id"]]
+    status, detail = await app.api.get(f"/api/escalations/{told['escalation']['id']}", SERVICE)
+    assert [line["event"] for line in detail["timeline"]].count("escalated") == 1

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 #: Rounds whose steps' notifications are being created at once (run()).
 MAX_SENDING = 2
+#: After a storage failure, the timers look again this much later (the watchdog reports it).
+STORAGE_RETRY_SECONDS = 1.0
 
 
 class EscalationTimers:
@@ -63,14 +65,24 @@ class EscalationTimers:
         supervised task: a failure is logged and the task restarted). The steps' sends of one
         round go on while the next round is taken on (at most MAX_SENDING rounds at once), so
         the storage's thread and the event loop work at the same time."""
+        try:
+            await self._rounds()
+        finally:  # stopped (or failed): a send cut short here is finished after its lease
+            for task in list(self._sending):
+                task.cancel()
+            await asyncio.gather(*self._sending, return_exceptions=True)
+
+    async def _rounds(self) -> None:
         while True:
             try:
                 fired = await self.fire_due(wait=False)
             except StorageUnavailableError as error:
                 # What was stored stays due (a send begun keeps its lease): the next round, or
                 # another process, takes it on.
-                log.warning("escalation timers: storage failed (%s); trying again", error.message)
-                fired = 0
+                log.warning("escalation timers: storage failed (%s); trying again in %g s",
+                            error.message, STORAGE_RETRY_SECONDS)
+                await asyncio.sleep(STORAGE_RETRY_SECONDS)
+                continue
             if fired >= self._batch:
                 continue  # more are due right now
             now = now_ms()
