@@ -413,7 +413,11 @@ class NotifyApp:
             log.warning("stopping with %d requests still in flight", len(self.in_flight))
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=SHUTDOWN_GRACE_SECONDS)
+            for task in stuck:  # named, so a task that ignores its cancellation can be found
+                log.warning("background task %s did not stop within %g s of its cancellation",
+                            task.get_name(), SHUTDOWN_GRACE_SECONDS)
         self._tasks.clear()
         if self.journal is not None:
             try:

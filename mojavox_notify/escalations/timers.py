@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 #: Rounds whose steps' notifications are being created at once (run()).
 MAX_SENDING = 2
+#: How long stopping waits for the sends it cancelled (their leases cover what is cut short).
+SEND_CANCEL_SECONDS = 2.0
 #: After a storage failure, the timers look again this much later (the watchdog reports it).
 STORAGE_RETRY_SECONDS = 1.0
 
@@ -70,7 +72,8 @@ class EscalationTimers:
         finally:  # stopped (or failed): a send cut short here is finished after its lease
             for task in list(self._sending):
                 task.cancel()
-            await asyncio.gather(*self._sending, return_exceptions=True)
+            if self._sending:
+                await asyncio.wait(self._sending, timeout=SEND_CANCEL_SECONDS)
 
     async def _rounds(self) -> None:
         while True:
@@ -93,7 +96,10 @@ class EscalationTimers:
                     self._next_wake = None
             self._wake.clear()
             try:
-                await asyncio.wait_for(self._wake.wait(), wait_ms / 1000)
+                # Not asyncio.wait_for: on Python 3.11 it can swallow the task's cancellation
+                # when the wait ends at the same moment, and the timers would never stop.
+                async with asyncio.timeout(wait_ms / 1000):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
 
