@@ -484,3 +484,18 @@ async def test_a_send_cut_short_by_storage_is_finished_once_after_its_lease(star
     assert [n["id"] for n in page["notifications"]] == [told["id"]]
     status, detail = await app.api.get(f"/api/escalations/{told['escalation']['id']}", SERVICE)
     assert [line["event"] for line in detail["timeline"]].count("escalated") == 1
+
+
+@bounded
+async def test_the_timers_stop_when_cancelled_even_as_they_are_woken(start_app):
+    """A cancellation that comes at the moment the timers' wait ends is not lost (Python 3.11's
+    asyncio.wait_for could lose it, and an app's stop then never finished)."""
+    app = await start_app(**policy((30, {"users": [new_user()]})))
+    timers = app.escalation_timers
+    for _ in range(20):
+        task = asyncio.get_running_loop().create_task(timers.run())
+        await asyncio.sleep(0.02)  # waiting for its next look
+        timers.wake_at(0)  # its wait ends...
+        task.cancel()  # ...as it is cancelled
+        done, _ = await asyncio.wait([task], timeout=2)
+        assert done, "the timers kept running after their cancellation"
