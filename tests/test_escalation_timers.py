@@ -14,7 +14,6 @@ import re
 import time
 from datetime import datetime, timezone
 import urllib.request
-import uuid
 
 import pytest
 
@@ -26,15 +25,6 @@ from tests.support.waiting import wait_for
 
 SERVICE = token("call-service", ["service"])
 WAIT_SECONDS = 2.0
-
-
-@pytest.fixture
-def engine_settings(request, storage_engine, tmp_path) -> dict:
-    """What puts a `serve` on its own storage of the chosen engine."""
-    if storage_engine == "sqlite":
-        return {}
-    return {"storage.url": request.getfixturevalue("mongo_url"),
-            "mongodb.database": f"test_{uuid.uuid4().hex[:12]}"}
 
 
 def policy(backup_topic: str) -> dict:
@@ -60,9 +50,9 @@ def inbox(server: ServeProcess, user: str) -> list[dict]:
 @both_engines
 @pytest.mark.timeout(90)
 def test_a_step_due_while_the_server_was_down_fires_once_within_a_second_of_restart(
-        tmp_path, engine_settings):
+        tmp_path, storage_overrides):
     supervisor, backup = new_user("supervisor"), new_user("backup")
-    server = ServeProcess(tmp_path, **policy("backup"), **engine_settings).start()
+    server = ServeProcess(tmp_path, **policy("backup"), **storage_overrides).start()
     try:
         status, _ = server.call("PUT", "/api/topics/backup/members", SERVICE, {"add": [backup]})
         assert status == 200
@@ -92,14 +82,14 @@ def test_a_step_due_while_the_server_was_down_fires_once_within_a_second_of_rest
 
 
 @pytest.mark.timeout(120)
-def test_under_two_workers_each_step_fires_exactly_once(tmp_path, engine_settings,
+def test_under_two_workers_each_step_fires_exactly_once(tmp_path, storage_overrides,
                                                          redis_overrides):
     count = 40
     supervisors = [new_user("supervisor") for _ in range(count)]
     backups = [new_user("backup") for _ in range(count)]
     metrics_port = free_port()
     server = ServeProcess(
-        tmp_path, **policy("backups"), **engine_settings, **redis_overrides,
+        tmp_path, **policy("backups"), **storage_overrides, **redis_overrides,
         **{"server.workers": 2, "metrics.access": "port", "metrics.port": metrics_port,
            "escalation_timers.batch": 2}).start(timeout=40)
     try:

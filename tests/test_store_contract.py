@@ -20,6 +20,7 @@ from mojavox_notify.model import PRIORITIES, ChannelPreference, Draft, PushSubsc
 from mojavox_notify.store import (ClaimLostError, EventClaim, NotificationStore, TopicFullError,
                                   UserState, build_store)
 from mojavox_notify.store.mongo import MongoStore
+from mojavox_notify.wire.escalation import to_escalation_payload
 
 from .support.engines import both_engines
 from .support.tokens import new_user
@@ -650,7 +651,7 @@ async def test_one_unresolved_escalation_per_key_and_a_new_one_once_it_is_resolv
     assert not opened and again["_id"] == first["_id"] and again == first
     assert await store.unresolved_escalation(key) == first
     closed = record.resolved(first, "call ended", 2_000_000)
-    assert await store.change_escalations([(closed, first["version"], record.shown(closed))]) == [True]
+    assert await store.change_escalations([(closed, first["version"], to_escalation_payload(closed))]) == [True]
     assert await store.unresolved_escalation(key) is None
     assert await store.escalation(first["_id"]) == closed
     second, opened = await store.open_escalation(_escalation(key))
@@ -665,15 +666,15 @@ async def test_an_escalation_changes_only_over_the_version_it_was_read_at(open_s
     taken = record.acknowledged(document, "bob", 1_500_000)
     resolved = record.resolved(document, "call ended", 1_500_001)
     outcomes = await store.change_escalations([
-        (taken, document["version"], record.shown(taken)),
-        (resolved, document["version"], record.shown(resolved))])
+        (taken, document["version"], to_escalation_payload(taken)),
+        (resolved, document["version"], to_escalation_payload(resolved))])
     assert outcomes == [True, False]
     stored = await store.escalation(document["_id"])
     assert stored["state"] == "acknowledged" and stored["version"] == document["version"] + 1
     # Two processes at once: one of them wins.
     later = [record.resolved(stored, f"by {who}", 1_600_000) for who in ("one", "two")]
     results = await asyncio.gather(*(store.change_escalations(
-        [(change, stored["version"], record.shown(change))]) for change in later))
+        [(change, stored["version"], to_escalation_payload(change))]) for change in later))
     assert sorted(outcome for [outcome] in results) == [False, True]
 
 
@@ -691,7 +692,7 @@ async def test_escalation_notifications_are_its_recipients_and_carry_its_state(o
     assert [(r["user_id"], r["step"]) for r in recipients[document["_id"]]] == list(zip(users, (0, 1)))
     assert recipients["6b0f00000000000000000000"] == []
     taken = record.acknowledged(document, users[1], 1_700_000)
-    assert await store.change_escalations([(taken, document["version"], record.shown(taken))]) == [True]
+    assert await store.change_escalations([(taken, document["version"], to_escalation_payload(taken))]) == [True]
     for user, stored in zip(users, created):
         reread = await store.get(user, stored.document["_id"])
         assert reread["escalation"]["shown"]["acknowledgedBy"] == users[1]
@@ -726,7 +727,7 @@ async def test_due_escalations_come_earliest_first_and_finished_ones_are_forgott
     assert [d["due_at"] for d in await store.due_escalations(6_000, 10)] == [3_000, 5_000]
     assert len(await store.due_escalations(6_000, 1)) == 1
     closed = record.resolved(opened[0], None, 100)
-    await store.change_escalations([(closed, opened[0]["version"], record.shown(closed))])
+    await store.change_escalations([(closed, opened[0]["version"], to_escalation_payload(closed))])
     await store.add_escalation_events([{"escalation_id": closed["_id"], "at": 100,
                                         "event": "resolved", "step": 0}])
     assert await store.delete_finished_escalations(200) == 1
@@ -746,10 +747,10 @@ async def test_a_finished_send_clears_its_marker_and_keeps_a_change_made_meanwhi
             _escalation(tenants.key(tenants.DEFAULT, f"call:send-{index}")))
         started = record.step_started(document, Action(0, 1), 2_000_000, 15_000)
         assert await store.change_escalations(
-            [(started, document["version"], record.shown(started))]) == [True]
+            [(started, document["version"], to_escalation_payload(started))]) == [True]
         opened.append(started)
     taken = record.acknowledged(opened[1], "bob", 2_000_100)  # while its step was being sent
-    assert await store.change_escalations([(taken, opened[1]["version"], record.shown(taken))]) == [True]
+    assert await store.change_escalations([(taken, opened[1]["version"], to_escalation_payload(taken))]) == [True]
     await store.finish_escalation_sends(
         [(d["_id"], d["sending"], 2_100_000) for d in opened]
         + [(opened[0]["_id"], {**opened[0]["sending"], "until": 1}, 9_999_999)])  # not its send

@@ -58,17 +58,13 @@ def _parsed(policy: bytes) -> Policy:
     return Policy.from_document(orjson.loads(policy))
 
 
-def shown(document: Mapping[str, Any]) -> dict[str, Any]:
-    return to_escalation_payload(document)
-
-
 def notification_part(document: Mapping[str, Any], step: int, round_: int,
                       payload: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a notification of this escalation stores: which step told its user, and the
     escalation as clients see it (kept current by every change; `payload` when the caller
     has made it already)."""
     return {"id": document["_id"], "step": step, "round": round_,
-            "shown": payload or shown(document)}
+            "shown": payload or to_escalation_payload(document)}
 
 
 def _next(document: Mapping[str, Any], now_ms: int, **changes: Any) -> dict[str, Any]:

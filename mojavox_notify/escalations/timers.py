@@ -137,8 +137,8 @@ class EscalationTimers:
         ended = [changed for document, changed in won
                  if changed["state"] == "unanswered" and document["state"] != "unanswered"]
         sends = [changed for _, changed in won if changed.get("sending") is not None]
-        told = [*started, *ended]
-        recipients = await self.store.escalation_recipients([d["_id"] for d in [*told, *sends]])
+        told = [*started, *ended]  # (every started one is among the sends too)
+        recipients = await self.store.escalation_recipients([d["_id"] for d in [*ended, *sends]])
         await self.store.add_escalation_events(
             [{"escalation_id": d["_id"], "at": d["updated_at"], "event": "escalated",
               "step": d["step"]} for d in started]

@@ -1,10 +1,10 @@
 import { useCallback, useEffect, useMemo, useState, useSyncExternalStore } from 'react';
 
-import type { Broadcast, ConnectionState, Escalation } from '@mojavox/notify-client';
+import type { Broadcast, Escalation } from '@mojavox/notify-client';
 
 import { useNotifyStore } from './provider.js';
 import type { NotifyStore } from './store.js';
-import type { ByPriority, Notification, NotifyError, NotifyState, OpenEscalation } from './types.js';
+import type { ByPriority, NotifyError, NotifyState, OpenEscalation } from './types.js';
 
 function useNotifyState(store: NotifyStore): NotifyState {
   return useSyncExternalStore(store.subscribe, store.getSnapshot, store.getServerSnapshot);
@@ -17,21 +17,10 @@ function useSelected<T>(store: NotifyStore, select: (state: NotifyState) => T): 
     () => select(store.getServerSnapshot()));
 }
 
-export interface UseNotifications {
-  /** Newest first, each id once; `timestamp` is a Date. */
-  notifications: Notification[];
-  unreadCount: number;
-  byPriority: ByPriority;
-  connectionState: ConnectionState;
-  /** False until the first page of history arrived. */
-  loaded: boolean;
-  /** Older notifications are on the server: `loadMore()`. */
-  hasMore: boolean;
-  loadingMore: boolean;
-  /** The last failure (a refused REST call rolls its optimistic change back and lands here). */
-  error: NotifyError | null;
-  /** The user's tenant, from the socket's `connected` (null before). */
-  tenant: string | null;
+/** The state `useNotifications` returns (documented on `NotifyState`), and its actions. */
+export interface UseNotifications extends Pick<NotifyState, 'notifications' | 'unreadCount'
+  | 'byPriority' | 'connectionState' | 'loaded' | 'hasMore' | 'loadingMore' | 'error'
+  | 'tenant'> {
   loadMore: () => Promise<void>;
   markAsRead: (id: string) => Promise<boolean>;
   markAllAsRead: () => Promise<boolean>;

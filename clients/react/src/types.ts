@@ -38,15 +38,19 @@ export interface OpenEscalation extends Escalation {
 
 /** Everything the provider keeps; each hook selects its part. */
 export interface NotifyState {
+  /** Newest first, each id once; `timestamp` is a Date. */
   notifications: Notification[];
   unreadCount: number;
   byPriority: ByPriority;
   connectionState: ConnectionState;
-  /** False until the first history page arrived. */
+  /** False until the first page of history arrived. */
   loaded: boolean;
+  /** Older notifications are on the server: `loadMore()`. */
   hasMore: boolean;
   loadingMore: boolean;
+  /** The last failure (a refused REST call rolls its optimistic change back and lands here). */
   error: NotifyError | null;
+  /** The user's tenant, from the socket's `connected` (null before). */
   tenant: string | null;
   broadcasts: Broadcast[];
   escalations: OpenEscalation[];
