@@ -14,6 +14,7 @@ import json
 import logging
 import re
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Awaitable, Callable, Iterable, Sequence
 
@@ -33,7 +34,7 @@ from .push_addresses import check_endpoint
 from .ratelimit import RateLimiter
 from .settings import Settings
 from . import tenants
-from .store import MAX_TOPIC_MEMBERS, EventClaim, NotificationStore, UserState
+from .store import MAX_TOPIC_MEMBERS, Created, EventClaim, NotificationStore, UserState
 from .tenants import Reach
 from .wire.broadcast import MAX_ACTIVE, check_broadcast, to_broadcast_payload
 from .wire.notification import DraftCheck, notification_id, page_bounds, to_payload
@@ -45,6 +46,22 @@ log = logging.getLogger(__name__)
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")
 #: A topic send without an Idempotency-Key is stored and published this many at a time.
 TOPIC_CHUNK = 2000
+
+
+@dataclass
+class Prepared:
+    """Drafts ready to store (`NotificationService.prepare`): `positions` are where the wanted
+    ones (not muted; critical ones never are) stand among `drafts`, `push` one flag for each
+    wanted one."""
+
+    drafts: list[Draft]
+    positions: list[int]
+    push: list[bool]
+    started: float
+
+    @property
+    def wanted(self) -> list[Draft]:
+        return [self.drafts[position] for position in self.positions]
 
 
 def _topic_answer(topic: str, created: list[dict | None]) -> dict[str, Any]:
@@ -177,21 +194,39 @@ class NotificationService:
         published, so what a socket receives can always be read back. Push jobs are recorded in
         the same write.
         """
+        prepared = await self.prepare(drafts)
+        wanted = prepared.wanted
+        escalating = self._escalations is not None and any(
+            self._escalations.escalates(draft.type) for draft in wanted)
+        opened = await self._escalations.attach(wanted) if escalating else []
+        stored = await self.store.insert_many(wanted, claim=claim, push=prepared.push)
+        return await self.announce(prepared, stored, opened)
+
+    async def prepare(self, drafts: list[Draft]) -> Prepared:
+        """The first half of a creation: the drafts' users' settings read, the muted ones left
+        out and the rest counted against the rate limit, their pushes decided."""
         started = time.perf_counter()
         preferences = await self.store.preferences_of_many({draft.user_id for draft in drafts})
         choices = [self._choice(draft, preferences.get(draft.user_id, {})) for draft in drafts]
         positions = [position for position, (draft, choice) in enumerate(zip(drafts, choices))
                      if choice.enabled or draft.priority == "critical"]
-        wanted = [drafts[position] for position in positions]
-        await self.limiter.acquire(draft.user_id for draft in wanted if draft.priority != "critical")
+        await self.limiter.acquire(drafts[position].user_id for position in positions
+                                   if drafts[position].priority != "critical")
         push = await self._pushed([(drafts[position], choices[position]) for position in positions])
-        escalating = self._escalations is not None and any(
-            self._escalations.escalates(draft.type) for draft in wanted)
-        opened = await self._escalations.attach(wanted) if escalating else []
-        stored = await self.store.insert_many(wanted, claim=claim, push=push)
-        created: list[dict | None] = [None] * len(drafts)
+        return Prepared(drafts, positions, push, started)
+
+    async def announce(self, prepared: Prepared, stored: Sequence[Created | None],
+                       opened: Sequence[dict[str, Any]] = (),
+                       lines_stored: bool = False) -> list[dict | None]:
+        """The second half, once `prepared.wanted` are stored (`stored`: a record for each,
+        None where one was not stored after all): published, counted and observed; the
+        timeline told of escalations' notifications unless their lines were stored with
+        them (`lines_stored`). The payloads, None in the place of each muted or unstored one."""
+        created: list[dict | None] = [None] * len(prepared.drafts)
+        kept = [(position, record) for position, record in zip(prepared.positions, stored)
+                if record is not None]
         messages, at = [], time.time()
-        for position, record in zip(positions, stored):
+        for position, record in kept:
             payload = created[position] = to_payload(record.document)
             messages.append(NotificationCreated(
                 record.document["user_id"], record.document["seq"], payload,
@@ -199,22 +234,23 @@ class NotificationService:
         by_tenant = self._metrics.tenant_label
         kinds = collections.Counter(
             (draft.type, draft.priority, *((tenants.tenant_of(draft.user_id),) if by_tenant else ()))
-            for draft in wanted)
+            for draft in (prepared.drafts[position] for position, _ in kept))
         for labels, count in kinds.items():
             self._metrics.notifications_created.labels(*labels).inc(count)
         if messages:
             await self._publish_many(messages)
-        if stored:
-            self._metrics.create_to_publish.observe(time.perf_counter() - started)
-        if self.on_push_recorded is not None and any(record.pushed for record in stored):
+            self._metrics.create_to_publish.observe(time.perf_counter() - prepared.started)
+        if self.on_push_recorded is not None and any(record.pushed for _, record in kept):
             self.on_push_recorded()
-        if escalating:
+        told = [record.document for _, record in kept
+                if record.document.get("escalation") is not None]
+        if self._escalations is not None and (opened or told and not lines_stored):
             try:
-                await self._escalations.recorded(opened, [record.document for record in stored])
+                await self._escalations.recorded(opened, [] if lines_stored else told)
             except Exception:  # the timeline's lines must not fail a creation that is stored
                 log.exception("could not record the escalation timeline of a creation")
         if self.plugins.listens("mojavox_notification_created"):
-            for position, record in zip(positions, stored):
+            for position, record in kept:
                 await self._observe(created[position], record.document["user_id"])
         return created
 
