@@ -140,6 +140,13 @@ class Server:
     def kill(self) -> None:
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # its workers too: the next server takes the port
+            try:
+                os.killpg(self.process.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.01)
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
