@@ -195,8 +195,7 @@ class EscalationTimers:
         for document, changed in changes:
             indexes = of_escalation.get(changed["_id"], [])
             requests.append(EscalationChange(
-                changed, document["version"], shown.get(changed["_id"]),
-                drafts=[wanted[index] for index in indexes],
+                changed, document["version"], drafts=[wanted[index] for index in indexes],
                 push=[prepared.push[index] for index in indexes],
                 events=[*self._step_lines(document, changed), *lines_of.get(changed["_id"], [])]))
         last = due[-1]
