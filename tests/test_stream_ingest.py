@@ -8,14 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import socket
+import sqlite3
 import uuid
 
 import pytest
 import redis.asyncio as aioredis
 
+from mojavox_notify import NotificationType, hookimpl
+from mojavox_notify.store.nx27017 import Nx27017Child
+from mojavox_notify.store.sqlite import insertion as sqlite_engine
 from mojavox_notify.streams import StreamEntry, StreamIntake
 
 from .support.api import notifications_of
+from .support.redis import RedisServer
 from .support.engines import both_engines
 from .support.sockets import Socket
 from .support.tokens import new_user, token
@@ -133,3 +141,208 @@ async def test_an_entry_without_id_is_idempotent_by_its_entry_id(start_consumer,
     record = await app.store.event(f"event:redis:{stream_name}/{entry_id}")
     assert record is not None and record["state"] == "done"
     assert record["notifications"] == [n["id"] for n in await notifications_of(app, user)]
+
+
+class MaybePoison:
+    """`test.maybe_poison {userId, poison}`: a plugin that fails on every delivery of a poison
+    one (an unforeseen failure, not a validation error: only the delivery count stops it)."""
+
+    @hookimpl
+    def mojavox_register_types(self):
+        return [NotificationType("test_note", "low", "a test's notification")]
+
+    @hookimpl
+    def mojavox_event_types(self):
+        return {"test.maybe_poison": "fails when data.poison is true"}
+
+    @hookimpl
+    def mojavox_event_to_drafts(self, event):
+        if event.data.get("poison"):
+            raise RuntimeError("the plugin cannot handle this one")
+        return [{"userId": event.data["userId"], "type": "test_note", "title": "Note",
+                 "message": str(event.data.get("n", ""))}]
+
+
+def note(user: str, event_id: str, poison: bool = False, n: int = 0) -> dict:
+    return {"type": "test.maybe_poison", "id": event_id,
+            "data": {"userId": user, "poison": poison, "n": n}}
+
+
+@bounded
+@both_engines
+async def test_a_poison_event_reaches_the_dead_letter_after_max_deliveries_and_the_stream_goes_on(
+        start_app, redis_overrides, producer, stream_name):
+    app = await start_app(plugins=[("maybe_poison", MaybePoison())], discover_plugins=False,
+                          **redis_overrides, **{"ingest.redis_streams": [
+                              {"stream": stream_name, **QUICK, "max_deliveries": 3}]})
+    user = new_user()
+    await add(producer, stream_name, note(user, "before", n=1))
+    poison_id = await add(producer, stream_name, note(user, "poison", poison=True))
+    not_json = await add(producer, stream_name, "{not json")
+    unknown = await add(producer, stream_name, {"type": "no.such_type", "data": {}})
+    await producer.xadd(stream_name, {"something": "else"})  # no event field at all
+    await add(producer, stream_name, note(user, "after", n=2))
+
+    letters = await eventually(lambda: _letters(producer, f"{stream_name}:dead", 4), timeout=20)
+    by_id = {letter["original_id"]: letter for letter in letters}
+    assert by_id[not_json]["deliveries"] == "1" and "not JSON" in by_id[not_json]["error"]
+    assert by_id[unknown]["deliveries"] == "1" and "unknown event type" in by_id[unknown]["error"]
+    assert by_id[not_json]["event"] == "{not json", "the original fields are kept"
+    poisoned = by_id[poison_id]
+    assert poisoned["deliveries"] == "3" and "delivered 3 times" in poisoned["error"]
+    assert json.loads(poisoned["event"])["id"] == "poison"
+    assert poisoned["original_stream"] == stream_name
+    await eventually(lambda: settled(producer, stream_name))
+    assert sorted(n["message"] for n in await notifications_of(app, user)) == ["1", "2"]
+    [source] = app.stream_sources
+    assert source.stats.dead_lettered == 4 and source.stats.processed == 2
+    assert source.stats.failed >= 2, "the poison's first deliveries were left for a retry"
+
+
+async def _letters(producer, stream: str, count: int) -> list[dict] | None:
+    letters = dead_letters(await producer.xrange(stream))
+    return letters if len(letters) >= count else None
+
+
+@bounded
+@both_engines
+async def test_a_dead_consumers_pending_entries_are_taken_over_after_claim_idle_seconds(
+        start_consumer, producer, stream_name):
+    await producer.xgroup_create(stream_name, "mojavox-notify", id="0", mkstream=True)
+    users = [new_user() for _ in range(5)]
+    for index, user in enumerate(users):
+        await add(producer, stream_name, payment(user, f"{stream_name}-{index}"))
+    read = await producer.xreadgroup("mojavox-notify", "gone-host:4242", {stream_name: ">"})
+    assert len(read[0][1]) == 5, "the dead consumer holds all five, unacknowledged"
+
+    app = await start_consumer(claim_idle_seconds=1)
+    await eventually(lambda: settled(producer, stream_name))
+    for user in users:
+        assert len(await notifications_of(app, user)) == 1
+    consumers = {c["name"].decode(): c for c in await producer.xinfo_consumers(
+        stream_name, "mojavox-notify")}
+    ours = f"{socket.gethostname()}:{os.getpid()}"
+    assert set(consumers) == {"gone-host:4242", ours}, "named by host and pid"
+    assert consumers["gone-host:4242"]["pending"] == 0
+
+
+class FailingInserts:
+    """The embedded engine's notification writes fail (a disk error) while `failing` is set;
+    claims and everything else still work, so the release of a batch's claims is exercised."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.failing = False
+        self.failures = 0
+        original = sqlite_engine._insert_rows
+
+        def insert_rows(connection, *args):
+            if self.failing:
+                self.failures += 1
+                raise sqlite3.OperationalError("disk I/O error")
+            return original(connection, *args)
+
+        monkeypatch.setattr(sqlite_engine, "_insert_rows", insert_rows)
+
+
+@pytest.fixture
+async def nx_server(tmp_path):
+    """An nx-27017 server of this test's own, to kill and bring back."""
+    child = Nx27017Child(tmp_path / "nx")
+    yield child
+    async with asyncio.timeout(30):
+        await child.stop()
+
+
+async def count_stored(app, users: list[str]) -> int:
+    return sum(len(await notifications_of(app, user)) for user in users)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("engine", ["sqlite", "mongo"])
+async def test_storage_failing_mid_stream_loses_nothing_once_it_returns(
+        engine, start_consumer, producer, stream_name, monkeypatch, nx_server):
+    overrides = {"storage.operation_timeout_seconds": 1, "storage.probe_interval_seconds": 0.2,
+                 "mongodb.server_selection_timeout_seconds": 1, "storage.exit_after_seconds": 0}
+    if engine == "mongo":
+        overrides.update({"storage.url": await nx_server.start(),
+                          "mongodb.database": f"streams_{uuid.uuid4().hex[:8]}"})
+    faults = FailingInserts(monkeypatch)
+    app = await start_consumer(overrides, claim_idle_seconds=0.5)
+    users = [new_user() for _ in range(10)]
+    sent = 0
+
+    async def send(count: int) -> None:
+        nonlocal sent
+        for _ in range(count):
+            await add(producer, stream_name, payment(users[sent % 10], f"{stream_name}-{sent}"))
+            sent += 1
+
+    await send(20)
+    await eventually(lambda: settled(producer, stream_name))
+    if engine == "mongo":
+        os.kill(nx_server._process.pid, signal.SIGKILL)
+    else:
+        faults.failing = True
+    await send(30)
+    [source] = app.stream_sources
+    await eventually(lambda: _true(source.stats.failed > 0), timeout=20)
+    await asyncio.sleep(1)  # failing for a while: retried with backoff, nothing acknowledged
+    assert (await producer.xpending(stream_name, "mojavox-notify"))["pending"] > 0
+    if engine == "mongo":
+        await nx_server.start(port=nx_server.port)
+    else:
+        assert faults.failures > 0
+        faults.failing = False
+    await send(10)
+    await eventually(lambda: settled(producer, stream_name), timeout=40)
+    for user in users:
+        assert len(await notifications_of(app, user)) == 6, "each of its six events once"
+    assert source.stats.dead_lettered == 0
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+@pytest.mark.timeout(90)
+async def test_redis_restarted_mid_stream_loses_nothing(start_app, tmp_path, stream_name):
+    """Killed with entries still unread and unacknowledged; its append-only file has them all."""
+    redis = RedisServer(tmp_path / "redis", appendonly=True)
+    redis.start()
+    try:
+        app = await start_app(**{"redis.url": redis.url, "redis.reconnect_max_seconds": 0.5,
+                                 "rate_limits.notifications_per_minute": 0,
+                                 "ingest.redis_streams": [{"stream": stream_name, **QUICK}]})
+        users = [new_user() for _ in range(10)]
+        producer = aioredis.Redis.from_url(redis.url)
+        async with producer.pipeline(transaction=False) as pipeline:
+            for sent in range(3000):
+                pipeline.xadd(stream_name, {"event": json.dumps(
+                    payment(users[sent % 10], f"{stream_name}-{sent}"))})
+            await pipeline.execute()
+        await eventually(lambda: _true(app.stream_sources[0].stats.processed > 0))
+        [group] = await producer.xinfo_groups(stream_name)
+        assert group["lag"] + group["pending"] > 0, "killed mid-stream, not after it"
+        await producer.aclose()
+        redis.kill()
+        await asyncio.sleep(1)
+        redis.start()
+        producer = aioredis.Redis.from_url(redis.url)
+        for sent in range(3000, 3100):
+            await add(producer, stream_name, payment(users[sent % 10], f"{stream_name}-{sent}"))
+        await eventually(lambda: settled(producer, stream_name), timeout=40)
+        await producer.aclose()
+        assert await stored_event_ids(app) == {f"event:{stream_name}-{n}" for n in range(3100)}
+        status, health = await app.api.get("/healthz")
+        assert health["sources"][0]["ok"] is True
+    finally:
+        redis.stop()
+
+
+async def stored_event_ids(app) -> set[str]:
+    """The event ids of every stored notification, each exactly once (embedded engine)."""
+    with sqlite3.connect(app.store.path) as connection:
+        rows = connection.execute("SELECT event_id, count(*) FROM notifications "
+                                  "GROUP BY event_id").fetchall()
+    assert all(count == 1 for _, count in rows), "no event's notification is stored twice"
+    return {event_id for event_id, _ in rows}
