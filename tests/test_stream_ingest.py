@@ -24,6 +24,7 @@ from mojavox_notify.streams import StreamEntry, StreamIntake
 
 from .support.api import notifications_of
 from .support.redis import RedisServer
+from .support.servers import Deployment
 from .support.engines import both_engines
 from .support.sockets import Socket
 from .support.tokens import new_user, token
@@ -346,3 +347,127 @@ async def stored_event_ids(app) -> set[str]:
                                   "GROUP BY event_id").fetchall()
     assert all(count == 1 for _, count in rows), "no event's notification is stored twice"
     return {event_id for event_id, _ in rows}
+
+
+# -- operations: /healthz, /metrics, check, emit --stream -------------------------------------------
+
+@bounded
+async def test_healthz_and_metrics_name_the_source_with_its_figures_and_backlog(
+        start_consumer, producer, stream_name):
+    app = await start_consumer()
+    user = new_user()
+    await add(producer, stream_name, payment(user, new_user("pay")))
+    await add(producer, stream_name, "{not json")
+    await eventually(lambda: settled(producer, stream_name))
+    await asyncio.sleep(2.2)  # the backlog is looked at every 2 s
+    status, health = await app.api.get("/healthz")
+    [source] = health["sources"]
+    assert status == 200 and health["status"] == "ok"
+    assert source["name"] == f"redis:{stream_name}" and source["ok"] is True
+    assert (source["pending"], source["lag"], source["oldestUnacknowledgedSeconds"]) == (0, 0, 0.0)
+    assert source["consumer"] == f"{socket.gethostname()}:{os.getpid()}"
+    samples = await scrape(app)
+    name = f"redis:{stream_name}"
+    assert samples[("mojavox_stream_entries_processed_total", (("source", name),))] == 1
+    assert samples[("mojavox_stream_entries_dead_lettered_total", (("source", name),))] == 1
+    assert samples[("mojavox_stream_entries_failed_total", (("source", name),))] == 0
+    assert samples[("mojavox_stream_pending", (("source", name),))] == 0
+    assert samples[("mojavox_stream_lag", (("source", name),))] == 0
+
+
+@bounded
+async def test_a_backlog_shows_in_healthz_and_a_lost_redis_degrades_it(start_app, tmp_path,
+                                                                      stream_name):
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    try:
+        producer = aioredis.Redis.from_url(redis.url)
+        await producer.xgroup_create(stream_name, "mojavox-notify", id="0", mkstream=True)
+        await add(producer, stream_name, payment(new_user(), "waiting"))
+        await producer.xreadgroup("mojavox-notify", "gone-host:1", {stream_name: ">"})
+        await asyncio.sleep(1.1)
+        await producer.aclose()
+        app = await start_app(**{"redis.url": redis.url, "redis.reconnect_max_seconds": 0.5,
+                                 "ingest.redis_streams": [
+                                     {"stream": stream_name, "claim_idle_seconds": 3600}]})
+        await asyncio.sleep(0.3)
+        _, health = await app.api.get("/healthz")
+        [source] = health["sources"]
+        assert (source["ok"], source["pending"], source["lag"]) == (True, 1, 0)
+        assert source["oldestUnacknowledgedSeconds"] >= 1
+        redis.kill()
+        await eventually(lambda: _unhealthy_source(app), timeout=10)
+        status, health = await app.api.get("/healthz")
+        assert status == 200 and health["status"] == "degraded"
+        assert health["sources"][0]["error"]
+    finally:
+        redis.stop()
+
+
+async def _unhealthy_source(app) -> bool:
+    _, health = await app.api.get("/healthz")
+    return not health["sources"][0]["ok"]
+
+
+async def scrape(app) -> dict[tuple, float]:
+    status, text = await app.api.get("/metrics", token("ops", ["admin"]))
+    assert status == 200
+    from prometheus_client.parser import text_string_to_metric_families
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+@pytest.mark.timeout(60)
+async def test_emit_stream_adds_an_event_the_server_consumes_and_check_names_the_source(
+        tmp_path, redis_server, producer, stream_name):
+    deployment = Deployment(tmp_path, extra_settings=(
+        f"redis:\n  url: {redis_server.url}\n"
+        f"ingest:\n  redis_streams:\n    - stream: {stream_name}\n"))
+    data = json.dumps({"userId": "alice", "amount": 2450, "accountId": "AC-1",
+                       "debtorName": "John Smith"})
+    emitted = await asyncio.to_thread(deployment.run, "emit", "--stream", f"redis:{stream_name}",
+                                      "payment.received", "--id", "pay-1", "--data", data)
+    assert emitted.returncode == 0, emitted.stderr
+    [(entry_id, fields)] = await producer.xrange(stream_name)
+    assert entry_id.decode() == emitted.stdout.strip()
+    assert json.loads(fields[b"event"]) == {"type": "payment.received", "id": "pay-1",
+                                            "data": json.loads(data)}
+    unknown = await asyncio.to_thread(deployment.run, "emit", "--stream", "redis:nope",
+                                      "payment.received", "--data", data)
+    assert unknown.returncode == 2
+    assert f"redis:nope is not a configured stream; configured: redis:{stream_name}" in unknown.stderr
+
+    checked = await asyncio.to_thread(deployment.run, "check")
+    assert checked.returncode == 0, checked.stderr
+    assert f"stream redis:{stream_name}: ok (group mojavox-notify" in checked.stdout
+
+
+@pytest.mark.timeout(60)
+async def test_each_worker_of_serve_workers_is_a_consumer_of_its_own(tmp_path, redis_server,
+                                                                     producer, stream_name):
+    deployment = Deployment(tmp_path, extra_settings=(
+        f"redis:\n  url: {redis_server.url}\n  key_prefix: test-{uuid.uuid4().hex[:12]}\n"
+        f"ingest:\n  redis_streams:\n    - stream: {stream_name}\n      block_ms: 100\n"))
+    try:
+        await asyncio.to_thread(deployment.serve, "--workers", "2")
+        await asyncio.sleep(1)
+        # Redis 7.0 lists a consumer once it was handed an entry: one at a time, so that each
+        # blocked worker gets some.
+        for n in range(20):
+            await add(producer, stream_name, payment(new_user(), f"{stream_name}-{n}"))
+            await asyncio.sleep(0.05)
+
+        async def two_consumers():
+            groups = await producer.xinfo_groups(stream_name) if await producer.exists(
+                stream_name) else []
+            if not groups:
+                return None
+            names = [c["name"].decode() for c in await producer.xinfo_consumers(
+                stream_name, "mojavox-notify")]
+            return names if len(names) == 2 else None
+
+        names = await eventually(two_consumers, timeout=30, interval=0.2)
+        assert sorted(name.rsplit(":", 1)[1] for name in names) == ["worker-0", "worker-1"]
+        assert len({name.split(":")[1] for name in names}) == 2, "one pid each"
+    finally:
+        await asyncio.to_thread(deployment.stop_all)
