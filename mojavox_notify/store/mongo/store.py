@@ -22,8 +22,8 @@ from ...ids import ObjectId
 from ...model import NEVER, PRIORITIES, ChannelPreference, Draft, PushSubscription, utcnow
 from ...settings import MongoSettings
 from ...tenants import DEFAULT, EVERYONE
-from .. import (ClaimLostError, Created, EscalationChange, EventClaim, Insertion, NotificationStore, PushJob,
-                TopicFullError, UserState, push_flags)
+from .. import (ClaimLostError, Created, EscalationChange, EventClaim, InsertGroup, Insertion,
+                NotificationStore, PushJob, TopicFullError, UserState, push_flags)
 from .documents import EPOCH, NEVER_MS, _state, to_ms
 from . import escalations
 from .insertion import store_batch
@@ -155,8 +155,7 @@ class MongoStore(NotificationStore):
         return created
 
     @_storage_errors
-    async def insert_groups(self, groups: Sequence[tuple[list[Draft], EventClaim | None, Sequence[bool]]]
-                            ) -> list[list[Created] | ClaimLostError]:
+    async def insert_groups(self, groups: Sequence[InsertGroup]) -> list[list[Created] | ClaimLostError]:
         """Queued together, so they go into one transaction (coalesce.py); given up on (503)
         as `insert_many` is."""
         insertions = [Insertion(drafts, claim, push_flags(push, len(drafts)))
@@ -573,7 +572,8 @@ class MongoStore(NotificationStore):
                 return record
 
     @_storage_errors
-    async def claim_events(self, claims: Sequence[tuple[str, str, str]]) -> list[dict[str, Any] | None]:
+    async def claim_events(self, claims: Sequence[tuple[str, str, str]]
+                           ) -> list[dict[str, Any] | None]:
         """One unordered insert of every claim; the keys it found taken are read back at once."""
         if not claims:
             return []
