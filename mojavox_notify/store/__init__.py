@@ -84,6 +84,18 @@ class Insertion:
     abandoned: bool = False
 
 
+@dataclass(frozen=True)
+class DueShare:
+    """One process's share of the due escalations under `serve --workers N`: those whose
+    `due_at` is `index` modulo `count`, and everyone's due at `everyone_before` or earlier (a
+    worker that died, or fell behind, leaves its share to the others). Due times are
+    milliseconds, spread enough for an even split."""
+
+    index: int
+    count: int
+    everyone_before: int
+
+
 @dataclass
 class EscalationChange:
     """One compare-and-set of an escalation (`change_escalations`) and what is stored with it
@@ -317,10 +329,11 @@ class NotificationStore(ABC):
         records of its drafts when it was stored, None when another change came first."""
 
     @abstractmethod
-    async def due_escalations(self, now_ms: int, limit: int,
-                              after: tuple[int, str] | None = None) -> list[dict[str, Any]]:
+    async def due_escalations(self, now_ms: int, limit: int, after: tuple[int, str] | None = None,
+                              share: DueShare | None = None) -> list[dict[str, Any]]:
         """Up to `limit` escalations whose `due_at` has come, earliest first (by `due_at`,
-        then id), only those past `after` (a (due_at, id) position) when given."""
+        then id), only those past `after` (a (due_at, id) position) when given, and only
+        those of `share` when given."""
 
     @abstractmethod
     async def escalation_recipients(self, escalation_ids: Sequence[str]

@@ -22,8 +22,8 @@ from ...ids import ObjectId
 from ...model import NEVER, PRIORITIES, ChannelPreference, Draft, PushSubscription, utcnow
 from ...settings import MongoSettings
 from ...tenants import DEFAULT, EVERYONE
-from .. import (ClaimLostError, Created, EscalationChange, EventClaim, InsertGroup, Insertion,
-                NotificationStore, PushJob, TopicFullError, UserState, push_flags)
+from .. import (ClaimLostError, Created, DueShare, EscalationChange, EventClaim, InsertGroup,
+                Insertion, NotificationStore, PushJob, TopicFullError, UserState, push_flags)
 from .documents import EPOCH, NEVER_MS, _state, to_ms
 from . import escalations
 from .insertion import store_batch
@@ -417,9 +417,9 @@ class MongoStore(NotificationStore):
                                                     self._transaction)
 
     @_storage_errors
-    async def due_escalations(self, now_ms: int, limit: int,
-                              after: tuple[int, str] | None = None) -> list[dict[str, Any]]:
-        return await escalations.due_escalations(self, now_ms, limit, after)
+    async def due_escalations(self, now_ms: int, limit: int, after: tuple[int, str] | None = None,
+                              share: DueShare | None = None) -> list[dict[str, Any]]:
+        return await escalations.due_escalations(self, now_ms, limit, after, share)
 
     @_storage_errors
     async def escalation_recipients(self, escalation_ids: Sequence[str]

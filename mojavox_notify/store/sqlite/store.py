@@ -19,8 +19,8 @@ from ...errors import NotFoundError, StorageUnavailableError
 from ...ids import ObjectId
 from ...model import ChannelPreference, Draft, PushSubscription, utcnow
 from ...settings import StorageSettings
-from .. import (ClaimLostError, Created, EscalationChange, EventClaim, InsertGroup, Insertion,
-               NotificationStore, PushJob, UserState, push_flags)
+from .. import (ClaimLostError, Created, DueShare, EscalationChange, EventClaim, InsertGroup,
+               Insertion, NotificationStore, PushJob, UserState, push_flags)
 from . import escalations
 from .execution import KEPT_WRITING, TURN_TAKEN, Execution, WriteTurn
 from .importing import _import, _rebuild_states
@@ -295,9 +295,9 @@ class SqliteStore(NotificationStore):
             return []
         return await self._write(escalations._change, changes, created_at or utcnow())
 
-    async def due_escalations(self, now_ms: int, limit: int,
-                              after: tuple[int, str] | None = None) -> list[dict[str, Any]]:
-        return await self._read(escalations._due, now_ms, limit, after)
+    async def due_escalations(self, now_ms: int, limit: int, after: tuple[int, str] | None = None,
+                              share: DueShare | None = None) -> list[dict[str, Any]]:
+        return await self._read(escalations._due, now_ms, limit, after, share)
 
     async def escalation_recipients(self, escalation_ids: Sequence[str]
                                     ) -> dict[str, list[dict[str, Any]]]:
