@@ -7,7 +7,8 @@ each batch by its verdicts: stored entries are acknowledged (XACK), dead ones ar
 the dead-letter stream with the error and their original fields, and acknowledged, in one
 MULTI; retried ones stay pending. Entries left pending longer than `claim_idle_seconds`, by a
 consumer that died or by this one (a retry), are taken over with XAUTOCLAIM; one delivered
-`max_deliveries` times that still fails goes to the dead letter. Redis being away is waited
+`max_deliveries` times that still fails for its own sake (not storage being away: a transient
+verdict) goes to the dead letter. Redis being away is waited
 out as the broker does: reconnect with backoff, logged once when lost and once when back.
 """
 
@@ -192,7 +193,7 @@ class RedisStreamSource(StreamSource):
                 done.append(entry.entry_id)
             elif verdict.kind == DEAD:
                 dead.append((entry, verdict.error or "refused"))
-            elif entry.deliveries >= settings.max_deliveries:
+            elif entry.deliveries >= settings.max_deliveries and not verdict.transient:
                 dead.append((entry, f"delivered {entry.deliveries} times "
                              f"(ingest.redis_streams max_deliveries); last error: {verdict.error}"))
             else:
