@@ -34,7 +34,8 @@ from .push_addresses import check_endpoint
 from .ratelimit import RateLimiter
 from .settings import Settings
 from . import tenants
-from .store import MAX_TOPIC_MEMBERS, Created, EventClaim, NotificationStore, UserState
+from .store import (MAX_TOPIC_MEMBERS, ClaimLostError, Created, EventClaim, NotificationStore,
+                    UserState)
 from .tenants import Reach
 from .wire.broadcast import MAX_ACTIVE, check_broadcast, to_broadcast_payload
 from .wire.notification import DraftCheck, notification_id, page_bounds, to_payload
@@ -201,6 +202,43 @@ class NotificationService:
         opened = await self._escalations.attach(wanted) if escalating else []
         stored = await self.store.insert_many(wanted, claim=claim, push=prepared.push)
         return await self.announce(prepared, stored, opened)
+
+    async def create_groups(self, groups: Sequence[tuple[list[Draft], EventClaim | None]]
+                            ) -> list[list[dict | None] | ClaimLostError]:
+        """`create_many` for several groups of drafts at once, each under its own claim (a
+        stream's batch of events): prepared together (one settings read, one rate-limit
+        check), stored in one write (`insert_groups`), announced together. Each group's
+        payloads, or a ClaimLostError in the place of a group whose claim was lost (it stored
+        nothing; the others did)."""
+        prepared = await self.prepare([draft for drafts, _ in groups for draft in drafts])
+        wanted = prepared.wanted
+        escalating = self._escalations is not None and any(
+            self._escalations.escalates(draft.type) for draft in wanted)
+        opened = await self._escalations.attach(wanted) if escalating else []
+        # Each group's wanted drafts and their push flags (prepare's positions are in order).
+        kept = list(zip(prepared.positions, wanted, prepared.push))
+        insertions, taken, end = [], 0, 0
+        for drafts, claim in groups:
+            end += len(drafts)
+            first = taken
+            while taken < len(kept) and kept[taken][0] < end:
+                taken += 1
+            insertions.append(([draft for _, draft, _ in kept[first:taken]], claim,
+                               [push for _, _, push in kept[first:taken]]))
+        stored_groups = await self.store.insert_groups(insertions)
+        stored: list[Created | None] = []
+        for (drafts, _, _), records in zip(insertions, stored_groups):
+            stored.extend([None] * len(drafts) if isinstance(records, ClaimLostError) else records)
+        if not any(record is not None for record in stored):
+            opened = []  # nothing of theirs was stored: their timeline has nothing to say
+        created = await self.announce(prepared, stored, opened)
+        results: list[list[dict | None] | ClaimLostError] = []
+        start = 0
+        for (drafts, _), records in zip(groups, stored_groups):
+            results.append(records if isinstance(records, ClaimLostError)
+                           else created[start:start + len(drafts)])
+            start += len(drafts)
+        return results
 
     async def prepare(self, drafts: list[Draft]) -> Prepared:
         """The first half of a creation: the drafts' users' settings read, the muted ones left

@@ -110,6 +110,9 @@ class EscalationChange:
     events: Sequence[dict[str, Any]] = ()
 
 
+#: One group of `insert_groups`: its drafts, the claim they are stored under, a push flag each.
+InsertGroup = tuple[list[Draft], "EventClaim | None", Sequence[bool]]
+
 #: Members one topic may have (wire.topic's checks keep to it; the engines refuse past it).
 MAX_TOPIC_MEMBERS = 100_000
 
@@ -196,6 +199,14 @@ class NotificationStore(ABC):
         job is recorded with the notification, so a restart loses no push. With a `claim`, the
         notifications carry its key as `event_id` and the claim is completed with their ids in
         that transaction; ClaimLostError (nothing stored) when it is no longer the owner's."""
+
+    @abstractmethod
+    async def insert_groups(self, groups: Sequence[InsertGroup]) -> list[list[Created] | ClaimLostError]:
+        """Several `insert_many` calls, `(drafts, claim, push)` each, in one transaction where
+        they fit in one (a stream's batch of events, each under its own claim): each group's
+        records, or a ClaimLostError in the place of a group whose claim is no longer its
+        owner's (that group stored nothing; the others are stored). A group without drafts
+        gets an empty list and its claim is left as it is (`complete_event` is the caller's)."""
 
     async def insert(self, draft: Draft, claim: EventClaim | None = None, push: bool = False) -> Created:
         return (await self.insert_many([draft], claim, [push]))[0]
@@ -416,6 +427,12 @@ class NotificationStore(ABC):
     async def claim_event(self, key: str, fingerprint: str, owner: str) -> dict[str, Any] | None:
         """Record that `owner` handles `key` (pending); None when it does now, else the earlier
         record `{_id, type, state, owner, notifications, created_at}`."""
+
+    @abstractmethod
+    async def claim_events(self, claims: Sequence[tuple[str, str, str]]
+                           ) -> list[dict[str, Any] | None]:
+        """`claim_event` for several distinct `(key, fingerprint, owner)`, in one write: for
+        each, None when its owner handles the key now, else the earlier record."""
 
     @abstractmethod
     async def take_over_event(self, key: str, stale_owner: str | None, owner: str) -> bool:
