@@ -95,7 +95,10 @@ class EventIngest:
                 index for index, event in enumerate(events) if index in held or event.id is None])
         except BaseException:  # cancelled (shutdown): a redelivery must not wait for staleness
             for claim in held.values():
-                await self.idempotency.store.release_event(claim)  # only while still pending
+                try:
+                    await self.idempotency.store.release_event(claim)  # only while pending
+                except Exception:  # storage away too: released by the next batch, or stale
+                    self._unreleased.append(claim)
             raise
         for index, key in repeats:
             earlier = outcomes[first_of[key]]
@@ -155,7 +158,7 @@ class EventIngest:
             prepared = []
         for index, drafts, resolutions in prepared:
             result = next(created) if drafts else []
-            if isinstance(result, ClaimLostError):
+            if isinstance(result, Exception):  # its claim was lost, or it was over the limit
                 outcomes[index] = result
                 continue
             try:

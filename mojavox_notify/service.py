@@ -23,7 +23,7 @@ from tornado.netutil import DefaultLoopResolver, Resolver
 from .broker import Broker
 from .broker.messages import (AllRead, BroadcastPosted, Message, NotificationCreated,
                               NotificationDeleted, NotificationRead)
-from .errors import ConflictError, NotFoundError, ValidationError
+from .errors import ConflictError, NotFoundError, RateLimitedError, ValidationError
 from .idempotency import Idempotency, request_key
 from .ids import new_object_id
 from .metrics import Metrics
@@ -63,6 +63,19 @@ class Prepared:
     @property
     def wanted(self) -> list[Draft]:
         return [self.drafts[position] for position in self.positions]
+
+
+def _group_spans(sizes: list[int], positions: list[int]) -> list[tuple[int, int]]:
+    """For groups of `sizes` drafts laid end to end, the span of each among `positions` (the
+    wanted drafts' places, in order): (first, end) indexes into `positions`."""
+    spans, taken, end = [], 0, 0
+    for size in sizes:
+        end += size
+        first = taken
+        while taken < len(positions) and positions[taken] < end:
+            taken += 1
+        spans.append((first, taken))
+    return spans
 
 
 def _topic_answer(topic: str, created: list[dict | None]) -> dict[str, Any]:
@@ -204,52 +217,70 @@ class NotificationService:
         return await self.announce(prepared, stored, opened)
 
     async def create_groups(self, groups: Sequence[tuple[list[Draft], EventClaim | None]]
-                            ) -> list[list[dict | None] | ClaimLostError]:
+                            ) -> list[list[dict | None] | Exception]:
         """`create_many` for several groups of drafts at once, each under its own claim (a
-        stream's batch of events): prepared together (one settings read, one rate-limit
-        check), stored in one write (`insert_groups`), announced together. Each group's
-        payloads, or a ClaimLostError in the place of a group whose claim was lost (it stored
-        nothing; the others did)."""
-        prepared = await self.prepare([draft for drafts, _ in groups for draft in drafts])
+        stream's batch of events): prepared together (one settings read), each group counted
+        against the rate limit on its own, stored in one write (`insert_groups`), announced
+        together. Each group's payloads, or in its place a RateLimitedError (a group over the
+        limit stored nothing; the others go on) or a ClaimLostError (its claim was lost)."""
+        prepared = await self.prepare([draft for drafts, _ in groups for draft in drafts],
+                                      limited=False)
+        spans = _group_spans([len(drafts) for drafts, _ in groups], prepared.positions)
+        refused: dict[int, Exception] = {}
+        for number, (first, end) in enumerate(spans):
+            try:
+                await self.limiter.acquire(
+                    prepared.drafts[position].user_id for position in prepared.positions[first:end]
+                    if prepared.drafts[position].priority != "critical")
+            except RateLimitedError as error:
+                refused[number] = error
+        kept = [index for number, (first, end) in enumerate(spans) if number not in refused
+                for index in range(first, end)]
+        prepared = Prepared(prepared.drafts, [prepared.positions[i] for i in kept],
+                            [prepared.push[i] for i in kept], prepared.started)
         wanted = prepared.wanted
         escalating = self._escalations is not None and any(
             self._escalations.escalates(draft.type) for draft in wanted)
         opened = await self._escalations.attach(wanted) if escalating else []
-        # Each group's wanted drafts and their push flags (prepare's positions are in order).
-        kept = list(zip(prepared.positions, wanted, prepared.push))
-        insertions, taken, end = [], 0, 0
-        for drafts, claim in groups:
-            end += len(drafts)
-            first = taken
-            while taken < len(kept) and kept[taken][0] < end:
-                taken += 1
-            insertions.append(([draft for _, draft, _ in kept[first:taken]], claim,
-                               [push for _, _, push in kept[first:taken]]))
-        stored_groups = await self.store.insert_groups(insertions)
+        insertions, taken = [], 0
+        for number, ((first, end), (_, claim)) in enumerate(zip(spans, groups)):
+            if number in refused:
+                continue
+            size = end - first
+            insertions.append((wanted[taken:taken + size], claim, prepared.push[taken:taken + size]))
+            taken += size
+        stored_groups = iter(await self.store.insert_groups(insertions))
+        answers: list[list[Created] | Exception] = [
+            refused[number] if number in refused else next(stored_groups)
+            for number in range(len(groups))]
         stored: list[Created | None] = []
-        for (drafts, _, _), records in zip(insertions, stored_groups):
-            stored.extend([None] * len(drafts) if isinstance(records, ClaimLostError) else records)
+        for answer, (first, end) in zip(answers, spans):
+            if isinstance(answer, RateLimitedError):
+                continue  # stored nothing, and prepared holds none of its drafts
+            stored.extend([None] * (end - first) if isinstance(answer, ClaimLostError) else answer)
         if not any(record is not None for record in stored):
             opened = []  # nothing of theirs was stored: their timeline has nothing to say
         created = await self.announce(prepared, stored, opened)
-        results: list[list[dict | None] | ClaimLostError] = []
+        results: list[list[dict | None] | Exception] = []
         start = 0
-        for (drafts, _), records in zip(groups, stored_groups):
-            results.append(records if isinstance(records, ClaimLostError)
+        for (drafts, _), answer in zip(groups, answers):
+            results.append(answer if isinstance(answer, Exception)
                            else created[start:start + len(drafts)])
             start += len(drafts)
         return results
 
-    async def prepare(self, drafts: list[Draft]) -> Prepared:
+    async def prepare(self, drafts: list[Draft], limited: bool = True) -> Prepared:
         """The first half of a creation: the drafts' users' settings read, the muted ones left
-        out and the rest counted against the rate limit, their pushes decided."""
+        out and the rest counted against the rate limit (unless the caller counts them itself:
+        `limited` False), their pushes decided."""
         started = time.perf_counter()
         preferences = await self.store.preferences_of_many({draft.user_id for draft in drafts})
         choices = [self._choice(draft, preferences.get(draft.user_id, {})) for draft in drafts]
         positions = [position for position, (draft, choice) in enumerate(zip(drafts, choices))
                      if choice.enabled or draft.priority == "critical"]
-        await self.limiter.acquire(drafts[position].user_id for position in positions
-                                   if drafts[position].priority != "critical")
+        if limited:
+            await self.limiter.acquire(drafts[position].user_id for position in positions
+                                       if drafts[position].priority != "critical")
         push = await self._pushed([(drafts[position], choices[position]) for position in positions])
         return Prepared(drafts, positions, push, started)
 

@@ -186,7 +186,7 @@ async def test_a_poison_event_reaches_the_dead_letter_after_max_deliveries_and_t
 
     letters = await eventually(lambda: _letters(producer, f"{stream_name}:dead", 4), timeout=20)
     by_id = {letter["original_id"]: letter for letter in letters}
-    assert by_id[not_json]["deliveries"] == "1" and "not JSON" in by_id[not_json]["error"]
+    assert by_id[not_json]["deliveries"] == "1" and "not valid JSON" in by_id[not_json]["error"]
     assert by_id[unknown]["deliveries"] == "1" and "unknown event type" in by_id[unknown]["error"]
     assert by_id[not_json]["event"] == "{not json", "the original fields are kept"
     poisoned = by_id[poison_id]
@@ -568,3 +568,88 @@ async def test_a_redelivered_entry_takes_over_a_claim_left_pending_by_a_consumer
     assert again.kind == "stored"
     assert len(await notifications_of(app, user)) == 1
     assert (await app.store.event(key))["state"] == "done"
+
+
+@bounded
+async def test_one_user_over_the_rate_limit_holds_back_only_their_own_entries(start_app):
+    """Each entry is counted on its own: the noisy user's entries past the limit wait for a
+    later delivery (transient: not towards max_deliveries), everyone else's are stored."""
+    app = await start_app(**{"rate_limits.notifications_per_minute": 3})
+    noisy, quiet = new_user("noisy"), new_user("quiet")
+    entries = [StreamEntry(f"{n + 1}-0", json.dumps(payment(user, f"{user}-{n}")), None, 1)
+               for n, user in enumerate([noisy] * 5 + [quiet] * 2)]
+    verdicts = await StreamIntake(app.ingest).handle("redis:limits", entries)
+    assert [v.kind for v in verdicts] == ["stored"] * 3 + ["retry"] * 2 + ["stored"] * 2
+    assert all(v.transient for v in verdicts[3:5])
+    assert len(await notifications_of(app, noisy)) == 3
+    assert len(await notifications_of(app, quiet)) == 2
+    for n in (3, 4):  # released for their next delivery, not left pending
+        assert await app.store.event(f"event:{noisy}-{n}") is None
+
+
+@bounded
+async def test_an_entry_that_cannot_be_read_goes_to_the_dead_letter_and_the_batch_goes_on(
+        start_app):
+    app = await start_app(**{"rate_limits.notifications_per_minute": 0})
+    user = new_user()
+    nested = StreamEntry("1-0", "[" * 3000, None, 1)
+    not_a_number = StreamEntry("2-0", json.dumps(payment(user, "nan")).replace("2450", "NaN"),
+                               None, 1)
+    too_large = StreamEntry("3-0", json.dumps({**payment(user, "big"), "pad": "x" * 5000}),
+                            None, 1)
+    good = StreamEntry("4-0", json.dumps(payment(user, "good")), None, 1)
+    verdicts = await StreamIntake(app.ingest, 4096).handle(
+        "redis:unreadable", [nested, not_a_number, too_large, good])
+    assert [v.kind for v in verdicts] == ["dead", "dead", "dead", "stored"], verdicts
+    assert "nests deeper" in verdicts[0].error and "not valid JSON" in verdicts[1].error
+    assert "larger than 4096 bytes" in verdicts[2].error
+    assert [n["data"]["amount"] for n in await notifications_of(app, user)] == [2450]
+
+
+@bounded
+async def test_a_batch_cancelled_while_storage_is_away_stays_cancelled(start_app):
+    """The release of its claims fails too: the cancellation still ends the batch (the claims
+    are released by the next one), rather than a storage error taking its place."""
+    from mojavox_notify.errors import StorageUnavailableError
+    app = await start_app(**{"rate_limits.notifications_per_minute": 0})
+    user = new_user()
+    entry = StreamEntry("1-0", json.dumps(payment(user, f"{user}-pay")), None, 1)
+    storing = asyncio.Event()
+
+    async def never_stored(groups):
+        storing.set()
+        await asyncio.Event().wait()
+
+    async def storage_away(claim):
+        raise StorageUnavailableError("the disk stalled")
+
+    create_groups, app.service.create_groups = app.service.create_groups, never_stored
+    release, app.store.release_event = app.store.release_event, storage_away
+    handling = asyncio.create_task(StreamIntake(app.ingest).handle("redis:shutdown", [entry]))
+    await asyncio.wait_for(storing.wait(), 5)
+    handling.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await handling
+    app.service.create_groups, app.store.release_event = create_groups, release
+    [verdict] = await StreamIntake(app.ingest).handle("redis:shutdown", [entry])
+    assert verdict.kind == "stored" and len(await notifications_of(app, user)) == 1
+
+
+@bounded
+async def test_a_dead_letter_key_that_is_not_a_stream_is_refused_and_nothing_is_lost(
+        start_consumer, producer, stream_name):
+    dead = f"{stream_name}:dead"
+    await producer.set(dead, "someone else's value")
+    poison = await add(producer, stream_name, "{not json")
+    app = await start_consumer()
+    [source] = app.stream_sources
+
+    async def refused():
+        report = await source.health()
+        return not report["ok"] and "not a stream" in report.get("error", "") and report
+
+    report = await eventually(refused)
+    assert dead in report["error"]
+    await producer.delete(dead)  # put right: the entry reaches its dead letter after all
+    letters = await eventually(lambda: _letters(producer, dead, 1), timeout=20)
+    assert letters[0]["original_id"] == poison

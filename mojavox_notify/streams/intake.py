@@ -11,7 +11,6 @@ nothing, and it spares the redelivery the wait until the claim is stale.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -19,7 +18,9 @@ from ..errors import NotifyError, RateLimitedError, StorageUnavailableError, Val
 from ..ingest import EventIngest
 from ..model import Event
 from ..store import ClaimLostError
+from ..settings import ServerSettings
 from ..tenants import PLATFORM, TENANT_RULE, Reach, valid_tenant
+from ..wire.input import parse_json
 from .source import DEAD, RETRY, STORED, StreamEntry, Verdict
 
 log = logging.getLogger(__name__)
@@ -27,11 +28,15 @@ log = logging.getLogger(__name__)
 #: Failures outside the entry: storage away, a rate limit or the id held elsewhere (both 429),
 #: a claim taken over meanwhile.
 TRANSIENT = (StorageUnavailableError, RateLimitedError, ClaimLostError)
+DEFAULT_MAX_BYTES = ServerSettings.max_body_bytes
 
 
 class StreamIntake:
-    def __init__(self, ingest: EventIngest):
+    def __init__(self, ingest: EventIngest, max_bytes: int = DEFAULT_MAX_BYTES):
+        """`max_bytes`: the largest event an entry may hold (`server.max_body_bytes`, as a
+        `POST /api/events` body)."""
         self.ingest = ingest
+        self.max_bytes = max_bytes
 
     async def handle(self, source_name: str, entries: list[StreamEntry]) -> list[Verdict]:
         """One verdict per entry, in order: `dead` for what can never be handled (not JSON, not
@@ -48,6 +53,10 @@ class StreamIntake:
                 verdicts.append(None)
             except NotifyError as error:
                 verdicts.append(Verdict(DEAD, error.message))
+                continue
+            except Exception as error:  # whatever the entry holds, it must not stop the stream
+                log.exception("%s: entry %s could not be read", source_name, entry.entry_id)
+                verdicts.append(Verdict(DEAD, f"could not be read: {type(error).__name__}"))
                 continue
             if entry.deliveries > 1:
                 redelivered.add(len(events) - 1)
@@ -71,10 +80,10 @@ class StreamIntake:
     def _event(self, source_name: str, entry: StreamEntry) -> Event:
         if entry.event is None:
             raise ValidationError("event", "the entry has no event field")
-        try:
-            raw: Any = json.loads(entry.event)
-        except (ValueError, UnicodeDecodeError):
-            raise ValidationError("event", "is not JSON") from None
+        if len(entry.event) > self.max_bytes:
+            raise ValidationError("event", f"is larger than {self.max_bytes} bytes "
+                                  "(server.max_body_bytes)", code="too_large")
+        raw: Any = parse_json(entry.event, "event")  # what POST /api/events accepts
         if isinstance(raw, dict) and raw.get("id") is None:
             raw = {**raw, "id": f"{source_name}/{entry.entry_id}"}
         return self.ingest.parse(raw, _reach(entry.tenant))

@@ -4,12 +4,12 @@ Each process is one consumer of the group, named `<host>:<pid>` (`:worker-<i>` u
 `serve --workers`), so `XINFO CONSUMERS` tells them apart. It reads with `XREADGROUP … BLOCK`
 on a connection of its own (a blocking read must not hold one of the broker's), and settles
 each batch by its verdicts: stored entries are acknowledged (XACK), dead ones are added to
-the dead-letter stream with the error and their original fields, and acknowledged, in one
-MULTI; retried ones stay pending. Entries left pending longer than `claim_idle_seconds`, by a
+the dead-letter stream with the error and their original fields, then acknowledged; retried
+ones stay pending. Entries left pending longer than `claim_idle_seconds`, by a
 consumer that died or by this one (a retry), are taken over with XAUTOCLAIM; one delivered
 `max_deliveries` times that still fails for its own sake (not storage being away: a transient
-verdict) goes to the dead letter. Redis being away is waited
-out as the broker does: reconnect with backoff, logged once when lost and once when back.
+verdict) goes to the dead letter. Redis being away is waited out as the broker does:
+reconnect with backoff, logged once when lost and once when back.
 """
 
 from __future__ import annotations
@@ -106,7 +106,13 @@ class RedisStreamSource(StreamSource):
             self._running = False
 
     async def _create_group(self) -> None:
-        """The group, reading the stream from its start, and the stream too if missing."""
+        """The group, reading the stream from its start, and the stream too if missing; a
+        dead-letter key holding something else is refused here (the dead letter of an entry
+        would fail, and the entry be read again and again)."""
+        kind = _text(await self._client.type(self.settings.dead_letter_stream))
+        if kind not in ("none", "stream"):
+            raise aioredis.ResponseError(f"the dead letter {self.settings.dead_letter_stream} "
+                                         f"is a {kind}, not a stream")
         try:
             await self._client.xgroup_create(self.settings.stream, self.settings.group, id="0",
                                              mkstream=True)
@@ -185,8 +191,9 @@ class RedisStreamSource(StreamSource):
     async def _settle(self, entries: list[StreamEntry], verdicts: list[Verdict],
                       fields: dict[str, dict]) -> None:
         """Acknowledge the stored, dead-letter and acknowledge the dead (and the retried that
-        reached `max_deliveries` failing for their own sake), in one MULTI so an entry is never
-        acknowledged without its dead letter; leave the rest pending."""
+        reached `max_deliveries` failing for their own sake), the dead letters first: an entry
+        is never acknowledged without its dead letter (a failure between the two leaves it
+        pending, and it may be dead-lettered twice). Leave the rest pending."""
         settings = self.settings
         done: list[str] = []
         dead: list[tuple[StreamEntry, str]] = []
@@ -204,14 +211,15 @@ class RedisStreamSource(StreamSource):
         if not done and not dead:
             self.stats.failed += retried
             return
-        async with self._client.pipeline(transaction=True) as pipeline:
-            for entry, error in dead:
-                pipeline.xadd(settings.dead_letter_stream, {
-                    **fields[entry.entry_id], "error": error, "original_id": entry.entry_id,
-                    "original_stream": settings.stream, "deliveries": entry.deliveries})
-                done.append(entry.entry_id)
-            pipeline.xack(settings.stream, settings.group, *done)
-            await pipeline.execute()
+        if dead:  # all dead letters added before any of them is acknowledged
+            async with self._client.pipeline(transaction=False) as pipeline:
+                for entry, error in dead:
+                    pipeline.xadd(settings.dead_letter_stream, {
+                        **fields[entry.entry_id], "error": error, "original_id": entry.entry_id,
+                        "original_stream": settings.stream, "deliveries": entry.deliveries})
+                    done.append(entry.entry_id)
+                await pipeline.execute()
+        await self._client.xack(settings.stream, settings.group, *done)
         for entry, error in dead:
             log.warning("%s: entry %s sent to %s: %s", self.name, entry.entry_id,
                         settings.dead_letter_stream, error)
@@ -221,11 +229,13 @@ class RedisStreamSource(StreamSource):
 
     # -- health and backlog ------------------------------------------------------------------
 
-    async def _refresh_backlog(self) -> None:
+    async def _refresh_backlog(self, client: aioredis.Redis | None = None) -> None:
         """The group's pending count and lag, and the age of its oldest unacknowledged entry
-        (the oldest pending one, or the first not delivered yet)."""
+        (the oldest pending one, or the first not delivered yet); on the loop's client unless
+        given another."""
         settings = self.settings
-        groups = await self._client.xinfo_groups(settings.stream)
+        client = client or self._client
+        groups = await client.xinfo_groups(settings.stream)
         group = next((g for g in groups if _text(g["name"]) == settings.group), None)
         if group is None:
             self.stats.pending = self.stats.lag = self.stats.oldest_unacknowledged_seconds = None
@@ -234,11 +244,11 @@ class RedisStreamSource(StreamSource):
         self.stats.lag = group.get("lag")
         oldest: list[str] = []
         if group["pending"]:
-            summary = await self._client.xpending(settings.stream, settings.group)
+            summary = await client.xpending(settings.stream, settings.group)
             if summary.get("min"):
                 oldest.append(_text(summary["min"]))
         if self.stats.lag is None or self.stats.lag:
-            following = await self._client.xrange(
+            following = await client.xrange(
                 settings.stream, f"({_text(group['last-delivered-id'])}", "+", count=1)
             if following:
                 oldest.append(_text(following[0][0]))
@@ -273,18 +283,18 @@ class RedisStreamSource(StreamSource):
         return report
 
     async def _probe(self) -> None:
-        """Asked right now (`check`): does Redis answer, and how far behind is the group."""
-        self._client = _client(self._redis, self._redis.timeout_seconds * 4)
+        """Asked right now (`check`, or between restarts of the loop): does Redis answer, and
+        how far behind is the group. On a client of its own: the loop may start meanwhile."""
+        client = _client(self._redis, self._redis.timeout_seconds * 4)
         try:
-            await self._client.ping()
-            if await self._client.exists(self.settings.stream):
-                await self._refresh_backlog()
+            await client.ping()
+            if await client.exists(self.settings.stream):
+                await self._refresh_backlog(client)
             self._ok, self._error = True, None
         except REDIS_ERRORS as error:
             self._ok, self._error = False, str(error) or type(error).__name__
         finally:
-            await _close_quietly(self._client)
-            self._client = None
+            await _close_quietly(client)
 
 
 async def _close_quietly(client: aioredis.Redis | None) -> None:
