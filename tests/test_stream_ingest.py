@@ -528,11 +528,9 @@ async def notifications_of_tenant(app, tenant: str, user: str) -> list[dict]:
     return body["notifications"]
 
 
-@bounded
-async def test_a_batch_cancelled_at_shutdown_releases_its_claims_for_the_next_delivery(start_app):
-    app = await start_app(**{"rate_limits.notifications_per_minute": 0})
-    user = new_user()
-    entry = StreamEntry("1-0", json.dumps(payment(user, f"{user}-pay")), None, 1)
+async def stalled_while_storing(app, entry: StreamEntry):
+    """The intake handling `entry` while storing never ends (create_groups waits forever): the
+    task, once it holds the entry's claim, and the real create_groups to put back."""
     storing = asyncio.Event()
 
     async def never_stored(groups):
@@ -542,6 +540,15 @@ async def test_a_batch_cancelled_at_shutdown_releases_its_claims_for_the_next_de
     create_groups, app.service.create_groups = app.service.create_groups, never_stored
     handling = asyncio.create_task(StreamIntake(app.ingest).handle("redis:shutdown", [entry]))
     await asyncio.wait_for(storing.wait(), 5)
+    return handling, create_groups
+
+
+@bounded
+async def test_a_batch_cancelled_at_shutdown_releases_its_claims_for_the_next_delivery(start_app):
+    app = await start_app(**{"rate_limits.notifications_per_minute": 0})
+    user = new_user()
+    entry = StreamEntry("1-0", json.dumps(payment(user, f"{user}-pay")), None, 1)
+    handling, create_groups = await stalled_while_storing(app, entry)
     assert (await app.store.event(f"event:{user}-pay"))["state"] == "pending"
     handling.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -614,19 +621,12 @@ async def test_a_batch_cancelled_while_storage_is_away_stays_cancelled(start_app
     app = await start_app(**{"rate_limits.notifications_per_minute": 0})
     user = new_user()
     entry = StreamEntry("1-0", json.dumps(payment(user, f"{user}-pay")), None, 1)
-    storing = asyncio.Event()
-
-    async def never_stored(groups):
-        storing.set()
-        await asyncio.Event().wait()
 
     async def storage_away(claim):
         raise StorageUnavailableError("the disk stalled")
 
-    create_groups, app.service.create_groups = app.service.create_groups, never_stored
+    handling, create_groups = await stalled_while_storing(app, entry)
     release, app.store.release_event = app.store.release_event, storage_away
-    handling = asyncio.create_task(StreamIntake(app.ingest).handle("redis:shutdown", [entry]))
-    await asyncio.wait_for(storing.wait(), 5)
     handling.cancel()
     with pytest.raises(asyncio.CancelledError):
         await handling
