@@ -1,0 +1,373 @@
+"""NATS JetStream as a stream source: every process pulls from one durable consumer.
+
+The durable consumer (`ingest.nats.durable`) is shared: each `serve` process, and each worker of
+`serve --workers N`, binds a pull subscription to it, so JetStream spreads the messages between
+them and redelivers, after `ack_wait_seconds`, what a process took and never answered (it died).
+A message is acknowledged only once its notifications are stored; storage away answers `nak`
+with a delay that doubles with each delivery; an invalid or unhandled event, and one that was
+delivered `max_deliver` times without being stored, is published to `dead_letter_subject` and
+then terminated (`term`), so the stream goes on. Event ids make redeliveries harmless; a
+message whose event has no `id` is known by its stream sequence instead.
+
+Formats (docs/streams.md): the message body is a `POST /api/events` body; the optional header
+`Mojavox-Tenant` names its tenant. A dead letter keeps the original body byte for byte (it can be
+published again as it is) and says what happened in `Mojavox-*` headers.
+
+nats-py reconnects by itself (also when the server is away at start-up), retrying every
+RECONNECT_WAIT_SECONDS and replaying the subscription; this module only stops pulling while it is
+disconnected, logs the outage once and reports it in `health()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StreamConfig
+
+from ..settings import NatsSettings, SettingsError
+from .intake import StreamIntake
+from .source import StreamEntry, StreamSource, Verdict
+
+log = logging.getLogger(__name__)
+
+TENANT_HEADER = "Mojavox-Tenant"
+#: Headers of a dead letter (its body is the original message's body).
+ERROR_HEADER = "Mojavox-Error"
+STREAM_HEADER = "Mojavox-Stream"
+SEQUENCE_HEADER = "Mojavox-Sequence"
+SUBJECT_HEADER = "Mojavox-Subject"
+DELIVERIES_HEADER = "Mojavox-Deliveries"
+
+FETCH_BATCH = 100
+#: How long one pull waits for messages before it is sent again (it also bounds shutdown).
+FETCH_WAIT_SECONDS = 1.0
+NAK_FIRST_SECONDS = 0.5
+NAK_MAX_SECONDS = 30.0
+RECONNECT_WAIT_SECONDS = 1.0
+#: Each JetStream API call (stream and consumer info, a dead letter's publish) gives up after this.
+API_TIMEOUT_SECONDS = 5.0
+#: A health check waits at most this long for the consumer's figures.
+HEALTH_TIMEOUT_SECONDS = 1.0
+#: The longest error text a dead letter's header carries.
+ERROR_HEADER_LIMIT = 1000
+
+#: What the connection, the JetStream API and a dead letter's publish raise when NATS is away.
+NATS_ERRORS = (nats.errors.Error, OSError, asyncio.TimeoutError)
+#: What nats-py reports, before its disconnected callback, when the server went away.
+CONNECTION_LOST = (nats.errors.StaleConnectionError, OSError)
+
+
+def check_settings(settings: NatsSettings) -> None:
+    """What the settings' own checks cannot see: a dead letter that would land in the stream it
+    came from would be consumed again."""
+    if any(subject_matches(pattern, settings.dead_letter_subject) for pattern in settings.subjects):
+        raise SettingsError("ingest.nats.dead_letter_subject",
+                            f"{settings.dead_letter_subject} is one of the stream's subjects "
+                            f"({', '.join(settings.subjects)}): dead letters would be read again")
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching: `*` is one token, a final `>` one or more."""
+    wanted, given = pattern.split("."), subject.split(".")
+    for index, token in enumerate(wanted):
+        if token == ">":
+            return len(given) > index
+        if index >= len(given) or (token != "*" and token != given[index]):
+            return False
+    return len(given) == len(wanted)
+
+
+def nak_delay(deliveries: int) -> float:
+    """Seconds before a message that could not be stored is delivered again."""
+    return min(NAK_MAX_SECONDS, NAK_FIRST_SECONDS * 2 ** max(0, deliveries - 1))
+
+
+def shown_address(url: str) -> str:
+    """The server's host and port, never credentials in the URL."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or 4222}"
+
+
+class NatsSource(StreamSource):
+    def __init__(self, settings: NatsSettings, intake: StreamIntake,
+                 storage_ready: Callable[[], bool]):
+        """`storage_ready` says whether storage answers (the watchdog's state): after a batch
+        that could not be stored, pulling waits for it, so an outage costs each message in hand
+        one delivery instead of one per retry."""
+        check_settings(settings)
+        self.settings = settings
+        self.name = f"nats:{settings.stream}"
+        self._intake = intake
+        self._storage_ready = storage_ready
+        self._client: Client | None = None
+        self._subscription: JetStreamContext.PullSubscription | None = None
+        self._connected = asyncio.Event()
+        self._ready = False
+        self._closing = False
+        self._error: str | None = "not connected yet"
+        self._failing_since: float | None = None
+
+    # -- the consuming loop -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Consume until cancelled; NATS outages are waited out, never raised."""
+        try:
+            while True:
+                try:
+                    await self._consume()
+                except NATS_ERRORS as error:
+                    self._lost(f"{type(error).__name__}: {error}".rstrip(": "))
+                    await asyncio.sleep(RECONNECT_WAIT_SECONDS)
+        finally:
+            self._ready = False
+            self._closing = True
+            if self._client is not None:
+                await self._client.close()
+                self._client = None
+
+    async def _consume(self) -> None:
+        if self._client is None:
+            self._client = await self._connect()
+        js = self._client.jetstream(timeout=API_TIMEOUT_SECONDS)
+        await declare_stream(js, self.settings)
+        await self._declare_dead_letters(js)
+        await self._declare_consumer(js)
+        self._subscription = await js.pull_subscribe_bind(durable=self.settings.durable,
+                                                          stream=self.settings.stream)
+        self._ready = True
+        self._back()
+        while True:
+            await self._connected.wait()
+            try:
+                messages = await self._subscription.fetch(FETCH_BATCH, timeout=FETCH_WAIT_SECONDS)
+            except nats.errors.TimeoutError:
+                continue
+            if not await self._handle(js, messages):
+                await self._wait_for_storage()
+
+    async def _connect(self) -> Client:
+        """Connected, or still trying: nats-py retries the first connection forever too."""
+        client = await nats.connect(
+            self.settings.url, name=f"mojavox-notify {socket.gethostname()} pid {os.getpid()}",
+            connect_timeout=2, reconnect_time_wait=RECONNECT_WAIT_SECONDS,
+            max_reconnect_attempts=-1, error_cb=self._client_error,
+            disconnected_cb=self._disconnected, reconnected_cb=self._reconnected)
+        self._connected.set()
+        return client
+
+    async def _declare_dead_letters(self, js: JetStreamContext) -> None:
+        """Dead letters are kept: unless a stream already captures the subject, a stream
+        `<stream>_DEAD` is made for it."""
+        try:
+            await js.find_stream_name_by_subject(self.settings.dead_letter_subject)
+        except nats.js.errors.NotFoundError:
+            await js.add_stream(StreamConfig(name=f"{self.settings.stream}_DEAD",
+                                             subjects=[self.settings.dead_letter_subject]))
+
+    async def _declare_consumer(self, js: JetStreamContext) -> None:
+        """The durable pull consumer, made or brought to these settings. The server may deliver
+        once more than `max_deliver`: that delivery only moves the message to the dead letters
+        (a message that kills its worker never reaches an answer of its own)."""
+        await js.add_consumer(self.settings.stream, ConsumerConfig(
+            durable_name=self.settings.durable, ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL, ack_wait=self.settings.ack_wait_seconds,
+            max_deliver=self.settings.max_deliver + 1))
+
+    # -- one batch --------------------------------------------------------------------------------
+
+    async def _handle(self, js: JetStreamContext, messages: list[Msg]) -> bool:
+        """Answer each message; False when some could not be stored (storage away)."""
+        fresh = []
+        for message in messages:
+            deliveries = message.metadata.num_delivered
+            if deliveries > self.settings.max_deliver:
+                await self._dead_letter(js, message, f"delivered {deliveries - 1} times without "
+                                        "being stored (ingest.nats.max_deliver)")
+            else:
+                fresh.append(message)
+        if not fresh:
+            return True
+        verdicts = await self._intake.handle(self.name, [entry_of(message) for message in fresh])
+        stored = True
+        for message, verdict in zip(fresh, verdicts):
+            stored = await self._answer(js, message, verdict) and stored
+        return stored
+
+    async def _answer(self, js: JetStreamContext, message: Msg, verdict: Verdict) -> bool:
+        if verdict.kind == "stored":
+            await message.ack()
+            return True
+        if verdict.kind == "dead":
+            await self._dead_letter(js, message, verdict.error or "refused")
+            return True
+        await message.nak(delay=nak_delay(message.metadata.num_delivered))
+        return False
+
+    async def _dead_letter(self, js: JetStreamContext, message: Msg, error: str) -> None:
+        """Publish the message to the dead letters, then `term` it. A publish that fails leaves
+        the message unanswered: it comes back after ack_wait and is dead-lettered again (the
+        `Nats-Msg-Id` lets JetStream drop the copy if the first publish did land)."""
+        metadata = message.metadata
+        headers = {ERROR_HEADER: " ".join(error.split())[:ERROR_HEADER_LIMIT],
+                   STREAM_HEADER: metadata.stream,
+                   SEQUENCE_HEADER: str(metadata.sequence.stream),
+                   SUBJECT_HEADER: message.subject,
+                   DELIVERIES_HEADER: str(metadata.num_delivered),
+                   "Nats-Msg-Id": f"{metadata.stream}:{metadata.sequence.stream}:dead"}
+        tenant = (message.headers or {}).get(TENANT_HEADER)
+        if tenant is not None:
+            headers[TENANT_HEADER] = tenant
+        try:
+            await js.publish(self.settings.dead_letter_subject, message.data, headers=headers)
+        except NATS_ERRORS as failure:
+            log.warning("%s: could not publish the dead letter of sequence %d (%s); it is "
+                        "delivered again after ack_wait", self.name, metadata.sequence.stream,
+                        failure)
+            return
+        await message.term()
+
+    async def _wait_for_storage(self) -> None:
+        """Pull again once storage answers; at least NAK_FIRST_SECONDS later in any case."""
+        await asyncio.sleep(NAK_FIRST_SECONDS)
+        while not self._storage_ready():
+            await asyncio.sleep(0.1)
+
+    # -- connection state -------------------------------------------------------------------------
+
+    async def _disconnected(self) -> None:
+        self._connected.clear()
+        if not self._closing:
+            self._lost("disconnected")
+
+    async def _reconnected(self) -> None:
+        self._connected.set()
+        if self._ready:
+            self._back()
+
+    async def _client_error(self, error: Exception) -> None:
+        """nats-py reports every failed connection attempt here (logged once per outage), and
+        errors of a live connection, such as a permission refused."""
+        described = f"{type(error).__name__}: {error}".rstrip(": ")
+        if self._connected.is_set() and not isinstance(error, CONNECTION_LOST):
+            log.warning("%s: NATS client error: %s", self.name, described)
+            return
+        self._lost(described)
+
+    def _lost(self, error: str) -> None:
+        if self._failing_since is None:
+            log.error("%s: NATS at %s unavailable: %s; reconnecting every %g s", self.name,
+                      shown_address(self.settings.url), error, RECONNECT_WAIT_SECONDS)
+            self._failing_since = time.monotonic()
+        self._error = error
+
+    def _back(self) -> None:
+        if self._failing_since is not None:
+            log.warning("%s: NATS at %s is back after %.1f s", self.name,
+                        shown_address(self.settings.url), time.monotonic() - self._failing_since)
+        self._failing_since = None
+        self._error = None
+
+    # -- health -----------------------------------------------------------------------------------
+
+    async def health(self) -> dict[str, Any]:
+        """Whether the consumer is bound and connected, with its backlog: `pending` is what the
+        consumer has not delivered yet plus what it delivered and nobody acknowledged, and
+        `oldestUnackedSeconds` the age of the oldest of them (null when there is none)."""
+        report: dict[str, Any] = {"ok": False, "server": shown_address(self.settings.url),
+                                  "durable": self.settings.durable}
+        if not (self._ready and self._connected.is_set() and self._subscription is not None):
+            report["error"] = self._error or "not connected"
+            if self._failing_since is not None:
+                report["unavailableForSeconds"] = round(time.monotonic() - self._failing_since, 1)
+            return report
+        try:
+            async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
+                info = await self._subscription.consumer_info()
+                oldest = await self._oldest_unacked_age(info) \
+                    if info.num_pending + info.num_ack_pending else None
+        except NATS_ERRORS as error:
+            report["error"] = f"consumer info: {type(error).__name__} {error}".strip()
+            return report
+        report.update(ok=True, pending=info.num_pending + info.num_ack_pending,
+                      ackPending=info.num_ack_pending, oldestUnackedSeconds=oldest)
+        return report
+
+    async def _oldest_unacked_age(self, info) -> float | None:
+        """Every message up to the ack floor is acknowledged, so the next one is the oldest
+        that is not (None if it is gone, e.g. past the stream's max_age)."""
+        js = self._client.jetstream(timeout=HEALTH_TIMEOUT_SECONDS)
+        try:
+            oldest = await js.get_msg(self.settings.stream, seq=info.ack_floor.stream_seq + 1)
+        except nats.js.errors.NotFoundError:
+            return None
+        if oldest.time is None:
+            return None
+        return round(max(0.0, (datetime.now(timezone.utc) - oldest.time).total_seconds()), 3)
+
+
+def entry_of(message: Msg) -> StreamEntry:
+    """The intake's view of a message: its stream sequence stands for a missing event id."""
+    return StreamEntry(entry_id=str(message.metadata.sequence.stream), event=message.data,
+                       tenant=(message.headers or {}).get(TENANT_HEADER),
+                       deliveries=message.metadata.num_delivered)
+
+
+async def declare_stream(js: JetStreamContext, settings: NatsSettings) -> None:
+    """The stream, made when missing as a work queue on disk (a message leaves it once stored
+    or dead-lettered). An existing stream is left as its operator made it."""
+    try:
+        await js.stream_info(settings.stream)
+    except nats.js.errors.NotFoundError:
+        await js.add_stream(StreamConfig(name=settings.stream, subjects=list(settings.subjects),
+                                         retention=RetentionPolicy.WORK_QUEUE))
+
+
+def emit_subject(settings: NatsSettings, event_type: str) -> str:
+    """Where `emit --stream` publishes: the stream's first subject, a wildcard in it filled with
+    the event's type (`mojavox.events.>` → `mojavox.events.payment.received`; a `*` stands for
+    one token, so there the type's dots become underscores)."""
+    tokens = []
+    for token in settings.subjects[0].split("."):
+        if token == ">":
+            tokens.append(event_type)
+        elif token == "*":
+            tokens.append(event_type.replace(".", "_"))
+        else:
+            tokens.append(token)
+    return ".".join(tokens)
+
+
+async def publish_event(settings: NatsSettings, event: dict[str, Any], body: bytes,
+                        tenant: str | None = None) -> int:
+    """`emit --stream`: publish one event (`body`, its JSON) through JetStream, which answers
+    once it has stored it; returns its stream sequence. The event's `id`, when it has one, is
+    also the `Nats-Msg-Id`, so JetStream drops a copy published again within its duplicate
+    window (two minutes by default)."""
+    client = await nats.connect(settings.url, connect_timeout=API_TIMEOUT_SECONDS,
+                                allow_reconnect=False)
+    try:
+        js = client.jetstream(timeout=API_TIMEOUT_SECONDS)
+        await declare_stream(js, settings)
+        headers = {}
+        if event.get("id"):
+            headers["Nats-Msg-Id"] = str(event["id"])
+        if tenant:
+            headers[TENANT_HEADER] = tenant
+        acknowledgement = await js.publish(emit_subject(settings, str(event.get("type", "event"))),
+                                           body, headers=headers or None)
+        return acknowledgement.seq
+    finally:
+        await client.close()
