@@ -25,6 +25,10 @@ client; missing and doubled notifications and memory per minute.
 escalations whose steps come due within one second; each step's lateness, and create latency
 while they fire against idle.
 
+`python -m bench stream-ingest` (bench/stream_ingest.py, `--help` there): events from a Redis
+stream to the sockets against `POST /api/events` at the same offered loads: the highest
+sustained rate of each and p99 from the offer to the frame.
+
 Bounded in count and time; stops by itself. `--quick` shrinks everything for a smoke run.
 `--baseline REF` also runs MOJAVOX Notify as of a git ref (`mojavox@REF`, its package extracted
 with `git archive` and run from the same venv) in the same run, and prints our ratios to it.
@@ -60,6 +64,11 @@ if __name__ == "__main__" and sys.argv[1:2] == ["escalation-timers"]:
     import escalation_timers  # noqa: E402
 
     escalation_timers.main(sys.argv[2:])
+    sys.exit(0)
+if __name__ == "__main__" and sys.argv[1:2] == ["stream-ingest"]:
+    import stream_ingest  # noqa: E402
+
+    stream_ingest.main(sys.argv[2:])
     sys.exit(0)
 
 from peers import Peers  # noqa: E402

@@ -3,7 +3,8 @@
 Start-up order, top to bottom in `start()`: storage (schema or indexes) and its watchdog →
 broker (Redis when `redis.url` is set) and presence → service and ingest → web push (an HTTP
 client of its own, the sender, the outbox worker) → plugins' startup → HTTP/WebSocket listener →
-event sources and the cleanup job. `stop()` undoes it in reverse.
+event sources (the plugins' and the configured streams', `streams/`) and the cleanup job.
+`stop()` undoes it in reverse.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ from .errors import StorageUnavailableError
 from .health import StorageHealth
 from .store import NotificationStore, build_store
 from .store.importer import legacy_folder
+from .streams import StreamIntake, StreamSource, build_sources, consumer_name, source_metrics
 from .supervision import Supervisor
 from .topics import Topics
 
@@ -131,6 +133,7 @@ class NotifyApp:
         self.journal: Journal | None = None
         self.topics: Topics | None = None
         self.ingest: EventIngest | None = None
+        self.stream_sources: list[StreamSource] = []
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._http: tornado.httpserver.HTTPServer | None = None
@@ -225,8 +228,18 @@ class NotifyApp:
 
         for source in self._event_sources():
             self._tasks.append(asyncio.get_running_loop().create_task(self._run_source(source)))
+        # The configured streams (ingest.*): each consumer waits out its server's outages
+        # itself; the supervisor restarts one that fails otherwise.
+        self.stream_sources = self.build_stream_sources()
+        for stream_source in self.stream_sources:
+            self._tasks.append(self.supervisor.spawn(f"stream {stream_source.name}",
+                                                     stream_source.run))
         if settings.retention.cleanup_interval_minutes and not self.worker:
             self._tasks.append(asyncio.get_running_loop().create_task(self._cleanup_loop()))
+
+    def build_stream_sources(self) -> list[StreamSource]:
+        """The sources `ingest` configures, consuming as this process (storage must be open)."""
+        return build_sources(self.settings, StreamIntake(self.ingest), consumer_name(self.worker))
 
     def _received(self, message: Message) -> None:
         self.metrics.received(message)
@@ -288,6 +301,7 @@ class NotifyApp:
         yield counter("mojavox_rate_limited", "Refusals by a rate limit, by limit", "limit", refused)
         yield counter("mojavox_background_restarts", "Background tasks started again after an "
                       "unexpected failure, by task", "task", dict(self.supervisor.restarts))
+        yield from source_metrics(self.stream_sources)
         if self.push_worker is not None:
             yield counter("mojavox_push_results", "Web push outcomes (sent, retried, removed, "
                           "failed, given_up)", "result", dict(self.push_worker.stats))
@@ -356,15 +370,21 @@ class NotifyApp:
         return await self.ingest.ingest(event)
 
     async def health(self) -> dict[str, Any]:
-        """From cached state (the watchdog's last probe and every failure since): no I/O."""
+        """From cached state (the watchdog's last probe and every failure since, each stream
+        source's last contact): no I/O. A stream source that does not answer degrades it, as
+        the broker does: the HTTP path still works."""
         storage = self.storage_health.report() if self.storage_health else {
             "ok": False, "backend": self.storage_name}
         broker = self.broker.report()
         # Without Redis an instance still serves its own sockets and every request: degraded,
         # not unavailable, so a load balancer does not take every instance out at once.
-        status = "unavailable" if not storage["ok"] else "ok" if broker["ok"] else "degraded"
+        sources = [await source.health() for source in self.stream_sources]
+        answering = broker["ok"] and all(source["ok"] for source in sources)
+        status = "unavailable" if not storage["ok"] else "ok" if answering else "degraded"
         report = {"status": status, "storage": storage, "broker": broker,
                   "connections": len(self.hub)}
+        if sources:
+            report["sources"] = sources
         if self.worker is not None:
             report["worker"] = {"index": self.worker, "pid": os.getpid()}
         return report

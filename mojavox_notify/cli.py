@@ -16,7 +16,7 @@ import urllib.request
 from typing import Callable, Sequence
 
 
-from . import tenants
+from . import streams, tenants
 from .app import NotifyApp, StartupError
 from .auth import existing_hs256_secret, mint_token
 from .errors import StorageUnavailableError
@@ -41,7 +41,7 @@ EXIT_STORAGE_LOST = 3
 DEFAULT_SETTINGS_FILE = "settings.yaml"
 
 EXPECTED_ERRORS = (SettingsError, PluginError, StartupError, Nx27017Error, StorageUnavailableError,
-                   FileNotFoundError)
+                   streams.StreamUnavailableError, FileNotFoundError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -111,13 +111,17 @@ def _parser() -> argparse.ArgumentParser:
 
     emit = _command(commands, "emit", "post one domain event to a running server",
                     "POST /api/events with a service token: minted from the server's HS256 "
-                    "secret, or given with --token.",
+                    "secret, or given with --token;\nwith --stream, add it to a configured "
+                    "stream (ingest) and print the entry's id.",
                     "mojavox-notify emit payment.received --id pay-1 \\\n"
                     "    --data '{\"userId\":\"alice\",\"amount\":2450,\"accountId\":\"AC-1\","
                     "\"debtorName\":\"John Smith\"}'")
     emit.add_argument("type", metavar="TYPE", help="event type, e.g. payment.received")
     emit.add_argument("--data", required=True, help="the event's data as a JSON object")
     emit.add_argument("--id", dest="event_id", help="event id; repeating it creates nothing new")
+    emit.add_argument("--stream", metavar="NAME",
+                      help="add the event to this configured stream instead (as /healthz names "
+                           "it, e.g. redis:mojavox:events), for the server to consume")
     emit.add_argument("--url", help="server base URL (default: from the settings)")
     emit.add_argument("--token", help="a token with the service role (default: minted from the "
                                       "server's HS256 secret); also $MOJAVOX_TOKEN")
@@ -324,6 +328,9 @@ def _emit(args) -> int:
     event = {"type": args.type, "data": data}
     if args.event_id:
         event["id"] = args.event_id
+    if args.stream:
+        print(asyncio.run(streams.publish(settings, args.stream, event)))
+        return 0
     base = (args.url or f"http://127.0.0.1:{settings.server.port}").rstrip("/")
     token = args.token or os.environ.get("MOJAVOX_TOKEN")
     if not token:
@@ -409,18 +416,32 @@ def _check(args) -> int:
     print(f"plugins: ok ({', '.join(name for name, _ in app.plugins.manager.list_name_plugin()) or 'none'}; "
           f"{len(app.plugins.types)} notification types, {len(app.plugins.event_types)} event types)")
 
-    async def connectivity() -> str:
+    async def connectivity() -> tuple[str, list[dict]]:
         try:
             await app.open_storage()
-            return app.storage_name
+            return app.storage_name, [await source.health()
+                                      for source in app.build_stream_sources()]
         finally:
             await app.stop()
 
-    print(f"storage: ok ({asyncio.run(connectivity())})")
+    storage, sources = asyncio.run(connectivity())
+    print(f"storage: ok ({storage})")
     print(f"broker: ok ({asyncio.run(_check_broker(settings))})")
+    for report in sources:
+        if not report["ok"]:
+            raise StartupError(f"stream {report['name']}: does not answer: {report['error']} "
+                               "(ingest)")
+        print(f"stream {report['name']}: ok ({_backlog(report)})")
     count = worker_count(settings)
     print(f"workers: ok ({count}{' = one per core' if not settings.server.workers else ''})")
     return 0
+
+
+def _backlog(report: dict) -> str:
+    """A source's health as `check` prints it: its group and how far behind it is."""
+    shown = [f"{key} {report[key]}" for key in ("group", "durable", "pending", "lag")
+             if report.get(key) is not None]
+    return ", ".join(shown) or "answers"
 
 
 async def _check_broker(settings: Settings) -> str:

@@ -39,6 +39,17 @@ class Coalescer(Generic[Item, Result]):
             self._serving = loop.create_task(self._serve_queued())
         return await future
 
+    async def many(self, items: list[Item]) -> list[Result]:
+        """Several items queued at once, so they are served together (in one batch, unless they
+        weigh more than `limit`): a stream's batch of events in one transaction. Raises what
+        their batch raised."""
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in items]
+        self._queued.extend(zip(items, futures))
+        if self._serving is None and items:
+            self._serving = loop.create_task(self._serve_queued())
+        return list(await asyncio.gather(*futures))
+
     async def _serve_queued(self) -> None:
         batch: list[tuple[Item, asyncio.Future]] = []
         try:

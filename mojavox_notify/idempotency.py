@@ -68,6 +68,16 @@ class Idempotency:
             await self.store.complete_event(claim, ids)  # when it stored none (all muted)
             return ids, False
 
+    async def take_over_if_stale(self, record: dict, claim: EventClaim) -> bool:
+        """Whether `claim` now holds a key whose pending `record` belongs to a request that
+        died (older than STALE_CLAIM): nothing is stored under a pending claim."""
+        if utcnow() - record["created_at"] <= STALE_CLAIM:
+            return False
+        if not await self.store.take_over_event(claim.key, record.get("owner"), claim.owner):
+            return False
+        log.warning("%s: took over the claim of a request that stopped", claim.key)
+        return True
+
     async def _claim(self, claim: EventClaim, fingerprint: str,
                      conflict: Callable[[str], ValidationError]) -> list[str] | None:
         """None when this request owns the key now; the earlier result when it was seen."""
@@ -81,11 +91,9 @@ class Idempotency:
             if record["state"] == "done":
                 return list(record["notifications"])
             if utcnow() - record["created_at"] > STALE_CLAIM:
-                # Its request died: nothing is stored under a pending claim, so take it over.
-                if await self.store.take_over_event(claim.key, record.get("owner"), claim.owner):
-                    log.warning("%s: took over the claim of a request that stopped", claim.key)
+                if await self.take_over_if_stale(record, claim):
                     return None
-                continue
+                continue  # another request took it over first: read its record again
             if time.monotonic() > deadline:
                 raise RateLimitedError(f"{claim.key} is still being handled by another request; "
                                        "retry shortly", retry_after=1.0)

@@ -6,18 +6,19 @@ creates nothing, across restarts and instances.
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
-from .errors import NotifyError, ValidationError
+from .errors import NotifyError, RateLimitedError, ValidationError
 from . import tenants
 from .escalations import ResolveEscalation
 from .escalations.service import EscalationService
 from .idempotency import Idempotency, event_key
 from .metrics import Metrics
-from .model import Event
+from .model import Draft, Event
 from .plugins import Plugins
 from .service import NotificationService
-from .store import EventClaim, NotificationStore
+from .store import ClaimLostError, EventClaim, NotificationStore
 from .tenants import Reach
 from .wire.event import EventCheck, check_event_rules
 
@@ -31,6 +32,9 @@ class EventIngest:
         self.idempotency = Idempotency(store)
         self._metrics = metrics or Metrics()
         self._event_check = EventCheck(plugins.event_types)
+        # Claims of a batch that failed while storage was away, released once it answers, so
+        # the batch's retry need not wait for them to turn stale.
+        self._unreleased: list[EventClaim] = []
 
     def parse(self, raw: Any, reach: Reach = Reach()) -> Event:
         try:
@@ -57,6 +61,146 @@ class EventIngest:
         finally:
             self._metrics.events.labels(self._known(event.type), outcome).inc()
 
+    async def ingest_many(self, events: list[Event]) -> list[list[str] | Exception]:
+        """`ingest` for a batch (a stream's entries): each event's notification ids, or the
+        error it met, in its place. Still once per event id: the ids are claimed in one write,
+        an id twice in the batch (or already stored) is handled once and the others answer
+        with its ids, and every event's drafts are stored in one write under its own claim."""
+        await self._release_leftovers()
+        outcomes: list[list[str] | Exception | None] = [None] * len(events)
+        claims: dict[str, EventClaim] = {}
+        first_of: dict[str, int] = {}
+        repeats: list[tuple[int, str]] = []
+        for index, event in enumerate(events):
+            if event.id is None:
+                continue
+            key = event_key(tenants.key(event.tenant, event.id))
+            if key in first_of:
+                repeats.append((index, key))
+                continue
+            first_of[key] = index
+            claims[key] = EventClaim(key, secrets.token_hex(12))
+        try:
+            await self._claim_many(events, claims, first_of, outcomes)
+        except NotifyError as error:  # storage away: nothing was claimed or handled
+            return [error] * len(events)
+        held = {first_of[key]: claim for key, claim in claims.items()}
+        await self._handle_many(events, outcomes, held,
+                                [index for index, event in enumerate(events)
+                                 if index in held or (event.id is None and outcomes[index] is None)])
+        for index, key in repeats:
+            earlier = outcomes[first_of[key]]
+            outcomes[index] = (ValidationError("id", f"was already used for a "
+                                               f"{events[first_of[key]].type} event",
+                                               code="event_id_conflict")
+                               if events[index].type != events[first_of[key]].type
+                               else earlier)
+        for event, outcome in zip(events, outcomes):
+            self._metrics.events.labels(self._known(event.type), _outcome_label(outcome)).inc()
+        return outcomes
+
+    async def _claim_many(self, events: list[Event], claims: dict[str, EventClaim],
+                          first_of: dict[str, int], outcomes: list) -> None:
+        """Claim every event id at once; an event whose id was seen gets its earlier ids as
+        its outcome (and loses its claim), one whose id another request handles right now a
+        RateLimitedError (to retry), one of another type a conflict."""
+        keys = list(claims)
+        records = await self.idempotency.store.claim_events(
+            [(key, events[first_of[key]].type, claims[key].owner) for key in keys])
+        for key, record in zip(keys, records):
+            if record is None:
+                continue
+            index = first_of[key]
+            if record.get("type") != events[index].type:
+                outcomes[index] = ValidationError("id", f"was already used for a "
+                                                  f"{record.get('type')} event",
+                                                  code="event_id_conflict")
+            elif record["state"] == "done":
+                outcomes[index] = list(record["notifications"])
+            elif await self.idempotency.take_over_if_stale(record, claims[key]):
+                continue
+            else:
+                outcomes[index] = RateLimitedError(f"{key} is being handled by another request",
+                                                   retry_after=1.0)
+            del claims[key]
+
+    async def _handle_many(self, events: list[Event], outcomes: list,
+                           claims: dict[int, EventClaim], todo: list[int]) -> None:
+        """The plugins' drafts of the events at `todo` (each under its claim, if it has an id),
+        stored in one write; what fails before anything is stored releases its claim, so a
+        retry can succeed."""
+        prepared: list[tuple[int, list[Draft], list[ResolveEscalation]]] = []
+        for index in todo:
+            try:
+                prepared.append((index, *await self._drafts_of(events[index])))
+            except Exception as error:
+                outcomes[index] = error
+        try:
+            results = await self.service.create_groups(
+                [(drafts, claims.get(index)) for index, drafts, _ in prepared if drafts])
+        except Exception as error:  # storage away, rate limited: none of them was stored
+            results = None
+            for index, drafts, _ in prepared:
+                outcomes[index] = error
+        created = iter(results or [])
+        for index, drafts, resolutions in prepared:
+            result = next(created) if drafts and results is not None else []
+            if results is None:
+                continue
+            if isinstance(result, ClaimLostError):
+                outcomes[index] = result
+                continue
+            try:
+                await self._resolve(events[index], resolutions)
+            except Exception as error:
+                outcomes[index] = error
+                continue
+            outcomes[index] = [payload["id"] for payload in result if payload is not None]
+        for index, claim in claims.items():
+            outcome = outcomes[index]
+            try:
+                if isinstance(outcome, Exception):
+                    await self.idempotency.store.release_event(claim)
+                elif not outcome:  # nothing stored (muted, or only resolutions)
+                    await self.idempotency.store.complete_event(claim, [])
+            except NotifyError as error:
+                if not isinstance(outcome, Exception):
+                    outcomes[index] = error
+                self._unreleased.append(claim)
+
+    async def _release_leftovers(self) -> None:
+        """Release (or complete, when their write did land) the claims left by a failed batch."""
+        leftovers, self._unreleased = self._unreleased, []
+        for position, claim in enumerate(leftovers):
+            try:
+                await self.idempotency.store.release_event(claim)
+            except NotifyError:
+                self._unreleased.extend(leftovers[position:])
+                return
+
+    async def _drafts_of(self, event: Event) -> tuple[list[Draft], list[ResolveEscalation]]:
+        """The event's validated drafts (topics expanded) and the escalations it resolves."""
+        if event.type not in self.plugins.event_types:
+            check_event_rules({"type": event.type, "data": event.data},  # raises naming the known
+                              self.plugins.event_types)                  # types
+        raw_drafts = await self.plugins.drafts_for(event)
+        if raw_drafts is None:
+            raise NotifyError(f"plugin {self.plugins.event_types[event.type]} declared "
+                              f"{event.type} but returned no drafts for it")
+        if not isinstance(raw_drafts, list):
+            raw_drafts = [raw_drafts]
+        resolutions = [item for item in raw_drafts if isinstance(item, ResolveEscalation)]
+        raw_drafts = [item for item in raw_drafts if not isinstance(item, ResolveEscalation)]
+        # The plugin's drafts stay inside the event's tenant.
+        drafts = await self.service.expand(self.service.validate(raw_drafts, Reach(event.tenant)))
+        return drafts, resolutions
+
+    async def _resolve(self, event: Event, resolutions: list[ResolveEscalation]) -> None:
+        for resolution in resolutions:
+            if self.escalations is not None:
+                await self.escalations.resolve(tenants.key(event.tenant, resolution.key),
+                                               resolution.resolution)
+
     async def _ingest(self, event: Event) -> tuple[list[str], bool]:
         if event.type not in self.plugins.event_types:
             check_event_rules({"type": event.type, "data": event.data},  # raises naming the known
@@ -70,19 +214,15 @@ class EventIngest:
                                             code="event_id_conflict"))
 
     async def _handle(self, event: Event, claim: EventClaim | None = None) -> list[str]:
-        raw_drafts = await self.plugins.drafts_for(event)
-        if raw_drafts is None:
-            raise NotifyError(f"plugin {self.plugins.event_types[event.type]} declared "
-                              f"{event.type} but returned no drafts for it")
-        if not isinstance(raw_drafts, list):
-            raw_drafts = [raw_drafts]
-        resolutions = [item for item in raw_drafts if isinstance(item, ResolveEscalation)]
-        raw_drafts = [item for item in raw_drafts if not isinstance(item, ResolveEscalation)]
-        # The plugin's drafts stay inside the event's tenant.
-        drafts = await self.service.expand(self.service.validate(raw_drafts, Reach(event.tenant)))
+        drafts, resolutions = await self._drafts_of(event)
         created = await self.service.create_many(drafts, claim=claim) if drafts else []
-        for resolution in resolutions:
-            if self.escalations is not None:
-                await self.escalations.resolve(tenants.key(event.tenant, resolution.key),
-                                               resolution.resolution)
+        await self._resolve(event, resolutions)
         return [payload["id"] for payload in created if payload is not None]
+
+
+def _outcome_label(outcome: list[str] | Exception) -> str:
+    """`mojavox_events{outcome}` of one event of a batch (a repeat counts as created)."""
+    if isinstance(outcome, Exception):
+        return "refused" if isinstance(outcome, NotifyError) and outcome.status < 500 \
+            and not isinstance(outcome, RateLimitedError) else "failed"
+    return "created" if outcome else "none_created"

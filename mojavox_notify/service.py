@@ -33,7 +33,7 @@ from .push_addresses import check_endpoint
 from .ratelimit import RateLimiter
 from .settings import Settings
 from . import tenants
-from .store import MAX_TOPIC_MEMBERS, EventClaim, NotificationStore, UserState
+from .store import MAX_TOPIC_MEMBERS, ClaimLostError, EventClaim, NotificationStore, UserState
 from .tenants import Reach
 from .wire.broadcast import MAX_ACTIVE, check_broadcast, to_broadcast_payload
 from .wire.notification import DraftCheck, notification_id, page_bounds, to_payload
@@ -169,54 +169,98 @@ class NotificationService:
     async def create_many(self, drafts: list[Draft],
                           claim: EventClaim | None = None) -> list[dict | None]:
         """Store and publish validated drafts, under `claim` when the caller holds one
-        (idempotency.py). Muted ones give None in their place.
+        (idempotency.py). Muted ones give None in their place; ClaimLostError (nothing stored)
+        when the claim is no longer the caller's."""
+        [created] = await self.create_groups([(drafts, claim)])
+        if isinstance(created, ClaimLostError):
+            raise created
+        return created
+
+    async def create_groups(self, groups: Sequence[tuple[list[Draft], EventClaim | None]]
+                            ) -> list[list[dict | None] | ClaimLostError]:
+        """`create_many` for several groups of drafts at once, each under its own claim (a
+        stream's batch of events): each group's payloads, or a ClaimLostError in the place of
+        a group whose claim was lost (it stored nothing; the others did).
 
         Critical notifications can be neither muted nor rate limited: an escalation must reach
-        its supervisor. Preferences are read once for the whole batch, the rate limit is checked
+        its supervisor. Preferences are read once for all groups, the rate limit is checked
         for all drafts before any is stored, and all are stored in one write before any is
         published, so what a socket receives can always be read back. Push jobs are recorded in
         the same write.
         """
         started = time.perf_counter()
+        drafts = [draft for group, _ in groups for draft in group]
         preferences = await self.store.preferences_of_many({draft.user_id for draft in drafts})
         choices = [self._choice(draft, preferences.get(draft.user_id, {})) for draft in drafts]
-        positions = [position for position, (draft, choice) in enumerate(zip(drafts, choices))
-                     if choice.enabled or draft.priority == "critical"]
-        wanted = [drafts[position] for position in positions]
+        enabled = [choice.enabled or draft.priority == "critical"
+                   for draft, choice in zip(drafts, choices)]
+        wanted = [draft for draft, chosen in zip(drafts, enabled) if chosen]
         await self.limiter.acquire(draft.user_id for draft in wanted if draft.priority != "critical")
-        push = await self._pushed([(drafts[position], choices[position]) for position in positions])
+        push = iter(await self._pushed([(draft, choice) for draft, choice, chosen
+                                        in zip(drafts, choices, enabled) if chosen]))
         escalating = self._escalations is not None and any(
             self._escalations.escalates(draft.type) for draft in wanted)
         opened = await self._escalations.attach(wanted) if escalating else []
-        stored = await self.store.insert_many(wanted, claim=claim, push=push)
-        created: list[dict | None] = [None] * len(drafts)
+        # Per group: the positions of its wanted drafts, and what goes to the store.
+        chosen_flags = iter(enabled)
+        layout: list[list[int]] = []
+        insertions: list[tuple[list[Draft], EventClaim | None, list[bool]]] = []
+        for group, claim in groups:
+            positions = [position for position, _ in enumerate(group) if next(chosen_flags)]
+            layout.append(positions)
+            insertions.append(([group[position] for position in positions], claim,
+                               [next(push) for _ in positions]))
+        stored_groups = await self._store(insertions)
+        results: list[list[dict | None] | ClaimLostError] = []
+        stored: list = []
         messages, at = [], time.time()
-        for position, record in zip(positions, stored):
-            payload = created[position] = to_payload(record.document)
-            messages.append(NotificationCreated(
-                record.document["user_id"], record.document["seq"], payload,
-                record.state.unread_payload(), at))
+        for (group, _), positions, records in zip(groups, layout, stored_groups):
+            if isinstance(records, ClaimLostError):
+                results.append(records)
+                continue
+            created: list[dict | None] = [None] * len(group)
+            for position, record in zip(positions, records):
+                payload = created[position] = to_payload(record.document)
+                messages.append(NotificationCreated(
+                    record.document["user_id"], record.document["seq"], payload,
+                    record.state.unread_payload(), at))
+                stored.append((payload, record))
+            results.append(created)
         by_tenant = self._metrics.tenant_label
         kinds = collections.Counter(
-            (draft.type, draft.priority, *((tenants.tenant_of(draft.user_id),) if by_tenant else ()))
-            for draft in wanted)
+            (record.document["type"], record.document["priority"],
+             *((tenants.tenant_of(record.document["user_id"]),) if by_tenant else ()))
+            for _, record in stored)
         for labels, count in kinds.items():
             self._metrics.notifications_created.labels(*labels).inc(count)
         if messages:
             await self._publish_many(messages)
         if stored:
             self._metrics.create_to_publish.observe(time.perf_counter() - started)
-        if self.on_push_recorded is not None and any(record.pushed for record in stored):
+        if self.on_push_recorded is not None and any(record.pushed for _, record in stored):
             self.on_push_recorded()
-        if escalating:
+        if escalating and not all(isinstance(result, ClaimLostError) for result in results):
             try:
-                await self._escalations.recorded(opened, [record.document for record in stored])
+                await self._escalations.recorded(opened, [record.document for _, record in stored])
             except Exception:  # the timeline's lines must not fail a creation that is stored
                 log.exception("could not record the escalation timeline of a creation")
         if self.plugins.listens("mojavox_notification_created"):
-            for position, record in zip(positions, stored):
-                await self._observe(created[position], record.document["user_id"])
-        return created
+            for payload, record in stored:
+                await self._observe(payload, record.document["user_id"])
+        return results
+
+    async def _store(self, insertions: list[tuple[list[Draft], EventClaim | None, list[bool]]]
+                     ) -> list[list | ClaimLostError]:
+        """One group as `insert_many`, several as `insert_groups`: one write either way."""
+        if len(insertions) != 1:
+            return await self.store.insert_groups(insertions)
+        drafts, claim, push = insertions[0]
+        if not drafts:
+            return [[]]
+        try:
+            return [await self.store.insert_many(drafts, claim=claim, push=push)]
+        except ClaimLostError as error:
+            return [error]
 
     async def _publish(self, message: Message) -> None:
         await self._publish_many([message])

@@ -249,6 +249,62 @@ class EscalationTimerSettings:
     batch: int = _check(_between(1, 10_000), default=500)
 
 
+def _stream_key(value: str) -> str | None:
+    """A stream, group or consumer name (short enough that `<kind>:<stream>/<entry id>` stays
+    a valid event id of at most 128 characters)."""
+    if value and len(value) <= 64 and not any(c.isspace() for c in value):
+        return None
+    return "must be 1 to 64 characters without spaces"
+
+
+def _nats_subject(value: str) -> str | None:
+    if value and not any(c.isspace() for c in value) and ".." not in value:
+        return None
+    return "must be a NATS subject such as mojavox.events.dead"
+
+
+@dataclass(frozen=True)
+class RedisStreamSettings:
+    """`ingest.redis_streams[]`: one Redis stream read by a consumer group (streams/redis_streams.py)
+    on the Redis of `redis.url`; each entry's `event` field is a `POST /api/events` body."""
+
+    stream: str = _check(_stream_key, default="mojavox:events")
+    group: str = _check(_stream_key, default="mojavox-notify")
+    batch: int = _check(_between(1, 10_000), default=100)
+    block_ms: int = _check(_between(10, 60_000), default=1000)
+    claim_idle_seconds: float = _check(_between(0.1, 86400), default=30)
+    max_deliveries: int = _check(_between(1, 1000), default=10)
+    dead_letter: str | None = _check(_stream_key, default=None)
+
+    @property
+    def dead_letter_stream(self) -> str:
+        """Where poison entries go: `dead_letter`, else `<stream>:dead`."""
+        return self.dead_letter or f"{self.stream}:dead"
+
+
+@dataclass(frozen=True)
+class NatsSettings:
+    """`ingest.nats`: a NATS JetStream stream read by a durable pull consumer; off while `url`
+    is null."""
+
+    url: str | None = _check(_url_with_scheme("nats", "tls"), default=None)
+    stream: str = _check(_stream_key, default="MOJAVOX")
+    subjects: tuple[str, ...] = ("mojavox.events.>",)
+    durable: str = _check(_stream_key, default="mojavox-notify")
+    max_deliver: int = _check(_between(1, 1000), default=10)
+    ack_wait_seconds: float = _check(_between(1, 86400), default=30)
+    dead_letter_subject: str = _check(_nats_subject, default="mojavox.events.dead")
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """Durable streams the server consumes events from, besides `POST /api/events`
+    (docs/streams.md)."""
+
+    redis_streams: tuple[RedisStreamSettings, ...] = ()
+    nats: NatsSettings = field(default_factory=NatsSettings)
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: str = "./data"
@@ -266,6 +322,7 @@ class Settings:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     web: WebSettings = field(default_factory=WebSettings)
     escalation_timers: EscalationTimerSettings = field(default_factory=EscalationTimerSettings)
+    ingest: IngestSettings = field(default_factory=IngestSettings)
     # By notification type; not settable from the environment (a mapping of mappings).
     escalations: Mapping[str, EscalationPolicySettings] = field(
         default_factory=dict, metadata={"mapping": EscalationPolicySettings})
@@ -367,6 +424,8 @@ def _all_keys(cls, prefix: str = "") -> list[str]:
             continue
         if dataclasses.is_dataclass(hints[spec.name]):
             keys.extend(_all_keys(hints[spec.name], f"{prefix}{spec.name}."))
+        elif _dataclass_elements(hints[spec.name]) is not None:
+            continue  # a list of sections (ingest.redis_streams) is set in the file only
         else:
             keys.append(prefix + spec.name)
     return keys
@@ -411,13 +470,13 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _set_dotted(raw: dict, key: str, value: Any, source: str) -> None:
-    section, _, name = key.partition(".")
-    if not name:
-        raw[section] = value
-        return
-    target = raw.setdefault(section, {})
-    if not isinstance(target, dict):
-        raise SettingsError(section, f"must be a mapping (while applying {source})")
+    *sections, name = key.split(".")
+    target = raw
+    for depth, section in enumerate(sections):
+        target = target.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise SettingsError(".".join(sections[:depth + 1]),
+                                f"must be a mapping (while applying {source})")
     target[name] = value
 
 
@@ -557,7 +616,28 @@ def _check_combinations(settings: Settings) -> None:
             raise SettingsError(f"push.{share}", f"must be less than push.concurrency "
                                 f"({push.concurrency}), so that one push service or one user "
                                 "never takes every send")
+    _check_ingest(settings)
     if settings.plugins.enabled and settings.plugins.disabled:
         overlap = set(settings.plugins.enabled) & set(settings.plugins.disabled)
         if overlap:
             raise SettingsError("plugins.disabled", f"lists {sorted(overlap)[0]}, which is also enabled")
+
+
+def _check_ingest(settings: Settings) -> None:
+    """A Redis stream is read on the Redis of `redis.url`, each by one group of its own."""
+    streams = settings.ingest.redis_streams
+    if streams and not settings.redis.url:
+        raise SettingsError("ingest.redis_streams", "needs redis.url (REDIS_URL): the streams "
+                            "are read on that Redis")
+    seen: set[str] = set()
+    for index, stream in enumerate(streams):
+        if stream.stream in seen:
+            raise SettingsError(f"ingest.redis_streams.{index}.stream",
+                                f"{stream.stream} is listed twice")
+        seen.add(stream.stream)
+        if stream.dead_letter_stream == stream.stream:
+            raise SettingsError(f"ingest.redis_streams.{index}.dead_letter",
+                                "must differ from the stream it serves")
+    nats = settings.ingest.nats
+    if nats.url is not None and not nats.subjects:
+        raise SettingsError("ingest.nats.subjects", "must name at least one subject")

@@ -109,10 +109,7 @@ def setting_defaults() -> dict[str, str]:
         if section.default_factory is dataclasses.MISSING:
             keys[section.name] = yaml_value(section.default)
             continue
-        for key in dataclasses.fields(section.default_factory):
-            default = (key.default if key.default is not dataclasses.MISSING
-                       else key.default_factory())
-            keys[f"{section.name}.{key.name}"] = yaml_value(default)
+        keys.update(_defaults_of(section.default_factory, f"{section.name}."))
     return keys
 
 

@@ -391,15 +391,19 @@ def test_the_environment_scheme_covers_every_key():
     """Each key's variable, set to the key's default as text, loads and gives that default."""
     from mojavox_notify.settings import _all_keys, environment_variable
     defaults = Settings()
+    def value_of(settings, key):
+        for part in key.split("."):
+            settings = getattr(settings, part)
+        return settings
+
     for key in _all_keys(Settings):
-        section, _, name = key.rpartition(".")
-        default = getattr(getattr(defaults, section) if section else defaults, name)
+        default = value_of(defaults, key)
         if default in (None, ()):
             continue
         text = (", ".join(default) if isinstance(default, tuple) else
                 str(default).lower() if isinstance(default, bool) else str(default))
         settings = load_settings(None, environ={environment_variable(key): text})
-        assert getattr(getattr(settings, section) if section else settings, name) == default, key
+        assert value_of(settings, key) == default, key
 
 
 def test_an_unknown_mojavox_variable_is_one_clear_error():
@@ -409,3 +413,34 @@ def test_an_unknown_mojavox_variable_is_one_clear_error():
     with pytest.raises(SettingsError) as raised:
         load_settings(None, environ={"MOJAVOX_SERVER__PORT": "x"})
     assert "(set by MOJAVOX_SERVER__PORT)" in str(raised.value)
+
+
+def test_a_nested_section_is_set_from_the_environment_by_its_dotted_path():
+    settings = load_settings(None, environ={"MOJAVOX_INGEST__NATS__URL": "nats://bus.internal:4222",
+                                            "MOJAVOX_INGEST__NATS__MAX_DELIVER": "4"})
+    assert settings.ingest.nats.url == "nats://bus.internal:4222"
+    assert settings.ingest.nats.max_deliver == 4
+
+
+def test_redis_streams_take_their_defaults_and_need_a_redis_url(tmp_path):
+    path = tmp_path / "settings.yaml"
+    path.write_text("redis: {url: 'redis://127.0.0.1:6379/0'}\n"
+                    "ingest:\n  redis_streams:\n    - stream: dialer:events\n", encoding="utf-8")
+    [stream] = load_settings(path, environ={}).ingest.redis_streams
+    assert (stream.group, stream.batch, stream.max_deliveries) == ("mojavox-notify", 100, 10)
+    assert stream.dead_letter_stream == "dialer:events:dead"
+    path.write_text("ingest:\n  redis_streams:\n    - stream: dialer:events\n", encoding="utf-8")
+    with pytest.raises(SettingsError, match="ingest.redis_streams: needs redis.url"):
+        load_settings(path, environ={})
+
+
+def test_a_stream_listed_twice_or_a_bad_stream_key_is_named(tmp_path):
+    path = tmp_path / "settings.yaml"
+    path.write_text("redis: {url: 'redis://127.0.0.1:6379/0'}\n"
+                    "ingest:\n  redis_streams: [{stream: a}, {stream: a}]\n", encoding="utf-8")
+    with pytest.raises(SettingsError, match=r"ingest.redis_streams.1.stream: a is listed twice"):
+        load_settings(path, environ={})
+    path.write_text("redis: {url: 'redis://127.0.0.1:6379/0'}\n"
+                    "ingest:\n  redis_streams: [{stream: a, batch: 0}]\n", encoding="utf-8")
+    with pytest.raises(SettingsError, match=r"ingest.redis_streams.0.batch: must be between"):
+        load_settings(path, environ={})

@@ -760,3 +760,55 @@ async def test_a_finished_send_clears_its_marker_and_keeps_a_change_made_meanwhi
     assert acknowledged["state"] == "acknowledged" and acknowledged["acknowledged_by"] == "bob"
     assert acknowledged["sending"] is None and acknowledged["due_at"] is None
     assert [d["_id"] for d in await store.due_escalations(2_200_000, 10)] == [still_open["_id"]]
+
+
+@bounded
+async def test_several_event_ids_are_claimed_in_one_call_and_taken_ones_answer_with_their_record(
+        open_store):
+    store = await open_store()
+    done = await claimed(store, new_user("event"))
+    await store.complete_event(done, ["n-1"])
+    pending = await claimed(store, new_user("event"))
+    fresh = [new_user("event") for _ in range(3)]
+    asked = [(fresh[0], "payment.received", "me"), (done.key, "payment.received", "me"),
+             (fresh[1], "call.completed", "me"), (pending.key, "payment.received", "me"),
+             (fresh[2], "payment.received", "me")]
+    earlier = await store.claim_events(asked)
+    assert [record is None for record in earlier] == [True, False, True, False, True]
+    assert earlier[1]["state"] == "done" and earlier[1]["notifications"] == ["n-1"]
+    assert earlier[3]["state"] == "pending" and earlier[3]["owner"] == pending.owner
+    for key in fresh:
+        assert (await store.event(key))["owner"] == "me"
+    assert (await store.event(fresh[1]))["type"] == "call.completed"
+    assert await store.claim_events([]) == []
+
+
+@bounded
+async def test_groups_are_stored_each_under_its_claim_and_a_lost_claim_stores_only_nothing_of_its_own(
+        open_store):
+    store = await open_store()
+    alice, bob = new_user(), new_user()
+    kept = [await claimed(store, new_user("event")) for _ in range(3)]
+    lost = await claimed(store, new_user("event"))
+    await store.release_event(lost)
+    groups = [([draft(alice, message="a0"), draft(bob, message="b0")], kept[0], ()),
+              ([draft(alice, message="lost")], lost, ()),
+              ([], kept[1], ()),
+              ([draft(bob, message="b1")], kept[2], (True,)),
+              ([draft(alice, message="a1")], None, ())]
+    results = await store.insert_groups(groups)
+    assert isinstance(results[1], ClaimLostError)
+    assert results[2] == []
+    assert [r.document["message"] for r in results[0]] == ["a0", "b0"]
+    assert [r.document["message"] for r in results[3]] == ["b1"]
+    assert [r.document["message"] for r in results[4]] == ["a1"]
+    assert all(r.document["event_id"] == kept[0].key for r in results[0])
+    assert results[4][0].document.get("event_id") is None
+    assert (await store.event(kept[0].key))["notifications"] == [
+        str(r.document["_id"]) for r in results[0]]
+    assert (await store.event(kept[2].key))["state"] == "done"
+    assert (await store.event(kept[1].key))["state"] == "pending", "an empty group is left out"
+    assert [d["message"] for d in await store.after(alice, 0, 10)] == ["a0", "a1"]
+    assert [d["seq"] for d in await store.after(bob, 0, 10)] == [1, 2]
+    for user in (alice, bob):
+        assert await store.state(user) == await recount(store, user)

@@ -171,6 +171,15 @@ class NotificationStore(ABC):
         notifications carry its key as `event_id` and the claim is completed with their ids in
         that transaction; ClaimLostError (nothing stored) when it is no longer the owner's."""
 
+    @abstractmethod
+    async def insert_groups(self, groups: Sequence[tuple[list[Draft], EventClaim | None, Sequence[bool]]]
+                            ) -> list[list[Created] | ClaimLostError]:
+        """Several `insert_many` calls, `(drafts, claim, push)` each, in one transaction where
+        they fit in one (a stream's batch of events, each under its own claim): each group's
+        records, or a ClaimLostError in the place of a group whose claim is no longer its
+        owner's (that group stored nothing; the others are stored). Groups without drafts
+        are left out (their claims are completed with `complete_event`)."""
+
     async def insert(self, draft: Draft, claim: EventClaim | None = None, push: bool = False) -> Created:
         return (await self.insert_many([draft], claim, [push]))[0]
 
@@ -393,6 +402,11 @@ class NotificationStore(ABC):
     async def claim_event(self, key: str, fingerprint: str, owner: str) -> dict[str, Any] | None:
         """Record that `owner` handles `key` (pending); None when it does now, else the earlier
         record `{_id, type, state, owner, notifications, created_at}`."""
+
+    @abstractmethod
+    async def claim_events(self, claims: Sequence[tuple[str, str, str]]) -> list[dict[str, Any] | None]:
+        """`claim_event` for several distinct `(key, fingerprint, owner)`, in one write: for
+        each, None when its owner handles the key now, else the earlier record."""
 
     @abstractmethod
     async def take_over_event(self, key: str, stale_owner: str | None, owner: str) -> bool:

@@ -12,7 +12,10 @@ from .ports import free_port
 
 
 class RedisServer:
-    def __init__(self, folder: Path, port: int | None = None):
+    def __init__(self, folder: Path, port: int | None = None, appendonly: bool = False):
+        """`appendonly`: every write is in the append-only file before it is answered
+        (`appendfsync always`), so a server killed and started again in `folder` has every
+        entry and consumer group it acknowledged."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed: `make test` installs it "
@@ -20,6 +23,7 @@ class RedisServer:
         self.binary = binary
         self.folder = folder
         self.port = port or free_port()
+        self.appendonly = appendonly
         self.process: subprocess.Popen | None = None
 
     @property
@@ -31,7 +35,9 @@ class RedisServer:
         log = open(self.folder / "redis.log", "ab")
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.folder)], stdout=log, stderr=log)
+             *(["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly
+               else ["--appendonly", "no"]),
+             "--dir", str(self.folder)], stdout=log, stderr=log)
         log.close()
         deadline = time.monotonic() + timeout
         while not self.answers():

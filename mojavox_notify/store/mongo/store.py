@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any, Iterable, Sequence
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument, UpdateOne
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from ...coalesce import Coalescer
 from ...errors import NotFoundError
@@ -34,6 +34,7 @@ from .transactions import _storage_errors, _unhurried, in_turn
 log = logging.getLogger(__name__)
 
 CLEANUP_CHUNK = 5000
+DUPLICATE_KEY = 11000
 #: Drafts (of every insertion queued meanwhile) stored in one transaction at most.
 BATCH_DRAFTS = 2000
 PROCESS = f"{socket.gethostname()}:{os.getpid()}"  # this process's heartbeat document
@@ -152,6 +153,25 @@ class MongoStore(NotificationStore):
         if isinstance(created, ClaimLostError):
             raise created
         return created
+
+    @_storage_errors
+    async def insert_groups(self, groups: Sequence[tuple[list[Draft], EventClaim | None, Sequence[bool]]]
+                            ) -> list[list[Created] | ClaimLostError]:
+        """Queued together, so they go into one transaction (coalesce.py); given up on (503)
+        as `insert_many` is."""
+        insertions = [Insertion(drafts, claim, push_flags(push, len(drafts)))
+                      for drafts, claim, push in groups if drafts]
+        if not insertions:
+            return [[] for _ in groups]
+        try:
+            async with asyncio.timeout(self._operation_timeout):
+                stored = iter(await self._inserts.many(insertions))
+        except TimeoutError:
+            for insertion in insertions:
+                insertion.abandoned = True
+            raise self._unavailable(
+                f"MongoDB did not store within {self._operation_timeout:g} s") from None
+        return [next(stored) if drafts else [] for drafts, _, _ in groups]
 
     async def _insert_batch(self, insertions: list[Insertion]) -> list:
         return await self._transaction(functools.partial(store_batch, self, insertions))
@@ -552,6 +572,37 @@ class MongoStore(NotificationStore):
                 record = await self.events.find_one({"_id": key})
             if record is not None:
                 return record
+
+    @_storage_errors
+    async def claim_events(self, claims: Sequence[tuple[str, str, str]]) -> list[dict[str, Any] | None]:
+        """One unordered insert of every claim; the keys it found taken are read back at once."""
+        if not claims:
+            return []
+        now = utcnow()
+        taken: set[str] = set()
+        try:
+            await self.events.insert_many(
+                [{"_id": key, "type": fingerprint, "state": "pending", "owner": owner,
+                  "notifications": [], "created_at": now} for key, fingerprint, owner in claims],
+                ordered=False)
+        except BulkWriteError as error:
+            failures = error.details.get("writeErrors", [])
+            if any(failure.get("code") != DUPLICATE_KEY for failure in failures):
+                raise
+            taken = {claims[failure["index"]][0] for failure in failures}
+        if not taken:
+            return [None] * len(claims)
+        found = {record["_id"]: record async for record in self.events.find(
+            {"_id": {"$in": sorted(taken)}})}
+        earlier: list[dict[str, Any] | None] = []
+        for key, fingerprint, owner in claims:
+            if key not in taken:
+                earlier.append(None)
+            elif key in found:
+                earlier.append(found[key])
+            else:  # released meanwhile: claim it alone
+                earlier.append(await self.claim_event(key, fingerprint, owner))
+        return earlier
 
     @_storage_errors
     async def take_over_event(self, key: str, stale_owner: str | None, owner: str) -> bool:

@@ -282,6 +282,21 @@ def _claim_event(connection, key: str, fingerprint: str, owner: str,
                                          (key,)).fetchone())
 
 
+def _claim_events(connection, claims: list[tuple[str, str, str]],
+                  now_ms: int) -> list[dict[str, Any] | None]:
+    """`_claim_event` for each of several distinct keys, in one transaction."""
+    with transaction(connection):
+        earlier = []
+        for key, fingerprint, owner in claims:
+            inserted = connection.execute("""
+                INSERT INTO events (id, type, state, notifications, created_at, owner)
+                VALUES (?, ?, 'pending', '[]', ?, ?) ON CONFLICT (id) DO NOTHING""",
+                (key, fingerprint, now_ms, owner)).rowcount
+            earlier.append(None if inserted else _event(connection.execute(
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE id = ?", (key,)).fetchone()))
+        return earlier
+
+
 def _save_subscription(connection, user_id: str, subscription: PushSubscription, keep: int,
                        now_ms: int) -> bool:
     """Insert, or renew for its owner only, as the user's newest row (a renewal replaces the

@@ -26,8 +26,8 @@ from .execution import KEPT_WRITING, TURN_TAKEN, Execution, WriteTurn
 from .importing import _import, _rebuild_states
 from .insertion import _insert_many, _queue_pushes
 from .queries import (CLEANUP_CHUNK, _active_broadcasts, _channel_settings, _claim_event,
-                      _claim_pushes, _delete, _delete_expired_chunk, _execute, _mark_all_read,
-                      _mark_read, _page, _preferences, _save_subscription, _select, _state_rows,
+                      _claim_events, _claim_pushes, _delete, _delete_expired_chunk, _execute,
+                      _mark_all_read, _mark_read, _page, _preferences, _save_subscription, _select, _state_rows,
                       _sweep_user, _topic_members, _topic_size, _update_preferences,
                       _update_topic)
 from .rows import (BROADCAST_COLUMNS, EVENT_COLUMNS, NOTIFICATION_COLUMNS, _broadcast_document,
@@ -122,6 +122,28 @@ class SqliteStore(NotificationStore):
         if isinstance(created, ClaimLostError):
             raise created
         return created
+
+    async def insert_groups(self, groups: Sequence[tuple[list[Draft], EventClaim | None, Sequence[bool]]]
+                            ) -> list[list[Created] | ClaimLostError]:
+        """Queued together, so the coalescer serves them in one transaction (coalesce.py);
+        given up on (503) as `insert_many` is."""
+        insertions = [Insertion(drafts, claim, push_flags(push, len(drafts)))
+                      for drafts, claim, push in groups if drafts]
+        if not insertions:
+            return [[] for _ in groups]
+        try:
+            async with asyncio.timeout(self._execution.write_timeout):
+                stored = iter(await self._inserts.many(insertions))
+        except TimeoutError:
+            for insertion in insertions:
+                insertion.abandoned = True
+            raise self._unavailable(f"embedded storage did not answer within "
+                                    f"{self._execution.write_timeout:g} s") from None
+        except StorageUnavailableError:
+            for insertion in insertions:
+                insertion.abandoned = True
+            raise
+        return [next(stored) if drafts else [] for drafts, _, _ in groups]
 
     async def _queued(self, coalescer: Coalescer, item: Any, timeout: float) -> Any:
         """A coalesced call, given up (503) `timeout` after it queued, not after its batch began.
@@ -377,6 +399,9 @@ class SqliteStore(NotificationStore):
 
     async def claim_event(self, key: str, fingerprint: str, owner: str) -> dict[str, Any] | None:
         return await self._write(_claim_event, key, fingerprint, owner, to_ms(utcnow()))
+
+    async def claim_events(self, claims: Sequence[tuple[str, str, str]]) -> list[dict[str, Any] | None]:
+        return await self._write(_claim_events, list(claims), to_ms(utcnow()))
 
     async def take_over_event(self, key: str, stale_owner: str | None, owner: str) -> bool:
         return bool(await self._write(_execute, """

@@ -1,0 +1,94 @@
+"""Stream entries in, verdicts out: the part of stream ingest every kind of source shares.
+
+An entry is a `POST /api/events` body from a platform producer; its optional `tenant` is the
+tenant it acts in (then the body may name only that tenant). An event without `id` gets the
+entry's own id, qualified by the source's name, so a redelivered entry is still handled once.
+A batch goes through `EventIngest.ingest_many`: one claim write and one storage write for the
+whole batch, once per event id.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from ..errors import NotifyError, RateLimitedError, ValidationError
+from ..ingest import EventIngest
+from ..model import Event
+from ..tenants import PLATFORM, TENANT_RULE, Reach, valid_tenant
+from .source import DEAD, RETRY, STORED, StreamEntry, Verdict
+
+log = logging.getLogger(__name__)
+
+
+class StreamIntake:
+    def __init__(self, ingest: EventIngest):
+        self.ingest = ingest
+
+    async def handle(self, source_name: str, entries: list[StreamEntry]) -> list[Verdict]:
+        """One verdict per entry, in order: `dead` for what can never be handled (not JSON, not
+        a valid event, a type no plugin handles, an id used for another type), `retry` for
+        what failed for now (storage away, a rate limit, the id being handled elsewhere, any
+        unexpected failure), `stored` once its notifications are stored."""
+        verdicts: list[Verdict | None] = []
+        events: list[Event] = []
+        for entry in entries:
+            try:
+                events.append(self._event(source_name, entry))
+                verdicts.append(None)
+            except NotifyError as error:
+                verdicts.append(Verdict(DEAD, error.message))
+        outcomes = iter(await self.ingest.ingest_many(events) if events else [])
+        failures: list[Exception] = []
+        for position, verdict in enumerate(verdicts):
+            if verdict is not None:
+                continue
+            outcome = next(outcomes)
+            verdicts[position] = _verdict(outcome)
+            if verdicts[position].kind == RETRY:
+                failures.append(outcome)
+        if failures:
+            _log_failures(source_name, failures, len(entries))
+        return verdicts
+
+    def _event(self, source_name: str, entry: StreamEntry) -> Event:
+        if entry.event is None:
+            raise ValidationError("event", "the entry has no event field")
+        try:
+            raw: Any = json.loads(entry.event)
+        except (ValueError, UnicodeDecodeError):
+            raise ValidationError("event", "is not JSON") from None
+        if isinstance(raw, dict) and raw.get("id") is None:
+            raw = {**raw, "id": f"{source_name}/{entry.entry_id}"}
+        return self.ingest.parse(raw, _reach(entry.tenant))
+
+
+def _reach(tenant: str | None) -> Reach:
+    """A producer on the stream is a platform service; an entry's `tenant` keeps it to one."""
+    if tenant is None:
+        return PLATFORM
+    if not valid_tenant(tenant):
+        raise ValidationError("tenant", TENANT_RULE)
+    return Reach(tenant)
+
+
+def _verdict(outcome: list[str] | Exception) -> Verdict:
+    if not isinstance(outcome, Exception):
+        return Verdict(STORED)
+    if isinstance(outcome, NotifyError) and outcome.status < 500 \
+            and not isinstance(outcome, RateLimitedError):
+        return Verdict(DEAD, outcome.message)
+    return Verdict(RETRY, getattr(outcome, "message", None) or str(outcome)
+                   or type(outcome).__name__)
+
+
+def _log_failures(source_name: str, failures: list[Exception], size: int) -> None:
+    """One line per batch: a storage outage fails every batch, and says so once each."""
+    first = failures[0]
+    if isinstance(first, NotifyError):
+        log.warning("%s: %d of %d entries left for a later delivery: %s", source_name,
+                    len(failures), size, first.message)
+    else:
+        log.error("%s: %d of %d entries left for a later delivery", source_name, len(failures),
+                  size, exc_info=first)
