@@ -14,6 +14,7 @@ import logging
 from typing import Any
 
 from ..errors import NotifyError, RateLimitedError, ValidationError
+from ..health import StorageHealth
 from ..ingest import EventIngest
 from ..model import Event
 from ..tenants import PLATFORM, TENANT_RULE, Reach, valid_tenant
@@ -23,8 +24,16 @@ log = logging.getLogger(__name__)
 
 
 class StreamIntake:
-    def __init__(self, ingest: EventIngest):
+    def __init__(self, ingest: EventIngest, storage: StorageHealth | None = None):
+        """`storage` (the watchdog) lets a source ask whether storage answers again after a
+        batch it could not store, instead of being delivered the same entries again to find
+        out; without it (`check`), storage counts as answering."""
         self.ingest = ingest
+        self._storage = storage
+
+    def storage_answers(self) -> bool:
+        """Whether storage answered its last probe and no operation failed since."""
+        return self._storage is None or self._storage.ok
 
     async def handle(self, source_name: str, entries: list[StreamEntry]) -> list[Verdict]:
         """One verdict per entry, in order: `dead` for what can never be handled (not JSON, not

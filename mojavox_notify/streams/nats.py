@@ -3,11 +3,12 @@
 The durable consumer (`ingest.nats.durable`) is shared: each `serve` process, and each worker of
 `serve --workers N`, binds a pull subscription to it, so JetStream spreads the messages between
 them and redelivers, after `ack_wait_seconds`, what a process took and never answered (it died).
-A message is acknowledged only once its notifications are stored; storage away answers `nak`
-with a delay that doubles with each delivery; an invalid or unhandled event, and one that was
+A message is acknowledged only once its notifications are stored. Storage away answers `nak`
+with a delay that doubles with each delivery, and pulling waits until storage answers again, so
+an outage costs a message one delivery, not one per retry. An invalid or unhandled event, and one
 delivered `max_deliver` times without being stored, is published to `dead_letter_subject` and
-then terminated (`term`), so the stream goes on. Event ids make redeliveries harmless; a
-message whose event has no `id` is known by its stream sequence instead.
+then terminated (`term`), so the stream goes on. Event ids make redeliveries harmless; a message
+whose event has no `id` is known by its stream sequence instead.
 
 Formats (docs/streams.md): the message body is a `POST /api/events` body; the optional header
 `Mojavox-Tenant` names its tenant. A dead letter keeps the original body byte for byte (it can be
@@ -15,18 +16,17 @@ published again as it is) and says what happened in `Mojavox-*` headers.
 
 nats-py reconnects by itself (also when the server is away at start-up), retrying every
 RECONNECT_WAIT_SECONDS and replaying the subscription; this module only stops pulling while it is
-disconnected, logs the outage once and reports it in `health()`.
+disconnected, logs the outage once (and once when it is back) and reports it in `health()`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-import os
-import socket
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import nats
@@ -37,11 +37,14 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StreamConfig
 
-from ..settings import NatsSettings, SettingsError
+from ..settings import NatsSettings, Settings
 from .intake import StreamIntake
-from .source import StreamEntry, StreamSource, Verdict
+from .source import (DEAD, STORED, SourceStats, StreamEntry, StreamSource,
+                     StreamUnavailableError, Verdict)
 
 log = logging.getLogger(__name__)
+
+KIND = "nats"
 
 TENANT_HEADER = "Mojavox-Tenant"
 #: Headers of a dead letter (its body is the original message's body).
@@ -59,8 +62,10 @@ NAK_MAX_SECONDS = 30.0
 RECONNECT_WAIT_SECONDS = 1.0
 #: Each JetStream API call (stream and consumer info, a dead letter's publish) gives up after this.
 API_TIMEOUT_SECONDS = 5.0
-#: A health check waits at most this long for the consumer's figures.
-HEALTH_TIMEOUT_SECONDS = 1.0
+#: The backlog figures (pending, lag, oldest unacknowledged) are refreshed this often.
+BACKLOG_SECONDS = 2.0
+#: `check` and `emit --stream` give up connecting after this long.
+PROBE_TIMEOUT_SECONDS = 3.0
 #: The longest error text a dead letter's header carries.
 ERROR_HEADER_LIMIT = 1000
 
@@ -68,26 +73,6 @@ ERROR_HEADER_LIMIT = 1000
 NATS_ERRORS = (nats.errors.Error, OSError, asyncio.TimeoutError)
 #: What nats-py reports, before its disconnected callback, when the server went away.
 CONNECTION_LOST = (nats.errors.StaleConnectionError, OSError)
-
-
-def check_settings(settings: NatsSettings) -> None:
-    """What the settings' own checks cannot see: a dead letter that would land in the stream it
-    came from would be consumed again."""
-    if any(subject_matches(pattern, settings.dead_letter_subject) for pattern in settings.subjects):
-        raise SettingsError("ingest.nats.dead_letter_subject",
-                            f"{settings.dead_letter_subject} is one of the stream's subjects "
-                            f"({', '.join(settings.subjects)}): dead letters would be read again")
-
-
-def subject_matches(pattern: str, subject: str) -> bool:
-    """NATS subject matching: `*` is one token, a final `>` one or more."""
-    wanted, given = pattern.split("."), subject.split(".")
-    for index, token in enumerate(wanted):
-        if token == ">":
-            return len(given) > index
-        if index >= len(given) or (token != "*" and token != given[index]):
-            return False
-    return len(given) == len(wanted)
 
 
 def nak_delay(deliveries: int) -> float:
@@ -102,37 +87,38 @@ def shown_address(url: str) -> str:
 
 
 class NatsSource(StreamSource):
-    def __init__(self, settings: NatsSettings, intake: StreamIntake,
-                 storage_ready: Callable[[], bool]):
-        """`storage_ready` says whether storage answers (the watchdog's state): after a batch
-        that could not be stored, pulling waits for it, so an outage costs each message in hand
-        one delivery instead of one per retry."""
-        check_settings(settings)
+    def __init__(self, settings: NatsSettings, intake: StreamIntake, consumer: str):
+        """`consumer` names this process (host, pid, worker): it is the name of its NATS
+        connection, which `nats server report connections` shows."""
         self.settings = settings
-        self.name = f"nats:{settings.stream}"
+        self.name = f"{KIND}:{settings.stream}"
+        self.stats = SourceStats()
+        self.consumer = consumer
         self._intake = intake
-        self._storage_ready = storage_ready
         self._client: Client | None = None
-        self._subscription: JetStreamContext.PullSubscription | None = None
+        self._js: JetStreamContext | None = None
         self._connected = asyncio.Event()
+        self._running = False
         self._ready = False
         self._closing = False
         self._error: str | None = "not connected yet"
         self._failing_since: float | None = None
+        self._backlog_due = 0.0
 
     # -- the consuming loop -----------------------------------------------------------------------
 
     async def run(self) -> None:
         """Consume until cancelled; NATS outages are waited out, never raised."""
+        self._running = True
         try:
             while True:
                 try:
                     await self._consume()
                 except NATS_ERRORS as error:
-                    self._lost(f"{type(error).__name__}: {error}".rstrip(": "))
+                    self._lost(describe(error))
                     await asyncio.sleep(RECONNECT_WAIT_SECONDS)
         finally:
-            self._ready = False
+            self._running = self._ready = False
             self._closing = True
             if self._client is not None:
                 await self._client.close()
@@ -141,18 +127,20 @@ class NatsSource(StreamSource):
     async def _consume(self) -> None:
         if self._client is None:
             self._client = await self._connect()
-        js = self._client.jetstream(timeout=API_TIMEOUT_SECONDS)
+        js = self._js = self._client.jetstream(timeout=API_TIMEOUT_SECONDS)
         await declare_stream(js, self.settings)
         await self._declare_dead_letters(js)
         await self._declare_consumer(js)
-        self._subscription = await js.pull_subscribe_bind(durable=self.settings.durable,
-                                                          stream=self.settings.stream)
+        subscription = await js.pull_subscribe_bind(durable=self.settings.durable,
+                                                    stream=self.settings.stream)
         self._ready = True
         self._back()
         while True:
             await self._connected.wait()
+            if asyncio.get_running_loop().time() >= self._backlog_due:
+                await self._refresh_backlog(subscription)
             try:
-                messages = await self._subscription.fetch(FETCH_BATCH, timeout=FETCH_WAIT_SECONDS)
+                messages = await subscription.fetch(FETCH_BATCH, timeout=FETCH_WAIT_SECONDS)
             except nats.errors.TimeoutError:
                 continue
             if not await self._handle(js, messages):
@@ -161,10 +149,10 @@ class NatsSource(StreamSource):
     async def _connect(self) -> Client:
         """Connected, or still trying: nats-py retries the first connection forever too."""
         client = await nats.connect(
-            self.settings.url, name=f"mojavox-notify {socket.gethostname()} pid {os.getpid()}",
-            connect_timeout=2, reconnect_time_wait=RECONNECT_WAIT_SECONDS,
-            max_reconnect_attempts=-1, error_cb=self._client_error,
-            disconnected_cb=self._disconnected, reconnected_cb=self._reconnected)
+            self.settings.url, name=f"mojavox-notify {self.consumer}", connect_timeout=2,
+            reconnect_time_wait=RECONNECT_WAIT_SECONDS, max_reconnect_attempts=-1,
+            error_cb=self._client_error, disconnected_cb=self._disconnected,
+            reconnected_cb=self._reconnected)
         self._connected.set()
         return client
 
@@ -189,7 +177,7 @@ class NatsSource(StreamSource):
     # -- one batch --------------------------------------------------------------------------------
 
     async def _handle(self, js: JetStreamContext, messages: list[Msg]) -> bool:
-        """Answer each message; False when some could not be stored (storage away)."""
+        """Answer each message; False when some could not be stored for now."""
         fresh = []
         for message in messages:
             deliveries = message.metadata.num_delivered
@@ -207,13 +195,15 @@ class NatsSource(StreamSource):
         return stored
 
     async def _answer(self, js: JetStreamContext, message: Msg, verdict: Verdict) -> bool:
-        if verdict.kind == "stored":
+        if verdict.kind == STORED:
             await message.ack()
+            self.stats.processed += 1
             return True
-        if verdict.kind == "dead":
+        if verdict.kind == DEAD:
             await self._dead_letter(js, message, verdict.error or "refused")
             return True
         await message.nak(delay=nak_delay(message.metadata.num_delivered))
+        self.stats.failed += 1
         return False
 
     async def _dead_letter(self, js: JetStreamContext, message: Msg, error: str) -> None:
@@ -235,14 +225,18 @@ class NatsSource(StreamSource):
         except NATS_ERRORS as failure:
             log.warning("%s: could not publish the dead letter of sequence %d (%s); it is "
                         "delivered again after ack_wait", self.name, metadata.sequence.stream,
-                        failure)
+                        describe(failure))
             return
         await message.term()
+        self.stats.dead_lettered += 1
+        log.warning("%s: sequence %d sent to %s: %s", self.name, metadata.sequence.stream,
+                    self.settings.dead_letter_subject, headers[ERROR_HEADER])
 
     async def _wait_for_storage(self) -> None:
-        """Pull again once storage answers; at least NAK_FIRST_SECONDS later in any case."""
+        """Pull again once storage answers its probe, NAK_FIRST_SECONDS later at the soonest:
+        while it is away, pulling would only deliver again, and count, what it cannot store."""
         await asyncio.sleep(NAK_FIRST_SECONDS)
-        while not self._storage_ready():
+        while not self._intake.storage_answers():
             await asyncio.sleep(0.1)
 
     # -- connection state -------------------------------------------------------------------------
@@ -260,11 +254,10 @@ class NatsSource(StreamSource):
     async def _client_error(self, error: Exception) -> None:
         """nats-py reports every failed connection attempt here (logged once per outage), and
         errors of a live connection, such as a permission refused."""
-        described = f"{type(error).__name__}: {error}".rstrip(": ")
         if self._connected.is_set() and not isinstance(error, CONNECTION_LOST):
-            log.warning("%s: NATS client error: %s", self.name, described)
+            log.warning("%s: NATS client error: %s", self.name, describe(error))
             return
-        self._lost(described)
+        self._lost(describe(error))
 
     def _lost(self, error: str) -> None:
         if self._failing_since is None:
@@ -280,46 +273,87 @@ class NatsSource(StreamSource):
         self._failing_since = None
         self._error = None
 
-    # -- health -----------------------------------------------------------------------------------
+    # -- health and backlog -----------------------------------------------------------------------
 
-    async def health(self) -> dict[str, Any]:
-        """Whether the consumer is bound and connected, with its backlog: `pending` is what the
-        consumer has not delivered yet plus what it delivered and nobody acknowledged, and
-        `oldestUnackedSeconds` the age of the oldest of them (null when there is none)."""
-        report: dict[str, Any] = {"ok": False, "server": shown_address(self.settings.url),
-                                  "durable": self.settings.durable}
-        if not (self._ready and self._connected.is_set() and self._subscription is not None):
-            report["error"] = self._error or "not connected"
-            if self._failing_since is not None:
-                report["unavailableForSeconds"] = round(time.monotonic() - self._failing_since, 1)
-            return report
-        try:
-            async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
-                info = await self._subscription.consumer_info()
-                oldest = await self._oldest_unacked_age(info) \
-                    if info.num_pending + info.num_ack_pending else None
-        except NATS_ERRORS as error:
-            report["error"] = f"consumer info: {type(error).__name__} {error}".strip()
-            return report
-        report.update(ok=True, pending=info.num_pending + info.num_ack_pending,
-                      ackPending=info.num_ack_pending, oldestUnackedSeconds=oldest)
-        return report
+    async def _refresh_backlog(self, subscription: JetStreamContext.PullSubscription) -> None:
+        """The consumer's figures: `pending` delivered and not acknowledged (num_ack_pending),
+        `lag` not delivered yet (num_pending), and the age of the oldest message of either."""
+        self._backlog_due = asyncio.get_running_loop().time() + BACKLOG_SECONDS
+        info = await subscription.consumer_info()
+        await self._record_backlog(info)
 
-    async def _oldest_unacked_age(self, info) -> float | None:
+    async def _record_backlog(self, info) -> None:
+        self.stats.pending = info.num_ack_pending
+        self.stats.lag = info.num_pending
+        self.stats.oldest_unacknowledged_seconds = \
+            await self._oldest_unacknowledged_age(info) if info.num_pending + info.num_ack_pending \
+            else 0.0
+
+    async def _oldest_unacknowledged_age(self, info) -> float | None:
         """Every message up to the ack floor is acknowledged, so the next one is the oldest
         that is not (None if it is gone, e.g. past the stream's max_age)."""
-        js = self._client.jetstream(timeout=HEALTH_TIMEOUT_SECONDS)
         try:
-            oldest = await js.get_msg(self.settings.stream, seq=info.ack_floor.stream_seq + 1)
+            oldest = await self._js.get_msg(self.settings.stream, seq=info.ack_floor.stream_seq + 1)
         except nats.js.errors.NotFoundError:
             return None
         if oldest.time is None:
             return None
         return round(max(0.0, (datetime.now(timezone.utc) - oldest.time).total_seconds()), 3)
 
+    async def health(self) -> dict[str, Any]:
+        """While running, from the last contact (no I/O); otherwise (`check`) asked of the
+        server right now."""
+        if not self._running:
+            await self._probe()
+        answering = self._ready and self._connected.is_set()
+        report: dict[str, Any] = {"name": self.name, "ok": answering,
+                                  "server": shown_address(self.settings.url),
+                                  "durable": self.settings.durable, "consumer": self.consumer}
+        if not answering:
+            report["error"] = self._error or "not connected"
+            if self._failing_since is not None:
+                report["unavailableForSeconds"] = round(time.monotonic() - self._failing_since, 1)
+            return report
+        report.update(pending=self.stats.pending, lag=self.stats.lag,
+                      oldestUnacknowledgedSeconds=self.stats.oldest_unacknowledged_seconds)
+        return report
+
+    async def _probe(self) -> None:
+        """`check`: does the server answer, and how far behind is the durable consumer (when
+        the stream and the consumer exist yet)."""
+        self._ready = False
+        try:
+            client = await nats.connect(self.settings.url, connect_timeout=PROBE_TIMEOUT_SECONDS,
+                                        allow_reconnect=False)
+        except NATS_ERRORS as error:
+            self._error = describe(error)
+            return
+        try:
+            self._js = client.jetstream(timeout=PROBE_TIMEOUT_SECONDS)
+            try:
+                await self._record_backlog(await self._js.consumer_info(
+                    self.settings.stream, self.settings.durable))
+            except nats.js.errors.NotFoundError:
+                pass
+            self._ready = True
+            self._connected.set()
+        except NATS_ERRORS as error:
+            self._error = describe(error)
+        finally:
+            await client.close()
+            self._js = None
+
+
+def describe(error: BaseException) -> str:
+    """An exception as one line: nats-py's often have no text of their own."""
+    text = str(error)
+    name = type(error).__name__
+    return f"{name}: {text}" if text and text != name else name
+
 
 def entry_of(message: Msg) -> StreamEntry:
-    """The intake's view of a message: its stream sequence stands for a missing event id."""
+    """The intake's view of a message: its stream sequence is its entry id, which stands for a
+    missing event id (`nats:<stream>/<sequence>`)."""
     return StreamEntry(entry_id=str(message.metadata.sequence.stream), event=message.data,
                        tenant=(message.headers or {}).get(TENANT_HEADER),
                        deliveries=message.metadata.num_delivered)
@@ -350,24 +384,41 @@ def emit_subject(settings: NatsSettings, event_type: str) -> str:
     return ".".join(tokens)
 
 
-async def publish_event(settings: NatsSettings, event: dict[str, Any], body: bytes,
-                        tenant: str | None = None) -> int:
-    """`emit --stream`: publish one event (`body`, its JSON) through JetStream, which answers
-    once it has stored it; returns its stream sequence. The event's `id`, when it has one, is
-    also the `Nats-Msg-Id`, so JetStream drops a copy published again within its duplicate
-    window (two minutes by default)."""
-    client = await nats.connect(settings.url, connect_timeout=API_TIMEOUT_SECONDS,
-                                allow_reconnect=False)
+# -- the kind's entry points (streams/__init__.py) ------------------------------------------------
+
+def names(settings: Settings) -> list[str]:
+    nats_settings = settings.ingest.nats
+    return [f"{KIND}:{nats_settings.stream}"] if nats_settings.url else []
+
+
+def build(settings: Settings, intake: StreamIntake, consumer: str) -> list[StreamSource]:
+    if not settings.ingest.nats.url:
+        return []
+    return [NatsSource(settings.ingest.nats, intake, consumer)]
+
+
+async def publish(settings: Settings, name: str, event: dict[str, Any]) -> str:
+    """`emit --stream`: publish one event through JetStream, which answers once it has stored
+    it (making the stream first if it is missing); returns its stream sequence. The event's
+    `id`, when it has one, is also the `Nats-Msg-Id`, so JetStream drops a copy published again
+    within its duplicate window (two minutes by default)."""
+    nats_settings = settings.ingest.nats
+    address = shown_address(nats_settings.url)
     try:
-        js = client.jetstream(timeout=API_TIMEOUT_SECONDS)
-        await declare_stream(js, settings)
-        headers = {}
-        if event.get("id"):
-            headers["Nats-Msg-Id"] = str(event["id"])
-        if tenant:
-            headers[TENANT_HEADER] = tenant
-        acknowledgement = await js.publish(emit_subject(settings, str(event.get("type", "event"))),
-                                           body, headers=headers or None)
-        return acknowledgement.seq
+        client = await nats.connect(nats_settings.url, connect_timeout=PROBE_TIMEOUT_SECONDS,
+                                    allow_reconnect=False)
+    except NATS_ERRORS as error:
+        raise StreamUnavailableError(f"{name}: NATS at {address} does not answer: "
+                                     f"{describe(error)}") from None
+    try:
+        js = client.jetstream(timeout=PROBE_TIMEOUT_SECONDS)
+        await declare_stream(js, nats_settings)
+        headers = {"Nats-Msg-Id": str(event["id"])} if event.get("id") else None
+        acknowledgement = await js.publish(emit_subject(nats_settings, str(event["type"])),
+                                           json.dumps(event).encode(), headers=headers)
+    except NATS_ERRORS as error:
+        raise StreamUnavailableError(f"{name}: JetStream at {address} did not take the event: "
+                                     f"{describe(error)}") from None
     finally:
         await client.close()
+    return str(acknowledgement.seq)
