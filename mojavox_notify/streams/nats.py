@@ -141,7 +141,7 @@ class NatsSource(StreamSource):
                 await self._refresh_backlog(subscription)
             try:
                 messages = await subscription.fetch(FETCH_BATCH, timeout=FETCH_WAIT_SECONDS)
-            except nats.errors.TimeoutError:
+            except asyncio.TimeoutError:  # nothing to deliver (nats-py raises either kind)
                 continue
             if not await self._handle(js, messages):
                 await self._wait_for_storage()
@@ -323,8 +323,7 @@ class NatsSource(StreamSource):
         the stream and the consumer exist yet)."""
         self._ready = False
         try:
-            client = await nats.connect(self.settings.url, connect_timeout=PROBE_TIMEOUT_SECONDS,
-                                        allow_reconnect=False)
+            client = await connect_once(self.settings.url)
         except NATS_ERRORS as error:
             self._error = describe(error)
             return
@@ -342,6 +341,19 @@ class NatsSource(StreamSource):
         finally:
             await client.close()
             self._js = None
+
+
+async def connect_once(url: str) -> Client:
+    """A connection for one question (`check`, `emit --stream`): one attempt, an error raised
+    rather than printed. (nats-py retries even with allow_reconnect off, `max_reconnect_attempts`
+    times, and never stops at 0.)"""
+
+    async def raised_anyway(error: Exception) -> None:
+        """The failure is raised by connect itself."""
+
+    return await nats.connect(url, connect_timeout=PROBE_TIMEOUT_SECONDS, allow_reconnect=False,
+                              max_reconnect_attempts=1, reconnect_time_wait=0.1,
+                              error_cb=raised_anyway)
 
 
 def describe(error: BaseException) -> str:
@@ -405,8 +417,7 @@ async def publish(settings: Settings, name: str, event: dict[str, Any]) -> str:
     nats_settings = settings.ingest.nats
     address = shown_address(nats_settings.url)
     try:
-        client = await nats.connect(nats_settings.url, connect_timeout=PROBE_TIMEOUT_SECONDS,
-                                    allow_reconnect=False)
+        client = await connect_once(nats_settings.url)
     except NATS_ERRORS as error:
         raise StreamUnavailableError(f"{name}: NATS at {address} does not answer: "
                                      f"{describe(error)}") from None
