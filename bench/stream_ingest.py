@@ -6,9 +6,13 @@ and the stream on one redis-server of the benchmark's own) gets `--users` dashbo
 open loop: each a `system.alert` with an id to one user, carrying the time it was offered. The
 HTTP path POSTs each (`--connections` at once at most); the stream path XADDs each (one
 pipeline per millisecond tick), and the server consumes with `ingest.redis_streams` defaults.
-Measured from the offer to the frame on the socket: delivered, lost, p50, p99. A rate is
-sustained when nothing failed or was lost and p99 <= `--p99-ms`; the highest sustained rate of
-each path, and their ratio, end the table. Bounded in count and time; stops by itself.
+Measured from the offer to the frame on the socket: delivered, late (not on a socket
+DRAIN_SECONDS after the last offer: for the stream, still in its backlog, consumed before the
+next rate), p50, p99. A rate is sustained when nothing failed or was late and p99 <=
+`--p99-ms`; the highest sustained rate of each path, and their ratio, end the table. The
+load generator shares the machine: the HTTP path's client costs more than the producer's
+pipelined XADDs, which is part of what the stream saves. Bounded in count and time; stops by
+itself.
 
     .venv/bin/python -m bench stream-ingest
     .venv/bin/python -m bench stream-ingest --rates 500,1000,2000 --seconds 5 --users 200
@@ -205,13 +209,13 @@ def run_path(path: str, redis: RedisServer, users: list[str], rates: list[float]
                 sent, failed = asyncio.run(offer_stream(redis.url, users, rate, seconds, tag))
             delays = _drain(peers, sent - failed)
             row = {"path": path, "rate": rate, "sent": sent, "failed": failed,
-                   "delivered": len(delays), "lost": sent - failed - len(delays),
+                   "delivered": len(delays), "late": sent - failed - len(delays),
                    "p50_ms": 1000 * percentile(delays, 0.5), "p99_ms": 1000 * percentile(delays, 0.99)}
-            row["sustained"] = not failed and not row["lost"] and row["p99_ms"] <= p99_ms
+            row["sustained"] = not failed and not row["late"] and row["p99_ms"] <= p99_ms
             rows.append(row)
             print(f"  {path} {rate:g}/s: delivered {row['delivered']}/{sent}, "
                   f"p99 {row['p99_ms']:.1f} ms", file=sys.stderr, flush=True)
-            if not row["sustained"] and (row["p99_ms"] > 10 * p99_ms or row["lost"] > sent / 2):
+            if not row["sustained"] and (row["p99_ms"] > 10 * p99_ms or row["late"] > sent / 2):
                 break  # far past what it sustains: higher rates only take longer
             _wait_until_consumed(server, path)
     finally:
@@ -266,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
           f"· {os.cpu_count()} cores · one serve process (embedded SQLite, Redis broker) · "
           f"{args.users} sockets in {WORKERS} client processes · system.alert events with ids "
           f"to one user each · {args.seconds:g} s per rate, open loop · sustained: nothing "
-          f"lost or failed, p99 <= {args.p99_ms:g} ms\n", flush=True)
+          f"late or failed, p99 <= {args.p99_ms:g} ms\n", flush=True)
     folder = Path(tempfile.mkdtemp(prefix="bench-redis-"))
     redis = RedisServer(folder)
     try:
@@ -275,12 +279,12 @@ def main(argv: list[str] | None = None) -> None:
                    for path in args.paths.split(",")}
     finally:
         redis.stop()
-    print("| path | events/s offered | sent | failed | delivered | lost | p50 ms | p99 ms | "
+    print("| path | events/s offered | sent | failed | delivered | late | p50 ms | p99 ms | "
           "sustained |\n|---|---|---|---|---|---|---|---|---|")
     for rows in results.values():
         for row in rows:
             print(f"| {row['path']} | {row['rate']:g} | {row['sent']} | {row['failed']} | "
-                  f"{row['delivered']} | {row['lost']} | {row['p50_ms']:.1f} | "
+                  f"{row['delivered']} | {row['late']} | {row['p50_ms']:.1f} | "
                   f"{row['p99_ms']:.1f} | {'yes' if row['sustained'] else 'no'} |")
     best = {path: max((row["rate"] for row in rows if row["sustained"]), default=0.0)
             for path, rows in results.items()}

@@ -1,7 +1,8 @@
 """Domain events in: route to the owning plugin, turn its drafts into notifications, once.
 
 An event with an `id` is idempotent (see idempotency.py): a repeat returns the first result and
-creates nothing, across restarts and instances.
+creates nothing, across restarts and instances. `ingest` takes one event (`POST /api/events`),
+`ingest_many` a stream's batch: its ids claimed in one write, its notifications stored in one.
 """
 
 from __future__ import annotations
@@ -85,9 +86,8 @@ class EventIngest:
         except NotifyError as error:  # storage away: nothing was claimed or handled
             return [error] * len(events)
         held = {first_of[key]: claim for key, claim in claims.items()}
-        await self._handle_many(events, outcomes, held,
-                                [index for index, event in enumerate(events)
-                                 if index in held or (event.id is None and outcomes[index] is None)])
+        await self._handle_many(events, outcomes, held, [
+            index for index, event in enumerate(events) if index in held or event.id is None])
         for index, key in repeats:
             earlier = outcomes[first_of[key]]
             outcomes[index] = (ValidationError("id", f"was already used for a "
@@ -135,18 +135,15 @@ class EventIngest:
                 prepared.append((index, *await self._drafts_of(events[index])))
             except Exception as error:
                 outcomes[index] = error
+        groups = [(drafts, claims.get(index)) for index, drafts, _ in prepared if drafts]
         try:
-            results = await self.service.create_groups(
-                [(drafts, claims.get(index)) for index, drafts, _ in prepared if drafts])
+            created = iter(await self.service.create_groups(groups) if groups else [])
         except Exception as error:  # storage away, rate limited: none of them was stored
-            results = None
-            for index, drafts, _ in prepared:
+            for index, _, _ in prepared:
                 outcomes[index] = error
-        created = iter(results or [])
+            prepared = []
         for index, drafts, resolutions in prepared:
-            result = next(created) if drafts and results is not None else []
-            if results is None:
-                continue
+            result = next(created) if drafts else []
             if isinstance(result, ClaimLostError):
                 outcomes[index] = result
                 continue
@@ -169,7 +166,8 @@ class EventIngest:
                 self._unreleased.append(claim)
 
     async def _release_leftovers(self) -> None:
-        """Release (or complete, when their write did land) the claims left by a failed batch."""
+        """Release the claims a failed batch left pending (one whose write landed late is done
+        by now, and stays so)."""
         leftovers, self._unreleased = self._unreleased, []
         for position, claim in enumerate(leftovers):
             try:
@@ -221,7 +219,8 @@ class EventIngest:
 
 
 def _outcome_label(outcome: list[str] | Exception) -> str:
-    """`mojavox_events{outcome}` of one event of a batch (a repeat counts as created)."""
+    """`mojavox_events{outcome}` of one event of a batch (a repeat is counted as created: the
+    batch does not tell them apart)."""
     if isinstance(outcome, Exception):
         return "refused" if isinstance(outcome, NotifyError) and outcome.status < 500 \
             and not isinstance(outcome, RateLimitedError) else "failed"

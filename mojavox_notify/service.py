@@ -14,6 +14,7 @@ import json
 import logging
 import re
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Awaitable, Callable, Iterable, Sequence
 
@@ -33,7 +34,8 @@ from .push_addresses import check_endpoint
 from .ratelimit import RateLimiter
 from .settings import Settings
 from . import tenants
-from .store import MAX_TOPIC_MEMBERS, ClaimLostError, EventClaim, NotificationStore, UserState
+from .store import (MAX_TOPIC_MEMBERS, ClaimLostError, Created, EventClaim, NotificationStore,
+                    UserState)
 from .tenants import Reach
 from .wire.broadcast import MAX_ACTIVE, check_broadcast, to_broadcast_payload
 from .wire.notification import DraftCheck, notification_id, page_bounds, to_payload
@@ -45,6 +47,22 @@ log = logging.getLogger(__name__)
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")
 #: A topic send without an Idempotency-Key is stored and published this many at a time.
 TOPIC_CHUNK = 2000
+
+
+@dataclass
+class Prepared:
+    """Drafts ready to store (`NotificationService.prepare`): `positions` are where the wanted
+    ones (not muted; critical ones never are) stand among `drafts`, `push` one flag for each
+    wanted one."""
+
+    drafts: list[Draft]
+    positions: list[int]
+    push: list[bool]
+    started: float
+
+    @property
+    def wanted(self) -> list[Draft]:
+        return [self.drafts[position] for position in self.positions]
 
 
 def _topic_answer(topic: str, created: list[dict | None]) -> dict[str, Any]:
@@ -169,98 +187,110 @@ class NotificationService:
     async def create_many(self, drafts: list[Draft],
                           claim: EventClaim | None = None) -> list[dict | None]:
         """Store and publish validated drafts, under `claim` when the caller holds one
-        (idempotency.py). Muted ones give None in their place; ClaimLostError (nothing stored)
-        when the claim is no longer the caller's."""
-        [created] = await self.create_groups([(drafts, claim)])
-        if isinstance(created, ClaimLostError):
-            raise created
-        return created
-
-    async def create_groups(self, groups: Sequence[tuple[list[Draft], EventClaim | None]]
-                            ) -> list[list[dict | None] | ClaimLostError]:
-        """`create_many` for several groups of drafts at once, each under its own claim (a
-        stream's batch of events): each group's payloads, or a ClaimLostError in the place of
-        a group whose claim was lost (it stored nothing; the others did).
+        (idempotency.py). Muted ones give None in their place.
 
         Critical notifications can be neither muted nor rate limited: an escalation must reach
-        its supervisor. Preferences are read once for all groups, the rate limit is checked
+        its supervisor. Preferences are read once for the whole batch, the rate limit is checked
         for all drafts before any is stored, and all are stored in one write before any is
         published, so what a socket receives can always be read back. Push jobs are recorded in
         the same write.
         """
-        started = time.perf_counter()
-        drafts = [draft for group, _ in groups for draft in group]
-        preferences = await self.store.preferences_of_many({draft.user_id for draft in drafts})
-        choices = [self._choice(draft, preferences.get(draft.user_id, {})) for draft in drafts]
-        enabled = [choice.enabled or draft.priority == "critical"
-                   for draft, choice in zip(drafts, choices)]
-        wanted = [draft for draft, chosen in zip(drafts, enabled) if chosen]
-        await self.limiter.acquire(draft.user_id for draft in wanted if draft.priority != "critical")
-        push = iter(await self._pushed([(draft, choice) for draft, choice, chosen
-                                        in zip(drafts, choices, enabled) if chosen]))
+        prepared = await self.prepare(drafts)
+        wanted = prepared.wanted
         escalating = self._escalations is not None and any(
             self._escalations.escalates(draft.type) for draft in wanted)
         opened = await self._escalations.attach(wanted) if escalating else []
-        # Per group: the positions of its wanted drafts, and what goes to the store.
-        chosen_flags = iter(enabled)
-        layout: list[list[int]] = []
-        insertions: list[tuple[list[Draft], EventClaim | None, list[bool]]] = []
-        for group, claim in groups:
-            positions = [position for position, _ in enumerate(group) if next(chosen_flags)]
-            layout.append(positions)
-            insertions.append(([group[position] for position in positions], claim,
-                               [next(push) for _ in positions]))
-        stored_groups = await self._store(insertions)
+        stored = await self.store.insert_many(wanted, claim=claim, push=prepared.push)
+        return await self.announce(prepared, stored, opened)
+
+    async def create_groups(self, groups: Sequence[tuple[list[Draft], EventClaim | None]]
+                            ) -> list[list[dict | None] | ClaimLostError]:
+        """`create_many` for several groups of drafts at once, each under its own claim (a
+        stream's batch of events): prepared together (one settings read, one rate-limit
+        check), stored in one write (`insert_groups`), announced together. Each group's
+        payloads, or a ClaimLostError in the place of a group whose claim was lost (it stored
+        nothing; the others did)."""
+        prepared = await self.prepare([draft for drafts, _ in groups for draft in drafts])
+        wanted = prepared.wanted
+        escalating = self._escalations is not None and any(
+            self._escalations.escalates(draft.type) for draft in wanted)
+        opened = await self._escalations.attach(wanted) if escalating else []
+        # Each group's wanted drafts and their push flags (prepare's positions are in order).
+        kept = list(zip(prepared.positions, wanted, prepared.push))
+        insertions, taken, end = [], 0, 0
+        for drafts, claim in groups:
+            end += len(drafts)
+            first = taken
+            while taken < len(kept) and kept[taken][0] < end:
+                taken += 1
+            insertions.append(([draft for _, draft, _ in kept[first:taken]], claim,
+                               [push for _, _, push in kept[first:taken]]))
+        stored_groups = await self.store.insert_groups(insertions)
+        stored: list[Created | None] = []
+        for (drafts, _, _), records in zip(insertions, stored_groups):
+            stored.extend([None] * len(drafts) if isinstance(records, ClaimLostError) else records)
+        if not any(record is not None for record in stored):
+            opened = []  # nothing of theirs was stored: their timeline has nothing to say
+        created = await self.announce(prepared, stored, opened)
         results: list[list[dict | None] | ClaimLostError] = []
-        stored: list = []
+        start = 0
+        for (drafts, _), records in zip(groups, stored_groups):
+            results.append(records if isinstance(records, ClaimLostError)
+                           else created[start:start + len(drafts)])
+            start += len(drafts)
+        return results
+
+    async def prepare(self, drafts: list[Draft]) -> Prepared:
+        """The first half of a creation: the drafts' users' settings read, the muted ones left
+        out and the rest counted against the rate limit, their pushes decided."""
+        started = time.perf_counter()
+        preferences = await self.store.preferences_of_many({draft.user_id for draft in drafts})
+        choices = [self._choice(draft, preferences.get(draft.user_id, {})) for draft in drafts]
+        positions = [position for position, (draft, choice) in enumerate(zip(drafts, choices))
+                     if choice.enabled or draft.priority == "critical"]
+        await self.limiter.acquire(drafts[position].user_id for position in positions
+                                   if drafts[position].priority != "critical")
+        push = await self._pushed([(drafts[position], choices[position]) for position in positions])
+        return Prepared(drafts, positions, push, started)
+
+    async def announce(self, prepared: Prepared, stored: Sequence[Created | None],
+                       opened: Sequence[dict[str, Any]] = (),
+                       lines_stored: bool = False) -> list[dict | None]:
+        """The second half, once `prepared.wanted` are stored (`stored`: a record for each,
+        None where one was not stored after all): published, counted and observed; the
+        timeline told of escalations' notifications unless their lines were stored with
+        them (`lines_stored`). The payloads, None in the place of each muted or unstored one."""
+        created: list[dict | None] = [None] * len(prepared.drafts)
+        kept = [(position, record) for position, record in zip(prepared.positions, stored)
+                if record is not None]
         messages, at = [], time.time()
-        for (group, _), positions, records in zip(groups, layout, stored_groups):
-            if isinstance(records, ClaimLostError):
-                results.append(records)
-                continue
-            created: list[dict | None] = [None] * len(group)
-            for position, record in zip(positions, records):
-                payload = created[position] = to_payload(record.document)
-                messages.append(NotificationCreated(
-                    record.document["user_id"], record.document["seq"], payload,
-                    record.state.unread_payload(), at))
-                stored.append((payload, record))
-            results.append(created)
+        for position, record in kept:
+            payload = created[position] = to_payload(record.document)
+            messages.append(NotificationCreated(
+                record.document["user_id"], record.document["seq"], payload,
+                record.state.unread_payload(), at))
         by_tenant = self._metrics.tenant_label
         kinds = collections.Counter(
-            (record.document["type"], record.document["priority"],
-             *((tenants.tenant_of(record.document["user_id"]),) if by_tenant else ()))
-            for _, record in stored)
+            (draft.type, draft.priority, *((tenants.tenant_of(draft.user_id),) if by_tenant else ()))
+            for draft in (prepared.drafts[position] for position, _ in kept))
         for labels, count in kinds.items():
             self._metrics.notifications_created.labels(*labels).inc(count)
         if messages:
             await self._publish_many(messages)
-        if stored:
-            self._metrics.create_to_publish.observe(time.perf_counter() - started)
-        if self.on_push_recorded is not None and any(record.pushed for _, record in stored):
+            self._metrics.create_to_publish.observe(time.perf_counter() - prepared.started)
+        if self.on_push_recorded is not None and any(record.pushed for _, record in kept):
             self.on_push_recorded()
-        if escalating and not all(isinstance(result, ClaimLostError) for result in results):
+        told = [record.document for _, record in kept
+                if record.document.get("escalation") is not None]
+        if self._escalations is not None and (opened or told and not lines_stored):
             try:
-                await self._escalations.recorded(opened, [record.document for _, record in stored])
+                await self._escalations.recorded(opened, [] if lines_stored else told)
             except Exception:  # the timeline's lines must not fail a creation that is stored
                 log.exception("could not record the escalation timeline of a creation")
         if self.plugins.listens("mojavox_notification_created"):
-            for payload, record in stored:
-                await self._observe(payload, record.document["user_id"])
-        return results
-
-    async def _store(self, insertions: list[tuple[list[Draft], EventClaim | None, list[bool]]]
-                     ) -> list[list | ClaimLostError]:
-        """One group as `insert_many`, several as `insert_groups`: one write either way."""
-        if len(insertions) != 1:
-            return await self.store.insert_groups(insertions)
-        drafts, claim, push = insertions[0]
-        if not drafts:
-            return [[]]
-        try:
-            return [await self.store.insert_many(drafts, claim=claim, push=push)]
-        except ClaimLostError as error:
-            return [error]
+            for position, record in kept:
+                await self._observe(created[position], record.document["user_id"])
+        return created
 
     async def _publish(self, message: Message) -> None:
         await self._publish_many([message])

@@ -245,7 +245,6 @@ class EscalationTimerSettings:
     """How every process watches the stored due steps (escalations/timers.py)."""
 
     poll_interval_seconds: float = _check(_between(0.05, 10), default=0.25)
-    lease_seconds: float = _check(_between(2, 600), default=15)
     batch: int = _check(_between(1, 10_000), default=500)
 
 

@@ -103,8 +103,8 @@ def test_under_two_workers_each_step_fires_exactly_once(tmp_path, storage_overri
         for backup in backups:
             escalations = [n["escalation"]["id"] for n in inbox(server, backup)]
             assert len(escalations) == count == len(set(escalations)), escalations
-        # Both took part. A step whose start one worker stored without hearing so (a commit
-        # that failed to answer) is finished by the other after its lease, uncounted here.
+        # Both took part. A step one worker stored without hearing so (a commit that failed
+        # to answer) is counted by neither.
         won = [_steps_fired(metrics_port + worker) for worker in range(2)]
         assert sum(won) <= count and all(won), f"steps fired by each worker: {won}"
     finally:

@@ -375,8 +375,8 @@ async def test_an_acknowledgement_stored_while_a_step_is_being_taken_on_wins_and
     store, read_due = app.store, app.store.due_escalations
     acknowledged = asyncio.Event()
 
-    async def due_then_acknowledged(now_ms, limit):
-        due = await read_due(now_ms, limit)
+    async def due_then_acknowledged(now_ms, limit, after=None):
+        due = await read_due(now_ms, limit, after)
         if due and not acknowledged.is_set():
             status, _ = await app.api.post(f"/api/notifications/{notification_id}/ack",
                                            token(first))
@@ -426,27 +426,27 @@ async def test_a_topic_send_without_a_key_is_one_escalation_for_every_member(sta
 
 @both_engines
 @bounded
-async def test_an_acknowledgement_during_a_steps_send_keeps_and_nothing_more_fires(start_app):
+async def test_an_acknowledgement_right_after_a_step_is_stored_keeps_and_nothing_more_fires(
+        start_app):
     first, backup, manager = new_user("supervisor"), new_user("backup"), new_user("manager")
     app = await start_app(**policy((0.5, {"users": [backup]}), (1.0, {"users": [manager]})))
     notification_id = await escalate(app, first, "call-12")
-    create_many = app.service.create_many
+    announce = app.service.announce
     acknowledged = asyncio.Event()
 
-    async def step_sent_then_acknowledged(drafts, **kwargs):
-        created = await create_many(drafts, **kwargs)
-        if any(d.escalation and d.escalation["step"] == 1 for d in drafts):
+    async def step_stored_then_acknowledged(prepared, stored, *args, **kwargs):
+        if any(d.escalation and d.escalation["step"] == 1 for d in prepared.wanted):
             status, _ = await app.api.post(f"/api/notifications/{notification_id}/ack",
                                            token(first))
             assert status == 200
             acknowledged.set()
-        return created
+        return await announce(prepared, stored, *args, **kwargs)
 
-    app.service.create_many = step_sent_then_acknowledged
+    app.service.announce = step_stored_then_acknowledged
     await asyncio.wait_for(acknowledged.wait(), 4)
     await asyncio.sleep(1.5)  # past step 2's time
     status, page = await app.api.get("/api/notifications", token(backup))
-    assert len(page["notifications"]) == 1  # step 1 went: it started before the answer
+    assert len(page["notifications"]) == 1  # step 1 went: it was stored before the answer
     status, page = await app.api.get("/api/notifications", token(manager))
     assert page["notifications"] == []  # step 2 never did
     status, mine = await app.api.get(f"/api/notifications/{notification_id}", token(first))
@@ -455,35 +455,42 @@ async def test_an_acknowledgement_during_a_steps_send_keeps_and_nothing_more_fir
 
 @both_engines
 @bounded
-async def test_a_send_cut_short_by_storage_is_finished_once_after_its_lease(start_app):
+@pytest.mark.parametrize("committed", [False, True], ids=["refused", "committed-unanswered"])
+async def test_a_step_whose_storage_fails_fires_once(start_app, committed):
+    """Storage fails the step's transaction, before it is written (nothing of the step is
+    stored: a later round sends it) or after it committed, the answer lost (a write that timed
+    out: the stored step is not sent again)."""
     from mojavox_notify.errors import StorageUnavailableError
     first, backup = new_user("supervisor"), new_user("backup")
-    app = await start_app(**policy((0.3, {"users": [backup]})),
-                          **{"escalation_timers.lease_seconds": 2})
-    create_many = app.service.create_many
+    app = await start_app(**policy((0.3, {"users": [backup]})))
+    change_escalations = app.store.change_escalations
     failed = asyncio.Event()
 
-    async def fails_once_for_the_step(drafts, **kwargs):
-        if not failed.is_set() and any(d.escalation and d.escalation["step"] == 1 for d in drafts):
-            failed.set()
-            raise StorageUnavailableError("the disk stalled")
-        return await create_many(drafts, **kwargs)
+    async def fails_once_for_the_step(changes, *args, **kwargs):
+        if failed.is_set() or not any(change.drafts for change in changes):
+            return await change_escalations(changes, *args, **kwargs)
+        failed.set()
+        if committed:
+            await change_escalations(changes, *args, **kwargs)
+        raise StorageUnavailableError("the disk stalled")
 
-    app.service.create_many = fails_once_for_the_step
+    app.store.change_escalations = fails_once_for_the_step
     await escalate(app, first, "call-13")
     await asyncio.wait_for(failed.wait(), 3)
-    status, page = await app.api.get("/api/notifications", token(backup))
-    assert page["notifications"] == []
-    deadline = time.monotonic() + 6
+    deadline = time.monotonic() + 4
+    page = {"notifications": []}
     while time.monotonic() < deadline and not page["notifications"]:
         await asyncio.sleep(0.2)
         status, page = await app.api.get("/api/notifications", token(backup))
-    [told] = page["notifications"]  # the lease ended, the next round finished the send
-    await asyncio.sleep(2.5)  # and not again after another lease
+    [told] = page["notifications"]
+    await asyncio.sleep(1.5)  # later rounds send nothing more
     status, page = await app.api.get("/api/notifications", token(backup))
     assert [n["id"] for n in page["notifications"]] == [told["id"]]
     status, detail = await app.api.get(f"/api/escalations/{told['escalation']['id']}", SERVICE)
-    assert [line["event"] for line in detail["timeline"]].count("escalated") == 1
+    events = [line["event"] for line in detail["timeline"]]
+    told_backup = [line for line in detail["timeline"]
+                   if line["event"] == "notified" and line.get("userId") == backup]
+    assert events.count("escalated") == 1 and len(told_backup) == 1, detail["timeline"]
 
 
 @bounded

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from bson import ObjectId
@@ -17,7 +17,7 @@ from bson import ObjectId
 from mojavox_notify import tenants
 from mojavox_notify.errors import NotFoundError
 from mojavox_notify.model import PRIORITIES, ChannelPreference, Draft, PushSubscription, utcnow
-from mojavox_notify.store import (ClaimLostError, EventClaim, NotificationStore, TopicFullError,
+from mojavox_notify.store import (ClaimLostError, EscalationChange, EventClaim, NotificationStore, TopicFullError,
                                   UserState, build_store)
 from mojavox_notify.store.mongo import MongoStore
 from mojavox_notify.wire.escalation import to_escalation_payload
@@ -651,7 +651,7 @@ async def test_one_unresolved_escalation_per_key_and_a_new_one_once_it_is_resolv
     assert not opened and again["_id"] == first["_id"] and again == first
     assert await store.unresolved_escalation(key) == first
     closed = record.resolved(first, "call ended", 2_000_000)
-    assert await store.change_escalations([(closed, first["version"], to_escalation_payload(closed))]) == [True]
+    assert await changed(store, (closed, first["version"])) == [True]
     assert await store.unresolved_escalation(key) is None
     assert await store.escalation(first["_id"]) == closed
     second, opened = await store.open_escalation(_escalation(key))
@@ -665,16 +665,14 @@ async def test_an_escalation_changes_only_over_the_version_it_was_read_at(open_s
     document, _ = await store.open_escalation(_escalation(tenants.key(tenants.DEFAULT, "call:c-2")))
     taken = record.acknowledged(document, "bob", 1_500_000)
     resolved = record.resolved(document, "call ended", 1_500_001)
-    outcomes = await store.change_escalations([
-        (taken, document["version"], to_escalation_payload(taken)),
-        (resolved, document["version"], to_escalation_payload(resolved))])
-    assert outcomes == [True, False]
+    assert await changed(store, (taken, document["version"]),
+                         (resolved, document["version"])) == [True, False]
     stored = await store.escalation(document["_id"])
     assert stored["state"] == "acknowledged" and stored["version"] == document["version"] + 1
     # Two processes at once: one of them wins.
     later = [record.resolved(stored, f"by {who}", 1_600_000) for who in ("one", "two")]
-    results = await asyncio.gather(*(store.change_escalations(
-        [(change, stored["version"], to_escalation_payload(change))]) for change in later))
+    results = await asyncio.gather(*(changed(store, (change, stored["version"]))
+                                     for change in later))
     assert sorted(outcome for [outcome] in results) == [False, True]
 
 
@@ -692,7 +690,7 @@ async def test_escalation_notifications_are_its_recipients_and_carry_its_state(o
     assert [(r["user_id"], r["step"]) for r in recipients[document["_id"]]] == list(zip(users, (0, 1)))
     assert recipients["6b0f00000000000000000000"] == []
     taken = record.acknowledged(document, users[1], 1_700_000)
-    assert await store.change_escalations([(taken, document["version"], to_escalation_payload(taken))]) == [True]
+    assert await changed(store, (taken, document["version"])) == [True]
     for user, stored in zip(users, created):
         reread = await store.get(user, stored.document["_id"])
         assert reread["escalation"]["shown"]["acknowledgedBy"] == users[1]
@@ -725,9 +723,13 @@ async def test_due_escalations_come_earliest_first_and_finished_ones_are_forgott
         tenants.key(tenants.DEFAULT, f"call:due-{index}"), due_at=at)))[0]
         for index, at in enumerate(due_at)]
     assert [d["due_at"] for d in await store.due_escalations(6_000, 10)] == [3_000, 5_000]
-    assert len(await store.due_escalations(6_000, 1)) == 1
+    [first] = await store.due_escalations(6_000, 1)
+    assert first["due_at"] == 3_000
+    assert [d["_id"] for d in await store.due_escalations(6_000, 10, (3_000, first["_id"]))] == [
+        opened[0]["_id"]]  # a scan goes on past where the last batch ended
+    assert await store.due_escalations(6_000, 10, (5_000, opened[0]["_id"])) == []
     closed = record.resolved(opened[0], None, 100)
-    await store.change_escalations([(closed, opened[0]["version"], to_escalation_payload(closed))])
+    await changed(store, (closed, opened[0]["version"]))
     await store.add_escalation_events([{"escalation_id": closed["_id"], "at": 100,
                                         "event": "resolved", "step": 0}])
     assert await store.delete_finished_escalations(200) == 1
@@ -736,30 +738,45 @@ async def test_due_escalations_come_earliest_first_and_finished_ones_are_forgott
     assert await store.escalation(opened[1]["_id"]) is not None
 
 
+async def changed(store, *changes: tuple[dict, int]) -> list[bool]:
+    """`change_escalations` of (document, expected version) pairs: which were stored."""
+    results = await store.change_escalations(
+        [EscalationChange(document, expected, to_escalation_payload(document))
+         for document, expected in changes])
+    return [result is not None for result in results]
+
+
 @bounded
-async def test_a_finished_send_clears_its_marker_and_keeps_a_change_made_meanwhile(open_store):
+async def test_a_steps_notifications_and_lines_are_stored_with_its_change_or_not_at_all(open_store):
     from mojavox_notify.escalations import record
     from mojavox_notify.escalations.policy import Action
     store = await open_store()
-    opened = []
-    for index in range(2):
-        document, _ = await store.open_escalation(
-            _escalation(tenants.key(tenants.DEFAULT, f"call:send-{index}")))
-        started = record.step_started(document, Action(0, 1), 2_000_000, 15_000)
-        assert await store.change_escalations(
-            [(started, document["version"], to_escalation_payload(started))]) == [True]
-        opened.append(started)
-    taken = record.acknowledged(opened[1], "bob", 2_000_100)  # while its step was being sent
-    assert await store.change_escalations([(taken, opened[1]["version"], to_escalation_payload(taken))]) == [True]
-    await store.finish_escalation_sends(
-        [(d["_id"], d["sending"], 2_100_000) for d in opened]
-        + [(opened[0]["_id"], {**opened[0]["sending"], "until": 1}, 9_999_999)])  # not its send
-    still_open, acknowledged = [await store.escalation(d["_id"]) for d in opened]
-    assert still_open["sending"] is None and still_open["due_at"] == 2_100_000
-    assert still_open["version"] == opened[0]["version"]
-    assert acknowledged["state"] == "acknowledged" and acknowledged["acknowledged_by"] == "bob"
-    assert acknowledged["sending"] is None and acknowledged["due_at"] is None
-    assert [d["_id"] for d in await store.due_escalations(2_200_000, 10)] == [still_open["_id"]]
+    documents = [(await store.open_escalation(
+        _escalation(tenants.key(tenants.DEFAULT, f"call:step-{index}"))))[0] for index in range(2)]
+    taken = record.acknowledged(documents[1], "bob", 1_900_000)  # before its step: it wins
+    assert await changed(store, (taken, documents[1]["version"])) == [True]
+    managers = [new_user("manager") for _ in range(2)]
+    steps = [record.step_started(document, Action(0, 1), 2_000_000) for document in documents]
+    requests = [EscalationChange(
+        step, document["version"], to_escalation_payload(step),
+        drafts=[draft(manager, "critical", type="call_escalation",
+                      escalation=record.notification_part(step, 1, 0))],
+        push=[False], events=[{"escalation_id": step["_id"], "at": 2_000_000,
+                               "event": "escalated", "step": 1}])
+        for step, document, manager in zip(steps, documents, managers)]
+    at = datetime(2026, 12, 2, 8, 0, tzinfo=timezone.utc)
+    won, refused = await store.change_escalations(requests, created_at=at)
+    assert refused is None, "its version moved on: neither the change nor its notifications"
+    [record_] = won
+    assert record_.document["user_id"] == managers[0] and record_.document["created_at"] == at
+    assert record_.state.seq == 1 and record_.state.unread["critical"] == 1
+    stored = await store.get(managers[0], record_.document["_id"])
+    assert stored["escalation"]["step"] == 1 and stored["escalation"]["shown"]["step"] == 1
+    assert (await store.escalation(documents[0]["_id"]))["step"] == 1
+    assert [e["event"] for e in await store.escalation_events(documents[0]["_id"])] == ["escalated"]
+    assert (await store.list(managers[1], 10, 0, False))[0] == []
+    assert await store.escalation_events(documents[1]["_id"]) == []
+    assert (await store.escalation(documents[1]["_id"]))["state"] == "acknowledged"
 
 
 @bounded

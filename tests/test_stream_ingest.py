@@ -471,3 +471,56 @@ async def test_each_worker_of_serve_workers_is_a_consumer_of_its_own(tmp_path, r
         assert len({name.split(":")[1] for name in names}) == 2, "one pid each"
     finally:
         await asyncio.to_thread(deployment.stop_all)
+
+
+@bounded
+async def test_a_batch_is_claimed_in_one_write_and_stored_in_one_more(start_app):
+    """50 events with ids, 3 of them twice and one already stored: two trips to the writer."""
+    app = await start_app(**{"storage.sqlite_inline_limit": 0,
+                             "rate_limits.notifications_per_minute": 0})
+    users = [new_user() for _ in range(50)]
+    intake = StreamIntake(app.ingest)
+    done = StreamEntry("1-0", json.dumps(payment(users[0], f"{users[0]}-pay")), None, 1)
+    assert [v.kind for v in await intake.handle("redis:batch", [done])] == ["stored"]
+    entries = [StreamEntry(f"{n + 2}-0", json.dumps(payment(user, f"{user}-pay")), None, 1)
+               for n, user in enumerate(users)] + [
+        StreamEntry(f"{n + 100}-0", json.dumps(payment(users[n], f"{users[n]}-pay")), None, 2)
+        for n in range(3)]
+    trips: list[str] = []
+    write = app.store._write
+
+    async def recorded(function, *args):
+        trips.append(function.__name__)
+        return await write(function, *args)
+
+    app.store._write = recorded
+    verdicts = await intake.handle("redis:batch", entries)
+    assert [v.kind for v in verdicts] == ["stored"] * 53
+    assert trips == ["_claim_events", "_insert_many"], trips
+    for user in users:
+        assert len(await notifications_of(app, user)) == 1
+
+
+@bounded
+async def test_an_entrys_tenant_keeps_its_event_inside_that_tenant(start_app):
+    app = await start_app(**{"rate_limits.notifications_per_minute": 0})
+    intake = StreamIntake(app.ingest)
+    user = new_user()
+    inside = StreamEntry("1-0", json.dumps(payment(user, "t-1")), "acme", 1)
+    elsewhere = StreamEntry("2-0", json.dumps({**payment(user, "t-2"), "tenant": "other"}),
+                            "acme", 1)
+    platform = StreamEntry("3-0", json.dumps({**payment(user, "t-3"), "tenant": "other"}),
+                           None, 1)
+    bad = StreamEntry("4-0", json.dumps(payment(user, "t-4")), "not a tenant!", 1)
+    verdicts = await intake.handle("redis:tenants", [inside, elsewhere, platform, bad])
+    assert [v.kind for v in verdicts] == ["stored", "dead", "stored", "dead"]
+    assert "own tenant" in verdicts[1].error and "tenant" in verdicts[3].error
+    assert len(await notifications_of(app, user)) == 0, "nothing in the default tenant"
+    assert len(await notifications_of_tenant(app, "acme", user)) == 1
+    assert len(await notifications_of_tenant(app, "other", user)) == 1
+
+
+async def notifications_of_tenant(app, tenant: str, user: str) -> list[dict]:
+    status, body = await app.api.get("/api/notifications?limit=100", token(user, tenant=tenant))
+    assert status == 200, body
+    return body["notifications"]

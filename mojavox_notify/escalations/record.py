@@ -8,8 +8,8 @@ the other reads it again.
       └─last step passed──▶ unanswered ──ack─┘ (resolve from any unresolved state)
 
 `due` is the next action of its policy and `due_at` when this process or any other must look
-at it: the action's time, or while a step is being sent, the end of that send's lease (a
-process killed mid-send leaves it due again, and the next one finishes the send).
+at it. A step's change is stored together with its notifications (store.EscalationChange), so
+a step is either sent and recorded or neither, whatever process dies when.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def new_escalation(draft: Draft, key: str | None, policy: Policy, now_ms: int) -
         "acknowledged_by": None, "acknowledged_at": None, "acknowledgers": [],
         "resolved_at": None, "resolution": None,
         "created_at": now_ms, "updated_at": now_ms, "version": 1,
-        "sending": None, "due": None, "due_at": None,
+        "due": None, "due_at": None,
     }
     return _schedule(document, first)
 
@@ -73,20 +73,15 @@ def _next(document: Mapping[str, Any], now_ms: int, **changes: Any) -> dict[str,
 
 def _schedule(document: dict[str, Any], action: Action | None,
               policy: Policy | None = None) -> dict[str, Any]:
-    """`due`/`due_at` set to `action` (or cleared), unless a send is under way: its lease
-    stays the due time until it is finished. `policy`: the document's, when the caller has
-    read it already (10,000 steps at once read it 10,000 times)."""
+    """`due`/`due_at` set to `action` (or cleared). `policy`: the document's, when the caller
+    has read it already (10,000 steps at once read it 10,000 times)."""
     if action is None:
-        document["due"] = None
-    else:
-        document["due"] = {"round": action.round, "step": action.step,
-                           "unanswered": action.unanswered}
-    if document.get("sending") is None:
-        if action is None:
-            document["due_at"] = None
-        else:
-            policy = policy or policy_of(document)
-            document["due_at"] = document["created_at"] + policy.offset_ms(action)
+        document["due"] = document["due_at"] = None
+        return document
+    document["due"] = {"round": action.round, "step": action.step,
+                       "unanswered": action.unanswered}
+    policy = policy or policy_of(document)
+    document["due_at"] = document["created_at"] + policy.offset_ms(action)
     return document
 
 
@@ -117,27 +112,14 @@ def unanswered(document: Mapping[str, Any], now_ms: int) -> dict[str, Any]:
     return _schedule(_next(document, now_ms, state="unanswered"), None)
 
 
-def step_started(document: Mapping[str, Any], action: Action, now_ms: int,
-                 lease_ms: int) -> dict[str, Any]:
-    """Step `action` fires: it is the escalation's step now, its send holds a lease until
-    `now + lease`, and the following action is scheduled behind it."""
-    changed = _next(document, now_ms, step=action.step, round=action.round,
-                    sending={"round": action.round, "step": action.step,
-                             "until": now_ms + lease_ms},
-                    due_at=now_ms + lease_ms)
+def step_started(document: Mapping[str, Any], action: Action, now_ms: int) -> dict[str, Any]:
+    """Step `action` fires: it is the escalation's step now, and the following action is
+    scheduled behind it."""
+    changed = _next(document, now_ms, step=action.step, round=action.round)
     policy = policy_of(document)
     return _schedule(changed, policy.after(action), policy)
 
 
-def send_relet(document: Mapping[str, Any], now_ms: int, lease_ms: int) -> dict[str, Any]:
-    """A send whose lease ran out (its process died) taken on by this one."""
-    sending = {**document["sending"], "until": now_ms + lease_ms}
-    return _next(document, now_ms, sending=sending, due_at=now_ms + lease_ms)
-
-
-def send_finished(document: Mapping[str, Any], now_ms: int) -> dict[str, Any]:
-    """The step's notifications are stored: what is due next is due at its own time (nothing,
-    once acknowledged or resolved meanwhile)."""
-    changed = _next(document, now_ms, sending=None)
-    action = due_action(changed) if changed["state"] == "open" else None
-    return _schedule(changed, action)
+def settled(document: Mapping[str, Any], now_ms: int) -> dict[str, Any]:
+    """Found due with nothing left to do (its state moved on): due no more."""
+    return _schedule(_next(document, now_ms), None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Awaitable, Callable, Iterable, Sequence
+from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence
 
 from .. import tenants
 from ..broker import Broker
@@ -18,7 +18,7 @@ from ..errors import ConflictError, NotFoundError, ValidationError
 from ..metrics import Metrics
 from ..model import Draft
 from ..plugins import Plugins
-from ..store import NotificationStore
+from ..store import EscalationChange, NotificationStore
 from ..tenants import Reach
 from ..wire.escalation import (STATES, UNRESOLVED, check_resolve, check_seen, to_escalation_payload,
                                to_recipient, to_timeline_entry)
@@ -99,20 +99,29 @@ class EscalationService:
             self.metrics.escalations.labels(document["type"], "opened").inc()
             if document["due_at"] is not None:
                 self.on_scheduled(document["due_at"])
-        told = [document for document in stored if document.get("escalation") is not None]
-        if not told:
-            await self.store.add_escalation_events(events)
-            return
-        online = await self._online({d["user_id"] for d in told}) if self._online else set()
-        for document in told:
-            part = document["escalation"]
-            at = int(document["created_at"].timestamp() * 1000)
-            line = {"escalation_id": part["id"], "at": at, "event": "notified",
-                    "user_id": document["user_id"], "step": part["step"]}
-            events.append({**line, "channel": "stored"})
-            if document["user_id"] in online:
-                events.append({**line, "channel": "socket"})
+        events += await self.notified_lines(
+            (document["user_id"], document["escalation"],
+             int(document["created_at"].timestamp() * 1000))
+            for document in stored if document.get("escalation") is not None)
         await self.store.add_escalation_events(events)
+
+    async def notified_lines(self, told: Iterable[tuple[str, dict[str, Any], int]]
+                             ) -> list[dict[str, Any]]:
+        """The timeline's `notified` lines of notifications stored (user id, the notification's
+        `escalation` part, when in epoch ms): channel `stored` for each, and `socket` for the
+        users with a live socket now."""
+        told = list(told)
+        if not told:
+            return []
+        online = await self._online({user_id for user_id, _, _ in told}) if self._online else set()
+        lines = []
+        for user_id, part, at in told:
+            line = {"escalation_id": part["id"], "at": at, "event": "notified",
+                    "user_id": user_id, "step": part["step"]}
+            lines.append({**line, "channel": "stored"})
+            if user_id in online:
+                lines.append({**line, "channel": "socket"})
+        return lines
 
     # -- acknowledging -------------------------------------------------------------------------
 
@@ -289,30 +298,32 @@ class EscalationService:
             changed = mutate(document)
             if changed is None:
                 return document
-            [stored] = await self.store.change_escalations(
-                [(changed, document["version"], to_escalation_payload(changed))])
-            if stored:
-                if event is not None:
-                    await self.store.add_escalation_events(
-                        [{"escalation_id": escalation_id, "at": changed["updated_at"],
-                          **event(changed)}])
+            lines = [] if event is None else [
+                {"escalation_id": escalation_id, "at": changed["updated_at"], **event(changed)}]
+            [stored] = await self.store.change_escalations([EscalationChange(
+                changed, document["version"], to_escalation_payload(changed), events=lines)])
+            if stored is not None:
                 await self.published([changed])
                 return changed
         raise EscalationConflict(f"escalation {escalation_id} kept changing under this process")
 
     async def published(self, documents: Sequence[dict[str, Any]],
-                        recipients: dict[str, list[dict[str, Any]]] | None = None) -> None:
+                        recipients: dict[str, list[dict[str, Any]]] | None = None,
+                        payloads: Mapping[str, dict[str, Any]] | None = None) -> None:
         """Tell every recipient's sockets and the `mojavox_escalation_changed` hook (`recipients`
-        by escalation id when the caller has read them already)."""
+        by escalation id when the caller has read them already, `payloads` by id when it has
+        made them)."""
         if not documents:
             return
         if recipients is None:
             recipients = await self.store.escalation_recipients([d["_id"] for d in documents])
+        payloads = payloads or {}
         at = time.time()
         messages = []
         for document in documents:
             users = sorted({r["user_id"] for r in recipients.get(document["_id"], ())})
-            messages.append(EscalationChanged(to_escalation_payload(document), users, at))
+            payload = payloads.get(document["_id"]) or to_escalation_payload(document)
+            messages.append(EscalationChanged(payload, users, at))
         await self.broker.publish_many(messages)
         if self.pushes is not None:
             try:

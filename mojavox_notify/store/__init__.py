@@ -84,6 +84,22 @@ class Insertion:
     abandoned: bool = False
 
 
+@dataclass
+class EscalationChange:
+    """One compare-and-set of an escalation (`change_escalations`) and what is stored with it
+    only if it wins: `shown`, what clients see now (None: unchanged, the notifications are
+    left as they are), a step's notifications (`drafts`, one push flag each) and its timeline
+    lines (`events`, records without `once`). A step is its change and its notifications at
+    once: stored together or not at all, so no process can die between the two."""
+
+    document: dict[str, Any]
+    expected_version: int
+    shown: dict[str, Any] | None = None
+    drafts: Sequence[Draft] = ()
+    push: Sequence[bool] = ()
+    events: Sequence[dict[str, Any]] = ()
+
+
 #: Members one topic may have (wire.topic's checks keep to it; the engines refuse past it).
 MAX_TOPIC_MEMBERS = 100_000
 
@@ -289,26 +305,20 @@ class NotificationStore(ABC):
         """The escalation of `key` that is not resolved yet, or None."""
 
     @abstractmethod
-    async def change_escalations(self, changes: Sequence[tuple[dict[str, Any], int, dict[str, Any] | None]]
-                                 ) -> list[bool]:
-        """Each (document, expected version, shown): the stored document replaced by this one
-        only if its version is still the expected one (compare-and-set; the document carries
-        its new version), and its notifications' `escalation.shown` set to `shown` (None: what
-        clients see did not change, the notifications are left as they are), all in one
-        transaction. Which of them were stored."""
+    async def change_escalations(self, changes: Sequence[EscalationChange],
+                                 created_at: datetime | None = None) -> list[list[Created] | None]:
+        """Each change a compare-and-set: the stored document replaced by the change's only if
+        its version is still the expected one (the document carries its new version), and
+        only then its notifications' `escalation.shown` set, its drafts stored (as
+        `insert_many` stores them, created at `created_at`, by default now) and its timeline
+        lines appended, all of the changes in one transaction. Per change, in order: the
+        records of its drafts when it was stored, None when another change came first."""
 
     @abstractmethod
-    async def finish_escalation_sends(self, finishes: Sequence[tuple[str, dict[str, Any], int | None]]
-                                      ) -> None:
-        """Each (escalation id, its `sending` marker, the due time of its next action): where
-        that send is still the one marked, it is over: `sending` cleared and `due_at` set to
-        the given time while the escalation is open (cleared otherwise). Not a
-        compare-and-set on the version, and no version change: finishing changes nothing a
-        client sees, and a change stored meanwhile (an acknowledgement) is kept."""
-
-    @abstractmethod
-    async def due_escalations(self, now_ms: int, limit: int) -> list[dict[str, Any]]:
-        """Up to `limit` escalations whose `due_at` has come, earliest first."""
+    async def due_escalations(self, now_ms: int, limit: int,
+                              after: tuple[int, str] | None = None) -> list[dict[str, Any]]:
+        """Up to `limit` escalations whose `due_at` has come, earliest first (by `due_at`,
+        then id), only those past `after` (a (due_at, id) position) when given."""
 
     @abstractmethod
     async def escalation_recipients(self, escalation_ids: Sequence[str]

@@ -48,7 +48,10 @@ class StreamIntake:
                 verdicts.append(None)
             except NotifyError as error:
                 verdicts.append(Verdict(DEAD, error.message))
-        outcomes = iter(await self.ingest.ingest_many(events) if events else [])
+        try:
+            outcomes = iter(await self.ingest.ingest_many(events) if events else [])
+        except Exception as error:  # nothing decided: every valid entry is tried again later
+            outcomes = iter([error] * len(events))
         failures: list[Exception] = []
         for position, verdict in enumerate(verdicts):
             if verdict is not None:

@@ -8,10 +8,12 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Sequence
 
-from pymongo import ASCENDING, DESCENDING, InsertOne, UpdateOne
+from pymongo import ASCENDING, DESCENDING, InsertOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+from .. import Created, EscalationChange, Insertion, push_flags
 from .documents import Collections, to_ms
+from .insertion import _insert_live
 
 DUPLICATE_KEY = 11000
 
@@ -45,43 +47,48 @@ async def escalation(collections: Collections, query: dict[str, Any]) -> dict | 
     return _caller_form(await collections.escalation_records.find_one(query))
 
 
-async def change_escalations(collections: Collections,
-                             changes: Sequence[tuple[dict[str, Any], int, dict[str, Any]]],
-                             transaction: Callable[..., Awaitable[Any]]) -> list[bool]:
-    async def work(session) -> list[bool]:
-        stored = []
-        for document, expected, shown in changes:
+async def change_escalations(collections: Collections, changes: Sequence[EscalationChange],
+                             created_at: datetime,
+                             transaction: Callable[..., Awaitable[Any]]) -> list[list[Created] | None]:
+    """Compare-and-set on `version`; for the changes stored, the new `shown` on their
+    notifications, their drafts inserted (in one insertion) and their lines appended, in one
+    transaction."""
+    async def work(session) -> list[list[Created] | None]:
+        won: list[EscalationChange] = []
+        outcomes: list[bool] = []
+        for change in changes:
+            document = change.document
             result = await collections.escalation_records.replace_one(
-                {"_id": document["_id"], "version": expected}, _stored_form(document),
-                session=session)
-            if result.matched_count and shown is not None:
+                {"_id": document["_id"], "version": change.expected_version},
+                _stored_form(document), session=session)
+            outcomes.append(bool(result.matched_count))
+            if not result.matched_count:
+                continue
+            won.append(change)
+            if change.shown is not None:
                 await collections.notifications.update_many(
-                    {"escalation.id": document["_id"]}, {"$set": {"escalation.shown": shown}},
-                    session=session)
-            stored.append(bool(result.matched_count))
-        return stored
+                    {"escalation.id": document["_id"]},
+                    {"$set": {"escalation.shown": change.shown}}, session=session)
+        created = iter(await _insert_live(collections, [
+            Insertion(list(change.drafts), None, push_flags(change.push, len(change.drafts)))
+            for change in won if change.drafts], created_at, session))
+        lines = [_line(event) for change in won for event in change.events]
+        if lines:
+            await collections.escalation_lines.insert_many(lines, session=session)
+        changed = iter(won)
+        return [[next(created) for _ in next(changed).drafts] if stored else None
+                for stored in outcomes]
     return await transaction(work)
 
 
-async def finish_sends(collections: Collections,
-                       finishes: Sequence[tuple[str, dict[str, Any], int | None]]) -> None:
-    """Two updates per send, one of which matches: the next action due while it is open,
-    nothing due otherwise."""
-    operations = []
-    for escalation_id, sending, due_at in finishes:
-        marked = {"_id": escalation_id, "sending.round": sending["round"],
-                  "sending.step": sending["step"], "sending.until": sending["until"]}
-        operations.append(UpdateOne({**marked, "state": "open"},
-                                    {"$set": {"sending": None, "due_at": due_at}}))
-        operations.append(UpdateOne({**marked, "state": {"$ne": "open"}},
-                                    {"$set": {"sending": None, "due_at": None}}))
-    if operations:
-        await collections.escalation_records.bulk_write(operations, ordered=False)
-
-
-async def due_escalations(collections: Collections, now_ms: int, limit: int) -> list[dict]:
-    found = await collections.escalation_records.find({"due_at": {"$lte": now_ms}}).sort(
-        "due_at", ASCENDING).limit(limit).to_list(length=None)
+async def due_escalations(collections: Collections, now_ms: int, limit: int,
+                          after: tuple[int, str] | None) -> list[dict]:
+    query: dict[str, Any] = {"due_at": {"$lte": now_ms}}
+    if after is not None:
+        due_at, escalation_id = after
+        query["$or"] = [{"due_at": {"$gt": due_at}}, {"due_at": due_at, "_id": {"$gt": escalation_id}}]
+    found = await collections.escalation_records.find(query).sort(
+        [("due_at", ASCENDING), ("_id", ASCENDING)]).limit(limit).to_list(length=None)
     return [_caller_form(document) for document in found]
 
 
@@ -115,13 +122,16 @@ async def escalations_of(collections: Collections, user_id: str, states: Sequenc
 
 async def add_events(collections: Collections, events: Sequence[dict[str, Any]]) -> None:
     """Unordered, so an event already stored under its `once` skips only itself."""
-    operations = [InsertOne({name: value for name, value in event.items() if value is not None})
-                  for event in events]
+    operations = [InsertOne(_line(event)) for event in events]
     try:
         await collections.escalation_lines.bulk_write(operations, ordered=False)
     except BulkWriteError as error:
         if any(failure.get("code") != DUPLICATE_KEY for failure in error.details["writeErrors"]):
             raise
+
+
+def _line(event: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in event.items() if value is not None}
 
 
 async def events(collections: Collections, escalation_id: str) -> list[dict]:

@@ -22,7 +22,7 @@ from ...ids import ObjectId
 from ...model import NEVER, PRIORITIES, ChannelPreference, Draft, PushSubscription, utcnow
 from ...settings import MongoSettings
 from ...tenants import DEFAULT, EVERYONE
-from .. import (ClaimLostError, Created, EventClaim, Insertion, NotificationStore, PushJob,
+from .. import (ClaimLostError, Created, EscalationChange, EventClaim, Insertion, NotificationStore, PushJob,
                 TopicFullError, UserState, push_flags)
 from .documents import EPOCH, NEVER_MS, _state, to_ms
 from . import escalations
@@ -410,18 +410,17 @@ class MongoStore(NotificationStore):
         return await escalations.escalation(self, {"live_key": key})
 
     @_storage_errors
-    async def change_escalations(self, changes: Sequence[tuple[dict[str, Any], int, dict[str, Any]]]
-                                 ) -> list[bool]:
-        return await escalations.change_escalations(self, changes, self._transaction) if changes else []
+    async def change_escalations(self, changes: Sequence[EscalationChange],
+                                 created_at: datetime | None = None) -> list[list[Created] | None]:
+        if not changes:
+            return []
+        return await escalations.change_escalations(self, changes, created_at or utcnow(),
+                                                    self._transaction)
 
     @_storage_errors
-    async def finish_escalation_sends(self, finishes: Sequence[tuple[str, dict[str, Any], int | None]]
-                                      ) -> None:
-        await escalations.finish_sends(self, finishes)
-
-    @_storage_errors
-    async def due_escalations(self, now_ms: int, limit: int) -> list[dict[str, Any]]:
-        return await escalations.due_escalations(self, now_ms, limit)
+    async def due_escalations(self, now_ms: int, limit: int,
+                              after: tuple[int, str] | None = None) -> list[dict[str, Any]]:
+        return await escalations.due_escalations(self, now_ms, limit, after)
 
     @_storage_errors
     async def escalation_recipients(self, escalation_ids: Sequence[str]

@@ -6,15 +6,36 @@ that carry its id. Functions take the connection first, as queries.py's do.
 from __future__ import annotations
 
 import sqlite3
-
-import orjson
+from datetime import datetime
 from typing import Any, Sequence
 
+import orjson
+
+from .. import Created, EscalationChange, Insertion, push_flags
 from .execution import transaction
-from .queries import IN_CHUNK
+from .insertion import _insert_live, _insert_rows
+from .queries import IN_CHUNK, _json_rows
 from .rows import _json
 
 EVENT_FIELDS = ("escalation_id", "at", "event", "user_id", "step", "channel", "once")
+INSERT_EVENTS = (f"INSERT INTO escalation_events ({', '.join(EVENT_FIELDS)}) VALUES {{rows}} "
+                 "ON CONFLICT (once) DO NOTHING")
+# Multi-row updates (insertion._insert_rows fills `{rows}`): the changes that won, the
+# columns as _columns orders them; the new `shown` on each escalation's notifications.
+CHANGE_ESCALATIONS = """
+WITH changed (id, live_key, state, due_at, version, created_at, updated_at, body) AS (
+    VALUES {rows})
+UPDATE escalations SET live_key = changed.live_key, state = changed.state,
+    due_at = changed.due_at, version = changed.version, created_at = changed.created_at,
+    updated_at = changed.updated_at, body = changed.body
+FROM changed WHERE escalations.id = changed.id"""
+CHANGE_WIDTH = 8
+SET_SHOWN = """
+WITH shown (id, payload) AS (VALUES {rows})
+UPDATE notifications SET escalation = json_set(notifications.escalation, '$.shown',
+                                               json(shown.payload))
+FROM shown WHERE notifications.escalation_id = shown.id"""
+SHOWN_WIDTH = 2
 
 
 def _columns(document: dict[str, Any]) -> tuple:
@@ -44,63 +65,67 @@ def _one(connection: sqlite3.Connection, where: str, value: str) -> dict | None:
     return orjson.loads(row[0]) if row else None
 
 
-def _change(connection: sqlite3.Connection,
-            changes: Sequence[tuple[dict[str, Any], int, dict[str, Any]]]) -> list[bool]:
-    """Compare-and-set on `version`, and the new `shown` (unless None) on the escalation's
-    notifications."""
-    stored = []
+def _change(connection: sqlite3.Connection, changes: Sequence[EscalationChange],
+            created_at: datetime) -> list[list[Created] | None]:
+    """Compare-and-set on `version`; for the changes stored, the new `shown` on their
+    notifications, their drafts inserted (in one insertion) and their lines appended. A few
+    statements for the whole batch, each one step (one GIL hand-off, see _json_rows): the
+    versions read in one row, which decides the changes that win while the write lock is
+    held, then the winners written by multi-row statements."""
     with transaction(connection):
-        for document, expected, shown in changes:
-            changed = connection.execute("""
-                UPDATE escalations SET live_key = ?, state = ?, due_at = ?, version = ?,
-                                       created_at = ?, updated_at = ?, body = ?
-                WHERE id = ? AND version = ?""",
-                (*_columns(document), document["_id"], expected)).rowcount
-            if changed and shown is not None:
-                connection.execute("""
-                    UPDATE notifications SET escalation = json_set(escalation, '$.shown', json(?))
-                    WHERE escalation_id = ?""", (_json(shown), document["_id"]))
-            stored.append(bool(changed))
-    return stored
+        versions = dict(_json_rows(connection, """
+            SELECT json_group_array(json_array(id, version)) FROM escalations
+            WHERE id IN ({users})""", {change.document["_id"] for change in changes}))
+        outcomes = []
+        for change in changes:  # (two changes of one escalation: the first wins)
+            escalation_id = change.document["_id"]
+            won = versions.get(escalation_id) == change.expected_version
+            if won:
+                versions[escalation_id] = change.document["version"]
+            outcomes.append(won)
+        won = [change for change, stored in zip(changes, outcomes) if stored]
+        _insert_rows(connection, CHANGE_ESCALATIONS, CHANGE_WIDTH,
+                     [(change.document["_id"], *_columns(change.document)) for change in won])
+        _insert_rows(connection, SET_SHOWN, SHOWN_WIDTH,
+                     [(change.document["_id"], _json(change.shown)) for change in won
+                      if change.shown is not None])
+        created = iter(_insert_live(connection, [
+            Insertion(list(change.drafts), None, push_flags(change.push, len(change.drafts)))
+            for change in won if change.drafts], created_at))
+        _insert_rows(connection, INSERT_EVENTS, len(EVENT_FIELDS),
+                     [_event_row(event) for change in won for event in change.events])
+    changed = iter(won)
+    return [[next(created) for _ in next(changed).drafts] if stored else None
+            for stored in outcomes]
 
 
-def _finish_sends(connection: sqlite3.Connection,
-                  finishes: Sequence[tuple[str, dict[str, Any], int | None]]) -> None:
-    """The body's `sending` and `due_at` set in SQL (json_set), the row's state deciding
-    whether its next action is still due."""
-    with transaction(connection):
-        connection.executemany("""
-            UPDATE escalations SET
-                due_at = CASE WHEN state = 'open' THEN ?1 END,
-                body = json_set(body, '$.sending', json('null'),
-                                '$.due_at', CASE WHEN state = 'open' THEN ?1 END)
-            WHERE id = ?2 AND json_extract(body, '$.sending.round') = ?3
-              AND json_extract(body, '$.sending.step') = ?4
-              AND json_extract(body, '$.sending.until') = ?5""",
-            [(due_at, escalation_id, sending["round"], sending["step"], sending["until"])
-             for escalation_id, sending, due_at in finishes])
-
-
-def _due(connection: sqlite3.Connection, now_ms: int, limit: int) -> list[dict]:
-    rows = connection.execute("""
-        SELECT body FROM escalations WHERE due_at IS NOT NULL AND due_at <= ?
-        ORDER BY due_at LIMIT ?""", (now_ms, limit)).fetchall()
-    return [orjson.loads(body) for (body,) in rows]
+def _due(connection: sqlite3.Connection, now_ms: int, limit: int,
+         after: tuple[int, str] | None) -> list[dict]:
+    """In one row (one step, see _json_rows), sorted again here: the aggregate's order is
+    the subquery's in practice, not by SQLite's promise."""
+    past, parameters = "", [now_ms]
+    if after is not None:
+        past = "AND (due_at, id) > (?, ?)"
+        parameters += after
+    [found] = connection.execute(f"""
+        SELECT json_group_array(json(body)) FROM (
+            SELECT body FROM escalations WHERE due_at IS NOT NULL AND due_at <= ? {past}
+            ORDER BY due_at, id LIMIT ?)""", (*parameters, limit)).fetchone()
+    return sorted(orjson.loads(found), key=lambda document: (document["due_at"], document["_id"]))
 
 
 def _recipients(connection: sqlite3.Connection, escalation_ids: list[str]) -> dict[str, list]:
     recipients: dict[str, list] = {escalation_id: [] for escalation_id in escalation_ids}
-    for start in range(0, len(escalation_ids), IN_CHUNK):
-        chunk = escalation_ids[start:start + IN_CHUNK]
-        rows = connection.execute(f"""
-            SELECT escalation_id, user_id, id, coalesce(json_extract(escalation, '$.step'), 0),
-                   coalesce(json_extract(escalation, '$.round'), 0), created_at, read, read_at
-            FROM notifications WHERE escalation_id IN ({", ".join("?" * len(chunk))})
-            ORDER BY created_at, id""", chunk).fetchall()
-        for escalation_id, user_id, notification_id, step, round_, created_at, read, read_at in rows:
-            recipients[escalation_id].append({
-                "user_id": user_id, "notification_id": notification_id, "step": step,
-                "round": round_, "created_at": created_at, "read": bool(read), "read_at": read_at})
+    rows = _json_rows(connection, """
+        SELECT json_group_array(json_array(
+            escalation_id, user_id, id, coalesce(json_extract(escalation, '$.step'), 0),
+            coalesce(json_extract(escalation, '$.round'), 0), created_at, read, read_at))
+        FROM notifications WHERE escalation_id IN ({users})""", set(escalation_ids))
+    rows.sort(key=lambda row: (row[5], row[2]))  # oldest first
+    for escalation_id, user_id, notification_id, step, round_, created_at, read, read_at in rows:
+        recipients[escalation_id].append({
+            "user_id": user_id, "notification_id": notification_id, "step": step,
+            "round": round_, "created_at": created_at, "read": bool(read), "read_at": read_at})
     return recipients
 
 
@@ -118,10 +143,11 @@ def _of_user(connection: sqlite3.Connection, user_id: str, states: Sequence[str]
 
 def _add_events(connection: sqlite3.Connection, events: Sequence[dict[str, Any]]) -> None:
     with transaction(connection):
-        connection.executemany(f"""
-            INSERT INTO escalation_events ({", ".join(EVENT_FIELDS)}) VALUES (?, ?, ?, ?, ?, ?, ?)
-            ON CONFLICT (once) DO NOTHING""",
-            [tuple(event.get(name) for name in EVENT_FIELDS) for event in events])
+        _insert_rows(connection, INSERT_EVENTS, len(EVENT_FIELDS), [_event_row(e) for e in events])
+
+
+def _event_row(event: dict[str, Any]) -> tuple:
+    return tuple(event.get(name) for name in EVENT_FIELDS)
 
 
 def _events(connection: sqlite3.Connection, escalation_id: str) -> list[dict]:

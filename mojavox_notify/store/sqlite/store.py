@@ -19,7 +19,7 @@ from ...errors import NotFoundError, StorageUnavailableError
 from ...ids import ObjectId
 from ...model import ChannelPreference, Draft, PushSubscription, utcnow
 from ...settings import StorageSettings
-from .. import (ClaimLostError, Created, EventClaim, Insertion, NotificationStore, PushJob, UserState,
+from .. import (ClaimLostError, Created, EscalationChange, EventClaim, Insertion, NotificationStore, PushJob, UserState,
                push_flags)
 from . import escalations
 from .execution import KEPT_WRITING, TURN_TAKEN, Execution, WriteTurn
@@ -290,17 +290,15 @@ class SqliteStore(NotificationStore):
     async def unresolved_escalation(self, key: str) -> dict[str, Any] | None:
         return await self._read(escalations._one, "live_key", key)
 
-    async def change_escalations(self, changes: Sequence[tuple[dict[str, Any], int, dict[str, Any]]]
-                                 ) -> list[bool]:
-        return await self._write(escalations._change, changes) if changes else []
+    async def change_escalations(self, changes: Sequence[EscalationChange],
+                                 created_at: datetime | None = None) -> list[list[Created] | None]:
+        if not changes:
+            return []
+        return await self._write(escalations._change, changes, created_at or utcnow())
 
-    async def finish_escalation_sends(self, finishes: Sequence[tuple[str, dict[str, Any], int | None]]
-                                      ) -> None:
-        if finishes:
-            await self._write(escalations._finish_sends, finishes)
-
-    async def due_escalations(self, now_ms: int, limit: int) -> list[dict[str, Any]]:
-        return await self._read(escalations._due, now_ms, limit)
+    async def due_escalations(self, now_ms: int, limit: int,
+                              after: tuple[int, str] | None = None) -> list[dict[str, Any]]:
+        return await self._read(escalations._due, now_ms, limit, after)
 
     async def escalation_recipients(self, escalation_ids: Sequence[str]
                                     ) -> dict[str, list[dict[str, Any]]]:
