@@ -22,6 +22,7 @@ disconnected, logs the outage once (and once when it is back) and reports it in 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -125,6 +126,8 @@ class NatsSource(StreamSource):
                 self._client = None
 
     async def _consume(self) -> None:
+        """Set up (again, after an error), then pull until cancelled or NATS fails us."""
+        self._ready = False
         if self._client is None:
             self._client = await self._connect()
         js = self._js = self._client.jetstream(timeout=API_TIMEOUT_SECONDS)
@@ -135,6 +138,15 @@ class NatsSource(StreamSource):
                                                     stream=self.settings.stream)
         self._ready = True
         self._back()
+        try:
+            await self._pull(js, subscription)
+        finally:
+            self._ready = False
+            with contextlib.suppress(*NATS_ERRORS):
+                await subscription.unsubscribe()
+
+    async def _pull(self, js: JetStreamContext,
+                    subscription: JetStreamContext.PullSubscription) -> None:
         while True:
             await self._connected.wait()
             if asyncio.get_running_loop().time() >= self._backlog_due:
