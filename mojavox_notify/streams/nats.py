@@ -36,7 +36,8 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StreamConfig
+from nats.js.api import (AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy, RetentionPolicy,
+                         StreamConfig)
 
 from ..settings import NatsSettings, Settings
 from .intake import StreamIntake
@@ -109,8 +110,10 @@ class NatsSource(StreamSource):
     # -- the consuming loop -----------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Consume until cancelled; NATS outages are waited out, never raised."""
-        self._running = True
+        """Consume until cancelled; NATS outages are waited out, never raised. (Another error
+        ends it, and the supervisor runs it again, from a new connection.)"""
+        self._running, self._closing = True, False
+        self._connected.clear()
         try:
             while True:
                 try:
@@ -294,14 +297,14 @@ class NatsSource(StreamSource):
         info = await subscription.consumer_info()
         await self._record_backlog(info)
 
-    async def _record_backlog(self, info) -> None:
+    async def _record_backlog(self, info: ConsumerInfo) -> None:
         self.stats.pending = info.num_ack_pending
         self.stats.lag = info.num_pending
-        self.stats.oldest_unacknowledged_seconds = \
-            await self._oldest_unacknowledged_age(info) if info.num_pending + info.num_ack_pending \
-            else 0.0
+        waiting = info.num_pending + info.num_ack_pending
+        self.stats.oldest_unacknowledged_seconds = (
+            await self._oldest_unacknowledged_age(info) if waiting else 0.0)
 
-    async def _oldest_unacknowledged_age(self, info) -> float | None:
+    async def _oldest_unacknowledged_age(self, info: ConsumerInfo) -> float | None:
         """Every message up to the ack floor is acknowledged, so the next one is the oldest
         that is not (None if it is gone, e.g. past the stream's max_age)."""
         try:
