@@ -62,7 +62,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import leanws  # noqa: E402  (bench/, beside this file)
 from mojavox_notify.auth import mint_token  # noqa: E402
-from soak import free_port, percentile  # noqa: E402  (the soak's helpers)
+from soak import Redis, free_port, percentile  # noqa: E402  (the soak's helpers)
 
 SECRET = "escalation-benchmark-secret-of-at-least-32-bytes"
 MANAGER = "floor-manager"
@@ -88,9 +88,12 @@ class Server:
     """`mojavox-notify serve` on `folder`, with the policy's one step `wait` seconds after an
     escalation opens. Started again (same folder, port and store) for each wave."""
 
-    def __init__(self, folder: Path, batch: int = 500):
+    def __init__(self, folder: Path, batch: int = 500, workers: int = 1,
+                 redis_url: str | None = None):
         self.folder = folder
         self.batch = batch
+        self.workers = workers
+        self.redis_url = redis_url
         self.port = free_port()
         self.metrics_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -101,7 +104,8 @@ class Server:
         settings = self.folder / "settings.yaml"
         settings.write_text(
             f"data_dir: {self.folder}\n"
-            f"server:\n  port: {self.port}\n  max_sockets_per_ip: 0\n"
+            f"server:\n  port: {self.port}\n  max_sockets_per_ip: 0\n  workers: {self.workers}\n"
+            + (f"redis:\n  url: {self.redis_url}\n" if self.redis_url else "") +
             "websocket:\n  max_sockets_per_user: 0\n"
             f"auth:\n  secret: {SECRET}\n"
             "rate_limits:\n  notifications_per_minute: 0\n  requests_per_minute: 0\n"
@@ -113,9 +117,10 @@ class Server:
             "    unanswered_after_seconds: 3600\n"  # no second wave of `unanswered` in the run
             f"    steps:\n      - after_seconds: {wait:.3f}\n        to: {{users: [{MANAGER}]}}\n",
             encoding="utf-8")
+        # A session of its own: SIGKILL then takes its workers with it.
         self.process = subprocess.Popen(
             [sys.executable, "-m", "mojavox_notify", "serve", "--settings", str(settings)],
-            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
     async def ready(self, session: aiohttp.ClientSession) -> None:
         deadline = time.monotonic() + 60
@@ -133,8 +138,15 @@ class Server:
         raise RuntimeError("serve did not answer /healthz within 60 s")
 
     def kill(self) -> None:
-        self.process.kill()
+        os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # its workers too: the next server takes the port
+            try:
+                os.killpg(self.process.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.01)
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -143,12 +155,16 @@ class Server:
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
 
     async def metrics(self, session: aiohttp.ClientSession) -> str:
-        async with session.get(f"http://127.0.0.1:{self.metrics_port}/metrics") as answer:
-            return await answer.text()
+        """Every worker's /metrics text (worker i answers on the metrics port + i)."""
+        texts = []
+        for worker in range(self.workers):
+            async with session.get(f"http://127.0.0.1:{self.metrics_port + worker}/metrics") as answer:
+                texts.append(await answer.text())
+        return "\n".join(texts)
 
 
 # -- opening escalations ---------------------------------------------------------------------------
@@ -319,20 +335,33 @@ def stored_steps(database: Path) -> list[dict]:
 
 
 def histogram_within(metrics: str, name: str, bound: str) -> tuple[float, float]:
-    """(observations at most `bound`, all observations) of a histogram in /metrics text."""
-    within = total = float("nan")
+    """(observations at most `bound`, all observations) of a histogram in /metrics text (of
+    every worker: summed)."""
+    within = total = 0.0
     for line in metrics.splitlines():
         if line.startswith(f'{name}_bucket{{le="{bound}"}}'):
-            within = float(line.split()[-1])
+            within += float(line.split()[-1])
         elif line.startswith(f"{name}_count"):
-            total = float(line.split()[-1])
+            total += float(line.split()[-1])
     return within, total
 
 
 # -- the run ---------------------------------------------------------------------------------------
 
 async def run(args, folder: Path) -> dict:
-    server = Server(folder, args.batch)
+    redis = None
+    if args.workers > 1:  # the workers reach each other's sockets through Redis
+        redis = Redis(folder)
+        redis.start()
+    try:
+        return await _run(args, folder, Server(folder, args.batch, args.workers,
+                                               redis.url if redis else None))
+    finally:
+        if redis is not None:
+            redis.stop()
+
+
+async def _run(args, folder: Path, server: Server) -> dict:
     sockets = Sockets()
     connector = aiohttp.TCPConnector(limit=0)
     started = time.time()
@@ -380,7 +409,7 @@ async def fired_count(session: aiohttp.ClientSession, server: Server) -> float:
     """Steps taken on so far, by the server's lateness histogram."""
     _, total = histogram_within(await server.metrics(session),
                                 "mojavox_escalation_step_lateness_seconds", "1.0")
-    return 0 if total != total else total
+    return total
 
 
 # -- the report ------------------------------------------------------------------------------------
@@ -422,6 +451,7 @@ def report(args, result: dict) -> None:
           f"{min(w['seconds'] for w in waves):.2f}-{max(w['seconds'] for w in waves):.2f} s, "
           f"{min(w['opened'] for w in waves)}-{max(w['opened'] for w in waves)} each), "
           f"{args.concurrency} in flight; escalation_timers.batch {args.batch}; "
+          f"{args.workers} worker{'s' if args.workers > 1 else ''}; "
           f"due times span {1000 * (max(dues) - first_due):.0f} ms; "
           f"{args.tenants} centers, a step tells the center's {MANAGER}, "
           f"{result['live']} of them with a live socket\n")
@@ -483,6 +513,9 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--probe-rate", type=float, default=50.0, help="plain creates a second")
     parser.add_argument("--batch", type=int, default=500,
                         help="escalation_timers.batch: due escalations taken on in one round")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="serve --workers: more than one shares a redis-server of the run's "
+                             "own, and each worker fires its share of the due steps")
     parser.add_argument("--keep", action="store_true", help="keep the server's folder")
     return parser.parse_args(argv)
 

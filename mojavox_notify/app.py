@@ -68,6 +68,7 @@ from .store.importer import legacy_folder
 from .streams import StreamIntake, StreamSource, build_sources, consumer_name, source_metrics
 from .supervision import Supervisor
 from .topics import Topics
+from .workers import worker_count
 
 log = logging.getLogger(__name__)
 
@@ -181,8 +182,9 @@ class NotifyApp:
             metrics=self.metrics, resolver=self.resolver, escalations=self.escalations)
         if self._vapid is not None:
             self.escalations.pushes = EscalationPushes(self.store, self.service.push_wanted)
+        share = None if self.worker is None else (self.worker, worker_count(settings))
         self.escalation_timers = EscalationTimers(self.store, self.escalations, self.service,
-                                                  self.plugins, settings.escalation_timers)
+                                                  self.plugins, settings.escalation_timers, share)
         self.ingest = EventIngest(self.plugins, self.service, self.store, self.metrics,
                                   escalations=self.escalations)
         self.topics = Topics(self.store)

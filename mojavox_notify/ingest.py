@@ -86,8 +86,13 @@ class EventIngest:
         except NotifyError as error:  # storage away: nothing was claimed or handled
             return [error] * len(events)
         held = {first_of[key]: claim for key, claim in claims.items()}
-        await self._handle_many(events, outcomes, held, [
-            index for index, event in enumerate(events) if index in held or event.id is None])
+        try:
+            await self._handle_many(events, outcomes, held, [
+                index for index, event in enumerate(events) if index in held or event.id is None])
+        except BaseException:  # cancelled (shutdown): a redelivery must not wait for staleness
+            for claim in held.values():
+                await self.idempotency.store.release_event(claim)  # only while still pending
+            raise
         for index, key in repeats:
             earlier = outcomes[first_of[key]]
             outcomes[index] = (ValidationError("id", f"was already used for a "

@@ -375,8 +375,8 @@ async def test_an_acknowledgement_stored_while_a_step_is_being_taken_on_wins_and
     store, read_due = app.store, app.store.due_escalations
     acknowledged = asyncio.Event()
 
-    async def due_then_acknowledged(now_ms, limit, after=None):
-        due = await read_due(now_ms, limit, after)
+    async def due_then_acknowledged(*args):
+        due = await read_due(*args)
         if due and not acknowledged.is_set():
             status, _ = await app.api.post(f"/api/notifications/{notification_id}/ack",
                                            token(first))

@@ -17,7 +17,7 @@ from bson import ObjectId
 from mojavox_notify import tenants
 from mojavox_notify.errors import NotFoundError
 from mojavox_notify.model import PRIORITIES, ChannelPreference, Draft, PushSubscription, utcnow
-from mojavox_notify.store import (ClaimLostError, EscalationChange, EventClaim, NotificationStore, TopicFullError,
+from mojavox_notify.store import (ClaimLostError, DueShare, EscalationChange, EventClaim, NotificationStore, TopicFullError,
                                   UserState, build_store)
 from mojavox_notify.store.mongo import MongoStore
 from mojavox_notify.wire.escalation import to_escalation_payload
@@ -728,6 +728,15 @@ async def test_due_escalations_come_earliest_first_and_finished_ones_are_forgott
     assert [d["_id"] for d in await store.due_escalations(6_000, 10, (3_000, first["_id"]))] == [
         opened[0]["_id"]]  # a scan goes on past where the last batch ended
     assert await store.due_escalations(6_000, 10, (5_000, opened[0]["_id"])) == []
+    # A worker's share: its residue of due_at, and everyone's once late enough.
+    assert [d["due_at"] for d in await store.due_escalations(6_000, 10, None,
+                                                             DueShare(1, 2, 0))] == []
+    assert [d["due_at"] for d in await store.due_escalations(6_000, 10, None,
+                                                             DueShare(0, 2, 0))] == [3_000, 5_000]
+    assert [d["due_at"] for d in await store.due_escalations(
+        6_000, 10, None, DueShare(0, 3, 4_000))] == [3_000]  # 5,000 is neither
+    assert [d["due_at"] for d in await store.due_escalations(
+        6_000, 10, None, DueShare(2, 3, 4_000))] == [3_000, 5_000]  # 3,000 is late: anyone's
     closed = record.resolved(opened[0], None, 100)
     await changed(store, (closed, opened[0]["version"]))
     await store.add_escalation_events([{"escalation_id": closed["_id"], "at": 100,

@@ -524,3 +524,27 @@ async def notifications_of_tenant(app, tenant: str, user: str) -> list[dict]:
     status, body = await app.api.get("/api/notifications?limit=100", token(user, tenant=tenant))
     assert status == 200, body
     return body["notifications"]
+
+
+@bounded
+async def test_a_batch_cancelled_at_shutdown_releases_its_claims_for_the_next_delivery(start_app):
+    app = await start_app(**{"rate_limits.notifications_per_minute": 0})
+    user = new_user()
+    entry = StreamEntry("1-0", json.dumps(payment(user, f"{user}-pay")), None, 1)
+    storing = asyncio.Event()
+
+    async def never_stored(groups):
+        storing.set()
+        await asyncio.Event().wait()
+
+    create_groups, app.service.create_groups = app.service.create_groups, never_stored
+    handling = asyncio.create_task(StreamIntake(app.ingest).handle("redis:shutdown", [entry]))
+    await asyncio.wait_for(storing.wait(), 5)
+    assert (await app.store.event(f"event:{user}-pay"))["state"] == "pending"
+    handling.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await handling
+    assert await app.store.event(f"event:{user}-pay") is None, "released, not left to go stale"
+    app.service.create_groups = create_groups
+    [verdict] = await StreamIntake(app.ingest).handle("redis:shutdown", [entry])
+    assert verdict.kind == "stored" and len(await notifications_of(app, user)) == 1

@@ -24,7 +24,7 @@ from ..model import Draft, utcnow
 from ..plugins import Plugins
 from ..service import Prepared
 from ..settings import EscalationTimerSettings
-from ..store import MAX_TOPIC_MEMBERS, Created, EscalationChange, NotificationStore
+from ..store import MAX_TOPIC_MEMBERS, Created, DueShare, EscalationChange, NotificationStore
 from ..wire.escalation import to_escalation_payload
 from ..wire.input import check_recipient
 from . import record
@@ -39,6 +39,9 @@ MAX_PUBLISHING = 2
 PUBLISH_CANCEL_SECONDS = 2.0
 #: After a storage failure, the timers look again this much later (the watchdog reports it).
 STORAGE_RETRY_SECONDS = 1.0
+#: Under `serve --workers N` each worker fires its share of the due steps (store.DueShare);
+#: a step this late is anyone's (its worker died or fell behind).
+SHARE_TAKEOVER_MS = 1000
 
 
 @dataclass
@@ -59,9 +62,13 @@ class _Round:
 
 class EscalationTimers:
     def __init__(self, store: NotificationStore, escalations: EscalationService, notifications: Any,
-                 plugins: Plugins, settings: EscalationTimerSettings):
+                 plugins: Plugins, settings: EscalationTimerSettings,
+                 share: tuple[int, int] | None = None):
         """`notifications` is the NotificationService: a step's notifications are created like
-        any other (preferences, push, publication)."""
+        any other (preferences, push, publication). `share` (index, count) under `serve
+        --workers`: the workers split the due steps instead of all reading all of them (the
+        compare-and-set keeps each step once either way; the split spares the losers' work)."""
+        self._share = share
         self.store = store
         self.escalations = escalations
         self.notifications = notifications
@@ -160,7 +167,8 @@ class EscalationTimers:
         """A batch read and prepared: two storage trips, the due escalations (after `after`,
         a (due_at, id) position) and their recipients (whom a step skips, and whom a change
         is told), and each step's notifications made ready (the users' settings read)."""
-        due = await self.store.due_escalations(now, self._batch, after)
+        share = None if self._share is None else DueShare(*self._share, now - SHARE_TAKEOVER_MS)
+        due = await self.store.due_escalations(now, self._batch, after, share)
         if not due:
             return None
         changes = [(document, self._transition(document, now)) for document in due]

@@ -84,6 +84,18 @@ class Insertion:
     abandoned: bool = False
 
 
+@dataclass(frozen=True)
+class DueShare:
+    """One process's share of the due escalations under `serve --workers N`: those whose
+    `due_at` is `index` modulo `count`, and everyone's due at `everyone_before` or earlier (a
+    worker that died, or fell behind, leaves its share to the others). Due times are
+    milliseconds, spread enough for an even split."""
+
+    index: int
+    count: int
+    everyone_before: int
+
+
 @dataclass
 class EscalationChange:
     """One compare-and-set of an escalation (`change_escalations`) and what is stored with it
@@ -99,6 +111,9 @@ class EscalationChange:
     push: Sequence[bool] = ()
     events: Sequence[dict[str, Any]] = ()
 
+
+#: One group of `insert_groups`: its drafts, the claim they are stored under, a push flag each.
+InsertGroup = tuple[list[Draft], "EventClaim | None", Sequence[bool]]
 
 #: Members one topic may have (wire.topic's checks keep to it; the engines refuse past it).
 MAX_TOPIC_MEMBERS = 100_000
@@ -188,13 +203,12 @@ class NotificationStore(ABC):
         that transaction; ClaimLostError (nothing stored) when it is no longer the owner's."""
 
     @abstractmethod
-    async def insert_groups(self, groups: Sequence[tuple[list[Draft], EventClaim | None, Sequence[bool]]]
-                            ) -> list[list[Created] | ClaimLostError]:
+    async def insert_groups(self, groups: Sequence[InsertGroup]) -> list[list[Created] | ClaimLostError]:
         """Several `insert_many` calls, `(drafts, claim, push)` each, in one transaction where
         they fit in one (a stream's batch of events, each under its own claim): each group's
         records, or a ClaimLostError in the place of a group whose claim is no longer its
-        owner's (that group stored nothing; the others are stored). Groups without drafts
-        are left out (their claims are completed with `complete_event`)."""
+        owner's (that group stored nothing; the others are stored). A group without drafts
+        gets an empty list and its claim is left as it is (`complete_event` is the caller's)."""
 
     async def insert(self, draft: Draft, claim: EventClaim | None = None, push: bool = False) -> Created:
         return (await self.insert_many([draft], claim, [push]))[0]
@@ -315,10 +329,11 @@ class NotificationStore(ABC):
         records of its drafts when it was stored, None when another change came first."""
 
     @abstractmethod
-    async def due_escalations(self, now_ms: int, limit: int,
-                              after: tuple[int, str] | None = None) -> list[dict[str, Any]]:
+    async def due_escalations(self, now_ms: int, limit: int, after: tuple[int, str] | None = None,
+                              share: DueShare | None = None) -> list[dict[str, Any]]:
         """Up to `limit` escalations whose `due_at` has come, earliest first (by `due_at`,
-        then id), only those past `after` (a (due_at, id) position) when given."""
+        then id), only those past `after` (a (due_at, id) position) when given, and only
+        those of `share` when given."""
 
     @abstractmethod
     async def escalation_recipients(self, escalation_ids: Sequence[str]
@@ -414,7 +429,8 @@ class NotificationStore(ABC):
         record `{_id, type, state, owner, notifications, created_at}`."""
 
     @abstractmethod
-    async def claim_events(self, claims: Sequence[tuple[str, str, str]]) -> list[dict[str, Any] | None]:
+    async def claim_events(self, claims: Sequence[tuple[str, str, str]]
+                           ) -> list[dict[str, Any] | None]:
         """`claim_event` for several distinct `(key, fingerprint, owner)`, in one write: for
         each, None when its owner handles the key now, else the earlier record."""
 

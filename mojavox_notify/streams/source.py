@@ -71,7 +71,8 @@ class SourceStats:
 
 
 class StreamSource(ABC):
-    """One consumer of one stream, for as long as the server runs."""
+    """One consumer of one stream, for as long as the server runs. A source counts what it
+    settles in `stats` and keeps its backlog figures there (read by /metrics)."""
 
     #: `<kind>:<stream>`, as /healthz, `check`, /metrics and `emit --stream` name it.
     name: str

@@ -11,7 +11,7 @@ from typing import Any, Awaitable, Callable, Sequence
 from pymongo import ASCENDING, DESCENDING, InsertOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from .. import Created, EscalationChange, Insertion, push_flags
+from .. import Created, DueShare, EscalationChange, Insertion, push_flags
 from .documents import Collections, to_ms
 from .insertion import _insert_live
 
@@ -82,12 +82,16 @@ async def change_escalations(collections: Collections, changes: Sequence[Escalat
 
 
 async def due_escalations(collections: Collections, now_ms: int, limit: int,
-                          after: tuple[int, str] | None) -> list[dict]:
-    query: dict[str, Any] = {"due_at": {"$lte": now_ms}}
+                          after: tuple[int, str] | None, share: DueShare | None) -> list[dict]:
+    conditions: list[dict[str, Any]] = [{"due_at": {"$lte": now_ms}}]
     if after is not None:
         due_at, escalation_id = after
-        query["$or"] = [{"due_at": {"$gt": due_at}}, {"due_at": due_at, "_id": {"$gt": escalation_id}}]
-    found = await collections.escalation_records.find(query).sort(
+        conditions.append({"$or": [{"due_at": {"$gt": due_at}},
+                                   {"due_at": due_at, "_id": {"$gt": escalation_id}}]})
+    if share is not None:
+        conditions.append({"$or": [{"due_at": {"$mod": [share.count, share.index]}},
+                                   {"due_at": {"$lte": share.everyone_before}}]})
+    found = await collections.escalation_records.find({"$and": conditions}).sort(
         [("due_at", ASCENDING), ("_id", ASCENDING)]).limit(limit).to_list(length=None)
     return [_caller_form(document) for document in found]
 

@@ -22,8 +22,8 @@ from ...ids import ObjectId
 from ...model import NEVER, PRIORITIES, ChannelPreference, Draft, PushSubscription, utcnow
 from ...settings import MongoSettings
 from ...tenants import DEFAULT, EVERYONE
-from .. import (ClaimLostError, Created, EscalationChange, EventClaim, Insertion, NotificationStore, PushJob,
-                TopicFullError, UserState, push_flags)
+from .. import (ClaimLostError, Created, DueShare, EscalationChange, EventClaim, InsertGroup,
+                Insertion, NotificationStore, PushJob, TopicFullError, UserState, push_flags)
 from .documents import EPOCH, NEVER_MS, _state, to_ms
 from . import escalations
 from .insertion import store_batch
@@ -155,8 +155,7 @@ class MongoStore(NotificationStore):
         return created
 
     @_storage_errors
-    async def insert_groups(self, groups: Sequence[tuple[list[Draft], EventClaim | None, Sequence[bool]]]
-                            ) -> list[list[Created] | ClaimLostError]:
+    async def insert_groups(self, groups: Sequence[InsertGroup]) -> list[list[Created] | ClaimLostError]:
         """Queued together, so they go into one transaction (coalesce.py); given up on (503)
         as `insert_many` is."""
         insertions = [Insertion(drafts, claim, push_flags(push, len(drafts)))
@@ -418,9 +417,9 @@ class MongoStore(NotificationStore):
                                                     self._transaction)
 
     @_storage_errors
-    async def due_escalations(self, now_ms: int, limit: int,
-                              after: tuple[int, str] | None = None) -> list[dict[str, Any]]:
-        return await escalations.due_escalations(self, now_ms, limit, after)
+    async def due_escalations(self, now_ms: int, limit: int, after: tuple[int, str] | None = None,
+                              share: DueShare | None = None) -> list[dict[str, Any]]:
+        return await escalations.due_escalations(self, now_ms, limit, after, share)
 
     @_storage_errors
     async def escalation_recipients(self, escalation_ids: Sequence[str]
@@ -573,7 +572,8 @@ class MongoStore(NotificationStore):
                 return record
 
     @_storage_errors
-    async def claim_events(self, claims: Sequence[tuple[str, str, str]]) -> list[dict[str, Any] | None]:
+    async def claim_events(self, claims: Sequence[tuple[str, str, str]]
+                           ) -> list[dict[str, Any] | None]:
         """One unordered insert of every claim; the keys it found taken are read back at once."""
         if not claims:
             return []

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import orjson
 
-from .. import Created, EscalationChange, Insertion, push_flags
+from .. import Created, DueShare, EscalationChange, Insertion, push_flags
 from .execution import transaction
 from .insertion import _insert_live, _insert_rows
 from .queries import IN_CHUNK, _json_rows
@@ -100,16 +100,19 @@ def _change(connection: sqlite3.Connection, changes: Sequence[EscalationChange],
 
 
 def _due(connection: sqlite3.Connection, now_ms: int, limit: int,
-         after: tuple[int, str] | None) -> list[dict]:
+         after: tuple[int, str] | None, share: DueShare | None) -> list[dict]:
     """In one row (one step, see _json_rows), sorted again here: the aggregate's order is
     the subquery's in practice, not by SQLite's promise."""
-    past, parameters = "", [now_ms]
+    conditions, parameters = ["due_at IS NOT NULL", "due_at <= ?"], [now_ms]
     if after is not None:
-        past = "AND (due_at, id) > (?, ?)"
+        conditions.append("(due_at, id) > (?, ?)")
         parameters += after
+    if share is not None:
+        conditions.append("(due_at % ? = ? OR due_at <= ?)")
+        parameters += [share.count, share.index, share.everyone_before]
     [found] = connection.execute(f"""
         SELECT json_group_array(json(body)) FROM (
-            SELECT body FROM escalations WHERE due_at IS NOT NULL AND due_at <= ? {past}
+            SELECT body FROM escalations WHERE {" AND ".join(conditions)}
             ORDER BY due_at, id LIMIT ?)""", (*parameters, limit)).fetchone()
     return sorted(orjson.loads(found), key=lambda document: (document["due_at"], document["_id"]))
 

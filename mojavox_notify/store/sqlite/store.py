@@ -19,16 +19,16 @@ from ...errors import NotFoundError, StorageUnavailableError
 from ...ids import ObjectId
 from ...model import ChannelPreference, Draft, PushSubscription, utcnow
 from ...settings import StorageSettings
-from .. import (ClaimLostError, Created, EscalationChange, EventClaim, Insertion, NotificationStore, PushJob, UserState,
-               push_flags)
+from .. import (ClaimLostError, Created, DueShare, EscalationChange, EventClaim, InsertGroup,
+               Insertion, NotificationStore, PushJob, UserState, push_flags)
 from . import escalations
 from .execution import KEPT_WRITING, TURN_TAKEN, Execution, WriteTurn
 from .importing import _import, _rebuild_states
 from .insertion import _insert_many, _queue_pushes
 from .queries import (CLEANUP_CHUNK, _active_broadcasts, _channel_settings, _claim_event,
                       _claim_events, _claim_pushes, _delete, _delete_expired_chunk, _execute,
-                      _mark_all_read, _mark_read, _page, _preferences, _save_subscription, _select, _state_rows,
-                      _sweep_user, _topic_members, _topic_size, _update_preferences,
+                      _mark_all_read, _mark_read, _page, _preferences, _save_subscription,
+                      _select, _state_rows, _sweep_user, _topic_members, _topic_size, _update_preferences,
                       _update_topic)
 from .rows import (BROADCAST_COLUMNS, EVENT_COLUMNS, NOTIFICATION_COLUMNS, _broadcast_document,
                    _broadcast_row, _document, _event, _state, from_ms, to_ms)
@@ -123,8 +123,7 @@ class SqliteStore(NotificationStore):
             raise created
         return created
 
-    async def insert_groups(self, groups: Sequence[tuple[list[Draft], EventClaim | None, Sequence[bool]]]
-                            ) -> list[list[Created] | ClaimLostError]:
+    async def insert_groups(self, groups: Sequence[InsertGroup]) -> list[list[Created] | ClaimLostError]:
         """Queued together, so the coalescer serves them in one transaction (coalesce.py);
         given up on (503) as `insert_many` is."""
         insertions = [Insertion(drafts, claim, push_flags(push, len(drafts)))
@@ -296,9 +295,9 @@ class SqliteStore(NotificationStore):
             return []
         return await self._write(escalations._change, changes, created_at or utcnow())
 
-    async def due_escalations(self, now_ms: int, limit: int,
-                              after: tuple[int, str] | None = None) -> list[dict[str, Any]]:
-        return await self._read(escalations._due, now_ms, limit, after)
+    async def due_escalations(self, now_ms: int, limit: int, after: tuple[int, str] | None = None,
+                              share: DueShare | None = None) -> list[dict[str, Any]]:
+        return await self._read(escalations._due, now_ms, limit, after, share)
 
     async def escalation_recipients(self, escalation_ids: Sequence[str]
                                     ) -> dict[str, list[dict[str, Any]]]:
@@ -398,7 +397,8 @@ class SqliteStore(NotificationStore):
     async def claim_event(self, key: str, fingerprint: str, owner: str) -> dict[str, Any] | None:
         return await self._write(_claim_event, key, fingerprint, owner, to_ms(utcnow()))
 
-    async def claim_events(self, claims: Sequence[tuple[str, str, str]]) -> list[dict[str, Any] | None]:
+    async def claim_events(self, claims: Sequence[tuple[str, str, str]]
+                           ) -> list[dict[str, Any] | None]:
         return await self._write(_claim_events, list(claims), to_ms(utcnow()))
 
     async def take_over_event(self, key: str, stale_owner: str | None, owner: str) -> bool:
