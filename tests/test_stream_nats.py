@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from types import SimpleNamespace
@@ -22,17 +21,17 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mojavox_notify import NotificationType, hookimpl
+from mojavox_notify.settings import SettingsError, load_settings
 from mojavox_notify.store.nx27017 import Nx27017Child
 from mojavox_notify.streams.nats import (DELIVERIES_HEADER, ERROR_HEADER, SEQUENCE_HEADER,
                                          TENANT_HEADER)
 
 from .support.api import notifications_of
-from .test_idempotency_faults import StalledWrite
 from .support.ports import free_port
 from .support.servers import Deployment, ServeProcess
 from .support.sockets import Socket
-from .support.tokens import SERVICE, new_user, token
-from .support.waiting import wait_until
+from .support.tokens import new_user, token
+from .test_idempotency_faults import StalledWrite
 
 bounded = pytest.mark.timeout(90)
 both_engines = pytest.mark.parametrize("storage_engine", ["sqlite", "mongo"], indirect=True)
@@ -639,3 +638,26 @@ async def test_emit_stream_publishes_through_jetstream_and_check_names_the_sourc
     assert refused.returncode != 0 and "does not answer" in refused.stderr
     failed = await asyncio.to_thread(unreachable.run, "check")
     assert failed.returncode != 0 and f"stream nats:{stream}: does not answer" in failed.stderr
+
+
+# -- settings -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("subjects, dead_letter", [
+    (["mojavox.events.>"], "mojavox.events.dead"),
+    (["mojavox.*.dead"], "mojavox.events.dead"),
+    (["a.b", "mojavox.events.dead"], "mojavox.events.dead"),
+])
+def test_a_dead_letter_subject_the_stream_would_read_again_is_refused(subjects, dead_letter):
+    with pytest.raises(SettingsError) as refused:
+        load_settings(None, environ={}, overrides={
+            "ingest.nats.url": "nats://bus.internal:4222", "ingest.nats.subjects": subjects,
+            "ingest.nats.dead_letter_subject": dead_letter})
+    assert refused.value.key == "ingest.nats.dead_letter_subject"
+    assert "would be read again" in str(refused.value)
+
+
+def test_the_default_dead_letter_subject_is_outside_the_default_subjects():
+    settings = load_settings(None, environ={}, overrides={
+        "ingest.nats.url": "nats://bus.internal:4222",
+        "ingest.nats.subjects": ["mojavox.events.>", "mojavox.*"]})
+    assert settings.ingest.nats.dead_letter_subject == "mojavox.dead.events"
