@@ -55,8 +55,8 @@ def subject_of(settings: dict, event_type: str = "payment.received") -> str:
 
 
 def payment(user: str, index: int, event_id: str | None = "") -> bytes:
-    """A payment.received body; its accountId tells the events apart (`id` is AC-<index>-based
-    unless given, and left out when None)."""
+    """A payment.received body; its accountId AC-<index> tells the events apart. Its `id` is
+    `pay-<user>-<index>` unless given, and left out when None."""
     body = {"type": "payment.received",
             "data": {"userId": user, "amount": 10 + index, "accountId": f"AC-{index}",
                      "debtorName": "John Smith"}}
@@ -127,18 +127,7 @@ async def until_all_stored(app, users: list[str], count: int, within: float = 30
 
 
 async def until_stored(app, user: str, count: int, within: float = 30) -> list[str]:
-    accounts: list[str] = []
-
-    async def enough() -> bool:
-        nonlocal accounts
-        accounts = await stored_accounts(app, user)
-        return len(accounts) >= count
-
-    deadline = time.monotonic() + within
-    while not await enough():
-        assert time.monotonic() < deadline, f"{len(accounts)} of {count} stored in {within} s"
-        await asyncio.sleep(0.1)
-    return accounts
+    return await until_all_stored(app, [user], count, within)
 
 
 # -- in, once, on the socket ------------------------------------------------------------------------
@@ -409,18 +398,21 @@ async def test_an_invalid_event_is_dead_lettered_at_once_naming_the_field(start_
 async def test_nats_server_killed_and_restarted_mid_stream_loses_nothing(start_app, own_nats):
     settings = stream_settings(own_nats)
     app = await start_app(**QUICK, **settings)
-    users = [new_user() for _ in range(8)]
+    users = [new_user() for _ in range(16)]
     async with Producer(own_nats.url) as producer:
-        for index in range(300):
-            await producer.publish(subject_of(settings), payment(users[index % 8], index))
-        await until_all_stored(app, users, 20)
+        async def produce() -> None:
+            for index in range(800):
+                await producer.publish(subject_of(settings), payment(users[index % 16], index))
+
+        producing = asyncio.ensure_future(produce())
+        await until_all_stored(app, users, 100)
         own_nats.kill()
+        assert not producing.done(), "killed while events were still coming in"
         await wait_until_async(lambda: source_reports(app, settings, ok=False), 10)
         own_nats.start()
-        for index in range(300, 400):
-            await producer.publish(subject_of(settings), payment(users[index % 8], index))
-        stored = await until_all_stored(app, users, 400, within=40)
-    assert sorted(stored) == sorted(f"AC-{index}" for index in range(400)), "none lost, none doubled"
+        await producing
+        stored = await until_all_stored(app, users, 800, within=40)
+    assert sorted(stored) == sorted(f"AC-{index}" for index in range(800)), "none lost, none doubled"
     await wait_until_async(lambda: source_reports(app, settings, ok=True), 10)
 
 
