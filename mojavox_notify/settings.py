@@ -652,6 +652,10 @@ def _check_ingest(settings: Settings) -> None:
     nats = settings.ingest.nats
     if nats.url is not None and not nats.subjects:
         raise SettingsError("ingest.nats.subjects", "must name at least one subject")
+    if {"*", ">"} & set(nats.dead_letter_subject.split(".")):
+        raise SettingsError("ingest.nats.dead_letter_subject",
+                            f"{nats.dead_letter_subject} has a wildcard: dead letters are "
+                            "published to it, so it must be one literal subject")
     for subject in nats.subjects:
         problem = _nats_subject(subject)
         if problem:

@@ -648,6 +648,15 @@ def test_a_dead_letter_subject_the_stream_would_read_again_is_refused(subjects, 
     assert "would be read again" in str(refused.value)
 
 
+def test_a_dead_letter_subject_with_a_wildcard_is_refused():
+    with pytest.raises(SettingsError) as refused:
+        load_settings(None, environ={}, overrides={
+            "ingest.nats.url": "nats://bus.internal:4222",
+            "ingest.nats.dead_letter_subject": "mojavox.dead.>"})
+    assert refused.value.key == "ingest.nats.dead_letter_subject"
+    assert "one literal subject" in str(refused.value)
+
+
 def test_the_default_dead_letter_subject_is_outside_the_default_subjects():
     settings = load_settings(None, environ={}, overrides={
         "ingest.nats.url": "nats://bus.internal:4222",
