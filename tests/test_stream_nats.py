@@ -372,6 +372,34 @@ async def test_a_poison_event_is_dead_lettered_after_max_deliver_and_the_stream_
 
 
 @bounded
+async def test_a_dead_letter_that_could_not_be_published_is_published_on_a_later_delivery(
+        start_app, nats_server):
+    """Its stream gone for a moment: the original is left unanswered and, JetStream's own
+    delivery limit being off, comes back after ack_wait to be dead-lettered then."""
+    settings = stream_settings(nats_server, max_deliver=1, ack_wait=1)
+    stream, durable = settings["ingest.nats.stream"], settings["ingest.nats.durable"]
+    dead = settings["ingest.nats.dead_letter_subject"]
+    app = await start_app(**QUICK, **settings, plugins=[("flaky", FlakyPlugin())])
+    await wait_until_async(lambda: source_reports(app, settings, ok=True), 10)
+    async with Producer(nats_server.url) as producer:
+        await producer.js.delete_stream(f"{stream}_DEAD")
+        await producer.publish(subject_of(settings, "test.flaky"),
+                               flaky(new_user(), "AC-poison", fail=True))
+
+        async def delivered_twice() -> bool:
+            info = await producer.js.consumer_info(stream, durable)
+            return info.delivered.consumer_seq >= 2
+
+        await wait_until_async(delivered_twice, 10)
+        await asyncio.sleep(0.2)  # its dead letter's publish has failed: no stream took it
+        await producer.js.add_stream(name=f"{stream}_DEAD", subjects=[dead])
+        [letter] = await producer.dead_letters(settings, 1, within=15)
+    assert int(letter.headers[DELIVERIES_HEADER]) >= 3
+    assert "max_deliver" in letter.headers[ERROR_HEADER]
+    await wait_until_async(lambda: consumer_settled(nats_server, settings), 10)
+
+
+@bounded
 async def test_an_invalid_event_is_dead_lettered_at_once_naming_the_field(start_app, nats_server):
     settings = stream_settings(nats_server, max_deliver=5)
     app = await start_app(**QUICK, **settings)

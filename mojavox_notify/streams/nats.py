@@ -181,13 +181,15 @@ class NatsSource(StreamSource):
                                              subjects=[self.settings.dead_letter_subject]))
 
     async def _declare_consumer(self, js: JetStreamContext) -> None:
-        """The durable pull consumer, made or brought to these settings. The server may deliver
-        once more than `max_deliver`: that delivery only moves the message to the dead letters
-        (a message that kills its worker never reaches an answer of its own)."""
+        """The durable pull consumer, made or brought to these settings. JetStream's own
+        `max_deliver` is left unlimited: the source counts deliveries itself and moves a message
+        delivered `max_deliver` times to the dead letters on its next delivery, unhandled (one
+        that kills its worker never reaches an answer of its own), and a dead letter whose
+        publish failed is tried again after ack_wait instead of being stranded by a limit."""
         await js.add_consumer(self.settings.stream, ConsumerConfig(
             durable_name=self.settings.durable, ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL, ack_wait=self.settings.ack_wait_seconds,
-            max_deliver=self.settings.max_deliver + 1))
+            max_deliver=-1))
 
     # -- one batch --------------------------------------------------------------------------------
 
