@@ -68,10 +68,12 @@ class Idempotency:
             await self.store.complete_event(claim, ids)  # when it stored none (all muted)
             return ids, False
 
-    async def take_over_if_stale(self, record: dict, claim: EventClaim) -> bool:
+    async def take_over_if_stale(self, record: dict, claim: EventClaim,
+                                 stale_after: timedelta = STALE_CLAIM) -> bool:
         """Whether `claim` now holds a key whose pending `record` belongs to a request that
-        died (older than STALE_CLAIM): nothing is stored under a pending claim."""
-        if utcnow() - record["created_at"] <= STALE_CLAIM:
+        died (older than `stale_after`): nothing is stored under a pending claim, and a write
+        of its owner's that comes later stores nothing (it is no longer the owner's)."""
+        if utcnow() - record["created_at"] <= stale_after:
             return False
         if not await self.store.take_over_event(claim.key, record.get("owner"), claim.owner):
             return False

@@ -8,13 +8,14 @@ creates nothing, across restarts and instances. `ingest` takes one event (`POST 
 from __future__ import annotations
 
 import secrets
-from typing import Any
+from datetime import timedelta
+from typing import Any, Collection
 
 from .errors import NotifyError, RateLimitedError, ValidationError
 from . import tenants
 from .escalations import ResolveEscalation
 from .escalations.service import EscalationService
-from .idempotency import Idempotency, event_key
+from .idempotency import STALE_CLAIM, Idempotency, event_key
 from .metrics import Metrics
 from .model import Draft, Event
 from .plugins import Plugins
@@ -62,11 +63,14 @@ class EventIngest:
         finally:
             self._metrics.events.labels(self._known(event.type), outcome).inc()
 
-    async def ingest_many(self, events: list[Event]) -> list[list[str] | Exception]:
+    async def ingest_many(self, events: list[Event], take_over: Collection[int] = ()
+                          ) -> list[list[str] | Exception]:
         """`ingest` for a batch (a stream's entries): each event's notification ids, or the
         error it met, in its place. Still once per event id: the ids are claimed in one write,
         an id twice in the batch (or already stored) is handled once and the others answer
-        with its ids, and every event's drafts are stored in one write under its own claim."""
+        with its ids, and every event's drafts are stored in one write under its own claim.
+        The events at the positions `take_over` (redelivered ones) take over a claim pending
+        on their id however young it is; the others wait for it to turn stale (a 429)."""
         await self._release_leftovers()
         outcomes: list[list[str] | Exception | None] = [None] * len(events)
         claims: dict[str, EventClaim] = {}
@@ -82,7 +86,7 @@ class EventIngest:
             first_of[key] = index
             claims[key] = EventClaim(key, secrets.token_hex(12))
         try:
-            await self._claim_many(events, claims, first_of, outcomes)
+            await self._claim_many(events, claims, first_of, outcomes, set(take_over))
         except NotifyError as error:  # storage away: nothing was claimed or handled
             return [error] * len(events)
         held = {first_of[key]: claim for key, claim in claims.items()}
@@ -105,10 +109,11 @@ class EventIngest:
         return outcomes
 
     async def _claim_many(self, events: list[Event], claims: dict[str, EventClaim],
-                          first_of: dict[str, int], outcomes: list) -> None:
+                          first_of: dict[str, int], outcomes: list, take_over: set[int]) -> None:
         """Claim every event id at once; an event whose id was seen gets its earlier ids as
         its outcome (and loses its claim), one whose id another request handles right now a
-        RateLimitedError (to retry), one of another type a conflict."""
+        RateLimitedError (to retry) unless it may take the claim over, one of another type a
+        conflict."""
         keys = list(claims)
         records = await self.idempotency.store.claim_events(
             [(key, events[first_of[key]].type, claims[key].owner) for key in keys])
@@ -122,7 +127,8 @@ class EventIngest:
                                                   code="event_id_conflict")
             elif record["state"] == "done":
                 outcomes[index] = list(record["notifications"])
-            elif await self.idempotency.take_over_if_stale(record, claims[key]):
+            elif await self.idempotency.take_over_if_stale(
+                    record, claims[key], timedelta(0) if index in take_over else STALE_CLAIM):
                 continue
             else:
                 outcomes[index] = RateLimitedError(f"{key} is being handled by another request",

@@ -29,6 +29,7 @@ from urllib.parse import urlparse
 from .errors import NotFoundError, StorageUnavailableError, ValidationError
 from .ids import ObjectId
 from .model import utcnow
+from .wire.escalation import shown_of
 from .wire.notification import to_payload
 from .push import (SEND_TIMEOUT_SECONDS, SETTLED, TTL_SECONDS, PushOutcome, PushSender,
                    push_payload, push_topic)
@@ -234,7 +235,7 @@ class PushWorker:
         """The escalation's timeline: this user was told by push (not for the push that says
         someone has it). A storage failure here loses the line, not the push."""
         part = stored.get("escalation")
-        if part is None or part["shown"]["state"] in SETTLED:
+        if part is None or shown_of(part)["state"] in SETTLED:
             return
         try:
             await self._store.add_escalation_events([{

@@ -245,7 +245,7 @@ class EscalationTimerSettings:
     """How every process watches the stored due steps (escalations/timers.py)."""
 
     poll_interval_seconds: float = _check(_between(0.05, 10), default=0.25)
-    batch: int = _check(_between(1, 10_000), default=500)
+    batch: int = _check(_between(1, 10_000), default=200)
 
 
 def _stream_key(value: str) -> str | None:
@@ -635,7 +635,8 @@ def _check_combinations(settings: Settings) -> None:
 
 
 def _check_ingest(settings: Settings) -> None:
-    """A Redis stream is read on the Redis of `redis.url`, each by one group of its own."""
+    """Redis streams are read on the Redis of `redis.url`, each listed once, and no dead letter
+    is a stream that is read (a poison entry would come round again)."""
     streams = settings.ingest.redis_streams
     if streams and not settings.redis.url:
         raise SettingsError("ingest.redis_streams", "needs redis.url (REDIS_URL): the streams "
@@ -646,9 +647,11 @@ def _check_ingest(settings: Settings) -> None:
             raise SettingsError(f"ingest.redis_streams.{index}.stream",
                                 f"{stream.stream} is listed twice")
         seen.add(stream.stream)
-        if stream.dead_letter_stream == stream.stream:
+    for index, stream in enumerate(streams):
+        if stream.dead_letter_stream in seen:
             raise SettingsError(f"ingest.redis_streams.{index}.dead_letter",
-                                "must differ from the stream it serves")
+                                f"{stream.dead_letter_stream} is a stream that is read; a dead "
+                                "letter must be a stream of its own")
     nats = settings.ingest.nats
     if nats.url is not None and not nats.subjects:
         raise SettingsError("ingest.nats.subjects", "must name at least one subject")

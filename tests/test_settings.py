@@ -444,3 +444,8 @@ def test_a_stream_listed_twice_or_a_bad_stream_key_is_named(tmp_path):
                     "ingest:\n  redis_streams: [{stream: a, batch: 0}]\n", encoding="utf-8")
     with pytest.raises(SettingsError, match=r"ingest.redis_streams.0.batch: must be between"):
         load_settings(path, environ={})
+    path.write_text("redis: {url: 'redis://127.0.0.1:6379/0'}\n"
+                    "ingest:\n  redis_streams: [{stream: a, dead_letter: b}, {stream: b}]\n",
+                    encoding="utf-8")
+    with pytest.raises(SettingsError, match=r"ingest.redis_streams.0.dead_letter: b is a stream"):
+        load_settings(path, environ={})

@@ -20,7 +20,7 @@ from mojavox_notify.model import PRIORITIES, ChannelPreference, Draft, PushSubsc
 from mojavox_notify.store import (ClaimLostError, DueShare, EscalationChange, EventClaim, NotificationStore, TopicFullError,
                                   UserState, build_store)
 from mojavox_notify.store.mongo import MongoStore
-from mojavox_notify.wire.escalation import to_escalation_payload
+from mojavox_notify.wire.escalation import shown_of
 
 from .support.engines import both_engines
 from .support.tokens import new_user
@@ -693,8 +693,10 @@ async def test_escalation_notifications_are_its_recipients_and_carry_its_state(o
     assert await changed(store, (taken, document["version"])) == [True]
     for user, stored in zip(users, created):
         reread = await store.get(user, stored.document["_id"])
-        assert reread["escalation"]["shown"]["acknowledgedBy"] == users[1]
+        assert shown_of(reread["escalation"])["acknowledgedBy"] == users[1]
         assert reread["escalation"]["step"] == stored.document["escalation"]["step"]
+        [listed] = (await store.list(user, 10, 0, False))[0]
+        assert shown_of(listed["escalation"])["state"] == "acknowledged"
     assert [e["_id"] for e in await store.escalations_of(users[0], ["acknowledged"], 10)] == [document["_id"]]
     assert await store.escalations_of(users[0], ["open"], 10) == []
 
@@ -737,12 +739,17 @@ async def test_due_escalations_come_earliest_first_and_finished_ones_are_forgott
         6_000, 10, None, DueShare(0, 3, 4_000))] == [3_000]  # 5,000 is neither
     assert [d["due_at"] for d in await store.due_escalations(
         6_000, 10, None, DueShare(2, 3, 4_000))] == [3_000, 5_000]  # 3,000 is late: anyone's
-    closed = record.resolved(opened[0], None, 100)
+    closed = record.resolved(opened[0], "call ended", 100)
+    user = new_user("supervisor")
+    [told] = await store.insert_many([draft(user, "critical", type="call_escalation",
+                                            escalation=record.notification_part(opened[0], 0, 0))])
     await changed(store, (closed, opened[0]["version"]))
     await store.add_escalation_events([{"escalation_id": closed["_id"], "at": 100,
                                         "event": "resolved", "step": 0}])
     assert await store.delete_finished_escalations(200) == 1
     assert await store.escalation(closed["_id"]) is None
+    kept = await store.get(user, told.document["_id"])  # as it ended, once forgotten
+    assert shown_of(kept["escalation"])["resolution"] == "call ended"
     assert await store.escalation_events(closed["_id"]) == []
     assert await store.escalation(opened[1]["_id"]) is not None
 
@@ -750,8 +757,7 @@ async def test_due_escalations_come_earliest_first_and_finished_ones_are_forgott
 async def changed(store, *changes: tuple[dict, int]) -> list[bool]:
     """`change_escalations` of (document, expected version) pairs: which were stored."""
     results = await store.change_escalations(
-        [EscalationChange(document, expected, to_escalation_payload(document))
-         for document, expected in changes])
+        [EscalationChange(document, expected) for document, expected in changes])
     return [result is not None for result in results]
 
 
@@ -767,8 +773,7 @@ async def test_a_steps_notifications_and_lines_are_stored_with_its_change_or_not
     managers = [new_user("manager") for _ in range(2)]
     steps = [record.step_started(document, Action(0, 1), 2_000_000) for document in documents]
     requests = [EscalationChange(
-        step, document["version"], to_escalation_payload(step),
-        drafts=[draft(manager, "critical", type="call_escalation",
+        step, document["version"], drafts=[draft(manager, "critical", type="call_escalation",
                       escalation=record.notification_part(step, 1, 0))],
         push=[False], events=[{"escalation_id": step["_id"], "at": 2_000_000,
                                "event": "escalated", "step": 1}])
@@ -780,7 +785,7 @@ async def test_a_steps_notifications_and_lines_are_stored_with_its_change_or_not
     assert record_.document["user_id"] == managers[0] and record_.document["created_at"] == at
     assert record_.state.seq == 1 and record_.state.unread["critical"] == 1
     stored = await store.get(managers[0], record_.document["_id"])
-    assert stored["escalation"]["step"] == 1 and stored["escalation"]["shown"]["step"] == 1
+    assert stored["escalation"]["step"] == 1 and shown_of(stored["escalation"])["step"] == 1
     assert (await store.escalation(documents[0]["_id"]))["step"] == 1
     assert [e["event"] for e in await store.escalation_events(documents[0]["_id"])] == ["escalated"]
     assert (await store.list(managers[1], 10, 0, False))[0] == []

@@ -300,8 +300,8 @@ class EscalationService:
                 return document
             lines = [] if event is None else [
                 {"escalation_id": escalation_id, "at": changed["updated_at"], **event(changed)}]
-            [stored] = await self.store.change_escalations([EscalationChange(
-                changed, document["version"], to_escalation_payload(changed), events=lines)])
+            [stored] = await self.store.change_escalations(
+                [EscalationChange(changed, document["version"], events=lines)])
             if stored is not None:
                 await self.published([changed])
                 return changed

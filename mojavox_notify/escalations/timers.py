@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 #: Rounds whose stored steps are being published at once (run()).
 MAX_PUBLISHING = 2
+#: Changes and notifications published at a time, between which requests are served.
+PUBLISH_SLICE = 50
 #: How long stopping waits for the publications it cancelled.
 PUBLISH_CANCEL_SECONDS = 2.0
 #: After a storage failure, the timers look again this much later (the watchdog reports it).
@@ -195,8 +197,7 @@ class EscalationTimers:
         for document, changed in changes:
             indexes = of_escalation.get(changed["_id"], [])
             requests.append(EscalationChange(
-                changed, document["version"], shown.get(changed["_id"]),
-                drafts=[wanted[index] for index in indexes],
+                changed, document["version"], drafts=[wanted[index] for index in indexes],
                 push=[prepared.push[index] for index in indexes],
                 events=[*self._step_lines(document, changed), *lines_of.get(changed["_id"], [])]))
         last = due[-1]
@@ -266,9 +267,18 @@ class EscalationTimers:
                        shown: dict[str, dict[str, Any]], prepared: Prepared,
                        stored: list[Created | None]) -> None:
         """The changes to the recipients known before the step (the new ones receive the
-        step's notification, which carries the change), then the step's notifications."""
-        await self.escalations.published(told, recipients, shown)
-        await self.notifications.announce(prepared, stored, lines_stored=True)
+        step's notification, which carries the change), then the step's notifications. A
+        slice at a time, giving way to the requests waiting between slices: a batch written
+        to sockets in one go would hold every request behind it."""
+        for start in range(0, len(told), PUBLISH_SLICE):
+            await self.escalations.published(told[start:start + PUBLISH_SLICE], recipients, shown)
+            await asyncio.sleep(0)
+        for start in range(0, len(stored), PUBLISH_SLICE):
+            end = start + PUBLISH_SLICE
+            part = Prepared(prepared.drafts, prepared.positions[start:end],
+                            prepared.push[start:end], prepared.started)
+            await self.notifications.announce(part, stored[start:end], lines_stored=True)
+            await asyncio.sleep(0)
 
     async def _in_background(self, publication: Any) -> None:
         """Publish a round's stored steps as a task, once fewer than MAX_PUBLISHING are under

@@ -99,14 +99,12 @@ class DueShare:
 @dataclass
 class EscalationChange:
     """One compare-and-set of an escalation (`change_escalations`) and what is stored with it
-    only if it wins: `shown`, what clients see now (None: unchanged, the notifications are
-    left as they are), a step's notifications (`drafts`, one push flag each) and its timeline
+    only if it wins: a step's notifications (`drafts`, one push flag each) and its timeline
     lines (`events`, records without `once`). A step is its change and its notifications at
     once: stored together or not at all, so no process can die between the two."""
 
     document: dict[str, Any]
     expected_version: int
-    shown: dict[str, Any] | None = None
     drafts: Sequence[Draft] = ()
     push: Sequence[bool] = ()
     events: Sequence[dict[str, Any]] = ()
@@ -303,7 +301,9 @@ class NotificationStore(ABC):
     # An escalation is a JSON-shaped document (escalations/record.py makes them; times in epoch
     # milliseconds) with at least `_id`, `key` (tenant-qualified), `state`, `version` and
     # `due_at` (None when nothing is due), and `live_key` while it is unresolved. Its
-    # notifications carry `escalation: {id, step, round, shown}`, `shown` being what clients see.
+    # notifications carry `escalation: {id, step, round, shown}`, `shown` being what clients saw
+    # when it was made; every read of a notification adds `current`, the escalation document
+    # as it is now (as it ended, once the escalation is forgotten).
 
     @abstractmethod
     async def open_escalation(self, document: dict[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -323,10 +323,10 @@ class NotificationStore(ABC):
                                  created_at: datetime | None = None) -> list[list[Created] | None]:
         """Each change a compare-and-set: the stored document replaced by the change's only if
         its version is still the expected one (the document carries its new version), and
-        only then its notifications' `escalation.shown` set, its drafts stored (as
-        `insert_many` stores them, created at `created_at`, by default now) and its timeline
-        lines appended, all of the changes in one transaction. Per change, in order: the
-        records of its drafts when it was stored, None when another change came first."""
+        only then its drafts stored (as `insert_many` stores them, created at `created_at`,
+        by default now) and its timeline lines appended, all of the changes in one
+        transaction. Per change, in order: the records of its drafts when it was stored, None
+        when another change came first."""
 
     @abstractmethod
     async def due_escalations(self, now_ms: int, limit: int, after: tuple[int, str] | None = None,

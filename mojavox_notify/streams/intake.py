@@ -4,7 +4,9 @@ An entry is a `POST /api/events` body from a platform producer; its optional `te
 tenant it acts in (then the body may name only that tenant). An event without `id` gets the
 entry's own id, qualified by the source's name, so a redelivered entry is still handled once.
 A batch goes through `EventIngest.ingest_many`: one claim write and one storage write for the
-whole batch, once per event id.
+whole batch, once per event id. A redelivered entry takes over a claim left pending on its id
+(by a consumer that died holding it): safe, since a write under a claim taken over stores
+nothing, and it spares the redelivery the wait until the claim is stale.
 """
 
 from __future__ import annotations
@@ -13,14 +15,19 @@ import json
 import logging
 from typing import Any
 
-from ..errors import NotifyError, RateLimitedError, ValidationError
+from ..errors import NotifyError, RateLimitedError, StorageUnavailableError, ValidationError
 from ..health import StorageHealth
 from ..ingest import EventIngest
 from ..model import Event
+from ..store import ClaimLostError
 from ..tenants import PLATFORM, TENANT_RULE, Reach, valid_tenant
 from .source import DEAD, RETRY, STORED, StreamEntry, Verdict
 
 log = logging.getLogger(__name__)
+
+#: Failures outside the entry: storage away, a rate limit or the id held elsewhere (both 429),
+#: a claim taken over meanwhile.
+TRANSIENT = (StorageUnavailableError, RateLimitedError, ClaimLostError)
 
 
 class StreamIntake:
@@ -42,14 +49,19 @@ class StreamIntake:
         unexpected failure), `stored` once its notifications are stored."""
         verdicts: list[Verdict | None] = []
         events: list[Event] = []
+        redelivered: set[int] = set()
         for entry in entries:
             try:
                 events.append(self._event(source_name, entry))
                 verdicts.append(None)
             except NotifyError as error:
                 verdicts.append(Verdict(DEAD, error.message))
+                continue
+            if entry.deliveries > 1:
+                redelivered.add(len(events) - 1)
         try:
-            outcomes = iter(await self.ingest.ingest_many(events) if events else [])
+            outcomes = iter(await self.ingest.ingest_many(events, take_over=redelivered)
+                            if events else [])
         except Exception as error:  # nothing decided: every valid entry is tried again later
             outcomes = iter([error] * len(events))
         failures: list[Exception] = []
@@ -92,7 +104,7 @@ def _verdict(outcome: list[str] | Exception) -> Verdict:
             and not isinstance(outcome, RateLimitedError):
         return Verdict(DEAD, outcome.message)
     return Verdict(RETRY, getattr(outcome, "message", None) or str(outcome)
-                   or type(outcome).__name__)
+                   or type(outcome).__name__, transient=isinstance(outcome, TRANSIENT))
 
 
 def _log_failures(source_name: str, failures: list[Exception], size: int) -> None:

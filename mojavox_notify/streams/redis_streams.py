@@ -7,7 +7,8 @@ each batch by its verdicts: stored entries are acknowledged (XACK), dead ones ar
 the dead-letter stream with the error and their original fields, and acknowledged, in one
 MULTI; retried ones stay pending. Entries left pending longer than `claim_idle_seconds`, by a
 consumer that died or by this one (a retry), are taken over with XAUTOCLAIM; one delivered
-`max_deliveries` times that still fails goes to the dead letter. Redis being away is waited
+`max_deliveries` times that still fails for its own sake (not storage being away: a transient
+verdict) goes to the dead letter. Redis being away is waited
 out as the broker does: reconnect with backoff, logged once when lost and once when back.
 """
 
@@ -144,7 +145,8 @@ class RedisStreamSource(StreamSource):
     async def _claim_idle(self) -> tuple[list[StreamEntry], dict[str, dict]]:
         """Entries pending longer than `claim_idle_seconds` (a dead consumer's, or this one's
         left for a retry), taken over a batch at a time from where the last look stopped;
-        their delivery counts (XAUTOCLAIM counts this one) come from XPENDING."""
+        their delivery counts (XAUTOCLAIM counts this one) come from XPENDING, in one round
+        trip."""
         settings = self.settings
         next_cursor, claimed, *_ = await self._client.xautoclaim(
             settings.stream, settings.group, self.consumer,
@@ -155,10 +157,12 @@ class RedisStreamSource(StreamSource):
             self._claim_due = asyncio.get_running_loop().time() + settings.claim_idle_seconds / 2
         if not claimed:
             return [], {}
-        first, last = _text(claimed[0][0]), _text(claimed[-1][0])
-        pending = await self._client.xpending_range(settings.stream, settings.group, first, last,
-                                                    len(claimed), consumername=self.consumer)
-        counts = {_text(item["message_id"]): item["times_delivered"] for item in pending}
+        async with self._client.pipeline(transaction=False) as pipeline:
+            for entry_id, _ in claimed:  # each its own range: the pending list has others too
+                pipeline.xpending_range(settings.stream, settings.group, entry_id, entry_id, 1)
+            answers = await pipeline.execute()
+        counts = {_text(item["message_id"]): item["times_delivered"]
+                  for answer in answers for item in answer}
         log.info("%s: took over %d entries left pending for more than %g s", self.name,
                  len(claimed), settings.claim_idle_seconds)
         return self._entries(claimed, counts)
@@ -189,7 +193,7 @@ class RedisStreamSource(StreamSource):
                 done.append(entry.entry_id)
             elif verdict.kind == DEAD:
                 dead.append((entry, verdict.error or "refused"))
-            elif entry.deliveries >= settings.max_deliveries:
+            elif entry.deliveries >= settings.max_deliveries and not verdict.transient:
                 dead.append((entry, f"delivered {entry.deliveries} times "
                              f"(ingest.redis_streams max_deliveries); last error: {verdict.error}"))
             else:

@@ -48,10 +48,14 @@ class StreamEntry:
 class Verdict:
     """What became of one entry: `stored` (its notifications are stored: acknowledge it), `dead`
     (it can never be handled: dead-letter it with `error`), `retry` (nothing happened for good:
-    leave it for a later delivery)."""
+    leave it for a later delivery). A `transient` retry failed for a cause outside the entry
+    (storage away, a rate limit, its event id held by another consumer): it is waited out
+    however long it lasts, and does not count towards giving the entry up (`max_deliveries`);
+    any other retry does."""
 
     kind: Literal["stored", "dead", "retry"]
     error: str | None = None
+    transient: bool = False
 
 
 @dataclass

@@ -122,6 +122,13 @@ def ms_iso(value: int | None) -> str | None:
     return iso(datetime.fromtimestamp(value / 1000, timezone.utc))
 
 
+def shown_of(part: Mapping[str, Any]) -> dict[str, Any]:
+    """The escalation of a notification (its `escalation` part) as clients see it: as it is now
+    when the store attached it (`current`), else as it was when the notification was made."""
+    current = part.get("current")
+    return part["shown"] if current is None else to_escalation_payload(current)
+
+
 def to_escalation_payload(document: Mapping[str, Any]) -> dict[str, Any]:
     """The escalation as clients see it (DESIGN.md's `escalation` object)."""
     acknowledged_by = document.get("acknowledged_by")

@@ -19,7 +19,7 @@ from .input import (MAX_ACTION_URL, MAX_MESSAGE, MAX_TITLE, action_url, check_re
                     json_data, parse_time, plain_text)
 from .schema import (COUNT, OBJECT_ID, TENANT, TIME, TIMESTAMP, USER_ID, Checker, object_schema,
                      one_of, text_schema)
-from .escalation import ESCALATION, ESCALATION_KEY, check_key
+from .escalation import ESCALATION, ESCALATION_KEY, check_key, shown_of
 from .topic import TOPIC_KEY, TOPIC_KEY_PATTERN, TOPIC_KEY_RULE
 
 NOTIFICATION = object_schema({
@@ -176,7 +176,7 @@ def to_payload(document: Mapping[str, Any]) -> dict[str, Any]:
     }
     escalation = document.get("escalation")
     if escalation is not None:
-        payload["escalation"] = escalation["shown"]
+        payload["escalation"] = shown_of(escalation)
     return payload
 
 

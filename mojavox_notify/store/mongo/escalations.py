@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Sequence
 
-from pymongo import ASCENDING, DESCENDING, InsertOne
+from pymongo import ASCENDING, DESCENDING, InsertOne, UpdateMany
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from .. import Created, DueShare, EscalationChange, Insertion, push_flags
@@ -50,9 +50,8 @@ async def escalation(collections: Collections, query: dict[str, Any]) -> dict | 
 async def change_escalations(collections: Collections, changes: Sequence[EscalationChange],
                              created_at: datetime,
                              transaction: Callable[..., Awaitable[Any]]) -> list[list[Created] | None]:
-    """Compare-and-set on `version`; for the changes stored, the new `shown` on their
-    notifications, their drafts inserted (in one insertion) and their lines appended, in one
-    transaction."""
+    """Compare-and-set on `version`; for the changes stored, their drafts inserted (in one
+    insertion) and their lines appended, in one transaction."""
     async def work(session) -> list[list[Created] | None]:
         won: list[EscalationChange] = []
         outcomes: list[bool] = []
@@ -65,10 +64,6 @@ async def change_escalations(collections: Collections, changes: Sequence[Escalat
             if not result.matched_count:
                 continue
             won.append(change)
-            if change.shown is not None:
-                await collections.notifications.update_many(
-                    {"escalation.id": document["_id"]},
-                    {"$set": {"escalation.shown": change.shown}}, session=session)
         created = iter(await _insert_live(collections, [
             Insertion(list(change.drafts), None, push_flags(change.push, len(change.drafts)))
             for change in won if change.drafts], created_at, session))
@@ -79,6 +74,21 @@ async def change_escalations(collections: Collections, changes: Sequence[Escalat
         return [[next(created) for _ in next(changed).drafts] if stored else None
                 for stored in outcomes]
     return await transaction(work)
+
+
+async def with_current(collections: Collections, documents: list[dict]) -> list[dict]:
+    """Notifications read, each of an escalation with that escalation as it is now (`current`
+    in its part; one more query, only when some belong to one)."""
+    ids = {d["escalation"]["id"] for d in documents if d.get("escalation") is not None}
+    if not ids:
+        return documents
+    found = {record["_id"]: _caller_form(record) async for record in
+             collections.escalation_records.find({"_id": {"$in": list(ids)}})}
+    for document in documents:
+        part = document.get("escalation")
+        if part is not None and part["id"] in found:
+            part["current"] = found[part["id"]]
+    return documents
 
 
 async def due_escalations(collections: Collections, now_ms: int, limit: int,
@@ -147,13 +157,18 @@ async def events(collections: Collections, escalation_id: str) -> list[dict]:
 
 
 async def delete_finished(collections: Collections, before_ms: int) -> int:
-    ids = [document["_id"] for document in await collections.escalation_records.find(
-        {"state": {"$in": ["resolved", "unanswered"]}, "updated_at": {"$lt": before_ms}},
-        {"_id": 1}).to_list(length=None)]
-    if ids:
+    ended = await collections.escalation_records.find(
+        {"state": {"$in": ["resolved", "unanswered"]}, "updated_at": {"$lt": before_ms}}
+    ).to_list(length=None)
+    if ended:
+        ids = [record["_id"] for record in ended]
+        # Their notifications keep each as it ended (reads attach it while it exists).
+        await collections.notifications.bulk_write([UpdateMany(
+            {"escalation.id": record["_id"]},
+            {"$set": {"escalation.current": _caller_form(record)}}) for record in ended])
         await collections.escalation_lines.delete_many({"escalation_id": {"$in": ids}})
         await collections.escalation_records.delete_many({"_id": {"$in": ids}})
-    return len(ids)
+    return len(ended)
 
 
 def _ms(moment) -> int | None:

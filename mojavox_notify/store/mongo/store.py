@@ -193,25 +193,28 @@ class MongoStore(NotificationStore):
         if unread_only:
             query["read"] = False
         cursor = self.notifications.find(query).sort("seq", DESCENDING).skip(offset).limit(limit)
-        documents = await cursor.to_list(length=limit)
+        documents = await escalations.with_current(self, await cursor.to_list(length=limit))
         return documents, (state.unread_total if unread_only else state.total)
 
     @_storage_errors
     async def after(self, user_id: str, seq: int, limit: int) -> list[dict]:
         query = {**_visible(user_id), "seq": {"$gt": seq}}
-        return await self.notifications.find(query).sort("seq", ASCENDING).limit(limit).to_list(length=limit)
+        return await escalations.with_current(self, await self.notifications.find(query).sort(
+            "seq", ASCENDING).limit(limit).to_list(length=limit))
 
     @_storage_errors
     async def newest_between(self, user_id: str, after_seq: int, up_to_seq: int,
                              limit: int) -> list[dict]:
         query = {**_visible(user_id), "seq": {"$gt": after_seq, "$lte": up_to_seq}}
-        return await self.notifications.find(query).sort("seq", DESCENDING).limit(limit).to_list(length=limit)
+        return await escalations.with_current(self, await self.notifications.find(query).sort(
+            "seq", DESCENDING).limit(limit).to_list(length=limit))
 
     @_storage_errors
     async def get(self, user_id: str, notification_id: ObjectId) -> dict[str, Any]:
         document = await self.notifications.find_one({"_id": notification_id, **_visible(user_id)})
         if document is None:
             raise NotFoundError("no such notification")
+        [document] = await escalations.with_current(self, [document])
         return document
 
     @_storage_errors

@@ -20,8 +20,8 @@ from .rows import _json
 EVENT_FIELDS = ("escalation_id", "at", "event", "user_id", "step", "channel", "once")
 INSERT_EVENTS = (f"INSERT INTO escalation_events ({', '.join(EVENT_FIELDS)}) VALUES {{rows}} "
                  "ON CONFLICT (once) DO NOTHING")
-# Multi-row updates (insertion._insert_rows fills `{rows}`): the changes that won, the
-# columns as _columns orders them; the new `shown` on each escalation's notifications.
+# A multi-row update (insertion._insert_rows fills `{rows}`): the changes that won, the
+# columns as _columns orders them.
 CHANGE_ESCALATIONS = """
 WITH changed (id, live_key, state, due_at, version, created_at, updated_at, body) AS (
     VALUES {rows})
@@ -30,12 +30,6 @@ UPDATE escalations SET live_key = changed.live_key, state = changed.state,
     updated_at = changed.updated_at, body = changed.body
 FROM changed WHERE escalations.id = changed.id"""
 CHANGE_WIDTH = 8
-SET_SHOWN = """
-WITH shown (id, payload) AS (VALUES {rows})
-UPDATE notifications SET escalation = json_set(notifications.escalation, '$.shown',
-                                               json(shown.payload))
-FROM shown WHERE notifications.escalation_id = shown.id"""
-SHOWN_WIDTH = 2
 
 
 def _columns(document: dict[str, Any]) -> tuple:
@@ -67,8 +61,8 @@ def _one(connection: sqlite3.Connection, where: str, value: str) -> dict | None:
 
 def _change(connection: sqlite3.Connection, changes: Sequence[EscalationChange],
             created_at: datetime) -> list[list[Created] | None]:
-    """Compare-and-set on `version`; for the changes stored, the new `shown` on their
-    notifications, their drafts inserted (in one insertion) and their lines appended. A few
+    """Compare-and-set on `version`; for the changes stored, their drafts inserted (in one
+    insertion) and their lines appended. A few
     statements for the whole batch, each one step (one GIL hand-off, see _json_rows): the
     versions read in one row, which decides the changes that win while the write lock is
     held, then the winners written by multi-row statements."""
@@ -86,9 +80,6 @@ def _change(connection: sqlite3.Connection, changes: Sequence[EscalationChange],
         won = [change for change, stored in zip(changes, outcomes) if stored]
         _insert_rows(connection, CHANGE_ESCALATIONS, CHANGE_WIDTH,
                      [(change.document["_id"], *_columns(change.document)) for change in won])
-        _insert_rows(connection, SET_SHOWN, SHOWN_WIDTH,
-                     [(change.document["_id"], _json(change.shown)) for change in won
-                      if change.shown is not None])
         created = iter(_insert_live(connection, [
             Insertion(list(change.drafts), None, push_flags(change.push, len(change.drafts)))
             for change in won if change.drafts], created_at))
@@ -168,6 +159,12 @@ def _delete_finished(connection: sqlite3.Connection, before_ms: int) -> int:
         for start in range(0, len(ids), IN_CHUNK):
             chunk = ids[start:start + IN_CHUNK]
             marks = ", ".join("?" * len(chunk))
+            # Its notifications keep it as it ended (reads join the escalation while it exists).
+            connection.execute(f"""
+                UPDATE notifications SET escalation = json_set(notifications.escalation,
+                                                               '$.current', json(e.body))
+                FROM escalations e WHERE e.id = notifications.escalation_id
+                AND e.id IN ({marks})""", chunk)
             connection.execute(f"DELETE FROM escalation_events WHERE escalation_id IN ({marks})",
                                chunk)
             connection.execute(f"DELETE FROM escalations WHERE id IN ({marks})", chunk)

@@ -17,8 +17,8 @@ from ...model import PRIORITIES, ChannelPreference, PushSubscription
 from ...tenants import EVERYONE
 from .. import EventClaim, TopicFullError, UserState
 from .execution import transaction
-from .rows import (BROADCAST_COLUMNS, EVENT_COLUMNS, NEVER_MS, NOTIFICATION_COLUMNS, STATE_COLUMNS,
-                   _event, _state)
+from .rows import (BROADCAST_COLUMNS, EVENT_COLUMNS, NEVER_MS,
+                   NOTIFICATION_READ, NOTIFICATIONS_READ, STATE_COLUMNS, _event, _state)
 
 CLEANUP_CHUNK = 5000
 IN_CHUNK = 500  # ids per `IN (...)`, well under SQLite's variable limit
@@ -31,10 +31,10 @@ def _select(connection: sqlite3.Connection, sql: str, parameters: tuple) -> list
 
 
 def _page(connection, user_id, limit, offset, unread_only, now_ms) -> list[tuple]:
-    unread = "AND read = 0" if unread_only else ""
+    unread = "AND n.read = 0" if unread_only else ""
     return connection.execute(f"""
-        SELECT {NOTIFICATION_COLUMNS} FROM notifications
-        WHERE user_id = ? {unread} AND expires_at > ? ORDER BY seq DESC LIMIT ? OFFSET ?""",
+        SELECT {NOTIFICATION_READ} FROM {NOTIFICATIONS_READ}
+        WHERE n.user_id = ? {unread} AND n.expires_at > ? ORDER BY n.seq DESC LIMIT ? OFFSET ?""",
         (user_id, now_ms, limit, offset)).fetchall()
 
 

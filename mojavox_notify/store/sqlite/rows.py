@@ -25,6 +25,11 @@ STATE_COLUMNS = f"seq, total, {UNREAD_COLUMNS}"
 # The order of the columns in every row read or written by the conversions below.
 NOTIFICATION_COLUMNS = ("id, user_id, seq, type, title, message, priority, data, action_url, "
                         "read, read_at, created_at, expires_at, event_id, escalation_id, escalation")
+# What reads select: the columns above (of `notifications n`), and the body of the escalation the
+# notification belongs to, if any (`NOTIFICATIONS_READ` joins it): clients see an escalation as
+# it is now, which its notifications do not store.
+NOTIFICATION_READ = ", ".join(f"n.{column}" for column in NOTIFICATION_COLUMNS.split(", ")) + ", e.body"
+NOTIFICATIONS_READ = "notifications n LEFT JOIN escalations e ON e.id = n.escalation_id"
 BROADCAST_COLUMNS = ("id, title, message, priority, data, action_url, created_at, expires_at, "
                      "audience")
 EVENT_COLUMNS = "id, type, state, owner, notifications, created_at"
@@ -50,8 +55,9 @@ def _state(row: tuple) -> UserState:
 
 
 def _document(row: tuple) -> dict[str, Any]:
+    """A row of NOTIFICATION_READ (or of NOTIFICATION_COLUMNS, without the escalation's body)."""
     (id_, user_id, seq, type_, title, message, priority, data, action_url, read, read_at,
-     created_at, expires_at, event_id, escalation_id, escalation) = row
+     created_at, expires_at, event_id, escalation_id, escalation) = row[:16]
     document = {
         "_id": ObjectId(id_), "user_id": user_id, "seq": seq, "type": type_, "title": title,
         "message": message, "priority": priority, "data": json.loads(data),
@@ -61,7 +67,9 @@ def _document(row: tuple) -> dict[str, Any]:
     if event_id is not None:
         document["event_id"] = event_id
     if escalation_id is not None:
-        document["escalation"] = {"id": escalation_id, **json.loads(escalation)}
+        document["escalation"] = {"id": escalation_id, **orjson.loads(escalation)}
+        if len(row) > 16 and row[16] is not None:
+            document["escalation"]["current"] = orjson.loads(row[16])
     return document
 
 

@@ -30,8 +30,8 @@ from .queries import (CLEANUP_CHUNK, _active_broadcasts, _channel_settings, _cla
                       _mark_all_read, _mark_read, _page, _preferences, _save_subscription,
                       _select, _state_rows, _sweep_user, _topic_members, _topic_size, _update_preferences,
                       _update_topic)
-from .rows import (BROADCAST_COLUMNS, EVENT_COLUMNS, NOTIFICATION_COLUMNS, _broadcast_document,
-                   _broadcast_row, _document, _event, _state, from_ms, to_ms)
+from .rows import (BROADCAST_COLUMNS, EVENT_COLUMNS, NOTIFICATION_READ, NOTIFICATIONS_READ,
+                   _broadcast_document, _broadcast_row, _document, _event, _state, from_ms, to_ms)
 from .schema import _create_schema
 
 # Drafts (or users looked up) that queue while a transaction runs are served by the next one,
@@ -202,23 +202,23 @@ class SqliteStore(NotificationStore):
 
     async def after(self, user_id: str, seq: int, limit: int) -> list[dict]:
         rows = await self._read(_select, f"""
-            SELECT {NOTIFICATION_COLUMNS} FROM notifications
-            WHERE user_id = ? AND seq > ? AND expires_at > ? ORDER BY seq LIMIT ?""",
+            SELECT {NOTIFICATION_READ} FROM {NOTIFICATIONS_READ}
+            WHERE n.user_id = ? AND n.seq > ? AND n.expires_at > ? ORDER BY n.seq LIMIT ?""",
             (user_id, seq, to_ms(utcnow()), limit))
         return [_document(row) for row in rows]
 
     async def newest_between(self, user_id: str, after_seq: int, up_to_seq: int,
                              limit: int) -> list[dict]:
         rows = await self._read(_select, f"""
-            SELECT {NOTIFICATION_COLUMNS} FROM notifications
-            WHERE user_id = ? AND seq > ? AND seq <= ? AND expires_at > ?
-            ORDER BY seq DESC LIMIT ?""", (user_id, after_seq, up_to_seq, to_ms(utcnow()), limit))
+            SELECT {NOTIFICATION_READ} FROM {NOTIFICATIONS_READ}
+            WHERE n.user_id = ? AND n.seq > ? AND n.seq <= ? AND n.expires_at > ?
+            ORDER BY n.seq DESC LIMIT ?""", (user_id, after_seq, up_to_seq, to_ms(utcnow()), limit))
         return [_document(row) for row in rows]
 
     async def get(self, user_id: str, notification_id: ObjectId) -> dict[str, Any]:
         rows = await self._read(_select, f"""
-            SELECT {NOTIFICATION_COLUMNS} FROM notifications
-            WHERE id = ? AND user_id = ? AND expires_at > ?""",
+            SELECT {NOTIFICATION_READ} FROM {NOTIFICATIONS_READ}
+            WHERE n.id = ? AND n.user_id = ? AND n.expires_at > ?""",
             (str(notification_id), user_id, to_ms(utcnow())))
         if not rows:
             raise NotFoundError("no such notification")
