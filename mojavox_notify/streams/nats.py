@@ -3,11 +3,13 @@
 The durable consumer (`ingest.nats.durable`) is shared: each `serve` process, and each worker of
 `serve --workers N`, binds a pull subscription to it, so JetStream spreads the messages between
 them and redelivers, after `ack_wait_seconds`, what a process took and never answered (it died).
-A message is acknowledged only once its notifications are stored. Storage away answers `nak`
-with a delay that doubles with each delivery, and pulling waits until storage answers again, so
-an outage costs a message one delivery, not one per retry. An invalid or unhandled event, and one
-delivered `max_deliver` times without being stored, is published to `dead_letter_subject` and
-then terminated (`term`), so the stream goes on. Event ids make redeliveries harmless; a message
+A message is acknowledged only once its notifications are stored. One that could not be stored
+for now is answered `nak` with a delay that doubles with each delivery; when storage is away,
+pulling also waits until storage answers again, so an outage costs a message one delivery, not
+one per retry. An invalid or unhandled event is published to `dead_letter_subject` and then
+terminated (`term`), as is one delivered `max_deliver` times that still fails for its own sake:
+a transient retry (storage away, a rate limit, its id held elsewhere) this process answered is
+not counted, a delivery whose worker died is. Event ids make redeliveries harmless; a message
 whose event has no `id` is known by its stream sequence instead.
 
 Formats (docs/streams.md): the message body is a `POST /api/events` body; the optional header
@@ -68,6 +70,8 @@ API_TIMEOUT_SECONDS = 5.0
 BACKLOG_SECONDS = 2.0
 #: `check` and `emit --stream` give up connecting after this long.
 PROBE_TIMEOUT_SECONDS = 3.0
+#: Messages whose transient naks a process remembers at most.
+WAITED_LIMIT = 10_000
 #: The longest error text a dead letter's header carries.
 ERROR_HEADER_LIMIT = 1000
 
@@ -106,6 +110,8 @@ class NatsSource(StreamSource):
         self._error: str | None = "not connected yet"
         self._failing_since: float | None = None
         self._backlog_due = 0.0
+        #: Transient naks this process gave, by stream sequence (see _own_deliveries).
+        self._waited: dict[int, int] = {}
 
     # -- the consuming loop -----------------------------------------------------------------------
 
@@ -197,10 +203,10 @@ class NatsSource(StreamSource):
         """Answer each message; False when some could not be stored for now."""
         fresh = []
         for message in messages:
-            deliveries = message.metadata.num_delivered
-            if deliveries > self.settings.max_deliver:
-                await self._dead_letter(js, message, f"delivered {deliveries - 1} times without "
-                                        "being stored (ingest.nats.max_deliver)")
+            spent = self._own_deliveries(message) - 1
+            if spent >= self.settings.max_deliver:
+                await self._dead_letter(js, message, f"delivered {spent} times without being "
+                                        "stored (ingest.nats.max_deliver)")
             else:
                 fresh.append(message)
         if not fresh:
@@ -211,17 +217,39 @@ class NatsSource(StreamSource):
             stored = await self._answer(js, message, verdict) and stored
         return stored
 
+    def _own_deliveries(self, message: Msg) -> int:
+        """Its deliveries, this one included, less those this process answered with a transient
+        nak: what counts towards `max_deliver` (a delivery whose worker died counts too, which
+        is how an event that kills its worker is given up)."""
+        metadata = message.metadata
+        return metadata.num_delivered - self._waited.get(metadata.sequence.stream, 0)
+
     async def _answer(self, js: JetStreamContext, message: Msg, verdict: Verdict) -> bool:
+        sequence = message.metadata.sequence.stream
         if verdict.kind == STORED:
             await message.ack()
+            self._waited.pop(sequence, None)
             self.stats.processed += 1
             return True
         if verdict.kind == DEAD:
             await self._dead_letter(js, message, verdict.error or "refused")
             return True
+        if not verdict.transient and self._own_deliveries(message) >= self.settings.max_deliver:
+            await self._dead_letter(js, message, f"delivered {self._own_deliveries(message)} "
+                                    f"times (ingest.nats.max_deliver); last error: {verdict.error}")
+            return True
         await message.nak(delay=nak_delay(message.metadata.num_delivered))
+        if verdict.transient:
+            self._wait_out(sequence)
         self.stats.failed += 1
         return False
+
+    def _wait_out(self, sequence: int) -> None:
+        """Remember a transient nak, so its redelivery here is not counted (bounded: the oldest
+        are forgotten, as are those another process went on to store)."""
+        self._waited[sequence] = self._waited.pop(sequence, 0) + 1
+        while len(self._waited) > WAITED_LIMIT:
+            self._waited.pop(next(iter(self._waited)))
 
     async def _dead_letter(self, js: JetStreamContext, message: Msg, error: str) -> None:
         """Publish the message to the dead letters, then `term` it. A publish that fails leaves
@@ -245,6 +273,7 @@ class NatsSource(StreamSource):
                         describe(failure))
             return
         await message.term()
+        self._waited.pop(metadata.sequence.stream, None)
         self.stats.dead_lettered += 1
         log.warning("%s: sequence %d sent to %s: %s", self.name, metadata.sequence.stream,
                     self.settings.dead_letter_subject, headers[ERROR_HEADER])
