@@ -245,8 +245,8 @@ class NatsSource(StreamSource):
         return False
 
     def _wait_out(self, sequence: int) -> None:
-        """Remember a transient nak, so its redelivery here is not counted (bounded: the oldest
-        are forgotten, as are those another process went on to store)."""
+        """Remember a transient nak, so its redelivery here is not counted. Bounded: the oldest
+        are forgotten first (one that another process went on to store lingers until then)."""
         self._waited[sequence] = self._waited.pop(sequence, 0) + 1
         while len(self._waited) > WAITED_LIMIT:
             self._waited.pop(next(iter(self._waited)))
