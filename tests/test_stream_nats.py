@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.request
 import uuid
 from types import SimpleNamespace
 
@@ -552,6 +553,43 @@ async def until_served_all(server: ServeProcess, users: list[str], count: int,
         if len(accounts) >= count or time.monotonic() > deadline:
             return accounts
         await asyncio.sleep(0.5)
+
+
+@pytest.mark.timeout(60)
+async def test_each_worker_of_serve_workers_pulls_on_a_connection_named_for_it(
+        tmp_path, nats_server, redis_server):
+    settings = stream_settings(nats_server)
+    deployment = Deployment(tmp_path, extra_settings=(
+        f"redis:\n  url: {redis_server.url}\n  key_prefix: test-{uuid.uuid4().hex[:12]}\n"
+        + nats_section(settings)))
+    user = new_user()
+    try:
+        await asyncio.to_thread(deployment.serve, "--workers", "2")
+
+        async def two_workers_connected() -> bool:
+            return len(worker_connections(nats_server)) == 2
+
+        await wait_until_async(two_workers_connected, 20)
+        names = worker_connections(nats_server)
+        assert sorted(name.rsplit(":", 1)[1] for name in names) == ["worker-0", "worker-1"]
+        assert len({name.split(":")[1] for name in names}) == 2, "one pid each"
+        async with Producer(nats_server.url) as producer:
+            for index in range(40):
+                await producer.publish(subject_of(settings), payment(user, index))
+            await wait_until_async(lambda: consumer_settled(nats_server, settings), 20)
+            assert await dead_letter_count(producer, settings) == 0, "all 40 stored"
+    finally:
+        await asyncio.to_thread(deployment.stop_all)
+
+
+def worker_connections(server) -> list[str]:
+    """The names of the NATS connections `serve --workers` opened (the server's /connz)."""
+    address = f"http://127.0.0.1:{server.monitor_port}/connz?limit=1024"
+    with urllib.request.urlopen(address, timeout=2) as answer:
+        connections = json.loads(answer.read()).get("connections") or []
+    return [connection["name"] for connection in connections
+            if connection.get("name", "").startswith("mojavox-notify ")
+            and ":worker-" in connection["name"]]
 
 
 # -- operations: /healthz, /metrics, check, emit --stream -----------------------------------------
