@@ -45,8 +45,9 @@ class StreamIntake:
     async def handle(self, source_name: str, entries: list[StreamEntry]) -> list[Verdict]:
         """One verdict per entry, in order: `dead` for what can never be handled (not JSON, not
         a valid event, a type no plugin handles, an id used for another type), `retry` for
-        what failed for now (storage away, a rate limit, the id being handled elsewhere, any
-        unexpected failure), `stored` once its notifications are stored."""
+        what failed for now (storage away, a rate limit, the id being handled elsewhere: all
+        `transient`; or an unexpected failure, which counts towards giving the entry up),
+        `stored` once its notifications are stored."""
         verdicts: list[Verdict | None] = []
         events: list[Event] = []
         redelivered: set[int] = set()

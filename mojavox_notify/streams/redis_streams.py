@@ -167,7 +167,10 @@ class RedisStreamSource(StreamSource):
                  len(claimed), settings.claim_idle_seconds)
         return self._entries(claimed, counts)
 
-    def _entries(self, read: list, counts: dict[str, int]) -> tuple[list[StreamEntry], dict[str, dict]]:
+    def _entries(self, read: list, counts: dict[str, int]
+                 ) -> tuple[list[StreamEntry], dict[str, dict]]:
+        """The entries as the intake takes them, and each one's own fields (for its dead
+        letter); a count missing from `counts` is a first delivery."""
         entries, fields = [], {}
         for raw_id, raw_fields in read:
             entry_id = _text(raw_id)
@@ -182,8 +185,8 @@ class RedisStreamSource(StreamSource):
     async def _settle(self, entries: list[StreamEntry], verdicts: list[Verdict],
                       fields: dict[str, dict]) -> None:
         """Acknowledge the stored, dead-letter and acknowledge the dead (and the retried that
-        reached `max_deliveries`), in one MULTI so an entry is never acknowledged without its
-        dead letter; leave the rest pending."""
+        reached `max_deliveries` failing for their own sake), in one MULTI so an entry is never
+        acknowledged without its dead letter; leave the rest pending."""
         settings = self.settings
         done: list[str] = []
         dead: list[tuple[StreamEntry, str]] = []
