@@ -88,7 +88,7 @@ class Server:
     """`mojavox-notify serve` on `folder`, with the policy's one step `wait` seconds after an
     escalation opens. Started again (same folder, port and store) for each wave."""
 
-    def __init__(self, folder: Path, batch: int = 200, workers: int = 1,
+    def __init__(self, folder: Path, batch: int = 500, workers: int = 1,
                  redis_url: str | None = None):
         self.folder = folder
         self.batch = batch
@@ -511,7 +511,7 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--idle-seconds", type=float, default=10.0,
                         help="seconds of the idle create-latency measurement")
     parser.add_argument("--probe-rate", type=float, default=50.0, help="plain creates a second")
-    parser.add_argument("--batch", type=int, default=200,
+    parser.add_argument("--batch", type=int, default=500,
                         help="escalation_timers.batch: due escalations taken on in one round")
     parser.add_argument("--workers", type=int, default=1,
                         help="serve --workers: more than one shares a redis-server of the run's "

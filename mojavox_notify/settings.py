@@ -245,7 +245,7 @@ class EscalationTimerSettings:
     """How every process watches the stored due steps (escalations/timers.py)."""
 
     poll_interval_seconds: float = _check(_between(0.05, 10), default=0.25)
-    batch: int = _check(_between(1, 10_000), default=200)
+    batch: int = _check(_between(1, 10_000), default=500)
 
 
 def _stream_key(value: str) -> str | None:

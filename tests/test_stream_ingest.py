@@ -114,9 +114,9 @@ async def test_an_entry_becomes_its_notifications_on_the_socket_and_is_acknowled
 @bounded
 @both_engines
 async def test_an_entry_delivered_twice_creates_its_notifications_once(
-        start_app, start_consumer, producer, stream_name):
-    """The same event id twice in the stream, twice in one batch, and a retried XADD of an
-    entry without id (the same entry handed in twice) are each handled once."""
+        start_consumer, producer, stream_name):
+    """One event id in three entries of the stream, and one entry without id handed in twice
+    in one batch and once more after it, are each handled once."""
     app = await start_consumer()
     user = new_user()
     event_id = new_user("pay")
