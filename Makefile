@@ -32,12 +32,15 @@ lock:
 	{ sed -n '1,3p' requirements.lock; .lock-venv/bin/pip freeze --exclude-editable; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock && rm -rf .lock-venv
 
-# The tests use a real redis-server, Debian's chromium (driven by Playwright, which never
-# downloads a browser) and node for the JavaScript client: installed from the distribution
-# when missing. An old node is not silently accepted.
+# The tests use a real redis-server, a real nats-server (JetStream, for the stream source),
+# Debian's chromium (driven by Playwright, which never downloads a browser) and node for the
+# JavaScript client: installed from the distribution when missing. An old node is not silently
+# accepted. Debian puts nats-server in /usr/sbin, which a user's PATH often lacks.
 system-packages:
 	@command -v redis-server >/dev/null 2>&1 || { \
 		echo "installing redis-server"; $(APT_INSTALL) redis-server; }
+	@command -v nats-server >/dev/null 2>&1 || test -x /usr/sbin/nats-server || { \
+		echo "installing nats-server"; $(APT_INSTALL) nats-server; }
 	@command -v chromium >/dev/null 2>&1 || { \
 		echo "installing chromium"; $(APT_INSTALL) chromium; }
 	@command -v node >/dev/null 2>&1 || { \

@@ -1,11 +1,16 @@
-"""Events in from a Redis stream against `POST /api/events`, at the same offered loads, in one run.
+"""Events in from a Redis stream and from NATS JetStream against `POST /api/events`, at the same
+offered loads, in one run.
 
 For each path a fresh `mojavox-notify serve` (one process, embedded SQLite, the Redis broker
-and the stream on one redis-server of the benchmark's own) gets `--users` dashboard sockets
+and the stream on one redis-server of the benchmark's own; for the `nats` path the stream is on
+a `nats-server -js` of the benchmark's own, on a temporary folder) gets `--users` dashboard sockets
 (in client worker processes) and then, at each rate of `--rates`, `--seconds` of events offered
 open loop: each a `system.alert` with an id to one user, carrying the time it was offered. The
 HTTP path POSTs each (`--connections` at once at most); the stream path XADDs each (one
-pipeline per millisecond tick), and the server consumes with `ingest.redis_streams` defaults.
+pipeline per millisecond tick), and the server consumes with `ingest.redis_streams` defaults;
+the nats path publishes each through JetStream without waiting for its acknowledgement before
+the next (an acknowledgement that does not come counts as failed), and the server consumes with
+`ingest.nats` defaults.
 Measured from the offer to the frame on the socket: delivered, late (not on a socket
 DRAIN_SECONDS after the last offer: for the stream, still in its backlog, consumed before the
 next rate), p50, p99. A rate is sustained when nothing failed or was late and p99 <=
@@ -16,6 +21,7 @@ itself.
 
     .venv/bin/python -m bench stream-ingest
     .venv/bin/python -m bench stream-ingest --rates 500,1000,2000 --seconds 5 --users 200
+    .venv/bin/python -m bench stream-ingest --paths http,nats
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from datetime import date
 from pathlib import Path
 
 import aiohttp
+import nats
 import redis.asyncio as aioredis
 import yaml
 
@@ -44,8 +51,12 @@ from targets import ROOT, SECRET, free_port, token
 
 WORKERS = 4
 STREAM = "bench:events"
+NATS_STREAM = "BENCH"
+NATS_SUBJECT = "bench.events.system.alert"
 DRAIN_SECONDS = 3.0  # after the last offer, how long arrivals are still counted
-PATHS = ("http", "stream")
+PATHS = ("http", "stream", "nats")
+#: The paths whose server consumes a stream (and whose backlog is waited out between rates).
+STREAM_PATHS = ("stream", "nats")
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -70,10 +81,31 @@ class RedisServer:
         self.process.wait(timeout=10)
 
 
-class Server:
-    """One `serve` on a fresh embedded store, consuming STREAM, rate limits and caps lifted."""
+class NatsServer:
+    """A `nats-server -js` of the benchmark's own, its JetStream store in `folder`."""
 
-    def __init__(self, redis_url: str, prefix: str):
+    def __init__(self, folder: Path):
+        binary = shutil.which("nats-server") or shutil.which(
+            "nats-server", path="/usr/local/sbin:/usr/sbin")
+        if binary is None:
+            raise RuntimeError("nats-server is not installed (apt-get install nats-server)")
+        self.port = free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [binary, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(folder)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_for_port(self.port, self.process, "nats-server")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+class Server:
+    """One `serve` on a fresh embedded store, consuming STREAM (or, given `nats_url`, the
+    NATS_STREAM there), rate limits and caps lifted."""
+
+    def __init__(self, redis_url: str, prefix: str, nats_url: str | None = None):
         self.folder = Path(tempfile.mkdtemp(prefix="bench-stream-"))
         self.port = free_port()
         settings = {
@@ -86,7 +118,9 @@ class Server:
             "retention": {"cleanup_interval_minutes": 0},
             "logging": {"level": "WARNING"},
             "plugins": {"directory": str(ROOT / "plugins")},
-            "ingest": {"redis_streams": [{"stream": STREAM}]},
+            "ingest": {"nats": {"url": nats_url, "stream": NATS_STREAM,
+                                "subjects": ["bench.events.>"]}} if nats_url
+                      else {"redis_streams": [{"stream": STREAM}]},
         }
         (self.folder / "settings.yaml").write_text(yaml.safe_dump(settings), encoding="utf-8")
         log = open(self.folder / "server.log", "wb")
@@ -189,9 +223,33 @@ async def offer_stream(redis_url: str, users: list[str], rate: float, seconds: f
     return sent, failed
 
 
-def run_path(path: str, redis: RedisServer, users: list[str], rates: list[float], seconds: float,
-             p99_ms: float, connections: int) -> list[dict]:
-    server = Server(redis.url, f"bench-{path}")
+async def offer_nats(nats_url: str, users: list[str], rate: float, seconds: float,
+                     tag: str) -> tuple[int, int]:
+    """Publish through JetStream `rate` a second for `seconds`, not waiting for each
+    acknowledgement before the next; the unacknowledged ones count as failed."""
+    client = await nats.connect(nats_url)
+    js = client.jetstream(timeout=30)
+    pending: list[asyncio.Future] = []
+    sent = 0
+    try:
+        start = time.time() + 0.05
+        total = int(rate * seconds)
+        while sent < total:
+            due = start + sent / rate
+            if due > time.time():
+                await asyncio.sleep(due - time.time())
+            body = json.dumps(alert(users[sent % len(users)], f"{tag}-{sent}", due)).encode()
+            pending.append(await js.publish_async(NATS_SUBJECT, body))
+            sent += 1
+        answers = await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 60)
+    finally:
+        await client.close()
+    return sent, sum(1 for answer in answers if isinstance(answer, BaseException))
+
+
+def run_path(path: str, redis: RedisServer, nats_server: NatsServer | None, users: list[str],
+             rates: list[float], seconds: float, p99_ms: float, connections: int) -> list[dict]:
+    server = Server(redis.url, f"bench-{path}", nats_server.url if path == "nats" else None)
     peers = None
     rows = []
     try:
@@ -205,6 +263,8 @@ def run_path(path: str, redis: RedisServer, users: list[str], rates: list[float]
             if path == "http":
                 sent, failed = asyncio.run(offer_http(server.port, users, rate, seconds, tag,
                                                       connections))
+            elif path == "nats":
+                sent, failed = asyncio.run(offer_nats(nats_server.url, users, rate, seconds, tag))
             else:
                 sent, failed = asyncio.run(offer_stream(redis.url, users, rate, seconds, tag))
             delays = _drain(peers, sent - failed)
@@ -240,7 +300,7 @@ def _drain(peers: Peers, expected: int) -> list[float]:
 
 def _wait_until_consumed(server: Server, path: str, timeout: float = 60) -> None:
     """The next rate starts on an empty backlog (a stream behind would count against it)."""
-    if path != "stream":
+    if path not in STREAM_PATHS:
         return
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -267,18 +327,23 @@ def main(argv: list[str] | None = None) -> None:
     rates = [float(rate) for rate in args.rates.split(",")]
     users = [f"bench-{index}" for index in range(args.users)]
     print(f"# python -m bench stream-ingest · {date.today()} · Python {platform.python_version()} "
-          f"· {os.cpu_count()} cores · one serve process (embedded SQLite, Redis broker) · "
-          f"{args.users} sockets in {WORKERS} client processes · system.alert events with ids "
+          f"· {os.cpu_count()} cores · one serve process (embedded SQLite, Redis broker; the "
+          f"nats path's JetStream on a nats-server of its own) · {args.users} sockets in {WORKERS} client processes · system.alert events with ids "
           f"to one user each · {args.seconds:g} s per rate, open loop · sustained: nothing "
           f"late or failed, p99 <= {args.p99_ms:g} ms\n", flush=True)
+    paths = args.paths.split(",")
     folder = Path(tempfile.mkdtemp(prefix="bench-redis-"))
     redis = RedisServer(folder)
+    nats_server = NatsServer(Path(tempfile.mkdtemp(prefix="bench-nats-"))) \
+        if "nats" in paths else None
     try:
-        results = {path: run_path(path, redis, users, rates, args.seconds, args.p99_ms,
-                                  args.connections)
-                   for path in args.paths.split(",")}
+        results = {path: run_path(path, redis, nats_server, users, rates, args.seconds,
+                                  args.p99_ms, args.connections)
+                   for path in paths}
     finally:
         redis.stop()
+        if nats_server is not None:
+            nats_server.stop()
     print("| path | events/s offered | sent | failed | delivered | late | p50 ms | p99 ms | "
           "sustained |\n|---|---|---|---|---|---|---|---|---|")
     for rows in results.values():
@@ -288,9 +353,10 @@ def main(argv: list[str] | None = None) -> None:
                   f"{row['p99_ms']:.1f} | {'yes' if row['sustained'] else 'no'} |")
     best = {path: max((row["rate"] for row in rows if row["sustained"]), default=0.0)
             for path, rows in results.items()}
+    ratios = [f"{path} vs HTTP {best[path] / best['http']:.2f}x"
+              for path in STREAM_PATHS if path in best and best.get("http")]
     print("\nhighest sustained rate: " + ", ".join(f"{path} {rate:g}/s" for path, rate in best.items())
-          + (f"; stream vs HTTP {best['stream'] / best['http']:.2f}x"
-             if best.get("http") and "stream" in best else ""))
+          + (f"; {', '.join(ratios)}" if ratios else ""))
 
 
 if __name__ == "__main__":

@@ -241,7 +241,10 @@ class NotifyApp:
 
     def build_stream_sources(self) -> list[StreamSource]:
         """The sources `ingest` configures, consuming as this process (storage must be open)."""
-        return build_sources(self.settings, StreamIntake(self.ingest, self.settings.server.max_body_bytes), consumer_name(self.worker))
+        return build_sources(
+            self.settings, StreamIntake(self.ingest, self.storage_health,
+                                        self.settings.server.max_body_bytes),
+            consumer_name(self.worker))
 
     def _received(self, message: Message) -> None:
         self.metrics.received(message)

@@ -259,7 +259,18 @@ def _stream_key(value: str) -> str | None:
 def _nats_subject(value: str) -> str | None:
     if value and not any(c.isspace() for c in value) and ".." not in value:
         return None
-    return "must be a NATS subject such as mojavox.events.dead"
+    return "must be a NATS subject such as mojavox.dead.events"
+
+
+def _subject_covers(pattern: str, subject: str) -> bool:
+    """NATS subject matching: `*` stands for one token, a final `>` for one or more."""
+    wanted, given = pattern.split("."), subject.split(".")
+    for index, token in enumerate(wanted):
+        if token == ">":
+            return len(given) > index
+        if index >= len(given) or token not in ("*", given[index]):
+            return False
+    return len(given) == len(wanted)
 
 
 @dataclass(frozen=True)
@@ -292,7 +303,8 @@ class NatsSettings:
     durable: str = _check(_stream_key, default="mojavox-notify")
     max_deliver: int = _check(_between(1, 1000), default=10)
     ack_wait_seconds: float = _check(_between(1, 86400), default=30)
-    dead_letter_subject: str = _check(_nats_subject, default="mojavox.events.dead")
+    # Not under mojavox.events.>: a dead letter must not land in the stream it came from.
+    dead_letter_subject: str = _check(_nats_subject, default="mojavox.dead.events")
 
 
 @dataclass(frozen=True)
@@ -643,3 +655,16 @@ def _check_ingest(settings: Settings) -> None:
     nats = settings.ingest.nats
     if nats.url is not None and not nats.subjects:
         raise SettingsError("ingest.nats.subjects", "must name at least one subject")
+    if {"*", ">"} & set(nats.dead_letter_subject.split(".")):
+        raise SettingsError("ingest.nats.dead_letter_subject",
+                            f"{nats.dead_letter_subject} has a wildcard: dead letters are "
+                            "published to it, so it must be one literal subject")
+    for subject in nats.subjects:
+        problem = _nats_subject(subject)
+        if problem:
+            raise SettingsError("ingest.nats.subjects", f"{subject!r} {problem}")
+        if _subject_covers(subject, nats.dead_letter_subject):
+            # The source would consume its own dead letters (and dead-letter them again).
+            raise SettingsError("ingest.nats.dead_letter_subject",
+                                f"{nats.dead_letter_subject} is covered by the stream's subject "
+                                f"{subject}: dead letters would be read again")

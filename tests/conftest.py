@@ -20,6 +20,7 @@ from mojavox_notify.settings import load_settings
 
 from .support.apps import start_on_loopback
 from .support.logwatch import CredentialWatch
+from .support.nats import NatsServer
 from .support.nx27017 import Nx27017Server
 from .support.paths import PLUGINS_DIR
 from .support.pushservice import PushServiceStandIn
@@ -136,6 +137,26 @@ def redis_server(tmp_path_factory):
 def own_redis(tmp_path):
     """A redis-server of this test alone, which it may kill and start again on the same port."""
     server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory):
+    """One real `nats-server -js` shared by the session; tests isolate themselves by stream and
+    subject names of their own."""
+    server = NatsServer(tmp_path_factory.mktemp("nats"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_nats(tmp_path):
+    """A nats-server of this test alone, which it may kill and start again on the same port and
+    JetStream store."""
+    server = NatsServer(tmp_path / "nats")
     server.start()
     yield server
     server.stop()

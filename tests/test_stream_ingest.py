@@ -605,7 +605,7 @@ async def test_an_entry_that_cannot_be_read_goes_to_the_dead_letter_and_the_batc
     too_large = StreamEntry("3-0", json.dumps({**payment(user, "big"), "pad": "x" * 5000}),
                             None, 1)
     good = StreamEntry("4-0", json.dumps(payment(user, "good")), None, 1)
-    verdicts = await StreamIntake(app.ingest, 4096).handle(
+    verdicts = await StreamIntake(app.ingest, max_bytes=4096).handle(
         "redis:unreadable", [nested, not_a_number, too_large, good])
     assert [v.kind for v in verdicts] == ["dead", "dead", "dead", "stored"], verdicts
     assert "nests deeper" in verdicts[0].error and "not valid JSON" in verdicts[1].error

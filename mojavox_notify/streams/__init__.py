@@ -14,7 +14,7 @@ from typing import Any, Awaitable, Callable, Iterable
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ..settings import Settings, SettingsError
-from . import redis_streams
+from . import nats, redis_streams
 from .intake import StreamIntake
 from .source import StreamEntry, StreamSource, StreamUnavailableError, Verdict, consumer_name
 
@@ -35,6 +35,7 @@ class StreamKind:
 
 KINDS: dict[str, StreamKind] = {
     redis_streams.KIND: StreamKind(redis_streams.names, redis_streams.build, redis_streams.publish),
+    nats.KIND: StreamKind(nats.names, nats.build, nats.publish),
 }
 
 

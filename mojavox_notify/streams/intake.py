@@ -15,10 +15,11 @@ import logging
 from typing import Any
 
 from ..errors import NotifyError, RateLimitedError, StorageUnavailableError, ValidationError
+from ..health import StorageHealth
 from ..ingest import EventIngest
 from ..model import Event
-from ..store import ClaimLostError
 from ..settings import ServerSettings
+from ..store import ClaimLostError
 from ..tenants import PLATFORM, TENANT_RULE, Reach, valid_tenant
 from ..wire.input import parse_json
 from .source import DEAD, RETRY, STORED, StreamEntry, Verdict
@@ -32,11 +33,19 @@ DEFAULT_MAX_BYTES = ServerSettings.max_body_bytes
 
 
 class StreamIntake:
-    def __init__(self, ingest: EventIngest, max_bytes: int = DEFAULT_MAX_BYTES):
-        """`max_bytes`: the largest event an entry may hold (`server.max_body_bytes`, as a
-        `POST /api/events` body)."""
+    def __init__(self, ingest: EventIngest, storage: StorageHealth | None = None,
+                 max_bytes: int = DEFAULT_MAX_BYTES):
+        """`storage` (the watchdog) lets a source ask whether storage answers again after a
+        batch it could not store, instead of being delivered the same entries again to find
+        out; without it (`check`), storage counts as answering. `max_bytes`: the largest event
+        an entry may hold (`server.max_body_bytes`, as a `POST /api/events` body)."""
         self.ingest = ingest
+        self._storage = storage
         self.max_bytes = max_bytes
+
+    def storage_answers(self) -> bool:
+        """Whether storage answered its last probe and no operation failed since."""
+        return self._storage is None or self._storage.ok
 
     async def handle(self, source_name: str, entries: list[StreamEntry]) -> list[Verdict]:
         """One verdict per entry, in order: `dead` for what can never be handled (not JSON, not
