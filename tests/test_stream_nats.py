@@ -297,9 +297,19 @@ async def outage(storage_engine, tmp_path):
 @both_engines
 async def test_storage_failing_mid_stream_loses_nothing_once_it_returns(
         start_app, nats_server, outage):
-    """With max_deliver 1: a retry because storage is away is not the event's fault."""
+    """With max_deliver 1: a retry because storage is away is not the event's fault, and the
+    messages storage could not take are held and tried again, not delivered again."""
     settings = stream_settings(nats_server, max_deliver=1)
     app = await start_app(**QUICK, **await outage.settings(), **settings)
+    [source] = app.stream_sources
+    deliveries: list[int] = []
+    handle = source._intake.handle
+
+    async def noting(name, entries):
+        deliveries.extend(entry.deliveries for entry in entries)
+        return await handle(name, entries)
+
+    source._intake.handle = noting
     user = new_user()
     async with Producer(nats_server.url) as producer:
         for index in range(20):
@@ -316,6 +326,7 @@ async def test_storage_failing_mid_stream_loses_nothing_once_it_returns(
         stored = await until_stored(app, user, 80, within=40)
         assert await dead_letter_count(producer, settings) == 0
     assert sorted(stored) == sorted(f"AC-{index}" for index in range(80)), "none lost, none doubled"
+    assert set(deliveries) == {1}, "held through the outage, never delivered again"
 
 
 async def dead_letter_count(producer: Producer, settings: dict) -> int:
@@ -439,17 +450,23 @@ async def test_nats_server_killed_and_restarted_mid_stream_loses_nothing(start_a
     settings = stream_settings(own_nats)
     app = await start_app(**QUICK, **settings)
     users = [new_user() for _ in range(16)]
+    halfway, resumed = asyncio.Event(), asyncio.Event()
     async with Producer(own_nats.url) as producer:
         async def produce() -> None:
             for index in range(800):
+                if index == 400:  # the rest once the server is killed (each publish retries)
+                    halfway.set()
+                    await resumed.wait()
                 await producer.publish(subject_of(settings), payment(users[index % 16], index))
 
         producing = asyncio.ensure_future(produce())
+        await halfway.wait()
         await until_all_stored(app, users, 100)
         own_nats.kill()
-        assert not producing.done(), "killed while events were still coming in"
+        resumed.set()
         await wait_until_async(lambda: source_reports(app, settings, ok=False), 10)
-        own_nats.start()
+        assert not producing.done(), "killed while events were still coming in"
+        await asyncio.to_thread(own_nats.start)  # (it waits for the server: not on the loop)
         await producing
         stored = await until_all_stored(app, users, 800, within=40)
     assert sorted(stored) == sorted(f"AC-{index}" for index in range(800)), "none lost, none doubled"
@@ -689,7 +706,7 @@ async def test_a_backlog_shows_in_healthz_and_a_lost_nats_server_degrades_it(sta
     status, health = await app.api.get("/healthz")
     assert status == 200 and health["status"] == "degraded", "the HTTP path still works"
     assert health["sources"][0]["error"] and health["sources"][0]["unavailableForSeconds"] >= 0
-    own_nats.start()
+    await asyncio.to_thread(own_nats.start)
     await wait_until_async(lambda: source_reports(app, settings, ok=True), 15)
 
 
@@ -764,3 +781,30 @@ def test_the_default_dead_letter_subject_is_outside_the_default_subjects():
         "ingest.nats.url": "nats://bus.internal:4222",
         "ingest.nats.subjects": ["mojavox.events.>", "mojavox.*"]})
     assert settings.ingest.nats.dead_letter_subject == "mojavox.dead.events"
+
+
+@bounded
+async def test_a_batch_slower_than_ack_wait_is_kept_in_progress_not_given_to_another_process(
+        start_app, nats_server):
+    """Two consumers of one durable: the one handling a slow batch tells JetStream it is in
+    progress, so the other is not handed the same message after ack_wait."""
+    settings = stream_settings(nats_server, ack_wait=1)
+    apps = [await start_app(**QUICK, **settings) for _ in range(2)]
+    seen: list[int] = []
+    for app in apps:
+        [source] = app.stream_sources
+        handle = source._intake.handle
+
+        async def slowly(name, entries, handle=handle):
+            seen.extend(entry.deliveries for entry in entries)
+            await asyncio.sleep(2.5)  # longer than ack_wait
+            return await handle(name, entries)
+
+        source._intake.handle = slowly
+    user = new_user()
+    async with Producer(nats_server.url) as producer:
+        await producer.publish(subject_of(settings), payment(user, 1))
+        await until_stored(apps[0], user, 1, within=15)
+    await asyncio.sleep(1.5)
+    assert seen == [1], f"deliveries seen: {seen}"
+    assert await stored_accounts(apps[0], user) == ["AC-1"]

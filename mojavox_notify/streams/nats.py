@@ -3,14 +3,19 @@
 The durable consumer (`ingest.nats.durable`) is shared: each `serve` process, and each worker of
 `serve --workers N`, binds a pull subscription to it, so JetStream spreads the messages between
 them and redelivers, after `ack_wait_seconds`, what a process took and never answered (it died).
-A message is acknowledged only once its notifications are stored. One that could not be stored
-for now is answered `nak` with a delay that doubles with each delivery; when storage is away,
-pulling also waits until storage answers again, so an outage costs a message one delivery, not
-one per retry. An invalid or unhandled event is published to `dead_letter_subject` and then
-terminated (`term`), as is one delivered `max_deliver` times that still fails for its own sake:
-a transient retry (storage away, a rate limit, its id held elsewhere) this process answered is
-not counted, a delivery whose worker died is. Event ids make redeliveries harmless; a message
-whose event has no `id` is known by its stream sequence instead.
+A message is acknowledged only once its notifications are stored. While a batch is handled,
+JetStream is told every third of `ack_wait_seconds` that it is in progress, so a slow batch is
+not delivered to another process meanwhile. When storage is away, the messages it could not
+take are held, unanswered and kept in progress, and tried again once storage answers: an
+outage of any length costs them no delivery. One that failed for another passing cause (a
+rate limit, its id held elsewhere) is answered `nak` with a delay that doubles with each
+delivery, and that delivery is not counted towards `max_deliver` (by this process: one that
+moves to another process is counted there once). One that failed for its own sake, the
+plugin raising on it say, is `nak`ed and counted. An invalid or unhandled event is published
+to `dead_letter_subject` and then terminated (`term`), as is one counted `max_deliver` times,
+and one delivered that often without an answer (an event that kills its worker). What a
+process leaves unanswered when it stops is given back at once (`nak`). Event ids make
+redeliveries harmless; a message whose event has no `id` is known by its stream sequence.
 
 Formats (docs/streams.md): the message body is a `POST /api/events` body; the optional header
 `Mojavox-Tenant` names its tenant. A dead letter keeps the original body byte for byte (it can be
@@ -43,7 +48,7 @@ from nats.js.api import (AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy,
 
 from ..settings import NatsSettings, Settings
 from .intake import StreamIntake
-from .source import (DEAD, STORED, SourceStats, StreamEntry, StreamSource,
+from .source import (DEAD, RETRY, STORED, SourceStats, StreamEntry, StreamSource,
                      StreamUnavailableError, Verdict)
 
 log = logging.getLogger(__name__)
@@ -72,6 +77,8 @@ BACKLOG_SECONDS = 2.0
 PROBE_TIMEOUT_SECONDS = 3.0
 #: Messages whose transient naks a process remembers at most.
 WAITED_LIMIT = 10_000
+#: A batch being handled is reported in progress at most this often (a third of ack_wait).
+PROGRESS_MIN_SECONDS = 0.2
 #: The longest error text a dead letter's header carries.
 ERROR_HEADER_LIMIT = 1000
 
@@ -137,7 +144,7 @@ class NatsSource(StreamSource):
     async def _consume(self) -> None:
         """Set up (again, after an error), then pull until cancelled or NATS fails us."""
         self._ready = False
-        if self._client is None:
+        if self._client is None or self._client.is_closed:
             self._client = await self._connect()
         js = self._js = self._client.jetstream(timeout=API_TIMEOUT_SECONDS)
         await declare_stream(js, self.settings)
@@ -164,8 +171,38 @@ class NatsSource(StreamSource):
                 messages = await subscription.fetch(FETCH_BATCH, timeout=FETCH_WAIT_SECONDS)
             except asyncio.TimeoutError:  # nothing to deliver (nats-py raises either kind)
                 continue
-            if not await self._handle(js, messages):
-                await self._wait_for_storage()
+            async with self._in_progress(messages):
+                held, naked = await self._handle(js, messages)
+                while held:  # storage away: the same messages once it answers, not redelivered
+                    await self._wait_for_storage()
+                    held, more = await self._handle(js, held)
+                    naked = naked or more
+            if naked:
+                await asyncio.sleep(NAK_FIRST_SECONDS)  # what could not be stored comes back
+
+    @contextlib.asynccontextmanager
+    async def _in_progress(self, messages: list[Msg]):
+        """While a batch is handled (and held for storage), JetStream hears every third of
+        ack_wait that its unanswered messages are being worked on; what is still unanswered at
+        the end (stopped, or the connection lost) is given back for a redelivery at once."""
+        keeping = asyncio.get_running_loop().create_task(self._keep_in_progress(messages))
+        try:
+            yield
+        finally:
+            keeping.cancel()
+            for message in messages:
+                if not message.is_acked:
+                    with contextlib.suppress(*NATS_ERRORS):
+                        await message.nak()
+
+    async def _keep_in_progress(self, messages: list[Msg]) -> None:
+        interval = max(PROGRESS_MIN_SECONDS, self.settings.ack_wait_seconds / 3)
+        while True:
+            await asyncio.sleep(interval)
+            for message in messages:
+                if not message.is_acked:
+                    with contextlib.suppress(*NATS_ERRORS):
+                        await message.in_progress()
 
     async def _connect(self) -> Client:
         """Connected, or still trying: nats-py retries the first connection forever too."""
@@ -199,8 +236,9 @@ class NatsSource(StreamSource):
 
     # -- one batch --------------------------------------------------------------------------------
 
-    async def _handle(self, js: JetStreamContext, messages: list[Msg]) -> bool:
-        """Answer each message; False when some could not be stored for now."""
+    async def _handle(self, js: JetStreamContext, messages: list[Msg]) -> tuple[list[Msg], bool]:
+        """Answer each message, but those storage could not take (it is away): those are held,
+        unanswered, and returned; and whether any was answered `nak`."""
         fresh = []
         for message in messages:
             spent = self._own_deliveries(message) - 1
@@ -210,12 +248,17 @@ class NatsSource(StreamSource):
             else:
                 fresh.append(message)
         if not fresh:
-            return True
+            return [], False
         verdicts = await self._intake.handle(self.name, [entry_of(message) for message in fresh])
-        stored = True
+        held, naked = [], False
+        storage_away = not self._intake.storage_answers()
         for message, verdict in zip(fresh, verdicts):
-            stored = await self._answer(js, message, verdict) and stored
-        return stored
+            if verdict.kind == RETRY and verdict.transient and storage_away:
+                held.append(message)
+                self.stats.failed += 1
+            elif not await self._answer(js, message, verdict):
+                naked = True
+        return held, naked
 
     def _own_deliveries(self, message: Msg) -> int:
         """Its deliveries, this one included, less those this process answered with a transient
