@@ -533,7 +533,7 @@ async def test_two_processes_share_the_durable_and_one_killed_mid_stream_loses_a
     run) were stored twice. That looks like the test server's transaction isolation rather than
     this source (which only hands each redelivery to the intake), but it was not proven, and a
     real MongoDB was not tried."""
-    count, per_user = 3000, 50
+    count, per_user = 10_000, 100
     settings = stream_settings(nats_server, max_deliver=10, ack_wait=2)
     shared = {**storage_overrides, **redis_overrides, **QUICK, **nested(settings)}
     (tmp_path / "first").mkdir()
@@ -551,7 +551,7 @@ async def test_two_processes_share_the_durable_and_one_killed_mid_stream_loses_a
             # All at once (faster than two processes consume them), one killed once a sixth
             # reached the sockets: the rest is still to deliver, some of it in its hands.
             await producer.publish_all(subject_of(settings), [
-                payment(users[index % len(users)], index) for index in range(count)])
+                payment(users[index % len(users)], index) for index in range(count)], within=60)
             await wait_until_async(lambda: tally_reached(tally, count // 6), 30)
             first.kill()
             before = await producer.js.consumer_info(settings["ingest.nats.stream"],
@@ -559,7 +559,7 @@ async def test_two_processes_share_the_durable_and_one_killed_mid_stream_loses_a
             assert before.num_pending > 0, "killed mid-stream, not after it"
         await asyncio.sleep(1)
         await asyncio.to_thread(first.start)
-        stored = await until_served_all(second, users, count, within=60)
+        stored = await until_served_all(second, users, count, within=120)
         async with Producer(nats_server.url) as producer:
             assert sorted(stored) == sorted(f"AC-{index}" for index in range(count)), \
                 f"{count - len(set(stored))} lost, {len(stored) - len(set(stored))} doubled, " \
