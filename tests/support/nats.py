@@ -11,13 +11,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from .killable import KillableServer
 from .ports import free_port
 
 # Debian installs nats-server in /usr/sbin, which a user's PATH often lacks.
 SEARCH_PATH = "/usr/local/bin:/usr/bin:/usr/local/sbin:/usr/sbin"
 
 
-class NatsServer:
+class NatsServer(KillableServer):
     def __init__(self, folder: Path, port: int | None = None):
         binary = shutil.which("nats-server") or shutil.which("nats-server", path=SEARCH_PATH)
         if binary is None:
@@ -56,20 +57,3 @@ class NatsServer:
                 return json.loads(response.read()).get("status") == "ok"
         except (OSError, ValueError, urllib.error.URLError):
             return False
-
-    def kill(self) -> None:
-        """SIGKILL: an abrupt loss, like a crashed host (connections reset, nothing flushed)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self.process = None
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        self.process = None

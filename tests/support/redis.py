@@ -8,10 +8,11 @@ import subprocess
 import time
 from pathlib import Path
 
+from .killable import KillableServer
 from .ports import free_port
 
 
-class RedisServer:
+class RedisServer(KillableServer):
     def __init__(self, folder: Path, port: int | None = None, appendonly: bool = False):
         """`appendonly`: every write is in the append-only file before it is answered
         (`appendfsync always`), so a server killed and started again in `folder` has every
@@ -52,20 +53,3 @@ class RedisServer:
                 return connection.recv(16).startswith(b"+PONG")
         except OSError:
             return False
-
-    def kill(self) -> None:
-        """SIGKILL: an abrupt loss, like a crashed host (connections reset, nothing flushed)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self.process = None
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        self.process = None
