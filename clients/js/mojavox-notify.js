@@ -455,8 +455,7 @@ export class NotifyClient {
    * from: otherwise what is created while the socket is down would be missed. */
   async _anchor() {
     try {
-      const page = await this.history({ limit: 1 });
-      if (!this.lastId && page.notifications.length) this.lastId = page.notifications[0].id;
+      await this.history({ limit: 1 }); // (a history page anchors `lastId`)
     } catch (error) {
       this._emit('error', { code: 'anchor_failed', message: String(error && error.message || error) });
     }
@@ -619,9 +618,16 @@ export class NotifyClient {
    * @param {{limit?: number, offset?: number, unreadOnly?: boolean}} [options]
    * @returns {Promise<HistoryPage>}
    */
-  history({ limit = 50, offset = 0, unreadOnly = false } = {}) {
+  async history({ limit = 50, offset = 0, unreadOnly = false } = {}) {
     const query = new URLSearchParams({ limit: String(limit), offset: String(offset), unreadOnly: String(unreadOnly) });
-    return this.request('GET', `/api/notifications?${query}`);
+    const page = await this.request('GET', `/api/notifications?${query}`);
+    // The newest notification is where a reconnection resumes from when nothing has set that
+    // yet: an app that shows its first page before the anchor's own request answers (the
+    // server may be gone by then) misses nothing created while the socket is down.
+    if (!this.lastId && offset === 0 && !unreadOnly && page.notifications && page.notifications.length) {
+      this.lastId = page.notifications[0].id;
+    }
+    return page;
   }
 
   /** @param {string} id @returns {Promise<Notification>} */

@@ -254,6 +254,31 @@ describe('reconnection and resume', () => {
     }
   });
 
+  test("the app's first history page anchors the resume even when the anchor's own request fails", async () => {
+    const proxy = await new FlakyProxy(URL_BASE).listen();
+    try {
+      const user = newUser();
+      const old = await createNotification(user, { title: 'old' });
+      const client = clientFor(user, { url: proxy.url, minDelayMs: 50, maxDelayMs: 100, connectTimeoutMs: 500 });
+      const anchor = client._anchor;
+      client._anchor = async () => {}; // the server went away before the anchor's request answered
+      const received = collect(client, 'notification');
+      await client.connect();
+      client._anchor = anchor;
+      const page = await client.history({ limit: 10 }); // what the page shows first
+      assert.deepEqual(page.notifications.map((n) => n.id), [old.id]);
+      assert.equal(client.lastId, old.id);
+      proxy.refuse = true;
+      proxy.drop();
+      const missed = await createNotification(user, { title: 'missed' });
+      proxy.refuse = false;
+      await until(() => received.length === 1, { what: 'the missed one' });
+      assert.deepEqual(received.map((n) => n.id), [missed.id]);
+    } finally {
+      await proxy.close();
+    }
+  });
+
   test('a ping that gets no answer (a half-open connection) makes it reconnect and resume', async () => {
     const proxy = await new FlakyProxy(URL_BASE).listen();
     try {
