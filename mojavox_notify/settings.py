@@ -12,69 +12,14 @@ import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
-from urllib.parse import urlparse
+from typing import Any, Mapping
 
 import yaml
 
-
-class SettingsError(ValueError):
-    """A settings key is unknown or holds a value that is not allowed."""
-
-    def __init__(self, key: str, problem: str):
-        super().__init__(f"settings: {key}: {problem}")
-        self.key = key
-        self.problem = problem
-
-
-def _between(low: float, high: float) -> Callable[[Any], str | None]:
-    def check(value):
-        return None if low <= value <= high else f"must be between {low} and {high}"
-
-    return check
-
-
-def _one_of(*allowed: str) -> Callable[[Any], str | None]:
-    def check(value):
-        return None if value in allowed else f"must be one of {', '.join(allowed)}"
-
-    return check
-
-
-def _url_with_scheme(*schemes: str) -> Callable[[Any], str | None]:
-    def check(value):
-        if value is None:
-            return None
-        parsed = urlparse(value)
-        if parsed.scheme in schemes and parsed.netloc:
-            return None
-        return f"must be a {' or '.join(s + '://' for s in schemes)} URL"
-
-    return check
-
-
-def _path_prefix(value: str) -> str | None:
-    if value.startswith("/") and not value.startswith("//") and " " not in value:
-        return None
-    return "must be an absolute URL path such as /ws/notifications"
-
-
-def _storage_url(value: str) -> str | None:
-    if value == "embedded" or value.startswith(("mongodb://", "mongodb+srv://")):
-        return None
-    if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
-        return None
-    return "must be 'embedded', a sqlite:///path URL or a mongodb:// URL"
-
-
-def _key_prefix(value: str) -> str | None:
-    if value and len(value) <= 64 and not any(c.isspace() for c in value):
-        return None
-    return "must be 1 to 64 characters without spaces"
-
-
-def _check(check: Callable[[Any], str | None], **kwargs):
-    return field(metadata={"check": check}, **kwargs)
+# (SettingsError is imported from here by its callers too.)
+from .settings_rules import (SettingsError, _between, _check, _key_prefix, _one_of, _path_prefix,
+                             _storage_url, _url_with_scheme)
+from .stream_settings import IngestSettings, check_ingest
 
 
 @dataclass(frozen=True)
@@ -246,74 +191,6 @@ class EscalationTimerSettings:
 
     poll_interval_seconds: float = _check(_between(0.05, 10), default=0.25)
     batch: int = _check(_between(1, 10_000), default=500)
-
-
-def _stream_key(value: str) -> str | None:
-    """A stream, group or consumer name (short enough that `<kind>:<stream>/<entry id>` stays
-    a valid event id of at most 128 characters)."""
-    if value and len(value) <= 64 and not any(c.isspace() for c in value):
-        return None
-    return "must be 1 to 64 characters without spaces"
-
-
-def _nats_subject(value: str) -> str | None:
-    if value and not any(c.isspace() for c in value) and ".." not in value:
-        return None
-    return "must be a NATS subject such as mojavox.dead.events"
-
-
-def _subject_covers(pattern: str, subject: str) -> bool:
-    """NATS subject matching: `*` stands for one token, a final `>` for one or more."""
-    wanted, given = pattern.split("."), subject.split(".")
-    for index, token in enumerate(wanted):
-        if token == ">":
-            return len(given) > index
-        if index >= len(given) or token not in ("*", given[index]):
-            return False
-    return len(given) == len(wanted)
-
-
-@dataclass(frozen=True)
-class RedisStreamSettings:
-    """`ingest.redis_streams[]`: one Redis stream read by a consumer group (streams/redis_streams.py)
-    on the Redis of `redis.url`; each entry's `event` field is a `POST /api/events` body."""
-
-    stream: str = _check(_stream_key, default="mojavox:events")
-    group: str = _check(_stream_key, default="mojavox-notify")
-    batch: int = _check(_between(1, 10_000), default=100)
-    block_ms: int = _check(_between(10, 60_000), default=1000)
-    claim_idle_seconds: float = _check(_between(0.1, 86400), default=30)
-    max_deliveries: int = _check(_between(1, 1000), default=10)
-    dead_letter: str | None = _check(_stream_key, default=None)
-
-    @property
-    def dead_letter_stream(self) -> str:
-        """Where poison entries go: `dead_letter`, else `<stream>:dead`."""
-        return self.dead_letter or f"{self.stream}:dead"
-
-
-@dataclass(frozen=True)
-class NatsSettings:
-    """`ingest.nats`: a NATS JetStream stream read by a durable pull consumer; off while `url`
-    is null."""
-
-    url: str | None = _check(_url_with_scheme("nats", "tls"), default=None)
-    stream: str = _check(_stream_key, default="MOJAVOX")
-    subjects: tuple[str, ...] = ("mojavox.events.>",)
-    durable: str = _check(_stream_key, default="mojavox-notify")
-    max_deliver: int = _check(_between(1, 1000), default=10)
-    ack_wait_seconds: float = _check(_between(1, 86400), default=30)
-    # Not under mojavox.events.>: a dead letter must not land in the stream it came from.
-    dead_letter_subject: str = _check(_nats_subject, default="mojavox.dead.events")
-
-
-@dataclass(frozen=True)
-class IngestSettings:
-    """Durable streams the server consumes events from, besides `POST /api/events`
-    (docs/streams.md)."""
-
-    redis_streams: tuple[RedisStreamSettings, ...] = ()
-    nats: NatsSettings = field(default_factory=NatsSettings)
 
 
 @dataclass(frozen=True)
@@ -627,44 +504,8 @@ def _check_combinations(settings: Settings) -> None:
             raise SettingsError(f"push.{share}", f"must be less than push.concurrency "
                                 f"({push.concurrency}), so that one push service or one user "
                                 "never takes every send")
-    _check_ingest(settings)
+    check_ingest(settings.ingest, settings.redis.url)
     if settings.plugins.enabled and settings.plugins.disabled:
         overlap = set(settings.plugins.enabled) & set(settings.plugins.disabled)
         if overlap:
             raise SettingsError("plugins.disabled", f"lists {sorted(overlap)[0]}, which is also enabled")
-
-
-def _check_ingest(settings: Settings) -> None:
-    """Redis streams are read on the Redis of `redis.url`, each listed once, and no dead letter
-    is a stream that is read (a poison entry would come round again)."""
-    streams = settings.ingest.redis_streams
-    if streams and not settings.redis.url:
-        raise SettingsError("ingest.redis_streams", "needs redis.url (REDIS_URL): the streams "
-                            "are read on that Redis")
-    seen: set[str] = set()
-    for index, stream in enumerate(streams):
-        if stream.stream in seen:
-            raise SettingsError(f"ingest.redis_streams.{index}.stream",
-                                f"{stream.stream} is listed twice")
-        seen.add(stream.stream)
-    for index, stream in enumerate(streams):
-        if stream.dead_letter_stream in seen:
-            raise SettingsError(f"ingest.redis_streams.{index}.dead_letter",
-                                f"{stream.dead_letter_stream} is a stream that is read; a dead "
-                                "letter must be a stream of its own")
-    nats = settings.ingest.nats
-    if nats.url is not None and not nats.subjects:
-        raise SettingsError("ingest.nats.subjects", "must name at least one subject")
-    if {"*", ">"} & set(nats.dead_letter_subject.split(".")):
-        raise SettingsError("ingest.nats.dead_letter_subject",
-                            f"{nats.dead_letter_subject} has a wildcard: dead letters are "
-                            "published to it, so it must be one literal subject")
-    for subject in nats.subjects:
-        problem = _nats_subject(subject)
-        if problem:
-            raise SettingsError("ingest.nats.subjects", f"{subject!r} {problem}")
-        if _subject_covers(subject, nats.dead_letter_subject):
-            # The source would consume its own dead letters (and dead-letter them again).
-            raise SettingsError("ingest.nats.dead_letter_subject",
-                                f"{nats.dead_letter_subject} is covered by the stream's subject "
-                                f"{subject}: dead letters would be read again")

@@ -46,7 +46,8 @@ from nats.js import JetStreamContext
 from nats.js.api import (AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy, RetentionPolicy,
                          StreamConfig)
 
-from ..settings import NatsSettings, Settings
+from ..settings import Settings
+from ..stream_settings import NatsSettings
 from .intake import StreamIntake
 from .source import (DEAD, RETRY, STORED, SourceStats, StreamEntry, StreamSource,
                      StreamUnavailableError, Verdict)

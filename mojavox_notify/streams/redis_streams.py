@@ -26,7 +26,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from ..redis_link import REDIS_ERRORS, redacted
-from ..settings import RedisSettings, RedisStreamSettings, Settings
+from ..settings import RedisSettings, Settings
+from ..stream_settings import RedisStreamSettings
 from .intake import StreamIntake
 from .source import (DEAD, RETRY, STORED, SourceStats, StreamEntry, StreamSource,
                      StreamUnavailableError, Verdict)
