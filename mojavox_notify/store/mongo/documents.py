@@ -15,6 +15,10 @@ from .. import UserState
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
+#: MongoDB's error code for a write that broke a unique index.
+DUPLICATE_KEY = 11000
+
+
 class Collections(Protocol):
     """The engine's collections, as `MongoStore` holds them (`states` is `user_state`,
     `preferences` is `channel_settings`, `memberships` is `topic_members`); what insertion.py

@@ -12,10 +12,9 @@ from pymongo import ASCENDING, DESCENDING, InsertOne, UpdateMany
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from .. import Created, DueShare, EscalationChange, Insertion, push_flags
-from .documents import Collections, to_ms
+from .documents import DUPLICATE_KEY, Collections, to_ms
 from .insertion import _insert_live
 
-DUPLICATE_KEY = 11000
 
 
 def _stored_form(document: dict[str, Any]) -> dict[str, Any]:

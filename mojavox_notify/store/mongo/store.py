@@ -13,8 +13,8 @@ from collections import Counter, defaultdict
 from datetime import datetime, timedelta
 from typing import Any, Iterable, Sequence
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument, UpdateOne
-from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from ...coalesce import Coalescer
 from ...errors import NotFoundError
@@ -23,9 +23,9 @@ from ...model import NEVER, PRIORITIES, ChannelPreference, Draft, PushSubscripti
 from ...settings import MongoSettings
 from ...tenants import DEFAULT, EVERYONE
 from .. import (ClaimLostError, Created, DueShare, EscalationChange, EventClaim, InsertGroup,
-                Insertion, NotificationStore, PushJob, TopicFullError, UserState, push_flags)
+                Insertion, NotificationStore, PushJob, UserState, push_flags)
 from .documents import EPOCH, NEVER_MS, _state, to_ms
-from . import escalations
+from . import claims, escalations, topics
 from .insertion import store_batch
 from .schema import (SCHEMA_VERSION, _adopt_earlier_claims, _check_transactions,
                      _create_collections, _drop_retired_indexes, _rebuild_states)
@@ -34,7 +34,6 @@ from .transactions import _storage_errors, _unhurried, in_turn
 log = logging.getLogger(__name__)
 
 CLEANUP_CHUNK = 5000
-DUPLICATE_KEY = 11000
 #: Drafts (of every insertion queued meanwhile) stored in one transaction at most.
 BATCH_DRAFTS = 2000
 PROCESS = f"{socket.gethostname()}:{os.getpid()}"  # this process's heartbeat document
@@ -351,28 +350,7 @@ class MongoStore(NotificationStore):
     async def update_topic(self, topic: str, add: list[str], remove: list[str],
                            max_members: int) -> int:
         return await self._transaction(functools.partial(
-            self._update_members, topic, add, remove, max_members))
-
-    async def _update_members(self, topic: str, add: list[str], remove: list[str],
-                              max_members: int, session) -> int:
-        """Members added (upserts: those already in are left as they are), then removed, then
-        counted; TopicFullError, which aborts the transaction, when that grew the topic past
-        `max_members` (one already past it, the limit since lowered, may still lose members)."""
-        added = removed = 0
-        if add:
-            result = await self.memberships.bulk_write([
-                UpdateOne({"topic": topic, "member": member},
-                          {"$setOnInsert": {"topic": topic, "member": member}}, upsert=True)
-                for member in dict.fromkeys(add)], session=session)
-            added = result.upserted_count
-        if remove:
-            result = await self.memberships.delete_many(
-                {"topic": topic, "member": {"$in": list(dict.fromkeys(remove))}}, session=session)
-            removed = result.deleted_count
-        size = await self.memberships.count_documents({"topic": topic}, session=session)
-        if size > max_members and added > removed:
-            raise TopicFullError(size, max_members)
-        return size
+            topics.update_members, self, topic, add, remove, max_members))
 
     @_storage_errors
     async def topic_members(self, topic: str, limit: int, after: str | None = None) -> list[str]:
@@ -563,48 +541,12 @@ class MongoStore(NotificationStore):
 
     @_storage_errors
     async def claim_event(self, key: str, fingerprint: str, owner: str) -> dict[str, Any] | None:
-        while True:
-            try:
-                await self.events.insert_one({"_id": key, "type": fingerprint, "state": "pending",
-                                              "owner": owner, "notifications": [],
-                                              "created_at": utcnow()})
-                return None
-            except DuplicateKeyError:
-                record = await self.events.find_one({"_id": key})
-            if record is not None:
-                return record
+        return await claims.claim_event(self, key, fingerprint, owner)
 
     @_storage_errors
-    async def claim_events(self, claims: Sequence[tuple[str, str, str]]
+    async def claim_events(self, wanted: Sequence[tuple[str, str, str]]
                            ) -> list[dict[str, Any] | None]:
-        """One unordered insert of every claim; the keys it found taken are read back at once."""
-        if not claims:
-            return []
-        now = utcnow()
-        taken: set[str] = set()
-        try:
-            await self.events.insert_many(
-                [{"_id": key, "type": fingerprint, "state": "pending", "owner": owner,
-                  "notifications": [], "created_at": now} for key, fingerprint, owner in claims],
-                ordered=False)
-        except BulkWriteError as error:
-            failures = error.details.get("writeErrors", [])
-            if any(failure.get("code") != DUPLICATE_KEY for failure in failures):
-                raise
-            taken = {claims[failure["index"]][0] for failure in failures}
-        if not taken:
-            return [None] * len(claims)
-        found = {record["_id"]: record async for record in self.events.find(
-            {"_id": {"$in": sorted(taken)}})}
-        earlier: list[dict[str, Any] | None] = []
-        for key, fingerprint, owner in claims:
-            if key not in taken:
-                earlier.append(None)
-            elif key in found:
-                earlier.append(found[key])
-            else:  # released meanwhile: claim it alone
-                earlier.append(await self.claim_event(key, fingerprint, owner))
-        return earlier
+        return await claims.claim_events(self, wanted)
 
     @_storage_errors
     async def take_over_event(self, key: str, stale_owner: str | None, owner: str) -> bool:
