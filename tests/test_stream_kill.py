@@ -21,7 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from .support.servers import ServeProcess
-from .support.sockets import Socket
+from .support.sockets import SocketTally
 from .support.tokens import new_user, token
 
 EVENTS = 10_000
@@ -38,20 +38,6 @@ def payment(user: str, event_id: str) -> str:
 async def group_state(producer, stream: str) -> dict:
     groups = await producer.xinfo_groups(stream)
     return groups[0] if groups else {"entries-read": 0, "lag": None, "pending": None}
-
-
-async def collect(socket: Socket, into: list[str], sentinel: asyncio.Event) -> None:
-    """Every notification id the socket receives, in order, until the sentinel's arrives."""
-    while True:
-        frame = await socket.receive(timeout=120)
-        if frame is None:
-            return
-        if frame["type"] != "notification":
-            continue
-        if frame["payload"]["title"] == "sentinel":
-            sentinel.set()
-            return
-        into.append(frame["payload"]["id"])
 
 
 @pytest.mark.timeout(150)
@@ -75,13 +61,9 @@ async def test_ten_thousand_events_with_one_of_two_consumers_killed_are_each_del
         place = SimpleNamespace(port=survivor.port,
                                 settings=SimpleNamespace(server=SimpleNamespace(
                                     ws_path="/ws/notifications")))
-        sockets = [await Socket.open(place, token(user)) for user in users]
-        for socket in sockets:
-            await socket.expect("connected")
-        received = {user: [] for user in users}
-        sentinels = {user: asyncio.Event() for user in users}
-        readers = [asyncio.create_task(collect(socket, received[user], sentinels[user]))
-                   for user, socket in zip(users, sockets)]
+        tally = SocketTally()  # every notification id each user's socket receives
+        await tally.open(place, users)
+        received = tally.seen
 
         # All 10,000 at once (faster than two consumers read them), the victim killed once
         # the group has read KILL_AFTER: the rest is still to read, some of it in its hands.
@@ -116,7 +98,7 @@ async def test_ten_thousand_events_with_one_of_two_consumers_killed_are_each_del
                  "message": "end"})
             assert status == 201, body
         async with asyncio.timeout(30):
-            await asyncio.gather(*(sentinel.wait() for sentinel in sentinels.values()))
+            await asyncio.gather(*(sentinel.wait() for sentinel in tally.sentinels.values()))
 
         assert await producer.xlen(f"{stream}:dead") == 0, "nothing was given up"
         with sqlite3.connect(tmp_path / "notify.db") as connection:
@@ -130,10 +112,7 @@ async def test_ten_thousand_events_with_one_of_two_consumers_killed_are_each_del
             stored = {notification_id for _, owner, notification_id in rows if owner == user}
             assert len(received[user]) == len(set(received[user])), f"{user}: doubled on the socket"
             assert set(received[user]) == stored, f"{user}: the socket got what is stored"
-        for reader in readers:
-            reader.cancel()
-        for socket in sockets:
-            socket.close()
+        tally.close()
     finally:
         await producer.aclose()
         survivor.stop()

@@ -30,7 +30,7 @@ from mojavox_notify.streams.nats import (DELIVERIES_HEADER, ERROR_HEADER, SEQUEN
 from .support.api import notifications_of
 from .support.ports import free_port
 from .support.servers import Deployment, ServeProcess
-from .support.sockets import Socket
+from .support.sockets import Socket, SocketTally
 from .support.tokens import new_user, token
 from .test_idempotency_faults import StalledWrite
 
@@ -487,43 +487,6 @@ def nested(settings: dict) -> dict:
     return {"ingest": {"nats": {key.rsplit(".", 1)[1]: value for key, value in settings.items()}}}
 
 
-class SocketTally:
-    """Sockets of `users` on one server, keeping the accountId of every notification each one
-    receives, until the user's sentinel (a notification titled `sentinel`) arrives."""
-
-    def __init__(self) -> None:
-        self.seen: dict[str, list[str]] = {}
-        self.sentinels: dict[str, asyncio.Event] = {}
-        self._readers: list[asyncio.Task] = []
-
-    async def open(self, server, users: list[str]) -> None:
-        for user in users:
-            socket = await Socket.open(server, token(user))
-            await socket.expect("connected")
-            self.seen[user] = []
-            self.sentinels[user] = asyncio.Event()
-            self._readers.append(asyncio.ensure_future(self._read(user, socket)))
-
-    async def _read(self, user: str, socket: Socket) -> None:
-        while True:
-            frame = await socket.receive(timeout=120)
-            if frame is None:
-                return
-            if frame["type"] != "notification":
-                continue
-            if frame["payload"]["title"] == "sentinel":
-                self.sentinels[user].set()
-            else:
-                self.seen[user].append(frame["payload"]["data"]["accountId"])
-
-    def accounts(self) -> list[str]:
-        return [account for accounts in self.seen.values() for account in accounts]
-
-    def close(self) -> None:
-        for reader in self._readers:
-            reader.cancel()
-
-
 @pytest.mark.timeout(90)
 async def test_two_processes_share_the_durable_and_one_killed_mid_stream_loses_and_doubles_nothing(
         tmp_path, nats_server, redis_overrides, storage_overrides):
@@ -541,7 +504,7 @@ async def test_two_processes_share_the_durable_and_one_killed_mid_stream_loses_a
     first = ServeProcess(tmp_path / "first", **shared)
     second = ServeProcess(tmp_path / "second", **shared)
     users = [new_user() for _ in range(count // per_user)]
-    tally = SocketTally()
+    tally = SocketTally(lambda payload: payload["data"]["accountId"])
     try:
         await asyncio.to_thread(first.start)
         await asyncio.to_thread(second.start)

@@ -120,3 +120,46 @@ async def raw_websocket(app, user) -> tuple[asyncio.StreamReader, asyncio.Stream
     status = await reader.readline()
     assert b"101" in status
     return reader, writer
+
+
+class SocketTally:
+    """Sockets of `users` on one server, keeping `key(payload)` of every notification each one
+    receives (the kill tests' count of what reached the sockets), until the user's sentinel
+    (a notification titled `sentinel`) arrives."""
+
+    def __init__(self, key=lambda payload: payload["id"]) -> None:
+        self.key = key
+        self.seen: dict[str, list[str]] = {}
+        self.sentinels: dict[str, asyncio.Event] = {}
+        self._readers: list[asyncio.Task] = []
+        self._sockets: list[Socket] = []
+
+    async def open(self, server, users: list[str]) -> None:
+        for user in users:
+            connection = await Socket.open(server, token(user))
+            await connection.expect("connected")
+            self._sockets.append(connection)
+            self.seen[user] = []
+            self.sentinels[user] = asyncio.Event()
+            self._readers.append(asyncio.ensure_future(self._read(user, connection)))
+
+    async def _read(self, user: str, connection: Socket) -> None:
+        while True:
+            frame = await connection.receive(timeout=120)
+            if frame is None:
+                return
+            if frame["type"] != "notification":
+                continue
+            if frame["payload"]["title"] == "sentinel":
+                self.sentinels[user].set()
+            else:
+                self.seen[user].append(self.key(frame["payload"]))
+
+    def accounts(self) -> list[str]:
+        return [value for values in self.seen.values() for value in values]
+
+    def close(self) -> None:
+        for reader in self._readers:
+            reader.cancel()
+        for connection in self._sockets:
+            connection.close()
