@@ -191,6 +191,7 @@ class EscalationTimerSettings:
 
     poll_interval_seconds: float = _check(_between(0.05, 10), default=0.25)
     batch: int = _check(_between(1, 10_000), default=500)
+    lookahead_seconds: float = _check(_between(0, 30), default=2.0)
 
 
 @dataclass(frozen=True)

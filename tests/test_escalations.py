@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime, timezone
 
 import pytest
 
@@ -370,7 +371,8 @@ async def test_an_acknowledgement_stored_while_a_step_is_being_taken_on_wins_and
     """The race, forced: a timer reads the due escalation, then the acknowledgement is stored
     before the timer's change: the step's compare-and-set fails and nobody new is told."""
     first, backup = new_user("supervisor"), new_user("backup")
-    app = await start_app(**policy((0.5 * STEP_SECONDS, {"users": [backup]})))
+    app = await start_app(**policy((0.5 * STEP_SECONDS, {"users": [backup]})),
+                          **{"escalation_timers.lookahead_seconds": 0})  # read when due
     notification_id = await escalate(app, first, "call-11")
     store, read_due = app.store, app.store.due_escalations
     acknowledged = asyncio.Event()
@@ -392,6 +394,51 @@ async def test_an_acknowledgement_stored_while_a_step_is_being_taken_on_wins_and
     assert page["notifications"] == []
     status, mine = await app.api.get(f"/api/notifications/{notification_id}", token(first))
     assert mine["escalation"]["state"] == "acknowledged" and mine["escalation"]["step"] == 0
+
+
+@both_engines
+@bounded
+async def test_a_step_prepared_ahead_then_acknowledged_is_not_sent(start_app):
+    """The timers read and prepare a step before it is due (lookahead); an acknowledgement
+    stored after that and before the due time wins: the prepared step is refused then."""
+    first, backup = new_user("supervisor"), new_user("backup")
+    app = await start_app(**policy((STEP_SECONDS, {"users": [backup]})),
+                          **{"escalation_timers.lookahead_seconds": 5})
+    notification_id = await escalate(app, first, "call-12")
+    status, mine = await app.api.get(f"/api/notifications/{notification_id}", token(first))
+    escalation_id = mine["escalation"]["id"]
+    timers = app.escalation_timers
+    while escalation_id not in timers._held:  # prepared, held until due
+        await asyncio.sleep(0.01)
+    status, _ = await app.api.post(f"/api/notifications/{notification_id}/ack", token(first))
+    assert status == 200
+    await asyncio.sleep(STEP_SECONDS + 0.3)  # past the due time
+    assert escalation_id not in timers._held  # tried at its time, and refused
+    status, page = await app.api.get("/api/notifications", token(backup))
+    assert page["notifications"] == []
+    status, detail = await app.api.get(f"/api/escalations/{escalation_id}", token(first))
+    assert detail["escalation"]["state"] == "acknowledged" and detail["escalation"]["step"] == 0
+    assert "escalated" not in [line["event"] for line in detail["timeline"]]
+
+
+@both_engines
+@bounded
+async def test_a_step_prepared_ahead_is_sent_at_its_time_not_before(start_app):
+    first, backup = new_user("supervisor"), new_user("backup")
+    app = await start_app(**policy((STEP_SECONDS, {"users": [backup]})),
+                          **{"escalation_timers.lookahead_seconds": 5})
+    backup_socket = await connected(app, backup)
+    notification_id = await escalate(app, first, "call-13")
+    status, mine = await app.api.get(f"/api/notifications/{notification_id}", token(first))
+    created = datetime.fromisoformat(mine["escalation"]["createdAt"].replace("Z", "+00:00"))
+    while mine["escalation"]["id"] not in app.escalation_timers._held:
+        await asyncio.sleep(0.01)
+    step = (await backup_socket.expect("notification", timeout=4))["payload"]
+    arrived = datetime.now(timezone.utc)
+    sent = datetime.fromisoformat(step["timestamp"].replace("Z", "+00:00"))
+    assert (sent - created).total_seconds() >= STEP_SECONDS  # stored no earlier than due
+    assert (arrived - created).total_seconds() < STEP_SECONDS + 0.5
+    assert step["escalation"]["step"] == 1
 
 
 @pytest.mark.parametrize("escalations, named", [

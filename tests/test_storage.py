@@ -14,6 +14,8 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 from bson import ObjectId
@@ -28,6 +30,7 @@ from mojavox_notify.store.importer import IMPORTED_MARKER
 from mojavox_notify.store.mongo import MongoStore
 from mojavox_notify.store.nx27017 import Nx27017Child
 from mojavox_notify.store.sqlite import CHECKPOINT_DELAY_SECONDS, SCHEMA_VERSION
+from mojavox_notify.store.sqlite.execution import transaction
 
 from .support.api import notifications_of, post_event
 from .support.engines import both_engines
@@ -636,6 +639,37 @@ async def test_a_small_insertion_gives_up_when_another_process_keeps_the_write_t
         # out); either way the next one gets the next number.
         later = (await store.insert_many(_drafts(user, 1)))[0].document["seq"]
         assert [d["seq"] for d in await store.after(user, 0, 10)] == list(range(1, later + 1))
+
+
+@bounded
+async def test_a_create_waiting_for_the_turn_goes_between_the_parts_of_a_bulk_write(make_settings):
+    """A bulk write (the escalation timers' batches) gives way between two of its parts to a
+    write of this process waiting for the turn, instead of holding it for the whole batch."""
+    async with embedded_store(make_settings) as store:
+        user = new_user()
+        await store.insert_many(_drafts(user, 1))
+        happened: list = []
+        begun = threading.Event()
+
+        def bulk(connection, way):
+            for part in range(40):
+                if part and way.wanted():
+                    happened.append("gave way")
+                    way.give_way()
+                with transaction(connection):
+                    connection.execute("DELETE FROM heartbeat WHERE 0")
+                    time.sleep(0.01)  # a part's work
+                happened.append(part)
+                begun.set()
+
+        writing = asyncio.ensure_future(store._execution.bulk(bulk))
+        await asyncio.get_running_loop().run_in_executor(None, begun.wait)
+        [created] = await store.insert_many(_drafts(user, 1))
+        happened.append("created")
+        await writing
+        assert created.document["seq"] == 2
+        assert "gave way" in happened
+        assert happened.index("created") < happened.index(20), happened
 
 
 @contextlib.contextmanager

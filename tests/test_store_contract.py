@@ -794,6 +794,38 @@ async def test_a_steps_notifications_and_lines_are_stored_with_its_change_or_not
 
 
 @bounded
+async def test_a_batch_giving_way_stores_each_change_with_its_own_across_its_parts(open_store):
+    """The timers' batches (`giving_way`): the SQLite engine commits them in parts of 25, so
+    a create may go between two; each change still wins or loses with all that is its own."""
+    from mojavox_notify.escalations import record
+    from mojavox_notify.escalations.policy import Action
+    store = await open_store()
+    documents = [(await store.open_escalation(
+        _escalation(tenants.key(tenants.DEFAULT, f"call:batch-{index}"))))[0] for index in range(60)]
+    taken = record.acknowledged(documents[37], "bob", 1_900_000)  # in the second part: it wins
+    assert await changed(store, (taken, documents[37]["version"])) == [True]
+    manager = new_user("manager")
+    requests = []
+    for document in documents:
+        step = record.step_started(document, Action(0, 1), 2_000_000)
+        requests.append(EscalationChange(
+            step, document["version"], push=[False],
+            drafts=[draft(manager, "critical", type="call_escalation",
+                          escalation=record.notification_part(step, 1, 0))],
+            events=[{"escalation_id": step["_id"], "at": 2_000_000, "event": "escalated",
+                     "step": 1}]))
+    results = await store.change_escalations(requests, giving_way=True)
+    assert [index for index, result in enumerate(results) if result is None] == [37]
+    assert [r.state.seq for result in results if result for r in result] == list(range(1, 60))
+    page, total = await store.list(manager, 100, 0, False)
+    assert total == 59 and {n["escalation"]["id"] for n in page} == {
+        d["_id"] for index, d in enumerate(documents) if index != 37}
+    assert (await store.escalation(documents[37]["_id"]))["state"] == "acknowledged"
+    assert await store.escalation_events(documents[37]["_id"]) == []
+    assert [e["event"] for e in await store.escalation_events(documents[59]["_id"])] == ["escalated"]
+
+
+@bounded
 async def test_several_event_ids_are_claimed_in_one_call_and_taken_ones_answer_with_their_record(
         open_store):
     store = await open_store()

@@ -7,20 +7,30 @@ step and sends it, the other's change is refused with its notifications and it m
 acknowledgement stored first makes the step's change fail the same way, so no further step is
 sent after it; a process killed before the step's transaction commits leaves it due, and one
 killed after has stored all of it.
+
+Steps are read and prepared up to `escalation_timers.lookahead_seconds` before they come due
+(their targets, recipients and settings read, their notifications made), held in memory, and
+stored when the last of their round is due, never earlier: 10,000 steps coming due in one
+second then cost only their transactions and their sending at that second. What is held is
+only a plan; the stored document decides (a step acknowledged meanwhile is refused at its
+compare-and-set), and a process that dies loses nothing stored.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import heapq
+import itertools
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from .. import tenants
 from ..errors import StorageUnavailableError
-from ..model import Draft, utcnow
+from ..model import Draft
 from ..plugins import Plugins
 from ..service import Prepared
 from ..settings import EscalationTimerSettings
@@ -33,7 +43,8 @@ from .service import EscalationService, now_ms
 
 log = logging.getLogger(__name__)
 
-#: Rounds whose stored steps are being published at once (run()).
+#: Store calls under way at once, and rounds whose stored steps are being published at once.
+MAX_STORING = 2
 MAX_PUBLISHING = 2
 #: Changes and notifications published at a time, between which requests are served.
 PUBLISH_SLICE = 50
@@ -44,22 +55,86 @@ STORAGE_RETRY_SECONDS = 1.0
 #: Under `serve --workers N` each worker fires its share of the due steps (store.DueShare);
 #: a step this late is anyone's (its worker died or fell behind).
 SHARE_TAKEOVER_MS = 1000
+#: A round's steps come due within this span: it is stored when its last one is due, so none
+#: fires before its time and none waits longer than this for the others.
+ROUND_SPAN_MS = 20
+#: Escalations prepared at a time (the event loop serves requests between two rounds).
+ROUND_SIZE = 100
+#: Escalations held prepared ahead at most (memory: a few kilobytes each).
+MAX_HELD = 20_000
+#: A step this late that no round holds is looked for from the earliest due again (another
+#: worker's share it took over, or one refused while it was still due).
+OVERDUE_MS = SHARE_TAKEOVER_MS
 
 
 @dataclass
 class _Round:
-    """A batch of due escalations read and prepared (`EscalationTimers._take`), to store."""
+    """Due escalations read and prepared (`EscalationTimers._take`), to store once the last of
+    them is due (`fire_at`); what depends on the moment it is stored is set then (_requests)."""
 
-    now: int
     changes: list[tuple[dict[str, Any], dict[str, Any]]]  # (as read, as changed)
     told: list[dict[str, Any]]  # the changes clients see
     recipients: dict[str, list[dict[str, Any]]]
     shown: dict[str, dict[str, Any]]
     prepared: Prepared
     of_escalation: dict[str, list[int]]  # escalation id -> its drafts among prepared.wanted
-    requests: list[EscalationChange]
-    created_at: datetime
-    last: tuple[int, str]  # (due_at, id) of the last one read
+    fire_at: int
+
+    @property
+    def ids(self) -> list[str]:
+        return [changed["_id"] for _, changed in self.changes]
+
+
+class _Held:
+    """The rounds prepared ahead, earliest `fire_at` first, and the escalations they hold (a
+    scan skips those: they are prepared already)."""
+
+    def __init__(self):
+        self._heap: list[tuple[int, int, _Round]] = []
+        self._order = itertools.count()
+        self._ids: set[str] = set()
+        self._changed = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, escalation_id: str) -> bool:
+        return escalation_id in self._ids
+
+    def add(self, rounds: list[_Round]) -> None:
+        for taken in rounds:
+            heapq.heappush(self._heap, (taken.fire_at, next(self._order), taken))
+            self._ids.update(taken.ids)
+        if rounds:
+            self._changed.set()
+
+    def release(self, rounds: list[_Round]) -> None:
+        for taken in rounds:
+            self._ids.difference_update(taken.ids)
+
+    def late(self, before_ms: int) -> bool:
+        """Whether a round due before `before_ms` is still waiting to be stored."""
+        return bool(self._heap) and self._heap[0][0] < before_ms
+
+    async def due(self, limit: int) -> list[_Round]:
+        """Once the earliest round is due: the rounds due now, at most `limit` escalations
+        (and at least one round)."""
+        while True:
+            now = now_ms()
+            if self._heap and self._heap[0][0] <= now:
+                rounds, count = [], 0
+                while self._heap and self._heap[0][0] <= now and (
+                        not rounds or count + len(self._heap[0][2].changes) <= limit):
+                    taken = heapq.heappop(self._heap)[2]
+                    rounds.append(taken)
+                    count += len(taken.changes)
+                return rounds
+            self._changed.clear()
+            try:
+                async with asyncio.timeout((self._heap[0][0] - now) / 1000 if self._heap else None):
+                    await self._changed.wait()
+            except TimeoutError:
+                pass
 
 
 class EscalationTimers:
@@ -77,68 +152,103 @@ class EscalationTimers:
         self.plugins = plugins
         self._poll_ms = int(settings.poll_interval_seconds * 1000)
         self._batch = settings.batch
+        self._lookahead_ms = int(settings.lookahead_seconds * 1000)
+        self._held = _Held()
+        self._ahead: tuple[int, str] | None = None  # how far the scan ahead has read
         self._wake = asyncio.Event()
         self._next_wake: int | None = None
         self._publishing: set[asyncio.Task] = set()
-        self._storing: asyncio.Task | None = None
         escalations.on_scheduled = self.wake_at
 
     def wake_at(self, due_ms: int) -> None:
-        """Something is due at `due_ms` (epoch ms): look then, not only at the next poll."""
-        if self._next_wake is None or due_ms < self._next_wake:
-            self._next_wake = due_ms
+        """Something is due at `due_ms` (epoch ms): look for it then (and `lookahead` before),
+        not only at the next poll."""
+        if self._ahead is not None and due_ms <= self._ahead[0]:
+            self._ahead = None  # due before where the scan ahead stands: it reads again
+        wake = due_ms - self._lookahead_ms
+        if self._next_wake is None or wake < self._next_wake:
+            self._next_wake = wake
             self._wake.set()
 
     async def run(self) -> None:
-        """Fire what is due, then wait for the next poll or the next due time known here (a
-        supervised task: a failure is logged and the task restarted). While one round's
-        changes are being stored, the next round is read and prepared, and stored rounds are
-        published while later ones go on (at most MAX_PUBLISHING at once): the storage's
-        threads and the event loop work at the same time."""
+        """Two tasks (supervised: a failure is logged and both restarted): one reads and
+        prepares what comes due, the other stores each round once it is due and has it
+        published (at most MAX_PUBLISHING rounds at once): the storage's threads and the event
+        loop work at the same time."""
         try:
-            await self._rounds()
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._preparing())
+                group.create_task(self._firing())
         finally:  # stopped (or failed): what is stored reaches the sockets that resync
-            pending = list(self._publishing) + ([self._storing] if self._storing else [])
+            pending = list(self._publishing)
             for task in pending:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=PUBLISH_CANCEL_SECONDS)
 
-    async def _rounds(self) -> None:
-        """A scan over what is due, a batch at a time in due order, each batch read after the
-        previous one (not again from the start while that one is being stored); a scan ends
-        with a batch that is not full, and the next begins from the earliest due again (what
-        another process changed first is looked at once more there)."""
-        after: tuple[int, str] | None = None
+    async def _preparing(self) -> None:
+        """Each poll (or wake): the scan ahead onwards from where it stopped, to `lookahead`
+        from now, then the steps overdue by OVERDUE_MS that no round holds (another worker's
+        share taken over, one refused while it was still due), unless the held rounds are that
+        late themselves (their storing is behind, not the scan)."""
         while True:
             try:
-                taken = await self._take(now_ms(), after)
-                await self._stored()  # the previous batch's transaction
+                await self._scan(ahead=True)
+                if not self._held.late(now_ms() - OVERDUE_MS):
+                    await self._scan(ahead=False)
             except StorageUnavailableError as error:
                 # Nothing of a step is stored unless all of it is: what failed stays due, for
                 # the next scan or another process.
                 log.warning("escalation timers: storage failed (%s); trying again in %g s",
                             error.message, STORAGE_RETRY_SECONDS)
+                self._ahead = None
                 await asyncio.sleep(STORAGE_RETRY_SECONDS)
-                after = None
                 continue
-            if taken is not None:
-                self._storing = asyncio.get_running_loop().create_task(self._store(taken))
-            if taken is not None and len(taken.changes) >= self._batch:
-                after = taken.last
-                continue  # more are due right now
-            after = None
-            try:
-                await self._stored()  # the scan is over: all of it stored before the next
-            except StorageUnavailableError as error:
-                log.warning("escalation timers: storage failed (%s)", error.message)
             await self._pause()
 
-    async def _stored(self) -> None:
-        """Wait for the batch being stored, if any (its failure raised here)."""
-        storing, self._storing = self._storing, None
-        if storing is not None:
-            await storing
+    async def _scan(self, ahead: bool) -> None:
+        """Due escalations a batch at a time in due order, each batch read after the previous
+        one, until a batch is not full (or MAX_HELD are held)."""
+        after = self._ahead if ahead else None
+        while len(self._held) < MAX_HELD:
+            now = now_ms()
+            rounds, last, full = await self._take(
+                now, now + self._lookahead_ms if ahead else now - OVERDUE_MS, after)
+            self._held.add(rounds)
+            if last is not None:
+                after = last
+                if ahead:
+                    self._ahead = last
+            if not full:
+                return
+
+    async def _firing(self) -> None:
+        """Each round stored once due, up to MAX_STORING store calls at once: the next one is
+        handed to the storage while the last one's results are being published."""
+        storing: set[asyncio.Task] = set()
+        try:
+            while True:
+                while len(storing) >= MAX_STORING:
+                    await asyncio.wait(storing, return_when=asyncio.FIRST_COMPLETED)
+                rounds = await self._held.due(self._batch)
+                task = asyncio.get_running_loop().create_task(self._fire(rounds))
+                storing.add(task)
+                task.add_done_callback(storing.discard)
+        finally:
+            for task in storing:
+                task.cancel()
+            if storing:
+                await asyncio.wait(storing)
+
+    async def _fire(self, rounds: list[_Round]) -> None:
+        try:
+            await self._store(rounds)
+        except StorageUnavailableError as error:
+            log.warning("escalation timers: storage failed (%s)", error.message)
+            self._ahead = None  # they are still due: read and prepared again
+            await asyncio.sleep(STORAGE_RETRY_SECONDS)
+        finally:
+            self._held.release(rounds)
 
     async def _pause(self) -> None:
         now = now_ms()
@@ -157,22 +267,42 @@ class EscalationTimers:
             pass
 
     async def fire_due(self, wait: bool = True) -> int:
-        """One batch of due escalations taken on, from the earliest due; how many this
-        process won (a batch's worth means more may be due). With `wait` False, the
+        """One batch of due escalations taken on at once, from the earliest due; how many
+        this process won (a batch's worth means more may be due). With `wait` False, the
         publication of what was stored may still be under way when it returns."""
-        taken = await self._take(now_ms(), None)
-        if taken is None:
+        now = now_ms()
+        rounds, _, _ = await self._take(now, now, None, held=False)
+        if not rounds:
             return 0
-        return await self._store(taken, wait)
+        return await self._store(rounds, wait)
 
-    async def _take(self, now: int, after: tuple[int, str] | None) -> _Round | None:
-        """A batch read and prepared: two storage trips, the due escalations (after `after`,
-        a (due_at, id) position) and their recipients (whom a step skips, and whom a change
-        is told), and each step's notifications made ready (the users' settings read)."""
+    async def _take(self, now: int, until: int, after: tuple[int, str] | None,
+                    held: bool = True) -> tuple[list[_Round], tuple[int, str] | None, bool]:
+        """A batch due by `until` (after `after`, a (due_at, id) position) read, and prepared
+        in rounds of ROUND_SIZE within ROUND_SPAN_MS, leaving out those held already (unless
+        `held` False): (the rounds, the last position read, whether the batch was full)."""
         share = None if self._share is None else DueShare(*self._share, now - SHARE_TAKEOVER_MS)
-        due = await self.store.due_escalations(now, self._batch, after, share)
+        due = await self.store.due_escalations(until, self._batch, after, share)
         if not due:
-            return None
+            return [], None, False
+        last = (due[-1]["due_at"], due[-1]["_id"])
+        groups: list[list[dict[str, Any]]] = []
+        for document in due:
+            if held and document["_id"] in self._held:
+                continue
+            if (not groups or len(groups[-1]) >= ROUND_SIZE
+                    or document["due_at"] - groups[-1][0]["due_at"] > ROUND_SPAN_MS):
+                groups.append([])
+            groups[-1].append(document)
+        rounds = []
+        for group in groups:
+            rounds.append(await self._prepare(group, now))
+            await asyncio.sleep(0)  # requests go between two rounds
+        return rounds, last, len(due) >= self._batch
+
+    async def _prepare(self, due: list[dict[str, Any]], now: int) -> _Round:
+        """Two storage trips: the escalations' recipients (whom a step skips, and whom a change
+        is told) and their users' settings (NotificationService.prepare); the rest here."""
         changes = [(document, self._transition(document, now)) for document in due]
         # A step or the chain's end changes what clients see; a settle does not.
         told = [changed for document, changed in changes
@@ -182,33 +312,51 @@ class EscalationTimers:
         shown = {changed["_id"]: to_escalation_payload(changed) for changed in told}
         drafts = await self._step_drafts(changes, recipients, shown)
         prepared = await self.notifications.prepare([draft for _, draft in drafts])
-        created_at = utcnow()
-        at = int(created_at.timestamp() * 1000)
         of_escalation: dict[str, list[int]] = {}
         for index, position in enumerate(prepared.positions):
             of_escalation.setdefault(drafts[position][0], []).append(index)
-        wanted = prepared.wanted
+        return _Round(changes, told, recipients, shown, prepared, of_escalation,
+                      fire_at=max(document["due_at"] for document in due))
+
+    async def _requests(self, rounds: list[_Round], now: int) -> list[EscalationChange]:
+        """The rounds' changes as stored at `now`: dated then, with their `notified` lines
+        (whose channel says who has a socket then)."""
         lines = await self.escalations.notified_lines(
-            (draft.user_id, draft.escalation, at) for draft in wanted)
+            (draft.user_id, draft.escalation, now)
+            for taken in rounds for draft in taken.prepared.wanted)
         lines_of: dict[str, list[dict[str, Any]]] = {}
         for line in lines:
             lines_of.setdefault(line["escalation_id"], []).append(line)
         requests = []
-        for document, changed in changes:
-            indexes = of_escalation.get(changed["_id"], [])
-            requests.append(EscalationChange(
-                changed, document["version"], drafts=[wanted[index] for index in indexes],
-                push=[prepared.push[index] for index in indexes],
-                events=[*self._step_lines(document, changed), *lines_of.get(changed["_id"], [])]))
-        last = due[-1]
-        return _Round(now, changes, told, recipients, shown, prepared, of_escalation, requests,
-                      created_at, (last["due_at"], last["_id"]))
+        for taken in rounds:
+            wanted = taken.prepared.wanted
+            for document, changed in taken.changes:
+                changed["updated_at"] = now
+                indexes = taken.of_escalation.get(changed["_id"], [])
+                requests.append(EscalationChange(
+                    changed, document["version"], drafts=[wanted[index] for index in indexes],
+                    push=[taken.prepared.push[index] for index in indexes],
+                    events=[*self._step_lines(document, changed),
+                            *lines_of.get(changed["_id"], [])]))
+        return requests
 
-    async def _store(self, taken: _Round, wait: bool = False) -> int:
-        """One transaction with every change of the batch, each compare-and-set and stored with
-        its step's notifications and timeline lines or not at all; then what was stored
-        published (in the background unless `wait`). How many changes won."""
-        results = await self.store.change_escalations(taken.requests, taken.created_at)
+    async def _store(self, rounds: list[_Round], wait: bool = False) -> int:
+        """One store call for the rounds, each change a compare-and-set stored with its step's
+        notifications and timeline lines or not at all (other writes of this process may go
+        between its parts); then what was stored published (in the background unless `wait`).
+        How many changes won."""
+        now = now_ms()
+        requests = await self._requests(rounds, now)
+        results = iter(await self.store.change_escalations(requests, _moment(now),
+                                                           giving_way=True))
+        won_in_all = 0
+        for taken in rounds:
+            won_in_all += await self._stored(taken, [next(results) for _ in taken.changes],
+                                             now, wait)
+        return won_in_all
+
+    async def _stored(self, taken: _Round, results: list[list[Created] | None], now: int,
+                      wait: bool) -> int:
         stored: list[Created | None] = [None] * len(taken.prepared.positions)
         won = []
         for (document, changed), records in zip(taken.changes, results):
@@ -219,10 +367,13 @@ class EscalationTimers:
                 stored[index] = created
         if not won:
             return 0
-        self._count(won, taken.now)
+        self._count(won, now)
         told_ids = {changed["_id"] for changed in taken.told}
+        prepared = taken.prepared
+        sending = Prepared(prepared.drafts, prepared.positions, prepared.push,
+                           time.perf_counter())  # (create→publish counts from the store)
         publication = self._publish([changed for _, changed in won if changed["_id"] in told_ids],
-                                    taken.recipients, taken.shown, taken.prepared, stored)
+                                    taken.recipients, taken.shown, sending, stored)
         if wait:
             await publication
         else:
@@ -358,6 +509,10 @@ class EscalationTimers:
                 except Exception:
                     log.warning("mojavox_escalation_targets returned %r, not a user id", user)
         return users
+
+
+def _moment(epoch_ms: int) -> datetime:
+    return datetime.fromtimestamp(epoch_ms / 1000, timezone.utc)
 
 
 def _draft(document: dict[str, Any], user_id: str, part: dict[str, Any]) -> Draft:

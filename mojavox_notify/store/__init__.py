@@ -320,13 +320,15 @@ class NotificationStore(ABC):
 
     @abstractmethod
     async def change_escalations(self, changes: Sequence[EscalationChange],
-                                 created_at: datetime | None = None) -> list[list[Created] | None]:
+                                 created_at: datetime | None = None,
+                                 giving_way: bool = False) -> list[list[Created] | None]:
         """Each change a compare-and-set: the stored document replaced by the change's only if
         its version is still the expected one (the document carries its new version), and
         only then its drafts stored (as `insert_many` stores them, created at `created_at`,
-        by default now) and its timeline lines appended, all of the changes in one
-        transaction. Per change, in order: the records of its drafts when it was stored, None
-        when another change came first."""
+        by default now) and its timeline lines appended, in one transaction with them. Per
+        change, in order: the records of its drafts when it was stored, None when another
+        change came first. `giving_way` (the timers' batches): an engine with one writer may
+        let this process's other writes go first between parts of the batch."""
 
     @abstractmethod
     async def due_escalations(self, now_ms: int, limit: int, after: tuple[int, str] | None = None,

@@ -391,7 +391,9 @@ class MongoStore(NotificationStore):
 
     @_storage_errors
     async def change_escalations(self, changes: Sequence[EscalationChange],
-                                 created_at: datetime | None = None) -> list[list[Created] | None]:
+                                 created_at: datetime | None = None,
+                                 giving_way: bool = False) -> list[list[Created] | None]:
+        # (`giving_way` needs nothing here: the server interleaves other sessions' writes.)
         if not changes:
             return []
         return await escalations.change_escalations(self, changes, created_at or utcnow(),

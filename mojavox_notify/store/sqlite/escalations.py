@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import orjson
 
 from .. import Created, DueShare, EscalationChange, Insertion, push_flags
-from .execution import transaction
+from .execution import GivingWay, transaction
 from .insertion import _insert_live, _insert_rows
 from .queries import IN_CHUNK, _json_rows
 from .rows import _json
@@ -30,6 +30,11 @@ UPDATE escalations SET live_key = changed.live_key, state = changed.state,
     updated_at = changed.updated_at, body = changed.body
 FROM changed WHERE escalations.id = changed.id"""
 CHANGE_WIDTH = 8
+#: Changes stored together (a few multi-row statements); a bulk write may let another write go
+#: first between two parts, so a part is what a create may wait for.
+CHANGE_PART = 25
+#: Parts in one transaction at most (its commit writes the pages they changed).
+TRANSACTION_PARTS = 20
 
 
 def _columns(document: dict[str, Any]) -> tuple:
@@ -59,32 +64,48 @@ def _one(connection: sqlite3.Connection, where: str, value: str) -> dict | None:
     return orjson.loads(row[0]) if row else None
 
 
-def _change(connection: sqlite3.Connection, changes: Sequence[EscalationChange],
-            created_at: datetime) -> list[list[Created] | None]:
-    """Compare-and-set on `version`; for the changes stored, their drafts inserted (in one
-    insertion) and their lines appended. A few
-    statements for the whole batch, each one step (one GIL hand-off, see _json_rows): the
+def _change(connection: sqlite3.Connection, way: GivingWay | None,
+            changes: Sequence[EscalationChange], created_at: datetime) -> list[list[Created] | None]:
+    """Compare-and-set on `version`; for the changes stored, their drafts inserted and their
+    lines appended. CHANGE_PART changes at a time, each change with all that belongs to it;
+    with `way` (a bulk write) the transaction is committed after a part when another write
+    of this process waits for the turn, which then goes first."""
+    outcomes: list[list[Created] | None] = []
+    while len(outcomes) < len(changes):
+        if outcomes and way is not None and way.wanted():
+            way.give_way()
+        with transaction(connection):
+            for _ in range(TRANSACTION_PARTS):
+                part = changes[len(outcomes):len(outcomes) + CHANGE_PART]
+                outcomes += _change_part(connection, part, created_at)
+                if len(outcomes) == len(changes) or (way is not None and way.wanted()):
+                    break
+    return outcomes
+
+
+def _change_part(connection: sqlite3.Connection, changes: Sequence[EscalationChange],
+                 created_at: datetime) -> list[list[Created] | None]:
+    """A few statements for the part, each one step (one GIL hand-off, see _json_rows): the
     versions read in one row, which decides the changes that win while the write lock is
     held, then the winners written by multi-row statements."""
-    with transaction(connection):
-        versions = dict(_json_rows(connection, """
-            SELECT json_group_array(json_array(id, version)) FROM escalations
-            WHERE id IN ({users})""", {change.document["_id"] for change in changes}))
-        outcomes = []
-        for change in changes:  # (two changes of one escalation: the first wins)
-            escalation_id = change.document["_id"]
-            won = versions.get(escalation_id) == change.expected_version
-            if won:
-                versions[escalation_id] = change.document["version"]
-            outcomes.append(won)
-        won = [change for change, stored in zip(changes, outcomes) if stored]
-        _insert_rows(connection, CHANGE_ESCALATIONS, CHANGE_WIDTH,
-                     [(change.document["_id"], *_columns(change.document)) for change in won])
-        created = iter(_insert_live(connection, [
-            Insertion(list(change.drafts), None, push_flags(change.push, len(change.drafts)))
-            for change in won if change.drafts], created_at))
-        _insert_rows(connection, INSERT_EVENTS, len(EVENT_FIELDS),
-                     [_event_row(event) for change in won for event in change.events])
+    versions = dict(_json_rows(connection, """
+        SELECT json_group_array(json_array(id, version)) FROM escalations
+        WHERE id IN ({users})""", {change.document["_id"] for change in changes}))
+    outcomes = []
+    for change in changes:  # (two changes of one escalation: the first wins)
+        escalation_id = change.document["_id"]
+        won = versions.get(escalation_id) == change.expected_version
+        if won:
+            versions[escalation_id] = change.document["version"]
+        outcomes.append(won)
+    won = [change for change, stored in zip(changes, outcomes) if stored]
+    _insert_rows(connection, CHANGE_ESCALATIONS, CHANGE_WIDTH,
+                 [(change.document["_id"], *_columns(change.document)) for change in won])
+    created = iter(_insert_live(connection, [
+        Insertion(list(change.drafts), None, push_flags(change.push, len(change.drafts)))
+        for change in won if change.drafts], created_at))
+    _insert_rows(connection, INSERT_EVENTS, len(EVENT_FIELDS),
+                 [_event_row(event) for change in won for event in change.events])
     changed = iter(won)
     return [[next(created) for _ in next(changed).drafts] if stored else None
             for stored in outcomes]

@@ -15,6 +15,10 @@ Every write is one `BEGIN IMMEDIATE` transaction, which SQLite serializes across
 processes: a notification and its user's counters change together, and sequence number N+1 can
 only be committed after N. Several processes on one host may share the file (WAL); a writer
 waits up to `storage.busy_timeout_seconds` for another's lock, taking turns through `WriteTurn`.
+
+A bulk write (10,000 escalation steps coming due at once) runs on a thread of its own and in
+parts: between two, a write of this process waiting for the turn (a create, an acknowledgement)
+goes first (`GivingWay`), so a burst of steps holds a create up for one part, not the burst.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -51,6 +55,9 @@ CHECKPOINT_NICENESS = 10
 #: What `Execution.run_inline` answers for a write while another writer holds the turn.
 TURN_TAKEN = object()
 KEPT_WRITING = "another process kept writing past storage.busy_timeout_seconds"
+#: A bulk write lets the writes waiting for the turn go first for at most this long at a time,
+#: then takes the turn back (a steady stream of writes must not stop it).
+GIVE_WAY_SECONDS = 0.05
 
 
 @contextmanager
@@ -66,28 +73,61 @@ def transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     connection.commit()
 
 
+class TurnWaiters:
+    """How many writes of this process wait for the write turn now (the loop's and the writer
+    thread's): a bulk write in progress lets them go first (GivingWay)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def __bool__(self) -> bool:
+        return self._count > 0
+
+    @contextmanager
+    def waiting(self) -> Iterator[None]:
+        with self._lock:
+            self._count += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._count -= 1
+
+
 class WriteTurn:
     """Whose turn it is to write among the processes sharing the file (`serve --workers`): an
     flock on `<file>-writer.lock`, tried every half millisecond until
     `storage.busy_timeout_seconds`. SQLite's own lock stays the guard of correctness; this only
     spares its busy handler, whose sleeps grow from 1 to 100 ms, so a waiting process no longer
     sleeps through the moments the other leaves the lock free (measured with two workers: lock
-    waits of 80-110 ms at p99)."""
+    waits of 80-110 ms at p99). A turn with `waiters` counts itself there while it waits."""
 
     POLL_SECONDS = 0.0005
 
-    def __init__(self, database: Path, timeout: float):
+    def __init__(self, database: Path, timeout: float, waiters: TurnWaiters | None = None):
         self._path = database.with_name(database.name + "-writer.lock")
         self._timeout = timeout
+        self._waiters = waiters
         self._fd: int | None = None
 
     def run(self, function: Callable, connection: sqlite3.Connection, *args: Any) -> Any:
-        deadline = time.monotonic() + self._timeout
-        while not self._take():
-            if time.monotonic() >= deadline:
-                raise sqlite3.OperationalError(f"database is locked: {KEPT_WRITING}")
-            time.sleep(self.POLL_SECONDS)
+        self.acquire()
         return self._in_turn(function, connection, args)
+
+    def acquire(self) -> None:
+        """The turn, waiting for it up to the timeout (then sqlite3.OperationalError)."""
+        if self._take():
+            return
+        with self._waiters.waiting() if self._waiters is not None else nullcontext():
+            deadline = time.monotonic() + self._timeout
+            while not self._take():
+                if time.monotonic() >= deadline:
+                    raise sqlite3.OperationalError(f"database is locked: {KEPT_WRITING}")
+                time.sleep(self.POLL_SECONDS)
+
+    def release(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def run_now(self, function: Callable, connection: sqlite3.Connection,
                 *args: Any) -> tuple[bool, Any]:
@@ -107,7 +147,7 @@ class WriteTurn:
         try:
             return function(connection, *args)
         finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            self.release()
 
     def _open(self) -> int:
         if self._fd is None:
@@ -124,6 +164,27 @@ class WriteTurn:
             self._fd = None
 
 
+class GivingWay:
+    """What a bulk write (`Execution.bulk`) is handed: between two of its transactions,
+    `wanted` says whether a write of this process waits for the turn, and `give_way` lets the
+    waiting ones go first, then takes the turn back."""
+
+    def __init__(self, turn: WriteTurn, waiters: TurnWaiters):
+        self._turn = turn
+        self._waiters = waiters
+
+    def wanted(self) -> bool:
+        return bool(self._waiters)
+
+    def give_way(self) -> None:
+        """Called with no transaction open."""
+        self._turn.release()
+        deadline = time.monotonic() + GIVE_WAY_SECONDS
+        while self._waiters and time.monotonic() < deadline:
+            time.sleep(WriteTurn.POLL_SECONDS / 5)
+        self._turn.acquire()
+
+
 class Execution:
     """Runs functions that take a connection first against one file: on the event loop's own
     connection when small and free to start, else on the writer or reader thread; a write only
@@ -135,7 +196,10 @@ class Execution:
         self.path = path
         self._settings = settings
         self._report = report
-        self._turn = WriteTurn(path, settings.busy_timeout_seconds)
+        #: This process's writes waiting for the turn; a bulk write gives way to them.
+        self.waiters = TurnWaiters()
+        self._turn = WriteTurn(path, settings.busy_timeout_seconds, self.waiters)
+        self._bulk_turn = WriteTurn(path, settings.busy_timeout_seconds)
         # The event loop's own connection and turn (a lock file descriptor of its own, so its
         # turn excludes the writer thread's as it does other processes').
         self._inline_turn = WriteTurn(path, 0)
@@ -146,6 +210,7 @@ class Execution:
         self.inline_writes = settings.sqlite_synchronous == "normal"
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="sqlite-reader")
+        self._bulk = ThreadPoolExecutor(1, thread_name_prefix="sqlite-bulk")
         self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-checkpoint",
                                                 initializer=_lower_priority)
         self._checkpoint_queued = False
@@ -249,6 +314,22 @@ class Execution:
         return await self._run(self._writer, functools.partial(self._written, function), args,
                                self.write_timeout)
 
+    async def bulk(self, function: Callable, *args: Any) -> Any:
+        """On the bulk thread, in its turn: `function(connection, way, *args)` commits its work
+        in parts and, between two, gives way (a GivingWay) to this process's other writes;
+        gives up (503) after `write_timeout`."""
+        return await self._run(self._bulk, self._bulk_written, (function, *args),
+                               self.write_timeout)
+
+    def _bulk_written(self, connection: sqlite3.Connection, function: Callable,
+                      *args: Any) -> Any:
+        self._bulk_turn.acquire()
+        try:
+            return function(connection, GivingWay(self._bulk_turn, self.waiters), *args)
+        finally:
+            self._bulk_turn.release()
+            self._queue_checkpoint()
+
     async def read(self, function: Callable, *args: Any) -> Any:
         return await self._run(self._reader, function, args, self._settings.operation_timeout_seconds)
 
@@ -282,10 +363,11 @@ class Execution:
         self._close_inline()
         self._inline_turn.close()
         loop = asyncio.get_running_loop()
-        for executor in (self._writer, self._reader, self._checkpointer):
+        for executor in (self._writer, self._bulk, self._reader, self._checkpointer):
             await loop.run_in_executor(executor, self._discard_connection)
             executor.shutdown(wait=True)
         self._turn.close()
+        self._bulk_turn.close()
 
 
 def _lower_priority() -> None:

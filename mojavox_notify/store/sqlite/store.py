@@ -163,21 +163,27 @@ class SqliteStore(NotificationStore):
         return await self._write(_insert_many, insertions, utcnow())
 
     async def _insert_on_loop(self, insertions: list["Insertion"]) -> list | None:
-        """While another writer (a worker) holds the turn, the loop tries again every
-        WriteTurn.POLL_SECONDS, serving everything else in between, so the turn is then held
-        only as long as the work takes (on the writer thread it was also held while the thread
-        waited for the GIL back). None when it failed: the thread's attempt answers for it."""
+        """While another writer (a worker, or this process's bulk write) holds the turn, the
+        loop tries again every WriteTurn.POLL_SECONDS, serving everything else in between, so
+        the turn is then held only as long as the work takes (on the writer thread it was also
+        held while the thread waited for the GIL back); a bulk write sees it waiting and lets
+        it go first. None when it failed: the thread's attempt answers for it."""
+        done, created = self._execution.run_inline(True, _insert_many, insertions, utcnow())
+        if done or created is not TURN_TAKEN:
+            return created if done else None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._execution.write_timeout
-        while True:
-            done, created = self._execution.run_inline(True, _insert_many, insertions, utcnow())
-            if done:
-                return created
-            if created is not TURN_TAKEN:
-                return None
-            if loop.time() >= deadline:
-                raise self._unavailable(f"embedded storage: {KEPT_WRITING}")
-            await asyncio.sleep(WriteTurn.POLL_SECONDS)
+        with self._execution.waiters.waiting():  # a bulk write in progress lets it go first
+            while True:
+                if loop.time() >= deadline:
+                    raise self._unavailable(f"embedded storage: {KEPT_WRITING}")
+                await asyncio.sleep(WriteTurn.POLL_SECONDS)
+                done, created = self._execution.run_inline(True, _insert_many, insertions,
+                                                           utcnow())
+                if done:
+                    return created
+                if created is not TURN_TAKEN:
+                    return None
 
     async def state(self, user_id: str) -> UserState:
         """On the loop when it can (a connect's one read), else together with the other users'
@@ -290,10 +296,13 @@ class SqliteStore(NotificationStore):
         return await self._read(escalations._one, "live_key", key)
 
     async def change_escalations(self, changes: Sequence[EscalationChange],
-                                 created_at: datetime | None = None) -> list[list[Created] | None]:
+                                 created_at: datetime | None = None,
+                                 giving_way: bool = False) -> list[list[Created] | None]:
         if not changes:
             return []
-        return await self._write(escalations._change, changes, created_at or utcnow())
+        if giving_way:
+            return await self._execution.bulk(escalations._change, changes, created_at or utcnow())
+        return await self._write(escalations._change, None, changes, created_at or utcnow())
 
     async def due_escalations(self, now_ms: int, limit: int, after: tuple[int, str] | None = None,
                               share: DueShare | None = None) -> list[dict[str, Any]]:
