@@ -408,12 +408,12 @@ async def test_a_step_prepared_ahead_then_acknowledged_is_not_sent(start_app):
     status, mine = await app.api.get(f"/api/notifications/{notification_id}", token(first))
     escalation_id = mine["escalation"]["id"]
     timers = app.escalation_timers
-    while escalation_id not in timers._held:  # prepared, held until due
+    while not timers.holds(escalation_id):  # prepared, held until due
         await asyncio.sleep(0.01)
     status, _ = await app.api.post(f"/api/notifications/{notification_id}/ack", token(first))
     assert status == 200
     await asyncio.sleep(STEP_SECONDS + 0.3)  # past the due time
-    assert escalation_id not in timers._held  # tried at its time, and refused
+    assert not timers.holds(escalation_id)  # tried at its time, and refused
     status, page = await app.api.get("/api/notifications", token(backup))
     assert page["notifications"] == []
     status, detail = await app.api.get(f"/api/escalations/{escalation_id}", token(first))
@@ -431,7 +431,7 @@ async def test_a_step_prepared_ahead_is_sent_at_its_time_not_before(start_app):
     notification_id = await escalate(app, first, "call-13")
     status, mine = await app.api.get(f"/api/notifications/{notification_id}", token(first))
     created = datetime.fromisoformat(mine["escalation"]["createdAt"].replace("Z", "+00:00"))
-    while mine["escalation"]["id"] not in app.escalation_timers._held:
+    while not app.escalation_timers.holds(mine["escalation"]["id"]):
         await asyncio.sleep(0.01)
     step = (await backup_socket.expect("notification", timeout=4))["payload"]
     arrived = datetime.now(timezone.utc)

@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import heapq
-import itertools
 import logging
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -38,13 +35,13 @@ from ..store import MAX_TOPIC_MEMBERS, Created, DueShare, EscalationChange, Noti
 from ..wire.escalation import to_escalation_payload
 from ..wire.input import check_recipient
 from . import record
+from .rounds import HeldRounds, Round
 from .policy import Step, step_targets
 from .service import EscalationService, now_ms
 
 log = logging.getLogger(__name__)
 
-#: Store calls under way at once, and rounds whose stored steps are being published at once.
-MAX_STORING = 2
+#: Rounds whose stored steps are being published at once.
 MAX_PUBLISHING = 2
 #: Changes and notifications published at a time, between which requests are served.
 PUBLISH_SLICE = 50
@@ -67,76 +64,6 @@ MAX_HELD = 20_000
 OVERDUE_MS = SHARE_TAKEOVER_MS
 
 
-@dataclass
-class _Round:
-    """Due escalations read and prepared (`EscalationTimers._take`), to store once the last of
-    them is due (`fire_at`); what depends on the moment it is stored is set then (_requests)."""
-
-    changes: list[tuple[dict[str, Any], dict[str, Any]]]  # (as read, as changed)
-    told: list[dict[str, Any]]  # the changes clients see
-    recipients: dict[str, list[dict[str, Any]]]
-    shown: dict[str, dict[str, Any]]
-    prepared: Prepared
-    of_escalation: dict[str, list[int]]  # escalation id -> its drafts among prepared.wanted
-    fire_at: int
-
-    @property
-    def ids(self) -> list[str]:
-        return [changed["_id"] for _, changed in self.changes]
-
-
-class _Held:
-    """The rounds prepared ahead, earliest `fire_at` first, and the escalations they hold (a
-    scan skips those: they are prepared already)."""
-
-    def __init__(self):
-        self._heap: list[tuple[int, int, _Round]] = []
-        self._order = itertools.count()
-        self._ids: set[str] = set()
-        self._changed = asyncio.Event()
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def __contains__(self, escalation_id: str) -> bool:
-        return escalation_id in self._ids
-
-    def add(self, rounds: list[_Round]) -> None:
-        for taken in rounds:
-            heapq.heappush(self._heap, (taken.fire_at, next(self._order), taken))
-            self._ids.update(taken.ids)
-        if rounds:
-            self._changed.set()
-
-    def release(self, rounds: list[_Round]) -> None:
-        for taken in rounds:
-            self._ids.difference_update(taken.ids)
-
-    def late(self, before_ms: int) -> bool:
-        """Whether a round due before `before_ms` is still waiting to be stored."""
-        return bool(self._heap) and self._heap[0][0] < before_ms
-
-    async def due(self, limit: int) -> list[_Round]:
-        """Once the earliest round is due: the rounds due now, at most `limit` escalations
-        (and at least one round)."""
-        while True:
-            now = now_ms()
-            if self._heap and self._heap[0][0] <= now:
-                rounds, count = [], 0
-                while self._heap and self._heap[0][0] <= now and (
-                        not rounds or count + len(self._heap[0][2].changes) <= limit):
-                    taken = heapq.heappop(self._heap)[2]
-                    rounds.append(taken)
-                    count += len(taken.changes)
-                return rounds
-            self._changed.clear()
-            try:
-                async with asyncio.timeout((self._heap[0][0] - now) / 1000 if self._heap else None):
-                    await self._changed.wait()
-            except TimeoutError:
-                pass
-
-
 class EscalationTimers:
     def __init__(self, store: NotificationStore, escalations: EscalationService, notifications: Any,
                  plugins: Plugins, settings: EscalationTimerSettings,
@@ -153,12 +80,16 @@ class EscalationTimers:
         self._poll_ms = int(settings.poll_interval_seconds * 1000)
         self._batch = settings.batch
         self._lookahead_ms = int(settings.lookahead_seconds * 1000)
-        self._held = _Held()
+        self._held = HeldRounds()
         self._ahead: tuple[int, str] | None = None  # how far the scan ahead has read
         self._wake = asyncio.Event()
         self._next_wake: int | None = None
         self._publishing: set[asyncio.Task] = set()
         escalations.on_scheduled = self.wake_at
+
+    def holds(self, escalation_id: str) -> bool:
+        """Whether a step of this escalation is prepared and held until it is due."""
+        return escalation_id in self._held
 
     def wake_at(self, due_ms: int) -> None:
         """Something is due at `due_ms` (epoch ms): look for it then (and `lookahead` before),
@@ -175,6 +106,7 @@ class EscalationTimers:
         prepares what comes due, the other stores each round once it is due and has it
         published (at most MAX_PUBLISHING rounds at once): the storage's threads and the event
         loop work at the same time."""
+        self._held, self._ahead = HeldRounds(), None  # (after a restart: nothing is held)
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._preparing())
@@ -223,32 +155,18 @@ class EscalationTimers:
                 return
 
     async def _firing(self) -> None:
-        """Each round stored once due, up to MAX_STORING store calls at once: the next one is
-        handed to the storage while the last one's results are being published."""
-        storing: set[asyncio.Task] = set()
-        try:
-            while True:
-                while len(storing) >= MAX_STORING:
-                    await asyncio.wait(storing, return_when=asyncio.FIRST_COMPLETED)
-                rounds = await self._held.due(self._batch)
-                task = asyncio.get_running_loop().create_task(self._fire(rounds))
-                storing.add(task)
-                task.add_done_callback(storing.discard)
-        finally:
-            for task in storing:
-                task.cancel()
-            if storing:
-                await asyncio.wait(storing)
-
-    async def _fire(self, rounds: list[_Round]) -> None:
-        try:
-            await self._store(rounds)
-        except StorageUnavailableError as error:
-            log.warning("escalation timers: storage failed (%s)", error.message)
-            self._ahead = None  # they are still due: read and prepared again
-            await asyncio.sleep(STORAGE_RETRY_SECONDS)
-        finally:
-            self._held.release(rounds)
+        """Each round stored once due (several due at once in one store call); a failure
+        leaves its steps due, read and prepared again."""
+        while True:
+            rounds = await self._held.due(self._batch)
+            try:
+                await self._store(rounds)
+            except StorageUnavailableError as error:
+                log.warning("escalation timers: storage failed (%s)", error.message)
+                self._ahead = None
+                await asyncio.sleep(STORAGE_RETRY_SECONDS)
+            finally:
+                self._held.release(rounds)
 
     async def _pause(self) -> None:
         now = now_ms()
@@ -277,7 +195,7 @@ class EscalationTimers:
         return await self._store(rounds, wait)
 
     async def _take(self, now: int, until: int, after: tuple[int, str] | None,
-                    held: bool = True) -> tuple[list[_Round], tuple[int, str] | None, bool]:
+                    held: bool = True) -> tuple[list[Round], tuple[int, str] | None, bool]:
         """A batch due by `until` (after `after`, a (due_at, id) position) read, and prepared
         in rounds of ROUND_SIZE within ROUND_SPAN_MS, leaving out those held already (unless
         `held` False): (the rounds, the last position read, whether the batch was full)."""
@@ -300,7 +218,7 @@ class EscalationTimers:
             await asyncio.sleep(0)  # requests go between two rounds
         return rounds, last, len(due) >= self._batch
 
-    async def _prepare(self, due: list[dict[str, Any]], now: int) -> _Round:
+    async def _prepare(self, due: list[dict[str, Any]], now: int) -> Round:
         """Two storage trips: the escalations' recipients (whom a step skips, and whom a change
         is told) and their users' settings (NotificationService.prepare); the rest here."""
         changes = [(document, self._transition(document, now)) for document in due]
@@ -315,10 +233,10 @@ class EscalationTimers:
         of_escalation: dict[str, list[int]] = {}
         for index, position in enumerate(prepared.positions):
             of_escalation.setdefault(drafts[position][0], []).append(index)
-        return _Round(changes, told, recipients, shown, prepared, of_escalation,
+        return Round(changes, told, recipients, shown, prepared, of_escalation,
                       fire_at=max(document["due_at"] for document in due))
 
-    async def _requests(self, rounds: list[_Round], now: int) -> list[EscalationChange]:
+    async def _requests(self, rounds: list[Round], now: int) -> list[EscalationChange]:
         """The rounds' changes as stored at `now`: dated then, with their `notified` lines
         (whose channel says who has a socket then)."""
         lines = await self.escalations.notified_lines(
@@ -340,7 +258,7 @@ class EscalationTimers:
                             *lines_of.get(changed["_id"], [])]))
         return requests
 
-    async def _store(self, rounds: list[_Round], wait: bool = False) -> int:
+    async def _store(self, rounds: list[Round], wait: bool = False) -> int:
         """One store call for the rounds, each change a compare-and-set stored with its step's
         notifications and timeline lines or not at all (other writes of this process may go
         between its parts); then what was stored published (in the background unless `wait`).
@@ -355,7 +273,7 @@ class EscalationTimers:
                                              now, wait)
         return won_in_all
 
-    async def _stored(self, taken: _Round, results: list[list[Created] | None], now: int,
+    async def _stored(self, taken: Round, results: list[list[Created] | None], now: int,
                       wait: bool) -> int:
         stored: list[Created | None] = [None] * len(taken.prepared.positions)
         won = []
