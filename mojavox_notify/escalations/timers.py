@@ -23,7 +23,7 @@ import collections
 import logging
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Coroutine
 
 from .. import tenants
 from ..errors import StorageUnavailableError
@@ -41,12 +41,8 @@ from .service import EscalationService, now_ms
 
 log = logging.getLogger(__name__)
 
-#: Rounds whose stored steps are being published at once.
-MAX_PUBLISHING = 2
 #: Changes and notifications published at a time, between which requests are served.
 PUBLISH_SLICE = 50
-#: How long stopping waits for the publications it cancelled.
-PUBLISH_CANCEL_SECONDS = 2.0
 #: After a storage failure, the timers look again this much later (the watchdog reports it).
 STORAGE_RETRY_SECONDS = 1.0
 #: Under `serve --workers N` each worker fires its share of the due steps (store.DueShare);
@@ -84,7 +80,7 @@ class EscalationTimers:
         self._ahead: tuple[int, str] | None = None  # how far the scan ahead has read
         self._wake = asyncio.Event()
         self._next_wake: int | None = None
-        self._publishing: set[asyncio.Task] = set()
+        self._unpublished: asyncio.Queue[Coroutine[Any, Any, None]] = asyncio.Queue()
         escalations.on_scheduled = self.wake_at
 
     def holds(self, escalation_id: str) -> bool:
@@ -102,21 +98,19 @@ class EscalationTimers:
             self._wake.set()
 
     async def run(self) -> None:
-        """Two tasks (supervised: a failure is logged and both restarted): one reads and
-        prepares what comes due, the other stores each round once it is due and has it
-        published (at most MAX_PUBLISHING rounds at once): the storage's threads and the event
-        loop work at the same time."""
+        """Three tasks (supervised: a failure is logged and all restarted): one reads and
+        prepares what comes due, one stores each round once it is due, one publishes what was
+        stored, round after round: the storage's threads and the event loop work at the same
+        time, and a round being stored never waits for the sending of the one before."""
         self._held, self._ahead = HeldRounds(), None  # (after a restart: nothing is held)
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._preparing())
                 group.create_task(self._firing())
+                group.create_task(self._publishing())
         finally:  # stopped (or failed): what is stored reaches the sockets that resync
-            pending = list(self._publishing)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=PUBLISH_CANCEL_SECONDS)
+            while not self._unpublished.empty():
+                self._unpublished.get_nowait().close()
 
     async def _preparing(self) -> None:
         """Each poll (or wake): the scan ahead onwards from where it stopped, to `lookahead`
@@ -295,7 +289,7 @@ class EscalationTimers:
         if wait:
             await publication
         else:
-            await self._in_background(publication)
+            self._unpublished.put_nowait(publication)
         for _, changed in won:
             if changed["due_at"] is not None:
                 self.wake_at(changed["due_at"])
@@ -349,21 +343,17 @@ class EscalationTimers:
             await self.notifications.announce(part, stored[start:end], lines_stored=True)
             await asyncio.sleep(0)
 
-    async def _in_background(self, publication: Any) -> None:
-        """Publish a round's stored steps as a task, once fewer than MAX_PUBLISHING are under
-        way. One that fails leaves what is stored to the sockets' next resync."""
-        while len(self._publishing) >= MAX_PUBLISHING:
-            await asyncio.wait(self._publishing, return_when=asyncio.FIRST_COMPLETED)
-        task = asyncio.get_running_loop().create_task(publication)
-        self._publishing.add(task)
-        task.add_done_callback(self._published)
-
-    def _published(self, task: asyncio.Task) -> None:
-        self._publishing.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            error = task.exception()
-            log.warning("escalation steps stored but not all published (%s)",
-                        getattr(error, "message", error))
+    async def _publishing(self) -> None:
+        """The stored rounds' publications, one after the other (one slice of one round
+        between two requests, not one of each). One that fails leaves what is stored to the
+        sockets' next resync."""
+        while True:
+            publication = await self._unpublished.get()
+            try:
+                await publication
+            except Exception as error:
+                log.warning("escalation steps stored but not all published (%s)",
+                            getattr(error, "message", error))
 
     # -- a step's notifications ----------------------------------------------------------------
 
