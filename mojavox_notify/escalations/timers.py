@@ -250,7 +250,6 @@ class EscalationTimers:
                     push=[taken.prepared.push[index] for index in indexes],
                     events=[*self._step_lines(document, changed),
                             *lines_of.get(changed["_id"], [])]))
-            await asyncio.sleep(0)  # requests go between two rounds
         return requests
 
     async def _store(self, rounds: list[Round], wait: bool = False) -> int:
@@ -266,7 +265,6 @@ class EscalationTimers:
         for taken in rounds:
             won_in_all += await self._stored(taken, [next(results) for _ in taken.changes],
                                              now, wait)
-            await asyncio.sleep(0)
         return won_in_all
 
     async def _stored(self, taken: Round, results: list[list[Created] | None], now: int,
