@@ -20,7 +20,7 @@ from .metrics import Metrics
 from .model import Draft, Event
 from .plugins import Plugins
 from .service import NotificationService
-from .store import ClaimLostError, EventClaim, NotificationStore
+from .store import EventClaim, NotificationStore
 from .tenants import Reach
 from .wire.event import EventCheck, check_event_rules
 

@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 
 from .support.servers import ServeProcess
 from .support.sockets import SocketTally
-from .support.tokens import new_user, token
+from .support.tokens import new_user
 
 EVENTS = 10_000
 USERS = 20
@@ -89,16 +89,7 @@ async def test_ten_thousand_events_with_one_of_two_consumers_killed_are_each_del
             assert time.monotonic() < deadline, f"not consumed in time: {state}"
             await asyncio.sleep(0.2)
 
-        # A last notification per user behind everything: a socket that missed one (stored by
-        # the killed process just before it could publish) fetches the gap before this one.
-        for user in users:
-            status, body = await asyncio.to_thread(
-                survivor.call, "POST", "/api/notifications", token("svc", ["service"]),
-                {"userId": user, "type": "payment_received", "title": "sentinel",
-                 "message": "end"})
-            assert status == 201, body
-        async with asyncio.timeout(30):
-            await asyncio.gather(*(sentinel.wait() for sentinel in tally.sentinels.values()))
+        await tally.sentinels_through(survivor)  # what each socket missed, fetched
 
         assert await producer.xlen(f"{stream}:dead") == 0, "nothing was given up"
         with sqlite3.connect(tmp_path / "notify.db") as connection:

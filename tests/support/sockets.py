@@ -155,6 +155,19 @@ class SocketTally:
             else:
                 self.seen[user].append(self.key(frame["payload"]))
 
+    async def sentinels_through(self, server) -> None:
+        """A last notification per user behind everything, posted to `server` (a killable
+        serve process), and each one awaited: a socket that missed one (stored by a killed
+        process just before it could publish it) fetches the gap before its sentinel."""
+        for user in self.seen:
+            status, body = await asyncio.to_thread(
+                server.call, "POST", "/api/notifications", token("svc", ["service"]),
+                {"userId": user, "type": "payment_received", "title": "sentinel",
+                 "message": "end"})
+            assert status == 201, body
+        async with asyncio.timeout(30):
+            await asyncio.gather(*(sentinel.wait() for sentinel in self.sentinels.values()))
+
     def accounts(self) -> list[str]:
         return [value for values in self.seen.values() for value in values]
 

@@ -323,12 +323,10 @@ class Execution:
 
     def _bulk_written(self, connection: sqlite3.Connection, function: Callable,
                       *args: Any) -> Any:
-        self._bulk_turn.acquire()
-        try:
-            return function(connection, GivingWay(self._bulk_turn, self.waiters), *args)
-        finally:
-            self._bulk_turn.release()
-            self._queue_checkpoint()
+        way = GivingWay(self._bulk_turn, self.waiters)
+        result = self._bulk_turn.run(function, connection, way, *args)
+        self._queue_checkpoint()
+        return result
 
     async def read(self, function: Callable, *args: Any) -> Any:
         return await self._run(self._reader, function, args, self._settings.operation_timeout_seconds)
