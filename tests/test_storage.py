@@ -672,6 +672,71 @@ async def test_a_create_waiting_for_the_turn_goes_between_the_parts_of_a_bulk_wr
         assert happened.index("created") < happened.index(20), happened
 
 
+# A create in another process sharing the file: opens it, says so, creates once told to.
+OTHER_PROCESS_CREATE = """
+import asyncio, sys
+from mojavox_notify.model import Draft
+from mojavox_notify.settings import StorageSettings
+from mojavox_notify.store.sqlite import SqliteStore
+
+async def main(path, user):
+    store = SqliteStore(path, StorageSettings(busy_timeout_seconds=10))
+    await store.open()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    await store.insert_many([Draft(user_id=user, type="payment_received", title="Paid",
+                                   message="from the other process", priority="high")])
+    await store.close()
+    print("created", flush=True)
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+@bounded
+async def test_a_create_of_another_process_goes_between_the_parts_of_a_bulk_write(make_settings):
+    """Escalation timers in a process of their own (escalation_timers.own_process) write their
+    bursts while the serving process creates: a create waiting there is seen here, through the
+    shared waiting lock, and goes between two parts instead of after the whole bulk write."""
+    async with embedded_store(make_settings) as store:
+        user = new_user()
+        other = subprocess.Popen([sys.executable, "-c", OTHER_PROCESS_CREATE, str(store.path), user],
+                                 cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert other.stdout.readline().strip() == "ready"
+            happened: list = []
+            begun = threading.Event()
+
+            def bulk(connection, way):
+                for part in range(300):  # 3 s at most
+                    if part and way.wanted():
+                        happened.append("gave way")
+                        way.give_way()
+                    with transaction(connection):
+                        connection.execute("DELETE FROM heartbeat WHERE 0")
+                        time.sleep(0.01)  # a part's work
+                    begun.set()
+                    if connection.execute("SELECT count(*) FROM notifications WHERE user_id = ?",
+                                          (user,)).fetchone()[0]:
+                        happened.append(("created by", part))
+                        return
+
+            writing = asyncio.ensure_future(store._execution.bulk(bulk))
+            await asyncio.get_running_loop().run_in_executor(None, begun.wait)
+            told_at = len(happened)
+            other.stdin.write("go\n")
+            other.stdin.flush()
+            await writing
+            assert "gave way" in happened[told_at:], happened
+            [(_, part)] = [entry for entry in happened if isinstance(entry, tuple)]
+            assert part < 50, happened  # within half a second, not after the 300 parts
+            assert (await asyncio.get_running_loop().run_in_executor(
+                None, other.stdout.readline)).strip() == "created"
+        finally:
+            other.kill()
+            other.wait(10)
+
+
 @contextlib.contextmanager
 def held_write_turn(store):
     """Another process's write in progress: its flock on the store's turn file."""

@@ -17,8 +17,9 @@ only be committed after N. Several processes on one host may share the file (WAL
 waits up to `storage.busy_timeout_seconds` for another's lock, taking turns through `WriteTurn`.
 
 A bulk write (10,000 escalation steps coming due at once) runs on a thread of its own and in
-parts: between two, a write of this process waiting for the turn (a create, an acknowledgement)
-goes first (`GivingWay`), so a burst of steps holds a create up for one part, not the burst.
+parts: between two, a write waiting for the turn (a create, an acknowledgement), of this process
+or another one sharing the file, goes first (`GivingWay`), so a burst of steps holds a create up
+for one part, not the burst.
 """
 
 from __future__ import annotations
@@ -74,12 +75,17 @@ def transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 
 class TurnWaiters:
-    """How many writes of this process wait for the write turn now (the loop's and the writer
-    thread's): a bulk write in progress lets them go first (GivingWay)."""
+    """The writes waiting for the write turn now, in every process sharing the file: a bulk
+    write in progress lets them go first (GivingWay). This process's are counted here; while
+    any waits, the process holds a shared flock on `<file>-waiting.lock`, which a bulk write
+    of any process sees (`any_waiting`), so escalation timers firing in a process of their
+    own give way to the serving process's creates as to their own."""
 
-    def __init__(self):
+    def __init__(self, database: Path):
+        self._path = database.with_name(database.name + "-waiting.lock")
         self._lock = threading.Lock()
         self._count = 0
+        self._fd: int | None = None
 
     def __bool__(self) -> bool:
         return self._count > 0
@@ -88,11 +94,59 @@ class TurnWaiters:
     def waiting(self) -> Iterator[None]:
         with self._lock:
             self._count += 1
+            if self._count == 1:
+                self._flock(fcntl.LOCK_SH)
         try:
             yield
         finally:
             with self._lock:
                 self._count -= 1
+                if self._count == 0:
+                    self._flock(fcntl.LOCK_UN)
+
+    def _flock(self, operation: int) -> None:
+        try:
+            if self._fd is None:
+                self._fd = _open_lock_file(self._path)
+            fcntl.flock(self._fd, operation)
+        except OSError:  # the others then see only the turn: correct, merely not first
+            pass
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class WaitingProbe:
+    """Whether a write of any process sharing the file waits for the turn: an exclusive flock
+    on `<file>-waiting.lock` tried without waiting (and let go at once) fails while a waiter
+    holds its shared one. A descriptor of its own, since flock belongs to the descriptor."""
+
+    def __init__(self, database: Path):
+        self._path = database.with_name(database.name + "-waiting.lock")
+        self._fd: int | None = None
+
+    def __call__(self) -> bool:
+        try:
+            if self._fd is None:
+                self._fd = _open_lock_file(self._path)
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        return False
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _open_lock_file(path: Path) -> int:
+    return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
 
 
 class WriteTurn:
@@ -152,7 +206,7 @@ class WriteTurn:
     def _open(self) -> int:
         if self._fd is None:
             try:
-                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+                self._fd = _open_lock_file(self._path)
             except OSError as error:
                 raise sqlite3.OperationalError(f"cannot open {self._path}: "
                                                f"{error.strerror or error}") from None
@@ -166,21 +220,21 @@ class WriteTurn:
 
 class GivingWay:
     """What a bulk write (`Execution.bulk`) is handed: between two of its transactions,
-    `wanted` says whether a write of this process waits for the turn, and `give_way` lets the
-    waiting ones go first, then takes the turn back."""
+    `wanted` says whether a write of any process sharing the file waits for the turn, and
+    `give_way` lets the waiting ones go first, then takes the turn back."""
 
-    def __init__(self, turn: WriteTurn, waiters: TurnWaiters):
+    def __init__(self, turn: WriteTurn, waiting: WaitingProbe):
         self._turn = turn
-        self._waiters = waiters
+        self._waiting = waiting
 
     def wanted(self) -> bool:
-        return bool(self._waiters)
+        return self._waiting()
 
     def give_way(self) -> None:
         """Called with no transaction open."""
         self._turn.release()
         deadline = time.monotonic() + GIVE_WAY_SECONDS
-        while self._waiters and time.monotonic() < deadline:
+        while self._waiting() and time.monotonic() < deadline:
             time.sleep(WriteTurn.POLL_SECONDS / 5)
         self._turn.acquire()
 
@@ -196,8 +250,10 @@ class Execution:
         self.path = path
         self._settings = settings
         self._report = report
-        #: This process's writes waiting for the turn; a bulk write gives way to them.
-        self.waiters = TurnWaiters()
+        #: This process's writes waiting for the turn; a bulk write (of any process) gives
+        #: way to them.
+        self.waiters = TurnWaiters(path)
+        self._waiting = WaitingProbe(path)
         self._turn = WriteTurn(path, settings.busy_timeout_seconds, self.waiters)
         self._bulk_turn = WriteTurn(path, settings.busy_timeout_seconds)
         # The event loop's own connection and turn (a lock file descriptor of its own, so its
@@ -323,7 +379,7 @@ class Execution:
 
     def _bulk_written(self, connection: sqlite3.Connection, function: Callable,
                       *args: Any) -> Any:
-        way = GivingWay(self._bulk_turn, self.waiters)
+        way = GivingWay(self._bulk_turn, self._waiting)
         result = self._bulk_turn.run(function, connection, way, *args)
         self._queue_checkpoint()
         return result
@@ -366,6 +422,8 @@ class Execution:
             executor.shutdown(wait=True)
         self._turn.close()
         self._bulk_turn.close()
+        self.waiters.close()
+        self._waiting.close()
 
 
 def _lower_priority() -> None:
