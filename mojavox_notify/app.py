@@ -74,6 +74,7 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 3.0
 IDLE_CONNECTION_SECONDS = 120  # also how long a request's headers may take to arrive
+ROLES = ("all", "serve", "fire")
 
 
 class StartupError(RuntimeError):
@@ -83,12 +84,18 @@ class StartupError(RuntimeError):
 class NotifyApp:
     def __init__(self, settings: Settings, plugins: Iterable[tuple[str, Any]] = (),
                  discover_plugins: bool = True, plugin_manager: pluggy.PluginManager | None = None,
-                 worker: int | None = None, resolver: Resolver | None = None):
+                 worker: int | None = None, resolver: Resolver | None = None,
+                 role: str = "all"):
         """`plugins` adds (name, plugin) pairs; `discover_plugins=False` uses only those, so a
         test can build an app with exactly the plugins it wants. `worker` is this process's
         index under `serve --workers N` (None: the only process). `resolver` looks up push
-        endpoints' hosts, both when a browser subscribes and when a push connects."""
+        endpoints' hosts, both when a browser subscribes and when a push connects. `role`
+        (escalation_timers.own_process): "all" serves and fires escalation steps, "serve"
+        only serves, "fire" only fires (no HTTP, no event sources)."""
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}")
         self.settings = settings
+        self.role = role
         redact_tornado_logs()
         manager = plugin_manager or build_plugin_manager(settings, plugins, discover_plugins)
         self.plugins = Plugins(manager)
@@ -182,7 +189,9 @@ class NotifyApp:
             metrics=self.metrics, resolver=self.resolver, escalations=self.escalations)
         if self._vapid is not None:
             self.escalations.pushes = EscalationPushes(self.store, self.service.push_wanted)
-        share = None if self.worker is None else (self.worker, worker_count(settings))
+        # Serving workers that fire split the due steps; a process of the timers' own fires all.
+        share = (None if self.worker is None or self.role == "fire"
+                 else (self.worker, worker_count(settings)))
         self.escalation_timers = EscalationTimers(self.store, self.escalations, self.service,
                                                   self.plugins, settings.escalation_timers, share)
         self.ingest = EventIngest(self.plugins, self.service, self.store, self.metrics,
@@ -212,11 +221,21 @@ class NotifyApp:
                 self.escalations.pushes.wake = self.push_worker.wake
             self.push_worker.start()
         await self.plugins.call_each("mojavox_startup", app=self)
-        # Every process watches the stored due steps (each fires once: timers.py) and writes
-        # its sockets' timeline lines.
-        self._tasks.append(self.supervisor.spawn("escalation_timers", self.escalation_timers.run))
+        # Every process that fires watches the stored due steps (each fires once: timers.py);
+        # every process writes its sockets' timeline lines.
+        if self.role != "serve":
+            self._tasks.append(self.supervisor.spawn("escalation_timers",
+                                                     self.escalation_timers.run))
         self._tasks.append(self.supervisor.spawn("escalation_journal", self.journal.run))
+        if self.role == "fire":
+            if settings.metrics.access == "port":
+                self._start_metrics_port()
+            return
+        self._start_serving(sockets)
 
+    def _start_serving(self, sockets: list[socket.socket] | None) -> None:
+        """Listen, and consume the event sources (plugins' own and the configured streams)."""
+        settings = self.settings
         self._http = NotifyHTTPServer(
             self.web_application(), max_body_size=drain_limit(settings.server.max_body_bytes),
             body_timeout=settings.server.body_timeout_seconds, xheaders=settings.server.xheaders,

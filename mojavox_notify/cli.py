@@ -30,7 +30,7 @@ from .store import sqlite_path, storage_url
 from .store.importer import import_nx27017
 from .store.nx27017 import Nx27017Error
 from .store.sqlite import SqliteStore
-from .workers import reserve_port, run_workers, worker_count
+from .workers import lower_cpu_priority, reserve_port, run_workers, timers_process, worker_count
 
 log = logging.getLogger("mojavox_notify")
 
@@ -190,7 +190,8 @@ def _serve(args) -> int:
         log.info("no settings file (--settings, $MOJAVOX_SETTINGS or ./settings.yaml): running on "
                  "the defaults and the environment; `mojavox-notify check` tells what is in use")
     count = worker_count(settings)
-    if count == 1:
+    own_timers = timers_process(settings)
+    if count == 1 and not own_timers:
         return asyncio.run(_serve_until_signalled(settings))
     try:
         settings = reserve_port(settings)
@@ -200,10 +201,15 @@ def _serve(args) -> int:
     asyncio.run(_update_embedded_file(settings))
 
     def worker(settings: Settings, index: int, ready: Callable[[], None]) -> int:
-        return _reporting_errors(lambda: asyncio.run(
-            _serve_until_signalled(settings, worker=index, ready=ready)))
+        return _reporting_errors(lambda: asyncio.run(_serve_until_signalled(
+            settings, worker=index, ready=ready, role="serve" if own_timers else "all")))
 
-    return run_workers(settings, count, worker)
+    def timers(settings: Settings, index: int, ready: Callable[[], None]) -> int:
+        lower_cpu_priority()
+        return _reporting_errors(lambda: asyncio.run(
+            _serve_until_signalled(settings, worker=index, ready=ready, role="fire")))
+
+    return run_workers(settings, count, worker, timers if own_timers else None)
 
 
 async def _update_embedded_file(settings: Settings) -> None:
@@ -223,10 +229,11 @@ async def _update_embedded_file(settings: Settings) -> None:
 
 
 async def _serve_until_signalled(settings: Settings, worker: int | None = None,
-                                 ready: Callable[[], None] | None = None) -> int:
+                                 ready: Callable[[], None] | None = None, role: str = "all") -> int:
     """Serve until SIGTERM/SIGINT. As one of several workers (`worker` is its index), listen
-    with SO_REUSEPORT beside the others and call `ready()` once listening."""
-    app = NotifyApp(settings, worker=worker)
+    with SO_REUSEPORT beside the others and call `ready()` once listening. With `role` "fire"
+    (the escalation timers' own process) only fire escalation steps, listening nowhere."""
+    app = NotifyApp(settings, worker=worker, role=role)
     if not len(app.plugins.types):
         log.warning("no notification types are registered: is plugins.directory (%s) right?",
                     settings.resolve_path(settings.plugins.directory or "."))
@@ -236,7 +243,7 @@ async def _serve_until_signalled(settings: Settings, worker: int | None = None,
         loop.add_signal_handler(signum, stop.set)
     try:
         sockets = None
-        if worker is not None:
+        if worker is not None and role != "fire":
             sockets = listen_sockets(settings.server.port, settings.server.host, reuse_port=True)
         await app.start(sockets=sockets)
     except OSError as error:
@@ -248,10 +255,14 @@ async def _serve_until_signalled(settings: Settings, worker: int | None = None,
         raise
     _tune_garbage_collection()
     broker = app.broker.name if app.redis is None else f"redis {app.redis.description}"
-    log.info("MOJAVOX Notify serving on %s (WebSocket %s) · storage: %s · broker: %s%s",
-             app.url, settings.server.ws_path, app.storage_name, broker,
-             "" if worker is None else f" · worker {worker} (pid {os.getpid()})")
-    if not worker:  # once, not once per worker
+    if role == "fire":
+        log.info("MOJAVOX Notify escalation timers firing (pid %d) · storage: %s · broker: %s",
+                 os.getpid(), app.storage_name, broker)
+    else:
+        log.info("MOJAVOX Notify serving on %s (WebSocket %s) · storage: %s · broker: %s%s",
+                 app.url, settings.server.ws_path, app.storage_name, broker,
+                 "" if worker is None else f" · worker {worker} (pid {os.getpid()})")
+    if not worker and role != "fire":  # once, not once per worker
         _print_page_link(settings, app.url)
     if ready is not None:
         ready()
@@ -433,7 +444,8 @@ def _check(args) -> int:
                                "(ingest)")
         print(f"stream {report['name']}: ok ({_backlog(report)})")
     count = worker_count(settings)
-    print(f"workers: ok ({count}{' = one per core' if not settings.server.workers else ''})")
+    print(f"workers: ok ({count}{' = one per core' if not settings.server.workers else ''}"
+          f"{'; escalation timers in a process of their own' if timers_process(settings) else ''})")
     return 0
 
 

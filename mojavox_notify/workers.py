@@ -6,6 +6,10 @@ connections evenly over them; a notification created on one reaches sockets on t
 through the Redis broker. The parent only supervises: it starts the workers one after another
 (the first one alone creates the storage schema), forwards SIGTERM/SIGINT, restarts a worker
 that crashed, and stops everything when one cannot start or lost its storage.
+
+With `escalation_timers.own_process` one more child, started last and supervised alike, fires
+the escalation steps for all of them at a lower CPU priority, and the workers fire none: a
+burst of 10,000 steps then has a core (and a GIL) of its own, and requests keep theirs.
 """
 
 from __future__ import annotations
@@ -35,6 +39,10 @@ RESTART_WINDOW_SECONDS = 60
 #: storage lost past storage.exit_after_seconds (3: the supervisor above us restarts it all).
 FATAL_STATUSES = (2, 3)
 
+#: The escalation timers' own process yields the cores to the serving ones (nice), which
+#: still leaves it a core of two whenever they do not need both.
+TIMERS_NICENESS = 5
+
 #: child(settings, index, ready) → exit status; calls ready() once it is listening.
 Child = Callable[[Settings, int, Callable[[], None]], int]
 
@@ -55,6 +63,23 @@ def worker_count(settings: Settings) -> int:
     return count
 
 
+def timers_process(settings: Settings) -> bool:
+    """`escalation_timers.own_process`, checked: that process reaches the sockets through Redis."""
+    if settings.escalation_timers.own_process and not settings.redis.url:
+        raise SettingsError("escalation_timers.own_process", "the escalation timers' own process "
+                            "reaches the serving processes' sockets through the Redis broker: set "
+                            "redis.url (REDIS_URL), or set it false")
+    return settings.escalation_timers.own_process
+
+
+def lower_cpu_priority() -> None:
+    """For the escalation timers' own process (TIMERS_NICENESS)."""
+    try:
+        os.nice(TIMERS_NICENESS)
+    except OSError:
+        log.warning("could not lower the escalation timers' CPU priority")
+
+
 def reserve_port(settings: Settings) -> Settings:
     """Check the address is free (one clear error instead of one per worker) and resolve port
     0 to a real port every worker then binds with SO_REUSEPORT."""
@@ -66,16 +91,18 @@ def reserve_port(settings: Settings) -> Settings:
     return dataclasses.replace(settings, server=dataclasses.replace(server, port=port))
 
 
-def run_workers(settings: Settings, count: int, child: Child) -> int:
-    return Supervisor(settings, count, child).run()
+def run_workers(settings: Settings, count: int, child: Child, timers: Child | None = None) -> int:
+    """`count` workers running `child`, and with `timers` one more process (index `count`)."""
+    return Supervisor(settings, count, child, timers).run()
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, count: int, child: Child):
+    def __init__(self, settings: Settings, count: int, child: Child, timers: Child | None = None):
         self.settings = settings
         self.count = count
         self.child = child
-        self.workers: dict[int, int] = {}  # pid → index
+        self.timers = timers
+        self.workers: dict[int, int] = {}  # pid → index (the timers' process: `count`)
         self.restarts: list[float] = []
         self.stopping = False
         self.status = 0
@@ -83,11 +110,13 @@ class Supervisor:
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
-        for index in range(self.count):
+        for index in range(self.count + (self.timers is not None)):
             if self.stopping or not self._start(index):
                 return self._stop_all()
-        log.info("%d workers serving on %s:%d (pids %s)", self.count, self.settings.server.host,
-                 self.settings.server.port, ", ".join(map(str, self.workers)))
+        log.info("%d workers serving on %s:%d (pids %s)%s", self.count, self.settings.server.host,
+                 self.settings.server.port, ", ".join(map(str, list(self.workers)[:self.count])),
+                 "" if self.timers is None else
+                 f"; escalation timers in pid {list(self.workers)[self.count]}")
         while self.workers:
             try:
                 pid, wait_status = os.wait()
@@ -97,20 +126,24 @@ class Supervisor:
             if index is None or self.stopping:
                 continue
             code = os.waitstatus_to_exitcode(wait_status)
+            name = self._name(index)
             if code in FATAL_STATUSES:
-                log.error("worker %d (pid %d) exited with status %d: stopping all workers",
-                          index, pid, code)
+                log.error("%s (pid %d) exited with status %d: stopping all workers",
+                          name, pid, code)
                 self.status = code
                 return self._stop_all()
             if not self._may_restart():
-                log.error("worker %d (pid %d) exited with status %d; more than %d restarts in %d s: "
-                          "stopping all workers", index, pid, code, MAX_RESTARTS, RESTART_WINDOW_SECONDS)
+                log.error("%s (pid %d) exited with status %d; more than %d restarts in %d s: "
+                          "stopping all workers", name, pid, code, MAX_RESTARTS, RESTART_WINDOW_SECONDS)
                 self.status = 1
                 return self._stop_all()
-            log.error("worker %d (pid %d) exited with status %d: restarting it", index, pid, code)
+            log.error("%s (pid %d) exited with status %d: restarting it", name, pid, code)
             if not self._start(index):
                 return self._stop_all()
         return self.status
+
+    def _name(self, index: int) -> str:
+        return "the escalation timers' process" if index == self.count else f"worker {index}"
 
     def _on_signal(self, signum, frame) -> None:
         if not self.stopping:
@@ -150,7 +183,8 @@ class Supervisor:
             def ready() -> None:
                 os.write(ready_fd, b"1")
 
-            code = self.child(self.settings, index, ready)
+            child = self.timers if index == self.count else self.child
+            code = child(self.settings, index, ready)
         except KeyboardInterrupt:
             code = 130
         except BaseException:
@@ -174,7 +208,8 @@ class Supervisor:
                 code = os.waitstatus_to_exitcode(wait_status)
                 self.status = code if code > 0 else 1
                 return False
-        log.error("worker %d (pid %d) did not start within %d s", index, pid, READY_TIMEOUT_SECONDS)
+        log.error("%s (pid %d) did not start within %d s", self._name(index), pid,
+                  READY_TIMEOUT_SECONDS)
         self.status = 1
         return False
 

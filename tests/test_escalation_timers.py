@@ -10,9 +10,12 @@ so two instances in one process are the MongoDB engine's several-instances test.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 import time
 from datetime import datetime, timezone
+from types import SimpleNamespace
 import urllib.request
 
 import pytest
@@ -20,6 +23,7 @@ import pytest
 from tests.support.engines import both_engines
 from tests.support.ports import free_port
 from tests.support.servers import ServeProcess
+from tests.support.sockets import Socket
 from tests.support.tokens import new_user, token
 from tests.support.waiting import wait_for
 
@@ -109,6 +113,62 @@ def test_under_two_workers_each_step_fires_exactly_once(tmp_path, storage_overri
         assert sum(won) <= count and all(won), f"steps fired by each worker: {won}"
     finally:
         server.stop()
+
+
+@pytest.mark.timeout(120)
+async def test_timers_in_their_own_process_reach_a_workers_socket_and_fire_once_after_a_kill(
+        tmp_path, redis_overrides):
+    """escalation_timers.own_process: the serving worker fires nothing, the timers' process
+    fires the step and its frame reaches the worker's socket through Redis; that process
+    SIGKILLed right after an escalation opened is started again and fires its step once."""
+    backup = new_user("backup")
+    metrics_port = free_port()
+    server = ServeProcess(
+        tmp_path, **policy("backup"), **redis_overrides,
+        **{"escalation_timers.own_process": True, "metrics.access": "port",
+           "metrics.port": metrics_port, "logging.level": "INFO"}).start(timeout=40)
+    try:
+        assert wait_for(lambda: "escalation timers in pid" in server.log_text(), 20), server.log_text()
+        timers_pid = int(re.search(r"escalation timers in pid (\d+)", server.log_text()).group(1))
+        status, _ = server.call("PUT", "/api/topics/backup/members", SERVICE, {"add": [backup]})
+        assert status == 200
+        socket = await Socket.open(SimpleNamespace(port=server.port, settings=SimpleNamespace(
+            server=SimpleNamespace(ws_path="/ws/notifications"))), token(backup))
+        await socket.expect("connected")
+
+        escalate(server, new_user("supervisor"), "call-1")
+        frame = await socket.expect("notification", timeout=WAIT_SECONDS + 5)
+        assert frame["payload"]["escalation"]["step"] == 1
+        assert frame["payload"]["data"]["callId"] == "call-1"
+        assert _steps_fired(metrics_port) == 0  # the serving worker
+        assert _steps_fired(metrics_port + 1) == 1  # the timers' process
+
+        escalate(server, new_user("supervisor"), "call-2")
+        os.kill(timers_pid, signal.SIGKILL)  # before the step is due: another process fires it
+        frame = await socket.expect("notification", timeout=WAIT_SECONDS + 20)
+        assert frame["payload"]["data"]["callId"] == "call-2", frame
+        assert "restarting it" in server.log_text()
+        await asyncio.sleep(1.0)  # nothing more comes
+        assert [f for f in await socket.quiet(0.2) if f["type"] == "notification"] == []
+        told = inbox(server, backup)
+        assert sorted(n["data"]["callId"] for n in told) == ["call-1", "call-2"]
+        for notification in told:
+            status, detail = server.call(
+                "GET", f"/api/escalations/{notification['escalation']['id']}", SERVICE)
+            assert [line["event"] for line in detail["timeline"]].count("escalated") == 1
+        socket.close()
+        server.stop()
+        assert server.process.returncode == 0, server.log_text()
+    finally:
+        server.stop()
+
+
+def test_timers_in_their_own_process_without_redis_refuse_to_start_with_one_line(tmp_path):
+    server = ServeProcess(tmp_path, **{"escalation_timers.own_process": True})
+    with pytest.raises(RuntimeError) as failed:
+        server.start()
+    assert "escalation_timers.own_process" in str(failed.value) and "redis.url" in str(failed.value)
+    assert "Traceback" not in server.log_text()
 
 
 def _steps_fired(port: int) -> int:
