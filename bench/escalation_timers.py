@@ -90,11 +90,12 @@ class Server:
     escalation opens. Started again (same folder, port and store) for each wave."""
 
     def __init__(self, folder: Path, batch: int = 500, workers: int = 1,
-                 redis_url: str | None = None, lookahead: float = 2.0):
+                 redis_url: str | None = None, lookahead: float = 2.0, own_process: bool = False):
         self.folder = folder
         self.batch = batch
         self.lookahead = lookahead
         self.workers = workers
+        self.own_process = own_process
         self.redis_url = redis_url
         self.port = free_port()
         self.metrics_port = free_port()
@@ -114,6 +115,7 @@ class Server:
             "retention:\n  cleanup_interval_minutes: 0\n"
             f"metrics:\n  access: port\n  port: {self.metrics_port}\n"
             f"escalation_timers:\n  batch: {self.batch}\n  lookahead_seconds: {self.lookahead}\n"
+            f"  own_process: {'true' if self.own_process else 'false'}\n"
             "logging:\n  level: WARNING\n"
             "escalations:\n  call_escalation:\n    claim: true\n"
             "    unanswered_after_seconds: 3600\n"  # no second wave of `unanswered` in the run
@@ -161,9 +163,10 @@ class Server:
             self.process.wait(10)
 
     async def metrics(self, session: aiohttp.ClientSession) -> str:
-        """Every worker's /metrics text (worker i answers on the metrics port + i)."""
+        """Every worker's /metrics text (worker i answers on the metrics port + i, the timers'
+        own process after the workers)."""
         texts = []
-        for worker in range(self.workers):
+        for worker in range(self.workers + self.own_process):
             async with session.get(f"http://127.0.0.1:{self.metrics_port + worker}/metrics") as answer:
                 texts.append(await answer.text())
         return "\n".join(texts)
@@ -352,12 +355,13 @@ def histogram_within(metrics: str, name: str, bound: str) -> tuple[float, float]
 
 async def run(args, folder: Path) -> dict:
     redis = None
-    if args.workers > 1:  # the workers reach each other's sockets through Redis
+    if args.workers > 1 or args.own_process:  # processes reach each other's sockets through Redis
         redis = Redis(folder)
         redis.start()
     try:
         return await _run(args, folder, Server(folder, args.batch, args.workers,
-                                               redis.url if redis else None, args.lookahead))
+                                               redis.url if redis else None, args.lookahead,
+                                               args.own_process))
     finally:
         if redis is not None:
             redis.stop()
@@ -459,7 +463,8 @@ def report(args, result: dict) -> None:
           f"{min(w['seconds'] for w in waves):.2f}-{max(w['seconds'] for w in waves):.2f} s, "
           f"{min(w['opened'] for w in waves)}-{max(w['opened'] for w in waves)} each), "
           f"{args.concurrency} in flight; escalation_timers.batch {args.batch}; "
-          f"{args.workers} worker{'s' if args.workers > 1 else ''}; "
+          f"{args.workers} worker{'s' if args.workers > 1 else ''}"
+          f"{' and the timers in a process of their own (nice 5)' if args.own_process else ''}; "
           f"escalation_timers.lookahead_seconds {args.lookahead:g}; "
           f"due times span {1000 * (max(dues) - first_due):.0f} ms; "
           f"{args.tenants} centers, a step tells the center's {MANAGER}, "
@@ -528,6 +533,10 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--workers", type=int, default=1,
                         help="serve --workers: more than one shares a redis-server of the run's "
                              "own, and each worker fires its share of the due steps")
+    parser.add_argument("--own-process", action="store_true",
+                        help="escalation_timers.own_process: the steps fire from a process of "
+                             "their own, the workers' sockets reached through a redis-server of "
+                             "the run's own")
     parser.add_argument("--keep", action="store_true", help="keep the server's folder")
     return parser.parse_args(argv)
 
