@@ -30,10 +30,15 @@ Measured, on that last server, in one run:
   until the last step's notification is stored; also shown in its two halves); p50/p99 of
   each and the ratio of the p99s (target: at most 1.2x).
 
+With `--own-process` the steps fire from the escalation timers' own process
+(`escalation_timers.own_process`, a redis-server of the run's own carrying their frames to the
+serving worker), and the probe measures what a burst still takes from requests then.
+
 Bounded in count and time; stops by itself and stops the server it started.
 
     PYTHONPATH=$PWD .venv/bin/python -m bench escalation-timers
     PYTHONPATH=$PWD .venv/bin/python -m bench escalation-timers --escalations 2000 --idle-seconds 5
+    PYTHONPATH=$PWD .venv/bin/python -m bench escalation-timers --own-process
 """
 
 from __future__ import annotations
