@@ -615,10 +615,9 @@ async def test_small_embedded_operations_run_on_the_event_loop_unless_they_would
         assert (await waiting)[0].document["seq"] == 18
         assert on_threads == []
 
-        # A broken write connection: the thread does the work on a new one, which the loop
-        # then writes with again.
+        # A broken connection of the loop's: the thread does the work, the loop opens anew.
         on_threads.clear()
-        store._execution._write_connection().close()
+        store._inline.close()
         assert (await store.insert_many(_drafts(user, 1)))[0].document["seq"] == 19
         assert on_threads == ["_insert_many"]
         assert (await store.insert_many(_drafts(user, 1)))[0].document["seq"] == 20

@@ -272,13 +272,6 @@ class Execution:
         self._checkpoint_queued = False
         self._closing = threading.Event()
         self._local = threading.local()
-        # One connection for every write of this process, the loop's and the writer and bulk
-        # threads' (one at a time: their turns exclude each other). SQLite drops a connection's
-        # page cache whenever another connection has written, so writers on connections of
-        # their own re-read their pages after each other's commits: a burst of steps re-read
-        # its indexes after every create that went between two of its parts.
-        self._writes: sqlite3.Connection | None = None
-        self._writes_lock = threading.Lock()
 
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
@@ -287,22 +280,8 @@ class Execution:
                 self._settings.busy_timeout_seconds)
         return connection
 
-    def _write_connection(self) -> sqlite3.Connection:
-        with self._writes_lock:
-            if self._writes is None:
-                self._writes = self._open_connection(self._settings.busy_timeout_seconds,
-                                                     shared=True)
-            return self._writes
-
-    def _discard_write_connection(self) -> None:
-        """After a failure, reopen on the next write. Not closed here: another thread may have
-        taken its turn with it meanwhile; it closes once nobody holds it."""
-        with self._writes_lock:
-            self._writes = None
-
-    def _open_connection(self, busy_timeout: float, shared: bool = False) -> sqlite3.Connection:
-        connection = sqlite3.connect(self.path, isolation_level=None, timeout=busy_timeout,
-                                     check_same_thread=not shared)
+    def _open_connection(self, busy_timeout: float) -> sqlite3.Connection:
+        connection = sqlite3.connect(self.path, isolation_level=None, timeout=busy_timeout)
         connection.execute(f"PRAGMA synchronous = {self._settings.sqlite_synchronous.upper()}")
         connection.execute(f"PRAGMA cache_size = -{self._settings.sqlite_cache_mib * 1024}")  # KiB
         connection.execute("PRAGMA temp_store = MEMORY")
@@ -323,30 +302,14 @@ class Execution:
                 self.inline = self._open_connection(busy_timeout=0)
             if not write:
                 return True, function(self.inline, *args)
-        except sqlite3.Error:  # failing: the thread's attempt answers for it
-            self._close_inline()
-            return False, None
-        try:
-            done, result = self._inline_turn.run_now(self._without_waiting, self._write_connection(),
-                                                     function, *args)
+            done, result = self._inline_turn.run_now(function, self.inline, *args)
         except sqlite3.Error:  # busy, or failing: the thread's attempt answers for it
-            self._discard_write_connection()
+            self._close_inline()
             return False, None
         if not done:
             return False, TURN_TAKEN
         self._queue_checkpoint()
         return True, result
-
-    def _without_waiting(self, connection: sqlite3.Connection, function: Callable,
-                         *args: Any) -> Any:
-        """On the loop a write never waits for SQLite's lock (held by a writer of another
-        process not taking turns): busy at once, and its thread waits instead."""
-        connection.execute("PRAGMA busy_timeout = 0")
-        try:
-            return function(connection, *args)
-        finally:
-            connection.execute(f"PRAGMA busy_timeout = "
-                               f"{int(self._settings.busy_timeout_seconds * 1000)}")
 
     def _close_inline(self) -> None:
         connection, self.inline = self.inline, None
@@ -371,13 +334,6 @@ class Execution:
             return function(self._connection(), *args)
         except sqlite3.Error as error:
             self._discard_connection()
-            raise StorageUnavailableError(f"embedded storage failed: {error}") from error
-
-    def _guarded_write(self, function: Callable, args: tuple) -> Any:
-        try:
-            return function(self._write_connection(), *args)
-        except sqlite3.Error as error:
-            self._discard_write_connection()
             raise StorageUnavailableError(f"embedded storage failed: {error}") from error
 
     def _written(self, function: Callable, connection: sqlite3.Connection, *args: Any) -> Any:
@@ -412,14 +368,14 @@ class Execution:
     async def write(self, function: Callable, *args: Any) -> Any:
         """On the writer thread; gives up (503) after `write_timeout`."""
         return await self._run(self._writer, functools.partial(self._written, function), args,
-                               self.write_timeout, self._guarded_write)
+                               self.write_timeout)
 
     async def bulk(self, function: Callable, *args: Any) -> Any:
         """On the bulk thread, in its turn: `function(connection, way, *args)` commits its work
         in parts and, between two, gives way (a GivingWay) to this process's other writes;
         gives up (503) after `write_timeout`."""
         return await self._run(self._bulk, self._bulk_written, (function, *args),
-                               self.write_timeout, self._guarded_write)
+                               self.write_timeout)
 
     def _bulk_written(self, connection: sqlite3.Connection, function: Callable,
                       *args: Any) -> Any:
@@ -434,12 +390,11 @@ class Execution:
     async def background(self, function: Callable, *args: Any) -> Any:
         """A write with no time limit: start-up, cleanup, import."""
         return await self._run(self._writer, functools.partial(self._written, function), args,
-                               None, self._guarded_write)
+                               None)
 
     async def _run(self, executor: ThreadPoolExecutor, function: Callable, args: tuple,
-                   timeout: float | None, guarded: Callable | None = None) -> Any:
-        running = asyncio.get_running_loop().run_in_executor(executor, guarded or self._guarded,
-                                                             function, args)
+                   timeout: float | None) -> Any:
+        running = asyncio.get_running_loop().run_in_executor(executor, self._guarded, function, args)
         try:
             async with asyncio.timeout(timeout):  # (wait_for may swallow a cancellation in 3.11)
                 return await running
@@ -469,12 +424,6 @@ class Execution:
         self._bulk_turn.close()
         self.waiters.close()
         self._waiting.close()
-        writes, self._writes = self._writes, None
-        if writes is not None:
-            try:
-                writes.close()
-            except sqlite3.Error:
-                pass
 
 
 def _lower_priority() -> None:

@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import socket
+import sqlite3
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -53,6 +54,11 @@ class SqliteStore(NotificationStore):
         self._state_reads = Coalescer(self._states_batch, BATCH_DRAFTS)
 
     # -- the ways to the file: every trip to a thread passes here (tests watch these) ----------
+
+    @property
+    def _inline(self) -> sqlite3.Connection | None:
+        """The event loop's own connection, once opened."""
+        return self._execution.inline
 
     async def _write(self, function: Callable, *args: Any) -> Any:
         """On the writer thread; gives up (503) after the write timeout."""
