@@ -207,10 +207,14 @@ class NotifyApp:
             settings.storage.operation_timeout_seconds, settings.storage.exit_after_seconds,
             self.supervisor)
         self.storage_health.start()
+        # The timers' own process has no sockets, yet subscribes: a publish that met Redis away
+        # is announced to the others when it is back (broker/pubsub.py).
         await self.broker.start(self._received)
-        await self._load_broadcasts()
+        if self.role != "fire":
+            await self._load_broadcasts()
+            self.heartbeat.start()
         await self.presence.start()
-        self.heartbeat.start()
+        # Every process sends the pushes it records at once (the timers' process: its steps').
         if self._vapid is not None:
             self.push_sender = PushSender(settings.push, self._vapid,
                                           push_http_client(settings.push, self.resolver))

@@ -248,8 +248,11 @@ async def _serve_until_signalled(settings: Settings, worker: int | None = None,
         await app.start(sockets=sockets)
     except OSError as error:
         await app.stop()
-        raise StartupError(f"cannot listen on {settings.server.host}:{settings.server.port}: "
-                           f"{error.strerror or error}") from None
+        if role == "fire":  # its one address: /metrics after the workers'
+            address = f"{settings.metrics.host}:{settings.metrics.port + (worker or 0)} (metrics.port)"
+        else:
+            address = f"{settings.server.host}:{settings.server.port}"
+        raise StartupError(f"cannot listen on {address}: {error.strerror or error}") from None
     except BaseException:
         await app.stop()
         raise

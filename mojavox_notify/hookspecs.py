@@ -66,7 +66,8 @@ def mojavox_event_sources(app):
 
 @hookspec
 def mojavox_startup(app):
-    """Called once when the server has started and before it accepts connections. May be async."""
+    """Called once when the server has started and before it accepts connections, in every
+    process of `serve` (`app.role` "fire": the escalation timers' own process). May be async."""
 
 
 @hookspec

@@ -193,7 +193,7 @@ class EscalationTimerSettings:
     batch: int = _check(_between(1, 10_000), default=500)
     lookahead_seconds: float = _check(_between(0, 30), default=2.0)
     #: `serve` fires the steps from one process of their own, at a lower CPU priority, instead
-    #: of in every serving process (a burst then takes no time from requests); needs redis.url.
+    #: of in every serving process (a burst then takes no CPU or GIL of theirs); needs redis.url.
     own_process: bool = False
 
 

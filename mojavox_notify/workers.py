@@ -147,7 +147,7 @@ class Supervisor:
 
     def _on_signal(self, signum, frame) -> None:
         if not self.stopping:
-            log.info("stopping %d workers", len(self.workers))
+            log.info("stopping %d processes", len(self.workers))
         self.stopping = True
         for pid in list(self.workers):
             _kill(pid, signal.SIGTERM)
@@ -227,8 +227,9 @@ class Supervisor:
                 if done:
                     self.workers.pop(pid, None)
             time.sleep(0.05)
-        for pid in list(self.workers):
-            log.error("worker pid %d did not stop within %d s: killing it", pid, STOP_TIMEOUT_SECONDS)
+        for pid, index in list(self.workers.items()):
+            log.error("%s (pid %d) did not stop within %d s: killing it", self._name(index), pid,
+                      STOP_TIMEOUT_SECONDS)
             _kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
         return self.status

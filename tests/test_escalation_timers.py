@@ -129,7 +129,8 @@ async def test_timers_in_their_own_process_reach_a_workers_socket_and_fire_once_
            "metrics.port": metrics_port, "logging.level": "INFO"}).start(timeout=40)
     try:
         assert wait_for(lambda: "escalation timers in pid" in server.log_text(), 20), server.log_text()
-        timers_pid = int(re.search(r"escalation timers in pid (\d+)", server.log_text()).group(1))
+        timers_pid = int(re.search(r"escalation timers in pid (\d+)",
+                                   server.log_path.read_text(encoding="utf-8")).group(1))
         status, _ = server.call("PUT", "/api/topics/backup/members", SERVICE, {"add": [backup]})
         assert status == 200
         socket = await Socket.open(SimpleNamespace(port=server.port, settings=SimpleNamespace(
@@ -144,10 +145,13 @@ async def test_timers_in_their_own_process_reach_a_workers_socket_and_fire_once_
         assert _steps_fired(metrics_port + 1) == 1  # the timers' process
 
         escalate(server, new_user("supervisor"), "call-2")
-        os.kill(timers_pid, signal.SIGKILL)  # before the step is due: another process fires it
+        os.kill(timers_pid, signal.SIGKILL)  # before the step is due: its successor fires it
         frame = await socket.expect("notification", timeout=WAIT_SECONDS + 20)
         assert frame["payload"]["data"]["callId"] == "call-2", frame
         assert "restarting it" in server.log_text()
+        firing = re.findall(r"escalation timers firing \(pid (\d+)\)",
+                            server.log_path.read_text(encoding="utf-8"))
+        assert len(firing) == 2 and int(firing[-1]) != timers_pid, firing
         await asyncio.sleep(1.0)  # nothing more comes
         assert [f for f in await socket.quiet(0.2) if f["type"] == "notification"] == []
         told = inbox(server, backup)

@@ -30,7 +30,7 @@ from mojavox_notify.store.importer import IMPORTED_MARKER
 from mojavox_notify.store.mongo import MongoStore
 from mojavox_notify.store.nx27017 import Nx27017Child
 from mojavox_notify.store.sqlite import CHECKPOINT_DELAY_SECONDS, SCHEMA_VERSION
-from mojavox_notify.store.sqlite.execution import transaction
+from mojavox_notify.store.sqlite.execution import TurnWaiters, WaitingProbe, transaction
 
 from .support.api import notifications_of, post_event
 from .support.engines import both_engines
@@ -670,6 +670,24 @@ async def test_a_create_waiting_for_the_turn_goes_between_the_parts_of_a_bulk_wr
         assert created.document["seq"] == 2
         assert "gave way" in happened
         assert happened.index("created") < happened.index(20), happened
+
+
+def test_waiting_for_the_turn_is_seen_by_every_bulk_write_and_bulk_writes_not_by_each_other(
+        tmp_path):
+    """A bulk writer's probe takes no lock, so two of them (workers firing their shares of a
+    burst) never mistake each other for a waiting write; a waiter is seen by both."""
+    database = tmp_path / "notify.db"
+    first, second, waiters = WaitingProbe(database), WaitingProbe(database), TurnWaiters(database)
+    try:
+        assert not first() and not second()
+        with waiters.waiting():
+            with waiters.waiting():  # two writes of one process: one mark
+                assert first() and second()
+            assert first() and second()
+        assert not first() and not second()
+    finally:
+        for lock in (first, second, waiters):
+            lock.close()
 
 
 # A create in another process sharing the file: opens it, says so, creates once told to.

@@ -30,6 +30,7 @@ import functools
 import logging
 import os
 import sqlite3
+import struct
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -77,51 +78,55 @@ def transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 class TurnWaiters:
     """The writes waiting for the write turn now, in every process sharing the file: a bulk
     write in progress lets them go first (GivingWay). This process's are counted here; while
-    any waits, the process holds a shared flock on `<file>-waiting.lock`, which a bulk write
-    of any process sees (`any_waiting`), so escalation timers firing in a process of their
-    own give way to the serving process's creates as to their own."""
+    any waits, the process holds a read lock on `<file>-waiting.lock`, which a bulk write of
+    any process sees (WaitingProbe), so escalation timers firing in a process of their own
+    give way to the serving process's creates as to their own. Open-file-description locks
+    (fcntl F_OFD_*): taking a read lock never waits, since nobody takes a write lock."""
 
     def __init__(self, database: Path):
         self._path = database.with_name(database.name + "-waiting.lock")
         self._lock = threading.Lock()
         self._count = 0
         self._fd: int | None = None
-
-    def __bool__(self) -> bool:
-        return self._count > 0
+        self._closed = False
 
     @contextmanager
     def waiting(self) -> Iterator[None]:
         with self._lock:
             self._count += 1
             if self._count == 1:
-                self._flock(fcntl.LOCK_SH)
+                self._mark(fcntl.F_RDLCK)
         try:
             yield
         finally:
             with self._lock:
                 self._count -= 1
                 if self._count == 0:
-                    self._flock(fcntl.LOCK_UN)
+                    self._mark(fcntl.F_UNLCK)
 
-    def _flock(self, operation: int) -> None:
+    def _mark(self, lock_type: int) -> None:
+        if self._closed:
+            return
         try:
             if self._fd is None:
                 self._fd = _open_lock_file(self._path)
-            fcntl.flock(self._fd, operation)
+            _file_lock(self._fd, fcntl.F_OFD_SETLK, lock_type)
         except OSError:  # the others then see only the turn: correct, merely not first
             pass
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        with self._lock:
+            self._closed = True
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
 
 class WaitingProbe:
-    """Whether a write of any process sharing the file waits for the turn: an exclusive flock
-    on `<file>-waiting.lock` tried without waiting (and let go at once) fails while a waiter
-    holds its shared one. A descriptor of its own, since flock belongs to the descriptor."""
+    """Whether a write of any process sharing the file waits for the turn: asks for the
+    read locks on `<file>-waiting.lock` (F_OFD_GETLK), taking none itself. A descriptor of its
+    own, since such a lock belongs to the open file description: this process's own waiters
+    are seen too."""
 
     def __init__(self, database: Path):
         self._path = database.with_name(database.name + "-waiting.lock")
@@ -131,18 +136,25 @@ class WaitingProbe:
         try:
             if self._fd is None:
                 self._fd = _open_lock_file(self._path)
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
+            return _file_lock(self._fd, fcntl.F_OFD_GETLK, fcntl.F_WRLCK) != fcntl.F_UNLCK
         except OSError:
             return False
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-        return False
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+#: Linux's `struct flock`: l_type, l_whence, l_start, l_len, l_pid (and padding).
+FLOCK_LAYOUT = "hhqqi4x"
+
+
+def _file_lock(fd: int, command: int, lock_type: int) -> int:
+    """An open-file-description lock on the whole file set or asked for; the answer's
+    l_type (F_UNLCK from F_OFD_GETLK: nothing conflicts)."""
+    answer = fcntl.fcntl(fd, command, struct.pack(FLOCK_LAYOUT, lock_type, os.SEEK_SET, 0, 0, 0))
+    return struct.unpack(FLOCK_LAYOUT, answer)[0]
 
 
 def _open_lock_file(path: Path) -> int:
@@ -372,8 +384,8 @@ class Execution:
 
     async def bulk(self, function: Callable, *args: Any) -> Any:
         """On the bulk thread, in its turn: `function(connection, way, *args)` commits its work
-        in parts and, between two, gives way (a GivingWay) to this process's other writes;
-        gives up (503) after `write_timeout`."""
+        in parts and, between two, gives way (a GivingWay) to the writes waiting for the turn,
+        of this process or another; gives up (503) after `write_timeout`."""
         return await self._run(self._bulk, self._bulk_written, (function, *args),
                                self.write_timeout)
 
