@@ -653,12 +653,7 @@ async def test_a_create_waiting_for_the_turn_goes_between_the_parts_of_a_bulk_wr
 
         def bulk(connection, way):
             for part in range(40):
-                if part and way.wanted():
-                    happened.append("gave way")
-                    way.give_way()
-                with transaction(connection):
-                    connection.execute("DELETE FROM heartbeat WHERE 0")
-                    time.sleep(0.01)  # a part's work
+                _write_a_part(connection, way, part, happened)
                 happened.append(part)
                 begun.set()
 
@@ -688,6 +683,17 @@ def test_waiting_for_the_turn_is_seen_by_every_bulk_write_and_bulk_writes_not_by
     finally:
         for lock in (first, second, waiters):
             lock.close()
+
+
+def _write_a_part(connection, way, part: int, happened: list) -> None:
+    """One part of a test's bulk write (the write lock held for 10 ms), after giving way
+    (noted in `happened`) when a write waits for the turn."""
+    if part and way.wanted():
+        happened.append("gave way")
+        way.give_way()
+    with transaction(connection):
+        connection.execute("DELETE FROM heartbeat WHERE 0")
+        time.sleep(0.01)
 
 
 # A create in another process sharing the file: opens it, says so, creates once told to.
@@ -727,12 +733,7 @@ async def test_a_create_of_another_process_goes_between_the_parts_of_a_bulk_writ
 
             def bulk(connection, way):
                 for part in range(300):  # 3 s at most
-                    if part and way.wanted():
-                        happened.append("gave way")
-                        way.give_way()
-                    with transaction(connection):
-                        connection.execute("DELETE FROM heartbeat WHERE 0")
-                        time.sleep(0.01)  # a part's work
+                    _write_a_part(connection, way, part, happened)
                     begun.set()
                     if connection.execute("SELECT count(*) FROM notifications WHERE user_id = ?",
                                           (user,)).fetchone()[0]:
