@@ -96,6 +96,10 @@ class NotifyApp:
             raise ValueError(f"role must be one of {', '.join(ROLES)}")
         self.settings = settings
         self.role = role
+        #: Whether this process answers requests (and runs the event sources), and whether it
+        #: fires escalation steps.
+        self.serves = role != "fire"
+        self.fires = role != "serve"
         redact_tornado_logs()
         manager = plugin_manager or build_plugin_manager(settings, plugins, discover_plugins)
         self.plugins = Plugins(manager)
@@ -190,7 +194,7 @@ class NotifyApp:
         if self._vapid is not None:
             self.escalations.pushes = EscalationPushes(self.store, self.service.push_wanted)
         # Serving workers that fire split the due steps; a process of the timers' own fires all.
-        share = (None if self.worker is None or self.role == "fire"
+        share = (None if self.worker is None or not self.serves
                  else (self.worker, worker_count(settings)))
         self.escalation_timers = EscalationTimers(self.store, self.escalations, self.service,
                                                   self.plugins, settings.escalation_timers, share)
@@ -210,7 +214,7 @@ class NotifyApp:
         # The timers' own process has no sockets, yet subscribes: a publish that met Redis away
         # is announced to the others when it is back (broker/pubsub.py).
         await self.broker.start(self._received)
-        if self.role != "fire":
+        if self.serves:
             await self._load_broadcasts()
             self.heartbeat.start()
         await self.presence.start()
@@ -227,11 +231,11 @@ class NotifyApp:
         await self.plugins.call_each("mojavox_startup", app=self)
         # Every process that fires watches the stored due steps (each fires once: timers.py);
         # every process writes its sockets' timeline lines.
-        if self.role != "serve":
+        if self.fires:
             self._tasks.append(self.supervisor.spawn("escalation_timers",
                                                      self.escalation_timers.run))
         self._tasks.append(self.supervisor.spawn("escalation_journal", self.journal.run))
-        if self.role == "fire":
+        if not self.serves:
             if settings.metrics.access == "port":
                 self._start_metrics_port()
             return

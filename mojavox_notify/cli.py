@@ -243,12 +243,12 @@ async def _serve_until_signalled(settings: Settings, worker: int | None = None,
         loop.add_signal_handler(signum, stop.set)
     try:
         sockets = None
-        if worker is not None and role != "fire":
+        if worker is not None and app.serves:
             sockets = listen_sockets(settings.server.port, settings.server.host, reuse_port=True)
         await app.start(sockets=sockets)
     except OSError as error:
         await app.stop()
-        if role == "fire":  # its one address: /metrics after the workers'
+        if not app.serves:  # its one address: /metrics after the workers'
             address = f"{settings.metrics.host}:{settings.metrics.port + (worker or 0)} (metrics.port)"
         else:
             address = f"{settings.server.host}:{settings.server.port}"
@@ -258,14 +258,14 @@ async def _serve_until_signalled(settings: Settings, worker: int | None = None,
         raise
     _tune_garbage_collection()
     broker = app.broker.name if app.redis is None else f"redis {app.redis.description}"
-    if role == "fire":
+    if not app.serves:
         log.info("MOJAVOX Notify escalation timers firing (pid %d) · storage: %s · broker: %s",
                  os.getpid(), app.storage_name, broker)
     else:
         log.info("MOJAVOX Notify serving on %s (WebSocket %s) · storage: %s · broker: %s%s",
                  app.url, settings.server.ws_path, app.storage_name, broker,
                  "" if worker is None else f" · worker {worker} (pid {os.getpid()})")
-    if not worker and role != "fire":  # once, not once per worker
+    if not worker and app.serves:  # once, not once per worker
         _print_page_link(settings, app.url)
     if ready is not None:
         ready()

@@ -84,10 +84,9 @@ class TurnWaiters:
     (fcntl F_OFD_*): taking a read lock never waits, since nobody takes a write lock."""
 
     def __init__(self, database: Path):
-        self._path = database.with_name(database.name + "-waiting.lock")
+        self._file = LockFile(database, "waiting")
         self._lock = threading.Lock()
         self._count = 0
-        self._fd: int | None = None
         self._closed = False
 
     @contextmanager
@@ -108,18 +107,14 @@ class TurnWaiters:
         if self._closed:
             return
         try:
-            if self._fd is None:
-                self._fd = _open_lock_file(self._path)
-            _file_lock(self._fd, fcntl.F_OFD_SETLK, lock_type)
+            _file_lock(self._file.fd(), fcntl.F_OFD_SETLK, lock_type)
         except OSError:  # the others then see only the turn: correct, merely not first
             pass
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
+            self._file.close()
 
 
 class WaitingProbe:
@@ -129,21 +124,16 @@ class WaitingProbe:
     are seen too."""
 
     def __init__(self, database: Path):
-        self._path = database.with_name(database.name + "-waiting.lock")
-        self._fd: int | None = None
+        self._file = LockFile(database, "waiting")
 
     def __call__(self) -> bool:
         try:
-            if self._fd is None:
-                self._fd = _open_lock_file(self._path)
-            return _file_lock(self._fd, fcntl.F_OFD_GETLK, fcntl.F_WRLCK) != fcntl.F_UNLCK
+            return _file_lock(self._file.fd(), fcntl.F_OFD_GETLK, fcntl.F_WRLCK) != fcntl.F_UNLCK
         except OSError:
             return False
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self._file.close()
 
 
 #: Linux's `struct flock`: l_type, l_whence, l_start, l_len, l_pid (and padding).
@@ -157,8 +147,24 @@ def _file_lock(fd: int, command: int, lock_type: int) -> int:
     return struct.unpack(FLOCK_LAYOUT, answer)[0]
 
 
-def _open_lock_file(path: Path) -> int:
-    return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+class LockFile:
+    """`<file>-<name>.lock` beside the database, opened on first use: a descriptor of its own,
+    since the locks on it (flock, open-file-description locks) belong to the descriptor."""
+
+    def __init__(self, database: Path, name: str):
+        self.path = database.with_name(f"{database.name}-{name}.lock")
+        self._fd: int | None = None
+
+    def fd(self) -> int:
+        """Raises OSError when the file cannot be opened."""
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class WriteTurn:
@@ -172,10 +178,9 @@ class WriteTurn:
     POLL_SECONDS = 0.0005
 
     def __init__(self, database: Path, timeout: float, waiters: TurnWaiters | None = None):
-        self._path = database.with_name(database.name + "-writer.lock")
+        self._file = LockFile(database, "writer")
         self._timeout = timeout
         self._waiters = waiters
-        self._fd: int | None = None
 
     def run(self, function: Callable, connection: sqlite3.Connection, *args: Any) -> Any:
         self.acquire()
@@ -193,7 +198,7 @@ class WriteTurn:
                 time.sleep(self.POLL_SECONDS)
 
     def release(self) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        fcntl.flock(self._file.fd(), fcntl.LOCK_UN)
 
     def run_now(self, function: Callable, connection: sqlite3.Connection,
                 *args: Any) -> tuple[bool, Any]:
@@ -216,18 +221,14 @@ class WriteTurn:
             self.release()
 
     def _open(self) -> int:
-        if self._fd is None:
-            try:
-                self._fd = _open_lock_file(self._path)
-            except OSError as error:
-                raise sqlite3.OperationalError(f"cannot open {self._path}: "
-                                               f"{error.strerror or error}") from None
-        return self._fd
+        try:
+            return self._file.fd()
+        except OSError as error:
+            raise sqlite3.OperationalError(f"cannot open {self._file.path}: "
+                                           f"{error.strerror or error}") from None
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self._file.close()
 
 
 class GivingWay:
