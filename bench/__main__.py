@@ -25,6 +25,10 @@ client; missing and doubled notifications and memory per minute.
 escalations whose steps come due within one second; each step's lateness, and create latency
 while they fire against idle.
 
+`python -m bench escalation-writer` (bench/escalation_writer.py, `--help` there): the embedded
+engine's one writer alone, for several ways of cutting such a burst into parts: how late the
+steps are stored against how long a create waits meanwhile.
+
 `python -m bench stream-ingest` (bench/stream_ingest.py, `--help` there): events from a Redis
 stream to the sockets against `POST /api/events` at the same offered loads: the highest
 sustained rate of each and p99 from the offer to the frame.
@@ -64,6 +68,11 @@ if __name__ == "__main__" and sys.argv[1:2] == ["escalation-timers"]:
     import escalation_timers  # noqa: E402
 
     escalation_timers.main(sys.argv[2:])
+    sys.exit(0)
+if __name__ == "__main__" and sys.argv[1:2] == ["escalation-writer"]:
+    import escalation_writer  # noqa: E402
+
+    escalation_writer.main(sys.argv[2:])
     sys.exit(0)
 if __name__ == "__main__" and sys.argv[1:2] == ["stream-ingest"]:
     import stream_ingest  # noqa: E402
