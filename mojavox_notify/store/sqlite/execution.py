@@ -8,9 +8,9 @@ operations (a create's preference lookup and its insert, up to `storage.sqlite_i
 drafts or users) run on the event loop itself: they take tens of microseconds, while a trip
 to a thread costs a hand-off and waiting for the GIL back, which under load was most of a
 create's latency. While another process holds the write turn, a small insert is tried again
-from the loop about every millisecond (a half-millisecond sleep, which the loop's timer rounds up
-to its millisecond resolution; the loop serves everything else meanwhile, and never waits for a
-lock); one that fails goes to its thread, which reports the failure.
+from the loop about every millisecond (a half-millisecond sleep, which the loop's epoll wait
+rounds up to a whole millisecond; the loop serves everything else meanwhile, and never waits for
+a lock); one that fails goes to its thread, which reports the failure.
 
 Every write is one `BEGIN IMMEDIATE` transaction, which SQLite serializes across threads and
 processes: a notification and its user's counters change together, and sequence number N+1 can
