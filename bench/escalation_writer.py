@@ -44,7 +44,7 @@ import tempfile
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timezone
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -123,9 +123,9 @@ class Burst:
 class Outcome:
     cut: Cut
     burst: Burst
-    idle_ms: list[float] = field(default_factory=list)
-    storing_ms: list[float] = field(default_factory=list)
-    failed: int = 0
+    idle_ms: list[float]
+    storing_ms: list[float]
+    failed: int
 
 
 # -- the store's contents --------------------------------------------------------------------------
@@ -384,8 +384,6 @@ async def one_run(args, cut: Cut) -> Outcome:
                 burst = await fired_elsewhere(folder, cut, documents, fire_args)
             else:
                 burst = await fire(store, documents, *fire_args)
-            probe.stop()
-            await probing
     finally:
         if probe is not None:
             probe.stop()

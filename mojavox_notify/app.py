@@ -300,6 +300,14 @@ class NotifyApp:
                 "max_body_bytes": settings.server.max_body_bytes,
                 "cors": Cors(settings.server.allowed_origins, settings.web.cors_max_age_seconds)}
 
+    @property
+    def metrics_bind_port(self) -> int:
+        """Under `serve --workers N`, worker i answers /metrics on metrics.port + i (the
+        escalation timers' own process: + N): one scrape target per process, since each counts
+        only its own requests and sockets. 0: any free port."""
+        port = self.settings.metrics.port
+        return port + (self.worker or 0) if port else 0
+
     def _start_metrics_port(self) -> None:
         settings = self.settings
         common = self._handler_args()
@@ -308,10 +316,7 @@ class NotifyApp:
                                              "public": True})],
             default_handler_class=NotFoundHandler, default_handler_args=common,
             log_function=log_request)
-        # Under `serve --workers N`, worker i answers on metrics.port + i: one scrape target
-        # per process, since each counts only its own requests and sockets.
-        port = settings.metrics.port + (self.worker or 0) if settings.metrics.port else 0
-        listening = tornado.netutil.bind_sockets(port, settings.metrics.host)
+        listening = tornado.netutil.bind_sockets(self.metrics_bind_port, settings.metrics.host)
         self._metrics_http = NotifyHTTPServer(application)
         self._metrics_http.add_sockets(listening)
         self.metrics_port = listening[0].getsockname()[1]

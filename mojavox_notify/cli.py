@@ -249,7 +249,7 @@ async def _serve_until_signalled(settings: Settings, worker: int | None = None,
     except OSError as error:
         await app.stop()
         if not app.serves:  # its one address: /metrics after the workers'
-            address = f"{settings.metrics.host}:{settings.metrics.port + (worker or 0)} (metrics.port)"
+            address = f"{settings.metrics.host}:{app.metrics_bind_port} (metrics.port)"
         else:
             address = f"{settings.server.host}:{settings.server.port}"
         raise StartupError(f"cannot listen on {address}: {error.strerror or error}") from None

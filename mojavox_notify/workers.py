@@ -113,10 +113,10 @@ class Supervisor:
         for index in range(self.count + (self.timers is not None)):
             if self.stopping or not self._start(index):
                 return self._stop_all()
+        pids = {index: pid for pid, index in self.workers.items()}
         log.info("%d workers serving on %s:%d (pids %s)%s", self.count, self.settings.server.host,
-                 self.settings.server.port, ", ".join(map(str, list(self.workers)[:self.count])),
-                 "" if self.timers is None else
-                 f"; escalation timers in pid {list(self.workers)[self.count]}")
+                 self.settings.server.port, ", ".join(str(pids[i]) for i in range(self.count)),
+                 "" if self.timers is None else f"; escalation timers in pid {pids[self.count]}")
         while self.workers:
             try:
                 pid, wait_status = os.wait()
