@@ -75,6 +75,9 @@ P99_RATIO_TARGET = 1.2
 PREPARE_AHEAD_MS = 3000
 #: Preparing must end at least this long before the first due time, or the run stops.
 PREPARED_MARGIN_MS = 500
+#: Between the idle phase and the burst's first work (which holds the loop for a moment, and
+#: starting a child longer): the idle creates still in flight end first.
+IDLE_MARGIN_SECONDS = 0.2
 OPEN_CONCURRENCY = 64
 POLICY = Policy.from_document({
     "claim": True, "repeat": 0, "unanswered_after_seconds": 3600,
@@ -379,6 +382,7 @@ async def one_run(args, cut: Cut) -> Outcome:
             idle_from = time.time()
             await asyncio.sleep(args.idle_seconds)
             idle_until = time.time()
+            await asyncio.sleep(IDLE_MARGIN_SECONDS)
             fire_args = (args.span_ms, args.batch, args.due_order, args.seed)
             if args.steps_from == "child":
                 burst = await fired_elsewhere(folder, cut, documents, fire_args)
